@@ -1,0 +1,138 @@
+// The one interface every device implements (as in ggml: an op is written once per backend).
+// Ops in framework/ops/ check shapes, allocate outputs and record autograd; they then call
+// these kernels on the backend of their tensors' device. Kernels never allocate outputs,
+// never record history and may assume shapes were validated by the op.
+//
+// A backend overrides what it supports; the defaults throw "<backend> does not implement <kernel>".
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "framework/tensor.h"
+
+namespace ml {
+
+enum class UnaryOp {
+  Neg, Exp, Log, Sqrt, Rsqrt, Abs, Sign, Tanh, Sigmoid, Relu, Relu2, GeluTanh, GeluErf, Silu,
+  AddScalar,   // x + alpha
+  MulScalar,   // x * alpha
+  PowScalar,   // x ^ alpha
+  RDivScalar,  // alpha / x
+  Clamp,       // min(max(x, alpha), beta)
+};
+struct UnaryParams {
+  double alpha = 0.0;
+  double beta = 0.0;
+};
+
+enum class BinaryOp { Add, Sub, Mul, Div, Pow, Maximum, Minimum, Greater, Less, Equal };
+enum class ReduceOp { Sum, Max, Min };
+enum class RandomDist { Uniform, Normal, Bernoulli };  // Uniform[a,b), Normal(a, b^2), Bernoulli(p=a)
+
+struct Conv2dParams {
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+};
+struct Pool2dParams {
+  int64_t kernel_h = 2, kernel_w = 2;
+  int64_t stride_h = 2, stride_w = 2;
+  int64_t pad_h = 0, pad_w = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // ---------------------------------------------------------------- memory
+  virtual void* allocate(size_t nbytes) = 0;
+  virtual void deallocate(void* ptr, size_t nbytes) = 0;
+  virtual void copy_from_host(void* dst, const void* host_src, size_t nbytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* src, size_t nbytes) = 0;
+  virtual void synchronize() {}
+
+  // ---------------------------------------------------------------- elementwise (any strides)
+  virtual void fill(const Tensor& out, double value);
+  // dst = src elementwise; same shape, any strides, converts between dtypes.
+  virtual void copy(const Tensor& src, const Tensor& dst);
+  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p);
+  // grad_in = grad_out * d op(x) / dx, given x and y = op(x).
+  virtual void unary_backward(UnaryOp op, const Tensor& grad_out, const Tensor& x, const Tensor& y,
+                              const Tensor& grad_in, UnaryParams p);
+  // a and b are already broadcast (stride-0 views) to out's shape; out may alias a.
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
+  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out);
+  // Counter-based: element i of out draws from (seed, offset + i) (Normal: offset + 2i and
+  // offset + 2i + 1), independent of threads and device.
+  virtual void random(const Tensor& out, RandomDist dist, uint64_t seed, uint64_t offset, double a, double b);
+  virtual void arange(const Tensor& out, double start, double step);
+
+  // ---------------------------------------------------------------- reductions
+  // x is contiguous [rows, n]; out is [rows]; indices (Int64 [rows]) is filled for Max/Min when defined.
+  virtual void reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, const Tensor& indices);
+
+  // ---------------------------------------------------------------- linear algebra
+  // c[i] = alpha * a[i] @ b[i] + beta * c[i] for 3-D a [B,M,K], b [B,K,N], c [B,M,N] (c contiguous).
+  // a[i] and b[i] may be transposed views (unit stride in either of their last two dims);
+  // a batch stride of 0 broadcasts one matrix over the batch.
+  virtual void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta);
+
+  // ---------------------------------------------------------------- indexing (index is Int64)
+  // out = x.index_select(dim, index); out.index_add_(dim, index, src).
+  virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out);
+  virtual void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src);
+  // out = x.gather(dim, index); out.scatter_add_(dim, index, src).
+  virtual void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out);
+  virtual void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src);
+
+  // ---------------------------------------------------------------- nn (contiguous inputs)
+  // Softmax over the last dim; causal masks row i of every [T,T] slice to columns <= i.
+  virtual void softmax(const Tensor& x, const Tensor& y, bool log, bool causal);
+  virtual void softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x, bool log);
+  // Normalizes over the last dim. weight/bias may be undefined; mean/rstd are [rows] (float32/64).
+  virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                          const Tensor& y, const Tensor& mean, const Tensor& rstd);
+  virtual void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                   const Tensor& mean, const Tensor& rstd, const Tensor& grad_x,
+                                   const Tensor& grad_weight, const Tensor& grad_bias);
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& y, const Tensor& rstd);
+  virtual void rms_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                 const Tensor& rstd, const Tensor& grad_x, const Tensor& grad_weight);
+  // logits [N,C], targets Int64 [N]; losses [N] (0 where target == ignore_index).
+  virtual void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                             double label_smoothing, const Tensor& losses);
+  // grad_logits[i] = grad_losses[i] * d losses[i] / d logits[i].
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                                      double label_smoothing, const Tensor& grad_losses,
+                                      const Tensor& grad_logits);
+  // x [N,Cin,H,W], w [Cout,Cin,kh,kw], bias [Cout] or undefined, y [N,Cout,Ho,Wo].
+  virtual void conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p);
+  // Any of grad_x / grad_w / grad_bias may be undefined (not needed).
+  virtual void conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                               const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);
+  // indices (Int64, same shape as y) record the argmax within each window's plane.
+  virtual void max_pool2d(const Tensor& x, const Tensor& y, const Tensor& indices, Pool2dParams p);
+  virtual void max_pool2d_backward(const Tensor& grad_y, const Tensor& indices, const Tensor& grad_x);
+  virtual void avg_pool2d(const Tensor& x, const Tensor& y, Pool2dParams p);
+  virtual void avg_pool2d_backward(const Tensor& grad_y, const Tensor& grad_x, Pool2dParams p);
+  // Batch statistics over (N,H,W) of x [N,C,H,W]: mean [C] and biased variance [C].
+  virtual void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var);
+  // y = (x - mean) * invstd * weight + bias, per channel; weight/bias may be undefined.
+  virtual void batch_norm_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
+                                const Tensor& bias, const Tensor& y);
+  // Backward of training-mode batch norm (statistics from this batch).
+  virtual void batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean,
+                                   const Tensor& invstd, const Tensor& weight, const Tensor& grad_x,
+                                   const Tensor& grad_weight, const Tensor& grad_bias);
+
+ protected:
+  [[noreturn]] void unsupported(const char* kernel) const;
+};
+
+// The backend that runs tensors on `device`; throws when it is not compiled in or not present.
+Backend& backend_for(Device device);
+inline Backend& backend_of(const Tensor& t) { return backend_for(t.device()); }
+// Whether a CUDA device can be used in this process (false when built without CUDA).
+bool cuda_available();
+
+}  // namespace ml

@@ -1,0 +1,42 @@
+// The CPU backend: OpenBLAS for matrix products, OpenMP loops for everything else.
+// Kernels are grouped by area in cpu_*.cpp files, each op's forward and backward side by side.
+#pragma once
+#include "framework/backend.h"
+
+namespace ml {
+
+class CpuBackend final : public Backend {
+ public:
+  const char* name() const override { return "cpu"; }
+  void* allocate(size_t nbytes) override;
+  void deallocate(void* ptr, size_t nbytes) override;
+  void copy_from_host(void* dst, const void* host_src, size_t nbytes) override;
+  void copy_to_host(void* host_dst, const void* src, size_t nbytes) override;
+
+  // cpu_elementwise.cpp
+  void fill(const Tensor& out, double value) override;
+  void copy(const Tensor& src, const Tensor& dst) override;
+  void unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p) override;
+  void unary_backward(UnaryOp op, const Tensor& grad_out, const Tensor& x, const Tensor& y, const Tensor& grad_in,
+                      UnaryParams p) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void random(const Tensor& out, RandomDist dist, uint64_t seed, uint64_t offset, double a, double b) override;
+  void arange(const Tensor& out, double start, double step) override;
+
+  // cpu_reduce.cpp
+  void reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, const Tensor& indices) override;
+
+  // cpu_linalg.cpp
+  void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta) override;
+
+  // cpu_index.cpp
+  void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
+  void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
+  void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
+  void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
+};
+
+CpuBackend& cpu_backend();
+
+}  // namespace ml

@@ -1,0 +1,103 @@
+// Loop helpers shared by the CPU kernels: dtype dispatch and strided elementwise iteration.
+#pragma once
+#include <omp.h>
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "framework/tensor.h"
+
+namespace ml::cpu_loops {
+
+// Below this many elements a loop runs on one thread: spawning costs more than it saves.
+constexpr int64_t kParallelGrain = 32768;
+
+// Calls f(T{}) with T = float or double according to dtype (int64 where allowed).
+template <typename F>
+auto dispatch_floating(DType dtype, const char* kernel, F&& f) {
+  switch (dtype) {
+    case DType::Float32: return f(float{});
+    case DType::Float64: return f(double{});
+    default: throw std::invalid_argument(std::string(kernel) + ": expected a floating tensor, got " + dtype_name(dtype));
+  }
+}
+template <typename F>
+auto dispatch_all(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::Float32: return f(float{});
+    case DType::Float64: return f(double{});
+    default: return f(int64_t{});
+  }
+}
+
+// Iterates the elements of N same-shaped views (strides may be 0 for broadcast operands).
+// Dimensions that are contiguous across all operands are merged first, so a contiguous or
+// simply-broadcast operand costs one flat inner loop. body(offsets) gets each operand's
+// element offset (relative to its data pointer).
+template <size_t N, typename Body>
+void for_each_offset(const Shape& shape, const std::array<const Shape*, N>& strides, Body&& body) {
+  Shape dims;
+  std::array<Shape, N> st;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    bool mergeable = !dims.empty();
+    for (size_t k = 0; k < N && mergeable; ++k) mergeable = st[k].back() == (*strides[k])[d] * shape[d];
+    if (mergeable) {
+      dims.back() *= shape[d];
+      for (size_t k = 0; k < N; ++k) st[k].back() = (*strides[k])[d];
+    } else {
+      dims.push_back(shape[d]);
+      for (size_t k = 0; k < N; ++k) st[k].push_back((*strides[k])[d]);
+    }
+  }
+  if (dims.empty()) {  // a single element
+    body(std::array<int64_t, N>{});
+    return;
+  }
+  const int64_t inner = dims.back();
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < dims.size(); ++d) rows *= dims[d];
+  std::array<int64_t, N> inner_stride;
+  for (size_t k = 0; k < N; ++k) inner_stride[k] = st[k].back();
+  const int ndims = static_cast<int>(dims.size());
+#pragma omp parallel for schedule(static) if (rows * inner >= kParallelGrain && rows > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    std::array<int64_t, N> off{};
+    int64_t rem = r;
+    for (int d = ndims - 2; d >= 0; --d) {
+      const int64_t i = rem % dims[d];
+      rem /= dims[d];
+      for (size_t k = 0; k < N; ++k) off[k] += i * st[k][d];
+    }
+    for (int64_t j = 0; j < inner; ++j) {
+      body(off);
+      for (size_t k = 0; k < N; ++k) off[k] += inner_stride[k];
+    }
+  }
+}
+
+// out[i] = f(in[i]...) over same-shaped views of one element type T; the all-contiguous case is
+// a flat parallel loop the compiler can vectorize.
+template <typename T, typename F, typename... Tensors, size_t... I>
+void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const Tensors&... in) {
+  T* o = static_cast<T*>(out.raw_data());
+  const std::array<const T*, sizeof...(in)> src{static_cast<const T*>(in.raw_data())...};
+  const int64_t n = out.numel();
+  if ((out.is_contiguous() && ... && in.is_contiguous())) {
+#pragma omp parallel for simd schedule(static) if (n >= kParallelGrain)
+    for (int64_t i = 0; i < n; ++i) o[i] = f(src[I][i]...);
+    return;
+  }
+  const std::array<const Shape*, 1 + sizeof...(in)> strides{&out.strides(), &in.strides()...};
+  for_each_offset(out.shape(), strides, [&](const auto& off) { o[off[0]] = f(src[I][off[I + 1]]...); });
+}
+
+template <typename T, typename F, typename... Tensors>
+void map_elements(const Tensor& out, F f, const Tensors&... in) {
+  map_elements_impl<T>(out, f, std::index_sequence_for<Tensors...>{}, in...);
+}
+
+}  // namespace ml::cpu_loops

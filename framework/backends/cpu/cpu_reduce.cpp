@@ -1,0 +1,43 @@
+// Row reductions. Each row is reduced sequentially by one thread, so results do not depend on
+// the thread count; float32 sums accumulate in double.
+#include <limits>
+
+#include "framework/backends/cpu/cpu_backend.h"
+#include "framework/backends/cpu/cpu_loops.h"
+
+namespace ml {
+using namespace cpu_loops;
+
+void CpuBackend::reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, const Tensor& indices) {
+  dispatch_floating(x.dtype(), "reduce_rows", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t rows = out.numel();
+    const int64_t n = rows == 0 ? 0 : x.numel() / rows;
+    const T* src = x.data<T>();
+    T* dst = out.data<T>();
+    int64_t* idx = indices.defined() ? indices.data<int64_t>() : nullptr;
+#pragma omp parallel for schedule(static) if (rows * n >= kParallelGrain && rows > 1)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = src + r * n;
+      if (op == ReduceOp::Sum) {
+        double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(row[j]);
+        dst[r] = static_cast<T>(acc);
+        continue;
+      }
+      // Max/Min: the first extreme wins ties, as in PyTorch; NaN propagates.
+      const bool is_max = op == ReduceOp::Max;
+      T best = n > 0 ? row[0] : (is_max ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity());
+      int64_t best_j = 0;
+      for (int64_t j = 1; j < n && best == best; ++j) {
+        const T v = row[j];
+        if (v != v || (is_max ? v > best : v < best)) best = v, best_j = j;
+      }
+      dst[r] = best;
+      if (idx) idx[r] = best_j;
+    }
+  });
+}
+
+}  // namespace ml

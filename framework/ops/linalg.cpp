@@ -1,0 +1,88 @@
+#include "framework/ops/linalg.h"
+
+#include "framework/ops/op_utils.h"
+
+namespace ml {
+using detail::op_error;
+
+namespace {
+
+// Views [..., R, C] as [B, R, C] without copying when the batch dims merge into one stride and
+// the matrices have a unit stride in one dim (as BLAS needs); otherwise copies to contiguous.
+Tensor as_batched_matrices(const Tensor& t) {
+  const int64_t nd = t.dim();
+  const int64_t rows = t.size(-2), cols = t.size(-1);
+  const bool blas_layout = t.strides()[nd - 1] == 1 || t.strides()[nd - 2] == 1 || rows == 1 || cols == 1;
+  int64_t batch = 1;
+  bool mergeable = blas_layout;
+  for (int64_t d = 0; d < nd - 2; ++d) {
+    batch *= t.size(d);
+    if (d + 1 < nd - 2 && t.size(d + 1) != 1 && t.strides()[d] != t.strides()[d + 1] * t.size(d + 1) && t.size(d) != 1)
+      mergeable = false;
+  }
+  if (!mergeable) return as_batched_matrices(t.contiguous());
+  int64_t batch_stride = rows * cols;
+  for (int64_t d = nd - 3; d >= 0; --d)
+    if (t.size(d) != 1) {
+      batch_stride = t.strides()[d];
+      break;
+    }
+  return Tensor::view_of(t, {batch, rows, cols}, {batch_stride, t.strides()[nd - 2], t.strides()[nd - 1]}, t.offset());
+}
+
+// The forward product of validated operands (a [..., M, K], b [..., K, N]); no history.
+Tensor matmul_forward(const Tensor& a, const Tensor& b) {
+  const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
+  Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
+  Shape out_shape = detail::broadcast_shapes("matmul", batch_a, batch_b);
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
+  const Tensor out3 = Tensor::view_of(out, {numel_of(out_shape) / std::max<int64_t>(M * N, 1), M, N},
+                                      {M * N, N, 1}, 0);
+  if (b.dim() == 2 && a.is_contiguous()) {
+    // x @ W: fold a's batch into its rows, one large product instead of many small ones.
+    const Tensor a3 = Tensor::view_of(a, {1, a.numel() / std::max<int64_t>(K, 1), K}, {0, K, 1}, a.offset());
+    const Tensor c3 = Tensor::view_of(out, {1, out.numel() / std::max<int64_t>(N, 1), N}, {0, N, 1}, 0);
+    backend_of(a).gemm(a3, as_batched_matrices(b), c3, 1.0, 0.0);
+    return out;
+  }
+  Shape full_a = out_shape, full_b = out_shape;
+  full_a[full_a.size() - 1] = K;
+  full_b[full_b.size() - 2] = K;
+  Tensor a3 = as_batched_matrices(detail::broadcast_view(a, full_a));
+  Tensor b3 = as_batched_matrices(detail::broadcast_view(b, full_b));
+  backend_of(a).gemm(a3, b3, out3, 1.0, 0.0);
+  return out;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+  detail::check_compatible("matmul", a_in, b_in);
+  detail::check_floating("matmul", a_in);
+  if (a_in.dim() == 0 || b_in.dim() == 0) op_error("matmul", "both arguments need at least one dimension");
+  const Tensor a = a_in.dim() == 1 ? a_in.unsqueeze(0) : a_in;
+  const Tensor b = b_in.dim() == 1 ? b_in.unsqueeze(1) : b_in;
+  if (a.size(-1) != b.size(-2))
+    op_error("matmul", "shapes " + shape_str(a_in.shape()) + " and " + shape_str(b_in.shape()) +
+                           " cannot be multiplied (" + std::to_string(a.size(-1)) + " vs " + std::to_string(b.size(-2)) + ")");
+  Tensor out = matmul_forward(a, b);
+  if (needs_grad(a, b))
+    record(out, "matmul", {a, b}, [a, b](const Tensor& g) {
+      Tensor ga, gb;
+      if (a.requires_grad()) ga = matmul_forward(g, b.transpose(-1, -2));
+      if (b.requires_grad()) {
+        if (b.dim() == 2 && a.dim() > 2)  // sum over a's batch inside one product
+          gb = matmul_forward(a.reshape({-1, a.size(-1)}).t(), g.reshape({-1, g.size(-1)}));
+        else
+          gb = matmul_forward(a.transpose(-1, -2), g);
+      }
+      return Grads{ga, gb};
+    });
+  if (a_in.dim() == 1) out = out.squeeze(-2);
+  if (b_in.dim() == 1) out = out.squeeze(-1);
+  return out;
+}
+
+}  // namespace ml

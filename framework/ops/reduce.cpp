@@ -1,0 +1,123 @@
+#include "framework/ops/reduce.h"
+
+#include <algorithm>
+
+#include "framework/ops/creation.h"
+#include "framework/ops/elementwise.h"
+#include "framework/ops/op_utils.h"
+#include "framework/ops/shape.h"
+
+namespace ml {
+
+namespace {
+
+struct ReducePlan {
+  std::vector<int64_t> axes;  // normalized, sorted
+  Shape keep_shape;           // x's shape with reduced axes set to 1
+  Shape out_shape;            // keep_shape, or with those axes dropped
+  int64_t reduced = 1;        // elements per output
+};
+
+ReducePlan plan_reduce(const char* op, const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
+  ReducePlan p;
+  p.axes = detail::normalize_axes(op, axes, x.dim());
+  p.keep_shape = x.shape();
+  for (int64_t a : p.axes) {
+    p.reduced *= x.size(a);
+    p.keep_shape[a] = 1;
+  }
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (keepdim || std::find(p.axes.begin(), p.axes.end(), d) == p.axes.end()) p.out_shape.push_back(p.keep_shape[d]);
+  return p;
+}
+
+// Runs the backend row reduction: kept axes become rows, reduced axes the row contents.
+std::pair<Tensor, Tensor> reduce_forward(ReduceOp op, const char* name, const Tensor& x, const ReducePlan& p,
+                                         bool with_indices) {
+  detail::check_floating(name, x);
+  if ((op != ReduceOp::Sum) && p.reduced == 0) detail::op_error(name, "reduction over an empty dimension");
+  std::vector<int64_t> order;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (std::find(p.axes.begin(), p.axes.end(), d) == p.axes.end()) order.push_back(d);
+  order.insert(order.end(), p.axes.begin(), p.axes.end());
+  Tensor rows;
+  {
+    NoGradGuard no_grad;
+    rows = x.permute(order).contiguous();
+  }
+  Tensor out = Tensor::empty(p.out_shape, x.dtype(), x.device());
+  Tensor indices = with_indices ? Tensor::empty(p.out_shape, DType::Int64, x.device()) : Tensor();
+  backend_of(x).reduce_rows(op, rows, out, indices);
+  return {out, indices};
+}
+
+}  // namespace
+
+Tensor sum(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
+  const ReducePlan p = plan_reduce("sum", x, axes, keepdim);
+  Tensor out = reduce_forward(ReduceOp::Sum, "sum", x, p, false).first;
+  if (needs_grad(x))
+    record(out, "sum", {x}, [shape = x.shape(), keep = p.keep_shape](const Tensor& g) {
+      return Grads{g.reshape(keep).expand(shape)};
+    });
+  return out;
+}
+
+Tensor mean(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
+  const ReducePlan p = plan_reduce("mean", x, axes, keepdim);
+  return mul(sum(x, axes, keepdim), 1.0 / static_cast<double>(p.reduced));
+}
+
+static Tensor extreme(ReduceOp op, const char* name, const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
+  const ReducePlan p = plan_reduce(name, x, axes, keepdim);
+  Tensor out = reduce_forward(op, name, x, p, false).first;
+  if (needs_grad(x))
+    record(out, name, {x}, [x, keep = p.keep_shape, axes = p.axes, out = out.detach()](const Tensor& g) {
+      const Tensor hit = eq(x, out.reshape(keep));
+      return Grads{div(mul(hit, g.reshape(keep)), sum(hit, axes, true))};
+    });
+  return out;
+}
+Tensor amax(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
+  return extreme(ReduceOp::Max, "amax", x, axes, keepdim);
+}
+Tensor amin(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
+  return extreme(ReduceOp::Min, "amin", x, axes, keepdim);
+}
+
+static std::pair<Tensor, Tensor> extreme_along(ReduceOp op, const char* name, const Tensor& x, int64_t dim,
+                                               bool keepdim) {
+  const int64_t d = normalize_dim(dim, x.dim(), name);
+  const ReducePlan p = plan_reduce(name, x, {d}, keepdim);
+  auto [values, indices] = reduce_forward(op, name, x, p, true);
+  if (needs_grad(x))
+    record(values, name, {x}, [x, d, keep = p.keep_shape, idx = indices.reshape(p.keep_shape)](const Tensor& g) {
+      return Grads{scatter_add(zeros_like(x), d, idx, g.reshape(keep).contiguous())};
+    });
+  return {values, indices};
+}
+std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
+  return extreme_along(ReduceOp::Max, "max", x, dim, keepdim);
+}
+std::pair<Tensor, Tensor> min(const Tensor& x, int64_t dim, bool keepdim) {
+  return extreme_along(ReduceOp::Min, "min", x, dim, keepdim);
+}
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
+  NoGradGuard no_grad;
+  return max(x, dim, keepdim).second;
+}
+
+Tensor var(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim, int64_t correction) {
+  const ReducePlan p = plan_reduce("var", x, axes, keepdim);
+  if (p.reduced - correction <= 0)
+    detail::op_error("var", "needs more than " + std::to_string(correction) + " elements, got " +
+                                std::to_string(p.reduced) + " in " + shape_str(x.shape()));
+  const Tensor centered = sub(x, mean(x, axes, true));
+  return mul(sum(mul(centered, centered), axes, keepdim), 1.0 / static_cast<double>(p.reduced - correction));
+}
+
+Tensor norm(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
+  return sqrt(sum(mul(x, x), axes, keepdim));
+}
+
+}  // namespace ml

@@ -1,0 +1,24 @@
+// Reductions over any set of axes (an empty list means all axes).
+#pragma once
+#include <utility>
+#include <vector>
+
+#include "framework/tensor.h"
+
+namespace ml {
+
+Tensor sum(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);
+// Largest value over the axes; the gradient is shared equally among tied maxima (torch.amax).
+Tensor amax(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);
+Tensor amin(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);
+// Values and Int64 indices along one dim (torch.max(x, dim)); the gradient goes to the index.
+std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim = false);
+std::pair<Tensor, Tensor> min(const Tensor& x, int64_t dim, bool keepdim = false);
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
+// Variance with Bessel's correction by default (torch.var's correction=1).
+Tensor var(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false, int64_t correction = 1);
+// Euclidean (Frobenius) norm over the axes.
+Tensor norm(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);
+
+}  // namespace ml

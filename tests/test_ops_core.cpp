@@ -1,0 +1,235 @@
+// Forward values and gradient checks for elementwise, reduction, shape and matmul ops.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "framework/ops.h"
+#include "tests/gradcheck.h"
+
+using namespace ml;
+using ml::testing::expect_error_mentions;
+using ml::testing::expect_gradients_match;
+using ml::testing::random_input;
+
+namespace {
+std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+using V = std::vector<double>;
+}  // namespace
+
+TEST(Elementwise, ForwardValuesByHand) {
+  const Tensor x = Tensor::from_vector<double>({-1.0, 0.0, 2.0}, {3});
+  EXPECT_EQ(values(relu(x)), (V{0, 0, 2}));
+  EXPECT_EQ(values(relu2(x)), (V{0, 0, 4}));
+  EXPECT_EQ(values(abs(x)), (V{1, 0, 2}));
+  EXPECT_EQ(values(clamp(x, -0.5, 1.0)), (V{-0.5, 0, 1}));
+  EXPECT_NEAR(values(sigmoid(x))[0], 1 / (1 + std::exp(1.0)), 1e-15);
+  EXPECT_NEAR(values(gelu(x))[2], 2 * 0.5 * (1 + std::erf(2 / std::sqrt(2.0))), 1e-15);
+  EXPECT_NEAR(values(gelu(x, GeluApprox::Tanh))[2], 1.9545976940871788, 1e-12);
+  EXPECT_NEAR(values(silu(x))[0], -1 / (1 + std::exp(1.0)), 1e-15);
+  EXPECT_EQ(values(x * 2.0 + 1.0), (V{-1, 1, 5}));
+  EXPECT_EQ(values(1.0 - x), (V{2, 1, -1}));
+  EXPECT_EQ(values(where(gt(x, zeros_like(x)), x, full_like(x, 9))), (V{9, 9, 2}));
+  EXPECT_EQ(values(masked_fill(x, lt(x, zeros_like(x)), 5)), (V{5, 0, 2}));
+}
+
+TEST(Elementwise, BroadcastingFollowsNumPy) {
+  const Tensor a = arange(0, 3, 1, DType::Float64).reshape({3, 1});
+  const Tensor b = arange(0, 2, 1, DType::Float64);
+  const Tensor c = add(a, b);
+  EXPECT_EQ(c.shape(), (Shape{3, 2}));
+  EXPECT_EQ(values(c), (V{0, 1, 1, 2, 2, 3}));
+  expect_error_mentions([&] { add(ones({2, 3}), ones({3, 2})); }, {"add", "[2, 3]", "[3, 2]", "broadcast"});
+}
+
+TEST(Elementwise, InPlaceUpdates) {
+  Tensor x = ones({2, 2}, DType::Float64);
+  add_(x, arange(0, 2, 1, DType::Float64), 2.0);
+  EXPECT_EQ(values(x), (V{1, 3, 1, 3}));
+  mul_(x, 0.5);
+  EXPECT_EQ(values(x), (V{0.5, 1.5, 0.5, 1.5}));
+  Tensor col = x.narrow(1, 0, 1);  // in place through a strided view
+  fill_(col, 7);
+  EXPECT_EQ(values(x), (V{7, 1.5, 7, 1.5}));
+  expect_error_mentions([&] { add_(col, ones({3}, DType::Float64)); }, {"add_"});
+}
+
+TEST(ElementwiseGrad, UnaryOps) {
+  struct Case {
+    const char* name;
+    Tensor (*fn)(const Tensor&);
+    double shift;
+  };
+  const std::vector<Case> cases = {
+      {"neg", [](const Tensor& x) { return neg(x); }, 0},      {"exp", [](const Tensor& x) { return exp(x); }, 0},
+      {"log", [](const Tensor& x) { return log(x); }, 4},      {"sqrt", [](const Tensor& x) { return sqrt(x); }, 4},
+      {"rsqrt", [](const Tensor& x) { return rsqrt(x); }, 4},  {"abs", [](const Tensor& x) { return abs(x); }, 0},
+      {"tanh", [](const Tensor& x) { return tanh(x); }, 0},    {"sigmoid", [](const Tensor& x) { return sigmoid(x); }, 0},
+      {"relu", [](const Tensor& x) { return relu(x); }, 0},    {"relu2", [](const Tensor& x) { return relu2(x); }, 0},
+      {"gelu", [](const Tensor& x) { return gelu(x); }, 0},
+      {"gelu_tanh", [](const Tensor& x) { return gelu(x, GeluApprox::Tanh); }, 0},
+      {"silu", [](const Tensor& x) { return silu(x); }, 0},
+      {"pow", [](const Tensor& x) { return pow(x, 2.5); }, 4},
+      {"rdiv", [](const Tensor& x) { return rdiv(3.0, x); }, 4},
+      {"clamp", [](const Tensor& x) { return clamp(x, -0.5, 0.7); }, 0},
+      {"add_scalar", [](const Tensor& x) { return x + 3.0; }, 0},
+      {"mul_scalar", [](const Tensor& x) { return x * -2.0; }, 0},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    expect_gradients_match([&](const std::vector<Tensor>& in) { return c.fn(in[0]); }, {random_input({3, 4}, 5, c.shift)});
+    // a non-contiguous input
+    expect_gradients_match([&](const std::vector<Tensor>& in) { return c.fn(in[0].t()); }, {random_input({4, 3}, 6, c.shift)});
+  }
+}
+
+TEST(ElementwiseGrad, BinaryOpsWithBroadcasting) {
+  const std::vector<std::pair<const char*, Tensor (*)(const Tensor&, const Tensor&)>> cases = {
+      {"add", [](const Tensor& a, const Tensor& b) { return add(a, b); }},
+      {"sub", [](const Tensor& a, const Tensor& b) { return sub(a, b); }},
+      {"mul", [](const Tensor& a, const Tensor& b) { return mul(a, b); }},
+      {"div", [](const Tensor& a, const Tensor& b) { return div(a, add(mul(b, b), 1.0)); }},
+      {"pow", [](const Tensor& a, const Tensor& b) { return pow(add(mul(a, a), 1.0), b); }},
+      {"maximum", [](const Tensor& a, const Tensor& b) { return maximum(a, b); }},
+      {"minimum", [](const Tensor& a, const Tensor& b) { return minimum(a, b); }},
+  };
+  for (const auto& [name, fn] : cases) {
+    SCOPED_TRACE(name);
+    auto f = [fn = fn](const std::vector<Tensor>& in) { return fn(in[0], in[1]); };
+    expect_gradients_match(f, {random_input({2, 3}, 1), random_input({2, 3}, 2)});
+    expect_gradients_match(f, {random_input({2, 1, 3}, 3), random_input({4, 1}, 4)});
+    expect_gradients_match([fn = fn](const std::vector<Tensor>& in) { return fn(in[0].t(), in[1]); },
+                           {random_input({3, 2}, 7), random_input({3}, 8)});
+  }
+}
+
+TEST(ElementwiseGrad, WhereAndMaskedFill) {
+  const Tensor cond = Tensor::from_vector<double>({1, 0, 0, 1, 1, 0}, {2, 3});
+  expect_gradients_match([&](const std::vector<Tensor>& in) { return where(cond, in[0], in[1]); },
+                         {random_input({2, 3}, 1), random_input({3}, 2)});
+  expect_gradients_match([&](const std::vector<Tensor>& in) { return masked_fill(in[0], cond, -1.0); },
+                         {random_input({2, 3}, 3)});
+}
+
+TEST(Reduce, ForwardValuesByHand) {
+  const Tensor x = Tensor::from_vector<double>({1, 5, 3, 4, 2, 6}, {2, 3});
+  EXPECT_EQ(values(sum(x)), (V{21}));
+  EXPECT_EQ(values(sum(x, {0})), (V{5, 7, 9}));
+  EXPECT_EQ(sum(x, {1}, true).shape(), (Shape{2, 1}));
+  EXPECT_EQ(values(mean(x, {1})), (V{3, 4}));
+  EXPECT_EQ(values(amax(x, {0})), (V{4, 5, 6}));
+  auto [v, i] = max(x, 1);
+  EXPECT_EQ(values(v), (V{5, 6}));
+  EXPECT_EQ(i.to_vector<int64_t>(), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(argmax(x, 0).to_vector<int64_t>(), (std::vector<int64_t>{1, 0, 1}));
+  EXPECT_EQ(values(min(x, 1).first), (V{1, 2}));
+  EXPECT_EQ(values(var(x, {1})), (V{4, 4}));
+  EXPECT_NEAR(values(norm(x))[0], std::sqrt(91.0), 1e-12);
+  EXPECT_EQ(values(sum(x.t(), {1})), (V{5, 7, 9}));
+}
+
+TEST(ReduceGrad, AllReductionsOverSeveralAxes) {
+  const std::vector<std::vector<int64_t>> axes_cases = {{}, {0}, {1}, {-1}, {0, 2}};
+  for (const auto& axes : axes_cases) {
+    for (bool keepdim : {false, true}) {
+      SCOPED_TRACE(shape_str(axes) + (keepdim ? " keepdim" : ""));
+      const auto x = random_input({2, 3, 4}, 11);
+      expect_gradients_match([&](const std::vector<Tensor>& in) { return sum(in[0], axes, keepdim); }, {x});
+      expect_gradients_match([&](const std::vector<Tensor>& in) { return mean(in[0], axes, keepdim); }, {x});
+      expect_gradients_match([&](const std::vector<Tensor>& in) { return amax(in[0], axes, keepdim); }, {x});
+      expect_gradients_match([&](const std::vector<Tensor>& in) { return amin(in[0], axes, keepdim); }, {x});
+      expect_gradients_match([&](const std::vector<Tensor>& in) { return var(in[0], axes, keepdim); }, {x});
+      expect_gradients_match([&](const std::vector<Tensor>& in) { return norm(in[0], axes, keepdim); }, {x});
+    }
+  }
+  for (int64_t dim : {0, 1, 2}) {
+    expect_gradients_match([&](const std::vector<Tensor>& in) { return max(in[0], dim).first; }, {random_input({2, 3, 4}, 12)});
+    expect_gradients_match([&](const std::vector<Tensor>& in) { return min(in[0], dim, true).first; },
+                           {random_input({2, 3, 4}, 13)});
+  }
+  // non-contiguous input
+  expect_gradients_match([&](const std::vector<Tensor>& in) { return sum(in[0].permute({2, 0, 1}), {1}); },
+                         {random_input({2, 3, 4}, 14)});
+}
+
+TEST(Shape, CatSplitChunkStack) {
+  const Tensor a = arange(0, 4, 1, DType::Float64).reshape({2, 2});
+  const Tensor b = arange(4, 6, 1, DType::Float64).reshape({2, 1});
+  EXPECT_EQ(values(cat({a, b}, 1)), (V{0, 1, 4, 2, 3, 5}));
+  const auto parts = split(arange(0, 5), 2, 0);
+  ASSERT_EQ(parts.size(), 3u);
+  EXPECT_EQ(parts[2].to_vector<float>(), (std::vector<float>{4}));
+  EXPECT_EQ(chunk(arange(0, 6), 3, 0)[1].to_vector<float>(), (std::vector<float>{2, 3}));
+  EXPECT_EQ(stack({a, a}, 0).shape(), (Shape{2, 2, 2}));
+  expect_error_mentions([&] { cat({a, ones({3, 3}, DType::Float64)}, 1); }, {"cat", "[2, 2]", "[3, 3]"});
+}
+
+TEST(ShapeGrad, ViewsAndCopies) {
+  auto check = [](const char* name, const ml::testing::TensorFn& f, const std::vector<Tensor>& in) {
+    SCOPED_TRACE(name);
+    expect_gradients_match(f, in);
+  };
+  check("reshape", [](auto& in) { return in[0].reshape({4, 3}); }, {random_input({2, 6}, 1)});
+  check("permute", [](auto& in) { return in[0].permute({2, 0, 1}); }, {random_input({2, 3, 4}, 2)});
+  check("transpose+reshape", [](auto& in) { return in[0].transpose(0, 1).reshape({-1}); }, {random_input({2, 3}, 3)});
+  check("narrow", [](auto& in) { return in[0].narrow(1, 1, 2); }, {random_input({3, 4}, 4)});
+  check("unsqueeze/squeeze", [](auto& in) { return in[0].unsqueeze(1).squeeze(1).unsqueeze(0); }, {random_input({3}, 5)});
+  check("expand", [](auto& in) { return in[0].expand({2, 3, 4}); }, {random_input({3, 1}, 6)});
+  check("flatten", [](auto& in) { return in[0].flatten(1); }, {random_input({2, 3, 2}, 7)});
+  check("cat", [](auto& in) { return cat({in[0], in[1]}, 0); }, {random_input({1, 3}, 8), random_input({2, 3}, 9)});
+  check("stack", [](auto& in) { return stack({in[0], in[1]}, 1); }, {random_input({2, 3}, 10), random_input({2, 3}, 11)});
+  check("split", [](auto& in) { auto p = split(in[0], 2, 1); return mul(p[0], p[1]); }, {random_input({3, 4}, 12)});
+  check("chunk", [](auto& in) { auto p = chunk(in[0], 2, 0); return sub(p[0], p[1]); }, {random_input({4, 2}, 13)});
+  check("clone+contiguous", [](auto& in) { return in[0].t().contiguous().clone(); }, {random_input({2, 3}, 14)});
+}
+
+TEST(ShapeGrad, DtypeCastPassesGradientBackInTheSourceDtype) {
+  Tensor x = random_input({3}, 15);
+  sum(mul(x.to(DType::Float32), 2.0)).backward();
+  EXPECT_EQ(x.grad().dtype(), DType::Float64);
+  EXPECT_EQ(x.grad().to_vector<double>(), (std::vector<double>{2, 2, 2}));
+}
+
+TEST(Indexing, IndexSelectGatherScatter) {
+  const Tensor x = arange(0, 6, 1, DType::Float64).reshape({3, 2});
+  const Tensor idx = Tensor::from_vector<int64_t>({2, 0, 2}, {3});
+  EXPECT_EQ(values(index_select(x, 0, idx)), (V{4, 5, 0, 1, 4, 5}));
+  const Tensor gidx = Tensor::from_vector<int64_t>({1, 0, 0}, {3, 1});
+  EXPECT_EQ(values(gather(x, 1, gidx)), (V{1, 2, 4}));
+  EXPECT_EQ(values(scatter_add(zeros({3, 2}, DType::Float64), 1, gidx, ones({3, 1}, DType::Float64))),
+            (V{0, 1, 1, 0, 1, 0}));
+  expect_error_mentions([&] { index_select(x, 0, Tensor::from_vector<int64_t>({3}, {1})); }, {"index_select", "3"});
+  expect_error_mentions([&] { index_select(x, 0, ones({1})); }, {"index_select", "int64"});
+}
+
+TEST(IndexingGrad, IndexSelectGatherScatter) {
+  const Tensor idx = Tensor::from_vector<int64_t>({2, 0, 2, 1}, {4});
+  expect_gradients_match([&](auto& in) { return index_select(in[0], 0, idx); }, {random_input({3, 2}, 1)});
+  expect_gradients_match([&](auto& in) { return index_select(in[0], 1, idx); }, {random_input({2, 3}, 2)});
+  const Tensor gidx = Tensor::from_vector<int64_t>({1, 0, 0, 1, 1, 1}, {3, 2});
+  expect_gradients_match([&](auto& in) { return gather(in[0], 1, gidx); }, {random_input({3, 2}, 3)});
+  expect_gradients_match([&](auto& in) { return scatter_add(in[0], 1, gidx, in[1]); },
+                         {random_input({3, 2}, 4), random_input({3, 2}, 5)});
+}
+
+TEST(Matmul, ForwardShapesAndValues) {
+  const Tensor a = arange(0, 6, 1, DType::Float64).reshape({2, 3});
+  const Tensor b = arange(0, 6, 1, DType::Float64).reshape({3, 2});
+  EXPECT_EQ(values(matmul(a, b)), (V{10, 13, 28, 40}));
+  EXPECT_EQ(values(matmul(a, arange(0, 3, 1, DType::Float64))), (V{5, 14}));
+  EXPECT_EQ(matmul(ones({5, 1, 2, 3}), ones({4, 3, 7})).shape(), (Shape{5, 4, 2, 7}));
+  EXPECT_EQ(values(matmul(b.t(), a.t())), (V{10, 28, 13, 40}));
+}
+
+TEST(MatmulGrad, PlainBatchedBroadcastAndTransposed) {
+  auto mm = [](auto& in) { return matmul(in[0], in[1]); };
+  expect_gradients_match(mm, {random_input({3, 4}, 1), random_input({4, 2}, 2)});
+  expect_gradients_match(mm, {random_input({2, 3, 4}, 3), random_input({4, 5}, 4)});
+  expect_gradients_match(mm, {random_input({2, 3, 4}, 5), random_input({2, 4, 5}, 6)});
+  expect_gradients_match(mm, {random_input({2, 1, 3, 4}, 7), random_input({3, 4, 2}, 8)});
+  expect_gradients_match(mm, {random_input({4}, 9), random_input({4, 3}, 10)});
+  expect_gradients_match(mm, {random_input({3, 4}, 11), random_input({4}, 12)});
+  expect_gradients_match([](auto& in) { return matmul(in[0].transpose(-1, -2), in[1].transpose(-1, -2)); },
+                         {random_input({2, 4, 3}, 13), random_input({2, 5, 4}, 14)});
+  expect_gradients_match([](auto& in) { return matmul(in[0].permute({1, 0, 2}), in[1]); },
+                         {random_input({3, 2, 4}, 15), random_input({2, 4, 3}, 16)});
+}

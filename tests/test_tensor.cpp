@@ -1,0 +1,157 @@
+// Tensor storage, views, the autograd engine and the random generator.
+#include <gtest/gtest.h>
+
+#include <omp.h>
+
+#include "framework/ops.h"
+#include "framework/parallel.h"
+#include "tests/gradcheck.h"
+
+using namespace ml;
+using ml::testing::expect_error_mentions;
+
+TEST(Tensor, FromVectorRoundTripAndMetadata) {
+  Tensor t = Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
+  EXPECT_EQ(t.shape(), (Shape{2, 3}));
+  EXPECT_EQ(t.strides(), (Shape{3, 1}));
+  EXPECT_EQ(t.numel(), 6);
+  EXPECT_EQ(t.dtype(), DType::Float32);
+  EXPECT_TRUE(t.is_contiguous());
+  EXPECT_EQ(t.to_vector<float>(), (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(t.size(-1), 3);
+}
+
+TEST(Tensor, ViewsShareStorageWithoutCopy) {
+  Tensor t = arange(0, 12).reshape({3, 4});
+  Tensor tt = t.t();
+  EXPECT_EQ(tt.storage(), t.storage());
+  EXPECT_FALSE(tt.is_contiguous());
+  EXPECT_EQ(tt.contiguous().to_vector<float>(), (std::vector<float>{0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11}));
+  Tensor row = t.narrow(0, 1, 1);
+  EXPECT_EQ(row.storage(), t.storage());
+  EXPECT_EQ(row.to_vector<float>(), (std::vector<float>{4, 5, 6, 7}));
+  Tensor col = t.narrow(1, 2, 1);
+  EXPECT_EQ(col.to_vector<float>(), (std::vector<float>{2, 6, 10}));
+  EXPECT_EQ(t.unsqueeze(0).shape(), (Shape{1, 3, 4}));
+  EXPECT_EQ(t.unsqueeze(0).squeeze(0).shape(), (Shape{3, 4}));
+  EXPECT_EQ(t.reshape({-1}).shape(), (Shape{12}));
+  EXPECT_EQ(t.flatten().shape(), (Shape{12}));
+  Tensor e = arange(0, 3).reshape({3, 1}).expand({3, 2});
+  EXPECT_EQ(e.to_vector<float>(), (std::vector<float>{0, 0, 1, 1, 2, 2}));
+}
+
+TEST(Tensor, ViewOfNonContiguousThrowsButReshapeCopies) {
+  Tensor t = arange(0, 6).reshape({2, 3}).t();
+  expect_error_mentions([&] { t.view({6}); }, {"view", "not contiguous"});
+  EXPECT_EQ(t.reshape({6}).to_vector<float>(), (std::vector<float>{0, 3, 1, 4, 2, 5}));
+}
+
+TEST(Tensor, DtypeAndShapeErrorsNameTheOp) {
+  Tensor a = ones({2, 3});
+  Tensor b = ones({4});
+  expect_error_mentions([&] { add(a, b); }, {"add", "[2, 3]", "[4]"});
+  expect_error_mentions([&] { mul(a, ones({2, 3}, DType::Float64)); }, {"mul", "float32", "float64"});
+  expect_error_mentions([&] { matmul(a, a); }, {"matmul", "[2, 3]"});
+  expect_error_mentions([&] { a.reshape({4, 2}); }, {"shape [4, 2] is invalid", "[2, 3]"});
+  expect_error_mentions([&] { a.data<double>(); }, {"float32"});
+  expect_error_mentions([&] { Tensor::from_vector<int64_t>({1}, {1}).requires_grad_(); }, {"int64"});
+}
+
+TEST(Autograd, BackwardOnNonScalarNeedsGradOutput) {
+  Tensor x = ones({3});
+  x.requires_grad_();
+  Tensor y = mul(x, 2.0);
+  expect_error_mentions([&] { y.backward(); }, {"backward", "scalar", "[3]"});
+  y.backward(ones({3}));
+  EXPECT_EQ(x.grad().to_vector<float>(), (std::vector<float>{2, 2, 2}));
+}
+
+TEST(Autograd, AccumulatesAcrossUsesAndCalls) {
+  Tensor x = Tensor::from_vector<float>({1, 2}, {2});
+  x.requires_grad_();
+  sum(add(mul(x, x), x)).backward();  // d/dx = 2x + 1
+  EXPECT_EQ(x.grad().to_vector<float>(), (std::vector<float>{3, 5}));
+  sum(x).backward();
+  EXPECT_EQ(x.grad().to_vector<float>(), (std::vector<float>{4, 6}));
+  x.zero_grad();
+  EXPECT_FALSE(x.grad().defined());
+}
+
+TEST(Autograd, SharedGradientsAreNotAliased) {
+  Tensor a = ones({2}), b = ones({2});
+  a.requires_grad_();
+  b.requires_grad_();
+  add(a, b).backward(ones({2}));
+  Tensor ga = a.grad();
+  {
+    NoGradGuard no_grad;
+    mul_(ga, 5.0);
+  }
+  EXPECT_EQ(b.grad().to_vector<float>(), (std::vector<float>{1, 1}));
+}
+
+TEST(Autograd, NoGradRecordsNothing) {
+  Tensor x = ones({2});
+  x.requires_grad_();
+  NoGradGuard guard;
+  Tensor y = mul(x, 3.0);
+  EXPECT_FALSE(y.requires_grad());
+  EXPECT_EQ(y.grad_fn(), nullptr);
+}
+
+TEST(Autograd, GraphIsFreedAfterBackward) {
+  Tensor x = ones({2});
+  x.requires_grad_();
+  Tensor h = exp(x);
+  Tensor loss = sum(mul(h, h));
+  std::weak_ptr<Node> node = h.grad_fn();
+  loss.backward();
+  EXPECT_TRUE(node.expired());
+  expect_error_mentions([&] { sum(h).backward(); }, {"second time"});
+}
+
+TEST(Autograd, DeepChainDoesNotOverflowTheStack) {
+  Tensor x = ones({1});
+  x.requires_grad_();
+  Tensor y = x;
+  for (int i = 0; i < 20000; ++i) y = add(y, 0.0);
+  sum(y).backward();
+  EXPECT_EQ(x.grad().item(), 1.0);
+}
+
+TEST(Autograd, InPlaceOnTensorRequiringGradIsRefused) {
+  Tensor x = ones({2});
+  x.requires_grad_();
+  expect_error_mentions([&] { mul_(x, 2.0); }, {"mul_", "NoGradGuard"});
+}
+
+TEST(Random, SameSeedSameNumbersAnyThreadCount) {
+  const int saved = num_threads();
+  Generator g1(7), g2(7);
+  set_num_threads(1);
+  const auto a = randn({100000}, DType::Float32, cpu(), g1).to_vector<float>();
+  set_num_threads(2);
+  const auto b = randn({100000}, DType::Float32, cpu(), g2).to_vector<float>();
+  set_num_threads(saved);
+  EXPECT_EQ(a, b);
+  Generator g3(8);
+  EXPECT_NE(a, randn({100000}, DType::Float32, cpu(), g3).to_vector<float>());
+}
+
+TEST(Random, MomentsAreRight) {
+  Generator gen(3);
+  const Tensor n = randn({200000}, DType::Float64, cpu(), gen);
+  EXPECT_NEAR(mean(n).item(), 0.0, 0.01);
+  EXPECT_NEAR(var(n).item(), 1.0, 0.01);
+  const Tensor u = rand({200000}, 2.0, 4.0, DType::Float64, cpu(), gen);
+  EXPECT_NEAR(mean(u).item(), 3.0, 0.01);
+  EXPECT_GE(amin(u).item(), 2.0);
+  EXPECT_LT(amax(u).item(), 4.0);
+  EXPECT_NEAR(mean(bernoulli({200000}, 0.3, DType::Float64, cpu(), gen)).item(), 0.3, 0.01);
+}
+
+TEST(Random, SuccessiveDrawsDiffer) {
+  Generator gen(1);
+  EXPECT_NE(randn({16}, DType::Float32, cpu(), gen).to_vector<float>(),
+            randn({16}, DType::Float32, cpu(), gen).to_vector<float>());
+}
