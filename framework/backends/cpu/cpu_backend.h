@@ -35,6 +35,10 @@ class CpuBackend final : public Backend {
   void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
   void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
   void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
+
+  // cpu_nn.cpp: softmax, normalization, cross-entropy
+
+  // cpu_conv.cpp: convolution, pooling, batch normalization
 };
 
 CpuBackend& cpu_backend();
