@@ -1,3 +1,54 @@
-// (being written)
+// Core neural-network functional ops, with torch.nn.functional semantics: linear, embedding,
+// layer/RMS normalization, softmax, cross-entropy, dropout and attention. All are differentiable
+// with respect to their floating inputs; normalization, softmax and cross-entropy run one fused
+// backend kernel each way.
 #pragma once
+#include <optional>
+
+#include "framework/random.h"
 #include "framework/tensor.h"
+
+namespace ml {
+
+// x @ weight^T + bias for x [..., in], weight [out, in] and bias [out] (or undefined): [..., out].
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+// The rows of weight [V, D] at the Int64 ids (any shape): [..., D]. An id outside [0, V) throws
+// std::out_of_range. The gradient reaches weight only (rows hit twice accumulate).
+Tensor embedding(const Tensor& ids, const Tensor& weight);
+
+// (x - mean) / sqrt(var + eps) * weight + bias over the last dim (biased variance), as
+// F.layer_norm(x, (D,), weight, bias, eps). weight and bias are [D] or undefined.
+Tensor layer_norm(const Tensor& x, const Tensor& weight = Tensor(), const Tensor& bias = Tensor(),
+                  double eps = 1e-5);
+
+// x / sqrt(mean(x^2) + eps) * weight over the last dim; weight is [D] or undefined. As in
+// F.rms_norm, eps defaults to the machine epsilon of x's dtype (1.19e-7 for float32).
+Tensor rms_norm(const Tensor& x, const Tensor& weight = Tensor(), std::optional<double> eps = std::nullopt);
+
+// Numerically stable (max-shifted) softmax / log-softmax along dim. For dim other than the last
+// the result is a transposed view.
+Tensor softmax(const Tensor& x, int64_t dim = -1);
+Tensor log_softmax(const Tensor& x, int64_t dim = -1);
+
+enum class Reduction { Mean, Sum, None };
+
+// F.cross_entropy for logits [..., C] (classes in the last dim) and Int64 class targets [...]:
+// per element loss = (1 - s) * (-log p_target) + s * mean_c(-log p_c) with s = label_smoothing.
+// Elements whose target is ignore_index get loss 0 and no gradient; Mean divides by the number of
+// the others, so a batch with every target ignored gives NaN (0/0), as in PyTorch. None returns
+// the per-element losses, shaped like targets. A target outside [0, C) throws std::out_of_range.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100,
+                     double label_smoothing = 0.0, Reduction reduction = Reduction::Mean);
+
+// Inverted dropout: in training, zeroes each element with probability p and scales the rest by
+// 1 / (1 - p), so evaluation (training false, or p == 0) is the identity and returns x itself.
+// p must be in [0, 1).
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen = default_generator());
+
+// softmax(q k^T / sqrt(D) + mask) v for q [..., T, D], k [..., S, D], v [..., S, Dv] (in practice
+// [B, H, T, D]); the leading dims must match. Causal (the default here, unlike PyTorch's
+// is_causal=False) lets query i attend to keys 0..i and needs S == T.
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal = true);
+
+}  // namespace ml

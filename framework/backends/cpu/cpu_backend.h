@@ -37,6 +37,20 @@ class CpuBackend final : public Backend {
   void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
 
   // cpu_nn.cpp: softmax, normalization, cross-entropy
+  void softmax(const Tensor& x, const Tensor& y, bool log, bool causal) override;
+  void softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x, bool log) override;
+  void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
+                  const Tensor& mean, const Tensor& rstd) override;
+  void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                           const Tensor& rstd, const Tensor& grad_x, const Tensor& grad_weight,
+                           const Tensor& grad_bias) override;
+  void rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& y, const Tensor& rstd) override;
+  void rms_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                         const Tensor& grad_x, const Tensor& grad_weight) override;
+  void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double label_smoothing,
+                     const Tensor& losses) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                              double label_smoothing, const Tensor& grad_losses, const Tensor& grad_logits) override;
 
   // cpu_conv.cpp: convolution, pooling, batch normalization
 };

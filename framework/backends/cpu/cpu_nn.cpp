@@ -1,0 +1,370 @@
+// CPU kernels for softmax, layer/RMS normalization and cross-entropy, each forward beside its
+// backward. Every kernel sees a contiguous tensor as rows of its last dim (the op moved the
+// normalized dim last) and runs one row per loop iteration, rows spread over OpenMP threads.
+// Row sums accumulate in double: float32 rows then lose no precision to long sums, and the
+// extra cost is nothing next to the exp() calls and memory traffic.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "framework/backends/cpu/cpu_backend.h"
+#include "framework/backends/cpu/cpu_loops.h"
+
+namespace ml {
+using namespace cpu_loops;
+
+namespace {
+
+// A contiguous tensor seen as `rows` rows of its last dim, `n` elements each.
+struct Rows {
+  int64_t rows = 0;
+  int64_t n = 0;
+  bool parallel() const { return rows > 1 && rows * n >= kParallelGrain; }
+};
+Rows rows_of(const Tensor& t) {
+  const int64_t n = t.dim() == 0 ? 1 : t.size(-1);
+  return {n == 0 ? 0 : t.numel() / n, n};
+}
+
+template <typename T>
+T row_max(const T* x, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
+template <typename T>
+double row_sum(const T* x, int64_t n) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += x[j];
+  return s;
+}
+
+template <typename T>
+double row_dot(const T* a, const T* b, int64_t n) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += double(a[j]) * double(b[j]);
+  return s;
+}
+
+// sum_j exp(x[j] - shift): the normalizer of a max-shifted softmax (each term is at most 1, so
+// nothing overflows).
+template <typename T>
+double sum_exp_shifted(const T* x, int64_t n, T shift) {
+  double s = 0.0;
+  for (int64_t j = 0; j < n; ++j) s += std::exp(x[j] - shift);
+  return s;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------- softmax
+
+// y = softmax(x) or log_softmax(x) per row. Causal: row i of each [T,T] slice keeps columns
+// 0..i; the masked columns are written directly (probability 0, log-probability -inf) instead
+// of adding -inf to the logits, so no infinity enters the arithmetic.
+void CpuBackend::softmax(const Tensor& x, const Tensor& y, bool log, bool causal) {
+  const Rows r = rows_of(x);
+  const int64_t slice_rows = causal ? x.size(-2) : 1;
+  dispatch_floating(x.dtype(), "softmax", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+#pragma omp parallel for schedule(static) if (r.parallel())
+    for (int64_t i = 0; i < r.rows; ++i) {
+      const T* xi = px + i * r.n;
+      T* yi = py + i * r.n;
+      const int64_t visible = causal ? i % slice_rows + 1 : r.n;
+      const T shift = row_max(xi, visible);
+      if (log) {
+        const T log_total = static_cast<T>(std::log(sum_exp_shifted(xi, visible, shift)));
+        for (int64_t j = 0; j < visible; ++j) yi[j] = xi[j] - shift - log_total;
+        std::fill(yi + visible, yi + r.n, -std::numeric_limits<T>::infinity());
+      } else {
+        double total = 0.0;
+        for (int64_t j = 0; j < visible; ++j) {
+          yi[j] = std::exp(xi[j] - shift);
+          total += yi[j];
+        }
+        const T inv_total = static_cast<T>(1.0 / total);
+#pragma omp simd
+        for (int64_t j = 0; j < visible; ++j) yi[j] *= inv_total;
+        std::fill(yi + visible, yi + r.n, T(0));
+      }
+    }
+  });
+}
+
+// softmax:     dx_j = y_j (g_j - sum_k g_k y_k)
+// log_softmax: dx_j = g_j - exp(y_j) sum_k g_k
+// An entry with log-probability -inf (causally masked) is a constant: it gets no gradient and
+// its g_k does not count in the sum. Masked softmax entries need no such care, since y_j = 0.
+void CpuBackend::softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x, bool log) {
+  const Rows r = rows_of(y);
+  dispatch_floating(y.dtype(), "softmax_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T* pg = grad_y.data<T>();
+    const T* py = y.data<T>();
+    T* pdx = grad_x.data<T>();
+    constexpr T minus_inf = -std::numeric_limits<T>::infinity();
+#pragma omp parallel for schedule(static) if (r.parallel())
+    for (int64_t i = 0; i < r.rows; ++i) {
+      const T* gi = pg + i * r.n;
+      const T* yi = py + i * r.n;
+      T* dxi = pdx + i * r.n;
+      if (log) {
+        double g_total = 0.0;
+        for (int64_t j = 0; j < r.n; ++j)
+          if (yi[j] != minus_inf) g_total += gi[j];
+        const T gt = static_cast<T>(g_total);
+        for (int64_t j = 0; j < r.n; ++j) dxi[j] = yi[j] == minus_inf ? T(0) : gi[j] - std::exp(yi[j]) * gt;
+      } else {
+        const T dot = static_cast<T>(row_dot(gi, yi, r.n));
+#pragma omp simd
+        for (int64_t j = 0; j < r.n; ++j) dxi[j] = yi[j] * (gi[j] - dot);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------- normalization
+
+namespace {
+
+// grad_weight[c] = sum_rows g * xhat and grad_bias[c] = sum_rows g, with xhat = (x - mean) * rstd
+// (mean null for RMS norm). Threads take disjoint tiles of columns and walk all rows in order:
+// each tile reads contiguous cache lines, needs no per-thread buffers to merge, and the sums come
+// out in the same order whatever the thread count.
+template <typename T>
+void affine_grads(const T* g, const T* x, const T* mean, const T* rstd, Rows r, T* grad_weight, T* grad_bias) {
+  constexpr int64_t kTile = 16;
+  const int64_t tiles = (r.n + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static) if (r.parallel() && tiles > 1)
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t c0 = tile * kTile, width = std::min(kTile, r.n - c0);
+    double acc_w[kTile] = {}, acc_b[kTile] = {};
+    for (int64_t i = 0; i < r.rows; ++i) {
+      const T* gi = g + i * r.n + c0;
+      const T* xi = x + i * r.n + c0;
+      const T m = mean ? mean[i] : T(0), s = rstd[i];
+      for (int64_t c = 0; c < width; ++c) {
+        acc_w[c] += double(gi[c]) * double((xi[c] - m) * s);
+        acc_b[c] += gi[c];
+      }
+    }
+    for (int64_t c = 0; c < width; ++c) {
+      if (grad_weight) grad_weight[c0 + c] = static_cast<T>(acc_w[c]);
+      if (grad_bias) grad_bias[c0 + c] = static_cast<T>(acc_b[c]);
+    }
+  }
+}
+
+template <typename T>
+const T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+template <typename T>
+T* mutable_data_or_null(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+
+}  // namespace
+
+// y = (x - mean) * rstd * weight + bias with the biased variance, rstd = 1 / sqrt(var + eps).
+// The variance is taken around the mean in a second pass (the row is in cache), which avoids
+// the cancellation of E[x^2] - E[x]^2.
+void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
+                            const Tensor& mean, const Tensor& rstd) {
+  const Rows r = rows_of(x);
+  dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    const T* w = data_or_null<T>(weight);
+    const T* b = data_or_null<T>(bias);
+    T* py = y.data<T>();
+    T* pmean = mean.data<T>();
+    T* prstd = rstd.data<T>();
+#pragma omp parallel for schedule(static) if (r.parallel())
+    for (int64_t i = 0; i < r.rows; ++i) {
+      const T* xi = px + i * r.n;
+      T* yi = py + i * r.n;
+      const double mu = row_sum(xi, r.n) / double(r.n);
+      double var = 0.0;
+#pragma omp simd reduction(+ : var)
+      for (int64_t j = 0; j < r.n; ++j) var += (xi[j] - mu) * (xi[j] - mu);
+      const T m = static_cast<T>(mu), s = static_cast<T>(1.0 / std::sqrt(var / double(r.n) + eps));
+      pmean[i] = m;
+      prstd[i] = s;
+#pragma omp simd
+      for (int64_t j = 0; j < r.n; ++j) yi[j] = (xi[j] - m) * s * (w ? w[j] : T(1)) + (b ? b[j] : T(0));
+    }
+  });
+}
+
+// With xhat = (x - mean) * rstd and h = g * weight (the gradient reaching xhat):
+//   dx = rstd * (h - mean(h) - xhat * mean(h * xhat))
+// (the two means remove the components along the directions that normalization projects out).
+void CpuBackend::layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                     const Tensor& rstd, const Tensor& grad_x, const Tensor& grad_weight,
+                                     const Tensor& grad_bias) {
+  const Rows r = rows_of(x);
+  dispatch_floating(x.dtype(), "layer_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T* pg = grad_y.data<T>();
+    const T* px = x.data<T>();
+    const T* w = data_or_null<T>(weight);
+    const T* pmean = mean.data<T>();
+    const T* prstd = rstd.data<T>();
+    if (T* pdx = mutable_data_or_null<T>(grad_x)) {
+#pragma omp parallel for schedule(static) if (r.parallel())
+      for (int64_t i = 0; i < r.rows; ++i) {
+        const T* gi = pg + i * r.n;
+        const T* xi = px + i * r.n;
+        T* dxi = pdx + i * r.n;
+        const T m = pmean[i], s = prstd[i];
+        double h_sum = 0.0, h_xhat_sum = 0.0;
+#pragma omp simd reduction(+ : h_sum, h_xhat_sum)
+        for (int64_t j = 0; j < r.n; ++j) {
+          const T h = gi[j] * (w ? w[j] : T(1));
+          h_sum += h;
+          h_xhat_sum += double(h) * double((xi[j] - m) * s);
+        }
+        const T h_mean = static_cast<T>(h_sum / double(r.n)), h_xhat_mean = static_cast<T>(h_xhat_sum / double(r.n));
+#pragma omp simd
+        for (int64_t j = 0; j < r.n; ++j)
+          dxi[j] = s * (gi[j] * (w ? w[j] : T(1)) - h_mean - (xi[j] - m) * s * h_xhat_mean);
+      }
+    }
+    if (grad_weight.defined() || grad_bias.defined())
+      affine_grads(pg, px, pmean, prstd, r, mutable_data_or_null<T>(grad_weight), mutable_data_or_null<T>(grad_bias));
+  });
+}
+
+// y = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps).
+void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& y, const Tensor& rstd) {
+  const Rows r = rows_of(x);
+  dispatch_floating(x.dtype(), "rms_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    const T* w = data_or_null<T>(weight);
+    T* py = y.data<T>();
+    T* prstd = rstd.data<T>();
+#pragma omp parallel for schedule(static) if (r.parallel())
+    for (int64_t i = 0; i < r.rows; ++i) {
+      const T* xi = px + i * r.n;
+      T* yi = py + i * r.n;
+      const T s = static_cast<T>(1.0 / std::sqrt(row_dot(xi, xi, r.n) / double(r.n) + eps));
+      prstd[i] = s;
+#pragma omp simd
+      for (int64_t j = 0; j < r.n; ++j) yi[j] = xi[j] * s * (w ? w[j] : T(1));
+    }
+  });
+}
+
+// With xhat = x * rstd and h = g * weight: dx = rstd * (h - xhat * mean(h * xhat)).
+void CpuBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                                   const Tensor& grad_x, const Tensor& grad_weight) {
+  const Rows r = rows_of(x);
+  dispatch_floating(x.dtype(), "rms_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T* pg = grad_y.data<T>();
+    const T* px = x.data<T>();
+    const T* w = data_or_null<T>(weight);
+    const T* prstd = rstd.data<T>();
+    if (T* pdx = mutable_data_or_null<T>(grad_x)) {
+#pragma omp parallel for schedule(static) if (r.parallel())
+      for (int64_t i = 0; i < r.rows; ++i) {
+        const T* gi = pg + i * r.n;
+        const T* xi = px + i * r.n;
+        T* dxi = pdx + i * r.n;
+        const T s = prstd[i];
+        double h_xhat_sum = 0.0;
+#pragma omp simd reduction(+ : h_xhat_sum)
+        for (int64_t j = 0; j < r.n; ++j) h_xhat_sum += double(gi[j] * (w ? w[j] : T(1))) * double(xi[j] * s);
+        const T h_xhat_mean = static_cast<T>(h_xhat_sum / double(r.n));
+#pragma omp simd
+        for (int64_t j = 0; j < r.n; ++j) dxi[j] = s * (gi[j] * (w ? w[j] : T(1)) - xi[j] * s * h_xhat_mean);
+      }
+    }
+    if (grad_weight.defined()) affine_grads<T>(pg, px, nullptr, prstd, r, grad_weight.data<T>(), nullptr);
+  });
+}
+
+// ---------------------------------------------------------------------------------- cross-entropy
+
+namespace {
+
+// Checked before the parallel loops: an exception must not escape an OpenMP region.
+void check_targets(const int64_t* targets, int64_t rows, int64_t classes, int64_t ignore_index) {
+  for (int64_t i = 0; i < rows; ++i)
+    if (targets[i] != ignore_index && (targets[i] < 0 || targets[i] >= classes))
+      throw std::out_of_range("cross_entropy: target " + std::to_string(targets[i]) + " at position " +
+                              std::to_string(i) + " is out of range for " + std::to_string(classes) +
+                              " classes (ignore_index " + std::to_string(ignore_index) + ")");
+}
+
+}  // namespace
+
+// With lse = log sum_c exp(x_c) and smoothing e over C classes (PyTorch's definition):
+//   loss = (1 - e) * (lse - x_t) + e * mean_c(lse - x_c) = lse - (1 - e) x_t - e mean_c(x_c)
+void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                               double label_smoothing, const Tensor& losses) {
+  const Rows r = rows_of(logits);
+  const int64_t* pt = targets.data<int64_t>();
+  check_targets(pt, r.rows, r.n, ignore_index);
+  dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = logits.data<T>();
+    T* pl = losses.data<T>();
+#pragma omp parallel for schedule(static) if (r.parallel())
+    for (int64_t i = 0; i < r.rows; ++i) {
+      if (pt[i] == ignore_index) {
+        pl[i] = T(0);
+        continue;
+      }
+      const T* xi = px + i * r.n;
+      const T shift = row_max(xi, r.n);
+      const double lse = double(shift) + std::log(sum_exp_shifted(xi, r.n, shift));
+      const double smooth = label_smoothing > 0 ? label_smoothing * row_sum(xi, r.n) / double(r.n) : 0.0;
+      pl[i] = static_cast<T>(lse - (1.0 - label_smoothing) * double(xi[pt[i]]) - smooth);
+    }
+  });
+}
+
+// d loss / d x_c = softmax_c - (1 - e) [c == t] - e / C, scaled by the row's incoming gradient.
+// The softmax is recomputed from the logits rather than stored by the forward pass: one more
+// pass of exp() is cheaper than keeping an [N, C] probability tensor alive.
+void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                                        double label_smoothing, const Tensor& grad_losses,
+                                        const Tensor& grad_logits) {
+  const Rows r = rows_of(logits);
+  const int64_t* pt = targets.data<int64_t>();
+  dispatch_floating(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = logits.data<T>();
+    const T* pgl = grad_losses.data<T>();
+    T* pdx = grad_logits.data<T>();
+#pragma omp parallel for schedule(static) if (r.parallel())
+    for (int64_t i = 0; i < r.rows; ++i) {
+      const T* xi = px + i * r.n;
+      T* dxi = pdx + i * r.n;
+      if (pt[i] == ignore_index) {
+        std::fill(dxi, dxi + r.n, T(0));
+        continue;
+      }
+      const T shift = row_max(xi, r.n);
+      const T g = pgl[i];
+      const T g_over_total = static_cast<T>(double(g) / sum_exp_shifted(xi, r.n, shift));
+      const T g_smooth = static_cast<T>(double(g) * label_smoothing / double(r.n));
+      for (int64_t j = 0; j < r.n; ++j) dxi[j] = std::exp(xi[j] - shift) * g_over_total - g_smooth;
+      dxi[pt[i]] -= static_cast<T>(double(g) * (1.0 - label_smoothing));
+    }
+  });
+}
+
+}  // namespace ml

@@ -1,0 +1,430 @@
+// Core nn ops (nn_core.h): forward values computed by hand, float64 gradient checks, agreement with
+// the same functions composed from primitive ops at sizes that take the kernels' parallel paths,
+// float32 against float64, dropout statistics and error messages.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "framework/backend.h"
+#include "framework/ops.h"
+#include "tests/gradcheck.h"
+
+using namespace ml;
+using ml::testing::expect_error_mentions;
+using ml::testing::expect_gradients_match;
+using ml::testing::random_input;
+using ml::testing::TensorFn;
+
+namespace {
+
+using V = std::vector<double>;
+std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+Tensor f64(const V& v, const Shape& shape) { return Tensor::from_vector<double>(v, shape); }
+Tensor ids(const std::vector<int64_t>& v, const Shape& shape) { return Tensor::from_vector<int64_t>(v, shape); }
+
+void expect_close(const Tensor& actual, const Tensor& expected, double tol, const std::string& what = "") {
+  ASSERT_EQ(actual.shape(), expected.shape()) << what;
+  const V a = values(actual), e = values(expected);
+  for (size_t i = 0; i < a.size(); ++i)
+    ASSERT_NEAR(a[i], e[i], tol * std::max(1.0, std::abs(e[i]))) << what << " element " << i;
+}
+
+void expect_values_near(const Tensor& actual, const V& expected, double tol = 1e-12) {
+  expect_close(actual, f64(expected, actual.shape()), tol);
+}
+
+// ------------------------------------------------------------ references composed from primitive ops
+
+Tensor softmax_reference(const Tensor& x) {
+  const Tensor e = exp(x - amax(x, {-1}, true));
+  return e / sum(e, {-1}, true);
+}
+
+Tensor log_softmax_reference(const Tensor& x) {
+  const Tensor shifted = x - amax(x, {-1}, true);
+  return shifted - log(sum(exp(shifted), {-1}, true));
+}
+
+Tensor layer_norm_reference(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  const Tensor centered = x - mean(x, {-1}, true);
+  return centered * rsqrt(var(x, {-1}, true, /*correction=*/0) + eps) * w + b;
+}
+
+Tensor rms_norm_reference(const Tensor& x, const Tensor& w, double eps) {
+  return x * rsqrt(mean(x * x, {-1}, true) + eps) * w;
+}
+
+// Mean cross-entropy of logits [N, C] through log_softmax, gather and a float mask of the kept rows.
+Tensor cross_entropy_reference(const Tensor& logits, const std::vector<int64_t>& targets, int64_t ignore_index,
+                               double smoothing) {
+  std::vector<int64_t> safe;
+  V kept;
+  for (int64_t t : targets) {
+    safe.push_back(t == ignore_index ? 0 : t);
+    kept.push_back(t == ignore_index ? 0.0 : 1.0);
+  }
+  const int64_t n = static_cast<int64_t>(targets.size());
+  const Tensor logp = log_softmax_reference(logits);
+  const Tensor nll = neg(gather(logp, 1, ids(safe, {n, 1}))).reshape({n});
+  const Tensor smooth = neg(mean(logp, {1}));
+  const Tensor mask = f64(kept, {n}).to(logits.dtype());
+  return sum(((1.0 - smoothing) * nll + smoothing * smooth) * mask) / sum(mask);
+}
+
+Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
+  Tensor scores = matmul(q, k.transpose(-1, -2)) * (1.0 / std::sqrt(double(q.size(-1))));
+  if (causal) {
+    const int64_t t = q.size(-2);
+    V above(t * t);
+    for (int64_t i = 0; i < t; ++i)
+      for (int64_t j = 0; j < t; ++j) above[i * t + j] = j > i;
+    scores = masked_fill(scores, f64(above, {t, t}).to(q.dtype()), -std::numeric_limits<double>::infinity());
+  }
+  return matmul(softmax_reference(scores), v);
+}
+
+// f's output and the gradients of sum(f * w) for a fixed random w.
+struct Evaluation {
+  Tensor out;
+  std::vector<Tensor> grads;
+};
+Evaluation evaluate(const TensorFn& f, const std::vector<Tensor>& inputs) {
+  for (const Tensor& x : inputs) x.impl()->grad.reset();
+  Evaluation e{f(inputs), {}};
+  Generator gen(99);
+  sum(e.out * randn(e.out.shape(), e.out.dtype(), cpu(), gen)).backward();
+  for (const Tensor& x : inputs) e.grads.push_back(x.grad());
+  return e;
+}
+
+// Float32 leaves holding the same values.
+std::vector<Tensor> as_float32(const std::vector<Tensor>& inputs) {
+  std::vector<Tensor> out;
+  for (const Tensor& x : inputs) {
+    Tensor y = x.detach().to(DType::Float32);
+    y.requires_grad_();
+    out.push_back(y);
+  }
+  return out;
+}
+
+// f against its composed reference in float64 (tight), and f in float32 against float64.
+void expect_matches_reference(const TensorFn& f, const TensorFn& reference, const std::vector<Tensor>& inputs,
+                              double float32_tol = 2e-5) {
+  const Evaluation fused = evaluate(f, inputs), composed = evaluate(reference, inputs);
+  expect_close(fused.out, composed.out, 1e-11, "output");
+  for (size_t i = 0; i < inputs.size(); ++i) expect_close(fused.grads[i], composed.grads[i], 1e-10, "gradient");
+  const Evaluation single = evaluate(f, as_float32(inputs));
+  EXPECT_EQ(single.out.dtype(), DType::Float32);
+  expect_close(single.out, fused.out, float32_tol, "float32 output");
+  for (size_t i = 0; i < inputs.size(); ++i) expect_close(single.grads[i], fused.grads[i], float32_tol, "float32 gradient");
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------ forward values
+
+TEST(NnCore, SoftmaxForwardByHand) {
+  const double total = std::exp(1.0) + std::exp(2.0) + std::exp(3.0);
+  const V expected{std::exp(1.0) / total, std::exp(2.0) / total, std::exp(3.0) / total};
+  expect_values_near(softmax(f64({1, 2, 3}, {3})), expected);
+  expect_values_near(log_softmax(f64({1, 2, 3}, {3})), {1 - std::log(total), 2 - std::log(total), 3 - std::log(total)});
+  // Shifting the logits changes nothing, however large they are (max subtraction).
+  expect_values_near(softmax(f64({1001, 1002, 1003}, {3})), expected);
+  expect_close(softmax(Tensor::from_vector<float>({1000, 1001, 1002}, {3})), f64(expected, {3}), 1e-6);
+  // Along dim 0 of [[1, 2], [3, 5]]: each column normalized on its own.
+  const double c0 = 1 / (1 + std::exp(2.0)), c1 = 1 / (1 + std::exp(3.0));
+  expect_values_near(softmax(f64({1, 2, 3, 5}, {2, 2}), 0), {c0, c1, 1 - c0, 1 - c1});
+  expect_values_near(log_softmax(f64({1, 2, 3, 5}, {2, 2}), -2), {std::log(c0), std::log(c1), std::log(1 - c0), std::log(1 - c1)});
+}
+
+TEST(NnCore, CausalLogSoftmaxKernelMasksWithMinusInfinity) {
+  // The attention op only needs the causal softmax; the kernel contract also covers causal
+  // log_softmax, whose masked entries are -inf and pass no gradient.
+  const Tensor x = random_input({2, 4, 4}, 3).detach();
+  Tensor probs = Tensor::empty(x.shape(), DType::Float64), logp = Tensor::empty(x.shape(), DType::Float64);
+  backend_of(x).softmax(x, probs, false, true);
+  backend_of(x).softmax(x, logp, true, true);
+  const Tensor g = random_input({2, 4, 4}, 4).detach();
+  Tensor grad_x = Tensor::empty(x.shape(), DType::Float64);
+  backend_of(x).softmax_backward(g, logp, grad_x, true);
+  const V p = values(probs), lp = values(logp), gv = values(g), gx = values(grad_x);
+  for (int64_t s = 0; s < 2; ++s)
+    for (int64_t i = 0; i < 4; ++i) {
+      double visible_g = 0, row_total = 0;
+      for (int64_t j = 0; j <= i; ++j) visible_g += gv[(s * 4 + i) * 4 + j];
+      for (int64_t j = 0; j < 4; ++j) {
+        const size_t at = (s * 4 + i) * 4 + j;
+        row_total += p[at];
+        if (j > i) {
+          EXPECT_EQ(p[at], 0.0);
+          EXPECT_EQ(lp[at], -std::numeric_limits<double>::infinity());
+          EXPECT_EQ(gx[at], 0.0);
+        } else {
+          EXPECT_NEAR(std::exp(lp[at]), p[at], 1e-14);
+          EXPECT_NEAR(gx[at], gv[at] - p[at] * visible_g, 1e-14);
+        }
+      }
+      EXPECT_NEAR(row_total, 1.0, 1e-14);
+    }
+}
+
+TEST(NnCore, LayerNormAndRmsNormForwardByHand) {
+  const Tensor x = f64({1, 2, 3, 4}, {4});
+  const double s = 1 / std::sqrt(1.25 + 1e-5);  // mean 2.5, biased variance 1.25
+  expect_values_near(layer_norm(x), {-1.5 * s, -0.5 * s, 0.5 * s, 1.5 * s});
+  const Tensor w = f64({1, -1, 0.5, 2}, {4}), b = f64({0, 1, 2, 3}, {4});
+  expect_values_near(layer_norm(x, w, b, 0.1), [] {
+    const double s1 = 1 / std::sqrt(1.25 + 0.1);
+    return V{-1.5 * s1, 1 + 0.5 * s1, 2 + 0.25 * s1, 3 + 3 * s1};
+  }());
+  // Each row normalized on its own.
+  expect_values_near(layer_norm(f64({1, 2, 3, 4, 10, 20, 30, 40}, {2, 4}), Tensor(), Tensor(), 0.0),
+                     {-1.5 / std::sqrt(1.25), -0.5 / std::sqrt(1.25), 0.5 / std::sqrt(1.25), 1.5 / std::sqrt(1.25),
+                      -1.5 / std::sqrt(1.25), -0.5 / std::sqrt(1.25), 0.5 / std::sqrt(1.25), 1.5 / std::sqrt(1.25)});
+
+  const double r = 1 / std::sqrt(14.0 / 3 + 1e-6);  // mean of squares of [1, 2, 3]
+  expect_values_near(rms_norm(f64({1, 2, 3}, {3}), Tensor(), 1e-6), {r, 2 * r, 3 * r});
+  expect_values_near(rms_norm(f64({1, 2, 3}, {3}), f64({2, 0, -1}, {3}), 1e-6), {2 * r, 0, -3 * r});
+  // The default eps is the dtype's machine epsilon, as in F.rms_norm: visible on tiny inputs.
+  const Tensor tiny = Tensor::from_vector<float>({3e-4f, 4e-4f}, {2});
+  expect_close(rms_norm(tiny), rms_norm(tiny, Tensor(), std::numeric_limits<float>::epsilon()), 1e-7);
+  const double tiny_scale = 1 / std::sqrt(12.5e-8 + std::numeric_limits<float>::epsilon());
+  expect_close(rms_norm(tiny), Tensor::from_vector<double>({3e-4 * tiny_scale, 4e-4 * tiny_scale}, {2}), 1e-5);
+}
+
+TEST(NnCore, CrossEntropyByHand) {
+  const Tensor logits = f64({1, 2, 3, 0.5, -1, 2}, {2, 3});
+  const Tensor targets = ids({2, 0}, {2});
+  // -log p_c per row, from the definition p_c = exp(x_c) / sum exp(x).
+  const double lse0 = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0));
+  const double lse1 = std::log(std::exp(0.5) + std::exp(-1.0) + std::exp(2.0));
+  const double nll0 = lse0 - 3, nll1 = lse1 - 0.5;
+  const double smooth0 = lse0 - 2.0, smooth1 = lse1 - 0.5;  // mean_c(-log p_c) = lse - mean(x)
+  EXPECT_NEAR(cross_entropy(logits, targets).item(), (nll0 + nll1) / 2, 1e-14);
+  const double eps = 0.1;
+  const double smoothed0 = (1 - eps) * nll0 + eps * smooth0, smoothed1 = (1 - eps) * nll1 + eps * smooth1;
+  EXPECT_NEAR(cross_entropy(logits, targets, -100, eps).item(), (smoothed0 + smoothed1) / 2, 1e-14);
+  EXPECT_NEAR(cross_entropy(logits, targets, -100, eps).item(), 1.124458630550769, 1e-14);  // torch 1.13
+  // An ignored row counts in neither the sum nor the mean's denominator.
+  const Tensor with_ignored = ids({2, -100}, {2});
+  EXPECT_NEAR(cross_entropy(logits, with_ignored, -100, eps).item(), smoothed0, 1e-14);
+  EXPECT_NEAR(cross_entropy(logits, with_ignored, -100, eps).item(), 0.5076059644443804, 1e-14);  // torch 1.13
+  EXPECT_NEAR(cross_entropy(logits, ids({2, 0}, {2}), /*ignore_index=*/0).item(), nll0, 1e-14);
+  expect_values_near(cross_entropy(logits, with_ignored, -100, eps, Reduction::None), {smoothed0, 0.0}, 1e-14);
+  EXPECT_NEAR(cross_entropy(logits, targets, -100, eps, Reduction::Sum).item(), smoothed0 + smoothed1, 1e-14);
+  EXPECT_TRUE(std::isnan(cross_entropy(logits, ids({-100, -100}, {2})).item()));  // as PyTorch: 0 / 0
+  // Logits [..., C] with targets [...]: the same as flattening.
+  const Tensor cube = logits.reshape({1, 2, 3});
+  EXPECT_NEAR(cross_entropy(cube, targets.reshape({1, 2})).item(), (nll0 + nll1) / 2, 1e-14);
+  EXPECT_EQ(cross_entropy(cube, targets.reshape({1, 2}), -100, 0.0, Reduction::None).shape(), (Shape{1, 2}));
+}
+
+TEST(NnCore, LinearAndEmbeddingForwardByHand) {
+  const Tensor w = f64({1, 0, 0, 1, 1, 1}, {3, 2}), b = f64({10, 20, 30}, {3});
+  expect_values_near(linear(f64({1, 2, 3, 4}, {2, 2}), w, b), {11, 22, 33, 13, 24, 37});
+  expect_values_near(linear(f64({1, 2, 3, 4}, {2, 2}), w), {1, 2, 3, 3, 4, 7});
+  expect_values_near(linear(f64({1, 2}, {2}), w, b), {11, 22, 33});
+  EXPECT_EQ(linear(ones({4, 5, 2}, DType::Float64), w, b).shape(), (Shape{4, 5, 3}));
+  expect_values_near(linear(f64({1, 2, 3, 4}, {2, 2}).t(), w), {1, 3, 4, 2, 4, 6});
+
+  const Tensor table = arange(0, 6, 1, DType::Float64).reshape({3, 2});
+  const Tensor looked_up = embedding(ids({2, 0, 1, 2}, {2, 2}), table);
+  EXPECT_EQ(looked_up.shape(), (Shape{2, 2, 2}));
+  expect_values_near(looked_up, {4, 5, 0, 1, 2, 3, 4, 5});
+  expect_values_near(embedding(ids({1}, {}), table), {2, 3});
+}
+
+TEST(NnCore, AttentionForwardByHand) {
+  // One head, two positions, D = 1 (scale 1): position 0 sees only key 0, so it returns v[0].
+  const Tensor q = f64({1, 2}, {1, 1, 2, 1}), k = f64({0.5, -1}, {1, 1, 2, 1}), v = f64({3, 7}, {1, 1, 2, 1});
+  const double p0 = std::exp(2 * 0.5) / (std::exp(2 * 0.5) + std::exp(2 * -1.0));  // query 1's weight on key 0
+  expect_values_near(scaled_dot_product_attention(q, k, v), {3, p0 * 3 + (1 - p0) * 7});
+  const double n0 = std::exp(0.5) / (std::exp(0.5) + std::exp(-1.0));  // query 0's weight on key 0, unmasked
+  expect_values_near(scaled_dot_product_attention(q, k, v, false), {n0 * 3 + (1 - n0) * 7, p0 * 3 + (1 - p0) * 7});
+}
+
+TEST(NnCore, DropoutStatisticsAndModes) {
+  const Tensor x = ones({200000});
+  EXPECT_TRUE(dropout(x, 0.5, false).is_same(x));
+  EXPECT_TRUE(dropout(x, 0.0, true).is_same(x));
+  Generator gen(5);
+  const std::vector<float> y = dropout(x, 0.25, true, gen).to_vector<float>();
+  int64_t zeros_seen = 0;
+  double total = 0;
+  for (float v : y) {
+    if (v == 0.0f)
+      ++zeros_seen;
+    else
+      ASSERT_FLOAT_EQ(v, 1.0f / 0.75f);
+    total += v;
+  }
+  // Standard deviation of the dropped fraction: sqrt(0.25 * 0.75 / 200000) ~ 0.001.
+  EXPECT_NEAR(double(zeros_seen) / y.size(), 0.25, 0.005);
+  EXPECT_NEAR(total / y.size(), 1.0, 0.01);  // inverted dropout keeps the mean
+  Generator same(5), other(6);
+  EXPECT_EQ(dropout(x, 0.25, true, same).to_vector<float>(), y);
+  EXPECT_NE(dropout(x, 0.25, true, other).to_vector<float>(), y);
+  // The gradient is the same mask and scale.
+  Tensor leaf = ones({1000});
+  leaf.requires_grad_();
+  Generator g1(8);
+  const Tensor out = dropout(leaf, 0.4, true, g1);
+  sum(out).backward();
+  EXPECT_EQ(leaf.grad().to_vector<float>(), out.to_vector<float>());
+}
+
+// ------------------------------------------------------------------------------ errors
+
+TEST(NnCore, ErrorMessagesNameOpAndShapes) {
+  expect_error_mentions([] { linear(ones({2, 3}), ones({4, 5})); }, {"linear", "[2, 3]", "[4, 5]"});
+  expect_error_mentions([] { linear(ones({2, 3}), ones({4, 3}), ones({5})); }, {"linear", "bias", "[5]", "[4, 3]"});
+  expect_error_mentions([] { linear(ones({2, 3}), ones({4, 3}, DType::Float64)); }, {"linear", "dtype"});
+  expect_error_mentions([] { layer_norm(ones({2, 4}), ones({3})); }, {"layer_norm", "weight", "[3]", "[2, 4]"});
+  expect_error_mentions([] { layer_norm(ones({2, 4}), ones({4}), ones({2})); }, {"layer_norm", "bias", "[2]"});
+  expect_error_mentions([] { rms_norm(ones({2, 4}), ones({4, 1})); }, {"rms_norm", "weight", "[4, 1]", "[2, 4]"});
+  expect_error_mentions([] { softmax(ones({2, 4}), 2); }, {"softmax", "dimension 2"});
+  expect_error_mentions([] { embedding(ids({0, 7}, {2}), ones({3, 4})); }, {"embedding", "7", "[0, 3)", "[3, 4]"});
+  expect_error_mentions([] { embedding(ids({-1}, {1}), ones({3, 4})); }, {"embedding", "-1"});
+  expect_error_mentions([] { embedding(ones({2}), ones({3, 4})); }, {"embedding", "int64"});
+  expect_error_mentions([] { cross_entropy(ones({2, 3}), ids({0, 3}, {2})); }, {"cross_entropy", "target 3", "3 classes"});
+  expect_error_mentions([] { cross_entropy(ones({2, 3}), ids({0, 1, 2}, {3})); }, {"cross_entropy", "[2, 3]", "[3]"});
+  expect_error_mentions([] { cross_entropy(ones({2, 3}), ones({2})); }, {"cross_entropy", "int64"});
+  expect_error_mentions([] { cross_entropy(ones({2, 3}), ids({0, 1}, {2}), -100, 1.5); }, {"cross_entropy", "label_smoothing"});
+  expect_error_mentions([] { dropout(ones({2}), 1.0, true); }, {"dropout", "p must be in [0, 1)"});
+  expect_error_mentions([] { dropout(ones({2}), -0.1, true); }, {"dropout", "p must"});
+  expect_error_mentions([] { scaled_dot_product_attention(ones({1, 2, 4, 8}), ones({1, 2, 4, 6}), ones({1, 2, 4, 8})); },
+                        {"scaled_dot_product_attention", "[1, 2, 4, 8]", "[1, 2, 4, 6]"});
+  expect_error_mentions([] { scaled_dot_product_attention(ones({1, 2, 4, 8}), ones({1, 2, 5, 8}), ones({1, 2, 5, 8})); },
+                        {"scaled_dot_product_attention", "causal", "[1, 2, 5, 8]"});
+}
+
+// ------------------------------------------------------------------------------ gradients (float64)
+
+TEST(NnCoreGrad, SoftmaxAndLogSoftmaxAlongEveryDim) {
+  for (bool log : {false, true}) {
+    auto op = [log](const Tensor& x, int64_t dim) { return log ? log_softmax(x, dim) : softmax(x, dim); };
+    SCOPED_TRACE(log ? "log_softmax" : "softmax");
+    expect_gradients_match([&](auto& in) { return op(in[0], -1); }, {random_input({5}, 1)});
+    for (int64_t dim : {0, 1, 2, -1})
+      expect_gradients_match([&](auto& in) { return op(in[0], dim); }, {random_input({2, 3, 4}, 2)});
+    // a transposed (non-contiguous) input, and large logits
+    expect_gradients_match([&](auto& in) { return op(in[0].t(), 1); }, {random_input({4, 3}, 3)});
+    expect_gradients_match([&](auto& in) { return op(in[0] * 30.0, 1); }, {random_input({3, 4}, 4)}, 1e-5);
+  }
+}
+
+TEST(NnCoreGrad, LayerNormWithAndWithoutAffine) {
+  expect_gradients_match([](auto& in) { return layer_norm(in[0], in[1], in[2]); },
+                         {random_input({3, 5}, 1), random_input({5}, 2), random_input({5}, 3)});
+  expect_gradients_match([](auto& in) { return layer_norm(in[0]); }, {random_input({2, 3, 4}, 4)});
+  expect_gradients_match([](auto& in) { return layer_norm(in[0], in[1]); }, {random_input({4, 6}, 5), random_input({6}, 6)});
+  expect_gradients_match([](auto& in) { return layer_norm(in[0], Tensor(), in[1], 0.5); },
+                         {random_input({4, 6}, 7), random_input({6}, 8)});
+  expect_gradients_match([](auto& in) { return layer_norm(in[0].t(), in[1], in[2]); },
+                         {random_input({5, 3}, 9), random_input({5}, 10), random_input({5}, 11)});
+  expect_gradients_match([](auto& in) { return layer_norm(in[0], in[1], in[2]); },
+                         {random_input({7}, 12), random_input({7}, 13), random_input({7}, 14)});
+}
+
+TEST(NnCoreGrad, RmsNormWithAndWithoutWeight) {
+  expect_gradients_match([](auto& in) { return rms_norm(in[0], in[1], 1e-6); },
+                         {random_input({3, 5}, 1), random_input({5}, 2)});
+  expect_gradients_match([](auto& in) { return rms_norm(in[0]); }, {random_input({2, 3, 4}, 3)});
+  expect_gradients_match([](auto& in) { return rms_norm(in[0].t(), in[1], 0.1); },
+                         {random_input({6, 2}, 4), random_input({6}, 5)});
+}
+
+TEST(NnCoreGrad, CrossEntropyWithIgnoreIndexAndLabelSmoothing) {
+  const Tensor targets = ids({1, 4, 0, 2}, {4});
+  const Tensor ignoring = ids({1, -100, 0, -100}, {4});
+  for (double smoothing : {0.0, 0.1, 1.0}) {
+    SCOPED_TRACE(smoothing);
+    expect_gradients_match([&](auto& in) { return cross_entropy(in[0], targets, -100, smoothing); },
+                           {random_input({4, 5}, 1)});
+    expect_gradients_match([&](auto& in) { return cross_entropy(in[0], ignoring, -100, smoothing); },
+                           {random_input({4, 5}, 2)});
+    expect_gradients_match([&](auto& in) { return cross_entropy(in[0], targets, 2, smoothing, Reduction::Sum); },
+                           {random_input({4, 5}, 3)});
+    expect_gradients_match([&](auto& in) { return cross_entropy(in[0], ignoring, -100, smoothing, Reduction::None); },
+                           {random_input({4, 5}, 4)});
+  }
+  // [..., C] logits, and transposed logits
+  expect_gradients_match([](auto& in) { return cross_entropy(in[0], ids({0, 2, 1, 1, 0, 2}, {2, 3}), -100, 0.2); },
+                         {random_input({2, 3, 3}, 5)});
+  expect_gradients_match([&](auto& in) { return cross_entropy(in[0].t(), targets, -100, 0.1); },
+                         {random_input({5, 4}, 6)});
+}
+
+TEST(NnCoreGrad, LinearOfEveryRank) {
+  auto with_bias = [](auto& in) { return linear(in[0], in[1], in[2]); };
+  expect_gradients_match(with_bias, {random_input({4, 3}, 1), random_input({2, 3}, 2), random_input({2}, 3)});
+  expect_gradients_match(with_bias, {random_input({3}, 4), random_input({2, 3}, 5), random_input({2}, 6)});
+  expect_gradients_match(with_bias, {random_input({2, 4, 3}, 7), random_input({5, 3}, 8), random_input({5}, 9)});
+  expect_gradients_match([](auto& in) { return linear(in[0], in[1]); }, {random_input({4, 3}, 10), random_input({2, 3}, 11)});
+  expect_gradients_match([](auto& in) { return linear(in[0].t(), in[1].t(), in[2]); },
+                         {random_input({3, 4}, 12), random_input({3, 2}, 13), random_input({2}, 14)});
+}
+
+TEST(NnCoreGrad, EmbeddingAccumulatesRepeatedIds) {
+  expect_gradients_match([](auto& in) { return embedding(ids({0, 2, 2, 3, 0, 1}, {2, 3}), in[0]); },
+                         {random_input({4, 3}, 1)});
+  Tensor table = zeros({3, 2}, DType::Float64);
+  table.requires_grad_();
+  sum(embedding(ids({2, 0, 2, 2}, {4}), table)).backward();
+  EXPECT_EQ(values(table.grad()), (V{1, 1, 0, 0, 3, 3}));
+}
+
+TEST(NnCoreGrad, DropoutWithAFixedGenerator) {
+  expect_gradients_match(
+      [](auto& in) {
+        Generator gen(17);  // the same mask on every call
+        return dropout(in[0], 0.3, true, gen);
+      },
+      {random_input({4, 5}, 1)});
+}
+
+TEST(NnCoreGrad, AttentionCausalAndNot) {
+  auto sdpa = [](bool causal) {
+    return [causal](const std::vector<Tensor>& in) { return scaled_dot_product_attention(in[0], in[1], in[2], causal); };
+  };
+  expect_gradients_match(sdpa(true), {random_input({2, 2, 4, 3}, 1), random_input({2, 2, 4, 3}, 2), random_input({2, 2, 4, 3}, 3)});
+  expect_gradients_match(sdpa(false), {random_input({2, 2, 4, 3}, 4), random_input({2, 2, 4, 3}, 5), random_input({2, 2, 4, 3}, 6)});
+  // more keys than queries, a different value width
+  expect_gradients_match(sdpa(false), {random_input({1, 2, 3, 4}, 7), random_input({1, 2, 5, 4}, 8), random_input({1, 2, 5, 2}, 9)});
+  // heads split from a [B, T, H, D] layout: transposed, non-contiguous views
+  expect_gradients_match(
+      [](auto& in) {
+        return scaled_dot_product_attention(in[0].transpose(1, 2), in[1].transpose(1, 2), in[2].transpose(1, 2));
+      },
+      {random_input({2, 5, 2, 3}, 10), random_input({2, 5, 2, 3}, 11), random_input({2, 5, 2, 3}, 12)});
+}
+
+// ------------------------------------------------------------------------------ larger shapes
+
+// Shapes big enough for the kernels' OpenMP loops; the composed references go through other code.
+TEST(NnCore, FusedKernelsMatchComposedOpsAndFloat32) {
+  expect_matches_reference([](auto& in) { return softmax(in[0]); }, [](auto& in) { return softmax_reference(in[0]); },
+                           {random_input({256, 161}, 1)});
+  expect_matches_reference([](auto& in) { return log_softmax(in[0], 0); },
+                           [](auto& in) { return log_softmax_reference(in[0].t()).t(); }, {random_input({300, 120}, 2)});
+  expect_matches_reference([](auto& in) { return layer_norm(in[0], in[1], in[2]); },
+                           [](auto& in) { return layer_norm_reference(in[0], in[1], in[2], 1e-5); },
+                           {random_input({300, 130}, 3), random_input({130}, 4), random_input({130}, 5)}, 1e-4);
+  expect_matches_reference([](auto& in) { return rms_norm(in[0], in[1], 1e-6); },
+                           [](auto& in) { return rms_norm_reference(in[0], in[1], 1e-6); },
+                           {random_input({300, 130}, 6), random_input({130}, 7)}, 1e-4);
+  std::vector<int64_t> targets;
+  for (int64_t i = 0; i < 200; ++i) targets.push_back(i % 7 == 3 ? -100 : (i * 37) % 300);
+  expect_matches_reference([&](auto& in) { return cross_entropy(in[0], ids(targets, {200}), -100, 0.1); },
+                           [&](auto& in) { return cross_entropy_reference(in[0], targets, -100, 0.1); },
+                           {random_input({200, 300}, 8)});
+  for (bool causal : {true, false}) {
+    SCOPED_TRACE(causal ? "causal" : "full");
+    expect_matches_reference(
+        [causal](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], causal); },
+        [causal](auto& in) { return attention_reference(in[0], in[1], in[2], causal); },
+        {random_input({4, 3, 64, 16}, 9), random_input({4, 3, 64, 16}, 10), random_input({4, 3, 64, 16}, 11)}, 1e-4);
+  }
+}
