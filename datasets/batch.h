@@ -16,7 +16,6 @@ struct HostBatch {
   std::vector<int64_t> target_shape;
 
   int64_t size() const { return target_shape.empty() ? 0 : target_shape[0]; }
-  bool has_float_inputs() const { return !inputs.empty(); }
 };
 
 // Training batch `step` is a pure function of (seed, step): a run resumes exactly from the step

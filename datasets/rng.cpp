@@ -9,7 +9,8 @@ namespace ml {
 double CounterRng::normal() {
   const double u1 = 1.0 - uniform();  // in (0, 1], so the log is finite
   const double u2 = uniform();
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+  constexpr double kTwoPi = 6.283185307179586;
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(kTwoPi * u2);
 }
 
 std::vector<int64_t> seeded_permutation(int64_t n, uint64_t key) {
