@@ -1,0 +1,862 @@
+#include "experiments/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <type_traits>
+#include <utility>
+
+namespace ml {
+namespace {
+
+using Kinds = std::vector<std::string>;
+
+const Kinds kMuonFamily{"muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"};
+const Kinds kImageKinds{"cifar10", "fashion_mnist", "image_folder"};
+const Kinds kTextKinds{"text_char", "text_tokens"};
+
+bool contains(const Kinds& kinds, const std::string& kind) {
+  return std::find(kinds.begin(), kinds.end(), kind) != kinds.end();
+}
+
+std::string join_path(const std::string& section_path, const std::string& key) {
+  return section_path.empty() ? key : section_path + "." + key;
+}
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> parts;
+  std::stringstream stream(path);
+  for (std::string part; std::getline(stream, part, '.');) parts.push_back(part);
+  return parts;
+}
+
+// "a", "a or b", "a, b or c" (or with `last_separator` ", ": "a, b, c")
+std::string join_words(const Kinds& words, const char* last_separator = " or ") {
+  std::string text;
+  for (size_t i = 0; i < words.size(); ++i) {
+    if (i > 0) text += i + 1 == words.size() ? last_separator : ", ";
+    text += words[i];
+  }
+  return text;
+}
+
+// The shortest decimal text that reads back as exactly `value`, so to_yaml round-trips.
+std::string format_number(double value) {
+  char buffer[32];
+  // Whole numbers read best without an exponent ("20", not "2e+01").
+  if (value == std::floor(value) && std::fabs(value) < 1e15) {
+    std::snprintf(buffer, sizeof buffer, "%.0f", value);
+    return buffer;
+  }
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  return buffer;
+}
+
+// ------------------------------------------------------------------ where a value came from
+
+struct Override {
+  std::vector<std::string> path;
+  std::string text;  // as given to --set
+};
+
+bool starts_with_path(const std::vector<std::string>& path, const std::vector<std::string>& prefix) {
+  return prefix.size() <= path.size() && std::equal(prefix.begin(), prefix.end(), path.begin());
+}
+
+class Source {
+ public:
+  Source(std::string name, std::vector<Override> overrides)
+      : name_(std::move(name)), overrides_(std::move(overrides)) {}
+
+  [[noreturn]] void fail(const std::string& path, const YAML::Mark& mark, const std::string& message) const {
+    throw ConfigError(origin(path, mark) + ": " + message);
+  }
+
+ private:
+  // A key below an override's path came from that override's value. A node without a mark
+  // was created by an override that reached through a missing section: blame the override
+  // sharing the most leading keys with `path`.
+  std::string origin(const std::string& path, const YAML::Mark& mark) const {
+    const std::vector<std::string> parts = split_path(path.substr(0, path.find('[')));
+    const Override* culprit = nullptr;
+    for (const Override& candidate : overrides_)
+      if (starts_with_path(parts, candidate.path)) culprit = &candidate;
+    if (!culprit && mark.is_null()) {
+      size_t best_shared = 0;
+      for (const Override& candidate : overrides_) {
+        size_t shared = 0;
+        while (shared < parts.size() && shared < candidate.path.size() && parts[shared] == candidate.path[shared])
+          ++shared;
+        if (shared > 0 && shared >= best_shared) {
+          best_shared = shared;
+          culprit = &candidate;
+        }
+      }
+    }
+    if (culprit) return "--set " + culprit->text;
+    if (mark.is_null()) return name_;
+    return name_ + ":" + std::to_string(mark.line + 1);
+  }
+
+  std::string name_;
+  std::vector<Override> overrides_;
+};
+
+// One key of the config being read.
+struct Site {
+  const Source& source;
+  std::string path;  // full key path, e.g. "optimizer.lr"; "" for the whole document
+  YAML::Mark mark;
+
+  // "<origin>: <path>: <what>"
+  [[noreturn]] void fail(const std::string& what) const {
+    source.fail(path, mark, path.empty() ? what : path + ": " + what);
+  }
+  // "<origin>: <sentence>" for messages that name the key themselves.
+  [[noreturn]] void fail_sentence(const std::string& sentence) const { source.fail(path, mark, sentence); }
+};
+
+YAML::Mark mark_of(const YAML::Node& node, const YAML::Mark& fallback) {
+  return node.Mark().is_null() ? fallback : node.Mark();
+}
+
+// ------------------------------------------------------------------ reading scalar values
+
+std::string describe(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null:
+      return "nothing";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Scalar:
+      return node.Tag() == "!" ? "\"" + node.Scalar() + "\" (a quoted string)" : "\"" + node.Scalar() + "\"";
+    case YAML::NodeType::Undefined:
+      break;
+  }
+  return "an undefined value";
+}
+
+[[noreturn]] void fail_expected(const Site& site, const std::string& expectation, const YAML::Node& got) {
+  site.fail("expected " + expectation + ", got " + describe(got));
+}
+
+// Numbers and booleans must be plain scalars: `lr: "1e-3"` is a string, and saying so beats
+// guessing what was meant.
+bool is_plain_scalar(const YAML::Node& node) { return node.IsScalar() && node.Tag() != "!"; }
+
+struct Bounds {
+  std::optional<double> low, high;
+  bool low_inclusive = true, high_inclusive = true;
+
+  bool contains(double value) const {
+    if (low && (low_inclusive ? value < *low : value <= *low)) return false;
+    if (high && (high_inclusive ? value > *high : value >= *high)) return false;
+    return true;
+  }
+  std::string text() const {
+    if (low && high)
+      return "in " + std::string(low_inclusive ? "[" : "(") + format_number(*low) + ", " + format_number(*high) +
+             (high_inclusive ? "]" : ")");
+    if (low) return (low_inclusive ? ">= " : "> ") + format_number(*low);
+    if (high) return (high_inclusive ? "<= " : "< ") + format_number(*high);
+    return "";
+  }
+};
+
+Bounds at_least(double low) { return {low, std::nullopt, true, true}; }
+Bounds greater_than(double low) { return {low, std::nullopt, false, true}; }
+Bounds closed(double low, double high) { return {low, high, true, true}; }
+Bounds closed_open(double low, double high) { return {low, high, true, false}; }
+Bounds open_closed(double low, double high) { return {low, high, false, true}; }
+
+std::optional<int64_t> parse_integer(const std::string& text) {
+  static const std::regex integer_pattern("[+-]?[0-9]+");
+  if (!std::regex_match(text, integer_pattern)) return std::nullopt;
+  errno = 0;
+  const long long value = std::strtoll(text.c_str(), nullptr, 10);
+  if (errno == ERANGE) return std::nullopt;
+  return value;
+}
+
+std::optional<double> parse_number(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (*end != '\0' || !std::isfinite(value)) return std::nullopt;
+  return value;
+}
+
+int64_t read_integer(const YAML::Node& node, const Site& site, const Bounds& bounds, const std::string& expectation) {
+  const std::optional<int64_t> value = is_plain_scalar(node) ? parse_integer(node.Scalar()) : std::nullopt;
+  if (!value || !bounds.contains(static_cast<double>(*value))) fail_expected(site, expectation, node);
+  return *value;
+}
+
+double read_number(const YAML::Node& node, const Site& site, const Bounds& bounds, const std::string& expectation) {
+  const std::optional<double> value = is_plain_scalar(node) ? parse_number(node.Scalar()) : std::nullopt;
+  if (!value || !bounds.contains(*value)) fail_expected(site, expectation, node);
+  return *value;
+}
+
+bool read_boolean(const YAML::Node& node, const Site& site) {
+  if (is_plain_scalar(node)) {
+    std::string text = node.Scalar();
+    std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (text == "true") return true;
+    if (text == "false") return false;
+  }
+  fail_expected(site, "true or false", node);
+}
+
+std::string read_string(const YAML::Node& node, const Site& site, const std::regex& pattern,
+                        const std::string& expectation) {
+  if (!node.IsScalar() || !std::regex_match(node.Scalar(), pattern)) fail_expected(site, expectation, node);
+  return node.Scalar();
+}
+
+std::vector<int64_t> read_integer_list(const YAML::Node& node, const Site& site, const Bounds& bounds,
+                                       bool allow_empty, const std::string& expectation) {
+  if (!node.IsSequence() || (!allow_empty && node.size() == 0)) fail_expected(site, expectation, node);
+  std::vector<int64_t> values;
+  for (size_t i = 0; i < node.size(); ++i) {
+    const Site element{site.source, site.path + "[" + std::to_string(i) + "]", mark_of(node[i], site.mark)};
+    values.push_back(read_integer(node[i], element, bounds, "an integer " + bounds.text()));
+  }
+  return values;
+}
+
+std::array<double, 2> read_number_pair(const YAML::Node& node, const Site& site, const Bounds& bounds,
+                                       const std::string& expectation) {
+  if (!node.IsSequence() || node.size() != 2) fail_expected(site, expectation, node);
+  std::array<double, 2> values{};
+  for (size_t i = 0; i < 2; ++i) {
+    const Site element{site.source, site.path + "[" + std::to_string(i) + "]", mark_of(node[i], site.mark)};
+    values[i] = read_number(node[i], element, bounds, "a number " + bounds.text());
+  }
+  return values;
+}
+
+// ------------------------------------------------------------------ the schema machinery
+
+struct Required {};
+constexpr Required kRequired;
+
+// A field's default value, or kRequired.
+template <typename T>
+struct Default {
+  std::optional<T> value;
+  Default(Required) {}  // NOLINT: implicit so schema rows can say kRequired
+  template <typename U, std::enable_if_t<std::is_convertible_v<U, T>, int> = 0>
+  Default(U&& given) : value(T(std::forward<U>(given))) {}  // NOLINT: implicit so rows can say 0.1
+};
+
+// One row of a section's schema: a key, the kinds it applies to and how to read, default,
+// write and compare the struct member behind it. A key whose default or choices differ by kind
+// has one row per group of kinds.
+template <typename S>
+struct Field {
+  std::string key;
+  Kinds kinds;  // empty: every kind of the section
+  bool required = false;
+  std::string expectation;  // "a number > 0", for messages
+  std::function<void(S&, const YAML::Node&, const Site&)> read;
+  std::function<void(S&, const Site&)> fill_default;  // unset when required
+  std::function<void(const S&, YAML::Emitter&)> write_value;
+  std::function<bool(const S&, const S&)> equal;
+
+  Field only_for(Kinds allowed) && {
+    kinds = std::move(allowed);
+    return std::move(*this);
+  }
+  bool applies_to(const std::string& kind) const { return kinds.empty() || contains(kinds, kind); }
+};
+
+template <typename S, typename T, typename Reader, typename Writer>
+Field<S> make_field(std::string key, T S::*member, Default<T> fallback, std::string expectation, Reader reader,
+                    Writer writer) {
+  Field<S> field;
+  field.key = std::move(key);
+  field.expectation = std::move(expectation);
+  field.read = [member, reader](S& section, const YAML::Node& node, const Site& site) {
+    section.*member = reader(node, site);
+  };
+  if (fallback.value)
+    field.fill_default = [member, value = *fallback.value](S& section, const Site&) { section.*member = value; };
+  else
+    field.required = true;
+  field.write_value = [member, writer](const S& section, YAML::Emitter& out) { writer(out, section.*member); };
+  field.equal = [member](const S& a, const S& b) { return a.*member == b.*member; };
+  return field;
+}
+
+void write_plain(YAML::Emitter& out, int64_t value) { out << static_cast<long long>(value); }
+void write_plain(YAML::Emitter& out, double value) { out << format_number(value); }
+void write_plain(YAML::Emitter& out, bool value) { out << value; }
+void write_plain(YAML::Emitter& out, const std::string& value) { out << value; }
+void write_quoted(YAML::Emitter& out, const std::string& value) { out << YAML::DoubleQuoted << value; }
+template <typename List>
+void write_flow_list(YAML::Emitter& out, const List& values) {
+  out << YAML::Flow << YAML::BeginSeq;
+  for (const auto& value : values) write_plain(out, value);
+  out << YAML::EndSeq;
+}
+
+template <typename S>
+Field<S> integer(std::string key, int64_t S::*member, Bounds bounds, Default<int64_t> fallback) {
+  const std::string expectation = "an integer " + bounds.text();
+  return make_field(
+      std::move(key), member, std::move(fallback), expectation,
+      [bounds, expectation](const YAML::Node& node, const Site& site) {
+        return read_integer(node, site, bounds, expectation);
+      },
+      [](YAML::Emitter& out, int64_t value) { write_plain(out, value); });
+}
+
+template <typename S>
+Field<S> number(std::string key, double S::*member, Bounds bounds, Default<double> fallback) {
+  const std::string expectation = "a number " + bounds.text();
+  return make_field(
+      std::move(key), member, std::move(fallback), expectation,
+      [bounds, expectation](const YAML::Node& node, const Site& site) {
+        return read_number(node, site, bounds, expectation);
+      },
+      [](YAML::Emitter& out, double value) { write_plain(out, value); });
+}
+
+template <typename S>
+Field<S> boolean(std::string key, bool S::*member, Default<bool> fallback) {
+  return make_field(
+      std::move(key), member, std::move(fallback), "true or false",
+      [](const YAML::Node& node, const Site& site) { return read_boolean(node, site); },
+      [](YAML::Emitter& out, bool value) { write_plain(out, value); });
+}
+
+template <typename S>
+Field<S> choice(std::string key, std::string S::*member, Kinds choices, Default<std::string> fallback) {
+  const std::string expectation = "one of " + join_words(choices);
+  return make_field(
+      std::move(key), member, std::move(fallback), expectation,
+      [choices, expectation](const YAML::Node& node, const Site& site) {
+        if (!is_plain_scalar(node) || !contains(choices, node.Scalar())) {
+          const std::string hint = node.IsScalar() ? closest_match(node.Scalar(), choices) : "";
+          site.fail("expected " + expectation + ", got " + describe(node) +
+                    (hint.empty() ? "" : " (did you mean " + hint + "?)"));
+        }
+        return node.Scalar();
+      },
+      [](YAML::Emitter& out, const std::string& value) { write_plain(out, value); });
+}
+
+template <typename S>
+Field<S> text(std::string key, std::string S::*member, const char* pattern, std::string expectation,
+              Default<std::string> fallback) {
+  return make_field(
+      std::move(key), member, std::move(fallback), expectation,
+      [regex = std::regex(pattern), expectation](const YAML::Node& node, const Site& site) {
+        return read_string(node, site, regex, expectation);
+      },
+      write_quoted);
+}
+
+template <typename S>
+Field<S> path(std::string key, std::string S::*member, Default<std::string> fallback) {
+  return text(std::move(key), member, ".+", "a non-empty path", std::move(fallback));
+}
+
+template <typename S>
+Field<S> optional_path(std::string key, std::string S::*member) {
+  return text(std::move(key), member, ".*", "a path (\"\" for none)", "");
+}
+
+template <typename S>
+Field<S> integer_list(std::string key, std::vector<int64_t> S::*member, Bounds bounds, bool allow_empty,
+                      Default<std::vector<int64_t>> fallback) {
+  const std::string expectation =
+      std::string(allow_empty ? "a list" : "a non-empty list") + " of integers " + bounds.text();
+  return make_field(
+      std::move(key), member, std::move(fallback), expectation,
+      [bounds, allow_empty, expectation](const YAML::Node& node, const Site& site) {
+        return read_integer_list(node, site, bounds, allow_empty, expectation);
+      },
+      write_flow_list<std::vector<int64_t>>);
+}
+
+template <typename S>
+Field<S> number_pair(std::string key, std::array<double, 2> S::*member, Bounds bounds,
+                     Default<std::array<double, 2>> fallback) {
+  const std::string expectation = "a list of two numbers " + bounds.text();
+  return make_field(
+      std::move(key), member, std::move(fallback), expectation,
+      [bounds, expectation](const YAML::Node& node, const Site& site) {
+        return read_number_pair(node, site, bounds, expectation);
+      },
+      write_flow_list<std::array<double, 2>>);
+}
+
+// The keys of one mapping in file order, checked for non-name keys and duplicates.
+struct Entry {
+  std::string key;
+  YAML::Mark key_mark;
+  YAML::Node value;
+};
+
+std::vector<Entry> entries_of(const YAML::Node& mapping, const Site& site) {
+  std::vector<Entry> entries;
+  for (auto it = mapping.begin(); it != mapping.end(); ++it) {
+    const YAML::Mark key_mark = it->first.Mark();  // null for a key that an override added
+    if (!it->first.IsScalar())
+      Site{site.source, site.path, key_mark}.fail("keys must be plain names, got " + describe(it->first));
+    const std::string key = it->first.Scalar();
+    for (const Entry& earlier : entries)
+      if (earlier.key == key)
+        Site{site.source, join_path(site.path, key), key_mark}.fail(
+            "duplicate key (first given on line " + std::to_string(earlier.key_mark.line + 1) + ")");
+    entries.push_back({key, key_mark, it->second});
+  }
+  return entries;
+}
+
+// What cross-field checks of a section see: the section's keys and where each was written.
+struct SectionSites {
+  const Site& section;
+  const std::vector<Entry>& entries;
+
+  Site at(const std::string& key) const {
+    for (const Entry& entry : entries)
+      if (entry.key == key) return {section.source, join_path(section.path, key), entry.key_mark};
+    return {section.source, join_path(section.path, key), section.mark};
+  }
+};
+
+template <typename S>
+struct Section {
+  std::string S::*kind = nullptr;  // the member holding the section's kind, if it has one
+  std::vector<Field<S>> fields;
+  std::function<void(const S&, const SectionSites&)> check;  // rules that involve several keys
+
+  void read(S& section, const YAML::Node& node, const Site& site) const {
+    if (!node.IsNull() && !node.IsMap()) fail_expected(site, "a mapping of keys", node);
+    const Site here{site.source, site.path, mark_of(node, site.mark)};
+    const std::vector<Entry> entries = node.IsMap() ? entries_of(node, here) : std::vector<Entry>{};
+    const SectionSites sites{here, entries};
+
+    // The kind decides which other keys exist, so it is read first.
+    std::string current_kind;
+    if (kind) {
+      read_entry(section, "kind", "", entries, sites);
+      current_kind = section.*kind;
+    }
+    for (const Entry& entry : entries)
+      if (!(kind && entry.key == "kind")) read_entry(section, entry.key, current_kind, entries, sites);
+    for (const Field<S>& field : fields) {
+      if (!field.applies_to(current_kind) || has_key(entries, field.key)) continue;
+      if (field.required)
+        sites.at(field.key).fail("required key is missing (expected " + field.expectation + ")");
+      field.fill_default(section, sites.at(field.key));
+    }
+    if (check) check(section, sites);
+  }
+
+  void write(const S& section, YAML::Emitter& out) const {
+    const std::string current_kind = kind ? section.*kind : "";
+    out << YAML::BeginMap;
+    for (const Field<S>& field : fields) {
+      if (!field.applies_to(current_kind)) continue;
+      out << YAML::Key << field.key << YAML::Value;
+      field.write_value(section, out);
+    }
+    out << YAML::EndMap;
+  }
+
+  bool equal(const S& a, const S& b) const {
+    return std::all_of(fields.begin(), fields.end(), [&](const Field<S>& field) { return field.equal(a, b); });
+  }
+
+ private:
+  static bool has_key(const std::vector<Entry>& entries, const std::string& key) {
+    return std::any_of(entries.begin(), entries.end(), [&](const Entry& entry) { return entry.key == key; });
+  }
+
+  void read_entry(S& section, const std::string& key, const std::string& current_kind,
+                  const std::vector<Entry>& entries, const SectionSites& sites) const {
+    const Site key_site = sites.at(key);
+    Kinds kinds_with_key;
+    for (const Field<S>& field : fields) {
+      if (field.key != key) continue;
+      if (field.applies_to(current_kind)) {
+        for (const Entry& entry : entries)
+          if (entry.key == key)
+            // An empty value's mark points past the key's line.
+            return field.read(section, entry.value,
+                              {key_site.source, key_site.path,
+                               entry.value.IsNull() ? key_site.mark : mark_of(entry.value, key_site.mark)});
+        if (field.required) key_site.fail("required key is missing (expected " + field.expectation + ")");
+        return field.fill_default(section, key_site);
+      }
+      for (const std::string& kind_name : field.kinds)
+        if (!contains(kinds_with_key, kind_name)) kinds_with_key.push_back(kind_name);
+    }
+    if (!kinds_with_key.empty())
+      key_site.fail_sentence(key_site.path + " is only valid for kind " + join_words(kinds_with_key) +
+                             ", not " + current_kind);
+    Kinds valid_keys;
+    for (const Field<S>& field : fields)
+      if (field.applies_to(current_kind) && !contains(valid_keys, field.key)) valid_keys.push_back(field.key);
+    Kinds all_keys;
+    for (const Field<S>& field : fields)
+      if (!contains(all_keys, field.key)) all_keys.push_back(field.key);
+    const std::string hint = closest_match(key, all_keys);
+    if (!hint.empty()) key_site.fail("unknown key; did you mean " + join_path(sites.section.path, hint) + "?");
+    key_site.fail("unknown key; valid keys" + (current_kind.empty() ? "" : " for kind " + current_kind) + ": " +
+                  join_words(valid_keys, ", "));
+  }
+};
+
+template <typename S, typename Sub>
+Field<S> section(std::string key, Sub S::*member, const Section<Sub>& schema, bool required) {
+  Field<S> field;
+  field.key = key;
+  field.required = required;
+  field.expectation = "a mapping of " + key + " settings";
+  field.read = [member, &schema](S& parent, const YAML::Node& node, const Site& site) {
+    schema.read(parent.*member, node, site);
+  };
+  if (!required)
+    field.fill_default = [member, &schema](S& parent, const Site& site) {
+      schema.read(parent.*member, YAML::Node(), site);
+    };
+  field.write_value = [member, &schema](const S& parent, YAML::Emitter& out) { schema.write(parent.*member, out); };
+  field.equal = [member, &schema](const S& a, const S& b) { return schema.equal(a.*member, b.*member); };
+  return field;
+}
+
+// ------------------------------------------------------------------ the schema
+// Adding a key: a member in config.h and one row here.
+
+const Section<DataConfig>& data_schema() {
+  using D = DataConfig;
+  static const Section<D> schema{
+      &D::kind,
+      {
+          choice("kind", &D::kind,
+                 {"cifar10", "fashion_mnist", "image_folder", "text_char", "text_tokens", "synthetic"}, kRequired),
+          path("path", &D::path, kRequired).only_for({"cifar10", "image_folder", "text_char", "text_tokens"}),
+          path("path", &D::path, "/usr/share/datasets/fashion-mnist").only_for({"fashion_mnist"}),
+          integer("batch_size", &D::batch_size, at_least(1), kRequired),
+          integer("val_batch_size", &D::val_batch_size, at_least(0), 0),
+          integer("limit_train", &D::limit_train, at_least(0), 0),
+          integer("limit_val", &D::limit_val, at_least(0), 0),
+          integer("workers_prefetch", &D::workers_prefetch, at_least(0), 2),
+          boolean("flip", &D::flip, false).only_for(kImageKinds),
+          integer("crop_padding", &D::crop_padding, at_least(0), 0).only_for(kImageKinds),
+          integer("translate", &D::translate, at_least(0), 0).only_for(kImageKinds),
+          boolean("normalize", &D::normalize, true).only_for(kImageKinds),
+          optional_path("val_path", &D::val_path).only_for({"image_folder", "text_tokens"}),
+          number("val_fraction", &D::val_fraction, closed_open(0, 1), 0.1).only_for({"image_folder", "text_char"}),
+          integer("image_size", &D::image_size, at_least(1), 32).only_for({"image_folder"}),
+          integer("block_size", &D::block_size, at_least(1), kRequired).only_for(kTextKinds),
+          boolean("byte_level", &D::byte_level, false).only_for({"text_char"}),
+          integer("num_features", &D::num_features, at_least(1), 16).only_for({"synthetic"}),
+          integer("num_classes", &D::num_classes, at_least(2), 4).only_for({"synthetic"}),
+          integer("num_examples", &D::num_examples, at_least(1), 512).only_for({"synthetic"}),
+      },
+      nullptr};
+  return schema;
+}
+
+const Section<ModelConfig>& model_schema() {
+  using M = ModelConfig;
+  static const Section<M> schema{
+      &M::kind,
+      {
+          choice("kind", &M::kind, {"gpt", "cnn", "mlp"}, kRequired),
+          number("dropout", &M::dropout, closed_open(0, 1), 0.0),
+          integer("vocab_size", &M::vocab_size, at_least(0), 0).only_for({"gpt"}),
+          integer("block_size", &M::block_size, at_least(0), 0).only_for({"gpt"}),
+          integer("n_layer", &M::n_layer, at_least(1), kRequired).only_for({"gpt"}),
+          integer("n_head", &M::n_head, at_least(1), kRequired).only_for({"gpt"}),
+          integer("n_embd", &M::n_embd, at_least(1), kRequired).only_for({"gpt"}),
+          integer("mlp_ratio", &M::mlp_ratio, at_least(1), 4).only_for({"gpt"}),
+          choice("activation", &M::activation, {"gelu", "relu2"}, "gelu").only_for({"gpt"}),
+          choice("norm", &M::norm, {"layernorm", "rmsnorm"}, "layernorm").only_for({"gpt"}),
+          choice("position", &M::position, {"learned", "rotary"}, "learned").only_for({"gpt"}),
+          boolean("tie_weights", &M::tie_weights, true).only_for({"gpt"}),
+          boolean("bias", &M::bias, true).only_for({"gpt"}),
+          integer("in_channels", &M::in_channels, at_least(0), 0).only_for({"cnn"}),
+          integer("stem_width", &M::stem_width, at_least(1), 24).only_for({"cnn"}),
+          integer_list("widths", &M::widths, at_least(1), false, kRequired).only_for({"cnn"}),
+          number("bn_momentum", &M::bn_momentum, open_closed(0, 1), 0.1).only_for({"cnn"}),
+          number("logit_divisor", &M::logit_divisor, greater_than(0), 1.0).only_for({"cnn"}),
+          choice("activation", &M::activation, {"gelu", "relu"}, "gelu").only_for({"cnn"}),
+          integer_list("hidden", &M::hidden, at_least(1), true, std::vector<int64_t>{128}).only_for({"mlp"}),
+          choice("activation", &M::activation, {"relu", "gelu", "tanh"}, "relu").only_for({"mlp"}),
+          integer("num_classes", &M::num_classes, at_least(0), 0).only_for({"cnn", "mlp"}),
+      },
+      [](const M& model, const SectionSites& sites) {
+        if (model.kind != "gpt") return;
+        if (model.n_embd % model.n_head != 0)
+          sites.at("n_embd").fail("must be divisible by model.n_head (" + std::to_string(model.n_embd) + " % " +
+                                  std::to_string(model.n_head) + " = " +
+                                  std::to_string(model.n_embd % model.n_head) + ")");
+        // Rotary embeddings rotate pairs of channels within each head.
+        if (model.position == "rotary" && (model.n_embd / model.n_head) % 2 != 0)
+          sites.at("position").fail("rotary needs an even head size, but n_embd / n_head = " +
+                                    std::to_string(model.n_embd / model.n_head));
+      }};
+  return schema;
+}
+
+const Section<NonMatrixConfig>& non_matrix_schema() {
+  using N = NonMatrixConfig;
+  static const Section<N> schema{
+      &N::kind,
+      {
+          choice("kind", &N::kind, {"adamw", "sgd"}, "adamw"),
+          number("lr", &N::lr, greater_than(0), 3e-4),
+          number("weight_decay", &N::weight_decay, at_least(0), 0.0),
+          number_pair("betas", &N::betas, closed_open(0, 1), std::array<double, 2>{0.9, 0.95}).only_for({"adamw"}),
+          number("eps", &N::eps, greater_than(0), 1e-8).only_for({"adamw"}),
+          number("momentum", &N::momentum, closed_open(0, 1), 0.9).only_for({"sgd"}),
+          boolean("nesterov", &N::nesterov, true).only_for({"sgd"}),
+      },
+      nullptr};
+  return schema;
+}
+
+const Section<OptimizerConfig>& optimizer_schema() {
+  using O = OptimizerConfig;
+  static const Section<O> schema{
+      &O::kind,
+      {
+          choice("kind", &O::kind, {"sgd", "adamw", "muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"},
+                 kRequired),
+          number("lr", &O::lr, greater_than(0), kRequired),
+          number("weight_decay", &O::weight_decay, at_least(0), 0.0),
+          number("momentum", &O::momentum, closed_open(0, 1), 0.0).only_for({"sgd"}),
+          boolean("nesterov", &O::nesterov, false).only_for({"sgd"}),
+          number_pair("betas", &O::betas, closed_open(0, 1), std::array<double, 2>{0.9, 0.999}).only_for({"adamw"}),
+          number("eps", &O::eps, greater_than(0), 1e-8).only_for({"adamw"}),
+          number("momentum", &O::momentum, closed_open(0, 1), 0.95).only_for(kMuonFamily),
+          boolean("nesterov", &O::nesterov, true).only_for(kMuonFamily),
+          integer("ns_steps", &O::ns_steps, closed(1, 20), 5).only_for({"muon", "cache_muon", "dion2", "rmnp", "normuon"}),
+          integer("ns_steps", &O::ns_steps, closed(1, 20), 4).only_for({"turbo_muon"}),
+          choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "keller")
+              .only_for({"muon", "cache_muon", "rmnp", "normuon"}),
+          choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "muon_plus")
+              .only_for({"turbo_muon"}),
+          choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "polar_express")
+              .only_for({"dion2"}),
+          choice("scaling", &O::scaling, {"keller", "moonlight", "spectral"}, "keller").only_for(kMuonFamily),
+          section("non_matrix", &O::non_matrix, non_matrix_schema(), false).only_for(kMuonFamily),
+          number("gamma", &O::gamma, greater_than(0), 0.1).only_for({"cache_muon"}),
+          integer("k_max", &O::k_max, at_least(1), 10).only_for({"cache_muon"}),
+          number("fraction", &O::fraction, open_closed(0, 1), 0.25).only_for({"dion2"}),
+          number("ef_decay", &O::ef_decay, closed(0, 1), 0.95).only_for({"dion2"}),
+          choice("selection", &O::selection, {"l1", "random"}, "l1").only_for({"dion2"}),
+          number("beta2", &O::beta2, closed_open(0, 1), 0.95).only_for({"normuon"}),
+      },
+      nullptr};
+  return schema;
+}
+
+const Section<ScheduleConfig>& schedule_schema() {
+  using S = ScheduleConfig;
+  static const Section<S> schema{nullptr,
+                                 {
+                                     integer("warmup_steps", &S::warmup_steps, at_least(0), 0),
+                                     choice("decay", &S::decay, {"none", "linear", "cosine"}, "none"),
+                                     number("min_lr_ratio", &S::min_lr_ratio, closed(0, 1), 0.0),
+                                 },
+                                 nullptr};
+  return schema;
+}
+
+const Section<TrainConfig>& train_schema() {
+  using T = TrainConfig;
+  // For steps and epochs 0 means "not given" (so the resolved config can say so); the check
+  // below wants exactly one of them.
+  static const Section<T> schema{
+      nullptr,
+      {
+          integer("steps", &T::steps, at_least(0), 0),
+          integer("epochs", &T::epochs, at_least(0), 0),
+          integer("eval_every", &T::eval_every, at_least(0), 0),
+          integer("eval_batches", &T::eval_batches, at_least(0), 0),
+          integer("log_every", &T::log_every, at_least(0), 10),
+          integer("checkpoint_every", &T::checkpoint_every, at_least(0), 0),
+          number("grad_clip", &T::grad_clip, at_least(0), 0.0),
+          integer("grad_accum", &T::grad_accum, at_least(1), 1),
+          number("label_smoothing", &T::label_smoothing, closed_open(0, 1), 0.0),
+      },
+      [](const T& train, const SectionSites& sites) {
+        if (train.steps > 0 && train.epochs > 0)
+          sites.at("epochs").fail("give either train.steps or train.epochs, not both");
+        if (train.steps == 0 && train.epochs == 0)
+          sites.section.fail("needs train.steps or train.epochs (an integer >= 1: the length of the run)");
+      }};
+  return schema;
+}
+
+const Section<RunConfig>& run_schema() {
+  using R = RunConfig;
+  static const Section<R> schema{
+      nullptr,
+      {
+          text("name", &R::name, "[A-Za-z0-9_.-]+", "a name of letters, digits, '_', '.' and '-'", kRequired),
+          integer("seed", &R::seed, at_least(0), 0),
+          choice("device", &R::device, {"cpu", "cuda"}, "cpu"),
+          integer("threads", &R::threads, at_least(0), 0),
+          boolean("tf32", &R::tf32, false),
+          section("data", &R::data, data_schema(), true),
+          section("model", &R::model, model_schema(), true),
+          section("optimizer", &R::optimizer, optimizer_schema(), true),
+          section("schedule", &R::schedule, schedule_schema(), false),
+          section("train", &R::train, train_schema(), true),
+      },
+      [](const R& run, const SectionSites& sites) {
+        const bool text_data = contains(kTextKinds, run.data.kind);
+        const bool image_data = contains(kImageKinds, run.data.kind);
+        const bool fits = run.model.kind == "gpt" ? text_data : run.model.kind == "cnn" ? image_data : !text_data;
+        if (!fits)
+          sites.at("model").fail("kind " + run.model.kind + " cannot be trained on data.kind " + run.data.kind +
+                                 " (gpt needs text data, cnn image data, mlp image or synthetic data)");
+      }};
+  return schema;
+}
+
+// ------------------------------------------------------------------ overrides
+
+Override parse_override(const std::string& text) {
+  const size_t equals = text.find('=');
+  if (equals == std::string::npos) throw ConfigError("--set " + text + ": expected key.sub=value");
+  Override result{split_path(text.substr(0, equals)), text};
+  static const std::regex key_pattern("[A-Za-z0-9_]+");
+  const bool well_formed =
+      !result.path.empty() && text[equals - 1] != '.' &&
+      std::all_of(result.path.begin(), result.path.end(),
+                  [](const std::string& part) { return std::regex_match(part, key_pattern); });
+  if (!well_formed)
+    throw ConfigError("--set " + text + ": the key must be names joined by dots, like optimizer.lr");
+  return result;
+}
+
+// Replaces (or adds) the key at `path` in `mapping`, creating missing sections on the way.
+void assign(YAML::Node mapping, const Override& override_, size_t depth, const YAML::Node& value) {
+  const std::string& key = override_.path[depth];
+  if (depth + 1 == override_.path.size()) {
+    mapping[key] = value;
+    return;
+  }
+  const YAML::Node existing = mapping[key];
+  if (existing.IsDefined() && !existing.IsNull() && !existing.IsMap()) {
+    std::string prefix;
+    for (size_t i = 0; i <= depth; ++i) prefix = join_path(prefix, override_.path[i]);
+    throw ConfigError("--set " + override_.text + ": " + prefix + " is " + describe(existing) +
+                      ", not a section with keys");
+  }
+  if (!existing.IsDefined() || existing.IsNull()) mapping[key] = YAML::Node(YAML::NodeType::Map);
+  assign(mapping[key], override_, depth + 1, value);
+}
+
+YAML::Node parse_yaml(const std::string& yaml_text, const std::string& source_name) {
+  try {
+    return YAML::Load(yaml_text);
+  } catch (const YAML::ParserException& error) {
+    throw ConfigError(source_name + ":" + std::to_string(error.mark.line + 1) + ": malformed YAML: " + error.msg);
+  }
+}
+
+}  // namespace
+
+bool is_muon_family(const std::string& optimizer_kind) { return contains(kMuonFamily, optimizer_kind); }
+
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+  // Optimal string alignment distance: edits plus swaps of neighbouring characters.
+  const auto distance = [](const std::string& a, const std::string& b) {
+    std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+    for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+    for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+    for (size_t i = 1; i <= a.size(); ++i)
+      for (size_t j = 1; j <= b.size(); ++j) {
+        d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
+        if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+          d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    return d[a.size()][b.size()];
+  };
+  const size_t tolerance = std::max<size_t>(1, word.size() / 3);
+  std::string best;
+  size_t best_distance = tolerance + 1;
+  for (const std::string& candidate : candidates) {
+    const size_t d = distance(word, candidate);
+    if (d < best_distance) {
+      best_distance = d;
+      best = candidate;
+    }
+  }
+  return best;
+}
+
+bool operator==(const RunConfig& a, const RunConfig& b) { return run_schema().equal(a, b); }
+
+RunConfig parse_config(const std::string& yaml_text, const std::string& source_name,
+                       const std::vector<std::string>& overrides) {
+  std::vector<Override> parsed;
+  std::vector<YAML::Node> values;
+  for (const std::string& text : overrides) {
+    parsed.push_back(parse_override(text));
+    try {
+      values.push_back(YAML::Load(text.substr(text.find('=') + 1)));
+    } catch (const YAML::ParserException& error) {
+      throw ConfigError("--set " + text + ": malformed YAML value: " + error.msg);
+    }
+  }
+  const Source source(source_name, parsed);
+
+  YAML::Node root = parse_yaml(yaml_text, source_name);
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) fail_expected({source, "", root.Mark()}, "a mapping of keys at the top level", root);
+  for (size_t i = 0; i < parsed.size(); ++i) assign(root, parsed[i], 0, values[i]);
+
+  RunConfig config;
+  run_schema().read(config, root, {source, "", root.Mark()});
+  return config;
+}
+
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error))
+    throw ConfigError(path + ": cannot read the config file: it is a directory");
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw ConfigError(path + ": cannot read the config file: " + std::strerror(errno));
+  std::ostringstream contents;
+  contents << file.rdbuf();
+  if (file.bad()) throw ConfigError(path + ": cannot read the config file: " + std::strerror(errno));
+  return parse_config(contents.str(), path, overrides);
+}
+
+std::string to_yaml(const RunConfig& config) {
+  YAML::Emitter out;
+  out << YAML::Comment("muonlab run config, fully resolved (every default filled in)") << YAML::Newline;
+  run_schema().write(config, out);
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace ml

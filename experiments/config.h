@@ -1,0 +1,169 @@
+// The run configuration: typed structs filled from a validated YAML file.
+//
+// Every key is checked against one declarative schema (experiments/config.cpp): its type, its
+// range or choices, and the `kind`s of its section it applies to. Anything unexpected throws
+// ConfigError naming the file and line (or the --set override), the full key path and what was
+// expected. After loading, every field that applies to its section's kind holds either the
+// value from the file or its documented default; fields that do not apply to the kind are left
+// value-initialized (0, false, empty).
+//
+// Relative paths in a config (data.path, data.val_path) are NOT rewritten: the datasets open
+// them relative to the current working directory of the process, not the config file's folder.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ml {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct DataConfig {
+  std::string kind;  // cifar10 | fashion_mnist | image_folder | text_char | text_tokens | synthetic
+  std::string path;  // file or folder of the dataset (not used by synthetic)
+  int64_t batch_size = 0;
+  int64_t val_batch_size = 0;    // 0: same as batch_size
+  int64_t limit_train = 0;       // 0: all; otherwise only the first N training examples
+  int64_t limit_val = 0;         // 0: all; otherwise only the first N validation examples
+  int64_t workers_prefetch = 0;  // batches prepared ahead on a background thread
+  // Image kinds (cifar10, fashion_mnist, image_folder).
+  bool flip = false;
+  int64_t crop_padding = 0;
+  int64_t translate = 0;
+  bool normalize = false;
+  // image_folder and text_char: the fraction split off for validation when there is no
+  // separate validation data (image_folder: no val_path).
+  double val_fraction = 0.0;
+  std::string val_path;  // image_folder, text_tokens: separate validation data ("" = none)
+  int64_t image_size = 0;  // image_folder: images are resized to image_size x image_size
+  // Text kinds (text_char, text_tokens).
+  int64_t block_size = 0;
+  bool byte_level = false;  // text_char: vocabulary of all 256 bytes instead of the characters seen
+  // synthetic: a seeded random classification problem.
+  int64_t num_features = 0;
+  int64_t num_classes = 0;
+  int64_t num_examples = 0;
+};
+
+struct ModelConfig {
+  std::string kind;  // gpt | cnn | mlp
+  double dropout = 0.0;
+  std::string activation;  // gpt: gelu | relu2; cnn: gelu | relu; mlp: relu | gelu | tanh
+  int64_t num_classes = 0;  // cnn, mlp: 0 = from the dataset
+  // gpt
+  int64_t vocab_size = 0;  // 0: from the dataset
+  int64_t block_size = 0;  // 0: data.block_size
+  int64_t n_layer = 0;
+  int64_t n_head = 0;
+  int64_t n_embd = 0;
+  int64_t mlp_ratio = 0;
+  std::string norm;      // layernorm | rmsnorm
+  std::string position;  // learned | rotary
+  bool tie_weights = false;
+  bool bias = false;
+  // cnn
+  int64_t in_channels = 0;  // 0: from the dataset
+  int64_t stem_width = 0;
+  std::vector<int64_t> widths;
+  double bn_momentum = 0.0;  // PyTorch convention: running = (1 - m) * running + m * batch
+  double logit_divisor = 0.0;
+  // mlp
+  std::vector<int64_t> hidden;  // may be empty: a linear classifier
+};
+
+// The optimizer of the Muon family's parameters that are not hidden matrices
+// (embeddings, biases, norms, the output head).
+struct NonMatrixConfig {
+  std::string kind;  // adamw | sgd
+  double lr = 0.0;
+  double weight_decay = 0.0;
+  std::array<double, 2> betas{};  // adamw
+  double eps = 0.0;               // adamw
+  double momentum = 0.0;          // sgd
+  bool nesterov = false;          // sgd
+};
+
+struct OptimizerConfig {
+  std::string kind;  // sgd | adamw | muon | turbo_muon | cache_muon | dion2 | rmnp | normuon
+  double lr = 0.0;
+  double weight_decay = 0.0;
+  double momentum = 0.0;  // sgd and the Muon family
+  bool nesterov = false;  // sgd and the Muon family
+  // adamw
+  std::array<double, 2> betas{};
+  double eps = 0.0;
+  // Muon family
+  int64_t ns_steps = 0;
+  std::string ns_coefficients;  // keller | muon_plus | polar_express
+  std::string scaling;          // keller | moonlight | spectral
+  NonMatrixConfig non_matrix;
+  // cache_muon
+  double gamma = 0.0;
+  int64_t k_max = 0;
+  // dion2
+  double fraction = 0.0;
+  double ef_decay = 0.0;
+  std::string selection;  // l1 | random
+  // normuon
+  double beta2 = 0.0;
+};
+
+struct ScheduleConfig {
+  int64_t warmup_steps = 0;
+  std::string decay;  // none | linear | cosine
+  double min_lr_ratio = 0.0;
+};
+
+struct TrainConfig {
+  int64_t steps = 0;   // exactly one of steps and epochs is > 0; the other is 0
+  int64_t epochs = 0;
+  int64_t eval_every = 0;        // in steps; 0: only at the end
+  int64_t eval_batches = 0;      // 0: the whole validation split
+  int64_t log_every = 0;         // in steps; 0: no periodic log lines
+  int64_t checkpoint_every = 0;  // in steps; 0: only at the end
+  double grad_clip = 0.0;        // global gradient norm; 0: off
+  int64_t grad_accum = 0;
+  double label_smoothing = 0.0;
+};
+
+struct RunConfig {
+  std::string name;
+  int64_t seed = 0;
+  std::string device;  // cpu | cuda
+  int64_t threads = 0;  // 0: the OpenMP default
+  bool tf32 = false;
+  DataConfig data;
+  ModelConfig model;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  TrainConfig train;
+};
+
+// Compares every field the schema knows (which is every field above).
+bool operator==(const RunConfig& a, const RunConfig& b);
+inline bool operator!=(const RunConfig& a, const RunConfig& b) { return !(a == b); }
+
+// Reads, overrides and validates a config file. `overrides` are `key.sub=value` strings (from
+// --set); each value is parsed as YAML (`model.widths=[16,32]`) and replaces the key in the tree
+// before validation, so it is checked exactly like a value from the file.
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same for YAML text; `source_name` stands for the file name in error messages.
+RunConfig parse_config(const std::string& yaml_text, const std::string& source_name,
+                       const std::vector<std::string>& overrides = {});
+
+// The fully resolved config (every default filled in) as YAML; parse_config of it gives back an
+// equal RunConfig. Written to runs/<dir>/config.yaml.
+std::string to_yaml(const RunConfig& config);
+
+bool is_muon_family(const std::string& optimizer_kind);
+
+// The candidate nearest to `word` by edit distance when it is close enough to be a likely typo,
+// otherwise "". Used for "did you mean" hints.
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
+}  // namespace ml
