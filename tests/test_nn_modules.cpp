@@ -202,6 +202,31 @@ TEST(NnModules, SequentialAppliesLayersInOrder) {
   expect_error_mentions([&] { seq.push_back(std::shared_ptr<ReLU>()); }, {"null"});
 }
 
+TEST(NnModules, LayersPassTheirSettingsToTheOps) {
+  Generator gen(12);
+  // Height and width settings must not be swapped: a 3x1 kernel, stride (2,1), padding (1,0).
+  Conv2d conv(2, 4, {3, 1}, {2, 1}, {1, 0}, true, gen);
+  EXPECT_EQ(conv.forward(randn({1, 2, 9, 5}, DType::Float32, cpu(), gen)).shape(), (Shape{1, 4, 5, 5}));
+
+  RMSNorm rms(6, 0.5);
+  {
+    NoGradGuard no_grad;
+    fill_(rms.weight, 2.0);
+  }
+  const Tensor x = randn({3, 6}, DType::Float32, cpu(), gen);
+  const std::vector<double> expected = values(mul(div(x, sqrt(add(mean(mul(x, x), {1}, true), 0.5))), 2.0));
+  const std::vector<double> got = values(rms(x));
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expected[i], 1e-5);
+
+  LayerNorm ln(6, 1e-5, /*affine=*/false);
+  const std::vector<double> row_means = values(mean(ln(add(x, 3.0)), {1}));
+  for (double m : row_means) EXPECT_NEAR(m, 0.0, 1e-5);
+
+  expect_error_mentions([] { Dropout(1.0); }, {"Dropout", "[0, 1)"});
+  expect_error_mentions([] { Linear(0, 3); }, {"Linear", "in_features"});
+  expect_error_mentions([] { Conv2d(1, 1, {3, 0}); }, {"Conv2d", "kernel width"});
+}
+
 // ------------------------------------------------------------------------------- initialization
 
 // Mean and (population) variance of all elements.

@@ -91,7 +91,8 @@ class BatchNorm2d : public UnaryModule {
 };
 
 // Zeroes elements with probability p and scales the rest by 1/(1-p) in training mode; the
-// identity in eval mode. Masks are drawn from `gen` at each forward call.
+// identity in eval mode. Masks are drawn from `gen` at each forward call, so `gen` must outlive
+// the layer.
 class Dropout : public UnaryModule {
  public:
   explicit Dropout(double p = 0.5, Generator& gen = default_generator());
