@@ -1,0 +1,42 @@
+// AdamW — Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (ICLR 2019), Algorithm 2,
+// in PyTorch's formulation (torch.optim.AdamW):
+//   W <- W (1 - lr wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+//   W <- W - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+#include "optimizers/adamw.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include "framework/ops.h"
+
+namespace ml {
+
+AdamW::AdamW(std::vector<NamedParam> params, double lr, std::array<double, 2> betas, double eps, double weight_decay)
+    : Optimizer("adamw", std::move(params), lr), beta1_(betas[0]), beta2_(betas[1]), eps_(eps), weight_decay_(weight_decay) {
+  if (!(beta1_ >= 0.0 && beta1_ < 1.0 && beta2_ >= 0.0 && beta2_ < 1.0))
+    throw std::invalid_argument("adamw: betas must lie in [0, 1), got " + std::to_string(beta1_) + ", " + std::to_string(beta2_));
+  for (const NamedParam& p : this->params())
+    slots_.push_back({add_buffer(p.name, "exp_avg", zeros_like(p.param)), add_buffer(p.name, "exp_avg_sq", zeros_like(p.param)),
+                      &add_counter(p.name + ".step")});
+}
+
+void AdamW::step_impl() {
+  for (size_t i = 0; i < params().size(); ++i) {
+    Tensor param = params()[i].param;
+    const Tensor grad = param.grad();
+    if (!grad.defined()) continue;
+    Slot& s = slots_[i];
+    const int64_t t = ++*s.step;
+    if (weight_decay_ != 0.0) mul_(param, 1.0 - lr() * weight_decay_);
+    mul_(s.exp_avg, beta1_);
+    add_(s.exp_avg, grad, 1.0 - beta1_);
+    mul_(s.exp_avg_sq, beta2_);
+    add_(s.exp_avg_sq, mul(grad, grad), 1.0 - beta2_);
+    const double bias_correction1 = 1.0 - std::pow(beta1_, static_cast<double>(t));
+    const double bias_correction2 = 1.0 - std::pow(beta2_, static_cast<double>(t));
+    const Tensor denom = add(mul(sqrt(s.exp_avg_sq), 1.0 / std::sqrt(bias_correction2)), eps_);
+    add_(param, div(s.exp_avg, denom), -lr() / bias_correction1);
+  }
+}
+
+}  // namespace ml

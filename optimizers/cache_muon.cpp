@@ -1,0 +1,115 @@
+// CacheMuon — Dev, Bohara, Takáč & Horváth (2026). Momentum changes slowly, so the polar factors of
+// successive steps are correlated: keep the left transform of the last fresh solve and reuse it
+// while it still orthogonalizes the current momentum. Per matrix, on the small side:
+//   X = U / (||U||_F + 1e-7)  (U from Muon's momentum);
+//   fresh solve: Newton–Schulz as O = T X, T a k x k polynomial (cached with r_ref = r(O));
+//   later steps: D = T_cache X;  r(D) = ||D D^T - I||_F / sqrt(k);
+//   hit if r(D) <= r_ref + gamma (use O = D), else a fresh solve; a fresh solve is forced after
+//   k_max hits in a row. W <- W (1 - lr wd) - lr scale O, as in Muon.
+// No author code is public. The threshold bounds the staleness on top of the fresh solver's own
+// error r_ref (the paper's bound: fresh-solver error plus staleness); an absolute r(D) <= gamma
+// would never hit with Keller's coefficients, whose fresh results have r of about 0.2-0.3 by design.
+#include "optimizers/cache_muon.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include "framework/ops.h"
+
+namespace ml {
+
+namespace {
+
+// ||S S^T - I||_F / sqrt(k) for a k x l small-side matrix S (k <= l), as a 0-d tensor.
+Tensor orthogonality_residual(const Tensor& small) {
+  Tensor gram = matmul(small, small.t());
+  Tensor diagonal = diagonal_view(gram);
+  add_(diagonal, -1.0);
+  return mul(norm(gram), 1.0 / std::sqrt(static_cast<double>(small.size(0))));
+}
+
+int64_t as_count(double flops) { return static_cast<int64_t>(std::llround(flops)); }
+
+}  // namespace
+
+CacheMuon::CacheMuon(std::vector<NamedParam> params, const OptimizerSpec& spec)
+    : MatrixOptimizer("cache_muon", std::move(params), spec.lr, spec.weight_decay),
+      schedule_(schedule_from_spec(spec, 5, "keller", false)),
+      scaling_(scaling_from_spec(spec, UpdateScaling::Keller)),
+      momentum_(spec.momentum),
+      nesterov_(spec.nesterov),
+      gamma_(spec.gamma),
+      k_max_(spec.k_max),
+      hits_(add_counter("cache.hits")),
+      misses_(add_counter("cache.misses")),
+      forced_refreshes_(add_counter("cache.forced_refreshes")),
+      cold_solves_(add_counter("cache.cold_solves")),
+      flops_spent_(add_counter("cache.flops_spent")),
+      flops_muon_(add_counter("cache.flops_muon")) {
+  if (!(gamma_ >= 0.0)) throw std::invalid_argument("cache_muon: gamma must be >= 0, got " + std::to_string(gamma_));
+  if (k_max_ < 1) throw std::invalid_argument("cache_muon: k_max must be >= 1, got " + std::to_string(k_max_));
+  for (size_t i = 0; i < this->params().size(); ++i) {
+    const std::string& name = this->params()[i].name;
+    const Tensor& p = this->params()[i].param;
+    const Shape shape = matrix_shape(i);
+    const int64_t k = std::min(shape[0], shape[1]);
+    slots_.push_back({add_matrix_buffer(i, "momentum"),
+                      add_buffer(name, "cache_transform", zeros({k, k}, p.dtype(), p.device())),
+                      add_buffer(name, "cache_reference_residual", zeros({}, p.dtype(), p.device())),
+                      &add_counter(name + ".has_cache"), &add_counter(name + ".cache_age")});
+  }
+}
+
+void CacheMuon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
+  Slot& slot = slots_[index];
+  const Tensor update = lerp_momentum(slot.momentum, grad, momentum_, nesterov_);
+  const int64_t rows = weight.size(0), cols = weight.size(1);
+  const int64_t k = std::min(rows, cols), l = std::max(rows, cols);
+  const int64_t steps = static_cast<int64_t>(schedule_.triples.size());
+  const double check_flops = 4.0 * k * k * l;  // D = T X and D D^T
+  flops_muon_ += as_count(newton_schulz_flops(rows, cols, steps));
+
+  Tensor ortho;  // on the small side
+  if (*slot.has_cache && *slot.cache_age < k_max_) {
+    const Tensor small = small_side(update);
+    const Tensor candidate = matmul(mul(slot.transform, inverse_norm(update, schedule_)), small);
+    flops_spent_ += as_count(check_flops);
+    if (orthogonality_residual(candidate).item() <= slot.reference_residual.item() + gamma_) {
+      ortho = candidate;
+      ++*slot.cache_age;
+      ++hits_;
+    } else {
+      ++misses_;
+    }
+  } else {
+    ++(*slot.has_cache ? forced_refreshes_ : cold_solves_);
+  }
+  if (!ortho.defined()) {
+    NsTransformResult fresh = newton_schulz_with_transform(update, schedule_);
+    ortho = small_side(fresh.result);
+    copy_(slot.transform, fresh.transform);
+    copy_(slot.reference_residual, orthogonality_residual(ortho));
+    *slot.has_cache = 1;
+    *slot.cache_age = 0;
+    // Newton–Schulz, the transform products (the first is free) and the residual's Gram matrix.
+    flops_spent_ += as_count(newton_schulz_flops(rows, cols, steps) + 2.0 * (steps - 1) * k * k * k + 2.0 * k * k * l);
+  }
+
+  const double scale = update_scale(scaling_, rows, cols);
+  decay_weight(weight);
+  add_(weight, rows > cols ? ortho.t() : ortho, -lr() * scale);
+}
+
+std::map<std::string, double> CacheMuon::metrics() const {
+  const double total = static_cast<double>(hits_ + misses_ + forced_refreshes_ + cold_solves_);
+  return {{"cache_hit_rate", total > 0 ? static_cast<double>(hits_) / total : 0.0},
+          {"cache_hits", static_cast<double>(hits_)},
+          {"cache_misses", static_cast<double>(misses_)},
+          {"cache_forced_refreshes", static_cast<double>(forced_refreshes_)},
+          {"cache_cold_solves", static_cast<double>(cold_solves_)},
+          {"ortho_gflops", static_cast<double>(flops_spent_) * 1e-9},
+          {"muon_gflops", static_cast<double>(flops_muon_) * 1e-9},
+          {"flops_ratio", flops_muon_ > 0 ? static_cast<double>(flops_spent_) / static_cast<double>(flops_muon_) : 0.0}};
+}
+
+}  // namespace ml

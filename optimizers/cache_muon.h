@@ -1,0 +1,40 @@
+// CacheMuon: Muon that reuses the last fresh Newton–Schulz transform while it still orthogonalizes.
+#pragma once
+#include "optimizers/matrix_optimizer.h"
+
+namespace ml {
+
+class CacheMuon : public MatrixOptimizer {
+ public:
+  CacheMuon(std::vector<NamedParam> params, const OptimizerSpec& spec);
+
+  // cache_hit_rate (hits over all orthogonalizations), cache_hits, cache_misses (failed checks),
+  // cache_forced_refreshes (k_max reached), cache_cold_solves (no cache yet), ortho_gflops (spent
+  // so far), muon_gflops (what fresh Newton–Schulz every step would have spent), flops_ratio.
+  std::map<std::string, double> metrics() const override;
+
+ private:
+  void update_matrix(size_t index, Tensor& weight, const Tensor& grad) override;
+  NsSchedule schedule_;
+  UpdateScaling scaling_;
+  double momentum_;
+  bool nesterov_;
+  double gamma_;
+  int64_t k_max_;
+  struct Slot {
+    Tensor momentum;
+    Tensor transform;           // T, k x k (k = min(rows, cols))
+    Tensor reference_residual;  // 0-d: the residual of the fresh result T was taken from
+    int64_t* has_cache;
+    int64_t* cache_age;         // hits since the last fresh solve
+  };
+  std::vector<Slot> slots_;
+  int64_t& hits_;
+  int64_t& misses_;
+  int64_t& forced_refreshes_;
+  int64_t& cold_solves_;
+  int64_t& flops_spent_;
+  int64_t& flops_muon_;
+};
+
+}  // namespace ml

@@ -1,0 +1,37 @@
+// Dion2: orthonormalize only a selected fraction of the rows (or columns) of the momentum, with
+// error feedback for the rest; the update is sparse.
+#pragma once
+#include "framework/random.h"
+#include "optimizers/matrix_optimizer.h"
+
+namespace ml {
+
+// One Dion2 preconditioning: the selected slices of `momentum` (along its shorter dimension),
+// orthogonalized. Used by the optimizer and the ortho benchmark.
+struct Dion2Selection {
+  int64_t dim = 0;   // 0: rows were selected, 1: columns
+  Tensor indices;    // Int64 [k], ascending
+  Tensor selected;   // momentum.index_select(dim, indices)
+};
+Dion2Selection dion2_select(const Tensor& momentum, double fraction, bool random, Generator* generator);
+// base + update at the selected slices (update has the shape of `selected`), out of place.
+Tensor add_at_slices(const Tensor& base, const Dion2Selection& selection, const Tensor& update);
+
+class Dion2 : public MatrixOptimizer {
+ public:
+  Dion2(std::vector<NamedParam> params, const OptimizerSpec& spec);
+
+ private:
+  void update_matrix(size_t index, Tensor& weight, const Tensor& grad) override;
+  NsSchedule schedule_;
+  UpdateScaling scaling_;
+  double fraction_;
+  double ef_decay_;
+  bool random_selection_;
+  Generator generator_;
+  int64_t* generator_seed_ = nullptr;  // checkpointed generator state (random selection only)
+  int64_t* generator_offset_ = nullptr;
+  std::vector<Tensor> momentum_buffers_;
+};
+
+}  // namespace ml

@@ -1,0 +1,31 @@
+// Muon — Keller Jordan, "Muon: An optimizer for hidden layers in neural networks" (2024),
+// reference KellerJordan/Muon (muon.py):
+//   M <- beta M + (1 - beta) G;  U = (1 - beta) G + beta M (Nesterov) or M;
+//   O = NS5(U) (quintic Newton–Schulz, a, b, c = 3.4445, -4.7750, 2.0315);
+//   W <- W (1 - lr wd) - lr max(1, m/n)^0.5 O.
+#include "optimizers/muon.h"
+
+#include "framework/ops.h"
+
+namespace ml {
+
+Muon::Muon(std::vector<NamedParam> params, const OptimizerSpec& spec)
+    : Muon("muon", std::move(params), spec, schedule_from_spec(spec, 5, "keller", false)) {}
+
+Muon::Muon(std::string kind, std::vector<NamedParam> params, const OptimizerSpec& spec, NsSchedule schedule)
+    : MatrixOptimizer(std::move(kind), std::move(params), spec.lr, spec.weight_decay),
+      schedule_(std::move(schedule)),
+      scaling_(scaling_from_spec(spec, UpdateScaling::Keller)),
+      momentum_(spec.momentum),
+      nesterov_(spec.nesterov) {
+  for (size_t i = 0; i < this->params().size(); ++i) momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
+}
+
+void Muon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
+  const Tensor update = lerp_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
+  const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
+  decay_weight(weight);
+  add_(weight, newton_schulz(update, schedule_, -lr() * scale));
+}
+
+}  // namespace ml

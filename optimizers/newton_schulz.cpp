@@ -1,0 +1,137 @@
+#include "optimizers/newton_schulz.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include "framework/ops.h"
+
+namespace ml {
+
+namespace {
+
+const std::vector<NsTriple>& keller_triples() {
+  static const std::vector<NsTriple> triples{{3.4445, -4.7750, 2.0315}};
+  return triples;
+}
+const std::vector<NsTriple>& muon_plus_triples() {
+  static const std::vector<NsTriple> triples{{4.0848, -6.8946, 2.9270},
+                                            {3.9505, -6.3029, 2.6377},
+                                            {3.7418, -5.5913, 2.3037},
+                                            {2.8769, -3.1427, 1.2046},
+                                            {2.8366, -3.0525, 1.2012}};
+  return triples;
+}
+const std::vector<NsTriple>& polar_express_triples() {
+  static const std::vector<NsTriple> triples{{8.156554524902461, -22.48329292557795, 15.878769915207462},
+                                            {4.042929935166739, -2.808917465908714, 0.5000178451051316},
+                                            {3.8916678022926607, -2.772484153217685, 0.5060648178503393},
+                                            {3.285753657755655, -2.3681294933425376, 0.46449024233003106},
+                                            {2.3465413258596377, -1.7097828382687081, 0.42323551169305323}};
+  return triples;
+}
+
+// P = a I + b A + c A^2 computed as A (c A + b I) + a I: one k x k product, no other k x k temporaries.
+Tensor polynomial(const Tensor& gram, const NsTriple& t) {
+  Tensor inner = mul(gram, t.c);
+  Tensor inner_diagonal = diagonal_view(inner);
+  add_(inner_diagonal, t.b);
+  Tensor p = matmul(gram, inner);
+  Tensor p_diagonal = diagonal_view(p);
+  add_(p_diagonal, t.a);
+  return p;
+}
+
+// The shared loop. X_{k+1} = P_k X_k with P_k the polynomial in A_k = X_k X_k^T. X0 is never
+// formed: its scaling (1/norm, and diag(s) for AOL) is folded into the k x k factor P_0, and the
+// first Gram matrix is the raw one rescaled, so the normalization costs O(k^2), not O(k l).
+// `transform` (optional) receives T = P_{K-1} ... P_1 P_0 diag(s), the map from X0 to the result.
+Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_scale, Tensor* transform) {
+  if (matrix.dim() != 2)
+    throw std::invalid_argument("newton_schulz: expected a 2-D matrix, got " + shape_str(matrix.shape()));
+  if (schedule.triples.empty()) throw std::invalid_argument("newton_schulz: the schedule has no iterations");
+  const bool tall = matrix.size(0) > matrix.size(1);
+  const Tensor raw = tall ? matrix.t() : matrix;
+
+  Tensor gram = matmul(raw, raw.t());
+  // ||S||_F^2 = trace(S S^T): the normalization needs no pass over S.
+  const Tensor inv_norm = rdiv(1.0, add(mul(sqrt(sum(diagonal_view(gram))), schedule.norm_factor), schedule.norm_eps));
+  mul_(gram, mul(inv_norm, inv_norm));
+  Tensor aol_scale;
+  if (schedule.aol) {
+    // Turbo-Muon: s_i = max(sum_j |A_ij|, 1e-7)^(-1/2) bounds ||diag(s) X||_2 <= 1, and
+    // diag(s) A diag(s) is the Gram matrix of diag(s) X, so the first iteration needs no new product.
+    aol_scale = rsqrt(clamp(sum(abs(gram), {1}), 1e-7, std::numeric_limits<double>::infinity()));
+    mul_(gram, aol_scale.unsqueeze(1));
+    mul_(gram, aol_scale.unsqueeze(0));
+  }
+
+  Tensor x;
+  const size_t steps = schedule.triples.size();
+  for (size_t k = 0; k < steps; ++k) {
+    if (k > 0) gram = matmul(x, x.t());
+    Tensor p = polynomial(gram, schedule.triples[k]);
+    if (k == 0 && schedule.aol) mul_(p, aol_scale.unsqueeze(0));
+    if (transform) *transform = k == 0 ? p.clone() : matmul(p, *transform);
+    if (k == 0) mul_(p, inv_norm);
+    if (k + 1 == steps && output_scale != 1.0) mul_(p, output_scale);
+    x = matmul(p, k == 0 ? raw : x);
+  }
+  return tall ? x.t() : x;
+}
+
+}  // namespace
+
+NsSchedule ns_schedule(const std::string& coefficients, int64_t steps, bool aol) {
+  if (steps < 1) throw std::invalid_argument("ns_schedule: steps must be >= 1, got " + std::to_string(steps));
+  const std::vector<NsTriple>* family = nullptr;
+  NsSchedule schedule;
+  schedule.aol = aol;
+  if (coefficients == "keller") {
+    family = &keller_triples();
+  } else if (coefficients == "muon_plus") {
+    family = &muon_plus_triples();
+  } else if (coefficients == "polar_express") {
+    family = &polar_express_triples();
+    schedule.norm_factor = 1.02;
+    schedule.norm_eps = 1e-6;
+  } else {
+    throw std::invalid_argument("ns_schedule: unknown ns_coefficients '" + coefficients +
+                                "' (expected keller, muon_plus or polar_express)");
+  }
+  const int64_t length = static_cast<int64_t>(family->size());
+  const int64_t first = aol ? std::max<int64_t>(length - steps, 0) : 0;
+  for (int64_t i = 0; i < steps; ++i) schedule.triples.push_back((*family)[std::min(first + i, length - 1)]);
+  return schedule;
+}
+
+Tensor diagonal_view(const Tensor& square) {
+  if (square.dim() != 2 || square.size(0) != square.size(1) || !square.is_contiguous())
+    throw std::invalid_argument("diagonal_view: expected a contiguous square matrix, got " + shape_str(square.shape()));
+  const int64_t k = square.size(0);
+  return Tensor::view_of(square, {k}, {k + 1}, square.offset());
+}
+
+Tensor small_side(const Tensor& matrix) { return matrix.size(0) > matrix.size(1) ? matrix.t() : matrix; }
+
+Tensor newton_schulz(const Tensor& matrix, const NsSchedule& schedule, double output_scale) {
+  return iterate(matrix, schedule, output_scale, nullptr);
+}
+
+NsTransformResult newton_schulz_with_transform(const Tensor& matrix, const NsSchedule& schedule) {
+  NsTransformResult out;
+  out.result = iterate(matrix, schedule, 1.0, &out.transform);
+  return out;
+}
+
+Tensor inverse_norm(const Tensor& x, const NsSchedule& schedule) {
+  return rdiv(1.0, add(mul(norm(x), schedule.norm_factor), schedule.norm_eps));
+}
+
+double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps) {
+  const double k = static_cast<double>(std::min(rows, cols)), l = static_cast<double>(std::max(rows, cols));
+  return static_cast<double>(steps) * (4.0 * k * k * l + 2.0 * k * k * k);
+}
+
+}  // namespace ml

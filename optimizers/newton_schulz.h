@@ -1,0 +1,65 @@
+// Quintic Newton–Schulz orthogonalization, shared by the Muon family and the ortho benchmark.
+//
+// Keller Jordan, "Muon: An optimizer for hidden layers in neural networks" (2024): on the small
+// side (rows <= cols, transposing a tall matrix), X0 = U / (||U||_F + 1e-7), then per iteration
+//   A = X X^T,  B = b A + c A^2,  X <- a X + B X.
+// Per-iteration coefficient schedules: "Muon+" (the five triples of the Turbo-Muon paper's
+// baseline) and Polar Express (Amsel et al. 2025, arXiv 2505.16932, as in modded-nanogpt, which
+// also normalizes by 1.02 ||U||_F + 1e-6).
+// Turbo-Muon (Boissin et al. 2025, arXiv 2512.04632) replaces the plain normalization by AOL
+// preconditioning (Prach & Lampert 2022) that reuses the first Gram matrix, and drops one iteration.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "framework/tensor.h"
+
+namespace ml {
+
+struct NsTriple {
+  double a, b, c;
+};
+
+struct NsSchedule {
+  std::vector<NsTriple> triples;  // one per iteration
+  double norm_factor = 1.0;       // X0 = U / (norm_factor * ||U||_F + norm_eps)
+  double norm_eps = 1e-7;
+  bool aol = false;               // Turbo-Muon's AOL rescaling after the normalization
+};
+
+// The coefficient family "keller", "muon_plus" or "polar_express" run for `steps` iterations.
+// Without AOL a per-iteration family is taken from its start (the first, aggressive triples lift
+// small singular values); with AOL, which already brings X close to orthogonal, from its end, as
+// in Turbo-Muon (4 steps = triples 2-5). Beyond the family's length the last triple repeats.
+NsSchedule ns_schedule(const std::string& coefficients, int64_t steps, bool aol = false);
+
+// The view of a matrix that Newton–Schulz iterates on: the transpose of a tall matrix.
+Tensor small_side(const Tensor& matrix);
+
+// An approximation of the polar factor U V^T of a 2-D matrix (any orientation, result in the same
+// orientation, possibly a transposed view), multiplied by `output_scale` (folded into the last
+// iteration's small left factor rather than paid for as a pass over the result).
+Tensor newton_schulz(const Tensor& matrix, const NsSchedule& schedule, double output_scale = 1.0);
+
+// Newton–Schulz written as a left transform of the normalized input: with S = small_side(matrix)
+// and X0 = S / (norm_factor ||S||_F + norm_eps), the result (on the small side) equals T X0 for a
+// k x k matrix T (k = min(rows, cols)), the product of the iterations' polynomials in X X^T
+// (as in the Gram form of Newton–Schulz, Dao-AILab/gram-newton-schulz). Used by CacheMuon.
+struct NsTransformResult {
+  Tensor result;     // like newton_schulz(matrix, schedule)
+  Tensor transform;  // T, k x k
+};
+NsTransformResult newton_schulz_with_transform(const Tensor& matrix, const NsSchedule& schedule);
+
+// The diagonal of a contiguous square matrix as a strided view (writes go to the matrix).
+Tensor diagonal_view(const Tensor& square);
+
+// 1 / (norm_factor * ||x||_F + norm_eps) as a 0-d tensor on x's device.
+Tensor inverse_norm(const Tensor& x, const NsSchedule& schedule);
+
+// Multiply-adds are counted twice (as FLOPs): per iteration X X^T (2 k^2 l), A^2 (2 k^3) and B X
+// (2 k^2 l), k = min(rows, cols), l = max(rows, cols).
+double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps);
+
+}  // namespace ml

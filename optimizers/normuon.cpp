@@ -1,0 +1,46 @@
+// NorMuon — Li et al., "NorMuon: Making Muon more efficient and scalable" (arXiv 2510.05491).
+// After Newton–Schulz the rows of O can still have very different norms; an Adam-style second
+// moment per row evens them out:
+//   O = NS(U) (U from Muon's momentum);  v <- b2 v + (1 - b2) mean_j O_ij^2;
+//   O' = O / (sqrt(v) + 1e-10), rescaled to ||O'||_F = ||O||_F;
+//   W <- W (1 - lr wd) - lr scale O'.
+// Everything after Newton–Schulz is computed from the per-row mean squares (a vector), so the
+// normalization, the rescaling and lr * scale reach O through one per-row factor.
+#include "optimizers/normuon.h"
+
+#include "framework/ops.h"
+
+namespace ml {
+
+NorMuon::NorMuon(std::vector<NamedParam> params, const OptimizerSpec& spec)
+    : MatrixOptimizer("normuon", std::move(params), spec.lr, spec.weight_decay),
+      schedule_(schedule_from_spec(spec, 5, "keller", false)),
+      scaling_(scaling_from_spec(spec, UpdateScaling::Keller)),
+      momentum_(spec.momentum),
+      nesterov_(spec.nesterov),
+      beta2_(spec.beta2) {
+  for (size_t i = 0; i < this->params().size(); ++i) {
+    momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
+    const Tensor& p = this->params()[i].param;
+    row_second_moments_.push_back(add_buffer(this->params()[i].name, "row_second_moment", zeros({p.size(0), 1}, p.dtype(), p.device())));
+  }
+}
+
+void NorMuon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
+  const Tensor update = lerp_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
+  const Tensor ortho = newton_schulz(update, schedule_);
+  const Tensor row_mean_squares = mean(mul(ortho, ortho), {1}, true);
+  Tensor& v = row_second_moments_[index];
+  mul_(v, beta2_);
+  add_(v, row_mean_squares, 1.0 - beta2_);
+  const Tensor inv_rms = rdiv(1.0, add(sqrt(v), 1e-10));
+  // ||O||_F^2 / ||O'||_F^2 = sum_i ms_i / sum_i ms_i inv_rms_i^2 (the row length n cancels); the
+  // tiny floor keeps a zero update (a parameter whose gradient is zero) at 0 instead of 0/0.
+  const Tensor hat_sum = sum(mul(row_mean_squares, mul(inv_rms, inv_rms)));
+  const Tensor rescale = sqrt(div(sum(row_mean_squares), add(hat_sum, 1e-30)));
+  const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
+  decay_weight(weight);
+  add_(weight, mul(ortho, mul(inv_rms, mul(rescale, -lr() * scale))));
+}
+
+}  // namespace ml

@@ -1,0 +1,34 @@
+// RMNP — Deng et al. (arXiv 2603.20527), reference Dominator-Index/RMNP.
+// The Hessian of a transformer is close to block diagonal with one block per output neuron, so
+// each row (a neuron's weights over its inputs) is normalized on its own, in O(mn):
+//   M <- mu M + G;  U = G + mu M (Nesterov) or M;  R_i = U_i / max(||U_i||_2, 1e-12);
+//   W <- W (1 - lr wd) - lr max(1, m/n)^0.5 R.
+#include "optimizers/rmnp.h"
+
+#include <limits>
+
+#include "framework/ops.h"
+
+namespace ml {
+
+Tensor row_normalize(const Tensor& matrix, double scale, double eps) {
+  const Tensor row_norms = norm(matrix, {1}, true);
+  return mul(matrix, rdiv(scale, clamp(row_norms, eps, std::numeric_limits<double>::infinity())));
+}
+
+RMNP::RMNP(std::vector<NamedParam> params, const OptimizerSpec& spec)
+    : MatrixOptimizer("rmnp", std::move(params), spec.lr, spec.weight_decay),
+      scaling_(scaling_from_spec(spec, UpdateScaling::Keller)),
+      momentum_(spec.momentum),
+      nesterov_(spec.nesterov) {
+  for (size_t i = 0; i < this->params().size(); ++i) momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
+}
+
+void RMNP::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
+  const Tensor update = accumulate_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
+  const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
+  decay_weight(weight);
+  add_(weight, row_normalize(update, -lr() * scale));
+}
+
+}  // namespace ml

@@ -1,0 +1,23 @@
+// RMNP: Muon's momentum with Newton–Schulz replaced by row-wise l2 normalization.
+#pragma once
+#include "optimizers/matrix_optimizer.h"
+
+namespace ml {
+
+// R_i = scale * U_i / max(||U_i||_2, eps) for every row i of a 2-D matrix (the scale rides on the
+// per-row factor, so it costs no extra pass).
+Tensor row_normalize(const Tensor& matrix, double scale = 1.0, double eps = 1e-12);
+
+class RMNP : public MatrixOptimizer {
+ public:
+  RMNP(std::vector<NamedParam> params, const OptimizerSpec& spec);
+
+ private:
+  void update_matrix(size_t index, Tensor& weight, const Tensor& grad) override;
+  UpdateScaling scaling_;
+  double momentum_;
+  bool nesterov_;
+  std::vector<Tensor> momentum_buffers_;
+};
+
+}  // namespace ml
