@@ -1,0 +1,590 @@
+#include "experiments/trainer.h"
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <vector>
+
+#include "datasets/prefetch.h"
+#include "experiments/checkpoint.h"
+#include "experiments/progress.h"
+#include "experiments/run_data.h"
+#include "framework/backend.h"
+#include "framework/io/atomic_file.h"
+#include "framework/io/safetensors.h"
+#include "framework/nn/serialize.h"
+#include "framework/ops.h"
+#include "framework/parallel.h"
+#include "optimizers/factory.h"
+
+namespace ml {
+namespace fs = std::filesystem;
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kOptimizerFile = "optimizer.safetensors";
+constexpr const char* kTrainerFile = "trainer.json";
+constexpr const char* kVocabFile = "vocab.txt";
+constexpr const char* kConfigFile = "config.yaml";
+constexpr const char* kMetricsFile = "metrics.jsonl";
+constexpr const char* kSummaryFile = "summary.json";
+
+// Dropout draws from the default generator; its seed is derived from the run's seed so that the
+// masks are not correlated with the initial weights (which are drawn from the seed itself).
+constexpr uint64_t kDropoutSeedSalt = 0xd50b0a7d5eedULL;
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+Device run_device(const RunConfig& config) {
+  const Device device = Device::parse(config.device);
+  if (device.is_cuda() && !cuda_available())
+    throw std::runtime_error("device: cuda was requested, but no CUDA device is usable (built without CUDA, or no GPU)");
+  return device;
+}
+
+OptimizerSpec optimizer_spec(const RunConfig& config) {
+  const OptimizerConfig& c = config.optimizer;
+  OptimizerSpec spec;
+  spec.kind = c.kind;
+  spec.lr = c.lr;
+  spec.weight_decay = c.weight_decay;
+  spec.momentum = c.momentum;
+  spec.nesterov = c.nesterov;
+  spec.betas = c.betas;
+  spec.eps = c.eps;
+  spec.ns_steps = c.ns_steps;
+  spec.ns_coefficients = c.ns_coefficients;
+  spec.scaling = c.scaling;
+  if (is_muon_family(c.kind)) {
+    spec.non_matrix.kind = c.non_matrix.kind;
+    spec.non_matrix.lr = c.non_matrix.lr;
+    spec.non_matrix.weight_decay = c.non_matrix.weight_decay;
+    spec.non_matrix.betas = c.non_matrix.betas;
+    spec.non_matrix.eps = c.non_matrix.eps;
+    spec.non_matrix.momentum = c.non_matrix.momentum;
+    spec.non_matrix.nesterov = c.non_matrix.nesterov;
+  }
+  spec.gamma = c.gamma;
+  spec.k_max = c.k_max;
+  spec.fraction = c.fraction;
+  spec.ef_decay = c.ef_decay;
+  spec.selection = c.selection;
+  spec.seed = static_cast<uint64_t>(config.seed);
+  spec.beta2 = c.beta2;
+  return spec;
+}
+
+std::vector<NamedParam> named_params(const Module& model) {
+  std::vector<NamedParam> params;
+  for (const auto& [name, tensor] : model.named_parameters()) params.push_back({name, tensor});
+  return params;
+}
+
+// Host batch -> (inputs, targets) tensors on `device`.
+std::pair<Tensor, Tensor> batch_tensors(const HostBatch& batch, Device device) {
+  const Tensor inputs = batch.input_ids.empty() ? Tensor::from_vector(batch.inputs, batch.input_shape, device)
+                                                : Tensor::from_vector(batch.input_ids, batch.input_shape, device);
+  return {inputs, Tensor::from_vector(batch.targets, batch.target_shape, device)};
+}
+
+// sqrt of the sum of squared gradient entries over all parameters, in double.
+double global_grad_norm(const std::vector<Tensor>& params) {
+  double sum_squares = 0.0;
+  for (const Tensor& param : params) {
+    const Tensor grad = param.grad();
+    if (!grad.defined()) continue;
+    const double norm_value = norm(grad).item();
+    sum_squares += norm_value * norm_value;
+  }
+  return std::sqrt(sum_squares);
+}
+
+void scale_grads(const std::vector<Tensor>& params, double factor) {
+  NoGradGuard no_grad;
+  for (const Tensor& param : params) {
+    Tensor grad = param.grad();
+    if (grad.defined()) mul_(grad, factor);
+  }
+}
+
+std::string fresh_run_dir(const RunConfig& config, const TrainOptions& options) {
+  if (options.out_dir.empty()) return new_run_dir("runs", config.name);
+  if (fs::exists(options.out_dir + "/" + kMetricsFile) || fs::exists(options.out_dir + "/checkpoint.json"))
+    throw std::runtime_error("--out " + options.out_dir +
+                             " already holds a run; continue it with --resume, or choose another folder");
+  return options.out_dir;
+}
+
+// The keys that may change when a run is resumed: how long it trains and how often it reports.
+RunConfig with_resumable_keys_of(RunConfig saved, const RunConfig& given) {
+  saved.train.steps = given.train.steps;
+  saved.train.epochs = given.train.epochs;
+  saved.train.eval_every = given.train.eval_every;
+  saved.train.log_every = given.train.log_every;
+  saved.train.checkpoint_every = given.train.checkpoint_every;
+  saved.data.workers_prefetch = given.data.workers_prefetch;
+  return saved;
+}
+
+void check_same_run(const RunConfig& given, const std::string& run_dir) {
+  const std::string saved_path = run_dir + "/" + kConfigFile;
+  if (!fs::exists(saved_path)) throw std::runtime_error("--resume " + run_dir + ": no " + kConfigFile + " (not a run directory)");
+  const RunConfig saved = with_resumable_keys_of(load_config(saved_path), given);
+  if (saved == given) return;
+  // Name the first differing line of the resolved configs.
+  std::istringstream saved_lines(to_yaml(saved)), given_lines(to_yaml(given));
+  std::string saved_line, given_line;
+  while (std::getline(saved_lines, saved_line) && std::getline(given_lines, given_line))
+    if (saved_line != given_line) break;
+  throw std::runtime_error("--resume " + run_dir + ": the config differs from the run's " + kConfigFile + " (run: '" +
+                           saved_line + "', given: '" + given_line +
+                           "'); only train.steps/epochs/eval_every/log_every/checkpoint_every and "
+                           "data.workers_prefetch may change. Resume with " +
+                           saved_path);
+}
+
+// Drops the metrics lines logged after `step` (from a session that died after its last checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::istringstream lines(read_file(path));
+  std::string kept;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty()) continue;
+    try {
+      if (Json::parse(line).at("step").as_int() > step) continue;
+    } catch (const std::exception&) {
+      continue;  // a line cut short by the crash
+    }
+    kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+// The state of the loop that is not in the model or the optimizer.
+struct LoopState {
+  int64_t step = 0;  // optimizer steps done
+  double elapsed_s = 0.0;
+  double optimizer_s = 0.0;
+  int64_t samples = 0;
+  uint64_t dropout_seed = 0;
+  uint64_t dropout_offset = 0;
+  // Train losses of the steps since the last metrics line (their mean is what gets logged).
+  double window_loss_sum = 0.0;
+  int64_t window_steps = 0;
+  double last_train_loss = 0.0;
+  std::optional<EvalResult> last_eval;
+  std::optional<double> best_val_loss;
+  std::optional<double> best_val_acc;
+
+  Json to_json() const {
+    // Seeds are full 64-bit values, beyond JSON's exact integers: stored as decimal strings.
+    Json json = Json::object({{"step", step},
+                              {"elapsed_s", elapsed_s},
+                              {"optimizer_s", optimizer_s},
+                              {"samples", samples},
+                              {"dropout_rng", Json::object({{"seed", std::to_string(dropout_seed)},
+                                                            {"offset", std::to_string(dropout_offset)}})},
+                              {"window_loss_sum", window_loss_sum},
+                              {"window_steps", window_steps},
+                              {"last_train_loss", last_train_loss}});
+    if (last_eval) {
+      Json eval = Json::object({{"loss", last_eval->loss}, {"targets", last_eval->targets}, {"batches", last_eval->batches}});
+      if (last_eval->accuracy) eval["accuracy"] = *last_eval->accuracy;
+      json["last_eval"] = eval;
+    }
+    if (best_val_loss) json["best_val_loss"] = *best_val_loss;
+    if (best_val_acc) json["best_val_acc"] = *best_val_acc;
+    return json;
+  }
+
+  static LoopState from_json(const Json& json) {
+    LoopState state;
+    state.step = json.at("step").as_int();
+    state.elapsed_s = json.at("elapsed_s").as_number();
+    state.optimizer_s = json.at("optimizer_s").as_number();
+    state.samples = json.at("samples").as_int();
+    state.dropout_seed = std::stoull(json.at("dropout_rng").at("seed").as_string());
+    state.dropout_offset = std::stoull(json.at("dropout_rng").at("offset").as_string());
+    state.window_loss_sum = json.at("window_loss_sum").as_number();
+    state.window_steps = json.at("window_steps").as_int();
+    state.last_train_loss = json.at("last_train_loss").as_number();
+    if (const Json* eval = json.find("last_eval")) {
+      EvalResult result;
+      result.loss = eval->at("loss").as_number();
+      result.targets = eval->at("targets").as_int();
+      result.batches = eval->at("batches").as_int();
+      if (const Json* accuracy = eval->find("accuracy")) result.accuracy = accuracy->as_number();
+      state.last_eval = result;
+    }
+    if (const Json* best = json.find("best_val_loss")) state.best_val_loss = best->as_number();
+    if (const Json* best = json.find("best_val_acc")) state.best_val_acc = best->as_number();
+    return state;
+  }
+};
+
+StateDict read_optimizer_state(const std::string& path) {
+  StateDict state;
+  for (const auto& [name, tensor] : load_safetensors(path).tensors) state[name] = tensor;
+  return state;
+}
+
+class Trainer {
+ public:
+  Trainer(const RunConfig& config, const TrainOptions& options) : config_(config), options_(options) {}
+
+  TrainResult run() {
+    prepare();  // everything that can fail on the config or the data, before touching files
+    open_run_dir();
+    return loop();
+  }
+
+ private:
+  void prepare() {
+    set_num_threads(static_cast<int>(config_.threads));
+    device_ = run_device(config_);
+    std::optional<CheckpointRef> checkpoint;
+    std::optional<CharVocab> stored_vocab;
+    if (!options_.resume_dir.empty()) {
+      if (!options_.out_dir.empty() && fs::path(options_.out_dir) != fs::path(options_.resume_dir))
+        throw std::runtime_error("--resume " + options_.resume_dir + " continues that run in place; --out " +
+                                 options_.out_dir + " cannot differ");
+      check_same_run(config_, options_.resume_dir);
+      checkpoint = latest_checkpoint(options_.resume_dir);
+      if (!checkpoint) throw std::runtime_error("--resume " + options_.resume_dir + ": the run has no checkpoint yet");
+      if (fs::exists(checkpoint->file(kVocabFile))) stored_vocab = CharVocab::load(checkpoint->file(kVocabFile));
+    }
+    data_ = load_run_data(config_, stored_vocab);
+    total_steps_ = total_steps_of(config_, *data_.batcher);
+    model_ = make_model(config_.model, {data_.example_shape, data_.num_classes, data_.vocab_size},
+                        static_cast<uint64_t>(config_.seed));
+    model_->to(device_);
+    params_ = model_->parameters();
+    optimizer_ = make_optimizer(optimizer_spec(config_), named_params(*model_));
+
+    state_.dropout_seed = mix64(static_cast<uint64_t>(config_.seed) ^ kDropoutSeedSalt);
+    if (checkpoint) {
+      load_weights(*model_, checkpoint->file(kModelFile));
+      optimizer_->load_state_dict(read_optimizer_state(checkpoint->file(kOptimizerFile)));
+      state_ = LoopState::from_json(Json::parse(read_file(checkpoint->file(kTrainerFile))));
+      if (state_.step > total_steps_)
+        throw std::runtime_error("--resume " + options_.resume_dir + ": the checkpoint is at step " +
+                                 std::to_string(state_.step) + ", past the run's " + std::to_string(total_steps_) +
+                                 " steps");
+      last_checkpoint_ = checkpoint;
+    }
+    default_generator().set_state(state_.dropout_seed, state_.dropout_offset);
+  }
+
+  void open_run_dir() {
+    if (!options_.resume_dir.empty()) {
+      run_dir_ = options_.resume_dir;
+      truncate_metrics(run_dir_ + "/" + kMetricsFile, state_.step);
+    } else {
+      run_dir_ = fresh_run_dir(config_, options_);
+      fs::create_directories(run_dir_);
+    }
+    write_file_atomic(run_dir_ + "/" + kConfigFile, to_yaml(config_));
+    metrics_.open(run_dir_ + "/" + kMetricsFile, std::ios::app);
+    if (!metrics_) throw std::runtime_error(run_dir_ + "/" + kMetricsFile + ": cannot open for writing");
+  }
+
+  TrainResult loop() {
+    std::ostream& out = options_.progress ? *options_.progress : std::cerr;
+    const int64_t accum = config_.train.grad_accum;
+    const int64_t first_step = state_.step;
+    const int64_t end_step = options_.max_session_steps > 0
+                                 ? std::min(total_steps_, first_step + options_.max_session_steps)
+                                 : total_steps_;
+    // A stream handed in (tests, the demo) is not a terminal.
+    const ProgressStyle style = options_.progress ? (options_.quiet ? ProgressStyle::Quiet : ProgressStyle::Lines)
+                                                  : choose_progress_style(options_.quiet, fileno(stderr));
+    ProgressReporter progress(out, style, first_step, total_steps_, config_.train.log_every);
+    progress.note((first_step > 0 ? "resuming " : "training ") + model_->summary() + " for " +
+                  std::to_string(total_steps_) + " steps" +
+                  (first_step > 0 ? " from step " + std::to_string(first_step) : "") + " -> " + run_dir_);
+
+    const Clock::time_point session_start = Clock::now();
+    const double elapsed_before = state_.elapsed_s;
+    const int64_t samples_before = state_.samples;
+    Clock::time_point window_start = session_start;
+    int64_t window_samples = 0;
+    const auto loader = train_loader(*data_.batcher, first_step * accum, end_step * accum,
+                                     static_cast<int>(config_.data.workers_prefetch));
+    model_->train();
+    while (state_.step < end_step) {
+      const int64_t step = state_.step;
+      optimizer_->set_lr_scale(lr_scale_at(config_.schedule, step, total_steps_));
+      optimizer_->zero_grad();
+      double loss_sum = 0.0;
+      int64_t step_samples = 0;
+      for (int64_t micro = 0; micro < accum; ++micro) {
+        const HostBatch batch = loader->next();
+        const auto [inputs, targets] = batch_tensors(batch, device_);
+        const Tensor loss = cross_entropy(model_->forward(inputs), targets, -100, config_.train.label_smoothing);
+        const double loss_value = loss.item();
+        if (!std::isfinite(loss_value)) diverged("training loss", loss_value, step + 1);
+        (accum > 1 ? loss * (1.0 / static_cast<double>(accum)) : loss).backward();
+        loss_sum += loss_value;
+        step_samples += batch.size();
+      }
+      const double grad_norm = global_grad_norm(params_);
+      if (!std::isfinite(grad_norm)) diverged("gradient norm", grad_norm, step + 1);
+      if (config_.train.grad_clip > 0 && grad_norm > config_.train.grad_clip)
+        scale_grads(params_, config_.train.grad_clip / (grad_norm + 1e-6));
+      const Clock::time_point optimizer_start = Clock::now();
+      optimizer_->step();
+      state_.optimizer_s += seconds_since(optimizer_start);
+
+      state_.step = step + 1;
+      state_.samples += step_samples;
+      state_.last_train_loss = loss_sum / static_cast<double>(accum);
+      state_.window_loss_sum += state_.last_train_loss;
+      state_.window_steps += 1;
+      state_.elapsed_s = elapsed_before + seconds_since(session_start);
+      window_samples += step_samples;
+      const double session_s = seconds_since(session_start);
+      progress.step({state_.step, state_.last_train_loss, optimizer_->base_lr() * optimizer_->lr_scale(),
+                     session_s > 0 ? static_cast<double>(state_.samples - samples_before) / session_s : 0.0});
+
+      const bool last = state_.step == total_steps_;
+      if (every(config_.train.log_every) || last) {
+        const double window_s = seconds_since(window_start);
+        log_train_line(window_s > 0 ? static_cast<double>(window_samples) / window_s : 0.0);
+        window_start = Clock::now();
+        window_samples = 0;
+      }
+      if (every(config_.train.eval_every) || last) run_eval(progress);
+      if (every(config_.train.checkpoint_every) || last || state_.step == end_step) save_checkpoint(progress);
+    }
+    progress.finish();
+
+    TrainResult result;
+    result.run_dir = run_dir_;
+    result.completed = state_.step == total_steps_;
+    if (result.completed) {
+      result.summary = summary();
+      write_file_atomic(run_dir_ + "/" + kSummaryFile, result.summary.dump() + "\n");
+    }
+    return result;
+  }
+
+  bool every(int64_t interval) const { return interval > 0 && state_.step % interval == 0; }
+
+  double epoch() const {
+    const int64_t steps_per_epoch =
+        std::max<int64_t>(1, data_.batcher->steps_per_epoch() / config_.train.grad_accum);
+    return static_cast<double>(state_.step) / static_cast<double>(steps_per_epoch);
+  }
+
+  void write_metrics(const Json& line) { metrics_ << line.dump() << "\n" << std::flush; }
+
+  void log_train_line(double samples_per_s) {
+    Json line = Json::object({{"step", state_.step},
+                              {"epoch", epoch()},
+                              {"train_loss", state_.window_loss_sum / static_cast<double>(state_.window_steps)},
+                              {"lr", optimizer_->base_lr() * optimizer_->lr_scale()},
+                              {"elapsed_s", state_.elapsed_s},
+                              {"optimizer_s", state_.optimizer_s},
+                              {"samples_per_s", samples_per_s}});
+    for (const auto& [name, value] : optimizer_->metrics())
+      if (std::isfinite(value)) line["optimizer." + name] = value;
+    write_metrics(line);
+    state_.window_loss_sum = 0.0;
+    state_.window_steps = 0;
+  }
+
+  void run_eval(ProgressReporter& progress) {
+    if (data_.batcher->num_val_batches() == 0) return;
+    const Clock::time_point start = Clock::now();
+    const bool classifier = !data_.is_text;
+    const EvalResult result = evaluate(*model_, *data_.batcher, config_.train.eval_batches, classifier, device_);
+    model_->train();
+    state_.last_eval = result;
+    if (!state_.best_val_loss || result.loss < *state_.best_val_loss) state_.best_val_loss = result.loss;
+    if (result.accuracy && (!state_.best_val_acc || *result.accuracy > *state_.best_val_acc))
+      state_.best_val_acc = result.accuracy;
+    Json line = Json::object({{"step", state_.step}, {"epoch", epoch()}, {"val_loss", result.loss}});
+    if (result.accuracy) line["val_acc"] = *result.accuracy;
+    line["eval_s"] = seconds_since(start);
+    write_metrics(line);
+    char text[160];
+    std::snprintf(text, sizeof text, "step %lld: val_loss %.4f", static_cast<long long>(state_.step), result.loss);
+    std::string message = text;
+    if (result.accuracy) {
+      std::snprintf(text, sizeof text, "  val_acc %.4f", *result.accuracy);
+      message += text;
+    }
+    progress.note(message);
+  }
+
+  void save_checkpoint(ProgressReporter& progress) {
+    state_.dropout_seed = default_generator().seed();
+    state_.dropout_offset = default_generator().offset();
+    std::vector<CheckpointFile> files{
+        {kModelFile, [&](const std::string& path) { save_weights(*model_, path); }},
+        {kOptimizerFile,
+         [&](const std::string& path) {
+           const StateDict state = optimizer_->state_dict();
+           save_safetensors(path, NamedTensors(state.begin(), state.end()), {{"optimizer", optimizer_->kind()}});
+         }},
+        {kTrainerFile, [&](const std::string& path) { write_file_atomic(path, state_.to_json().dump() + "\n"); }}};
+    if (data_.vocab) files.push_back({kVocabFile, [&](const std::string& path) { data_.vocab->save(path); }});
+    last_checkpoint_ = write_checkpoint(run_dir_, state_.step, files);
+    if (config_.train.checkpoint_every > 0) progress.note("checkpoint: " + last_checkpoint_->dir);
+  }
+
+  [[noreturn]] void diverged(const std::string& what, double value, int64_t step) {
+    metrics_.flush();
+    std::ostringstream message;
+    message << "non-finite " << what << " (" << value << ") at step " << step << "; training stopped. ";
+    if (last_checkpoint_)
+      message << "The last good checkpoint (step " << last_checkpoint_->step << ") is " << last_checkpoint_->dir
+              << "; lower optimizer.lr or set train.grad_clip, then resume with --resume " << run_dir_;
+    else
+      message << "No checkpoint had been written yet (train.checkpoint_every sets how often); lower optimizer.lr "
+                 "or set train.grad_clip";
+    throw TrainingDiverged(message.str());
+  }
+
+  Json summary() const {
+    const auto optional_number = [](const std::optional<double>& value) { return value ? Json(*value) : Json(); };
+    return Json::object({
+        {"name", config_.name},
+        {"model", model_->summary()},
+        {"optimizer", config_.optimizer.kind},
+        {"parameters", model_->num_parameters()},
+        {"steps", state_.step},
+        {"epochs", epoch()},
+        {"samples", state_.samples},
+        {"final_train_loss", state_.last_train_loss},
+        {"val_loss", state_.last_eval ? Json(state_.last_eval->loss) : Json()},
+        {"val_acc", state_.last_eval ? optional_number(state_.last_eval->accuracy) : Json()},
+        {"best_val_loss", optional_number(state_.best_val_loss)},
+        {"best_val_acc", optional_number(state_.best_val_acc)},
+        {"total_s", state_.elapsed_s},
+        {"optimizer_s", state_.optimizer_s},
+        {"samples_per_s", state_.elapsed_s > 0 ? static_cast<double>(state_.samples) / state_.elapsed_s : 0.0},
+        {"peak_rss_mb", peak_rss_mb()},
+        {"threads", num_threads()},
+        {"device", config_.device},
+    });
+  }
+
+  const RunConfig& config_;
+  const TrainOptions& options_;
+  Device device_;
+  RunData data_;
+  int64_t total_steps_ = 0;
+  std::shared_ptr<Model> model_;
+  std::vector<Tensor> params_;
+  std::unique_ptr<Optimizer> optimizer_;
+  LoopState state_;
+  std::optional<CheckpointRef> last_checkpoint_;
+  std::string run_dir_;
+  std::ofstream metrics_;
+};
+
+}  // namespace
+
+double lr_scale_at(const ScheduleConfig& schedule, int64_t step, int64_t total_steps) {
+  if (step < schedule.warmup_steps)
+    return static_cast<double>(step + 1) / static_cast<double>(schedule.warmup_steps);
+  if (schedule.decay == "none") return 1.0;
+  const int64_t decay_steps = std::max<int64_t>(1, total_steps - schedule.warmup_steps);
+  const double progress = std::min(1.0, static_cast<double>(step - schedule.warmup_steps) / static_cast<double>(decay_steps));
+  const double floor = schedule.min_lr_ratio;
+  if (schedule.decay == "linear") return 1.0 - (1.0 - floor) * progress;
+  return floor + (1.0 - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
+}
+
+int64_t total_steps_of(const RunConfig& config, const Batcher& batcher) {
+  if (config.train.steps > 0) return config.train.steps;
+  const int64_t steps_per_epoch = batcher.steps_per_epoch() / config.train.grad_accum;
+  if (steps_per_epoch == 0)
+    throw std::runtime_error("train.grad_accum " + std::to_string(config.train.grad_accum) +
+                             " is more than the " + std::to_string(batcher.steps_per_epoch()) +
+                             " batches of one epoch");
+  return config.train.epochs * steps_per_epoch;
+}
+
+EvalResult evaluate(Model& model, const Batcher& batcher, int64_t max_batches, bool classifier, Device device) {
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  const int64_t batches = max_batches > 0 ? std::min(max_batches, batcher.num_val_batches()) : batcher.num_val_batches();
+  double loss_sum = 0.0;
+  int64_t correct = 0;
+  EvalResult result;
+  for (int64_t index = 0; index < batches; ++index) {
+    const HostBatch batch = batcher.val_batch(index);
+    const auto [inputs, targets] = batch_tensors(batch, device);
+    const Tensor logits = model.forward(inputs);
+    loss_sum += cross_entropy(logits, targets, -100, 0.0, Reduction::Sum).item();
+    if (classifier) {
+      const std::vector<int64_t> predicted = argmax(logits, -1).to_vector<int64_t>();
+      for (size_t i = 0; i < predicted.size(); ++i) correct += predicted[i] == batch.targets[i];
+    }
+    result.targets += static_cast<int64_t>(batch.targets.size());
+  }
+  model.train(was_training);
+  result.batches = batches;
+  result.loss = result.targets > 0 ? loss_sum / static_cast<double>(result.targets) : 0.0;
+  if (classifier && result.targets > 0) result.accuracy = static_cast<double>(correct) / static_cast<double>(result.targets);
+  return result;
+}
+
+TrainResult train(const RunConfig& config, const TrainOptions& options) { return Trainer(config, options).run(); }
+
+std::string new_run_dir(const std::string& parent, const std::string& name) {
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &local);
+  const std::string base = parent + "/" + name + "-" + stamp;
+  std::string dir = base;
+  for (int suffix = 2; fs::exists(dir); ++suffix) dir = base + "-" + std::to_string(suffix);
+  return dir;
+}
+
+Json evaluate_checkpoint(const RunConfig& config, const std::string& checkpoint_path) {
+  set_num_threads(static_cast<int>(config.threads));
+  const Device device = run_device(config);
+  const std::string dir = resolve_checkpoint_dir(checkpoint_path);
+  const std::string model_path = dir + "/" + kModelFile;
+  if (!fs::exists(model_path)) throw std::runtime_error(checkpoint_path + ": no " + kModelFile + " in " + dir);
+  std::optional<CharVocab> stored_vocab;
+  if (fs::exists(dir + "/" + kVocabFile)) stored_vocab = CharVocab::load(dir + "/" + kVocabFile);
+  const RunData data = load_run_data(config, stored_vocab);
+  const std::shared_ptr<Model> model = make_model(
+      config.model, {data.example_shape, data.num_classes, data.vocab_size}, static_cast<uint64_t>(config.seed));
+  load_weights(*model, model_path);
+  model->to(device);
+  const EvalResult result = evaluate(*model, *data.batcher, config.train.eval_batches, !data.is_text, device);
+  Json json = Json::object({{"checkpoint", dir}});
+  if (fs::exists(dir + "/" + kTrainerFile))
+    json["step"] = Json::parse(read_file(dir + "/" + kTrainerFile)).at("step").as_int();
+  json["val_loss"] = result.loss;
+  if (result.accuracy) json["val_acc"] = *result.accuracy;
+  json["targets"] = result.targets;
+  json["batches"] = result.batches;
+  return json;
+}
+
+}  // namespace ml

@@ -1,0 +1,79 @@
+// The YAML-driven training loop behind `muonlab train` and `muonlab eval`.
+//
+// A run directory holds: config.yaml (the resolved config), metrics.jsonl (one JSON object per
+// logged step and per evaluation), summary.json (written when the run completes) and the
+// checkpoints (see experiments/checkpoint.h): model.safetensors, optimizer.safetensors,
+// trainer.json (step, clocks, generator state, best values) and, for character-level text,
+// vocab.txt. Training batch k is a pure function of (seed, k) and every other piece of state is
+// in the checkpoint, so a resumed run reproduces the uninterrupted one bit for bit on the same
+// thread count.
+#pragma once
+#include <cstdint>
+#include <iosfwd>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "datasets/batch.h"
+#include "experiments/config.h"
+#include "framework/io/json.h"
+#include "framework/tensor.h"
+#include "models/model.h"
+
+namespace ml {
+
+// A non-finite loss or gradient norm stopped the run; the message names the step and the last
+// good checkpoint, which was left untouched.
+class TrainingDiverged : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct TrainOptions {
+  std::string out_dir;     // "" -> runs/<name>-<YYYYmmdd-HHMMSS> under the working directory
+  std::string resume_dir;  // continue the run saved there (then out_dir must be "" or the same)
+  bool quiet = false;      // no progress output
+  std::ostream* progress = nullptr;  // where progress goes; null -> std::cerr
+  // Stop after this many steps of this session (with a checkpoint), leaving the run resumable;
+  // 0 runs to the end.
+  int64_t max_session_steps = 0;
+};
+
+struct TrainResult {
+  std::string run_dir;
+  bool completed = false;  // false when stopped early by max_session_steps
+  Json summary;            // summary.json's contents (only when completed)
+};
+
+// Trains `config` (already validated). Everything that can fail for reasons of the config or the
+// data (missing files, shapes that do not fit, a resume directory whose run differs) fails
+// before the run directory is created or modified. Throws TrainingDiverged as described above.
+TrainResult train(const RunConfig& config, const TrainOptions& options = {});
+
+// "<parent>/<name>-<YYYYmmdd-HHMMSS>", with "-2", "-3", ... appended when that already exists.
+std::string new_run_dir(const std::string& parent, const std::string& name);
+
+// The learning-rate multiplier for the (0-based) step about to be taken: linear warmup over
+// warmup_steps, then the decay down to min_lr_ratio at the end of the run.
+double lr_scale_at(const ScheduleConfig& schedule, int64_t step, int64_t total_steps);
+
+// Optimizer steps of the run: train.steps, or train.epochs passes over the training data.
+int64_t total_steps_of(const RunConfig& config, const Batcher& batcher);
+
+struct EvalResult {
+  double loss = 0.0;                // mean cross-entropy per predicted target (no label smoothing)
+  std::optional<double> accuracy;   // classifiers only
+  int64_t targets = 0;              // examples (classifiers) or tokens (language models) scored
+  int64_t batches = 0;
+};
+
+// Evaluates `model` in eval mode on the first `max_batches` validation batches (0: all).
+EvalResult evaluate(Model& model, const Batcher& batcher, int64_t max_batches, bool classifier, Device device);
+
+// `muonlab eval`: loads the checkpoint at `checkpoint_path` (a run directory, a checkpoint
+// folder or a file in one) into the model of `config` and evaluates it on the validation split
+// (train.eval_batches of them; 0: all). Returns {"checkpoint", "step", "val_loss", "val_acc"
+// (classifiers), "targets", "batches"}.
+Json evaluate_checkpoint(const RunConfig& config, const std::string& checkpoint_path);
+
+}  // namespace ml

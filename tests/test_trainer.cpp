@@ -1,0 +1,482 @@
+// Tests of the trainer: a smoke run per model kind that lowers the loss, exact resume, atomic
+// checkpoints, non-finite loss handling, errors before any file is written, checkpoint
+// evaluation, the schedule, progress output and the demo's configs. Data are tiny generated
+// files in a temp dir.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "experiments/checkpoint.h"
+#include "experiments/demo.h"
+#include "experiments/progress.h"
+#include "experiments/trainer.h"
+#include "framework/io/atomic_file.h"
+#include "framework/io/json.h"
+#include "framework/io/safetensors.h"
+#include "framework/nn/serialize.h"
+#include "framework/ops.h"
+
+namespace ml {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path_ = fs::temp_directory_path() / ("muonlab_trainer_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+  }
+  std::string path(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+void write_big_endian(std::ofstream& out, uint32_t value) {
+  const char bytes[4] = {static_cast<char>(value >> 24), static_cast<char>(value >> 16), static_cast<char>(value >> 8),
+                         static_cast<char>(value)};
+  out.write(bytes, 4);
+}
+
+// An IDX image set (the Fashion-MNIST layout) of `size` x `size` grey images: class c in 0..3 is
+// a bright square in quadrant c over seeded noise, so that a small model learns it in a few steps.
+void write_idx_split(const std::string& dir, const std::string& prefix, int64_t count, int64_t size, uint64_t seed) {
+  std::ofstream images(dir + "/" + prefix + "-images-idx3-ubyte", std::ios::binary);
+  std::ofstream labels(dir + "/" + prefix + "-labels-idx1-ubyte", std::ios::binary);
+  write_big_endian(images, 0x803);
+  write_big_endian(images, static_cast<uint32_t>(count));
+  write_big_endian(images, static_cast<uint32_t>(size));
+  write_big_endian(images, static_cast<uint32_t>(size));
+  write_big_endian(labels, 0x801);
+  write_big_endian(labels, static_cast<uint32_t>(count));
+  const int64_t half = size / 2;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t label = i % 4;
+    labels.put(static_cast<char>(label));
+    for (int64_t y = 0; y < size; ++y)
+      for (int64_t x = 0; x < size; ++x) {
+        const bool inside = (y / half) == label / 2 && (x / half) == label % 2;
+        const uint64_t noise = random_bits(seed, static_cast<uint64_t>((i * size + y) * size + x)) % 96;
+        images.put(static_cast<char>((inside ? 128 : 0) + noise));
+      }
+  }
+}
+
+std::string write_idx_dataset(const TempDir& dir) {
+  const std::string path = dir.path("idx");
+  fs::create_directories(path);
+  write_idx_split(path, "train", 256, 12, 1);
+  write_idx_split(path, "t10k", 64, 12, 2);
+  return path;
+}
+
+std::string write_text(const TempDir& dir) {
+  const std::string path = dir.path("text.txt");
+  std::ofstream out(path);
+  for (int i = 0; i < 200; ++i) out << "the cat sat on the mat. a dog ran to the log. ";
+  return path;
+}
+
+std::vector<Json> read_metrics(const std::string& run_dir) {
+  std::vector<Json> lines;
+  std::istringstream text(read_file(run_dir + "/metrics.jsonl"));
+  for (std::string line; std::getline(text, line);) lines.push_back(Json::parse(line));
+  return lines;
+}
+
+std::vector<double> values_of(const std::vector<Json>& lines, const std::string& key) {
+  std::vector<double> values;
+  for (const Json& line : lines)
+    if (const Json* value = line.find(key)) values.push_back(value->as_number());
+  return values;
+}
+
+RunConfig mlp_config(const std::vector<std::string>& overrides = {}) {
+  return parse_config(R"(
+name: mlp_test
+seed: 3
+data: {kind: synthetic, batch_size: 16, num_features: 8, num_classes: 3, num_examples: 192}
+model: {kind: mlp, hidden: [32], dropout: 0.1}
+optimizer: {kind: adamw, lr: 0.01}
+schedule: {warmup_steps: 3, decay: cosine}
+train: {steps: 20, eval_every: 5, log_every: 1, grad_clip: 1.0, grad_accum: 2}
+)",
+                      "mlp_test.yaml", overrides);
+}
+
+RunConfig cnn_config(const std::string& data_path) {
+  return parse_config(R"(
+name: cnn_test
+seed: 1
+data: {kind: fashion_mnist, path: ")" + data_path + R"(", batch_size: 32, flip: true, translate: 1}
+model: {kind: cnn, stem_width: 8, widths: [8, 16], logit_divisor: 2}
+optimizer: {kind: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 5.0e-4}
+train: {steps: 20, eval_every: 10, log_every: 1, label_smoothing: 0.1}
+)",
+                      "cnn_test.yaml");
+}
+
+RunConfig gpt_config(const std::string& text_path) {
+  return parse_config(R"(
+name: gpt_test
+seed: 2
+data: {kind: text_char, path: ")" + text_path + R"(", batch_size: 8, block_size: 16}
+model: {kind: gpt, n_layer: 1, n_head: 2, n_embd: 32, dropout: 0.1}
+optimizer: {kind: adamw, lr: 3.0e-3, betas: [0.9, 0.99]}
+schedule: {warmup_steps: 2, decay: linear, min_lr_ratio: 0.1}
+train: {steps: 20, eval_every: 10, eval_batches: 4, log_every: 1, grad_clip: 1.0}
+)",
+                      "gpt_test.yaml");
+}
+
+TrainResult run_quietly(const RunConfig& config, const std::string& out_dir, int64_t max_session_steps = 0,
+                        const std::string& resume_dir = "") {
+  TrainOptions options;
+  options.out_dir = out_dir;
+  options.resume_dir = resume_dir;
+  options.quiet = true;
+  std::ostringstream sink;
+  options.progress = &sink;
+  options.max_session_steps = max_session_steps;
+  return train(config, options);
+}
+
+// ------------------------------------------------------------------ schedule
+
+TEST(TrainerSchedule, LinearWarmupThenDecayToTheFloor) {
+  ScheduleConfig schedule;
+  schedule.warmup_steps = 4;
+  schedule.decay = "none";
+  EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 0, 100), 0.25);
+  EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 3, 100), 1.0);
+  EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 99, 100), 1.0);
+  schedule.decay = "linear";
+  schedule.min_lr_ratio = 0.1;
+  EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 4, 104), 1.0);
+  EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 54, 104), 0.55);
+  EXPECT_NEAR(lr_scale_at(schedule, 103, 104), 0.1 + 0.9 / 100, 1e-12);
+  schedule.decay = "cosine";
+  EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 4, 104), 1.0);
+  EXPECT_NEAR(lr_scale_at(schedule, 54, 104), 0.55, 1e-12);  // halfway: the midpoint
+  EXPECT_GT(lr_scale_at(schedule, 20, 104), lr_scale_at(schedule, 4 + 80, 104));
+}
+
+// ------------------------------------------------------------------ smoke runs
+
+void expect_run_lowers_the_loss(const RunConfig& config, const TempDir& dir) {
+  const TrainResult result = run_quietly(config, dir.path("run"));
+  ASSERT_TRUE(result.completed);
+  for (const char* file : {"config.yaml", "metrics.jsonl", "summary.json", "checkpoint.json"})
+    EXPECT_TRUE(fs::exists(result.run_dir + "/" + file)) << file;
+  EXPECT_EQ(load_config(result.run_dir + "/config.yaml"), config);
+
+  const std::vector<Json> metrics = read_metrics(result.run_dir);
+  const std::vector<double> train_losses = values_of(metrics, "train_loss");
+  ASSERT_EQ(train_losses.size(), 20u);  // log_every 1
+  const double first = (train_losses[0] + train_losses[1]) / 2, last = (train_losses[18] + train_losses[19]) / 2;
+  EXPECT_LT(last, 0.8 * first) << config.model.kind;
+  for (const char* key : {"step", "epoch", "train_loss", "lr", "elapsed_s", "optimizer_s", "samples_per_s"})
+    EXPECT_TRUE(metrics.front().contains(key)) << key;
+
+  const Json summary = Json::parse(read_file(result.run_dir + "/summary.json"));
+  EXPECT_EQ(summary, result.summary);
+  EXPECT_EQ(summary.at("steps").as_int(), 20);
+  EXPECT_LT(summary.at("val_loss").as_number(), std::log(static_cast<double>(config.model.kind == "gpt" ? 20 : 3)));
+  EXPECT_GT(summary.at("optimizer_s").as_number(), 0.0);
+  EXPECT_LE(summary.at("optimizer_s").as_number(), summary.at("total_s").as_number());
+  EXPECT_GT(summary.at("peak_rss_mb").as_number(), 0.0);
+  EXPECT_EQ(values_of(metrics, "val_loss").back(), summary.at("val_loss").as_number());
+}
+
+TEST(TrainerSmoke, MlpOnSyntheticDataLowersTheLoss) {
+  TempDir dir;
+  expect_run_lowers_the_loss(mlp_config(), dir);
+}
+
+TEST(TrainerSmoke, CnnOnImagesLowersTheLoss) {
+  TempDir dir;
+  const RunConfig config = cnn_config(write_idx_dataset(dir));
+  expect_run_lowers_the_loss(config, dir);
+  const Json summary = Json::parse(read_file(dir.path("run/summary.json")));
+  EXPECT_GT(summary.at("val_acc").as_number(), 0.5);  // four classes: chance is 0.25
+}
+
+TEST(TrainerSmoke, GptOnTextLowersTheLoss) {
+  TempDir dir;
+  const RunConfig config = gpt_config(write_text(dir));
+  expect_run_lowers_the_loss(config, dir);
+  EXPECT_TRUE(fs::exists(dir.path("run/checkpoints/step-000020/vocab.txt")));
+}
+
+// ------------------------------------------------------------------ resume
+
+// 20 steps straight, against 10 steps, a crash that leaves stray metrics lines, and a resume.
+void expect_exact_resume(const RunConfig& config, const TempDir& dir) {
+  const TrainResult straight = run_quietly(config, dir.path("straight"));
+  const TrainResult first_half = run_quietly(config, dir.path("split"), 10);
+  ASSERT_FALSE(first_half.completed);
+  ASSERT_EQ(latest_checkpoint(first_half.run_dir)->step, 10);
+  {
+    std::ofstream metrics(first_half.run_dir + "/metrics.jsonl", std::ios::app);
+    metrics << "{\"step\":11,\"train_loss\":123}\n{\"step\":12,\"tra";
+  }
+  const TrainResult resumed = run_quietly(config, "", 0, first_half.run_dir);
+  ASSERT_TRUE(resumed.completed);
+
+  const std::vector<Json> a = read_metrics(straight.run_dir), b = read_metrics(resumed.run_dir);
+  ASSERT_EQ(a.size(), b.size()) << config.name;
+  for (const char* key : {"step", "train_loss", "lr", "val_loss", "val_acc", "epoch"})
+    EXPECT_EQ(values_of(a, key), values_of(b, key)) << config.name << ": " << key;
+  EXPECT_EQ(read_file(straight.run_dir + "/checkpoints/step-000020/model.safetensors"),
+            read_file(resumed.run_dir + "/checkpoints/step-000020/model.safetensors"))
+      << config.name;
+  EXPECT_EQ(read_file(straight.run_dir + "/checkpoints/step-000020/optimizer.safetensors"),
+            read_file(resumed.run_dir + "/checkpoints/step-000020/optimizer.safetensors"))
+      << config.name;
+}
+
+TEST(TrainerResume, MlpWithDropoutAccumulationAndClippingMatchesAnUninterruptedRun) {
+  TempDir dir;
+  expect_exact_resume(mlp_config(), dir);
+}
+
+TEST(TrainerResume, CnnWithBatchNormAndAugmentationMatchesAnUninterruptedRun) {
+  TempDir dir;
+  expect_exact_resume(cnn_config(write_idx_dataset(dir)), dir);
+}
+
+TEST(TrainerResume, GptWithDropoutMatchesAnUninterruptedRun) {
+  TempDir dir;
+  expect_exact_resume(gpt_config(write_text(dir)), dir);
+}
+
+TEST(TrainerResume, ALongerRunMayContinueButADifferentConfigIsRefused) {
+  TempDir dir;
+  const RunConfig config = mlp_config();
+  const TrainResult first = run_quietly(config, dir.path("run"));
+  const std::string metrics_before = read_file(first.run_dir + "/metrics.jsonl");
+
+  RunConfig changed = config;
+  changed.optimizer.lr = 0.02;
+  try {
+    run_quietly(changed, "", 0, first.run_dir);
+    FAIL() << "a resume with another learning rate was accepted";
+  } catch (const std::runtime_error& error) {
+    EXPECT_NE(std::string(error.what()).find("differs"), std::string::npos) << error.what();
+    EXPECT_NE(std::string(error.what()).find("lr: 0.02"), std::string::npos) << error.what();
+  }
+  EXPECT_EQ(read_file(first.run_dir + "/metrics.jsonl"), metrics_before);
+
+  RunConfig longer = config;
+  longer.train.steps = 25;
+  const TrainResult continued = run_quietly(longer, "", 0, first.run_dir);
+  EXPECT_EQ(continued.summary.at("steps").as_int(), 25);
+  EXPECT_EQ(values_of(read_metrics(first.run_dir), "train_loss").size(), 25u);
+}
+
+TEST(TrainerResume, RefusesARunWithoutACheckpoint) {
+  TempDir dir;
+  fs::create_directories(dir.path("empty"));
+  write_file_atomic(dir.path("empty/config.yaml"), to_yaml(mlp_config()));
+  EXPECT_THROW(run_quietly(mlp_config(), "", 0, dir.path("empty")), std::runtime_error);
+}
+
+// ------------------------------------------------------------------ checkpoints
+
+TEST(TrainerCheckpoint, OnlyTheLatestCheckpointIsKept) {
+  TempDir dir;
+  const TrainResult result = run_quietly(mlp_config({"train.checkpoint_every=5"}), dir.path("run"));
+  std::vector<std::string> folders;
+  for (const auto& entry : fs::directory_iterator(result.run_dir + "/checkpoints"))
+    folders.push_back(entry.path().filename().string());
+  EXPECT_EQ(folders, std::vector<std::string>{"step-000020"});
+  const CheckpointRef latest = *latest_checkpoint(result.run_dir);
+  EXPECT_EQ(latest.step, 20);
+  for (const char* file : {"model.safetensors", "optimizer.safetensors", "trainer.json"})
+    EXPECT_TRUE(fs::exists(latest.file(file))) << file;
+}
+
+TEST(TrainerCheckpoint, AFailureMidWriteLeavesThePreviousCheckpointLoadable) {
+  TempDir dir;
+  const RunConfig config = mlp_config();
+  const TrainResult first = run_quietly(config, dir.path("run"), 10);
+  const CheckpointRef before = *latest_checkpoint(first.run_dir);
+  const std::string model_bytes = read_file(before.file("model.safetensors"));
+
+  // The next checkpoint's first file is written, then the second fails halfway.
+  const std::vector<CheckpointFile> failing{
+      {"model.safetensors", [](const std::string& path) { write_file_atomic(path, std::string("new weights")); }},
+      {"optimizer.safetensors", [](const std::string& path) {
+         write_file_atomic(path, [](std::ostream& out) {
+           out << "half of the optimizer state";
+           throw std::runtime_error("disk full");
+         });
+       }}};
+  EXPECT_THROW(write_checkpoint(first.run_dir, 15, failing), std::runtime_error);
+
+  const CheckpointRef after = *latest_checkpoint(first.run_dir);
+  EXPECT_EQ(after.step, 10);
+  EXPECT_EQ(read_file(after.file("model.safetensors")), model_bytes);
+  // And the run resumes from it to the same result as an uninterrupted run.
+  const TrainResult resumed = run_quietly(config, "", 0, first.run_dir);
+  const TrainResult straight = run_quietly(config, dir.path("straight"));
+  EXPECT_EQ(values_of(read_metrics(resumed.run_dir), "train_loss"), values_of(read_metrics(straight.run_dir), "train_loss"));
+}
+
+TEST(TrainerCheckpoint, ResolvesRunFoldersCheckpointFoldersAndFiles) {
+  TempDir dir;
+  const TrainResult result = run_quietly(mlp_config(), dir.path("run"));
+  const std::string folder = latest_checkpoint(result.run_dir)->dir;
+  EXPECT_EQ(resolve_checkpoint_dir(result.run_dir), folder);
+  EXPECT_EQ(resolve_checkpoint_dir(folder), folder);
+  EXPECT_EQ(resolve_checkpoint_dir(folder + "/model.safetensors"), folder);
+  EXPECT_EQ(resolve_checkpoint_dir(result.run_dir + "/checkpoint.json"), folder);
+  EXPECT_THROW(resolve_checkpoint_dir(dir.path("missing")), std::runtime_error);
+}
+
+// ------------------------------------------------------------------ failures
+
+TEST(TrainerDiverged, NonFiniteLossStopsNamingTheStepAndKeepsTheLastGoodCheckpoint) {
+  TempDir dir;
+  const RunConfig config = parse_config(R"(
+name: diverging
+data: {kind: synthetic, batch_size: 16, num_features: 8, num_classes: 3, num_examples: 192}
+model: {kind: mlp, hidden: [32]}
+optimizer: {kind: sgd, lr: 1.0e+12}
+train: {steps: 50, checkpoint_every: 1, log_every: 1}
+)",
+                                        "diverging.yaml");
+  try {
+    run_quietly(config, dir.path("run"));
+    FAIL() << "training with lr 1e12 did not diverge";
+  } catch (const TrainingDiverged& error) {
+    const std::string message = error.what();
+    const CheckpointRef last = *latest_checkpoint(dir.path("run"));
+    EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
+    EXPECT_NE(message.find("at step " + std::to_string(last.step + 1)), std::string::npos) << message;
+    EXPECT_NE(message.find(last.dir), std::string::npos) << message;
+    EXPECT_FALSE(fs::exists(dir.path("run/summary.json")));
+    // The checkpoint is complete and its weights are finite.
+    for (const auto& [name, tensor] : load_safetensors(last.file("model.safetensors")).tensors)
+      for (float value : tensor.to_vector<float>()) ASSERT_TRUE(std::isfinite(value)) << name;
+  }
+}
+
+TEST(TrainerConfigErrors, MissingDataFailsBeforeTheRunDirectoryIsCreated) {
+  TempDir dir;
+  EXPECT_THROW(run_quietly(gpt_config(dir.path("no_such_file.txt")), dir.path("run")), std::runtime_error);
+  EXPECT_FALSE(fs::exists(dir.path("run")));
+  RunConfig unfit = mlp_config();
+  unfit.data.batch_size = 1000;  // more than the 192 examples
+  EXPECT_THROW(run_quietly(unfit, dir.path("run")), std::runtime_error);
+  EXPECT_FALSE(fs::exists(dir.path("run")));
+}
+
+TEST(TrainerConfigErrors, AnOutputFolderHoldingARunIsNotOverwritten) {
+  TempDir dir;
+  const TrainResult first = run_quietly(mlp_config(), dir.path("run"));
+  const std::string metrics = read_file(first.run_dir + "/metrics.jsonl");
+  EXPECT_THROW(run_quietly(mlp_config(), dir.path("run")), std::runtime_error);
+  EXPECT_EQ(read_file(first.run_dir + "/metrics.jsonl"), metrics);
+}
+
+// ------------------------------------------------------------------ evaluation
+
+TEST(TrainerEval, CheckpointEvaluationReproducesTheRunsFinalEvaluation) {
+  TempDir dir;
+  const RunConfig config = cnn_config(write_idx_dataset(dir));
+  const TrainResult result = run_quietly(config, dir.path("run"));
+  for (const std::string& path : {result.run_dir, result.run_dir + "/checkpoints/step-000020/model.safetensors"}) {
+    const Json json = evaluate_checkpoint(config, path);
+    EXPECT_EQ(json.at("step").as_int(), 20);
+    EXPECT_EQ(json.at("val_loss").as_number(), result.summary.at("val_loss").as_number());
+    EXPECT_EQ(json.at("val_acc").as_number(), result.summary.at("val_acc").as_number());
+    EXPECT_EQ(json.at("targets").as_int(), 64);
+    EXPECT_EQ(Json::parse(json.dump()), json);
+  }
+  // A checkpoint of another architecture is refused by name.
+  RunConfig other = config;
+  other.model.widths = {8, 8};
+  EXPECT_THROW(evaluate_checkpoint(other, result.run_dir), std::runtime_error);
+}
+
+TEST(TrainerEval, LanguageModelsReportLossButNoAccuracy) {
+  TempDir dir;
+  const RunConfig config = gpt_config(write_text(dir));
+  const TrainResult result = run_quietly(config, dir.path("run"));
+  const Json json = evaluate_checkpoint(config, result.run_dir);
+  EXPECT_FALSE(json.contains("val_acc"));
+  EXPECT_EQ(json.at("val_loss").as_number(), result.summary.at("val_loss").as_number());
+  EXPECT_EQ(json.at("targets").as_int(), 4 * 8 * 16);  // eval_batches x batch x block
+}
+
+// ------------------------------------------------------------------ progress and demo
+
+TEST(TrainerProgress, PlainLinesEveryLogIntervalAndNotesInQuietModeAreDropped) {
+  std::ostringstream lines;
+  ProgressReporter reporter(lines, ProgressStyle::Lines, 0, 20, 10);
+  for (int64_t step = 1; step <= 20; ++step) reporter.step({step, 1.5, 0.01, 100});
+  reporter.note("step 20: val_loss 1.0");
+  reporter.finish();
+  const std::string text = lines.str();
+  EXPECT_NE(text.find("step 10/20  loss 1.5000"), std::string::npos) << text;
+  EXPECT_NE(text.find("step 20/20"), std::string::npos) << text;
+  EXPECT_EQ(text.find("step 5/20"), std::string::npos) << text;
+  EXPECT_NE(text.find("val_loss 1.0\n"), std::string::npos) << text;
+
+  std::ostringstream quiet;
+  ProgressReporter silent(quiet, ProgressStyle::Quiet, 0, 20, 1);
+  silent.step({1, 1.0, 0.1, 1});
+  silent.note("hidden");
+  EXPECT_EQ(quiet.str(), "");
+
+  std::ostringstream bar;
+  ProgressReporter drawn(bar, ProgressStyle::Bar, 0, 4, 0);
+  drawn.step({4, 0.5, 0.1, 1});
+  drawn.finish();
+  EXPECT_NE(bar.str().find("[########################] 4/4"), std::string::npos) << bar.str();
+  EXPECT_EQ(format_duration(3725), "1h02m");
+  EXPECT_EQ(format_duration(187), "3m07s");
+  EXPECT_EQ(format_duration(-1), "?");
+}
+
+TEST(TrainerDemo, ComparesAdamWWithMuonOnFashionMnist) {
+  const std::vector<RunConfig> configs = demo_configs(true, "/some/idx/folder");
+  ASSERT_EQ(configs.size(), 2u);
+  EXPECT_EQ(configs[0].optimizer.kind, "adamw");
+  EXPECT_EQ(configs[1].optimizer.kind, "muon");
+  for (const RunConfig& config : configs) {
+    EXPECT_EQ(config.data.kind, "fashion_mnist");
+    EXPECT_EQ(config.data.path, "/some/idx/folder");
+  }
+  EXPECT_GT(demo_configs(false)[0].data.limit_train, configs[0].data.limit_train);
+}
+
+TEST(LongTrainerDemo, QuickDemoTrainsBothOptimizersAndPrintsTheTable) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "Fashion-MNIST is not installed";
+  TempDir dir;
+  std::ostringstream out, progress;
+  ASSERT_EQ(run_demo(DemoArgs{true}, out, progress, dir.path("runs")), 0) << out.str();
+  const std::string table = out.str();
+  EXPECT_NE(table.find("optimizer   val_acc"), std::string::npos) << table;
+  EXPECT_NE(table.find("\nadamw"), std::string::npos) << table;
+  EXPECT_NE(table.find("\nmuon"), std::string::npos) << table;
+}
+
+}  // namespace
+}  // namespace ml
