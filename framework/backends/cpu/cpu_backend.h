@@ -53,6 +53,19 @@ class CpuBackend final : public Backend {
                               double label_smoothing, const Tensor& grad_losses, const Tensor& grad_logits) override;
 
   // cpu_conv.cpp: convolution, pooling, batch normalization
+  void conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) override;
+  void conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                       const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) override;
+  void max_pool2d(const Tensor& x, const Tensor& y, const Tensor& indices, Pool2dParams p) override;
+  void max_pool2d_backward(const Tensor& grad_y, const Tensor& indices, const Tensor& grad_x) override;
+  void avg_pool2d(const Tensor& x, const Tensor& y, Pool2dParams p) override;
+  void avg_pool2d_backward(const Tensor& grad_y, const Tensor& grad_x, Pool2dParams p) override;
+  void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var) override;
+  void batch_norm_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
+                        const Tensor& bias, const Tensor& y) override;
+  void batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                           const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
+                           const Tensor& grad_bias) override;
 };
 
 CpuBackend& cpu_backend();

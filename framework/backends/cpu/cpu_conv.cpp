@@ -1,0 +1,530 @@
+// Convolution, pooling and batch normalization on the CPU, each forward beside its backward.
+// All tensors are contiguous NCHW (the ops guarantee it). Every result is computed in a fixed
+// order for a given thread count, so runs are reproducible.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "framework/backends/cpu/cpu_backend.h"
+#include "framework/backends/cpu/cpu_loops.h"
+
+namespace ml {
+using namespace cpu_loops;
+
+namespace {
+
+// ===================================================================== convolution
+//
+// im2col + GEMM: the receptive fields of a group of images are unrolled into a column matrix
+// col [Cin*kh*kw, G*Ho*Wo], so the convolution of the whole group is one product
+// weight [Cout, Cin*kh*kw] @ col. Small feature maps (7x7, 3x3) are grouped so that BLAS still
+// gets a wide product; large ones are convolved one image at a time.
+//
+// Groups are split into `teams` contiguous blocks that run in parallel, each with its own
+// buffers and single-threaded BLAS (the OpenMP build of OpenBLAS does not spawn threads inside an
+// active parallel region). With fewer groups than threads (small batches) there is one team and
+// BLAS uses all the threads inside each product instead.
+
+// Output columns (images) per GEMM that keep BLAS efficient without outgrowing the caches.
+constexpr int64_t kTargetGemmColumns = 512;
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+          int64_t ldb, T beta, T* c, int64_t ldc) {
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  else
+    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
+}
+
+// An uninitialized scratch buffer (the kernels overwrite every element they read).
+template <typename T>
+std::unique_ptr<T[]> scratch(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
+}
+
+// Output positions o in [first, end) whose input position o*stride - pad + k lies in [0, in).
+std::pair<int64_t, int64_t> valid_outputs(int64_t k, int64_t pad, int64_t stride, int64_t in, int64_t out) {
+  const int64_t first = pad > k ? (pad - k + stride - 1) / stride : 0;
+  const int64_t last_input = in - 1 + pad - k;  // the largest o*stride that stays inside
+  const int64_t end = last_input < 0 ? 0 : std::min(out, last_input / stride + 1);
+  return {std::min(first, end), end};
+}
+
+struct ConvShape {
+  int64_t batch, in_channels, height, width;
+  int64_t out_channels, kernel_h, kernel_w;
+  int64_t out_h, out_w;
+  Conv2dParams p;
+
+  ConvShape(const Tensor& x, const Tensor& w, Conv2dParams params)
+      : batch(x.size(0)), in_channels(x.size(1)), height(x.size(2)), width(x.size(3)), out_channels(w.size(0)),
+        kernel_h(w.size(2)), kernel_w(w.size(3)),
+        out_h((height + 2 * params.pad_h - kernel_h) / params.stride_h + 1),
+        out_w((width + 2 * params.pad_w - kernel_w) / params.stride_w + 1), p(params) {}
+  int64_t patch() const { return in_channels * kernel_h * kernel_w; }  // rows of col
+  int64_t plane() const { return out_h * out_w; }
+  int64_t image_size() const { return in_channels * height * width; }
+  int64_t output_size() const { return out_channels * plane(); }
+};
+
+// How the batch is cut into groups of images and the groups into parallel teams.
+struct ConvPlan {
+  int64_t images_per_group = 1;
+  int64_t groups = 0;
+  int64_t teams = 1;
+  int64_t group_begin(int64_t team) const { return groups * team / teams; }
+  int64_t group_end(int64_t team) const { return groups * (team + 1) / teams; }
+};
+
+ConvPlan plan_conv(const ConvShape& s) {
+  ConvPlan plan;
+  const int64_t threads = std::max(1, omp_get_max_threads());
+  const int64_t wanted = (s.batch * s.plane() + kTargetGemmColumns - 1) / kTargetGemmColumns;
+  // A multiple of the thread count balances the teams; never more groups than images.
+  const int64_t balanced = std::max(threads, (wanted + threads - 1) / threads * threads);
+  plan.images_per_group = (s.batch + std::min(balanced, s.batch) - 1) / std::min(balanced, s.batch);
+  plan.groups = (s.batch + plan.images_per_group - 1) / plan.images_per_group;
+  plan.teams = plan.groups >= threads ? threads : 1;
+  return plan;
+}
+
+// Unrolls one image into col rows (c, i, j) of leading dimension ld: row (c, i, j) at output
+// position (oh, ow) holds x[c, oh*stride_h - pad_h + i, ow*stride_w - pad_w + j], or 0 in the padding.
+template <typename T>
+void im2col(const T* image, const ConvShape& s, T* col, int64_t ld) {
+  const Conv2dParams& p = s.p;
+  for (int64_t c = 0; c < s.in_channels; ++c) {
+    const T* channel = image + c * s.height * s.width;
+    for (int64_t i = 0; i < s.kernel_h; ++i) {
+      const auto [oh_first, oh_end] = valid_outputs(i, p.pad_h, p.stride_h, s.height, s.out_h);
+      for (int64_t j = 0; j < s.kernel_w; ++j) {
+        const auto [ow_first, ow_end] = valid_outputs(j, p.pad_w, p.stride_w, s.width, s.out_w);
+        T* row = col + ((c * s.kernel_h + i) * s.kernel_w + j) * ld;
+        std::fill(row, row + oh_first * s.out_w, T(0));
+        for (int64_t oh = oh_first; oh < oh_end; ++oh) {
+          T* out = row + oh * s.out_w;
+          const T* in = channel + (oh * p.stride_h - p.pad_h + i) * s.width;
+          const int64_t in_first = ow_first * p.stride_w - p.pad_w + j;
+          std::fill(out, out + ow_first, T(0));
+          if (p.stride_w == 1)
+            std::copy(in + in_first, in + in_first + (ow_end - ow_first), out + ow_first);
+          else
+            for (int64_t ow = ow_first; ow < ow_end; ++ow) out[ow] = in[in_first + (ow - ow_first) * p.stride_w];
+          std::fill(out + ow_end, out + s.out_w, T(0));
+        }
+        std::fill(row + oh_end * s.out_w, row + s.plane(), T(0));
+      }
+    }
+  }
+}
+
+// The adjoint of im2col: sums col rows back into the image they were read from (overwrites it).
+template <typename T>
+void col2im(const T* col, int64_t ld, const ConvShape& s, T* image) {
+  const Conv2dParams& p = s.p;
+  std::fill(image, image + s.image_size(), T(0));
+  for (int64_t c = 0; c < s.in_channels; ++c) {
+    T* channel = image + c * s.height * s.width;
+    for (int64_t i = 0; i < s.kernel_h; ++i) {
+      const auto [oh_first, oh_end] = valid_outputs(i, p.pad_h, p.stride_h, s.height, s.out_h);
+      for (int64_t j = 0; j < s.kernel_w; ++j) {
+        const auto [ow_first, ow_end] = valid_outputs(j, p.pad_w, p.stride_w, s.width, s.out_w);
+        const T* row = col + ((c * s.kernel_h + i) * s.kernel_w + j) * ld;
+        for (int64_t oh = oh_first; oh < oh_end; ++oh) {
+          const T* in = row + oh * s.out_w;
+          T* out = channel + (oh * p.stride_h - p.pad_h + i) * s.width + j - p.pad_w;
+          for (int64_t ow = ow_first; ow < ow_end; ++ow) out[ow * p.stride_w] += in[ow];
+        }
+      }
+    }
+  }
+}
+
+// The images [first, first + count) as the B operand of a GEMM: the column matrix, unrolled into
+// `col` unless the convolution is pointwise (1x1, stride 1, no padding) and the group is one
+// image, when the image itself already is that matrix.
+template <typename T>
+const T* columns_of(const T* x, const ConvShape& s, int64_t first, int64_t count, T* col) {
+  const bool pointwise = s.kernel_h == 1 && s.kernel_w == 1 && s.p.stride_h == 1 && s.p.stride_w == 1 &&
+                         s.p.pad_h == 0 && s.p.pad_w == 0;
+  if (pointwise && count == 1) return x + first * s.image_size();
+  for (int64_t k = 0; k < count; ++k) im2col(x + (first + k) * s.image_size(), s, col + k * s.plane(), count * s.plane());
+  return col;
+}
+
+template <typename T>
+void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams params) {
+  const ConvShape s(x, w, params);
+  const ConvPlan plan = plan_conv(s);
+  const T* px = x.data<T>();
+  const T* pw = w.data<T>();
+  const T* pb = bias.defined() ? bias.data<T>() : nullptr;
+  T* py = y.data<T>();
+  const int64_t G = plan.images_per_group;
+#pragma omp parallel for schedule(static, 1) if (plan.teams > 1)
+  for (int64_t team = 0; team < plan.teams; ++team) {
+    auto col = scratch<T>(s.patch() * G * s.plane());
+    // A group of several images gets its product [Cout, G*Ho*Wo] here, then is scattered into NCHW.
+    auto product = scratch<T>(G > 1 ? s.out_channels * G * s.plane() : 0);
+    for (int64_t g = plan.group_begin(team); g < plan.group_end(team); ++g) {
+      const int64_t first = g * G, count = std::min(G, s.batch - first), cols = count * s.plane();
+      const T* b = columns_of(px, s, first, count, col.get());
+      T* c = count == 1 ? py + first * s.output_size() : product.get();
+      gemm<T>(false, false, s.out_channels, cols, s.patch(), pw, s.patch(), b, cols, T(0), c, cols);
+      if (count == 1 && !pb) continue;  // the product already is the output
+      for (int64_t k = 0; k < count; ++k)
+        for (int64_t co = 0; co < s.out_channels; ++co) {
+          const T* src = c + co * cols + k * s.plane();
+          T* dst = py + (first + k) * s.output_size() + co * s.plane();
+          const T shift = pb ? pb[co] : T(0);
+          for (int64_t i = 0; i < s.plane(); ++i) dst[i] = src[i] + shift;
+        }
+    }
+  }
+}
+
+template <typename T>
+void conv2d_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                          const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams params) {
+  const ConvShape s(x, w, params);
+  const T* pgy = grad_y.data<T>();
+  if (grad_bias.defined()) {
+    T* pgb = grad_bias.data<T>();
+#pragma omp parallel for schedule(static) if (s.batch * s.output_size() >= kParallelGrain)
+    for (int64_t co = 0; co < s.out_channels; ++co) {
+      double acc = 0.0;
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const T* src = pgy + n * s.output_size() + co * s.plane();
+        for (int64_t i = 0; i < s.plane(); ++i) acc += static_cast<double>(src[i]);
+      }
+      pgb[co] = static_cast<T>(acc);
+    }
+  }
+  if (!grad_x.defined() && !grad_w.defined()) return;
+
+  const ConvPlan plan = plan_conv(s);
+  const T* px = x.data<T>();
+  const T* pw = w.data<T>();
+  T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
+  const int64_t G = plan.images_per_group, weight_size = s.out_channels * s.patch();
+  // Each team sums its images' weight gradient into its own partial; the partials are added in
+  // team order afterwards, so the result does not depend on scheduling.
+  std::vector<std::unique_ptr<T[]>> partial_grad_w(plan.teams);
+#pragma omp parallel for schedule(static, 1) if (plan.teams > 1)
+  for (int64_t team = 0; team < plan.teams; ++team) {
+    auto col = scratch<T>(s.patch() * G * s.plane());
+    auto grad_y_group = scratch<T>(G > 1 ? s.out_channels * G * s.plane() : 0);
+    T* partial = nullptr;
+    if (grad_w.defined()) {
+      partial_grad_w[team] = scratch<T>(weight_size);
+      partial = partial_grad_w[team].get();
+      std::fill(partial, partial + weight_size, T(0));
+    }
+    for (int64_t g = plan.group_begin(team); g < plan.group_end(team); ++g) {
+      const int64_t first = g * G, count = std::min(G, s.batch - first), cols = count * s.plane();
+      // grad_y of the group as one [Cout, G*Ho*Wo] matrix, the layout of the forward product.
+      const T* gy = pgy + first * s.output_size();
+      if (count > 1) {
+        for (int64_t k = 0; k < count; ++k)
+          for (int64_t co = 0; co < s.out_channels; ++co)
+            std::copy_n(gy + k * s.output_size() + co * s.plane(), s.plane(),
+                        grad_y_group.get() + co * cols + k * s.plane());
+        gy = grad_y_group.get();
+      }
+      if (partial) {  // grad_w += grad_y @ col^T
+        const T* b = columns_of(px, s, first, count, col.get());
+        gemm<T>(false, true, s.out_channels, s.patch(), cols, gy, cols, b, cols, T(1), partial, s.patch());
+      }
+      if (pgx) {  // grad_col = w^T @ grad_y, folded back into the images
+        gemm<T>(true, false, s.patch(), cols, s.out_channels, pw, s.patch(), gy, cols, T(0), col.get(), cols);
+        for (int64_t k = 0; k < count; ++k)
+          col2im(col.get() + k * s.plane(), cols, s, pgx + (first + k) * s.image_size());
+      }
+    }
+  }
+  if (grad_w.defined()) {
+    T* pgw = grad_w.data<T>();
+    std::copy_n(partial_grad_w[0].get(), weight_size, pgw);
+    for (int64_t team = 1; team < plan.teams; ++team)
+      for (int64_t i = 0; i < weight_size; ++i) pgw[i] += partial_grad_w[team][i];
+  }
+}
+
+// ===================================================================== pooling
+// One (image, channel) plane per iteration; windows are clipped to the input (padding positions
+// never win a max and count as zeros in an average).
+
+struct PoolShape {
+  int64_t planes, height, width, out_h, out_w;
+  PoolShape(const Tensor& x, const Tensor& y)
+      : planes(x.size(0) * x.size(1)), height(x.size(2)), width(x.size(3)), out_h(y.size(2)), out_w(y.size(3)) {}
+  int64_t in_plane() const { return height * width; }
+  int64_t out_plane() const { return out_h * out_w; }
+};
+
+// The input rows (or columns) [begin, end) covered by window o.
+std::pair<int64_t, int64_t> window(int64_t o, int64_t stride, int64_t pad, int64_t kernel, int64_t size) {
+  const int64_t start = o * stride - pad;
+  return {std::max<int64_t>(start, 0), std::min(start + kernel, size)};
+}
+
+template <typename T>
+void max_pool2d_forward(const Tensor& x, const Tensor& y, const Tensor& indices, Pool2dParams p) {
+  const PoolShape s(x, y);
+  const T* px = x.data<T>();
+  T* py = y.data<T>();
+  int64_t* pi = indices.data<int64_t>();
+#pragma omp parallel for schedule(static) if (s.planes * s.in_plane() >= kParallelGrain)
+  for (int64_t plane = 0; plane < s.planes; ++plane) {
+    const T* in = px + plane * s.in_plane();
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const auto [h0, h1] = window(oh, p.stride_h, p.pad_h, p.kernel_h, s.height);
+      for (int64_t ow = 0; ow < s.out_w; ++ow) {
+        const auto [w0, w1] = window(ow, p.stride_w, p.pad_w, p.kernel_w, s.width);
+        T best = -std::numeric_limits<T>::infinity();
+        int64_t best_at = h0 * s.width + w0;
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw) {
+            const T v = in[ih * s.width + iw];
+            if (v > best || std::isnan(v)) {  // NaN propagates, as in PyTorch
+              best = v;
+              best_at = ih * s.width + iw;
+            }
+          }
+        const int64_t o = plane * s.out_plane() + oh * s.out_w + ow;
+        py[o] = best;
+        pi[o] = best_at;
+      }
+    }
+  }
+}
+
+template <typename T>
+void max_pool2d_backward_impl(const Tensor& grad_y, const Tensor& indices, const Tensor& grad_x) {
+  const PoolShape s(grad_x, grad_y);
+  const T* pgy = grad_y.data<T>();
+  const int64_t* pi = indices.data<int64_t>();
+  T* pgx = grad_x.data<T>();
+#pragma omp parallel for schedule(static) if (s.planes * s.in_plane() >= kParallelGrain)
+  for (int64_t plane = 0; plane < s.planes; ++plane) {
+    T* out = pgx + plane * s.in_plane();
+    std::fill(out, out + s.in_plane(), T(0));
+    for (int64_t o = plane * s.out_plane(); o < (plane + 1) * s.out_plane(); ++o) out[pi[o]] += pgy[o];
+  }
+}
+
+template <typename T>
+void avg_pool2d_forward(const Tensor& x, const Tensor& y, Pool2dParams p) {
+  const PoolShape s(x, y);
+  const T* px = x.data<T>();
+  T* py = y.data<T>();
+  const double scale = 1.0 / static_cast<double>(p.kernel_h * p.kernel_w);
+#pragma omp parallel for schedule(static) if (s.planes * s.in_plane() >= kParallelGrain)
+  for (int64_t plane = 0; plane < s.planes; ++plane) {
+    const T* in = px + plane * s.in_plane();
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const auto [h0, h1] = window(oh, p.stride_h, p.pad_h, p.kernel_h, s.height);
+      for (int64_t ow = 0; ow < s.out_w; ++ow) {
+        const auto [w0, w1] = window(ow, p.stride_w, p.pad_w, p.kernel_w, s.width);
+        double acc = 0.0;
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw) acc += static_cast<double>(in[ih * s.width + iw]);
+        py[plane * s.out_plane() + oh * s.out_w + ow] = static_cast<T>(acc * scale);
+      }
+    }
+  }
+}
+
+template <typename T>
+void avg_pool2d_backward_impl(const Tensor& grad_y, const Tensor& grad_x, Pool2dParams p) {
+  const PoolShape s(grad_x, grad_y);
+  const T* pgy = grad_y.data<T>();
+  T* pgx = grad_x.data<T>();
+  const T scale = static_cast<T>(1.0 / static_cast<double>(p.kernel_h * p.kernel_w));
+#pragma omp parallel for schedule(static) if (s.planes * s.in_plane() >= kParallelGrain)
+  for (int64_t plane = 0; plane < s.planes; ++plane) {
+    T* out = pgx + plane * s.in_plane();
+    std::fill(out, out + s.in_plane(), T(0));
+    for (int64_t oh = 0; oh < s.out_h; ++oh) {
+      const auto [h0, h1] = window(oh, p.stride_h, p.pad_h, p.kernel_h, s.height);
+      for (int64_t ow = 0; ow < s.out_w; ++ow) {
+        const auto [w0, w1] = window(ow, p.stride_w, p.pad_w, p.kernel_w, s.width);
+        const T g = pgy[plane * s.out_plane() + oh * s.out_w + ow] * scale;
+        for (int64_t ih = h0; ih < h1; ++ih)
+          for (int64_t iw = w0; iw < w1; ++iw) out[ih * s.width + iw] += g;
+      }
+    }
+  }
+}
+
+// ===================================================================== batch normalization
+// Channel c of x [N,C,H,W] is N contiguous runs of H*W values. Statistics and the backward
+// reductions run one channel per thread with double accumulators; the elementwise passes run one
+// (image, channel) plane per iteration.
+
+struct ChannelLayout {
+  int64_t batch, channels, plane;
+  explicit ChannelLayout(const Tensor& x) : batch(x.size(0)), channels(x.size(1)), plane(x.size(2) * x.size(3)) {}
+  int64_t count() const { return batch * plane; }  // values per channel
+  int64_t run(int64_t n, int64_t c) const { return (n * channels + c) * plane; }
+};
+
+template <typename T>
+void batch_norm_stats_impl(const Tensor& x, const Tensor& mean, const Tensor& var) {
+  const ChannelLayout L(x);
+  const T* px = x.data<T>();
+  T* pm = mean.data<T>();
+  T* pv = var.data<T>();
+  // Two passes (mean, then squared deviations) avoid the cancellation of E[x^2] - E[x]^2.
+#pragma omp parallel for schedule(static) if (x.numel() >= kParallelGrain)
+  for (int64_t c = 0; c < L.channels; ++c) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < L.batch; ++n) {
+      const T* in = px + L.run(n, c);
+      for (int64_t i = 0; i < L.plane; ++i) sum += static_cast<double>(in[i]);
+    }
+    const double mu = sum / static_cast<double>(L.count());
+    double squares = 0.0;
+    for (int64_t n = 0; n < L.batch; ++n) {
+      const T* in = px + L.run(n, c);
+      for (int64_t i = 0; i < L.plane; ++i) {
+        const double d = static_cast<double>(in[i]) - mu;
+        squares += d * d;
+      }
+    }
+    pm[c] = static_cast<T>(mu);
+    pv[c] = static_cast<T>(squares / static_cast<double>(L.count()));
+  }
+}
+
+template <typename T>
+void batch_norm_apply_impl(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
+                           const Tensor& bias, const Tensor& y) {
+  const ChannelLayout L(x);
+  // y = (x - mean) * scale + bias per channel with scale = invstd * weight. Centering before
+  // scaling keeps float32 accurate when the mean is large against the spread.
+  std::vector<T> scale(L.channels), offset(L.channels);
+  const T* pm = mean.data<T>();
+  const T* ps = invstd.data<T>();
+  for (int64_t c = 0; c < L.channels; ++c) {
+    scale[c] = ps[c] * (weight.defined() ? weight.data<T>()[c] : T(1));
+    offset[c] = bias.defined() ? bias.data<T>()[c] : T(0);
+  }
+  const T* px = x.data<T>();
+  T* py = y.data<T>();
+#pragma omp parallel for schedule(static) if (x.numel() >= kParallelGrain)
+  for (int64_t nc = 0; nc < L.batch * L.channels; ++nc) {
+    const int64_t c = nc % L.channels;
+    const T m = pm[c], a = scale[c], b = offset[c];
+    const T* in = px + nc * L.plane;
+    T* out = py + nc * L.plane;
+    for (int64_t i = 0; i < L.plane; ++i) out[i] = (in[i] - m) * a + b;
+  }
+}
+
+// With xhat = (x - mean) * invstd and M values per channel:
+//   grad_bias = sum(gy), grad_weight = sum(gy * xhat),
+//   grad_x = weight * invstd * (gy - grad_bias / M - xhat * grad_weight / M).
+template <typename T>
+void batch_norm_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                              const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
+                              const Tensor& grad_bias) {
+  const ChannelLayout L(x);
+  const T* pgy = grad_y.data<T>();
+  const T* px = x.data<T>();
+  const T* pm = mean.data<T>();
+  const T* ps = invstd.data<T>();
+  const T* pw = weight.defined() ? weight.data<T>() : nullptr;
+  T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
+  T* pgw = grad_weight.defined() ? grad_weight.data<T>() : nullptr;
+  T* pgb = grad_bias.defined() ? grad_bias.data<T>() : nullptr;
+  const double inv_count = 1.0 / static_cast<double>(L.count());
+#pragma omp parallel for schedule(static) if (x.numel() >= kParallelGrain)
+  for (int64_t c = 0; c < L.channels; ++c) {
+    const double mu = static_cast<double>(pm[c]), rstd = static_cast<double>(ps[c]);
+    double sum_gy = 0.0, sum_gy_centered = 0.0;
+    for (int64_t n = 0; n < L.batch; ++n) {
+      const T* gy = pgy + L.run(n, c);
+      const T* in = px + L.run(n, c);
+      for (int64_t i = 0; i < L.plane; ++i) {
+        sum_gy += static_cast<double>(gy[i]);
+        sum_gy_centered += static_cast<double>(gy[i]) * (static_cast<double>(in[i]) - mu);
+      }
+    }
+    const double sum_gy_xhat = sum_gy_centered * rstd;
+    if (pgb) pgb[c] = static_cast<T>(sum_gy);
+    if (pgw) pgw[c] = static_cast<T>(sum_gy_xhat);
+    if (!pgx) continue;
+    // grad_x = a * gy + b * (x - mean) + d: the formula above with its per-channel factors folded.
+    const double gain = (pw ? static_cast<double>(pw[c]) : 1.0) * rstd;
+    const T a = static_cast<T>(gain), b = static_cast<T>(-gain * sum_gy_xhat * inv_count * rstd);
+    const T d = static_cast<T>(-gain * sum_gy * inv_count), m = pm[c];
+    for (int64_t n = 0; n < L.batch; ++n) {
+      const T* gy = pgy + L.run(n, c);
+      const T* in = px + L.run(n, c);
+      T* out = pgx + L.run(n, c);
+      for (int64_t i = 0; i < L.plane; ++i) out[i] = a * gy[i] + b * (in[i] - m) + d;
+    }
+  }
+}
+
+}  // namespace
+
+void CpuBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
+  dispatch_floating(x.dtype(), "conv2d", [&](auto tag) { conv2d_forward<decltype(tag)>(x, w, bias, y, p); });
+}
+
+void CpuBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                                 const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
+  dispatch_floating(x.dtype(), "conv2d_backward", [&](auto tag) {
+    conv2d_backward_impl<decltype(tag)>(grad_y, x, w, grad_x, grad_w, grad_bias, p);
+  });
+}
+
+void CpuBackend::max_pool2d(const Tensor& x, const Tensor& y, const Tensor& indices, Pool2dParams p) {
+  dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag) { max_pool2d_forward<decltype(tag)>(x, y, indices, p); });
+}
+
+void CpuBackend::max_pool2d_backward(const Tensor& grad_y, const Tensor& indices, const Tensor& grad_x) {
+  dispatch_floating(grad_y.dtype(), "max_pool2d_backward",
+                    [&](auto tag) { max_pool2d_backward_impl<decltype(tag)>(grad_y, indices, grad_x); });
+}
+
+void CpuBackend::avg_pool2d(const Tensor& x, const Tensor& y, Pool2dParams p) {
+  dispatch_floating(x.dtype(), "avg_pool2d", [&](auto tag) { avg_pool2d_forward<decltype(tag)>(x, y, p); });
+}
+
+void CpuBackend::avg_pool2d_backward(const Tensor& grad_y, const Tensor& grad_x, Pool2dParams p) {
+  dispatch_floating(grad_y.dtype(), "avg_pool2d_backward",
+                    [&](auto tag) { avg_pool2d_backward_impl<decltype(tag)>(grad_y, grad_x, p); });
+}
+
+void CpuBackend::batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var) {
+  dispatch_floating(x.dtype(), "batch_norm_stats", [&](auto tag) { batch_norm_stats_impl<decltype(tag)>(x, mean, var); });
+}
+
+void CpuBackend::batch_norm_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
+                                  const Tensor& bias, const Tensor& y) {
+  dispatch_floating(x.dtype(), "batch_norm_apply", [&](auto tag) {
+    batch_norm_apply_impl<decltype(tag)>(x, mean, invstd, weight, bias, y);
+  });
+}
+
+void CpuBackend::batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                                     const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
+                                     const Tensor& grad_bias) {
+  dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
+    batch_norm_backward_impl<decltype(tag)>(grad_y, x, mean, invstd, weight, grad_x, grad_weight, grad_bias);
+  });
+}
+
+}  // namespace ml

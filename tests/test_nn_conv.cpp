@@ -1,0 +1,332 @@
+// Convolution, pooling and batch normalization: values by hand, a direct reference convolution,
+// float64 gradient checks and error messages.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "framework/ops.h"
+#include "tests/gradcheck.h"
+
+using namespace ml;
+using ml::testing::expect_error_mentions;
+using ml::testing::expect_gradients_match;
+using ml::testing::random_input;
+
+namespace {
+using V = std::vector<double>;
+std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+
+void expect_all_near(const std::vector<double>& actual, const std::vector<double>& expected, double tol) {
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < actual.size(); ++i)
+    EXPECT_NEAR(actual[i], expected[i], tol * std::max(1.0, std::abs(expected[i]))) << "element " << i;
+}
+
+// The convolution straight from its definition, one output at a time.
+std::vector<double> direct_conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dParams p) {
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Cout = w.size(0), kh = w.size(2), kw = w.size(3);
+  const int64_t Ho = (H + 2 * p.pad_h - kh) / p.stride_h + 1, Wo = (W + 2 * p.pad_w - kw) / p.stride_w + 1;
+  const std::vector<double> xv = values(x), wv = values(w), bv = bias.defined() ? values(bias) : V(Cout, 0.0);
+  std::vector<double> y;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t co = 0; co < Cout; ++co)
+      for (int64_t oh = 0; oh < Ho; ++oh)
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          double acc = bv[co];
+          for (int64_t ci = 0; ci < Cin; ++ci)
+            for (int64_t i = 0; i < kh; ++i)
+              for (int64_t j = 0; j < kw; ++j) {
+                const int64_t ih = oh * p.stride_h - p.pad_h + i, iw = ow * p.stride_w - p.pad_w + j;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                acc += xv[((n * Cin + ci) * H + ih) * W + iw] * wv[((co * Cin + ci) * kh + i) * kw + j];
+              }
+          y.push_back(acc);
+        }
+  return y;
+}
+
+struct ConvCase {
+  Shape x, w;
+  Conv2dParams p;
+  bool bias;
+};
+
+// Stride 1 and 2, padding 0 and 1, square and non-square kernels, odd sizes, 1x1, and batches that
+// put several images into one GEMM.
+const std::vector<ConvCase> kConvCases = {
+    {{2, 3, 5, 5}, {4, 3, 3, 3}, {1, 1, 1, 1}, true},   {{3, 2, 5, 7}, {3, 2, 3, 3}, {1, 1, 0, 0}, false},
+    {{2, 2, 7, 6}, {3, 2, 3, 3}, {2, 2, 1, 1}, true},   {{1, 3, 6, 5}, {2, 3, 2, 3}, {1, 2, 0, 1}, true},
+    {{3, 2, 4, 5}, {2, 2, 1, 1}, {1, 1, 0, 0}, true},   {{1, 4, 3, 3}, {3, 4, 1, 1}, {1, 1, 0, 0}, false},
+    {{2, 3, 4, 4}, {2, 3, 2, 2}, {2, 2, 0, 0}, false},  {{5, 2, 3, 3}, {3, 2, 3, 3}, {1, 1, 1, 1}, true},
+    {{2, 1, 3, 4}, {2, 1, 3, 4}, {1, 1, 0, 0}, true},   {{1, 2, 2, 2}, {2, 2, 3, 3}, {1, 1, 1, 1}, false},
+};
+
+std::string describe(const ConvCase& c) {
+  return "x " + shape_str(c.x) + " w " + shape_str(c.w) + " stride " + std::to_string(c.p.stride_h) + "x" +
+         std::to_string(c.p.stride_w) + " pad " + std::to_string(c.p.pad_h) + "x" + std::to_string(c.p.pad_w) +
+         (c.bias ? " bias" : "");
+}
+}  // namespace
+
+// ===================================================================== convolution
+
+TEST(NnConv, Conv2dForwardByHand) {
+  // x = 1..9 on a 3x3 plane, w = [[1, 2], [3, 4]].
+  const Tensor x = arange(1, 10, 1, DType::Float64).reshape({1, 1, 3, 3});
+  const Tensor w = Tensor::from_vector<double>({1, 2, 3, 4}, {1, 1, 2, 2});
+  const Tensor b = Tensor::from_vector<double>({1}, {1});
+  // y[0,0] = 1*1 + 2*2 + 4*3 + 5*4 = 37, then each step right adds 10 and each step down 30.
+  EXPECT_EQ(values(conv2d(x, w, b)), (V{38, 48, 68, 78}));
+  // Padding 1, stride 2: the top-left window sees only x[0,0] (under w[1,1]); the bottom-right
+  // window is the full window over rows and columns 1..2.
+  EXPECT_EQ(values(conv2d(x, w, Tensor(), 2, 1)), (V{1 * 4, 2 * 3 + 3 * 4, 4 * 2 + 7 * 4, 5 * 1 + 6 * 2 + 8 * 3 + 9 * 4}));
+  // A second input channel of ones under a weight of ones adds the number of inputs each window covers.
+  const Tensor x2 = cat({x, ones({1, 1, 3, 3}, DType::Float64)}, 1);
+  const Tensor w2 = cat({w, ones({1, 1, 2, 2}, DType::Float64)}, 1);
+  EXPECT_EQ(values(conv2d(x2, w2, Tensor(), 2, 1)), (V{4 + 1, 18 + 2, 36 + 2, 77 + 4}));
+}
+
+TEST(NnConv, Conv2dMatchesDirectDefinition) {
+  for (const ConvCase& c : kConvCases) {
+    SCOPED_TRACE(describe(c));
+    const Tensor x = random_input(c.x, 1), w = random_input(c.w, 2);
+    const Tensor b = c.bias ? random_input({c.w[0]}, 3) : Tensor();
+    expect_all_near(values(conv2d(x, w, b, c.p)), direct_conv2d(x, w, b, c.p), 1e-12);
+  }
+  // A CIFAR-sized batch: small planes put many images into one product, spread over threads.
+  const Tensor x = random_input({37, 5, 3, 3}, 4), w = random_input({6, 5, 3, 3}, 5), b = random_input({6}, 6);
+  expect_all_near(values(conv2d(x, w, b, 1, 1)), direct_conv2d(x, w, b, {1, 1, 1, 1}), 1e-12);
+}
+
+TEST(NnConv, Conv2dFloat32MatchesFloat64) {
+  const Tensor x64 = random_input({19, 6, 9, 9}, 7), w64 = random_input({8, 6, 3, 3}, 8), b64 = random_input({8}, 9);
+  const Tensor x32 = x64.detach().to(DType::Float32).requires_grad_();
+  const Tensor w32 = w64.detach().to(DType::Float32).requires_grad_();
+  const Tensor b32 = b64.detach().to(DType::Float32).requires_grad_();
+  const Tensor g = random_input({19, 8, 9, 9}, 10).detach();
+  const Tensor y64 = conv2d(x64, w64, b64, 1, 1), y32 = conv2d(x32, w32, b32, 1, 1);
+  expect_all_near(values(y32), values(y64), 1e-4);
+  y64.backward(g);
+  y32.backward(g.to(DType::Float32));
+  expect_all_near(values(x32.grad()), values(x64.grad()), 1e-4);
+  expect_all_near(values(w32.grad()), values(w64.grad()), 1e-4);
+  expect_all_near(values(b32.grad()), values(b64.grad()), 1e-4);
+}
+
+TEST(NnConvGrad, Conv2d) {
+  for (const ConvCase& c : kConvCases) {
+    SCOPED_TRACE(describe(c));
+    std::vector<Tensor> inputs = {random_input(c.x, 11), random_input(c.w, 12)};
+    if (c.bias) inputs.push_back(random_input({c.w[0]}, 13));
+    expect_gradients_match(
+        [&](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], c.bias ? in[2] : Tensor(), c.p); }, inputs);
+  }
+}
+
+TEST(NnConvGrad, Conv2dOnlyWeightOrOnlyInput) {
+  const Tensor x = random_input({2, 2, 4, 4}, 14), w = random_input({3, 2, 3, 3}, 15);
+  expect_gradients_match([&](const std::vector<Tensor>& in) { return conv2d(x.detach(), in[0], Tensor(), 1, 1); },
+                         {w});
+  expect_gradients_match([&](const std::vector<Tensor>& in) { return conv2d(in[0], w.detach(), Tensor(), 2, 1); },
+                         {x});
+}
+
+TEST(NnConvGrad, Conv2dNonContiguousInput) {
+  expect_gradients_match(
+      [](const std::vector<Tensor>& in) { return conv2d(in[0].permute({0, 1, 3, 2}), in[1], Tensor(), 1, 1); },
+      {random_input({2, 2, 5, 4}, 16), random_input({2, 2, 3, 3}, 17)});
+}
+
+// ===================================================================== pooling
+
+namespace {
+// A 4x4 plane whose 2x2 blocks have distinct maxima.
+Tensor pool_example() {
+  return Tensor::from_vector<double>({1, 2, 5, 3,  //
+                                      4, 0, 1, 2,  //
+                                      7, 8, 2, 1,  //
+                                      3, 6, 9, 0},
+                                     {1, 1, 4, 4});
+}
+}  // namespace
+
+TEST(NnConv, MaxPoolByHand) {
+  Tensor x = pool_example();
+  x.requires_grad_();
+  const Tensor y = max_pool2d(x, 2);
+  EXPECT_EQ(y.shape(), (Shape{1, 1, 2, 2}));
+  EXPECT_EQ(values(y), (V{4, 5, 8, 9}));
+  y.backward(Tensor::from_vector<double>({10, 20, 30, 40}, {1, 1, 2, 2}));
+  EXPECT_EQ(values(x.grad()), (V{0, 0, 20, 0, 10, 0, 0, 0, 0, 30, 0, 0, 0, 0, 40, 0}));
+  // Overlapping 3x3 windows with padding 1, stride 2: padding never wins, even over all-negative values.
+  const Tensor negative = mul(add(pool_example(), 1.0), -1.0);
+  EXPECT_EQ(values(max_pool2d(negative, 3, 2, 1)), (V{-1, -1, -1, -1}));
+  EXPECT_EQ(values(max_pool2d(pool_example(), 3, 2, 1)), (V{4, 5, 8, 9}));
+  // Odd sizes drop the last row and column (floor mode).
+  EXPECT_EQ(max_pool2d(zeros({2, 3, 5, 7}), 2).shape(), (Shape{2, 3, 2, 3}));
+}
+
+TEST(NnConv, AvgPoolByHand) {
+  const Tensor x = pool_example();
+  EXPECT_EQ(values(avg_pool2d(x, 2)), (V{7 / 4.0, 11 / 4.0, 24 / 4.0, 12 / 4.0}));
+  // Padding counts as zeros: every 3x3 window divides by 9.
+  expect_all_near(values(avg_pool2d(x, 3, 2, 1)), (V{7 / 9.0, 13 / 9.0, 28 / 9.0, 29 / 9.0}), 1e-15);
+  // Stride 1 without padding: the four 3x3 windows.
+  expect_all_near(values(avg_pool2d(x, 3, 1)), (V{30 / 9.0, 24 / 9.0, 40 / 9.0, 29 / 9.0}), 1e-15);
+}
+
+TEST(NnConv, GlobalPoolsByHand) {
+  Tensor x = cat({pool_example(), mul(pool_example(), -1.0)}, 1);  // [1, 2, 4, 4]
+  x.requires_grad_();
+  const Tensor m = global_max_pool2d(x);
+  EXPECT_EQ(m.shape(), (Shape{1, 2}));
+  EXPECT_EQ(values(m), (V{9, 0}));
+  m.backward(ones({1, 2}, DType::Float64));
+  const V grad = values(x.grad());
+  EXPECT_EQ(grad[14], 1.0);  // the 9
+  EXPECT_EQ(grad[16 + 5], 1.0);  // the first of the two zeros (negated), at row 1, column 1
+  EXPECT_EQ(std::accumulate(grad.begin(), grad.end(), 0.0), 2.0);
+  expect_all_near(values(global_avg_pool2d(x)), (V{54 / 16.0, -54 / 16.0}), 1e-15);
+}
+
+TEST(NnConvGrad, MaxPool) {
+  const std::vector<std::pair<Shape, Pool2dParams>> cases = {
+      {{2, 3, 4, 4}, {2, 2, 2, 2, 0, 0}}, {{1, 2, 5, 7}, {2, 2, 2, 2, 0, 0}}, {{2, 2, 5, 5}, {3, 3, 1, 1, 1, 1}},
+      {{1, 2, 6, 5}, {3, 3, 2, 2, 1, 1}}, {{2, 1, 5, 6}, {2, 3, 1, 2, 1, 0}},
+  };
+  for (const auto& [shape, p] : cases) {
+    SCOPED_TRACE(shape_str(shape));
+    // Random normal values are distinct, so the argmax is stable under the finite-difference steps.
+    expect_gradients_match([p = p](const std::vector<Tensor>& in) { return max_pool2d(in[0], p); },
+                           {random_input(shape, 21)});
+  }
+  expect_gradients_match([](const std::vector<Tensor>& in) { return global_max_pool2d(in[0]); },
+                         {random_input({2, 3, 3, 3}, 22)});
+}
+
+TEST(NnConvGrad, AvgPool) {
+  const std::vector<std::pair<Shape, Pool2dParams>> cases = {
+      {{2, 3, 4, 4}, {2, 2, 2, 2, 0, 0}}, {{1, 2, 5, 7}, {2, 2, 2, 2, 0, 0}}, {{2, 2, 5, 5}, {3, 3, 1, 1, 1, 1}},
+      {{1, 2, 6, 5}, {3, 3, 2, 2, 1, 1}}, {{2, 1, 5, 6}, {2, 3, 1, 2, 1, 0}},
+  };
+  for (const auto& [shape, p] : cases) {
+    SCOPED_TRACE(shape_str(shape));
+    expect_gradients_match([p = p](const std::vector<Tensor>& in) { return avg_pool2d(in[0], p); },
+                           {random_input(shape, 23)});
+  }
+  expect_gradients_match([](const std::vector<Tensor>& in) { return global_avg_pool2d(in[0]); },
+                         {random_input({2, 3, 3, 3}, 24)});
+}
+
+// ===================================================================== batch normalization
+
+TEST(NnConv, BatchNormTrainingByHand) {
+  // Channel 0 holds {1, 2, 3, 6}: mean 3, biased variance 3.5, unbiased 14/3.
+  // Channel 1 holds {0, 0, 4, 4}: mean 2, biased variance 4, unbiased 16/3.
+  const Tensor x = Tensor::from_vector<double>({1, 2, 0, 0, 3, 6, 4, 4}, {2, 2, 1, 2});
+  const Tensor weight = Tensor::from_vector<double>({2, 1}, {2});
+  const Tensor bias = Tensor::from_vector<double>({0, -1}, {2});
+  Tensor running_mean = zeros({2}, DType::Float64), running_var = ones({2}, DType::Float64);
+  const double eps = 1e-5, momentum = 0.25;
+  const Tensor y = batch_norm2d(x, running_mean, running_var, weight, bias, true, momentum, eps);
+  const double s0 = 2 / std::sqrt(3.5 + eps), s1 = 1 / std::sqrt(4 + eps);
+  expect_all_near(values(y), (V{-2 * s0, -1 * s0, -2 * s1 - 1, -2 * s1 - 1, 0, 3 * s0, 2 * s1 - 1, 2 * s1 - 1}), 1e-14);
+  // running = (1 - momentum) * running + momentum * batch, with the unbiased variance.
+  expect_all_near(values(running_mean), (V{0.25 * 3, 0.25 * 2}), 1e-15);
+  expect_all_near(values(running_var), (V{0.75 + 0.25 * 14 / 3.0, 0.75 + 0.25 * 16 / 3.0}), 1e-15);
+  // A second step compounds the update.
+  batch_norm2d(x, running_mean, running_var, Tensor(), Tensor(), true, momentum, eps);
+  expect_all_near(values(running_mean), (V{0.75 * 0.75 + 0.25 * 3, 0.75 * 0.5 + 0.25 * 2}), 1e-15);
+}
+
+TEST(NnConv, BatchNormEvaluationUsesRunningStats) {
+  const Tensor x = Tensor::from_vector<double>({1, 2, 0, 0, 3, 6, 4, 4}, {2, 2, 1, 2});
+  const Tensor running_mean = Tensor::from_vector<double>({1, -1}, {2});
+  const Tensor running_var = Tensor::from_vector<double>({4, 0.25}, {2});
+  const Tensor y = batch_norm2d(x, running_mean, running_var, Tensor(), Tensor(), false, 0.1, 1e-12);
+  expect_all_near(values(y), (V{0, 0.5, 2, 2, 1, 2.5, 10, 10}), 1e-9);
+  // Evaluation leaves the running statistics alone.
+  EXPECT_EQ(values(running_mean), (V{1, -1}));
+  EXPECT_EQ(values(running_var), (V{4, 0.25}));
+}
+
+TEST(NnConv, BatchNormFloat32MatchesFloat64) {
+  // An offset mean checks that float32 stays accurate when the mean dominates the spread.
+  const Tensor x64 = add(random_input({16, 5, 7, 7}, 30), 50.0).detach().requires_grad_();
+  const Tensor w64 = random_input({5}, 31), b64 = random_input({5}, 32);
+  const Tensor x32 = x64.detach().to(DType::Float32).requires_grad_();
+  const Tensor w32 = w64.detach().to(DType::Float32).requires_grad_();
+  const Tensor b32 = b64.detach().to(DType::Float32).requires_grad_();
+  const Tensor g = random_input({16, 5, 7, 7}, 33).detach();
+  const Tensor y64 = batch_norm2d(x64, Tensor(), Tensor(), w64, b64, true);
+  const Tensor y32 = batch_norm2d(x32, Tensor(), Tensor(), w32, b32, true);
+  expect_all_near(values(y32), values(y64), 1e-4);
+  y64.backward(g);
+  y32.backward(g.to(DType::Float32));
+  expect_all_near(values(x32.grad()), values(x64.grad()), 1e-4);
+  expect_all_near(values(w32.grad()), values(w64.grad()), 1e-4);
+  expect_all_near(values(b32.grad()), values(b64.grad()), 1e-4);
+}
+
+TEST(NnConvGrad, BatchNormTraining) {
+  for (bool affine : {true, false}) {
+    SCOPED_TRACE(affine ? "affine" : "no affine");
+    Tensor running_mean = zeros({3}, DType::Float64), running_var = ones({3}, DType::Float64);
+    std::vector<Tensor> inputs = {random_input({4, 3, 3, 5}, 40)};
+    if (affine) inputs.insert(inputs.end(), {random_input({3}, 41), random_input({3}, 42)});
+    expect_gradients_match(
+        [&](const std::vector<Tensor>& in) {
+          return batch_norm2d(in[0], running_mean, running_var, affine ? in[1] : Tensor(), affine ? in[2] : Tensor(),
+                              true);
+        },
+        inputs);
+  }
+  // Only the affine parameters require grad.
+  const Tensor x = random_input({3, 2, 2, 3}, 43).detach();
+  expect_gradients_match(
+      [&](const std::vector<Tensor>& in) { return batch_norm2d(x, Tensor(), Tensor(), in[0], in[1], true); },
+      {random_input({2}, 44), random_input({2}, 45)});
+}
+
+TEST(NnConvGrad, BatchNormEvaluation) {
+  const Tensor running_mean = random_input({3}, 50).detach();
+  const Tensor running_var = add(random_input({3}, 51), 3.0).detach();
+  for (bool affine : {true, false}) {
+    SCOPED_TRACE(affine ? "affine" : "no affine");
+    std::vector<Tensor> inputs = {random_input({2, 3, 4, 3}, 52)};
+    if (affine) inputs.insert(inputs.end(), {random_input({3}, 53), random_input({3}, 54)});
+    expect_gradients_match(
+        [&](const std::vector<Tensor>& in) {
+          return batch_norm2d(in[0], running_mean, running_var, affine ? in[1] : Tensor(), affine ? in[2] : Tensor(),
+                              false);
+        },
+        inputs);
+  }
+}
+
+// ===================================================================== errors
+
+TEST(NnConv, ErrorsNameOpAndShapes) {
+  const Tensor x = zeros({2, 3, 5, 5});
+  expect_error_mentions([&] { conv2d(x, zeros({4, 2, 3, 3})); }, {"conv2d", "[2, 3, 5, 5]", "[4, 2, 3, 3]", "channels"});
+  expect_error_mentions([&] { conv2d(x, zeros({4, 3, 6, 3})); }, {"conv2d", "kernel height 6", "larger", "5"});
+  expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3, 8}), Tensor(), 1, 1); }, {"conv2d", "kernel width 8", "7"});
+  expect_error_mentions([&] { conv2d(zeros({3, 5, 5}), zeros({4, 3, 3, 3})); }, {"conv2d", "[3, 5, 5]", "[N, C, H, W]"});
+  expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3})); }, {"conv2d", "[4, 3, 3]"});
+  expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3, 3}), zeros({3})); }, {"conv2d", "bias", "[3]"});
+  expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3, 3}), Tensor(), 0); }, {"conv2d", "stride 0"});
+  expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3, 3}, DType::Float64)); }, {"conv2d", "dtype"});
+  expect_error_mentions([&] { max_pool2d(zeros({5, 5}), 2); }, {"max_pool2d", "[5, 5]"});
+  expect_error_mentions([&] { max_pool2d(x, 6); }, {"max_pool2d", "kernel height 6", "[2, 3, 5, 5]"});
+  expect_error_mentions([&] { avg_pool2d(x, 2, 2, 2); }, {"avg_pool2d", "padding 2x2", "kernel 2x2"});
+  expect_error_mentions([&] { batch_norm2d(x, zeros({4}), ones({4}), Tensor(), Tensor(), true); },
+                        {"batch_norm2d", "running_mean", "[4]", "[2, 3, 5, 5]"});
+  expect_error_mentions([&] { batch_norm2d(zeros({2, 3}), Tensor(), Tensor(), Tensor(), Tensor(), true); },
+                        {"batch_norm2d", "[2, 3]"});
+  expect_error_mentions([&] { batch_norm2d(x, Tensor(), Tensor(), Tensor(), Tensor(), false); },
+                        {"batch_norm2d", "running"});
+  expect_error_mentions([&] { batch_norm2d(zeros({1, 3, 1, 1}), Tensor(), Tensor(), Tensor(), Tensor(), true); },
+                        {"batch_norm2d", "more than one value", "[1, 3, 1, 1]"});
+}
