@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -221,6 +222,27 @@ TEST(TrainerSmoke, GptOnTextLowersTheLoss) {
   const RunConfig config = gpt_config(write_text(dir));
   expect_run_lowers_the_loss(config, dir);
   EXPECT_TRUE(fs::exists(dir.path("run/checkpoints/step-000020/vocab.txt")));
+}
+
+TEST(TrainerSmoke, ShippedTinyConfigsTrainOnTheRealData) {
+  // Shipped configs name their data relative to the repo root.
+  for (const char* name : {"tiny_mlp_smoke", "tiny_gpt_smoke", "tiny_cnn_smoke"}) {
+    SCOPED_TRACE(name);
+    RunConfig config = load_config(MUONLAB_SOURCE_DIR "/configs/" + std::string(name) + ".yaml");
+    if (config.data.kind != "synthetic") {
+      config.data.path = MUONLAB_SOURCE_DIR "/" + config.data.path;
+      if (!fs::exists(config.data.path)) {
+        std::cout << "skipping " << name << ": no " << config.data.path << "\n";
+        continue;
+      }
+    }
+    TempDir dir;
+    const TrainResult result = run_quietly(config, dir.path("run"));
+    const std::vector<double> losses = values_of(read_metrics(result.run_dir), "train_loss");
+    ASSERT_GE(losses.size(), 2u);
+    EXPECT_LT(losses.back(), losses.front());
+    EXPECT_TRUE(result.summary.at("val_loss").is_number());
+  }
 }
 
 // ------------------------------------------------------------------ resume
