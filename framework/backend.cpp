@@ -5,6 +5,7 @@
 
 #include "framework/backends/cpu/cpu_backend.h"
 #ifdef MUONLAB_WITH_CUDA
+#include "framework/backends/cuda/cuda_backend.h"
 #include "framework/backends/cuda/cuda_runtime_probe.h"
 #endif
 
@@ -83,7 +84,8 @@ Backend& backend_for(Device device) {
   if (device.is_cpu()) return cpu_backend();
 #ifdef MUONLAB_WITH_CUDA
   if (!cuda_available()) throw std::runtime_error("device " + device.str() + " requested but no CUDA device is present");
-  throw std::runtime_error("the CUDA backend's kernels are not built yet (device " + device.str() + ")");
+  if (device.index != 0) throw std::runtime_error("only cuda:0 is supported, got " + device.str());
+  return cuda_backend();
 #else
   throw std::runtime_error("device " + device.str() + " requested but muonlab was built without CUDA");
 #endif

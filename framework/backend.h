@@ -86,7 +86,9 @@ class Backend {
   virtual void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src);
 
   // ---------------------------------------------------------------- nn (contiguous inputs)
-  // Softmax over the last dim; causal masks row i of every [T,T] slice to columns <= i.
+  // Softmax over the last dim; causal masks row i of every [T,T] slice to columns <= i: masked
+  // entries are written as probability 0 (log: -inf), and the log backward gives -inf entries no
+  // gradient. Backward kernels skip any output gradient passed undefined.
   virtual void softmax(const Tensor& x, const Tensor& y, bool log, bool causal);
   virtual void softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x, bool log);
   // Normalizes over the last dim. weight/bias may be undefined; mean/rstd are [rows] (float32/64).

@@ -1,0 +1,23 @@
+// The CUDA backend's public face: the backend object and its memory statistics. Everything
+// CUDA-specific stays inside the .cu files, so C++ code includes this without CUDA headers.
+#pragma once
+#include <cstddef>
+
+#include "framework/backend.h"
+
+namespace ml {
+
+// The backend for cuda:0; throws when no device is present.
+Backend& cuda_backend();
+
+struct CudaMemoryStats {
+  size_t current_bytes = 0;  // held by live tensors
+  size_t peak_bytes = 0;     // the maximum of current_bytes so far
+  size_t cached_bytes = 0;   // freed blocks kept for reuse
+};
+CudaMemoryStats cuda_memory_stats();
+
+// TF32 tensor-core math for float32 matrix products and convolutions (off: exact float32).
+void cuda_set_tf32(bool enabled);
+
+}  // namespace ml

@@ -1,0 +1,106 @@
+// Internals shared by the CUDA kernel files: error checking, launch shapes, dtype dispatch and
+// strided indexing. Not included by C++ code.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <limits>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "framework/backend.h"
+
+namespace ml::cuda_detail {
+
+// Every CUDA/cuBLAS/cuDNN call goes through these, so a failure names the call and the kernel.
+inline void check(cudaError_t status, const char* call, const char* where) {
+  if (status != cudaSuccess)
+    throw std::runtime_error(std::string("CUDA error in ") + where + " (" + call + "): " + cudaGetErrorString(status));
+}
+inline void check(cublasStatus_t status, const char* call, const char* where) {
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuBLAS error in ") + where + " (" + call + "): status " +
+                             std::to_string(static_cast<int>(status)));
+}
+#define ML_CUDA_CHECK(call, where) ::ml::cuda_detail::check((call), #call, where)
+// After a kernel launch: reports launch-configuration errors at once (execution errors surface
+// at the next synchronizing call).
+#define ML_CUDA_LAUNCHED(where) ML_CUDA_CHECK(cudaGetLastError(), where)
+
+cudaStream_t stream();
+cublasHandle_t cublas();
+bool tf32_enabled();
+
+constexpr int kThreads = 256;
+inline unsigned blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(b < 65535 * 8 ? (b > 0 ? b : 1) : 65535 * 8);  // grid-stride loops cover the rest
+}
+
+template <typename F>
+auto dispatch_floating(DType dtype, const char* kernel, F&& f) {
+  switch (dtype) {
+    case DType::Float32: return f(float{});
+    case DType::Float64: return f(double{});
+    default: throw std::invalid_argument(std::string(kernel) + ": expected a floating tensor, got " + dtype_name(dtype));
+  }
+}
+template <typename F>
+auto dispatch_all(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::Float32: return f(float{});
+    case DType::Float64: return f(double{});
+    default: return f(int64_t{});
+  }
+}
+
+constexpr int kMaxDims = 8;
+constexpr int64_t kNoIgnore = std::numeric_limits<int64_t>::min();
+
+// Shapes and strides of N same-shaped operands, passed to kernels by value.
+template <int N>
+struct StridedLayout {
+  int ndim = 0;
+  int64_t sizes[kMaxDims] = {};
+  int64_t strides[N][kMaxDims] = {};
+  bool contiguous = true;
+
+  __device__ void offsets(int64_t linear, int64_t (&out)[N]) const {
+    for (int k = 0; k < N; ++k) out[k] = contiguous ? linear : 0;
+    if (contiguous) return;
+    for (int d = ndim - 1; d >= 0; --d) {
+      const int64_t i = linear % sizes[d];
+      linear /= sizes[d];
+      for (int k = 0; k < N; ++k) out[k] += i * strides[k][d];
+    }
+  }
+};
+
+template <int N>
+StridedLayout<N> layout_of(const std::array<const Tensor*, N>& tensors) {
+  StridedLayout<N> layout;
+  const Tensor& first = *tensors[0];
+  if (first.dim() > kMaxDims)
+    throw std::invalid_argument("cuda: tensors of more than " + std::to_string(kMaxDims) + " dims are not supported");
+  layout.ndim = static_cast<int>(first.dim());
+  for (int d = 0; d < layout.ndim; ++d) layout.sizes[d] = first.shape()[d];
+  for (int k = 0; k < N; ++k) {
+    layout.contiguous = layout.contiguous && tensors[k]->is_contiguous();
+    for (int d = 0; d < layout.ndim; ++d) layout.strides[k][d] = tensors[k]->strides()[d];
+  }
+  return layout;
+}
+
+// Some value of `values` (Int64 on the device) outside [0, bound) and not equal to `ignore`, if
+// any: a small device scan and one 16-byte copy back, so that a bad id or label becomes an error
+// message instead of a memory fault.
+bool find_out_of_range(const Tensor& values, int64_t bound, int64_t ignore, int64_t* offending);
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return static_cast<T*>(t.raw_data());
+}
+
+}  // namespace ml::cuda_detail

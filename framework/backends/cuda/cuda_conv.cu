@@ -1,0 +1,383 @@
+// Convolution through cuDNN's legacy (v7-style) API, kept in cuDNN 9: a convolution here is three
+// fixed library calls (forward, backward data, backward filter) whose algorithms cuDNN's
+// heuristics pick; the v9 graph API would add an operation-graph build per shape for no gain at
+// this scale. Pooling and batch normalization are own kernels (same contracts as cpu_conv.cpp).
+#include <cudnn.h>
+
+#include "framework/backends/cuda/cuda_backend_impl.cuh"
+#include "framework/backends/cuda/cuda_common.cuh"
+
+namespace ml {
+using namespace cuda_detail;
+
+namespace {
+
+void check_cudnn(cudnnStatus_t status, const char* call, const char* where) {
+  if (status != CUDNN_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuDNN error in ") + where + " (" + call + "): " + cudnnGetErrorString(status));
+}
+#define ML_CUDNN_CHECK(call, where) check_cudnn((call), #call, where)
+
+cudnnHandle_t cudnn() {
+  static cudnnHandle_t h = [] {
+    cudnnHandle_t created;
+    ML_CUDNN_CHECK(cudnnCreate(&created), "cudnn");
+    ML_CUDNN_CHECK(cudnnSetStream(created, stream()), "cudnn");
+    return created;
+  }();
+  return h;
+}
+
+// The descriptors of one convolution, created per call (cheap host-side objects) and destroyed
+// with the scope.
+struct ConvDescriptors {
+  cudnnTensorDescriptor_t x{}, y{}, bias{};
+  cudnnFilterDescriptor_t w{};
+  cudnnConvolutionDescriptor_t conv{};
+  cudnnDataType_t type;
+
+  ConvDescriptors(const Tensor& x_t, const Tensor& w_t, const Tensor& y_t, Conv2dParams p)
+      : type(x_t.dtype() == DType::Float64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT) {
+    auto dim = [](const Tensor& t, int d) { return static_cast<int>(t.size(d)); };
+    ML_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x), "conv2d");
+    ML_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y), "conv2d");
+    ML_CUDNN_CHECK(cudnnCreateTensorDescriptor(&bias), "conv2d");
+    ML_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w), "conv2d");
+    ML_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv), "conv2d");
+    ML_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, type, dim(x_t, 0), dim(x_t, 1), dim(x_t, 2), dim(x_t, 3)), "conv2d");
+    ML_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, type, dim(y_t, 0), dim(y_t, 1), dim(y_t, 2), dim(y_t, 3)), "conv2d");
+    ML_CUDNN_CHECK(cudnnSetTensor4dDescriptor(bias, CUDNN_TENSOR_NCHW, type, 1, dim(y_t, 1), 1, 1), "conv2d");
+    ML_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w, type, CUDNN_TENSOR_NCHW, dim(w_t, 0), dim(w_t, 1), dim(w_t, 2), dim(w_t, 3)), "conv2d");
+    ML_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv, static_cast<int>(p.pad_h), static_cast<int>(p.pad_w),
+                                                   static_cast<int>(p.stride_h), static_cast<int>(p.stride_w), 1, 1,
+                                                   CUDNN_CROSS_CORRELATION, type),
+                   "conv2d");
+    // FMA math is exact float32; tensor-op math lets float32 convolutions use TF32.
+    ML_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, tf32_enabled() ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH), "conv2d");
+  }
+  ~ConvDescriptors() {
+    cudnnDestroyTensorDescriptor(x);
+    cudnnDestroyTensorDescriptor(y);
+    cudnnDestroyTensorDescriptor(bias);
+    cudnnDestroyFilterDescriptor(w);
+    cudnnDestroyConvolutionDescriptor(conv);
+  }
+  ConvDescriptors(const ConvDescriptors&) = delete;
+  ConvDescriptors& operator=(const ConvDescriptors&) = delete;
+};
+
+// Scratch memory from our caching allocator, released when the tensor goes out of scope.
+Tensor workspace(size_t bytes, Device device) {
+  return Tensor::empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::Float64, device);
+}
+
+// The first algorithm cuDNN's heuristics rank as working.
+template <typename Perf, typename Query>
+auto best_algorithm(Query query, const char* where) {
+  Perf results[8];
+  int returned = 0;
+  ML_CUDNN_CHECK(query(8, &returned, results), where);
+  for (int i = 0; i < returned; ++i)
+    if (results[i].status == CUDNN_STATUS_SUCCESS) return results[i].algo;
+  throw std::runtime_error(std::string("cuDNN found no algorithm for ") + where);
+}
+
+}  // namespace
+
+void CudaBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
+  ConvDescriptors d(x, w, y, p);
+  const auto algo = best_algorithm<cudnnConvolutionFwdAlgoPerf_t>(
+      [&](int n, int* got, cudnnConvolutionFwdAlgoPerf_t* r) {
+        return cudnnGetConvolutionForwardAlgorithm_v7(cudnn(), d.x, d.w, d.conv, d.y, n, got, r);
+      },
+      "conv2d");
+  size_t bytes = 0;
+  ML_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(cudnn(), d.x, d.w, d.conv, d.y, algo, &bytes), "conv2d");
+  const Tensor ws = workspace(bytes, x.device());
+  const double one = 1.0, zero = 0.0;
+  const float one_f = 1.0f, zero_f = 0.0f;
+  const bool dbl = x.dtype() == DType::Float64;
+  const void* alpha = dbl ? static_cast<const void*>(&one) : &one_f;
+  const void* beta = dbl ? static_cast<const void*>(&zero) : &zero_f;
+  ML_CUDNN_CHECK(cudnnConvolutionForward(cudnn(), alpha, d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo,
+                                         ws.raw_data(), bytes, beta, d.y, y.raw_data()),
+                 "conv2d");
+  if (bias.defined())
+    ML_CUDNN_CHECK(cudnnAddTensor(cudnn(), alpha, d.bias, bias.raw_data(), alpha, d.y, y.raw_data()), "conv2d");
+}
+
+void CudaBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                                  const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
+  ConvDescriptors d(x, w, grad_y, p);
+  const double one = 1.0, zero = 0.0;
+  const float one_f = 1.0f, zero_f = 0.0f;
+  const bool dbl = x.dtype() == DType::Float64;
+  const void* alpha = dbl ? static_cast<const void*>(&one) : &one_f;
+  const void* beta = dbl ? static_cast<const void*>(&zero) : &zero_f;
+  if (grad_x.defined()) {
+    const auto algo = best_algorithm<cudnnConvolutionBwdDataAlgoPerf_t>(
+        [&](int n, int* got, cudnnConvolutionBwdDataAlgoPerf_t* r) {
+          return cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn(), d.w, d.y, d.conv, d.x, n, got, r);
+        },
+        "conv2d_backward (data)");
+    size_t bytes = 0;
+    ML_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(cudnn(), d.w, d.y, d.conv, d.x, algo, &bytes),
+                   "conv2d_backward");
+    const Tensor ws = workspace(bytes, x.device());
+    ML_CUDNN_CHECK(cudnnConvolutionBackwardData(cudnn(), alpha, d.w, w.raw_data(), d.y, grad_y.raw_data(), d.conv, algo,
+                                                ws.raw_data(), bytes, beta, d.x, grad_x.raw_data()),
+                   "conv2d_backward");
+  }
+  if (grad_w.defined()) {
+    const auto algo = best_algorithm<cudnnConvolutionBwdFilterAlgoPerf_t>(
+        [&](int n, int* got, cudnnConvolutionBwdFilterAlgoPerf_t* r) {
+          return cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn(), d.x, d.y, d.conv, d.w, n, got, r);
+        },
+        "conv2d_backward (filter)");
+    size_t bytes = 0;
+    ML_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnn(), d.x, d.y, d.conv, d.w, algo, &bytes),
+                   "conv2d_backward");
+    const Tensor ws = workspace(bytes, x.device());
+    ML_CUDNN_CHECK(cudnnConvolutionBackwardFilter(cudnn(), alpha, d.x, x.raw_data(), d.y, grad_y.raw_data(), d.conv,
+                                                  algo, ws.raw_data(), bytes, beta, d.w, grad_w.raw_data()),
+                   "conv2d_backward");
+  }
+  if (grad_bias.defined())
+    ML_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn(), alpha, d.y, grad_y.raw_data(), beta, d.bias, grad_bias.raw_data()),
+                   "conv2d_backward");
+}
+
+// ------------------------------------------------------------------------------- pooling
+namespace {
+
+struct PoolGeometry {
+  int64_t planes, height, width, out_h, out_w;
+  Pool2dParams p;
+};
+PoolGeometry pool_geometry(const Tensor& in, const Tensor& out, Pool2dParams p) {
+  return {in.size(0) * in.size(1), in.size(2), in.size(3), out.size(2), out.size(3), p};
+}
+
+// One thread per output element; the window is clipped to the input.
+template <typename T>
+__global__ void pool_forward_kernel(const T* x, T* y, int64_t* indices, PoolGeometry g, bool is_max) {
+  const int64_t n = g.planes * g.out_h * g.out_w;
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < n; o += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t ow = o % g.out_w, oh = (o / g.out_w) % g.out_h, plane = o / (g.out_w * g.out_h);
+    const T* in = x + plane * g.height * g.width;
+    const int64_t hs = oh * g.p.stride_h - g.p.pad_h, ws = ow * g.p.stride_w - g.p.pad_w;
+    const int64_t h0 = max(hs, int64_t(0)), h1 = min(hs + g.p.kernel_h, g.height);
+    const int64_t w0 = max(ws, int64_t(0)), w1 = min(ws + g.p.kernel_w, g.width);
+    T best = -INFINITY;
+    int64_t best_at = h0 * g.width + w0;
+    double acc = 0.0;
+    for (int64_t ih = h0; ih < h1; ++ih)
+      for (int64_t iw = w0; iw < w1; ++iw) {
+        const T v = in[ih * g.width + iw];
+        acc += v;
+        if (v > best || v != v) best = v, best_at = ih * g.width + iw;
+      }
+    if (is_max) {
+      y[o] = best;
+      indices[o] = best_at;
+    } else {
+      y[o] = T(acc / double(g.p.kernel_h * g.p.kernel_w));
+    }
+  }
+}
+
+// One thread per input element gathers from the windows that cover it (no atomics needed).
+template <typename T>
+__global__ void avg_pool_backward_kernel(const T* gy, T* gx, PoolGeometry g) {
+  const int64_t n = g.planes * g.height * g.width;
+  const double scale = 1.0 / double(g.p.kernel_h * g.p.kernel_w);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t iw = i % g.width, ih = (i / g.width) % g.height, plane = i / (g.width * g.height);
+    double acc = 0.0;
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      const int64_t hs = oh * g.p.stride_h - g.p.pad_h;
+      if (ih < hs || ih >= hs + g.p.kernel_h) continue;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const int64_t ws = ow * g.p.stride_w - g.p.pad_w;
+        if (iw >= ws && iw < ws + g.p.kernel_w) acc += gy[(plane * g.out_h + oh) * g.out_w + ow];
+      }
+    }
+    gx[i] = T(acc * scale);
+  }
+}
+
+template <typename T>
+__global__ void max_pool_backward_kernel(const T* gy, const int64_t* indices, T* gx, int64_t out_plane, int64_t in_plane,
+                                         int64_t n) {
+  for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < n; o += int64_t(gridDim.x) * blockDim.x)
+    atomicAdd(gx + (o / out_plane) * in_plane + indices[o], gy[o]);
+}
+
+}  // namespace
+
+void CudaBackend::max_pool2d(const Tensor& x, const Tensor& y, const Tensor& indices, Pool2dParams p) {
+  dispatch_floating(x.dtype(), "max_pool2d", [&](auto tag) {
+    using T = decltype(tag);
+    pool_forward_kernel<T><<<blocks_for(y.numel()), kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(y),
+                                                                            ptr<int64_t>(indices), pool_geometry(x, y, p), true);
+    ML_CUDA_LAUNCHED("max_pool2d");
+  });
+}
+
+void CudaBackend::max_pool2d_backward(const Tensor& grad_y, const Tensor& indices, const Tensor& grad_x) {
+  fill(grad_x, 0.0);
+  dispatch_floating(grad_x.dtype(), "max_pool2d_backward", [&](auto tag) {
+    using T = decltype(tag);
+    max_pool_backward_kernel<T><<<blocks_for(grad_y.numel()), kThreads, 0, stream()>>>(
+        ptr<const T>(grad_y), ptr<const int64_t>(indices), ptr<T>(grad_x), grad_y.size(2) * grad_y.size(3),
+        grad_x.size(2) * grad_x.size(3), grad_y.numel());
+    ML_CUDA_LAUNCHED("max_pool2d_backward");
+  });
+}
+
+void CudaBackend::avg_pool2d(const Tensor& x, const Tensor& y, Pool2dParams p) {
+  dispatch_floating(x.dtype(), "avg_pool2d", [&](auto tag) {
+    using T = decltype(tag);
+    pool_forward_kernel<T><<<blocks_for(y.numel()), kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(y), nullptr,
+                                                                            pool_geometry(x, y, p), false);
+    ML_CUDA_LAUNCHED("avg_pool2d");
+  });
+}
+
+void CudaBackend::avg_pool2d_backward(const Tensor& grad_y, const Tensor& grad_x, Pool2dParams p) {
+  dispatch_floating(grad_x.dtype(), "avg_pool2d_backward", [&](auto tag) {
+    using T = decltype(tag);
+    avg_pool_backward_kernel<T><<<blocks_for(grad_x.numel()), kThreads, 0, stream()>>>(
+        ptr<const T>(grad_y), ptr<T>(grad_x), pool_geometry(grad_x, grad_y, p));
+    ML_CUDA_LAUNCHED("avg_pool2d_backward");
+  });
+}
+
+// ------------------------------------------------------------------------------- batch norm
+namespace {
+
+// One block per channel; channel c is N runs of H*W contiguous values.
+template <typename T>
+__global__ void channel_stats_kernel(const T* x, T* mean, T* var, int64_t N, int64_t C, int64_t HW) {
+  __shared__ double s1[kThreads], s2[kThreads];
+  const int64_t c = blockIdx.x, m = N * HW;
+  double sum = 0.0;
+  for (int64_t i = threadIdx.x; i < m; i += blockDim.x) sum += x[((i / HW) * C + c) * HW + i % HW];
+  s1[threadIdx.x] = sum;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) s1[threadIdx.x] += s1[threadIdx.x + s];
+    __syncthreads();
+  }
+  const double mu = s1[0] / double(m);
+  double sq = 0.0;
+  for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
+    const double d = double(x[((i / HW) * C + c) * HW + i % HW]) - mu;
+    sq += d * d;
+  }
+  s2[threadIdx.x] = sq;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) s2[threadIdx.x] += s2[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    mean[c] = T(mu);
+    var[c] = T(s2[0] / double(m));
+  }
+}
+
+template <typename T>
+__global__ void bn_apply_kernel(const T* x, const T* mean, const T* invstd, const T* w, const T* b, T* y, int64_t C,
+                                int64_t HW, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = (i / HW) % C;
+    y[i] = (x[i] - mean[c]) * invstd[c] * (w ? w[c] : T(1)) + (b ? b[c] : T(0));
+  }
+}
+
+// Per channel: sum(g) and sum(g * xhat), one block per channel.
+template <typename T>
+__global__ void bn_grad_sums_kernel(const T* g, const T* x, const T* mean, const T* invstd, double* sums, int64_t N,
+                                    int64_t C, int64_t HW) {
+  __shared__ double sg[kThreads], sgx[kThreads];
+  const int64_t c = blockIdx.x, m = N * HW;
+  double a = 0.0, b = 0.0;
+  for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
+    const int64_t at = ((i / HW) * C + c) * HW + i % HW;
+    a += g[at];
+    b += double(g[at]) * double((x[at] - mean[c]) * invstd[c]);
+  }
+  sg[threadIdx.x] = a;
+  sgx[threadIdx.x] = b;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) {
+      sg[threadIdx.x] += sg[threadIdx.x + s];
+      sgx[threadIdx.x] += sgx[threadIdx.x + s];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    sums[2 * c] = sg[0];
+    sums[2 * c + 1] = sgx[0];
+  }
+}
+
+template <typename T>
+__global__ void bn_backward_kernel(const T* g, const T* x, const T* mean, const T* invstd, const T* w,
+                                   const double* sums, T* gx, T* gw, T* gb, int64_t C, int64_t HW, int64_t m, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = (i / HW) % C;
+    const double xhat = double((x[i] - mean[c]) * invstd[c]);
+    if (gx)
+      gx[i] = T((w ? double(w[c]) : 1.0) * double(invstd[c]) *
+                (double(g[i]) - sums[2 * c] / double(m) - xhat * sums[2 * c + 1] / double(m)));
+    if (i < C) {  // the first C threads also write the per-channel parameter gradients
+      if (gb) gb[i] = T(sums[2 * i]);
+      if (gw) gw[i] = T(sums[2 * i + 1]);
+    }
+  }
+}
+
+}  // namespace
+
+void CudaBackend::batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var) {
+  dispatch_floating(x.dtype(), "batch_norm_stats", [&](auto tag) {
+    using T = decltype(tag);
+    channel_stats_kernel<T><<<static_cast<unsigned>(x.size(1)), kThreads, 0, stream()>>>(
+        ptr<const T>(x), ptr<T>(mean), ptr<T>(var), x.size(0), x.size(1), x.size(2) * x.size(3));
+    ML_CUDA_LAUNCHED("batch_norm_stats");
+  });
+}
+
+void CudaBackend::batch_norm_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
+                                   const Tensor& bias, const Tensor& y) {
+  dispatch_floating(x.dtype(), "batch_norm_apply", [&](auto tag) {
+    using T = decltype(tag);
+    bn_apply_kernel<T><<<blocks_for(x.numel()), kThreads, 0, stream()>>>(
+        ptr<const T>(x), ptr<const T>(mean), ptr<const T>(invstd), weight.defined() ? ptr<const T>(weight) : nullptr,
+        bias.defined() ? ptr<const T>(bias) : nullptr, ptr<T>(y), x.size(1), x.size(2) * x.size(3), x.numel());
+    ML_CUDA_LAUNCHED("batch_norm_apply");
+  });
+}
+
+void CudaBackend::batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                                      const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
+                                      const Tensor& grad_bias) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const Tensor sums = Tensor::empty({C, 2}, DType::Float64, x.device());
+  dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    bn_grad_sums_kernel<T><<<static_cast<unsigned>(C), kThreads, 0, stream()>>>(
+        ptr<const T>(grad_y), ptr<const T>(x), ptr<const T>(mean), ptr<const T>(invstd), ptr<double>(sums), N, C, HW);
+    bn_backward_kernel<T><<<blocks_for(x.numel()), kThreads, 0, stream()>>>(
+        ptr<const T>(grad_y), ptr<const T>(x), ptr<const T>(mean), ptr<const T>(invstd),
+        weight.defined() ? ptr<const T>(weight) : nullptr, ptr<const double>(sums),
+        grad_x.defined() ? ptr<T>(grad_x) : nullptr, grad_weight.defined() ? ptr<T>(grad_weight) : nullptr,
+        grad_bias.defined() ? ptr<T>(grad_bias) : nullptr, C, HW, N * HW, x.numel());
+    ML_CUDA_LAUNCHED("batch_norm_backward");
+  });
+}
+
+}  // namespace ml

@@ -1,0 +1,319 @@
+// Softmax, layer/RMS normalization and cross-entropy: one block per row, the same formulas and
+// contracts as backends/cpu/cpu_nn.cpp (see the derivations there).
+#include <cuda/std/limits>
+
+#include "framework/backends/cuda/cuda_backend_impl.cuh"
+#include "framework/backends/cuda/cuda_common.cuh"
+
+namespace ml {
+using namespace cuda_detail;
+
+namespace {
+
+constexpr int kRowThreads = 128;
+
+// Sum over the block (all threads get the result); `scratch` holds one double per warp.
+__device__ double block_sum(double v, double* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  double total = 0.0;
+  for (int w = 0; w < blockDim.x / 32; ++w) total += scratch[w];
+  return total;
+}
+
+__device__ double block_max(double v, double* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffff, v, o));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  double m = scratch[0];
+  for (int w = 1; w < blockDim.x / 32; ++w) m = fmax(m, scratch[w]);
+  return m;
+}
+
+template <typename T>
+constexpr T minus_inf() {
+  return -cuda::std::numeric_limits<T>::infinity();
+}
+
+template <typename T>
+__global__ void softmax_kernel(const T* x, T* y, int64_t n, int64_t slice_rows, bool log, bool causal) {
+  __shared__ double scratch[kRowThreads / 32];
+  const int64_t row = blockIdx.x;
+  const T* xi = x + row * n;
+  T* yi = y + row * n;
+  const int64_t visible = causal ? row % slice_rows + 1 : n;
+  double m = -INFINITY;
+  for (int64_t j = threadIdx.x; j < visible; j += blockDim.x) m = fmax(m, double(xi[j]));
+  m = block_max(m, scratch);
+  double total = 0.0;
+  for (int64_t j = threadIdx.x; j < visible; j += blockDim.x) total += exp(double(xi[j]) - m);
+  total = block_sum(total, scratch);
+  const double log_total = ::log(total);
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    if (j >= visible) yi[j] = log ? minus_inf<T>() : T(0);
+    else yi[j] = log ? T(double(xi[j]) - m - log_total) : T(exp(double(xi[j]) - m) / total);
+  }
+}
+
+template <typename T>
+__global__ void softmax_backward_kernel(const T* g, const T* y, T* dx, int64_t n, bool log) {
+  __shared__ double scratch[kRowThreads / 32];
+  const int64_t row = blockIdx.x;
+  const T *gi = g + row * n, *yi = y + row * n;
+  T* dxi = dx + row * n;
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+    if (!log) acc += double(gi[j]) * double(yi[j]);
+    else if (yi[j] != minus_inf<T>()) acc += gi[j];
+  acc = block_sum(acc, scratch);
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+    if (log) dxi[j] = yi[j] == minus_inf<T>() ? T(0) : T(gi[j] - exp(double(yi[j])) * acc);
+    else dxi[j] = T(double(yi[j]) * (double(gi[j]) - acc));
+}
+
+// mean may be null (RMS norm). Row statistics in double, in two passes over the row.
+template <typename T>
+__global__ void norm_kernel(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t n, double eps,
+                            bool centered) {
+  __shared__ double scratch[kRowThreads / 32];
+  const int64_t row = blockIdx.x;
+  const T* xi = x + row * n;
+  T* yi = y + row * n;
+  double mu = 0.0;
+  if (centered) {
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mu += xi[j];
+    mu = block_sum(mu, scratch) / double(n);
+  }
+  double var = 0.0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) var += (double(xi[j]) - mu) * (double(xi[j]) - mu);
+  var = block_sum(var, scratch) / double(n);
+  const T m = T(mu), s = T(1.0 / sqrt(var + eps));
+  if (threadIdx.x == 0) {
+    if (mean) mean[row] = m;
+    rstd[row] = s;
+  }
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+    yi[j] = (xi[j] - m) * s * (w ? w[j] : T(1)) + (b ? b[j] : T(0));
+}
+
+template <typename T>
+__global__ void norm_backward_kernel(const T* g, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
+                                     int64_t n) {
+  __shared__ double scratch[kRowThreads / 32];
+  const int64_t row = blockIdx.x;
+  const T *gi = g + row * n, *xi = x + row * n;
+  T* dxi = dx + row * n;
+  const T m = mean ? mean[row] : T(0), s = rstd[row];
+  double h_sum = 0.0, h_xhat = 0.0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const double h = double(gi[j]) * (w ? double(w[j]) : 1.0);
+    h_sum += h;
+    h_xhat += h * double((xi[j] - m) * s);
+  }
+  h_sum = mean ? block_sum(h_sum, scratch) / double(n) : 0.0;
+  h_xhat = block_sum(h_xhat, scratch) / double(n);
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+    dxi[j] = T(double(s) * (double(gi[j]) * (w ? double(w[j]) : 1.0) - h_sum - double((xi[j] - m) * s) * h_xhat));
+}
+
+// Column sums over rows, one thread per column (consecutive threads read consecutive columns).
+template <typename T>
+__global__ void affine_grads_kernel(const T* g, const T* x, const T* mean, const T* rstd, int64_t rows, int64_t n,
+                                    T* grad_weight, T* grad_bias) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= n) return;
+  double acc_w = 0.0, acc_b = 0.0;
+  for (int64_t i = 0; i < rows; ++i) {
+    const T gv = g[i * n + c];
+    acc_w += double(gv) * double((x[i * n + c] - (mean ? mean[i] : T(0))) * rstd[i]);
+    acc_b += gv;
+  }
+  if (grad_weight) grad_weight[c] = T(acc_w);
+  if (grad_bias) grad_bias[c] = T(acc_b);
+}
+
+template <typename T>
+__global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, int64_t n, int64_t ignore_index,
+                                     double smoothing, T* losses, const T* grad_losses, T* grad_logits) {
+  __shared__ double scratch[kRowThreads / 32];
+  const int64_t row = blockIdx.x;
+  const T* xi = logits + row * n;
+  const int64_t t = targets[row];
+  if (t == ignore_index) {
+    if (losses && threadIdx.x == 0) losses[row] = T(0);
+    if (grad_logits)
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) grad_logits[row * n + j] = T(0);
+    return;
+  }
+  double m = -INFINITY, sum_x = 0.0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    m = fmax(m, double(xi[j]));
+    sum_x += xi[j];
+  }
+  m = block_max(m, scratch);
+  sum_x = block_sum(sum_x, scratch);
+  double total = 0.0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) total += exp(double(xi[j]) - m);
+  total = block_sum(total, scratch);
+  if (losses) {
+    if (threadIdx.x == 0)
+      losses[row] = T(m + ::log(total) - (1.0 - smoothing) * double(xi[t]) - smoothing * sum_x / double(n));
+    return;
+  }
+  const double g = grad_losses[row];
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+    grad_logits[row * n + j] =
+        T(g * (exp(double(xi[j]) - m) / total - smoothing / double(n) - (j == t ? 1.0 - smoothing : 0.0)));
+}
+
+int64_t last_dim(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(-1); }
+int64_t rows_of(const Tensor& t) { return last_dim(t) == 0 ? 0 : t.numel() / last_dim(t); }
+
+// Launches one block per row, in slices that respect the grid limit.
+template <typename Launch>
+void for_row_slices(int64_t rows, Launch launch) {
+  for (int64_t first = 0; first < rows; first += 65535) launch(first, static_cast<unsigned>(std::min<int64_t>(65535, rows - first)));
+}
+
+template <typename T>
+const T* opt(const Tensor& t) {
+  return t.defined() ? ptr<const T>(t) : nullptr;
+}
+template <typename T>
+T* opt_mut(const Tensor& t) {
+  return t.defined() ? ptr<T>(t) : nullptr;
+}
+
+}  // namespace
+
+void CudaBackend::softmax(const Tensor& x, const Tensor& y, bool log, bool causal) {
+  const int64_t n = last_dim(x), slice_rows = causal ? x.size(-2) : 1;
+  dispatch_floating(x.dtype(), "softmax", [&](auto tag) {
+    using T = decltype(tag);
+    for_row_slices(rows_of(x), [&](int64_t first, unsigned count) {
+      softmax_kernel<T><<<count, kRowThreads, 0, stream()>>>(ptr<const T>(x) + first * n, ptr<T>(y) + first * n, n,
+                                                              slice_rows, log, causal);
+    });
+    ML_CUDA_LAUNCHED("softmax");
+  });
+}
+
+void CudaBackend::softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x, bool log) {
+  const int64_t n = last_dim(y);
+  dispatch_floating(y.dtype(), "softmax_backward", [&](auto tag) {
+    using T = decltype(tag);
+    for_row_slices(rows_of(y), [&](int64_t first, unsigned count) {
+      softmax_backward_kernel<T><<<count, kRowThreads, 0, stream()>>>(
+          ptr<const T>(grad_y) + first * n, ptr<const T>(y) + first * n, ptr<T>(grad_x) + first * n, n, log);
+    });
+    ML_CUDA_LAUNCHED("softmax_backward");
+  });
+}
+
+void CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
+                             const Tensor& mean, const Tensor& rstd) {
+  const int64_t n = last_dim(x);
+  dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
+    using T = decltype(tag);
+    for_row_slices(rows_of(x), [&](int64_t first, unsigned count) {
+      norm_kernel<T><<<count, kRowThreads, 0, stream()>>>(ptr<const T>(x) + first * n, opt<T>(weight), opt<T>(bias),
+                                                           ptr<T>(y) + first * n, ptr<T>(mean) + first,
+                                                           ptr<T>(rstd) + first, n, eps, true);
+    });
+    ML_CUDA_LAUNCHED("layer_norm");
+  });
+}
+
+void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& y, const Tensor& rstd) {
+  const int64_t n = last_dim(x);
+  dispatch_floating(x.dtype(), "rms_norm", [&](auto tag) {
+    using T = decltype(tag);
+    for_row_slices(rows_of(x), [&](int64_t first, unsigned count) {
+      norm_kernel<T><<<count, kRowThreads, 0, stream()>>>(ptr<const T>(x) + first * n, opt<T>(weight), nullptr,
+                                                           ptr<T>(y) + first * n, nullptr, ptr<T>(rstd) + first, n, eps,
+                                                           false);
+    });
+    ML_CUDA_LAUNCHED("rms_norm");
+  });
+}
+
+namespace {
+template <typename T>
+void norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                   const Tensor& grad_x, const Tensor& grad_weight, const Tensor& grad_bias) {
+  const int64_t n = last_dim(x), rows = rows_of(x);
+  if (grad_x.defined())
+    for_row_slices(rows, [&](int64_t first, unsigned count) {
+      norm_backward_kernel<T><<<count, kRowThreads, 0, stream()>>>(
+          ptr<const T>(grad_y) + first * n, ptr<const T>(x) + first * n, opt<T>(weight),
+          mean.defined() ? ptr<const T>(mean) + first : nullptr, ptr<const T>(rstd) + first,
+          ptr<T>(grad_x) + first * n, n);
+    });
+  if (grad_weight.defined() || grad_bias.defined())
+    affine_grads_kernel<T><<<blocks_for(n), kThreads, 0, stream()>>>(ptr<const T>(grad_y), ptr<const T>(x), opt<T>(mean),
+                                                                     ptr<const T>(rstd), rows, n, opt_mut<T>(grad_weight),
+                                                                     opt_mut<T>(grad_bias));
+  ML_CUDA_LAUNCHED("norm_backward");
+}
+}  // namespace
+
+void CudaBackend::layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                      const Tensor& rstd, const Tensor& grad_x, const Tensor& grad_weight,
+                                      const Tensor& grad_bias) {
+  dispatch_floating(x.dtype(), "layer_norm_backward", [&](auto tag) {
+    norm_backward<decltype(tag)>(grad_y, x, weight, mean, rstd, grad_x, grad_weight, grad_bias);
+  });
+}
+
+void CudaBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                                    const Tensor& grad_x, const Tensor& grad_weight) {
+  dispatch_floating(x.dtype(), "rms_norm_backward", [&](auto tag) {
+    norm_backward<decltype(tag)>(grad_y, x, weight, Tensor(), rstd, grad_x, grad_weight, Tensor());
+  });
+}
+
+namespace {
+void check_targets(const Tensor& targets, int64_t classes, int64_t ignore_index) {
+  int64_t bad = 0;
+  if (find_out_of_range(targets, classes, ignore_index, &bad))
+    throw std::out_of_range("cross_entropy: target " + std::to_string(bad) + " is out of range for " +
+                            std::to_string(classes) + " classes (ignore_index " + std::to_string(ignore_index) + ")");
+}
+}  // namespace
+
+void CudaBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                                double label_smoothing, const Tensor& losses) {
+  const int64_t n = last_dim(logits);
+  check_targets(targets, n, ignore_index);
+  dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
+    using T = decltype(tag);
+    for_row_slices(rows_of(logits), [&](int64_t first, unsigned count) {
+      cross_entropy_kernel<T><<<count, kRowThreads, 0, stream()>>>(
+          ptr<const T>(logits) + first * n, ptr<const int64_t>(targets) + first, n, ignore_index, label_smoothing,
+          ptr<T>(losses) + first, nullptr, nullptr);
+    });
+    ML_CUDA_LAUNCHED("cross_entropy");
+  });
+}
+
+void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                                         double label_smoothing, const Tensor& grad_losses,
+                                         const Tensor& grad_logits) {
+  const int64_t n = last_dim(logits);
+  dispatch_floating(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
+    using T = decltype(tag);
+    for_row_slices(rows_of(logits), [&](int64_t first, unsigned count) {
+      cross_entropy_kernel<T><<<count, kRowThreads, 0, stream()>>>(
+          ptr<const T>(logits) + first * n, ptr<const int64_t>(targets) + first, n, ignore_index, label_smoothing,
+          nullptr, ptr<const T>(grad_losses) + first, ptr<T>(grad_logits) + first * n);
+    });
+    ML_CUDA_LAUNCHED("cross_entropy_backward");
+  });
+}
+
+}  // namespace ml

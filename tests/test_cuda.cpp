@@ -1,0 +1,154 @@
+// CPU/CUDA parity: every op's forward and backward on cuda:0 against the CPU backend on the same
+// float32 inputs. Without a CUDA device (or without CUDA compiled in) every test skips.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+
+#include "framework/backend.h"
+#include "framework/ops.h"
+#include "tests/gradcheck.h"
+
+using namespace ml;
+
+namespace {
+
+class CudaParity : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device (or built without CUDA): parity tests need a GPU";
+  }
+};
+
+double relative_error(const Tensor& got, const Tensor& want) {
+  const auto g = got.to_vector<double>(), w = want.to_vector<double>();
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    diff += (g[i] - w[i]) * (g[i] - w[i]);
+    norm += w[i] * w[i];
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
+}
+
+Tensor float_input(const Shape& shape, uint64_t seed, double shift = 0.0) {
+  Generator gen(seed);
+  return add(randn(shape, DType::Float32, cpu(), gen), shift);
+}
+
+// Runs f on CPU copies and on CUDA copies of `inputs` (float leaves that require grad, or
+// constants such as Int64 indices), then compares the outputs and every input gradient.
+void expect_parity(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& inputs,
+                   double tol = 1e-5) {
+  auto run = [&](Device device, std::vector<Tensor>& leaves) {
+    for (const Tensor& x : inputs) {
+      Tensor copy = x.to(device).clone();
+      if (is_floating(copy.dtype())) copy.requires_grad_();
+      leaves.push_back(copy);
+    }
+    Tensor out = f(leaves);
+    Generator gen(99);
+    const Tensor weight = randn(out.shape(), out.dtype(), cpu(), gen).to(device);
+    if (out.requires_grad()) sum(mul(out, weight)).backward();
+    return out;
+  };
+  std::vector<Tensor> cpu_leaves, gpu_leaves;
+  const Tensor want = run(cpu(), cpu_leaves);
+  const Tensor got = run(cuda(), gpu_leaves);
+  ASSERT_EQ(got.device(), cuda());
+  ASSERT_EQ(got.shape(), want.shape());
+  EXPECT_LE(relative_error(got, want), tol) << "forward";
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!cpu_leaves[i].grad().defined()) continue;
+    ASSERT_TRUE(gpu_leaves[i].grad().defined()) << "input " << i;
+    EXPECT_LE(relative_error(gpu_leaves[i].grad(), cpu_leaves[i].grad()), tol) << "gradient of input " << i;
+  }
+}
+
+using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+}  // namespace
+
+TEST(CudaAvailability, ReportsOrSkipsCleanly) {
+  // Without a device, asking for the CUDA backend is a clear error, never a crash.
+  if (cuda_available()) GTEST_SKIP() << "a CUDA device is present";
+  ml::testing::expect_error_mentions([] { Tensor::empty({2}, DType::Float32, cuda()); }, {"cuda"});
+}
+
+TEST_F(CudaParity, TransfersRoundTrip) {
+  const Tensor x = float_input({3, 5}, 1);
+  EXPECT_EQ(x.to(cuda()).to(cpu()).to_vector<float>(), x.to_vector<float>());
+  EXPECT_EQ(x.t().to(cuda()).to(cpu()).to_vector<float>(), x.t().contiguous().to_vector<float>());
+}
+
+TEST_F(CudaParity, ElementwiseWithBroadcastingAndStrides) {
+  const std::vector<std::pair<const char*, Fn>> unary = {
+      {"exp", [](auto& in) { return exp(in[0]); }},        {"log", [](auto& in) { return log(add(abs(in[0]), 1.0)); }},
+      {"tanh", [](auto& in) { return tanh(in[0]); }},      {"sigmoid", [](auto& in) { return sigmoid(in[0]); }},
+      {"relu2", [](auto& in) { return relu2(in[0]); }},    {"gelu", [](auto& in) { return gelu(in[0]); }},
+      {"gelu_tanh", [](auto& in) { return gelu(in[0], GeluApprox::Tanh); }},
+      {"silu", [](auto& in) { return silu(in[0]); }},      {"rsqrt", [](auto& in) { return rsqrt(add(abs(in[0]), 1.0)); }},
+      {"clamp", [](auto& in) { return clamp(in[0], -0.3, 0.4); }},
+      {"transposed", [](auto& in) { return exp(in[0].t()); }},
+  };
+  for (const auto& [name, f] : unary) {
+    SCOPED_TRACE(name);
+    expect_parity(f, {float_input({17, 33}, 2)});
+  }
+  const Fn binary = [](auto& in) { return add(mul(in[0], in[1]), div(in[0], add(mul(in[1], in[1]), 1.0))); };
+  expect_parity(binary, {float_input({4, 1, 6}, 3), float_input({5, 1}, 4)});
+  expect_parity([](auto& in) { return maximum(in[0], in[1].t()); }, {float_input({6, 7}, 5), float_input({7, 6}, 6)});
+  expect_parity([](auto& in) { return where(gt(in[0], in[1]), in[0], in[1]); }, {float_input({9}, 7), float_input({9}, 8)});
+}
+
+TEST_F(CudaParity, ReductionsAndIndexing) {
+  for (const std::vector<int64_t>& axes : std::vector<std::vector<int64_t>>{{}, {0}, {2}, {0, 2}}) {
+    expect_parity([&](auto& in) { return sum(in[0], axes); }, {float_input({5, 6, 7}, 9)});
+    expect_parity([&](auto& in) { return amax(in[0], axes, true); }, {float_input({5, 6, 7}, 10)});
+    expect_parity([&](auto& in) { return var(in[0], axes); }, {float_input({5, 6, 7}, 11)});
+  }
+  expect_parity([](auto& in) { return max(in[0], 1).first; }, {float_input({5, 300}, 12)});
+  const Tensor idx = Tensor::from_vector<int64_t>({3, 0, 3, 1}, {4});
+  expect_parity([](auto& in) { return index_select(in[0], 0, in[1]); }, {float_input({4, 5}, 13), idx});
+  const Tensor gidx = Tensor::from_vector<int64_t>({1, 0, 2, 2, 0, 1}, {3, 2});
+  expect_parity([](auto& in) { return gather(in[0], 1, in[1]); }, {float_input({3, 3}, 14), gidx});
+  expect_parity([](auto& in) { return cat({in[0], in[1].narrow(1, 1, 2)}, 0); }, {float_input({2, 2}, 15), float_input({3, 4}, 16)});
+}
+
+TEST_F(CudaParity, MatmulPlainBatchedTransposed) {
+  expect_parity([](auto& in) { return matmul(in[0], in[1]); }, {float_input({64, 48}, 17), float_input({48, 80}, 18)}, 1e-5);
+  expect_parity([](auto& in) { return matmul(in[0], in[1].transpose(-1, -2)); },
+                {float_input({3, 4, 16, 8}, 19), float_input({3, 4, 16, 8}, 20)}, 1e-5);
+  expect_parity([](auto& in) { return matmul(in[0], in[1]); }, {float_input({2, 3, 7, 5}, 21), float_input({5, 9}, 22)}, 1e-5);
+}
+
+TEST_F(CudaParity, NeuralNetworkOps) {
+  expect_parity([](auto& in) { return softmax(in[0], 1); }, {float_input({4, 37, 3}, 23)});
+  expect_parity([](auto& in) { return log_softmax(in[0]); }, {float_input({6, 300}, 24)});
+  expect_parity([](auto& in) { return layer_norm(in[0], in[1], in[2]); },
+                {float_input({10, 96}, 25), float_input({96}, 26), float_input({96}, 27)});
+  expect_parity([](auto& in) { return rms_norm(in[0], in[1]); }, {float_input({10, 96}, 28), float_input({96}, 29)});
+  const Tensor targets = Tensor::from_vector<int64_t>({1, 4, -100, 0, 2, 3}, {6});
+  expect_parity([](auto& in) { return cross_entropy(in[0], in[1], -100, 0.2); }, {float_input({6, 5}, 30), targets});
+  const Tensor ids = Tensor::from_vector<int64_t>({0, 5, 5, 2, 7, 1}, {2, 3});
+  expect_parity([](auto& in) { return embedding(in[1], in[0]); }, {float_input({8, 16}, 31), ids});
+  expect_parity([](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], true); },
+                {float_input({2, 3, 16, 8}, 32), float_input({2, 3, 16, 8}, 33), float_input({2, 3, 16, 8}, 34)});
+  // Dropout masks come from the counter-based generator: identical on both devices.
+  expect_parity([](auto& in) { Generator gen(5); return dropout(in[0], 0.3, true, gen); }, {float_input({64, 64}, 35)});
+}
+
+TEST_F(CudaParity, ConvolutionPoolingBatchNorm) {
+  expect_parity([](auto& in) { return conv2d(in[0], in[1], in[2], 1, 1); },
+                {float_input({4, 3, 9, 9}, 36), float_input({8, 3, 3, 3}, 37), float_input({8}, 38)}, 1e-5);
+  expect_parity([](auto& in) { return conv2d(in[0], in[1], Tensor(), 2, 0); },
+                {float_input({2, 4, 8, 8}, 39), float_input({5, 4, 2, 2}, 40)}, 1e-5);
+  expect_parity([](auto& in) { return max_pool2d(in[0], 2); }, {float_input({2, 3, 8, 8}, 41)});
+  expect_parity([](auto& in) { return avg_pool2d(in[0], 3, 2, 1); }, {float_input({2, 3, 9, 9}, 42)});
+  expect_parity([](auto& in) { return global_max_pool2d(in[0]); }, {float_input({2, 3, 5, 5}, 43)});
+  expect_parity(
+      [](auto& in) {
+        Tensor running_mean = zeros({4}, DType::Float32, in[0].device()), running_var = ones({4}, DType::Float32, in[0].device());
+        return batch_norm2d(in[0], running_mean, running_var, in[1], in[2], true, 0.1);
+      },
+      {float_input({6, 4, 5, 5}, 44), float_input({4}, 45, 1.0), float_input({4}, 46)});
+}
