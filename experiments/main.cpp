@@ -1,2 +1,103 @@
+// The `muonlab` command line: parses argv (experiments/cli_args.h) and runs the command.
+// Exit codes: 0 success, 1 runtime error, 2 bad command line or config, 3 training diverged.
 #include <cstdio>
-int main() { std::puts("muonlab"); return 0; }
+#include <iostream>
+#include <string>
+#include <variant>
+
+#include "experiments/bench.h"
+#include "experiments/cli_args.h"
+#include "experiments/config.h"
+#include "experiments/demo.h"
+#include "experiments/ortho_command.h"
+#include "experiments/trainer.h"
+#include "framework/parallel.h"
+
+namespace ml {
+namespace {
+
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitDiverged = 3;
+
+std::string number_text(const Json& value, const char* format) {
+  if (!value.is_number()) return "-";
+  char text[32];
+  std::snprintf(text, sizeof text, format, value.as_number());
+  return text;
+}
+
+int run(const HelpRequest& request) {
+  std::cout << usage(request.command);
+  return 0;
+}
+
+int run(const TrainArgs& args) {
+  const RunConfig config = load_config(args.config_path, args.overrides);
+  TrainOptions options;
+  options.out_dir = args.out_dir;
+  options.resume_dir = args.resume_dir;
+  options.quiet = args.quiet;
+  const TrainResult result = train(config, options);
+  const Json& summary = result.summary;
+  std::cout << "run: " << result.run_dir << "\n"
+            << "steps " << summary.at("steps").as_int() << "  val_loss " << number_text(summary.at("val_loss"), "%.4f")
+            << (summary.at("val_acc").is_number() ? "  val_acc " + number_text(summary.at("val_acc"), "%.4f") : "")
+            << "  best_val_loss " << number_text(summary.at("best_val_loss"), "%.4f") << "\n"
+            << "total " << number_text(summary.at("total_s"), "%.1f") << " s  optimizer "
+            << number_text(summary.at("optimizer_s"), "%.2f") << " s  "
+            << number_text(summary.at("samples_per_s"), "%.0f") << " samples/s  peak memory "
+            << number_text(summary.at("peak_rss_mb"), "%.0f") << " MB\n";
+  return 0;
+}
+
+int run(const EvalArgs& args) {
+  const RunConfig config = load_config(args.config_path, args.overrides);
+  std::cout << evaluate_checkpoint(config, args.checkpoint_path).dump() << "\n";
+  return 0;
+}
+
+int run(const CheckArgs& args) {
+  std::cout << to_yaml(load_config(args.config_path, args.overrides));
+  return 0;
+}
+
+int run(const DemoArgs& args) { return run_demo(args, std::cout, std::cerr); }
+
+int run(const OrthoArgs& args) { return run_ortho(args.method, args.input_path, args.output_path, args.steps); }
+
+int run(const BenchArgs& args) {
+  if (args.target == "models") {
+    bench_models(args, std::cout);
+  } else if (args.target == "ops") {
+    bench_ops(args, std::cout);
+  } else {
+    set_num_threads(static_cast<int>(args.threads));
+    return run_bench_ortho(args.device, args.repeats);
+  }
+  return 0;
+}
+
+int dispatch(int argc, const char* const argv[]) {
+  try {
+    const CliArgs args = parse_cli(argc, argv);
+    return std::visit([](const auto& command) { return run(command); }, args);
+  } catch (const CliError& error) {
+    std::cerr << error.what() << "\n";
+    return kExitUsage;
+  } catch (const ConfigError& error) {
+    std::cerr << "config error: " << error.what() << "\n";
+    return kExitUsage;
+  } catch (const TrainingDiverged& error) {
+    std::cerr << "training diverged: " << error.what() << "\n";
+    return kExitDiverged;
+  } catch (const std::exception& error) {
+    std::cerr << "error: " << error.what() << "\n";
+    return kExitError;
+  }
+}
+
+}  // namespace
+}  // namespace ml
+
+int main(int argc, char** argv) { return ml::dispatch(argc, argv); }

@@ -28,6 +28,10 @@ class ProgressReporter {
   // `first_step` is where this session starts (non-zero when resuming): the ETA extrapolates from
   // the steps done in this session only. `log_every` paces the plain lines (0: none).
   ProgressReporter(std::ostream& out, ProgressStyle style, int64_t first_step, int64_t total_steps, int64_t log_every);
+  // Finishes the bar's line, so that an error message thrown past the reporter starts on its own line.
+  ~ProgressReporter() { finish(); }
+  ProgressReporter(const ProgressReporter&) = delete;
+  ProgressReporter& operator=(const ProgressReporter&) = delete;
 
   // Called after every optimizer step.
   void step(const StepReport& report);

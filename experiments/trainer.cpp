@@ -359,7 +359,9 @@ class Trainer {
       state_.elapsed_s = elapsed_before + seconds_since(session_start);
       window_samples += step_samples;
       const double session_s = seconds_since(session_start);
-      progress.step({state_.step, state_.last_train_loss, optimizer_->base_lr() * optimizer_->lr_scale(),
+      // The mean since the last metrics line: at a logging step, the value the line records.
+      progress.step({state_.step, state_.window_loss_sum / static_cast<double>(state_.window_steps),
+                     optimizer_->base_lr() * optimizer_->lr_scale(),
                      session_s > 0 ? static_cast<double>(state_.samples - samples_before) / session_s : 0.0});
 
       const bool last = state_.step == total_steps_;
@@ -452,7 +454,8 @@ class Trainer {
   [[noreturn]] void diverged(const std::string& what, double value, int64_t step) {
     metrics_.flush();
     std::ostringstream message;
-    message << "non-finite " << what << " (" << value << ") at step " << step << "; training stopped. ";
+    message << "non-finite " << what << " (" << (std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf")
+            << ") at step " << step << "; training stopped. ";
     if (last_checkpoint_)
       message << "The last good checkpoint (step " << last_checkpoint_->step << ") is " << last_checkpoint_->dir
               << "; lower optimizer.lr or set train.grad_clip, then resume with --resume " << run_dir_;

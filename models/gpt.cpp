@@ -159,7 +159,8 @@ Tensor Gpt::forward(const Tensor& ids) {
 }
 
 std::string Gpt::summary() const {
-  return "gpt: " + std::to_string(options_.n_layer) + " layers, " + std::to_string(options_.n_head) + " heads, width " +
+  return "gpt: " + std::to_string(options_.n_layer) + (options_.n_layer == 1 ? " layer, " : " layers, ") +
+         std::to_string(options_.n_head) + (options_.n_head == 1 ? " head, width " : " heads, width ") +
          std::to_string(options_.n_embd) + ", vocab " + std::to_string(options_.vocab_size) + ", block " +
          std::to_string(options_.block_size) + ", " + (options_.rotary ? "rotary" : "learned") + " positions, " +
          (options_.rmsnorm ? "RMSNorm" : "LayerNorm") + ", " + (options_.relu2 ? "ReLU^2" : "GELU") + " MLP" +
