@@ -1,4 +1,4 @@
-// Loop helpers shared by the CPU kernels: dtype dispatch and strided elementwise iteration.
+// Loop helpers shared by the CPU kernels: strided elementwise iteration.
 #pragma once
 #include <omp.h>
 
@@ -8,30 +8,13 @@
 #include <string>
 #include <utility>
 
+#include "framework/backends/dispatch.h"
 #include "framework/tensor.h"
 
 namespace ml::cpu_loops {
 
 // Below this many elements a loop runs on one thread: spawning costs more than it saves.
 constexpr int64_t kParallelGrain = 32768;
-
-// Calls f(T{}) with T = float or double according to dtype (int64 where allowed).
-template <typename F>
-auto dispatch_floating(DType dtype, const char* kernel, F&& f) {
-  switch (dtype) {
-    case DType::Float32: return f(float{});
-    case DType::Float64: return f(double{});
-    default: throw std::invalid_argument(std::string(kernel) + ": expected a floating tensor, got " + dtype_name(dtype));
-  }
-}
-template <typename F>
-auto dispatch_all(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::Float32: return f(float{});
-    case DType::Float64: return f(double{});
-    default: return f(int64_t{});
-  }
-}
 
 // Iterates the elements of N same-shaped views (strides may be 0 for broadcast operands).
 // Dimensions that are contiguous across all operands are merged first, so a contiguous or

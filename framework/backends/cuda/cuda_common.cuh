@@ -1,4 +1,4 @@
-// Internals shared by the CUDA kernel files: error checking, launch shapes, dtype dispatch and
+// Internals shared by the CUDA kernel files: error checking, launch shapes and
 // strided indexing. Not included by C++ code.
 #pragma once
 #include <cublas_v2.h>
@@ -11,6 +11,7 @@
 #include <string>
 
 #include "framework/backend.h"
+#include "framework/backends/dispatch.h"
 
 namespace ml::cuda_detail {
 
@@ -37,23 +38,6 @@ constexpr int kThreads = 256;
 inline unsigned blocks_for(int64_t n) {
   const int64_t b = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned>(b < 65535 * 8 ? (b > 0 ? b : 1) : 65535 * 8);  // grid-stride loops cover the rest
-}
-
-template <typename F>
-auto dispatch_floating(DType dtype, const char* kernel, F&& f) {
-  switch (dtype) {
-    case DType::Float32: return f(float{});
-    case DType::Float64: return f(double{});
-    default: throw std::invalid_argument(std::string(kernel) + ": expected a floating tensor, got " + dtype_name(dtype));
-  }
-}
-template <typename F>
-auto dispatch_all(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::Float32: return f(float{});
-    case DType::Float64: return f(double{});
-    default: return f(int64_t{});
-  }
 }
 
 constexpr int kMaxDims = 8;
