@@ -182,6 +182,7 @@ struct LoopState {
   double elapsed_s = 0.0;
   double optimizer_s = 0.0;
   int64_t samples = 0;
+  int64_t threads = 0;  // of the session that wrote the checkpoint: reductions sum in a per-thread-count order
   uint64_t dropout_seed = 0;
   uint64_t dropout_offset = 0;
   // Train losses of the steps since the last metrics line (their mean is what gets logged).
@@ -198,6 +199,7 @@ struct LoopState {
                               {"elapsed_s", elapsed_s},
                               {"optimizer_s", optimizer_s},
                               {"samples", samples},
+                              {"threads", threads},
                               {"dropout_rng", Json::object({{"seed", std::to_string(dropout_seed)},
                                                             {"offset", std::to_string(dropout_offset)}})},
                               {"window_loss_sum", window_loss_sum},
@@ -219,6 +221,7 @@ struct LoopState {
     state.elapsed_s = json.at("elapsed_s").as_number();
     state.optimizer_s = json.at("optimizer_s").as_number();
     state.samples = json.at("samples").as_int();
+    state.threads = json.at("threads").as_int();
     state.dropout_seed = std::stoull(json.at("dropout_rng").at("seed").as_string());
     state.dropout_offset = std::stoull(json.at("dropout_rng").at("offset").as_string());
     state.window_loss_sum = json.at("window_loss_sum").as_number();
@@ -315,6 +318,9 @@ class Trainer {
     const ProgressStyle style = options_.progress ? (options_.quiet ? ProgressStyle::Quiet : ProgressStyle::Lines)
                                                   : choose_progress_style(options_.quiet, fileno(stderr));
     ProgressReporter progress(out, style, first_step, total_steps_, config_.train.log_every);
+    if (first_step > 0 && state_.threads != num_threads())
+      progress.note("note: the checkpoint was written with " + std::to_string(state_.threads) + " threads, this session uses " +
+                    std::to_string(num_threads()) + "; the loss curve will differ slightly from an uninterrupted run");
     progress.note((first_step > 0 ? "resuming " : "training ") + model_->summary() + " for " +
                   std::to_string(total_steps_) + " steps" +
                   (first_step > 0 ? " from step " + std::to_string(first_step) : "") + " -> " + run_dir_);
@@ -436,6 +442,7 @@ class Trainer {
   }
 
   void save_checkpoint(ProgressReporter& progress) {
+    state_.threads = num_threads();
     state_.dropout_seed = default_generator().seed();
     state_.dropout_offset = default_generator().offset();
     std::vector<CheckpointFile> files{
