@@ -51,6 +51,19 @@ double peak_rss_mb() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
+// Applies the config's thread count for the lifetime of a run and restores the previous one, so
+// that a run inside a longer-lived process (tests, the demo) leaves the process as it found it.
+class ThreadCountScope {
+ public:
+  explicit ThreadCountScope(int64_t threads) : previous_(num_threads()) { set_num_threads(static_cast<int>(threads)); }
+  ~ThreadCountScope() { set_num_threads(previous_); }
+  ThreadCountScope(const ThreadCountScope&) = delete;
+  ThreadCountScope& operator=(const ThreadCountScope&) = delete;
+
+ private:
+  int previous_;
+};
+
 Device run_device(const RunConfig& config) {
   const Device device = Device::parse(config.device);
   if (device.is_cuda() && !cuda_available())
@@ -249,7 +262,8 @@ StateDict read_optimizer_state(const std::string& path) {
 
 class Trainer {
  public:
-  Trainer(const RunConfig& config, const TrainOptions& options) : config_(config), options_(options) {}
+  Trainer(const RunConfig& config, const TrainOptions& options)
+      : config_(config), options_(options), threads_(config.threads) {}
 
   TrainResult run() {
     prepare();  // everything that can fail on the config or the data, before touching files
@@ -259,7 +273,6 @@ class Trainer {
 
  private:
   void prepare() {
-    set_num_threads(static_cast<int>(config_.threads));
     device_ = run_device(config_);
     std::optional<CheckpointRef> checkpoint;
     std::optional<CharVocab> stored_vocab;
@@ -498,6 +511,7 @@ class Trainer {
 
   const RunConfig& config_;
   const TrainOptions& options_;
+  ThreadCountScope threads_;
   Device device_;
   RunData data_;
   int64_t total_steps_ = 0;
@@ -574,7 +588,7 @@ std::string new_run_dir(const std::string& parent, const std::string& name) {
 }
 
 Json evaluate_checkpoint(const RunConfig& config, const std::string& checkpoint_path) {
-  set_num_threads(static_cast<int>(config.threads));
+  const ThreadCountScope threads(config.threads);
   const Device device = run_device(config);
   const std::string dir = resolve_checkpoint_dir(checkpoint_path);
   const std::string model_path = dir + "/" + kModelFile;

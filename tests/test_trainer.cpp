@@ -25,6 +25,7 @@
 #include "framework/io/safetensors.h"
 #include "framework/nn/serialize.h"
 #include "framework/ops.h"
+#include "framework/parallel.h"
 
 namespace ml {
 namespace {
@@ -207,6 +208,16 @@ void expect_run_lowers_the_loss(const RunConfig& config, const TempDir& dir) {
 TEST(TrainerSmoke, MlpOnSyntheticDataLowersTheLoss) {
   TempDir dir;
   expect_run_lowers_the_loss(mlp_config(), dir);
+}
+
+TEST(TrainerSmoke, TheConfiguredThreadCountAppliesForTheRunOnly) {
+  TempDir dir;
+  const int before = num_threads();
+  RunConfig config = mlp_config();
+  config.threads = before + 1;
+  const TrainResult result = run_quietly(config, dir.path("run"));
+  EXPECT_EQ(result.summary.at("threads").as_int(), before + 1);
+  EXPECT_EQ(num_threads(), before);
 }
 
 TEST(TrainerSmoke, CnnOnImagesLowersTheLoss) {
