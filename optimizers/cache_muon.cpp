@@ -91,8 +91,8 @@ void CacheMuon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) 
     copy_(slot.reference_residual, orthogonality_residual(ortho));
     *slot.has_cache = 1;
     *slot.cache_age = 0;
-    // Newton–Schulz, the transform products (the first is free) and the residual's Gram matrix.
-    flops_spent_ += as_count(newton_schulz_flops(rows, cols, steps) + 2.0 * (steps - 1) * k * k * k + 2.0 * k * k * l);
+    // Newton–Schulz with the transform, and the residual's Gram matrix.
+    flops_spent_ += as_count(newton_schulz_flops(rows, cols, steps, true) + 2.0 * k * k * l);
   }
 
   const double scale = update_scale(scaling_, rows, cols);

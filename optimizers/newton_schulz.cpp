@@ -43,19 +43,35 @@ Tensor polynomial(const Tensor& gram, const NsTriple& t) {
   return p;
 }
 
-// The shared loop. X_{k+1} = P_k X_k with P_k the polynomial in A_k = X_k X_k^T. X0 is never
-// formed: its scaling (1/norm, and diag(s) for AOL) is folded into the k x k factor P_0, and the
-// first Gram matrix is the raw one rescaled, so the normalization costs O(k^2), not O(k l).
-// `transform` (optional) receives T = P_{K-1} ... P_1 P_0 diag(s), the map from X0 to the result.
+// FLOPs (multiply-adds twice) of the two evaluation orders for k x l (k <= l) and K steps.
+double direct_flops(double k, double l, double steps) { return steps * (4 * k * k * l + 2 * k * k * k); }
+double gram_form_flops(double k, double l, double steps) {
+  // S S^T and T X0 (2 k^2 l each); per step P (2 k^3); all but the last: A update (4 k^3);
+  // all but the first: T update (2 k^3).
+  return 4 * k * k * l + (8 * steps - 6) * k * k * k;
+}
+bool uses_gram_form(int64_t k, int64_t l, int64_t steps) {
+  return gram_form_flops(k, l, steps) < direct_flops(k, l, steps);
+}
+
+// Newton–Schulz on the small side S (k x l) of `matrix`. X0 = S / (f ||S||_F + eps) is never
+// formed: its scaling (1/norm, and diag(s) for AOL) is folded into a k x k factor, and the first
+// Gram matrix is the raw one rescaled (||S||_F^2 = trace(S S^T)), so the normalization costs
+// O(k^2), not O(k l). Two equivalent evaluation orders, whichever needs fewer FLOPs:
+//  - direct: X_{i+1} = P_i X_i with P_i = a I + b A_i + c A_i^2, A_i = X_i X_i^T
+//    (per iteration 2 k^2 l + 2 k^3 + 2 k^2 l);
+//  - Gram form (Dao-AILab/gram-newton-schulz), for wide S: iterate on k x k matrices only,
+//    A_{i+1} = P_i A_i P_i^T and T_{i+1} = P_i T_i, then X_K = T_K X0 with one k x l product.
+// `transform` (optional) receives T = P_{K-1} ... P_0 diag(s), the map from X0 to the result.
 Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_scale, Tensor* transform) {
   if (matrix.dim() != 2)
     throw std::invalid_argument("newton_schulz: expected a 2-D matrix, got " + shape_str(matrix.shape()));
   if (schedule.triples.empty()) throw std::invalid_argument("newton_schulz: the schedule has no iterations");
   const bool tall = matrix.size(0) > matrix.size(1);
   const Tensor raw = tall ? matrix.t() : matrix;
+  const int64_t steps = static_cast<int64_t>(schedule.triples.size());
 
   Tensor gram = matmul(raw, raw.t());
-  // ||S||_F^2 = trace(S S^T): the normalization needs no pass over S.
   const Tensor inv_norm = rdiv(1.0, add(mul(sqrt(sum(diagonal_view(gram))), schedule.norm_factor), schedule.norm_eps));
   mul_(gram, mul(inv_norm, inv_norm));
   Tensor aol_scale;
@@ -67,16 +83,32 @@ Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_s
     mul_(gram, aol_scale.unsqueeze(0));
   }
 
+  if (uses_gram_form(raw.size(0), raw.size(1), steps)) {
+    Tensor t;
+    for (int64_t i = 0; i < steps; ++i) {
+      Tensor p = polynomial(gram, schedule.triples[i]);
+      if (i + 1 < steps) gram = matmul(matmul(p, gram), p.t());
+      if (i > 0) {
+        t = matmul(p, t);
+      } else {
+        t = p;
+        if (schedule.aol) mul_(t, aol_scale.unsqueeze(0));
+      }
+    }
+    if (transform) *transform = t;
+    const Tensor x = matmul(mul(t, mul(inv_norm, output_scale)), raw);
+    return tall ? x.t() : x;
+  }
+
   Tensor x;
-  const size_t steps = schedule.triples.size();
-  for (size_t k = 0; k < steps; ++k) {
-    if (k > 0) gram = matmul(x, x.t());
-    Tensor p = polynomial(gram, schedule.triples[k]);
-    if (k == 0 && schedule.aol) mul_(p, aol_scale.unsqueeze(0));
-    if (transform) *transform = k == 0 ? p.clone() : matmul(p, *transform);
-    if (k == 0) mul_(p, inv_norm);
-    if (k + 1 == steps && output_scale != 1.0) mul_(p, output_scale);
-    x = matmul(p, k == 0 ? raw : x);
+  for (int64_t i = 0; i < steps; ++i) {
+    if (i > 0) gram = matmul(x, x.t());
+    Tensor p = polynomial(gram, schedule.triples[i]);
+    if (i == 0 && schedule.aol) mul_(p, aol_scale.unsqueeze(0));
+    if (transform) *transform = i == 0 ? p.clone() : matmul(p, *transform);
+    if (i == 0) mul_(p, inv_norm);
+    if (i + 1 == steps && output_scale != 1.0) mul_(p, output_scale);
+    x = matmul(p, i == 0 ? raw : x);
   }
   return tall ? x.t() : x;
 }
@@ -129,9 +161,11 @@ Tensor inverse_norm(const Tensor& x, const NsSchedule& schedule) {
   return rdiv(1.0, add(mul(norm(x), schedule.norm_factor), schedule.norm_eps));
 }
 
-double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps) {
-  const double k = static_cast<double>(std::min(rows, cols)), l = static_cast<double>(std::max(rows, cols));
-  return static_cast<double>(steps) * (4.0 * k * k * l + 2.0 * k * k * k);
+double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps, bool with_transform) {
+  const int64_t k = std::min(rows, cols), l = std::max(rows, cols);
+  const double kd = static_cast<double>(k), ld = static_cast<double>(l), sd = static_cast<double>(steps);
+  if (uses_gram_form(k, l, steps)) return gram_form_flops(kd, ld, sd);
+  return direct_flops(kd, ld, sd) + (with_transform ? 2 * (sd - 1) * kd * kd * kd : 0.0);
 }
 
 }  // namespace ml

@@ -44,8 +44,8 @@ Tensor newton_schulz(const Tensor& matrix, const NsSchedule& schedule, double ou
 
 // Newton–Schulz written as a left transform of the normalized input: with S = small_side(matrix)
 // and X0 = S / (norm_factor ||S||_F + norm_eps), the result (on the small side) equals T X0 for a
-// k x k matrix T (k = min(rows, cols)), the product of the iterations' polynomials in X X^T
-// (as in the Gram form of Newton–Schulz, Dao-AILab/gram-newton-schulz). Used by CacheMuon.
+// k x k matrix T (k = min(rows, cols)), the product of the iterations' polynomials in X X^T.
+// Used by CacheMuon.
 struct NsTransformResult {
   Tensor result;     // like newton_schulz(matrix, schedule)
   Tensor transform;  // T, k x k
@@ -58,8 +58,10 @@ Tensor diagonal_view(const Tensor& square);
 // 1 / (norm_factor * ||x||_F + norm_eps) as a 0-d tensor on x's device.
 Tensor inverse_norm(const Tensor& x, const NsSchedule& schedule);
 
-// Multiply-adds are counted twice (as FLOPs): per iteration X X^T (2 k^2 l), A^2 (2 k^3) and B X
-// (2 k^2 l), k = min(rows, cols), l = max(rows, cols).
-double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps);
+// FLOPs (multiply-adds counted twice) of newton_schulz on a rows x cols matrix, or of
+// newton_schulz_with_transform. With k = min(rows, cols), l = max(rows, cols), K = steps, the
+// cheaper of two evaluation orders runs: direct, K (4 k^2 l + 2 k^3) (the transform adds
+// 2 (K-1) k^3), or the Gram form for wide matrices, 4 k^2 l + (8K - 6) k^3 (transform included).
+double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps, bool with_transform = false);
 
 }  // namespace ml

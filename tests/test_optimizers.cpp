@@ -1,15 +1,21 @@
 // Optimizers against independent float64 references written here with plain loops (the
 // production code runs on tensors, in float64 where exact agreement is expected).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <functional>
+#include <sstream>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "experiments/exact_polar.h"
+#include "experiments/ortho_command.h"
+#include "framework/io/npy.h"
 #include "framework/ops.h"
 #include "optimizers/adamw.h"
 #include "optimizers/cache_muon.h"
@@ -368,6 +374,7 @@ TEST(OptimNewtonSchulz, EveryScheduleMatchesThePaperIteration) {
                                    return r;
                                  }()}};
   for (const Case& c : cases)
+    // 12 x 20 and 20 x 12 take the Gram-form evaluation order, 16 x 16 the direct one.
     for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{12, 20}, {20, 12}, {16, 16}}) {
       const Mat g = random_mat(rows, cols, 100 + rows);
       const Mat expected = ref_newton_schulz(g, c.reference);
@@ -380,15 +387,16 @@ TEST(OptimNewtonSchulz, EveryScheduleMatchesThePaperIteration) {
 }
 
 TEST(OptimNewtonSchulz, TransformMapsTheNormalizedInputToTheResult) {
-  for (const bool aol : {false, true}) {
-    const Mat g = random_mat(10, 18, 21);
-    const NsSchedule schedule = ns_schedule("keller", 5, aol);
-    const NsTransformResult r = newton_schulz_with_transform(to_tensor(transposed(g)), schedule);
-    Mat t_ref;
-    const Mat expected = ref_newton_schulz(g, RefNs{kKeller5, 1.0, 1e-7, aol}, &t_ref);
-    EXPECT_LT(max_abs_diff(to_mat(r.transform), t_ref), 1e-10);
-    EXPECT_LT(max_abs_diff(to_mat(r.result.contiguous()), transposed(expected)), 1e-10);
-  }
+  for (const bool aol : {false, true})
+    for (const int64_t cols : {11, 18}) {  // the direct and the Gram-form evaluation order
+      const Mat g = random_mat(10, cols, 21);
+      const NsSchedule schedule = ns_schedule("keller", 5, aol);
+      const NsTransformResult r = newton_schulz_with_transform(to_tensor(transposed(g)), schedule);
+      Mat t_ref;
+      const Mat expected = ref_newton_schulz(g, RefNs{kKeller5, 1.0, 1e-7, aol}, &t_ref);
+      EXPECT_LT(max_abs_diff(to_mat(r.transform), t_ref), 1e-10) << "aol " << aol << " cols " << cols;
+      EXPECT_LT(max_abs_diff(to_mat(r.result.contiguous()), transposed(expected)), 1e-10) << "aol " << aol << " cols " << cols;
+    }
 }
 
 TEST(OptimTurboMuon, FourAolStepsAtLeastAsCloseToThePolarFactorAsNs5) {
@@ -598,7 +606,7 @@ TEST(OptimDion2, ThreeStepsMatchTheReference) {
 }
 
 TEST(OptimDion2, ChangesExactlyKSlicesAlongTheShorterSide) {
-  for (const std::string& selection : {"l1", "random"}) {
+  for (const std::string selection : {"l1", "random"}) {
     OptimizerSpec spec = spec_of("dion2");
     spec.weight_decay = 0.0;
     spec.selection = selection;
@@ -695,12 +703,15 @@ TEST(OptimCacheMuon, HitsAndMissesFollowTheThresholdAndForcedRefresh) {
   const double total = static_cast<double>(changes.size());
   EXPECT_DOUBLE_EQ(metrics.at("cache_hit_rate"), hits / total);
   // Fresh Muon solves every step. CacheMuon pays a check (T X and D D^T) whenever a cache is
-  // consulted, and for each fresh solve Newton–Schulz, 4 transform products and the residual's Gram.
-  const double k = rows, l = cols, ns = 5 * (4 * k * k * l + 2 * k * k * k);
+  // consulted, and for each fresh solve Newton–Schulz with its transform and the residual's Gram.
+  // At 10 x 16 the Gram form is the cheaper evaluation order: 4 k^2 l + (8 K - 6) k^3 with the
+  // transform included, against K (4 k^2 l + 2 k^3) directly.
+  const double k = rows, l = cols;
+  const double direct = 5 * (4 * k * k * l + 2 * k * k * k), gram_form = 4 * k * k * l + 34 * k * k * k;
+  ASSERT_LT(gram_form, direct);
   const int fresh = 1 + misses + forced, checks = hits + misses;
-  EXPECT_NEAR(metrics.at("muon_gflops"), total * ns * 1e-9, 1e-12);
-  EXPECT_NEAR(metrics.at("ortho_gflops"), (fresh * (ns + 4 * 2 * k * k * k + 2 * k * k * l) + checks * 4 * k * k * l) * 1e-9,
-              1e-12);
+  EXPECT_NEAR(metrics.at("muon_gflops"), total * gram_form * 1e-9, 1e-12);
+  EXPECT_NEAR(metrics.at("ortho_gflops"), (fresh * (gram_form + 2 * k * k * l) + checks * 4 * k * k * l) * 1e-9, 1e-12);
 }
 
 // ================================================================== grouping and factory
@@ -891,6 +902,102 @@ TEST(OptimState, LoadRejectsMissingUnexpectedAndMismatchedEntriesWithoutChanging
   StateDict unprefixed = good;
   unprefixed["blocks.0.fc.weight.momentum"] = zeros({6, 4});
   expect_rejected(unprefixed, {"unexpected", "'blocks.0.fc.weight.momentum'"});
+}
+
+// ================================================================== ortho command
+TEST(OptimOrtho, SymmetricEigenDecomposesIncludingRepeatedEigenvalues) {
+  const int64_t n = 9;
+  const Mat q = random_orthonormal(n, n, 70);
+  for (const std::vector<double>& lambda : {std::vector<double>{-3, -1, 0.5, 2, 2, 2, 7, 7.5, 11},
+                                            std::vector<double>(9, 1.0)}) {
+    Mat qd = q;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) qd(i, j) *= lambda[static_cast<size_t>(j)];
+    const Mat a = mm(qd, transposed(q));
+    const SymmetricEigen eig = symmetric_eigen(a.v, n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(eig.values[static_cast<size_t>(i)], lambda[static_cast<size_t>(i)], 1e-12);
+    Mat v(n, n);
+    v.v = eig.vectors;  // rows are eigenvectors
+    EXPECT_LT(max_abs_diff(mm(v, transposed(v)), eye(n)), 1e-13);
+    Mat lambda_v = v;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) lambda_v(i, j) *= eig.values[static_cast<size_t>(i)];
+    EXPECT_LT(max_abs_diff(mm(v, a), lambda_v), 1e-12);  // v_i^T A = lambda_i v_i^T
+  }
+}
+
+TEST(OptimOrtho, ExactPolarMatchesTheJacobiReference) {
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{20, 33}, {33, 20}, {16, 16}}) {
+    const Mat g = random_mat(rows, cols, 71 + rows);
+    const Tensor polar = exact_polar(to_tensor(g, DType::Float32));
+    EXPECT_EQ(polar.dtype(), DType::Float64);
+    const Mat float_input = to_mat(to_tensor(g, DType::Float32));
+    EXPECT_LT(max_abs_diff(to_mat(polar), exact_polar(float_input)), 1e-11) << rows << "x" << cols;
+  }
+  Mat rank_one(4, 6);
+  for (int64_t j = 0; j < 6; ++j) rank_one(0, j) = rank_one(1, j) = rank_one(2, j) = rank_one(3, j) = j + 1.0;
+  EXPECT_THROW(exact_polar(to_tensor(rank_one)), std::runtime_error);
+}
+
+TEST(OptimOrtho, EveryMethodGivesItsDocumentedOutput) {
+  const Mat g = random_mat(24, 40, 72);
+  const Tensor input = to_tensor(g, DType::Float32);
+  const Mat polar = exact_polar(to_mat(input));
+  for (const std::string& method : ortho_methods()) {
+    const Tensor out = orthogonalize(method, input);
+    ASSERT_EQ(out.shape(), (Shape{24, 40})) << method;
+    if (method != "rmnp" && method != "dion2") {  // the Newton–Schulz methods approximate the polar factor
+      EXPECT_LT(relative_error(to_mat(out.contiguous()), polar), 0.25) << method;
+    }
+  }
+  // turbo is Turbo-Muon's schedule; rmnp gives unit rows; dion2 keeps 6 of the 24 rows.
+  EXPECT_EQ(orthogonalize("turbo", input).contiguous().to_vector<float>(),
+            newton_schulz(input, ns_schedule("muon_plus", 4, true)).contiguous().to_vector<float>());
+  const Mat rows_normalized = to_mat(orthogonalize("rmnp", input));
+  for (int64_t i = 0; i < 24; ++i) {
+    double n = 0.0;
+    for (int64_t j = 0; j < 40; ++j) n += rows_normalized(i, j) * rows_normalized(i, j);
+    EXPECT_NEAR(n, 1.0, 1e-5);
+  }
+  const Mat sparse = to_mat(orthogonalize("dion2", input));
+  int nonzero_rows = 0;
+  for (int64_t i = 0; i < 24; ++i) {
+    double n = 0.0;
+    for (int64_t j = 0; j < 40; ++j) n += sparse(i, j) * sparse(i, j);
+    nonzero_rows += n > 0.0;
+  }
+  EXPECT_EQ(nonzero_rows, 6);
+  // 24 x 40 runs the Gram form (4 k^2 l + (8K - 6) k^3); a square matrix the direct order.
+  EXPECT_EQ(ortho_flops("ns5", 24, 40), 4.0 * 24 * 24 * 40 + 34.0 * 24 * 24 * 24);
+  EXPECT_EQ(ortho_flops("turbo", 40, 24), 4.0 * 24 * 24 * 40 + 26.0 * 24 * 24 * 24);
+  EXPECT_EQ(ortho_flops("ns5", 30, 30), 5 * (4.0 * 30 * 30 * 30 + 2.0 * 30 * 30 * 30));
+  EXPECT_EQ(ortho_flops("dion2", 24, 40), 2.0 * 24 * 40 + 4.0 * 6 * 6 * 40 + 34.0 * 6 * 6 * 6);
+  EXPECT_THROW(orthogonalize("svd", input), std::invalid_argument);
+  EXPECT_THROW(orthogonalize("rmnp", input, 3), std::invalid_argument);
+}
+
+TEST(OptimOrtho, RunOrthoReadsAndWritesNpy) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("muonlab_test_ortho_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const Mat g = random_mat(12, 7, 73);
+  const std::string in = (dir / "g.npy").string(), out_path = (dir / "o.npy").string();
+  save_npy(in, to_tensor(g, DType::Float64));
+  std::ostringstream log;
+  EXPECT_EQ(run_ortho("polar_express", in, out_path, 7, log), 0);
+  EXPECT_NE(log.str().find("12x7"), std::string::npos) << log.str();
+  const Tensor written = load_npy(out_path);
+  EXPECT_EQ(written.dtype(), DType::Float32);
+  const Tensor expected = newton_schulz(to_tensor(g, DType::Float32), ns_schedule("polar_express", 7));
+  EXPECT_EQ(written.to_vector<float>(), expected.contiguous().to_vector<float>());
+  save_npy(in, zeros({2, 3, 4}));
+  try {
+    run_ortho("ns5", in, out_path, 0, log);
+    ADD_FAILURE() << "a 3-D array was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find(in), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -1,0 +1,184 @@
+#include "experiments/ortho_command.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <stdexcept>
+
+#include "experiments/exact_polar.h"
+#include "framework/backend.h"
+#include "framework/io/json.h"
+#include "framework/io/npy.h"
+#include "framework/ops.h"
+#include "framework/parallel.h"
+#include "optimizers/dion2.h"
+#include "optimizers/newton_schulz.h"
+#include "optimizers/rmnp.h"
+#include "optimizers/selection.h"
+
+namespace ml {
+
+namespace {
+
+constexpr double kDion2Fraction = 0.25;
+
+// The Newton–Schulz schedule behind a method, with its default iteration count.
+struct NsMethod {
+  const char* coefficients;
+  int64_t default_steps;
+  bool aol;
+};
+const std::map<std::string, NsMethod>& ns_methods() {
+  static const std::map<std::string, NsMethod> methods{{"ns5", {"keller", 5, false}},
+                                                       {"muon_plus", {"muon_plus", 5, false}},
+                                                       {"polar_express", {"polar_express", 5, false}},
+                                                       {"turbo", {"muon_plus", 4, true}},
+                                                       {"dion2", {"polar_express", 5, false}}};
+  return methods;
+}
+
+void check_method(const std::string& method, int64_t steps) {
+  const auto& all = ortho_methods();
+  if (std::find(all.begin(), all.end(), method) == all.end()) {
+    std::string names;
+    for (const std::string& m : all) names += (names.empty() ? "" : ", ") + m;
+    throw std::invalid_argument("ortho: unknown method '" + method + "' (expected one of " + names + ")");
+  }
+  if (steps < 0) throw std::invalid_argument("ortho: steps must be >= 0, got " + std::to_string(steps));
+  if (method == "rmnp" && steps > 0) throw std::invalid_argument("ortho: rmnp normalizes rows once; it takes no --steps");
+}
+
+NsSchedule schedule_for(const std::string& method, int64_t steps) {
+  const NsMethod& m = ns_methods().at(method);
+  return ns_schedule(m.coefficients, steps > 0 ? steps : m.default_steps, m.aol);
+}
+
+// Median wall time in ms of each of `calls` over `repeats` rounds. The calls alternate within a
+// round, so a change in machine load during the measurement affects every method alike.
+std::vector<double> interleaved_median_ms(const std::vector<std::function<void()>>& calls, int64_t repeats, Device device) {
+  std::vector<std::vector<double>> times(calls.size());
+  for (const auto& call : calls) call();  // warm-up: first-touch allocations, BLAS thread start
+  backend_for(device).synchronize();
+  for (int64_t round = 0; round < repeats; ++round)
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      calls[i]();
+      backend_for(device).synchronize();
+      times[i].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    }
+  std::vector<double> medians;
+  for (std::vector<double>& t : times) {
+    std::sort(t.begin(), t.end());
+    medians.push_back(t[t.size() / 2]);
+  }
+  return medians;
+}
+
+double relative_error(const Tensor& x, const Tensor& reference) {
+  const Tensor x64 = x.to(cpu()).to(DType::Float64);
+  return norm(sub(x64, reference)).item() / norm(reference).item();
+}
+
+double rounded(double value, int digits) {
+  const double scale = std::pow(10.0, digits);
+  return std::round(value * scale) / scale;
+}
+
+}  // namespace
+
+const std::vector<std::string>& ortho_methods() {
+  static const std::vector<std::string> methods{"ns5", "muon_plus", "polar_express", "turbo", "rmnp", "dion2"};
+  return methods;
+}
+
+Tensor orthogonalize(const std::string& method, const Tensor& matrix, int64_t steps) {
+  check_method(method, steps);
+  if (matrix.dim() != 2) throw std::invalid_argument("ortho: expected a 2-D matrix, got " + shape_str(matrix.shape()));
+  NoGradGuard no_grad;
+  if (method == "rmnp") return row_normalize(matrix);
+  if (method == "dion2") {
+    const Dion2Selection selection = dion2_select(matrix, kDion2Fraction, false, nullptr);
+    return add_at_slices(zeros_like(matrix), selection, newton_schulz(selection.selected, schedule_for(method, steps)));
+  }
+  return newton_schulz(matrix, schedule_for(method, steps));
+}
+
+double ortho_flops(const std::string& method, int64_t rows, int64_t cols, int64_t steps) {
+  check_method(method, steps);
+  const double elements = static_cast<double>(rows) * static_cast<double>(cols);
+  if (method == "rmnp") return 3.0 * elements;  // squares and row sums, then one scaling
+  const int64_t iterations = static_cast<int64_t>(schedule_for(method, steps).triples.size());
+  if (method == "dion2") {  // L1 scores (abs, sum), then Newton–Schulz on the selected k x max(rows, cols)
+    const int64_t k = selection_count(std::min(rows, cols), kDion2Fraction);
+    return 2.0 * elements + newton_schulz_flops(k, std::max(rows, cols), iterations);
+  }
+  return newton_schulz_flops(rows, cols, iterations);
+}
+
+int run_ortho(const std::string& method, const std::string& in_path, const std::string& out_path, int64_t steps,
+              std::ostream& out) {
+  check_method(method, steps);
+  const Tensor input = load_npy(in_path);
+  if (input.dim() != 2)
+    throw std::runtime_error("ortho: " + in_path + " holds a " + shape_str(input.shape()) + " array; expected a 2-D matrix");
+  if (!is_floating(input.dtype()))
+    throw std::runtime_error("ortho: " + in_path + " holds " + dtype_name(input.dtype()) + " values; expected float32 or float64");
+  const auto start = std::chrono::steady_clock::now();
+  const Tensor result = orthogonalize(method, input.to(DType::Float32), steps);
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  save_npy(out_path, result);
+  out << "ortho " << method << ": " << input.size(0) << "x" << input.size(1) << " in " << rounded(ms, 3) << " ms -> "
+      << out_path << "\n";
+  return 0;
+}
+
+int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostream& out) {
+  const Device device = Device::parse(device_name);
+  if (device.is_cuda() && !cuda_available())
+    throw std::runtime_error("bench ortho --device cuda: no CUDA device is usable (built without CUDA, or no GPU)");
+  if (repeats < 1) throw std::invalid_argument("bench ortho: repeats must be >= 1, got " + std::to_string(repeats));
+  const std::vector<std::pair<int64_t, int64_t>> shapes{{256, 256},   {512, 512},  {256, 1024},
+                                                        {1024, 1024}, {768, 3072}, {3072, 768}};
+  std::vector<Json> rows;
+  char line[160];
+  std::snprintf(line, sizeof line, "%-11s %-14s %10s %9s %10s %9s\n", "shape", "method", "ms", "GFLOP/s", "polar_err",
+                "vs_ns5");
+  out << "ortho methods, " << device.str() << ", " << num_threads() << " threads, median of " << repeats << "\n" << line;
+  Generator gen(20260101);
+  for (const auto& [m, n] : shapes) {
+    const Tensor g = randn({m, n}, DType::Float32, cpu(), gen);
+    const Tensor polar = exact_polar(g);  // the yardstick, outside every timed region
+    const Tensor g_device = g.to(device);
+    const std::vector<std::string>& methods = ortho_methods();
+    std::vector<Tensor> results(methods.size());
+    std::vector<std::function<void()>> calls;
+    for (size_t i = 0; i < methods.size(); ++i)
+      calls.push_back([&, i] { results[i] = orthogonalize(methods[i], g_device); });
+    const std::vector<double> ms = interleaved_median_ms(calls, repeats, device);
+    const double ns5_ms = ms[0];  // ortho_methods() starts with ns5
+    for (size_t i = 0; i < methods.size(); ++i) {
+      const double gflops = ortho_flops(methods[i], m, n) / (ms[i] * 1e6);
+      const double error = relative_error(results[i], polar);
+      const std::string shape = std::to_string(m) + "x" + std::to_string(n);
+      std::snprintf(line, sizeof line, "%-11s %-14s %10.3f %9.1f %10.4f %8.2fx\n", shape.c_str(), methods[i].c_str(),
+                    ms[i], gflops, error, ns5_ms / ms[i]);
+      out << line << std::flush;
+      rows.push_back(Json::object({{"bench", "ortho"},
+                                   {"shape", Json::array({m, n})},
+                                   {"method", methods[i]},
+                                   {"device", device.str()},
+                                   {"threads", num_threads()},
+                                   {"ms", rounded(ms[i], 3)},
+                                   {"gflops", rounded(gflops, 2)},
+                                   {"polar_err", rounded(error, 5)},
+                                   {"speedup_vs_ns5", rounded(ns5_ms / ms[i], 3)}}));
+    }
+  }
+  for (const Json& row : rows) out << row.dump() << "\n";
+  return 0;
+}
+
+}  // namespace ml
