@@ -366,8 +366,12 @@ class Trainer {
       if (!std::isfinite(grad_norm)) diverged("gradient norm", grad_norm, step + 1);
       if (config_.train.grad_clip > 0 && grad_norm > config_.train.grad_clip)
         scale_grads(params_, config_.train.grad_clip / (grad_norm + 1e-6));
+      // Device work is asynchronous: drain the queue around the step so that its time is its own.
+      Backend& backend = backend_for(device_);
+      backend.synchronize();
       const Clock::time_point optimizer_start = Clock::now();
       optimizer_->step();
+      backend.synchronize();
       state_.optimizer_s += seconds_since(optimizer_start);
 
       state_.step = step + 1;
