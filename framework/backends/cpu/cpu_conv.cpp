@@ -33,7 +33,7 @@ namespace {
 // BLAS uses all the threads inside each product instead.
 
 // Output columns (images) per GEMM that keep BLAS efficient without outgrowing the caches.
-constexpr int64_t kTargetGemmColumns = 512;
+constexpr int64_t kTargetGemmColumns = 256;
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
@@ -49,14 +49,6 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* 
 template <typename T>
 std::unique_ptr<T[]> scratch(int64_t n) {
   return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
-}
-
-// Output positions o in [first, end) whose input position o*stride - pad + k lies in [0, in).
-std::pair<int64_t, int64_t> valid_outputs(int64_t k, int64_t pad, int64_t stride, int64_t in, int64_t out) {
-  const int64_t first = pad > k ? (pad - k + stride - 1) / stride : 0;
-  const int64_t last_input = in - 1 + pad - k;  // the largest o*stride that stays inside
-  const int64_t end = last_input < 0 ? 0 : std::min(out, last_input / stride + 1);
-  return {std::min(first, end), end};
 }
 
 struct ConvShape {
@@ -97,69 +89,114 @@ ConvPlan plan_conv(const ConvShape& s) {
   return plan;
 }
 
-// Unrolls one image into col rows (c, i, j) of leading dimension ld: row (c, i, j) at output
-// position (oh, ow) holds x[c, oh*stride_h - pad_h + i, ow*stride_w - pad_w + j], or 0 in the padding.
+// Unrolls images into column matrices (im2col) and folds column gradients back (col2im).
+//
+// Row (c, i, j) of col at output position (oh, ow) holds x[c, oh*stride_h - pad_h + i,
+// ow*stride_w - pad_w + j], or 0 in the padding. Reading from a copy of the image inside a zero
+// border turns every row into plain strided copies without bounds checks; the bounds-checked
+// version spent more time in branches and short fills than the GEMM spent on 7x7 and 3x3 maps.
+//
+constexpr int64_t kLongRow = 16;
+
+// Copies a row of n values. Short rows go in fixed-size pieces that compile to a few moves (a
+// plain loop would be compiled into a memmove call, which costs more than copying 3 or 7 values).
 template <typename T>
-void im2col(const T* image, const ConvShape& s, T* col, int64_t ld) {
-  const Conv2dParams& p = s.p;
-  for (int64_t c = 0; c < s.in_channels; ++c) {
-    const T* channel = image + c * s.height * s.width;
-    for (int64_t i = 0; i < s.kernel_h; ++i) {
-      const auto [oh_first, oh_end] = valid_outputs(i, p.pad_h, p.stride_h, s.height, s.out_h);
-      for (int64_t j = 0; j < s.kernel_w; ++j) {
-        const auto [ow_first, ow_end] = valid_outputs(j, p.pad_w, p.stride_w, s.width, s.out_w);
-        T* row = col + ((c * s.kernel_h + i) * s.kernel_w + j) * ld;
-        std::fill(row, row + oh_first * s.out_w, T(0));
-        for (int64_t oh = oh_first; oh < oh_end; ++oh) {
-          T* out = row + oh * s.out_w;
-          const T* in = channel + (oh * p.stride_h - p.pad_h + i) * s.width;
-          const int64_t in_first = ow_first * p.stride_w - p.pad_w + j;
-          std::fill(out, out + ow_first, T(0));
-          if (p.stride_w == 1)
-            std::copy(in + in_first, in + in_first + (ow_end - ow_first), out + ow_first);
-          else
-            for (int64_t ow = ow_first; ow < ow_end; ++ow) out[ow] = in[in_first + (ow - ow_first) * p.stride_w];
-          std::fill(out + ow_end, out + s.out_w, T(0));
-        }
-        std::fill(row + oh_end * s.out_w, row + s.plane(), T(0));
-      }
-    }
+void copy_row(const T* in, int64_t n, T* out) {
+  if (n >= kLongRow) {
+    std::memcpy(out, in, n * sizeof(T));
+    return;
   }
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) std::memcpy(out + i, in + i, 4 * sizeof(T));
+  if (i + 2 <= n) std::memcpy(out + i, in + i, 2 * sizeof(T)), i += 2;
+  if (i < n) out[i] = in[i];
 }
 
-// The adjoint of im2col: sums col rows back into the image they were read from (overwrites it).
 template <typename T>
-void col2im(const T* col, int64_t ld, const ConvShape& s, T* image) {
-  const Conv2dParams& p = s.p;
-  std::fill(image, image + s.image_size(), T(0));
-  for (int64_t c = 0; c < s.in_channels; ++c) {
-    T* channel = image + c * s.height * s.width;
-    for (int64_t i = 0; i < s.kernel_h; ++i) {
-      const auto [oh_first, oh_end] = valid_outputs(i, p.pad_h, p.stride_h, s.height, s.out_h);
-      for (int64_t j = 0; j < s.kernel_w; ++j) {
-        const auto [ow_first, ow_end] = valid_outputs(j, p.pad_w, p.stride_w, s.width, s.out_w);
-        const T* row = col + ((c * s.kernel_h + i) * s.kernel_w + j) * ld;
-        for (int64_t oh = oh_first; oh < oh_end; ++oh) {
-          const T* in = row + oh * s.out_w;
-          T* out = channel + (oh * p.stride_h - p.pad_h + i) * s.width + j - p.pad_w;
-          for (int64_t ow = ow_first; ow < ow_end; ++ow) out[ow * p.stride_w] += in[ow];
-        }
-      }
-    }
+class Unroller {
+ public:
+  explicit Unroller(const ConvShape& s)
+      : s_(s), padded_h_(s.height + 2 * s.p.pad_h), padded_w_(s.width + 2 * s.p.pad_w),
+        has_padding_(s.p.pad_h > 0 || s.p.pad_w > 0),
+        padded_(scratch<T>(has_padding_ ? s.in_channels * padded_h_ * padded_w_ : 0)) {
+    // The border stays zero: im2col only ever rewrites the interior.
+    if (has_padding_) std::fill(padded_.get(), padded_.get() + s.in_channels * padded_h_ * padded_w_, T(0));
   }
-}
 
-// The images [first, first + count) as the B operand of a GEMM: the column matrix, unrolled into
-// `col` unless the convolution is pointwise (1x1, stride 1, no padding) and the group is one
-// image, when the image itself already is that matrix.
-template <typename T>
-const T* columns_of(const T* x, const ConvShape& s, int64_t first, int64_t count, T* col) {
-  const bool pointwise = s.kernel_h == 1 && s.kernel_w == 1 && s.p.stride_h == 1 && s.p.stride_w == 1 &&
-                         s.p.pad_h == 0 && s.p.pad_w == 0;
-  if (pointwise && count == 1) return x + first * s.image_size();
-  for (int64_t k = 0; k < count; ++k) im2col(x + (first + k) * s.image_size(), s, col + k * s.plane(), count * s.plane());
-  return col;
-}
+  // Writes the rows of one image into col (leading dimension ld).
+  void im2col(const T* image, T* col, int64_t ld) {
+    const T* source = image;
+    if (has_padding_) {
+      for (int64_t c = 0; c < s_.in_channels; ++c)
+        for (int64_t h = 0; h < s_.height; ++h)
+          copy_row(image + (c * s_.height + h) * s_.width, s_.width, interior(padded_.get(), c, h));
+      source = padded_.get();
+    }
+    for (int64_t c = 0; c < s_.in_channels; ++c)
+      for (int64_t i = 0; i < s_.kernel_h; ++i)
+        for (int64_t j = 0; j < s_.kernel_w; ++j) {
+          const T* window = source + (c * padded_h_ + i) * padded_w_ + j;
+          T* row = col + ((c * s_.kernel_h + i) * s_.kernel_w + j) * ld;
+          for (int64_t oh = 0; oh < s_.out_h; ++oh) {
+            const T* in = window + oh * s_.p.stride_h * padded_w_;
+            T* out = row + oh * s_.out_w;
+            if (s_.p.stride_w != 1)
+              for (int64_t ow = 0; ow < s_.out_w; ++ow) out[ow] = in[ow * s_.p.stride_w];
+            else
+              copy_row(in, s_.out_w, out);
+          }
+        }
+  }
+
+  // The adjoint of im2col: sums the rows back where they were read from and overwrites image.
+  void col2im(const T* col, int64_t ld, T* image) {
+    if (has_padding_ && !padded_grad_) padded_grad_ = scratch<T>(s_.in_channels * padded_h_ * padded_w_);
+    T* target = has_padding_ ? padded_grad_.get() : image;
+    std::fill(target, target + s_.in_channels * padded_h_ * padded_w_, T(0));
+    for (int64_t c = 0; c < s_.in_channels; ++c)
+      for (int64_t i = 0; i < s_.kernel_h; ++i)
+        for (int64_t j = 0; j < s_.kernel_w; ++j) {
+          T* window = target + (c * padded_h_ + i) * padded_w_ + j;
+          const T* row = col + ((c * s_.kernel_h + i) * s_.kernel_w + j) * ld;
+          for (int64_t oh = 0; oh < s_.out_h; ++oh) {
+            T* out = window + oh * s_.p.stride_h * padded_w_;
+            const T* in = row + oh * s_.out_w;
+            if (s_.p.stride_w == 1)  // a separate loop the compiler can vectorize
+              for (int64_t ow = 0; ow < s_.out_w; ++ow) out[ow] += in[ow];
+            else
+              for (int64_t ow = 0; ow < s_.out_w; ++ow) out[ow * s_.p.stride_w] += in[ow];
+          }
+        }
+    if (!has_padding_) return;
+    for (int64_t c = 0; c < s_.in_channels; ++c)
+      for (int64_t h = 0; h < s_.height; ++h)
+        copy_row(interior(padded_grad_.get(), c, h), s_.width, image + (c * s_.height + h) * s_.width);
+  }
+
+  // The images [first, first + count) of x as the B operand of a GEMM: their columns side by side,
+  // unrolled into col unless the convolution is pointwise (1x1, stride 1, no padding) and the
+  // group is one image, which then already is that matrix.
+  const T* columns(const T* x, int64_t first, int64_t count, T* col) {
+    const bool pointwise = s_.kernel_h == 1 && s_.kernel_w == 1 && s_.p.stride_h == 1 && s_.p.stride_w == 1 &&
+                           !has_padding_;
+    if (pointwise && count == 1) return x + first * s_.image_size();
+    for (int64_t k = 0; k < count; ++k)
+      im2col(x + (first + k) * s_.image_size(), col + k * s_.plane(), count * s_.plane());
+    return col;
+  }
+
+ private:
+  // Row h of channel c of the image inside a padded buffer.
+  T* interior(T* padded, int64_t c, int64_t h) const {
+    return padded + (c * padded_h_ + h + s_.p.pad_h) * padded_w_ + s_.p.pad_w;
+  }
+
+  const ConvShape& s_;
+  const int64_t padded_h_, padded_w_;
+  const bool has_padding_;
+  std::unique_ptr<T[]> padded_;       // the image being unrolled, inside a zero border
+  std::unique_ptr<T[]> padded_grad_;  // col2im's sums, padding included (made on first use)
+};
 
 template <typename T>
 void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams params) {
@@ -172,12 +209,13 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   const int64_t G = plan.images_per_group;
 #pragma omp parallel for schedule(static, 1) if (plan.teams > 1)
   for (int64_t team = 0; team < plan.teams; ++team) {
+    Unroller<T> unroller(s);
     auto col = scratch<T>(s.patch() * G * s.plane());
     // A group of several images gets its product [Cout, G*Ho*Wo] here, then is scattered into NCHW.
     auto product = scratch<T>(G > 1 ? s.out_channels * G * s.plane() : 0);
     for (int64_t g = plan.group_begin(team); g < plan.group_end(team); ++g) {
       const int64_t first = g * G, count = std::min(G, s.batch - first), cols = count * s.plane();
-      const T* b = columns_of(px, s, first, count, col.get());
+      const T* b = unroller.columns(px, first, count, col.get());
       T* c = count == 1 ? py + first * s.output_size() : product.get();
       gemm<T>(false, false, s.out_channels, cols, s.patch(), pw, s.patch(), b, cols, T(0), c, cols);
       if (count == 1 && !pb) continue;  // the product already is the output
@@ -221,6 +259,7 @@ void conv2d_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& w
   std::vector<std::unique_ptr<T[]>> partial_grad_w(plan.teams);
 #pragma omp parallel for schedule(static, 1) if (plan.teams > 1)
   for (int64_t team = 0; team < plan.teams; ++team) {
+    Unroller<T> unroller(s);
     auto col = scratch<T>(s.patch() * G * s.plane());
     auto grad_y_group = scratch<T>(G > 1 ? s.out_channels * G * s.plane() : 0);
     T* partial = nullptr;
@@ -241,13 +280,13 @@ void conv2d_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& w
         gy = grad_y_group.get();
       }
       if (partial) {  // grad_w += grad_y @ col^T
-        const T* b = columns_of(px, s, first, count, col.get());
+        const T* b = unroller.columns(px, first, count, col.get());
         gemm<T>(false, true, s.out_channels, s.patch(), cols, gy, cols, b, cols, T(1), partial, s.patch());
       }
       if (pgx) {  // grad_col = w^T @ grad_y, folded back into the images
         gemm<T>(true, false, s.patch(), cols, s.out_channels, pw, s.patch(), gy, cols, T(0), col.get(), cols);
         for (int64_t k = 0; k < count; ++k)
-          col2im(col.get() + k * s.plane(), cols, s, pgx + (first + k) * s.image_size());
+          unroller.col2im(col.get() + k * s.plane(), cols, pgx + (first + k) * s.image_size());
       }
     }
   }
