@@ -164,6 +164,14 @@ TEST(NnConv, MaxPoolByHand) {
   const Tensor negative = mul(add(pool_example(), 1.0), -1.0);
   EXPECT_EQ(values(max_pool2d(negative, 3, 2, 1)), (V{-1, -1, -1, -1}));
   EXPECT_EQ(values(max_pool2d(pool_example(), 3, 2, 1)), (V{4, 5, 8, 9}));
+  // A NaN wins its window (as in PyTorch); among tied maxima the first one gets the gradient.
+  Tensor special = Tensor::from_vector<double>({1, NAN, 2, 2, 0, 3, 2, 1}, {1, 1, 2, 4});
+  special.requires_grad_();
+  const Tensor pooled = max_pool2d(special, 2);
+  EXPECT_TRUE(std::isnan(values(pooled)[0]));
+  EXPECT_EQ(values(pooled)[1], 2.0);
+  pooled.backward(ones({1, 1, 1, 2}, DType::Float64));
+  EXPECT_EQ(values(special.grad()), (V{0, 1, 1, 0, 0, 0, 0, 0}));
   // Odd sizes drop the last row and column (floor mode).
   EXPECT_EQ(max_pool2d(zeros({2, 3, 5, 7}), 2).shape(), (Shape{2, 3, 2, 3}));
 }
