@@ -115,6 +115,20 @@ TEST(NnConv, Conv2dFloat32MatchesFloat64) {
   expect_all_near(values(b32.grad()), values(b64.grad()), 1e-4);
 }
 
+TEST(NnConv, EmptyBatch) {
+  Tensor x = zeros({0, 2, 5, 5}), w = ones({3, 2, 3, 3}), b = ones({3});
+  x.requires_grad_();
+  w.requires_grad_();
+  b.requires_grad_();
+  const Tensor y = conv2d(x, w, b, 1, 1);
+  EXPECT_EQ(y.shape(), (Shape{0, 3, 5, 5}));
+  sum(y).backward();
+  EXPECT_EQ(x.grad().shape(), (Shape{0, 2, 5, 5}));
+  EXPECT_EQ(values(w.grad()), V(54, 0.0));
+  EXPECT_EQ(values(b.grad()), V(3, 0.0));
+  EXPECT_EQ(max_pool2d(x, 2).shape(), (Shape{0, 2, 2, 2}));
+}
+
 TEST(NnConvGrad, Conv2d) {
   for (const ConvCase& c : kConvCases) {
     SCOPED_TRACE(describe(c));
@@ -323,6 +337,7 @@ TEST(NnConv, ErrorsNameOpAndShapes) {
   expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3, 8}), Tensor(), 1, 1); }, {"conv2d", "kernel width 8", "7"});
   expect_error_mentions([&] { conv2d(zeros({3, 5, 5}), zeros({4, 3, 3, 3})); }, {"conv2d", "[3, 5, 5]", "[N, C, H, W]"});
   expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3})); }, {"conv2d", "[4, 3, 3]"});
+  expect_error_mentions([&] { conv2d(zeros({2, 0, 5, 5}), zeros({4, 0, 3, 3})); }, {"conv2d", "no channels"});
   expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3, 3}), zeros({3})); }, {"conv2d", "bias", "[3]"});
   expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3, 3}), Tensor(), 0); }, {"conv2d", "stride 0"});
   expect_error_mentions([&] { conv2d(x, zeros({4, 3, 3, 3}, DType::Float64)); }, {"conv2d", "dtype"});

@@ -67,6 +67,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dP
   detail::check_compatible("conv2d", x, weight);
   if (weight.dim() != 4)
     op_error("conv2d", "expected a weight [Cout, Cin, kh, kw], got " + shape_str(weight.shape()));
+  if (x.size(1) == 0) op_error("conv2d", "input " + shape_str(x.shape()) + " has no channels");
   if (weight.size(1) != x.size(1))
     op_error("conv2d", "input " + shape_str(x.shape()) + " has " + str(x.size(1)) + " channels but weight " +
                            shape_str(weight.shape()) + " expects " + str(weight.size(1)));

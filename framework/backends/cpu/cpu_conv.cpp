@@ -79,11 +79,12 @@ struct ConvPlan {
 
 ConvPlan plan_conv(const ConvShape& s) {
   ConvPlan plan;
+  if (s.batch == 0) return plan;
   const int64_t threads = std::max(1, omp_get_max_threads());
   const int64_t wanted = (s.batch * s.plane() + kTargetGemmColumns - 1) / kTargetGemmColumns;
   // A multiple of the thread count balances the teams; never more groups than images.
-  const int64_t balanced = std::max(threads, (wanted + threads - 1) / threads * threads);
-  plan.images_per_group = (s.batch + std::min(balanced, s.batch) - 1) / std::min(balanced, s.batch);
+  const int64_t groups = std::min(s.batch, std::max(threads, (wanted + threads - 1) / threads * threads));
+  plan.images_per_group = (s.batch + groups - 1) / groups;
   plan.groups = (s.batch + plan.images_per_group - 1) / plan.images_per_group;
   plan.teams = plan.groups >= threads ? threads : 1;
   return plan;
