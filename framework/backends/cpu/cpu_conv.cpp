@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -32,7 +33,8 @@ namespace {
 // active parallel region). With fewer groups than threads (small batches) there is one team and
 // BLAS uses all the threads inside each product instead.
 
-// Output columns (images) per GEMM that keep BLAS efficient without outgrowing the caches.
+// Columns (output positions of the group's images) per GEMM: enough for BLAS to run at full
+// speed, few enough for the column buffer to stay in the L2 cache.
 constexpr int64_t kTargetGemmColumns = 256;
 
 template <typename T>
@@ -96,7 +98,8 @@ ConvPlan plan_conv(const ConvShape& s) {
 // ow*stride_w - pad_w + j], or 0 in the padding. Reading from a copy of the image inside a zero
 // border turns every row into plain strided copies without bounds checks; the bounds-checked
 // version spent more time in branches and short fills than the GEMM spent on 7x7 and 3x3 maps.
-//
+
+// Rows shorter than this are copied without calling memcpy (see copy_row).
 constexpr int64_t kLongRow = 16;
 
 // Copies a row of n values. Short rows go in fixed-size pieces that compile to a few moves (a
