@@ -1,10 +1,10 @@
 #include "framework/ops/nn_conv.h"
 
-#include "framework/ops/creation.h"
+#include <string>
+
 #include "framework/ops/elementwise.h"
 #include "framework/ops/op_utils.h"
 #include "framework/ops/reduce.h"
-#include "framework/ops/shape.h"
 
 namespace ml {
 using detail::empty_like;
