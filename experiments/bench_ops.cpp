@@ -1,0 +1,398 @@
+#include "experiments/bench_ops.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "framework/io/json.h"
+#include "framework/ops.h"
+#include "framework/parallel.h"
+#ifdef MUONLAB_WITH_CUDA
+#include "framework/backends/cuda/cuda_backend.h"
+#endif
+
+namespace ml {
+namespace {
+
+constexpr int kWarmupCalls = 3;
+// GPU kernels at the GPT shapes take microseconds: a sample of many calls keeps the clock and
+// synchronize overhead (tens of microseconds) out of the result.
+constexpr double kMinSampleMs = 20.0;
+constexpr double kFloat32Bytes = 4;
+constexpr double kInt64Bytes = 8;
+constexpr int64_t kPeakGemmSize = 4096;
+constexpr int64_t kPeakCopyElements = int64_t(64) << 20;  // 256 MiB of float32
+constexpr int64_t kElementwiseElements = int64_t(16) << 20;
+
+// What limits an op, and so which rate and which peak it is compared with.
+enum class Bound { Compute, Memory };
+
+const char* unit_of(Bound bound) { return bound == Bound::Compute ? "TFLOP/s" : "GB/s"; }
+
+// One call's work: FLOPs (Compute), or the bytes a kernel moves when it reads every input and
+// writes every output once (Memory), for the forward and for the backward alone.
+struct Work {
+  Bound bound;
+  double forward;
+  double backward;
+};
+
+struct OpCase {
+  std::string op;
+  std::string shape;
+  Work work;
+  std::vector<Tensor> leaves;  // inputs whose gradients are cleared before each backward
+  std::function<Tensor()> forward;
+};
+
+struct Row {
+  std::string op;
+  std::string shape;
+  Bound bound;
+  bool is_peak;
+  double forward_ms;
+  double forward_rate;
+  std::optional<double> forward_backward_ms;
+  std::optional<double> forward_backward_rate;
+};
+
+// The device's measured peaks, in the units of unit_of().
+struct Peaks {
+  double compute = 0;
+  double memory = 0;
+  double of(Bound bound) const { return bound == Bound::Compute ? compute : memory; }
+};
+
+double rate(Bound bound, double work, double ms) {
+  const double per_second = work / (ms * 1e-3);
+  return bound == Bound::Compute ? per_second * 1e-12 : per_second * 1e-9;
+}
+
+// Decimals that show `value` to `digits` significant digits, without an exponent.
+int decimals_for(double value, int digits) {
+  if (value == 0 || !std::isfinite(value)) return 0;
+  return std::max(0, digits - 1 - static_cast<int>(std::floor(std::log10(std::fabs(value)))));
+}
+
+std::string significant_text(double value, int digits) {
+  char text[64];
+  std::snprintf(text, sizeof text, "%.*f", decimals_for(value, digits), value);
+  return text;
+}
+
+double significant(double value, int digits) {
+  const double scale = std::pow(10.0, decimals_for(value, digits));
+  return std::round(value * scale) / scale;
+}
+
+// Tensors for the cases, all drawn from one seeded generator on the benchmark device.
+class Inputs {
+ public:
+  explicit Inputs(Device device) : device_(device), gen_(0) {}
+  Device device() const { return device_; }
+  Tensor constant(const Shape& shape) { return randn(shape, DType::Float32, device_, gen_); }
+  Tensor leaf(const Shape& shape) { return constant(shape).requires_grad_(); }
+  // Int64 class indices in [0, classes).
+  Tensor class_ids(const Shape& shape, int64_t classes) {
+    return rand(shape, 0.0, static_cast<double>(classes), DType::Float32, device_, gen_).to(DType::Int64);
+  }
+
+ private:
+  Device device_;
+  Generator gen_;
+};
+
+// a [m,k] @ b [k,n]: the backward computes grad_a and grad_b, one product each.
+OpCase matmul_case(Inputs& in, const std::string& op, int64_t m, int64_t k, int64_t n) {
+  const Tensor a = in.leaf({m, k}), b = in.leaf({k, n});
+  const double flops = 2.0 * m * n * k;
+  return {op, shape_str(a.shape()) + " @ " + shape_str(b.shape()), {Bound::Compute, flops, 2 * flops}, {a, b},
+          [a, b] { return matmul(a, b); }};
+}
+
+// Padding `pad` on both sides, stride 1. The stem's input is the image batch, which takes no
+// gradient in training, so its backward only computes the weight (and bias) gradient.
+OpCase conv2d_case(Inputs& in, const Shape& x_shape, const Shape& w_shape, int64_t pad, bool is_stem) {
+  const Tensor x = is_stem ? in.constant(x_shape) : in.leaf(x_shape);
+  const Tensor w = in.leaf(w_shape);
+  const Tensor bias = is_stem ? in.leaf({w_shape[0]}) : Tensor();
+  const int64_t out_h = x_shape[2] + 2 * pad - w_shape[2] + 1, out_w = x_shape[3] + 2 * pad - w_shape[3] + 1;
+  const double flops = 2.0 * x_shape[0] * w_shape[0] * out_h * out_w * w_shape[1] * w_shape[2] * w_shape[3];
+  std::vector<Tensor> leaves{w};
+  if (is_stem) leaves.push_back(bias);
+  else leaves.push_back(x);
+  return {"conv2d",
+          "x " + shape_str(x_shape) + " w " + shape_str(w_shape) + (is_stem ? " +bias" : "") + " pad " +
+              std::to_string(pad),
+          {Bound::Compute, flops, (is_stem ? 1 : 2) * flops},
+          leaves,
+          [x, w, bias, pad] { return conv2d(x, w, bias, 1, pad); }};
+}
+
+// Causal attention over q, k, v [B,H,T,D], fused into one op or composed of two batched matrix
+// products around a masked softmax. Both count the same useful FLOPs (only the key positions a
+// query may see), so their rates compare directly: 4·D per (query, key) pair forward (q·k and
+// p·v), twice that backward (grad of q, k, v and of the probabilities).
+OpCase attention_case(Inputs& in, int64_t batch, int64_t heads, int64_t seq, int64_t head_dim, bool fused) {
+  const Shape shape{batch, heads, seq, head_dim};
+  const Tensor q = in.leaf(shape), k = in.leaf(shape), v = in.leaf(shape);
+  const double flops = 4.0 * head_dim * batch * heads * seq * (seq + 1) / 2;
+  const Work work{Bound::Compute, flops, 2 * flops};
+  const std::string text = "q, k, v " + shape_str(shape) + " causal";
+  if (fused)
+    return {"attention", text, work, {q, k, v}, [q, k, v] { return scaled_dot_product_attention(q, k, v); }};
+  const Tensor positions = arange(0, static_cast<double>(seq), 1, DType::Float32, in.device());
+  const Tensor future = gt(positions.unsqueeze(0), positions.unsqueeze(1));  // key after query
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  return {"attention_composed", text, work, {q, k, v}, [q, k, v, future, scale] {
+            const Tensor scores = masked_fill(matmul(q, k.transpose(-2, -1)) * scale, future,
+                                              -std::numeric_limits<double>::infinity());
+            return matmul(softmax(scores), v);
+          }};
+}
+
+// With weight and bias, as in the GPT. Backward reads grad_y, x, weight and the saved statistics
+// and writes grad_x, grad_weight and grad_bias.
+OpCase layer_norm_case(Inputs& in, int64_t rows, int64_t dim) {
+  const Tensor x = in.leaf({rows, dim}), weight = in.leaf({dim}), bias = in.leaf({dim});
+  const double n = static_cast<double>(rows) * dim;
+  const double forward = kFloat32Bytes * (2 * n + 2 * dim + 2 * rows);
+  const double backward = kFloat32Bytes * (3 * n + 3 * dim + 2 * rows);
+  return {"layer_norm", shape_str(x.shape()), {Bound::Memory, forward, backward}, {x, weight, bias},
+          [x, weight, bias] { return layer_norm(x, weight, bias); }};
+}
+
+OpCase softmax_case(Inputs& in, const Shape& shape) {
+  const Tensor x = in.leaf(shape);
+  const double n = static_cast<double>(numel_of(shape));
+  return {"softmax", shape_str(shape), {Bound::Memory, kFloat32Bytes * 2 * n, kFloat32Bytes * 3 * n}, {x},
+          [x] { return softmax(x); }};
+}
+
+// Mean loss over rows of logits [rows, classes]: forward reads logits and targets and writes a loss
+// per row; backward reads logits and targets and writes grad_logits.
+OpCase cross_entropy_case(Inputs& in, int64_t rows, int64_t classes) {
+  const Tensor logits = in.leaf({rows, classes});
+  const Tensor targets = in.class_ids({rows}, classes);
+  const double n = static_cast<double>(rows) * classes;
+  const double forward = kFloat32Bytes * (n + rows) + kInt64Bytes * rows;
+  const double backward = kFloat32Bytes * 2 * n + kInt64Bytes * rows;
+  return {"cross_entropy", shape_str(logits.shape()), {Bound::Memory, forward, backward}, {logits},
+          [logits, targets] { return cross_entropy(logits, targets); }};
+}
+
+OpCase add_case(Inputs& in, int64_t elements) {
+  const Tensor a = in.leaf({elements}), b = in.leaf({elements});
+  const double bytes = kFloat32Bytes * 3 * elements;  // backward: grad_out to grad_a and grad_b
+  return {"add", shape_str(a.shape()), {Bound::Memory, bytes, bytes}, {a, b}, [a, b] { return add(a, b); }};
+}
+
+OpCase gelu_case(Inputs& in, int64_t elements) {
+  const Tensor x = in.leaf({elements});
+  return {"gelu_tanh",
+          shape_str(x.shape()),
+          {Bound::Memory, kFloat32Bytes * 2 * elements, kFloat32Bytes * 3 * elements},
+          {x},
+          [x] { return gelu(x, GeluApprox::Tanh); }};
+}
+
+// Forward only: copy_ is the device-to-device copy every other memory-bound rate is compared with.
+OpCase copy_case(Inputs& in, int64_t elements) {
+  const Tensor src = in.constant({elements});
+  Tensor dst = Tensor::empty({elements}, DType::Float32, in.device());
+  return {"copy_peak", shape_str(src.shape()) + " float32", {Bound::Memory, kFloat32Bytes * 2 * elements, 0}, {},
+          [src, dst]() mutable { return copy_(dst, src); }};
+}
+
+// The ops of the GPT and CNN in ../shared/bench/SPEC.md at their shapes, plus large elementwise,
+// softmax and layer-norm cases whose rates show the kernels' bandwidth (the GPT's own shapes are too
+// small to leave launch latency behind on a GPU).
+std::vector<OpCase> model_cases(Inputs& in) {
+  std::vector<OpCase> cases;
+  // GPT (batch 12 x block 64 = 768 tokens, width 128): qkv, MLP up and MLP down projections.
+  cases.push_back(matmul_case(in, "matmul", 768, 128, 384));
+  cases.push_back(matmul_case(in, "matmul", 768, 128, 512));
+  cases.push_back(matmul_case(in, "matmul", 768, 512, 128));
+  // CNN at batch 256: the 2x2 stem takes 32x32 to 31x31; each group's 3x3 convolutions keep the size
+  // and its pooling halves it (31 -> 15 -> 7 -> 3) between the group's first and second convolution.
+  const int64_t batch = 256;
+  cases.push_back(conv2d_case(in, {batch, 3, 32, 32}, {24, 3, 2, 2}, 0, true));
+  int64_t channels = 24, size = 31;
+  for (int64_t width : {32, 64, 128}) {
+    cases.push_back(conv2d_case(in, {batch, channels, size, size}, {width, channels, 3, 3}, 1, false));
+    size /= 2;
+    cases.push_back(conv2d_case(in, {batch, width, size, size}, {width, width, 3, 3}, 1, false));
+    channels = width;
+  }
+  cases.push_back(attention_case(in, 12, 4, 64, 32, true));
+  cases.push_back(attention_case(in, 12, 4, 64, 32, false));
+  cases.push_back(layer_norm_case(in, 768, 128));
+  cases.push_back(layer_norm_case(in, 16384, 1024));
+  cases.push_back(softmax_case(in, {12, 4, 64, 64}));
+  cases.push_back(softmax_case(in, {16384, 1024}));
+  cases.push_back(cross_entropy_case(in, 768, 65));
+  cases.push_back(add_case(in, kElementwiseElements));
+  cases.push_back(gelu_case(in, kElementwiseElements));
+  return cases;
+}
+
+double forward_ms(const OpCase& c, int64_t repeats, Backend& backend) {
+  return median_ms_per_call(
+      [&c] {
+        NoGradGuard no_grad;
+        c.forward();
+      },
+      repeats, backend);
+}
+
+// A peak is timed forward only.
+Row measure_peak(const OpCase& c, int64_t repeats, Backend& backend) {
+  const double ms = forward_ms(c, repeats, backend);
+  return {c.op, c.shape, c.work.bound, true, ms, rate(c.work.bound, c.work.forward, ms), std::nullopt, std::nullopt};
+}
+
+Row measure(const OpCase& c, int64_t repeats, Backend& backend) {
+  const double ms = forward_ms(c, repeats, backend);
+  Tensor grad_output;
+  {
+    NoGradGuard no_grad;
+    grad_output = ones_like(c.forward());
+  }
+  const double both_ms = median_ms_per_call(
+      [&c, &grad_output] {
+        // Cleared so that each backward writes fresh gradients instead of accumulating into old ones.
+        for (Tensor leaf : c.leaves) leaf.zero_grad();
+        c.forward().backward(grad_output);
+      },
+      repeats, backend);
+  return {c.op,
+          c.shape,
+          c.work.bound,
+          false,
+          ms,
+          rate(c.work.bound, c.work.forward, ms),
+          both_ms,
+          rate(c.work.bound, c.work.forward + c.work.backward, both_ms)};
+}
+
+std::string percent_text(const Row& row, std::optional<double> rate, const Peaks& peaks) {
+  if (!rate) return "-";
+  if (row.is_peak) return "peak";
+  return significant_text(100.0 * *rate / peaks.of(row.bound), 2) + "%";
+}
+
+std::string rate_text(const Row& row, std::optional<double> rate) {
+  return rate ? significant_text(*rate, 3) + " " + unit_of(row.bound) : "-";
+}
+
+void print_table_header(std::ostream& out) {
+  out << "| op | shape | fwd ms | fwd rate | fwd % of peak | fwd+bwd ms | fwd+bwd rate | fwd+bwd % of peak |\n"
+      << "|---|---|---:|---:|---:|---:|---:|---:|\n";
+}
+
+void print_table_row(const Row& row, const Peaks& peaks, std::ostream& out) {
+  const auto ms_text = [](std::optional<double> ms) { return ms ? significant_text(*ms, 4) : "-"; };
+  out << "| " << row.op << " | " << row.shape << " | " << ms_text(row.forward_ms) << " | "
+      << rate_text(row, row.forward_rate) << " | " << percent_text(row, row.forward_rate, peaks) << " | "
+      << ms_text(row.forward_backward_ms) << " | " << rate_text(row, row.forward_backward_rate) << " | "
+      << percent_text(row, row.forward_backward_rate, peaks) << " |\n"
+      << std::flush;
+}
+
+Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats) {
+  const auto number = [](std::optional<double> value) { return value ? Json(significant(*value, 6)) : Json(); };
+  const auto percent = [&](std::optional<double> rate) {
+    return rate && !row.is_peak ? Json(significant(100.0 * *rate / peaks.of(row.bound), 4)) : Json();
+  };
+  return Json::object({{"bench", "op"},
+                       {"device", device.str()},
+                       {"threads", num_threads()},
+                       {"repeats", repeats},
+                       {"op", row.op},
+                       {"shape", row.shape},
+                       {"unit", unit_of(row.bound)},
+                       {"is_peak", row.is_peak},
+                       {"forward_ms", number(row.forward_ms)},
+                       {"forward_rate", number(row.forward_rate)},
+                       {"forward_pct_of_peak", percent(row.forward_rate)},
+                       {"forward_backward_ms", number(row.forward_backward_ms)},
+                       {"forward_backward_rate", number(row.forward_backward_rate)},
+                       {"forward_backward_pct_of_peak", percent(row.forward_backward_rate)},
+                       {"peak_rate", number(peaks.of(row.bound))}});
+}
+
+}  // namespace
+
+double median_ms_per_call(const std::function<void()>& fn, int64_t repeats, Backend& backend) {
+  if (repeats < 1) throw std::invalid_argument("bench: --repeats must be at least 1, got " + std::to_string(repeats));
+  using Clock = std::chrono::steady_clock;
+  const auto timed_ms = [&](int64_t calls) {
+    backend.synchronize();
+    const auto start = Clock::now();
+    for (int64_t i = 0; i < calls; ++i) fn();
+    backend.synchronize();
+    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  };
+  // The fastest warm-up call sizes the samples: one slow call (first use, a preempted thread)
+  // must not shrink every sample to a single call.
+  double one_call_ms = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < kWarmupCalls; ++i) one_call_ms = std::min(one_call_ms, timed_ms(1));
+  one_call_ms = std::max(one_call_ms, 1e-6);
+  const int64_t calls = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(kMinSampleMs / one_call_ms)));
+  std::vector<double> per_call;
+  for (int64_t i = 0; i < repeats; ++i) per_call.push_back(timed_ms(calls) / static_cast<double>(calls));
+  std::nth_element(per_call.begin(), per_call.begin() + repeats / 2, per_call.end());
+  return per_call[repeats / 2];
+}
+
+int run_bench_ops(const BenchArgs& args, std::ostream& out) {
+  set_num_threads(static_cast<int>(args.threads));
+  const Device device = Device::parse(args.device);
+  if (device.is_cuda() && !cuda_available())
+    throw std::runtime_error("bench ops --device " + args.device +
+                             ": no usable CUDA device (built without CUDA, or no GPU or driver)");
+  Backend& backend = backend_for(device);
+  Inputs inputs(device);
+
+  out << "muonlab bench ops: device " << device.str() << ", " << num_threads() << " CPU threads, median of "
+      << args.repeats << " samples; rates are float32 (TF32 off) unless the op says otherwise\n\n";
+  print_table_header(out);
+  std::vector<Row> rows;
+  Peaks peaks;
+  const auto add_row = [&](Row row) {
+    print_table_row(row, peaks, out);
+    rows.push_back(std::move(row));
+  };
+
+  const OpCase gemm = matmul_case(inputs, "gemm_peak_fp32", kPeakGemmSize, kPeakGemmSize, kPeakGemmSize);
+  Row gemm_row = measure_peak(gemm, args.repeats, backend);
+  peaks.compute = gemm_row.forward_rate;
+  add_row(std::move(gemm_row));
+#ifdef MUONLAB_WITH_CUDA
+  if (device.is_cuda()) {
+    cuda_set_tf32(true);
+    Row tf32_row = measure_peak(gemm, args.repeats, backend);
+    cuda_set_tf32(false);
+    tf32_row.op = "gemm_peak_tf32";
+    add_row(std::move(tf32_row));
+  }
+#endif
+  Row copy_row = measure_peak(copy_case(inputs, kPeakCopyElements), args.repeats, backend);
+  peaks.memory = copy_row.forward_rate;
+  add_row(std::move(copy_row));
+
+  for (const OpCase& c : model_cases(inputs)) add_row(measure(c, args.repeats, backend));
+
+  out << "\n";
+  for (const Row& row : rows) out << json_row(row, peaks, device, args.repeats).dump() << "\n";
+  out << std::flush;
+  return 0;
+}
+
+}  // namespace ml
