@@ -6,8 +6,9 @@
 
 namespace ml {
 
-// One Dion2 preconditioning: the selected slices of `momentum` (along its shorter dimension),
-// orthogonalized. Used by the optimizer and the ortho benchmark.
+// Dion2's choice of slices of `momentum` along its shorter dimension: the top
+// max(1, ceil(fraction * slices)) by L1 norm, or uniformly random ones drawn from `generator`.
+// Used by the optimizer and the ortho benchmark.
 struct Dion2Selection {
   int64_t dim = 0;   // 0: rows were selected, 1: columns
   Tensor indices;    // Int64 [k], ascending

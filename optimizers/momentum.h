@@ -5,10 +5,10 @@
 
 namespace ml {
 
-// Muon's form (KellerJordan/Muon): M <- beta M + (1 - beta) G; returns the update U,
-// (1 - beta) G + beta M with Nesterov, else M itself (do not modify the result then).
+// Muon's form (KellerJordan/Muon): M <- beta M + (1 - beta) G; returns (1 - beta) G + beta M
+// with Nesterov, else M.
 Tensor lerp_momentum(Tensor& momentum, const Tensor& grad, double beta, bool nesterov);
-// PyTorch SGD's form (also RMNP's): M <- mu M + G; returns G + mu M with Nesterov, else M itself.
+// PyTorch SGD's form (also RMNP's): M <- mu M + G; returns G + mu M with Nesterov, else M.
 // The two forms differ by the factor (1 - beta), which an orthogonalizing optimizer removes.
 Tensor accumulate_momentum(Tensor& momentum, const Tensor& grad, double mu, bool nesterov);
 
