@@ -663,7 +663,10 @@ const Section<OptimizerConfig>& optimizer_schema() {
               .only_for({"turbo_muon"}),
           choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "polar_express")
               .only_for({"dion2"}),
-          choice("scaling", &O::scaling, {"keller", "moonlight", "spectral"}, "keller").only_for(kMuonFamily),
+          choice("scaling", &O::scaling, {"keller", "moonlight", "spectral"}, "keller")
+              .only_for({"muon", "turbo_muon", "cache_muon", "rmnp", "normuon"}),
+          // Dion2 scales its sparse update by sqrt(fan_out / fan_in) of the full matrix (the paper's choice).
+          choice("scaling", &O::scaling, {"keller", "moonlight", "spectral"}, "spectral").only_for({"dion2"}),
           section("non_matrix", &O::non_matrix, non_matrix_schema(), false).only_for(kMuonFamily),
           number("gamma", &O::gamma, greater_than(0), 0.1).only_for({"cache_muon"}),
           integer("k_max", &O::k_max, at_least(1), 10).only_for({"cache_muon"}),

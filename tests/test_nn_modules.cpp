@@ -382,6 +382,11 @@ double resident_bytes() {
 }
 
 TEST(NnModules, TrainingLoopMemoryStaysFlat) {
+#ifdef __SANITIZE_ADDRESS__
+  // AddressSanitizer keeps freed blocks in a quarantine (256 MB by default), so RSS measures the
+  // quarantine, not us; the release build runs this test, and ASan itself reports real leaks.
+  GTEST_SKIP() << "RSS is not meaningful under AddressSanitizer";
+#endif
   Generator gen(8);
   Sequential mlp{std::make_shared<Linear>(32, 64, true, gen), std::make_shared<GELU>(),
                  std::make_shared<Linear>(64, 64, true, gen), std::make_shared<ReLU>(),
