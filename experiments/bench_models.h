@@ -1,6 +1,7 @@
-// `muonlab bench models` and `muonlab bench ops`: step times of the benchmark models in
-// ../shared/bench/SPEC.md and of the ops they spend their time in, printed as one JSON object per
-// line (the format of shared/bench/torch_reference.py, so the two can be put side by side).
+// `muonlab bench models`: the training-step time of the two benchmark models in
+// ../shared/bench/SPEC.md (the nanoGPT CPU shape with AdamW, the small airbench CNN with Nesterov
+// SGD), printed as one JSON object per line in the format of shared/bench/torch_reference.py so
+// that the two can be put side by side.
 #pragma once
 #include <ostream>
 
@@ -8,8 +9,8 @@
 
 namespace ml {
 
-// Both throw std::runtime_error for a device this build cannot use.
-void bench_models(const BenchArgs& args, std::ostream& out);
-void bench_ops(const BenchArgs& args, std::ostream& out);
+// Returns the process exit code (0); throws std::runtime_error for a device this build or machine
+// cannot use.
+int run_bench_models(const BenchArgs& args, std::ostream& out);
 
 }  // namespace ml

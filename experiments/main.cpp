@@ -5,7 +5,8 @@
 #include <string>
 #include <variant>
 
-#include "experiments/bench.h"
+#include "experiments/bench_models.h"
+#include "experiments/bench_ops.h"
 #include "experiments/cli_args.h"
 #include "experiments/config.h"
 #include "experiments/demo.h"
@@ -67,15 +68,10 @@ int run(const DemoArgs& args) { return run_demo(args, std::cout, std::cerr); }
 int run(const OrthoArgs& args) { return run_ortho(args.method, args.input_path, args.output_path, args.steps); }
 
 int run(const BenchArgs& args) {
-  if (args.target == "models") {
-    bench_models(args, std::cout);
-  } else if (args.target == "ops") {
-    bench_ops(args, std::cout);
-  } else {
-    set_num_threads(static_cast<int>(args.threads));
-    return run_bench_ortho(args.device, args.repeats);
-  }
-  return 0;
+  if (args.target == "models") return run_bench_models(args, std::cout);
+  if (args.target == "ops") return run_bench_ops(args, std::cout);
+  set_num_threads(static_cast<int>(args.threads));
+  return run_bench_ortho(args.device, args.repeats);
 }
 
 int dispatch(int argc, const char* const argv[]) {

@@ -103,12 +103,6 @@ OptimizerSpec optimizer_spec(const RunConfig& config) {
   return spec;
 }
 
-std::vector<NamedParam> named_params(const Module& model) {
-  std::vector<NamedParam> params;
-  for (const auto& [name, tensor] : model.named_parameters()) params.push_back({name, tensor});
-  return params;
-}
-
 // Host batch -> (inputs, targets) tensors on `device`.
 std::pair<Tensor, Tensor> batch_tensors(const HostBatch& batch, Device device) {
   const Tensor inputs = batch.input_ids.empty() ? Tensor::from_vector(batch.inputs, batch.input_shape, device)
@@ -291,7 +285,7 @@ class Trainer {
                         static_cast<uint64_t>(config_.seed));
     model_->to(device_);
     params_ = model_->parameters();
-    optimizer_ = make_optimizer(optimizer_spec(config_), named_params(*model_));
+    optimizer_ = make_optimizer(optimizer_spec(config_), optimizer_params(*model_));
 
     state_.dropout_seed = mix64(static_cast<uint64_t>(config_.seed) ^ kDropoutSeedSalt);
     if (checkpoint) {
@@ -578,6 +572,12 @@ EvalResult evaluate(Model& model, const Batcher& batcher, int64_t max_batches, b
 }
 
 TrainResult train(const RunConfig& config, const TrainOptions& options) { return Trainer(config, options).run(); }
+
+std::vector<NamedParam> optimizer_params(const Module& model) {
+  std::vector<NamedParam> params;
+  for (const auto& [name, tensor] : model.named_parameters()) params.push_back({name, tensor});
+  return params;
+}
 
 std::string new_run_dir(const std::string& parent, const std::string& name) {
   const std::time_t now = std::time(nullptr);

@@ -13,12 +13,14 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "datasets/batch.h"
 #include "experiments/config.h"
 #include "framework/io/json.h"
 #include "framework/tensor.h"
 #include "models/model.h"
+#include "optimizers/optimizer.h"
 
 namespace ml {
 
@@ -49,6 +51,9 @@ struct TrainResult {
 // data (missing files, shapes that do not fit, a resume directory whose run differs) fails
 // before the run directory is created or modified. Throws TrainingDiverged as described above.
 TrainResult train(const RunConfig& config, const TrainOptions& options = {});
+
+// The model's parameters with their dotted names, as the optimizers take them.
+std::vector<NamedParam> optimizer_params(const Module& model);
 
 // "<parent>/<name>-<YYYYmmdd-HHMMSS>", with "-2", "-3", ... appended when that already exists.
 std::string new_run_dir(const std::string& parent, const std::string& name);
