@@ -2,6 +2,8 @@
 // that each op's formula (and its derivative, right beside it) is written once.
 #pragma once
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "framework/backend.h"
 #include "framework/random.h"  // ML_HOST_DEVICE
@@ -15,8 +17,46 @@ constexpr double kGeluCubic = 0.044715;
 constexpr double kInvSqrt2 = 0.7071067811865476;
 constexpr double kInvSqrt2Pi = 0.3989422804014327;
 
+// exp for float32 as straight-line arithmetic, so that loops using it vectorize (libm's expf is
+// an opaque call): e^x = 2^n * e^r with n = round(x log2 e) and r = x - n ln2 (ln2 split in two
+// parts for accuracy); e^r is its degree-6 Taylor polynomial (|r| <= ln2/2: relative error
+// < 2e-7). x is clamped to [-87, 88] so that 2^n stays a normal float: use it only where that
+// range suffices (sigmoid, GELU). float64 keeps libm, so gradient checks stay exact.
+ML_HOST_DEVICE inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float round_shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float shifted = x * 1.44269504f + round_shift;
+  const float n = shifted - round_shift;
+  const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  const float poly =
+      1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+  int32_t n_int, shift_int;
+  std::memcpy(&n_int, &shifted, 4);
+  std::memcpy(&shift_int, &round_shift, 4);
+  const int32_t scale_bits = (n_int - shift_int + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &scale_bits, 4);
+  return poly * scale;
+}
+ML_HOST_DEVICE inline double exp_approx(double x) { return std::exp(x); }
+
+// erf for float32 by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), vectorizable like
+// exp_approx; float64 keeps libm.
+ML_HOST_DEVICE inline float erf_approx(float x) {
+  const float ax = x < 0 ? -x : x;
+  const float t = 1.0f / (1.0f + 0.3275911f * ax);
+  const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const float y = 1.0f - poly * exp_approx(-ax * ax);
+  return x < 0 ? -y : y;
+}
+ML_HOST_DEVICE inline double erf_approx(double x) { return std::erf(x); }
+
 template <typename T>
-ML_HOST_DEVICE inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+ML_HOST_DEVICE inline T sigmoid(T x) { return T(1) / (T(1) + exp_approx(-x)); }
+
+// GELU's tanh form rewritten without tanh: 0.5 (1 + tanh(u)) = sigmoid(2u).
+template <typename T>
+ML_HOST_DEVICE inline T gelu_tanh_gate(T x) { return sigmoid(T(2 * kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x)); }
 
 // y = op(x)
 template <typename T>
@@ -33,8 +73,8 @@ ML_HOST_DEVICE inline T unary_forward(UnaryOp op, T x, T a, T b) {
     case UnaryOp::Sigmoid: return sigmoid(x);
     case UnaryOp::Relu: return x > 0 ? x : T(0);
     case UnaryOp::Relu2: return x > 0 ? x * x : T(0);
-    case UnaryOp::GeluTanh: return T(0.5) * x * (T(1) + std::tanh(T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x)));
-    case UnaryOp::GeluErf: return T(0.5) * x * (T(1) + std::erf(x * T(kInvSqrt2)));
+    case UnaryOp::GeluTanh: return x * gelu_tanh_gate(x);
+    case UnaryOp::GeluErf: return T(0.5) * x * (T(1) + erf_approx(x * T(kInvSqrt2)));
     case UnaryOp::Silu: return x * sigmoid(x);
     case UnaryOp::AddScalar: return x + a;
     case UnaryOp::MulScalar: return x * a;
@@ -60,12 +100,12 @@ ML_HOST_DEVICE inline T unary_derivative(UnaryOp op, T x, T y, T a, T b) {
     case UnaryOp::Sigmoid: return y * (T(1) - y);
     case UnaryOp::Relu: return x > 0 ? T(1) : T(0);
     case UnaryOp::Relu2: return x > 0 ? T(2) * x : T(0);
-    case UnaryOp::GeluTanh: {
-      const T t = std::tanh(T(kSqrt2OverPi) * (x + T(kGeluCubic) * x * x * x));
-      return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCubic) * x * x);
+    case UnaryOp::GeluTanh: {  // with s = sigmoid(2u): s + 2 x s (1 - s) du/dx
+      const T s = gelu_tanh_gate(x);
+      return s + T(2) * x * s * (T(1) - s) * T(kSqrt2OverPi) * (T(1) + T(3 * kGeluCubic) * x * x);
     }
     case UnaryOp::GeluErf:
-      return T(0.5) * (T(1) + std::erf(x * T(kInvSqrt2))) + x * T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
+      return T(0.5) * (T(1) + erf_approx(x * T(kInvSqrt2))) + x * T(kInvSqrt2Pi) * exp_approx(T(-0.5) * x * x);
     case UnaryOp::Silu: {
       const T s = sigmoid(x);
       return s * (T(1) + x * (T(1) - s));

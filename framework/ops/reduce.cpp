@@ -31,11 +31,30 @@ ReducePlan plan_reduce(const char* op, const Tensor& x, const std::vector<int64_
   return p;
 }
 
+// Whether the reduced axes are exactly the first k (k < ndim) of a contiguous x.
+bool sums_leading_axes(const Tensor& x, const ReducePlan& p) {
+  if (!x.is_contiguous() || p.axes.empty() || p.axes.size() == static_cast<size_t>(x.dim()) || p.reduced == 0)
+    return false;
+  for (size_t i = 0; i < p.axes.size(); ++i)
+    if (p.axes[i] != static_cast<int64_t>(i)) return false;
+  return true;
+}
+
 // Runs the backend row reduction: kept axes become rows, reduced axes the row contents.
 std::pair<Tensor, Tensor> reduce_forward(ReduceOp op, const char* name, const Tensor& x, const ReducePlan& p,
                                          bool with_indices) {
   detail::check_floating(name, x);
   if ((op != ReduceOp::Sum) && p.reduced == 0) detail::op_error(name, "reduction over an empty dimension");
+  Tensor out = Tensor::empty(p.out_shape, x.dtype(), x.device());
+  if (op == ReduceOp::Sum && sums_leading_axes(x, p)) {
+    // Summing over the leading axes (bias gradients, batch means) is ones[1, R] @ x[R, C]: one
+    // BLAS call instead of transposing x so that the reduced axes become rows.
+    const int64_t reduced = p.reduced, kept = std::max<int64_t>(out.numel(), 1);
+    const Tensor ones_row = full({1, 1, reduced}, 1.0, x.dtype(), x.device());
+    backend_of(x).gemm(ones_row, Tensor::view_of(x, {1, reduced, kept}, {0, kept, 1}, x.offset()),
+                       Tensor::view_of(out, {1, 1, kept}, {0, kept, 1}, 0), 1.0, 0.0);
+    return {out, Tensor()};
+  }
   std::vector<int64_t> order;
   for (int64_t d = 0; d < x.dim(); ++d)
     if (std::find(p.axes.begin(), p.axes.end(), d) == p.axes.end()) order.push_back(d);
@@ -45,7 +64,6 @@ std::pair<Tensor, Tensor> reduce_forward(ReduceOp op, const char* name, const Te
     NoGradGuard no_grad;
     rows = x.permute(order).contiguous();
   }
-  Tensor out = Tensor::empty(p.out_shape, x.dtype(), x.device());
   Tensor indices = with_indices ? Tensor::empty(p.out_shape, DType::Int64, x.device()) : Tensor();
   backend_of(x).reduce_rows(op, rows, out, indices);
   return {out, indices};

@@ -4,6 +4,8 @@
 #include "framework/backends/cpu/cpu_loops.h"
 #include "framework/random.h"
 
+#include <type_traits>
+
 namespace ml {
 using namespace cpu_loops;
 using namespace elementwise;
@@ -29,13 +31,36 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
   });
 }
 
-// Switching on `op` inside the element loop keeps one loop per kernel; the branch is perfectly
-// predictable, and the arithmetic (exp, tanh, erf) dominates.
+namespace {
+
+// Calls body(std::integral_constant<UnaryOp, op>) for the activations that dominate training
+// steps, so that their loops see `op` as a compile-time constant: the switch in the element math
+// folds away and the loop vectorizes. Other ops share one loop that switches per element (the
+// branch predicts perfectly; those ops are rare or memory-bound).
+template <typename Body>
+void with_constant_op(UnaryOp op, Body&& body) {
+  switch (op) {
+    case UnaryOp::GeluTanh: return body(std::integral_constant<UnaryOp, UnaryOp::GeluTanh>{});
+    case UnaryOp::GeluErf: return body(std::integral_constant<UnaryOp, UnaryOp::GeluErf>{});
+    case UnaryOp::Relu: return body(std::integral_constant<UnaryOp, UnaryOp::Relu>{});
+    case UnaryOp::Relu2: return body(std::integral_constant<UnaryOp, UnaryOp::Relu2>{});
+    case UnaryOp::Silu: return body(std::integral_constant<UnaryOp, UnaryOp::Silu>{});
+    case UnaryOp::Sigmoid: return body(std::integral_constant<UnaryOp, UnaryOp::Sigmoid>{});
+    case UnaryOp::MulScalar: return body(std::integral_constant<UnaryOp, UnaryOp::MulScalar>{});
+    case UnaryOp::AddScalar: return body(std::integral_constant<UnaryOp, UnaryOp::AddScalar>{});
+    default: return body(op);
+  }
+}
+
+}  // namespace
+
 void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p) {
   dispatch_floating(x.dtype(), "unary", [&](auto tag) {
     using T = decltype(tag);
     const T a = static_cast<T>(p.alpha), b = static_cast<T>(p.beta);
-    map_elements<T>(out, [=](T v) { return unary_forward(op, v, a, b); }, x);
+    with_constant_op(op, [&](auto fixed_op) {
+      map_elements<T>(out, [=](T v) { return unary_forward(UnaryOp(fixed_op), v, a, b); }, x);
+    });
   });
 }
 
@@ -44,7 +69,11 @@ void CpuBackend::unary_backward(UnaryOp op, const Tensor& grad_out, const Tensor
   dispatch_floating(x.dtype(), "unary_backward", [&](auto tag) {
     using T = decltype(tag);
     const T a = static_cast<T>(p.alpha), b = static_cast<T>(p.beta);
-    map_elements<T>(grad_in, [=](T g, T xv, T yv) { return g * unary_derivative(op, xv, yv, a, b); }, grad_out, x, y);
+    with_constant_op(op, [&](auto fixed_op) {
+      map_elements<T>(
+          grad_in, [=](T g, T xv, T yv) { return g * unary_derivative(UnaryOp(fixed_op), xv, yv, a, b); }, grad_out, x,
+          y);
+    });
   });
 }
 
