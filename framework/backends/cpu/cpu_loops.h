@@ -70,8 +70,15 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
   const std::array<const T*, sizeof...(in)> src{static_cast<const T*>(in.raw_data())...};
   const int64_t n = out.numel();
   if ((out.is_contiguous() && ... && in.is_contiguous())) {
-#pragma omp parallel for simd schedule(static) if (n >= kParallelGrain)
-    for (int64_t i = 0; i < n; ++i) o[i] = f(src[I][i]...);
+#pragma omp parallel if (n >= kParallelGrain)
+    {
+      // Thread-private copies of the pointers: read through the shared ones, every iteration
+      // would reload them (the stores might alias), which blocks vectorization.
+      T* const dst = o;
+      const std::array<const T*, sizeof...(in)> from = src;
+#pragma omp for simd schedule(static)
+      for (int64_t i = 0; i < n; ++i) dst[i] = f(from[I][i]...);
+    }
     return;
   }
   const std::array<const Shape*, 1 + sizeof...(in)> strides{&out.strides(), &in.strides()...};
