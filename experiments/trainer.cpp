@@ -1,5 +1,9 @@
 #include "experiments/trainer.h"
 
+#ifdef MUONLAB_WITH_CUDA
+#include "framework/backends/cuda/cuda_backend.h"
+#endif
+
 #include <sys/resource.h>
 
 #include <chrono>
@@ -68,6 +72,10 @@ Device run_device(const RunConfig& config) {
   const Device device = Device::parse(config.device);
   if (device.is_cuda() && !cuda_available())
     throw std::runtime_error("device: cuda was requested, but no CUDA device is usable (built without CUDA, or no GPU)");
+#ifdef MUONLAB_WITH_CUDA
+  // float32 products and convolutions stay exact unless the config allows TF32 tensor cores.
+  if (device.is_cuda()) cuda_set_tf32(config.tf32);
+#endif
   return device;
 }
 
