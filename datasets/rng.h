@@ -8,17 +8,12 @@
 #include <initializer_list>
 #include <vector>
 
+#include "framework/random.h"  // mix64: splitmix64's output function
+
 namespace ml {
 
 // Separates the uses of one seed so that, e.g., shuffling and augmentation never share values.
 enum class RngStream : uint64_t { Shuffle = 1, Augment, TextWindows, Synthetic, FolderSplit };
-
-// splitmix64's output function: a bijective 64-bit mixer.
-inline uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // A key identifying one random stream: the seed, the stream kind and any number of coordinates.
 inline uint64_t rng_key(uint64_t seed, RngStream stream, std::initializer_list<uint64_t> coordinates) {
