@@ -66,6 +66,20 @@ struct ConvDescriptors {
   ConvDescriptors& operator=(const ConvDescriptors&) = delete;
 };
 
+// cuDNN takes its blend factors (y = alpha * result + beta * y) by pointer, typed like the data:
+// double for float64 tensors, float otherwise.
+class BlendFactors {
+ public:
+  explicit BlendFactors(DType dtype) : is_double_(dtype == DType::Float64) {}
+  const void* one() const { return is_double_ ? static_cast<const void*>(&one_d_) : &one_f_; }
+  const void* zero() const { return is_double_ ? static_cast<const void*>(&zero_d_) : &zero_f_; }
+
+ private:
+  bool is_double_;
+  double one_d_ = 1.0, zero_d_ = 0.0;
+  float one_f_ = 1.0f, zero_f_ = 0.0f;
+};
+
 // Scratch memory from our caching allocator, released when the tensor goes out of scope.
 Tensor workspace(size_t bytes, Device device) {
   return Tensor::empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::Float64, device);
@@ -94,11 +108,9 @@ void CudaBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, c
   size_t bytes = 0;
   ML_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(cudnn(), d.x, d.w, d.conv, d.y, algo, &bytes), "conv2d");
   const Tensor ws = workspace(bytes, x.device());
-  const double one = 1.0, zero = 0.0;
-  const float one_f = 1.0f, zero_f = 0.0f;
-  const bool dbl = x.dtype() == DType::Float64;
-  const void* alpha = dbl ? static_cast<const void*>(&one) : &one_f;
-  const void* beta = dbl ? static_cast<const void*>(&zero) : &zero_f;
+  const BlendFactors factors(x.dtype());
+  const void* alpha = factors.one();
+  const void* beta = factors.zero();
   ML_CUDNN_CHECK(cudnnConvolutionForward(cudnn(), alpha, d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo,
                                          ws.raw_data(), bytes, beta, d.y, y.raw_data()),
                  "conv2d");
@@ -109,11 +121,9 @@ void CudaBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, c
 void CudaBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                                   const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
   ConvDescriptors d(x, w, grad_y, p);
-  const double one = 1.0, zero = 0.0;
-  const float one_f = 1.0f, zero_f = 0.0f;
-  const bool dbl = x.dtype() == DType::Float64;
-  const void* alpha = dbl ? static_cast<const void*>(&one) : &one_f;
-  const void* beta = dbl ? static_cast<const void*>(&zero) : &zero_f;
+  const BlendFactors factors(x.dtype());
+  const void* alpha = factors.one();
+  const void* beta = factors.zero();
   if (grad_x.defined()) {
     const auto algo = best_algorithm<cudnnConvolutionBwdDataAlgoPerf_t>(
         [&](int n, int* got, cudnnConvolutionBwdDataAlgoPerf_t* r) {
