@@ -565,6 +565,7 @@ const Section<DataConfig>& data_schema() {
           integer("limit_val", &D::limit_val, at_least(0), 0),
           integer("workers_prefetch", &D::workers_prefetch, at_least(0), 2),
           boolean("flip", &D::flip, false).only_for(kImageKinds),
+          boolean("eval_flip", &D::eval_flip, false).only_for(kImageKinds),
           integer("crop_padding", &D::crop_padding, at_least(0), 0).only_for(kImageKinds),
           integer("translate", &D::translate, at_least(0), 0).only_for(kImageKinds),
           boolean("normalize", &D::normalize, true).only_for(kImageKinds),

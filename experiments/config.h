@@ -33,6 +33,9 @@ struct DataConfig {
   int64_t workers_prefetch = 0;  // batches prepared ahead on a background thread
   // Image kinds (cifar10, fashion_mnist, image_folder).
   bool flip = false;
+  // Test-time augmentation: evaluation averages the logits of each image and its mirror image
+  // (airbench's tta_level 1).
+  bool eval_flip = false;
   int64_t crop_padding = 0;
   int64_t translate = 0;
   bool normalize = false;

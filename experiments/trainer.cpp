@@ -118,6 +118,16 @@ std::pair<Tensor, Tensor> batch_tensors(const HostBatch& batch, Device device) {
   return {inputs, Tensor::from_vector(batch.targets, batch.target_shape, device)};
 }
 
+// The images [B, C, H, W] mirrored left to right.
+Tensor mirror_width(const Tensor& images) {
+  const int64_t width = images.size(3);
+  return index_select(images, 3, arange(static_cast<double>(width - 1), -1.0, -1.0, DType::Int64, images.device()));
+}
+
+EvalOptions eval_options(const RunConfig& config, const RunData& data) {
+  return {config.train.eval_batches, !data.is_text, config.data.eval_flip};
+}
+
 // sqrt of the sum of squared gradient entries over all parameters, in double.
 double global_grad_norm(const std::vector<Tensor>& params) {
   double sum_squares = 0.0;
@@ -439,8 +449,7 @@ class Trainer {
   void run_eval(ProgressReporter& progress) {
     if (data_.batcher->num_val_batches() == 0) return;
     const Clock::time_point start = Clock::now();
-    const bool classifier = !data_.is_text;
-    const EvalResult result = evaluate(*model_, *data_.batcher, config_.train.eval_batches, classifier, device_);
+    const EvalResult result = evaluate(*model_, *data_.batcher, eval_options(config_, data_), device_);
     model_->train();
     state_.last_eval = result;
     if (!state_.best_val_loss || result.loss < *state_.best_val_loss) state_.best_val_loss = result.loss;
@@ -553,18 +562,21 @@ int64_t total_steps_of(const RunConfig& config, const Batcher& batcher) {
   return config.train.epochs * steps_per_epoch;
 }
 
-EvalResult evaluate(Model& model, const Batcher& batcher, int64_t max_batches, bool classifier, Device device) {
+EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& options, Device device) {
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
-  const int64_t batches = max_batches > 0 ? std::min(max_batches, batcher.num_val_batches()) : batcher.num_val_batches();
+  const int64_t available = batcher.num_val_batches();
+  const int64_t batches = options.max_batches > 0 ? std::min(options.max_batches, available) : available;
+  const bool classifier = options.classifier;
   double loss_sum = 0.0;
   int64_t correct = 0;
   EvalResult result;
   for (int64_t index = 0; index < batches; ++index) {
     const HostBatch batch = batcher.val_batch(index);
     const auto [inputs, targets] = batch_tensors(batch, device);
-    const Tensor logits = model.forward(inputs);
+    Tensor logits = model.forward(inputs);
+    if (options.mirror) logits = (logits + model.forward(mirror_width(inputs))) * 0.5;
     loss_sum += cross_entropy(logits, targets, -100, 0.0, Reduction::Sum).item();
     if (classifier) {
       const std::vector<int64_t> predicted = argmax(logits, -1).to_vector<int64_t>();
@@ -612,7 +624,7 @@ Json evaluate_checkpoint(const RunConfig& config, const std::string& checkpoint_
       config.model, {data.example_shape, data.num_classes, data.vocab_size}, static_cast<uint64_t>(config.seed));
   load_weights(*model, model_path);
   model->to(device);
-  const EvalResult result = evaluate(*model, *data.batcher, config.train.eval_batches, !data.is_text, device);
+  const EvalResult result = evaluate(*model, *data.batcher, eval_options(config, data), device);
   Json json = Json::object({{"checkpoint", dir}});
   if (fs::exists(dir + "/" + kTrainerFile))
     json["step"] = Json::parse(read_file(dir + "/" + kTrainerFile)).at("step").as_int();

@@ -72,8 +72,14 @@ struct EvalResult {
   int64_t batches = 0;
 };
 
-// Evaluates `model` in eval mode on the first `max_batches` validation batches (0: all).
-EvalResult evaluate(Model& model, const Batcher& batcher, int64_t max_batches, bool classifier, Device device);
+struct EvalOptions {
+  int64_t max_batches = 0;  // the first max_batches validation batches; 0: all
+  bool classifier = false;  // also count correct predictions
+  bool mirror = false;      // average the logits of each image [B, C, H, W] and its horizontal mirror
+};
+
+// Evaluates `model` in eval mode on the validation batches of `batcher`.
+EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& options, Device device);
 
 // `muonlab eval`: loads the checkpoint at `checkpoint_path` (a run directory, a checkpoint
 // folder or a file in one) into the model of `config` and evaluates it on the validation split

@@ -19,6 +19,7 @@
 #include "experiments/checkpoint.h"
 #include "experiments/demo.h"
 #include "experiments/progress.h"
+#include "experiments/run_data.h"
 #include "experiments/trainer.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/json.h"
@@ -26,6 +27,7 @@
 #include "framework/nn/serialize.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
+#include "models/model.h"
 
 namespace ml {
 namespace {
@@ -447,6 +449,42 @@ TEST(TrainerEval, CheckpointEvaluationReproducesTheRunsFinalEvaluation) {
   RunConfig other = config;
   other.model.widths = {8, 8};
   EXPECT_THROW(evaluate_checkpoint(other, result.run_dir), std::runtime_error);
+}
+
+TEST(TrainerEval, MirrorEvaluationAveragesTheLogitsOfEachImageAndItsMirror) {
+  TempDir dir;
+  RunConfig config = cnn_config(write_idx_dataset(dir));
+  const TrainResult result = run_quietly(config, dir.path("run"));
+  config.data.eval_flip = true;
+  const Json mirrored = evaluate_checkpoint(config, result.run_dir);
+
+  // Reference: the mirror image built on the host pixel by pixel, the two logits averaged.
+  const RunData data = load_run_data(config);
+  const std::shared_ptr<Model> model =
+      make_model(config.model, {data.example_shape, data.num_classes, data.vocab_size}, 0);
+  load_weights(*model, result.run_dir + "/checkpoints/step-000020/model.safetensors");
+  model->eval();
+  NoGradGuard no_grad;
+  double loss_sum = 0.0;
+  int64_t correct = 0, count = 0;
+  for (int64_t index = 0; index < data.batcher->num_val_batches(); ++index) {
+    const HostBatch batch = data.batcher->val_batch(index);
+    const int64_t width = batch.input_shape[3];
+    std::vector<float> flipped(batch.inputs.size());
+    for (size_t row = 0; row < batch.inputs.size() / width; ++row)
+      for (int64_t x = 0; x < width; ++x) flipped[row * width + x] = batch.inputs[row * width + width - 1 - x];
+    const Tensor logits = (model->forward(Tensor::from_vector(batch.inputs, batch.input_shape)) +
+                           model->forward(Tensor::from_vector(flipped, batch.input_shape))) /
+                          2.0;
+    const Tensor targets = Tensor::from_vector(batch.targets, batch.target_shape);
+    loss_sum += cross_entropy(logits, targets, -100, 0.0, Reduction::Sum).item();
+    const std::vector<int64_t> predicted = argmax(logits, -1).to_vector<int64_t>();
+    for (size_t i = 0; i < predicted.size(); ++i) correct += predicted[i] == batch.targets[i];
+    count += batch.size();
+  }
+  EXPECT_NEAR(mirrored.at("val_loss").as_number(), loss_sum / static_cast<double>(count), 1e-6);
+  EXPECT_EQ(mirrored.at("val_acc").as_number(), static_cast<double>(correct) / static_cast<double>(count));
+  EXPECT_NE(mirrored.at("val_loss").as_number(), result.summary.at("val_loss").as_number());
 }
 
 TEST(TrainerEval, LanguageModelsReportLossButNoAccuracy) {
