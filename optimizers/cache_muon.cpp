@@ -74,7 +74,10 @@ void CacheMuon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) 
     const Tensor small = small_side(update);
     const Tensor candidate = matmul(mul(slot.transform, inverse_norm(update, schedule_)), small);
     flops_spent_ += as_count(check_flops);
-    if (orthogonality_residual(candidate).item() <= slot.reference_residual.item() + gamma_) {
+    // The one value this step reads back from the device: the hit test decides whether the
+    // expensive fresh solve runs at all, a branch the host has to take.
+    const double staleness = sub(orthogonality_residual(candidate), slot.reference_residual).item();
+    if (staleness <= gamma_) {
       ortho = candidate;
       ++*slot.cache_age;
       ++hits_;
