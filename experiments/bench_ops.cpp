@@ -30,10 +30,11 @@ constexpr int64_t kPeakGemmSize = 4096;
 constexpr int64_t kPeakCopyElements = int64_t(64) << 20;  // 256 MiB of float32
 constexpr int64_t kElementwiseElements = int64_t(16) << 20;
 
-// What limits an op, and so which rate and which peak it is compared with.
-enum class Bound { Compute, Memory };
+// What limits an op, and so which rate and which peak it is compared with. Bf16Compute: matrix
+// products of bf16-rounded operands, compared with the bf16 GEMM peak.
+enum class Bound { Compute, Bf16Compute, Memory };
 
-const char* unit_of(Bound bound) { return bound == Bound::Compute ? "TFLOP/s" : "GB/s"; }
+const char* unit_of(Bound bound) { return bound == Bound::Memory ? "GB/s" : "TFLOP/s"; }
 
 // One call's work: FLOPs (Compute), or the bytes a kernel moves when it reads every input and
 // writes every output once (Memory), for the forward and for the backward alone.
@@ -65,13 +66,16 @@ struct Row {
 // The device's measured peaks, in the units of unit_of().
 struct Peaks {
   double compute = 0;
+  double compute_bf16 = 0;
   double memory = 0;
-  double of(Bound bound) const { return bound == Bound::Compute ? compute : memory; }
+  double of(Bound bound) const {
+    return bound == Bound::Compute ? compute : bound == Bound::Bf16Compute ? compute_bf16 : memory;
+  }
 };
 
 double rate(Bound bound, double work, double ms) {
   const double per_second = work / (ms * 1e-3);
-  return bound == Bound::Compute ? per_second * 1e-12 : per_second * 1e-9;
+  return bound == Bound::Memory ? per_second * 1e-9 : per_second * 1e-12;
 }
 
 // Decimals that show `value` to `digits` significant digits, without an exponent.
@@ -109,11 +113,17 @@ class Inputs {
 };
 
 // a [m,k] @ b [k,n]: the backward computes grad_a and grad_b, one product each.
-OpCase matmul_case(Inputs& in, const std::string& op, int64_t m, int64_t k, int64_t n) {
+OpCase matmul_case(Inputs& in, const std::string& op, Bound bound, int64_t m, int64_t k, int64_t n) {
   const Tensor a = in.leaf({m, k}), b = in.leaf({k, n});
   const double flops = 2.0 * m * n * k;
-  return {op, shape_str(a.shape()) + " @ " + shape_str(b.shape()), {Bound::Compute, flops, 2 * flops}, {a, b},
+  return {op, shape_str(a.shape()) + " @ " + shape_str(b.shape()), {bound, flops, 2 * flops}, {a, b},
           [a, b] { return matmul(a, b); }};
+}
+
+// The GPT's (batch 12 x block 64 = 768 tokens, width 128) qkv, MLP up and MLP down projections.
+std::vector<OpCase> gpt_matmul_cases(Inputs& in, const std::string& op, Bound bound) {
+  return {matmul_case(in, op, bound, 768, 128, 384), matmul_case(in, op, bound, 768, 128, 512),
+          matmul_case(in, op, bound, 768, 512, 128)};
 }
 
 // Padding `pad` on both sides, stride 1. The stem's input is the image batch, which takes no
@@ -210,15 +220,11 @@ OpCase copy_case(Inputs& in, int64_t elements) {
           [src, dst]() mutable { return copy_(dst, src); }};
 }
 
-// The ops of the GPT and CNN in ../shared/bench/SPEC.md at their shapes, plus large elementwise,
-// softmax and layer-norm cases whose rates show the kernels' bandwidth (the GPT's own shapes are too
-// small to leave launch latency behind on a GPU).
+// The ops of the GPT and CNN in ../shared/bench/SPEC.md at their shapes other than the GPT's matrix
+// products (gpt_matmul_cases), plus large elementwise, softmax and layer-norm cases whose rates show
+// the kernels' bandwidth (the GPT's own shapes are too small to leave launch latency behind on a GPU).
 std::vector<OpCase> model_cases(Inputs& in) {
   std::vector<OpCase> cases;
-  // GPT (batch 12 x block 64 = 768 tokens, width 128): qkv, MLP up and MLP down projections.
-  cases.push_back(matmul_case(in, "matmul", 768, 128, 384));
-  cases.push_back(matmul_case(in, "matmul", 768, 128, 512));
-  cases.push_back(matmul_case(in, "matmul", 768, 512, 128));
   // CNN at batch 256: the 2x2 stem takes 32x32 to 31x31; each group's 3x3 convolutions keep the size
   // and its pooling halves it (31 -> 15 -> 7 -> 3) between the group's first and second convolution.
   const int64_t batch = 256;
@@ -370,23 +376,39 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
     rows.push_back(std::move(row));
   };
 
-  const OpCase gemm = matmul_case(inputs, "gemm_peak_fp32", kPeakGemmSize, kPeakGemmSize, kPeakGemmSize);
+  const OpCase gemm =
+      matmul_case(inputs, "gemm_peak_fp32", Bound::Compute, kPeakGemmSize, kPeakGemmSize, kPeakGemmSize);
   Row gemm_row = measure_peak(gemm, args.repeats, backend);
   peaks.compute = gemm_row.forward_rate;
   add_row(std::move(gemm_row));
 #ifdef MUONLAB_WITH_CUDA
   if (device.is_cuda()) {
-    cuda_set_tf32(true);
-    Row tf32_row = measure_peak(gemm, args.repeats, backend);
-    cuda_set_tf32(false);
-    tf32_row.op = "gemm_peak_tf32";
-    add_row(std::move(tf32_row));
+    const auto gemm_peak_at = [&](MatmulPrecision precision, const char* op, Bound bound) {
+      const CudaMatmulPrecisionScope scope(precision);
+      Row row = measure_peak(gemm, args.repeats, backend);
+      row.op = op;
+      row.bound = bound;
+      return row;
+    };
+    add_row(gemm_peak_at(MatmulPrecision::Tf32, "gemm_peak_tf32", Bound::Compute));
+    Row bf16_row = gemm_peak_at(MatmulPrecision::Bf16, "gemm_peak_bf16", Bound::Bf16Compute);
+    peaks.compute_bf16 = bf16_row.forward_rate;
+    add_row(std::move(bf16_row));
   }
 #endif
   Row copy_row = measure_peak(copy_case(inputs, kPeakCopyElements), args.repeats, backend);
   peaks.memory = copy_row.forward_rate;
   add_row(std::move(copy_row));
 
+  for (const OpCase& c : gpt_matmul_cases(inputs, "matmul", Bound::Compute)) add_row(measure(c, args.repeats, backend));
+#ifdef MUONLAB_WITH_CUDA
+  if (device.is_cuda()) {
+    // The whole measurement runs at bf16, so the backward's products are bf16 too.
+    const CudaMatmulPrecisionScope bf16(MatmulPrecision::Bf16);
+    for (const OpCase& c : gpt_matmul_cases(inputs, "matmul_bf16", Bound::Bf16Compute))
+      add_row(measure(c, args.repeats, backend));
+  }
+#endif
   for (const OpCase& c : model_cases(inputs)) add_row(measure(c, args.repeats, backend));
 
   out << "\n";

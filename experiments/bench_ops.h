@@ -1,7 +1,8 @@
 // `muonlab bench ops`: forward and forward+backward times of the ops the benchmark models in
 // ../shared/bench/SPEC.md spend their time in, at the models' shapes, as achieved TFLOP/s (GEMM,
 // convolution, attention) or GB/s (memory-bound ops) next to the device's own peaks, measured in
-// the same run: a 4096^3 float32 GEMM (and TF32 on CUDA) and a 256 MB device-to-device copy.
+// the same run: a 4096^3 float32 GEMM (and TF32 and bf16 on CUDA) and a 256 MB device-to-device copy.
+// On CUDA the GPT's matrix products are also timed with bf16 operands, against the bf16 peak.
 //
 // Prints a markdown table (one row per case, as it is measured), then one JSON object per row.
 // The code path is the same on every device; only the tensors' device differs.

@@ -727,7 +727,7 @@ const Section<RunConfig>& run_schema() {
           integer("seed", &R::seed, at_least(0), 0),
           choice("device", &R::device, {"cpu", "cuda"}, "cpu"),
           integer("threads", &R::threads, at_least(0), 0),
-          boolean("tf32", &R::tf32, false),
+          choice("matmul_precision", &R::matmul_precision, {"float32", "tf32", "bf16"}, "float32"),
           section("data", &R::data, data_schema(), true),
           section("model", &R::model, model_schema(), true),
           section("optimizer", &R::optimizer, optimizer_schema(), true),

@@ -139,7 +139,10 @@ struct RunConfig {
   int64_t seed = 0;
   std::string device;  // cpu | cuda
   int64_t threads = 0;  // 0: the OpenMP default
-  bool tf32 = false;
+  // float32 | tf32 | bf16: the arithmetic of float32 matrix products on CUDA (exact, TF32 tensor
+  // cores, or bf16 operands with float32 accumulation; convolutions use TF32 under both tf32 and
+  // bf16). No effect on the CPU, which always computes exactly (like PyTorch's allow_tf32).
+  std::string matmul_precision;
   DataConfig data;
   ModelConfig model;
   OptimizerConfig optimizer;

@@ -68,13 +68,22 @@ class ThreadCountScope {
   int previous_;
 };
 
+#ifdef MUONLAB_WITH_CUDA
+MatmulPrecision matmul_precision_of(const std::string& name) {
+  if (name == "float32") return MatmulPrecision::Float32;
+  if (name == "tf32") return MatmulPrecision::Tf32;
+  if (name == "bf16") return MatmulPrecision::Bf16;
+  throw std::invalid_argument("matmul_precision: expected float32, tf32 or bf16, got \"" + name + "\"");
+}
+#endif
+
 Device run_device(const RunConfig& config) {
   const Device device = Device::parse(config.device);
   if (device.is_cuda() && !cuda_available())
     throw std::runtime_error("device: cuda was requested, but no CUDA device is usable (built without CUDA, or no GPU)");
 #ifdef MUONLAB_WITH_CUDA
-  // float32 products and convolutions stay exact unless the config allows TF32 tensor cores.
-  if (device.is_cuda()) cuda_set_tf32(config.tf32);
+  // float32 products and convolutions stay exact unless the config allows TF32 or bf16.
+  if (device.is_cuda()) cuda_set_matmul_precision(matmul_precision_of(config.matmul_precision));
 #endif
   return device;
 }

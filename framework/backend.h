@@ -29,6 +29,11 @@ enum class BinaryOp { Add, Sub, Mul, Div, Pow, Maximum, Minimum, Greater, Less, 
 enum class ReduceOp { Sum, Max, Min };
 enum class RandomDist { Uniform, Normal, Bernoulli };  // Uniform[a,b), Normal(a, b^2), Bernoulli(p=a)
 
+// The arithmetic a gemm may use. Matrix products follow the run's setting (on CUDA, TF32 or bf16
+// operands where the config allows them); sums that are computed as a product with a ones vector
+// stay exact, like every other reduction. The CPU backend always computes exactly.
+enum class GemmMath { Configured, Exact };
+
 struct Conv2dParams {
   int64_t stride_h = 1, stride_w = 1;
   int64_t pad_h = 0, pad_w = 0;
@@ -75,7 +80,7 @@ class Backend {
   // c[i] = alpha * a[i] @ b[i] + beta * c[i] for 3-D a [B,M,K], b [B,K,N], c [B,M,N] (c contiguous).
   // a[i] and b[i] may be transposed views (unit stride in either of their last two dims);
   // a batch stride of 0 broadcasts one matrix over the batch.
-  virtual void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta);
+  virtual void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math);
 
   // ---------------------------------------------------------------- indexing (index is Int64)
   // out = x.index_select(dim, index); out.index_add_(dim, index, src).

@@ -94,7 +94,7 @@ TEST(ConfigDefaults, MinimalConfigGetsEveryDefault) {
   EXPECT_EQ(config.seed, 0);
   EXPECT_EQ(config.device, "cpu");
   EXPECT_EQ(config.threads, 0);
-  EXPECT_FALSE(config.tf32);
+  EXPECT_EQ(config.matmul_precision, "float32");
 
   EXPECT_EQ(config.data.kind, "synthetic");
   EXPECT_EQ(config.data.batch_size, 8);
@@ -127,6 +127,15 @@ TEST(ConfigDefaults, MinimalConfigGetsEveryDefault) {
   EXPECT_EQ(config.train.grad_accum, 1);
   EXPECT_EQ(config.train.grad_clip, 0.0);
   EXPECT_EQ(config.train.label_smoothing, 0.0);
+}
+
+TEST(ConfigValues, MatmulPrecisionTakesEachChoiceFromFileOrOverride) {
+  for (const std::string precision : {"float32", "tf32", "bf16"}) {
+    EXPECT_EQ(load_text(std::string(kMinimal) + "matmul_precision: " + precision + "\n").matmul_precision, precision);
+    EXPECT_EQ(load_text(kMinimal, {"matmul_precision=" + precision}).matmul_precision, precision);
+  }
+  // The boolean it replaced is gone rather than silently ignored.
+  EXPECT_EQ(config_error(std::string(kMinimal) + "tf32: true\n").rfind("x.yaml:12: tf32: unknown key", 0), 0u);
 }
 
 TEST(ConfigDefaults, MuonFamilyDefaultsDependOnKind) {
@@ -248,7 +257,8 @@ TEST(ConfigErrors, WrongTypeNamesFileLineKeyAndExpectation) {
             "x.yaml:12: seed: expected an integer >= 0, got a list");
   EXPECT_EQ(config_error(std::string(kMinimal) + "seed: 1.5\n"),
             "x.yaml:12: seed: expected an integer >= 0, got \"1.5\"");
-  EXPECT_EQ(config_error(std::string(kMinimal) + "tf32: maybe\n"), "x.yaml:12: tf32: expected true or false, got \"maybe\"");
+  EXPECT_EQ(config_error(std::string(kMinimal) + "matmul_precision: true\n"),
+            "x.yaml:12: matmul_precision: expected one of float32, tf32 or bf16, got \"true\"");
   EXPECT_EQ(config_error(std::string(kMinimal) + "seed: \"3\"\n"),
             "x.yaml:12: seed: expected an integer >= 0, got \"3\" (a quoted string)");
   EXPECT_EQ(config_error(std::string(kMinimal) + "threads:\n"), "x.yaml:12: threads: expected an integer >= 0, got nothing");
@@ -284,6 +294,11 @@ TEST(ConfigErrors, OutOfRangeValues) {
 TEST(ConfigErrors, ValueNotInChoicesSuggestsTheClosest) {
   EXPECT_EQ(config_error(kMinimal, {"device=metal"}),
             "--set device=metal: device: expected one of cpu or cuda, got \"metal\"");
+  EXPECT_EQ(config_error(std::string(kMinimal) + "matmul_precision: half\n"),
+            "x.yaml:12: matmul_precision: expected one of float32, tf32 or bf16, got \"half\"");
+  EXPECT_EQ(config_error(kMinimal, {"matmul_precision=bf61"}),
+            "--set matmul_precision=bf61: matmul_precision: expected one of float32, tf32 or bf16, got \"bf61\" "
+            "(did you mean bf16?)");
   EXPECT_EQ(config_error(kMinimal, {"schedule.decay=cosin"}),
             "--set schedule.decay=cosin: schedule.decay: expected one of none, linear or cosine, got \"cosin\" (did "
             "you mean cosine?)");
@@ -398,7 +413,7 @@ TEST(ConfigSuggestions, ClosestMatchOnlyForLikelyTypos) {
 TEST(ConfigRoundTrip, ToYamlReloadsToAnEqualConfigForEveryKind) {
   const std::vector<std::vector<std::string>> variants{
       {},
-      {"optimizer={kind: muon, lr: 0.02, non_matrix: {kind: sgd, lr: 0.1}}", "seed=42", "tf32=true",
+      {"optimizer={kind: muon, lr: 0.02, non_matrix: {kind: sgd, lr: 0.1}}", "seed=42", "matmul_precision=bf16",
        "train={epochs: 3, grad_clip: 0.7, label_smoothing: 0.1}"},
       {"optimizer={kind: turbo_muon, lr: 1e-3, scaling: spectral}", "model.hidden=[]", "model.activation=tanh"},
       {"optimizer={kind: cache_muon, lr: 0.3, gamma: 0.123456789, k_max: 3}"},

@@ -3,11 +3,20 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <functional>
+#include <ios>
+#include <utility>
+#include <vector>
 
 #include "framework/backend.h"
+#include "framework/backends/bfloat16.h"
 #include "framework/ops.h"
 #include "tests/gradcheck.h"
+#ifdef MUONLAB_WITH_CUDA
+#include "framework/backends/cuda/cuda_backend.h"
+#endif
 
 using namespace ml;
 
@@ -152,3 +161,133 @@ TEST_F(CudaParity, ConvolutionPoolingBatchNorm) {
       },
       {float_input({6, 4, 5, 5}, 44), float_input({4}, 45, 1.0), float_input({4}, 46)});
 }
+
+// Runs everywhere: the rounding the CUDA backend applies to bf16 GEMM operands. bf16 keeps 7
+// mantissa bits, so next to 1 its spacing is 2^-7 and 1 + 2^-8 lies halfway between two values.
+TEST(Bfloat16Rounding, RoundsToNearestWithTiesToEven) {
+  const std::vector<std::pair<float, float>> cases = {
+      {1.0f, 1.0f},
+      {0x1.02p0f, 0x1.02p0f},        // representable: unchanged
+      {0x1.01p0f, 1.0f},             // tie between 1 (even) and 1 + 2^-7 (odd): down
+      {0x1.03p0f, 0x1.04p0f},        // tie between 1 + 2^-7 (odd) and 1 + 2^-6 (even): up
+      {0x1.010002p0f, 0x1.02p0f},    // just above a tie: up
+      {0x1.00fffep0f, 1.0f},         // just below a tie: down
+      {-0x1.01p0f, -1.0f},           // the sign does not change the rounding
+      {-0x1.03p0f, -0x1.04p0f},
+      {0x1.ffp0f, 2.0f},             // a tie rounding up carries into the exponent
+      {0x1.8p-133f, 0x1p-132f},      // subnormal tie between 2^-133 (odd) and 2^-132 (even): up
+      {0x1p-134f, 0.0f},             // subnormal tie between 0 (even) and 2^-133: down
+      {0x1.fep127f, 0x1.fep127f},    // the largest finite bf16
+      {0x1.fffffep127f, INFINITY},   // beyond it by more than half a step: overflows
+      {-INFINITY, -INFINITY},
+  };
+  for (const auto& [x, want] : cases) EXPECT_EQ(round_to_bfloat16(x), want) << std::hexfloat << x;
+  EXPECT_EQ(bfloat16_bits(1.0f), 0x3f80);
+  EXPECT_EQ(bfloat16_bits(-2.0f), 0xc000);
+  EXPECT_TRUE(std::signbit(round_to_bfloat16(-0.0f)));
+  // A NaN whose payload lies only in the dropped bits must not round to infinity.
+  const uint32_t signaling_nan_bits = 0x7f800001u;
+  float signaling_nan;
+  std::memcpy(&signaling_nan, &signaling_nan_bits, sizeof signaling_nan);
+  EXPECT_TRUE(std::isnan(round_to_bfloat16(signaling_nan)));
+  EXPECT_TRUE(std::isnan(round_to_bfloat16(-NAN)));
+}
+
+#ifdef MUONLAB_WITH_CUDA
+namespace {
+
+// Each product layout the backend's gemm handles: plain, batched, either operand transposed, a
+// batch folded into rows, a broadcast (batch stride 0) operand, transposed or not, and a vector.
+struct MatmulCase {
+  const char* name;
+  Fn f;
+  std::vector<Tensor> inputs;
+};
+
+std::vector<MatmulCase> matmul_cases() {
+  const Fn product = [](auto& in) { return matmul(in[0], in[1]); };
+  const Fn times_transposed = [](auto& in) { return matmul(in[0], in[1].transpose(-1, -2)); };
+  return {
+      {"2-D", product, {float_input({64, 48}, 50), float_input({48, 80}, 51)}},
+      {"batched, right transposed", times_transposed, {float_input({3, 4, 16, 8}, 52), float_input({3, 4, 16, 8}, 53)}},
+      {"batched, left transposed", [](auto& in) { return matmul(in[0].transpose(-1, -2), in[1]); },
+       {float_input({2, 24, 10}, 54), float_input({2, 24, 12}, 55)}},
+      {"batch folded into rows", product, {float_input({2, 3, 7, 5}, 56), float_input({5, 9}, 57)}},
+      {"broadcast right", product, {float_input({4, 7, 33}, 58), float_input({1, 33, 9}, 59)}},
+      {"broadcast right, transposed", times_transposed, {float_input({4, 7, 33}, 60), float_input({1, 9, 33}, 61)}},
+      {"matrix-vector", product, {float_input({7, 40}, 62), float_input({40}, 63)}},
+  };
+}
+
+// relu(x @ w1 + b1) @ w2 + b2
+Tensor mlp(const std::vector<Tensor>& in) { return add(matmul(relu(add(matmul(in[0], in[1]), in[2])), in[3]), in[4]); }
+
+std::vector<Tensor> mlp_inputs() {
+  return {float_input({32, 20}, 64), float_input({20, 64}, 65), float_input({64}, 66), float_input({64, 10}, 67),
+          float_input({10}, 68)};
+}
+
+// Reduced precisions and the relative error each may leave against exact float32: bf16 operands
+// carry 8 significant bits (relative rounding error up to 2^-8), TF32 operands 11 (2^-11).
+const std::vector<std::pair<MatmulPrecision, double>> kReducedPrecisions = {{MatmulPrecision::Tf32, 3e-3},
+                                                                           {MatmulPrecision::Bf16, 5e-3}};
+
+const char* precision_name(MatmulPrecision precision) {
+  return precision == MatmulPrecision::Tf32 ? "tf32" : precision == MatmulPrecision::Bf16 ? "bf16" : "float32";
+}
+
+Tensor bf16_rounded(const Tensor& x) {
+  std::vector<float> values = x.to_vector<float>();
+  for (float& v : values) v = round_to_bfloat16(v);
+  return Tensor::from_vector(values, x.shape());
+}
+
+}  // namespace
+
+TEST_F(CudaParity, ReducedPrecisionProductsStayNearFloat32) {
+  for (const auto& [precision, tol] : kReducedPrecisions) {
+    SCOPED_TRACE(precision_name(precision));
+    const CudaMatmulPrecisionScope scope(precision);
+    for (const MatmulCase& c : matmul_cases()) {
+      SCOPED_TRACE(c.name);
+      expect_parity(c.f, c.inputs, tol);
+    }
+    {
+      SCOPED_TRACE("mlp");
+      expect_parity(mlp, mlp_inputs(), tol);
+    }
+    SCOPED_TRACE("conv2d");
+    expect_parity([](auto& in) { return conv2d(in[0], in[1], in[2], 1, 1); },
+                  {float_input({4, 3, 9, 9}, 69), float_input({8, 3, 3, 3}, 70), float_input({8}, 71)}, tol);
+  }
+}
+
+// Tighter than the bound above: with bf16 operands the result is the float32 product of the
+// bf16-rounded operands, up to float32 accumulation in another order. An exact float32 product
+// (bf16 mode ignored) misses this by about 1e-3, and a wrongly packed element by far more.
+TEST_F(CudaParity, Bf16ProductIsTheFloat32ProductOfRoundedOperands) {
+  const CudaMatmulPrecisionScope bf16(MatmulPrecision::Bf16);
+  for (const MatmulCase& c : matmul_cases()) {
+    SCOPED_TRACE(c.name);
+    std::vector<Tensor> rounded, on_device;
+    for (const Tensor& x : c.inputs) {
+      rounded.push_back(bf16_rounded(x));
+      on_device.push_back(x.to(cuda()));
+    }
+    const Tensor want = c.f(rounded), got = c.f(on_device);
+    ASSERT_EQ(got.shape(), want.shape());
+    EXPECT_LE(relative_error(got, want), 2e-5);
+  }
+}
+
+TEST_F(CudaParity, Float64ProductsAndSumsStayExactUnderReducedPrecision) {
+  for (const MatmulPrecision precision : {MatmulPrecision::Tf32, MatmulPrecision::Bf16}) {
+    SCOPED_TRACE(precision_name(precision));
+    const CudaMatmulPrecisionScope scope(precision);
+    const Tensor a = float_input({40, 30}, 72).to(DType::Float64), b = float_input({30, 20}, 73).to(DType::Float64);
+    EXPECT_LE(relative_error(matmul(a.to(cuda()), b.to(cuda())), matmul(a, b)), 1e-12);
+    // Sums over the leading axes run as a product with a ones vector (GemmMath::Exact).
+    expect_parity([](auto& in) { return sum(in[0], {0}); }, {float_input({300, 7, 3}, 74)}, 1e-5);
+  }
+}
+#endif

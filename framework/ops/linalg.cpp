@@ -44,7 +44,7 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b) {
     // x @ W: fold a's batch into its rows, one large product instead of many small ones.
     const Tensor a3 = Tensor::view_of(a, {1, a.numel() / std::max<int64_t>(K, 1), K}, {0, K, 1}, a.offset());
     const Tensor c3 = Tensor::view_of(out, {1, out.numel() / std::max<int64_t>(N, 1), N}, {0, N, 1}, 0);
-    backend_of(a).gemm(a3, as_batched_matrices(b), c3, 1.0, 0.0);
+    backend_of(a).gemm(a3, as_batched_matrices(b), c3, 1.0, 0.0, GemmMath::Configured);
     return out;
   }
   Shape full_a = out_shape, full_b = out_shape;
@@ -52,7 +52,7 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b) {
   full_b[full_b.size() - 2] = K;
   Tensor a3 = as_batched_matrices(detail::broadcast_view(a, full_a));
   Tensor b3 = as_batched_matrices(detail::broadcast_view(b, full_b));
-  backend_of(a).gemm(a3, b3, out3, 1.0, 0.0);
+  backend_of(a).gemm(a3, b3, out3, 1.0, 0.0, GemmMath::Configured);
   return out;
 }
 

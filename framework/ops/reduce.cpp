@@ -52,7 +52,7 @@ std::pair<Tensor, Tensor> reduce_forward(ReduceOp op, const char* name, const Te
     const int64_t reduced = p.reduced, kept = std::max<int64_t>(out.numel(), 1);
     const Tensor ones_row = full({1, 1, reduced}, 1.0, x.dtype(), x.device());
     backend_of(x).gemm(ones_row, Tensor::view_of(x, {1, reduced, kept}, {0, kept, 1}, x.offset()),
-                       Tensor::view_of(out, {1, 1, kept}, {0, kept, 1}, 0), 1.0, 0.0);
+                       Tensor::view_of(out, {1, 1, kept}, {0, kept, 1}, 0), 1.0, 0.0, GemmMath::Exact);
     return {out, Tensor()};
   }
   std::vector<int64_t> order;

@@ -28,7 +28,7 @@ class CpuBackend final : public Backend {
   void reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, const Tensor& indices) override;
 
   // cpu_linalg.cpp
-  void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta) override;
+  void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) override;
 
   // cpu_index.cpp
   void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;

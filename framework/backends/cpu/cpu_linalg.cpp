@@ -25,7 +25,8 @@ void gemm_one(const BlasMatrix& oa, const BlasMatrix& ob, int64_t M, int64_t N, 
 
 }  // namespace
 
-void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta) {
+// Always exact: like PyTorch's allow_tf32 on the CPU, the run's matmul precision has no effect here.
+void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath) {
   const int64_t batch = c.size(0), M = c.size(1), N = c.size(2), K = a.size(2);
   if (M == 0 || N == 0) return;
   const BlasMatrix oa = blas_matrix(a, "a"), ob = blas_matrix(b, "b");

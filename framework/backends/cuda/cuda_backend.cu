@@ -74,7 +74,7 @@ CachingAllocator& allocator() {
   return *a;
 }
 
-bool g_tf32 = false;
+MatmulPrecision g_matmul_precision = MatmulPrecision::Float32;
 
 }  // namespace
 
@@ -98,7 +98,10 @@ cublasHandle_t cublas() {
   }();
   return h;
 }
-bool tf32_enabled() { return g_tf32; }
+
+Tensor workspace(size_t bytes, Device device) {
+  return Tensor::empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::Float64, device);
+}
 
 namespace {
 __global__ void out_of_range_kernel(const int64_t* values, int64_t n, int64_t bound, int64_t ignore, int64_t* status) {
@@ -147,9 +150,9 @@ Backend& cuda_backend() {
 }
 
 CudaMemoryStats cuda_memory_stats() { return allocator().stats(); }
-void cuda_set_tf32(bool enabled) {
-  g_tf32 = enabled;
-  ML_CUDA_CHECK(cublasSetMathMode(cublas(), enabled ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH), "tf32");
-}
+// Each gemm picks its compute type from the precision; the cuBLAS handle keeps its default math
+// mode, under which CUBLAS_COMPUTE_32F is exact float32.
+void cuda_set_matmul_precision(MatmulPrecision precision) { g_matmul_precision = precision; }
+MatmulPrecision cuda_matmul_precision() { return g_matmul_precision; }
 
 }  // namespace ml

@@ -17,7 +17,26 @@ struct CudaMemoryStats {
 };
 CudaMemoryStats cuda_memory_stats();
 
-// TF32 tensor-core math for float32 matrix products and convolutions (off: exact float32).
-void cuda_set_tf32(bool enabled);
+// The arithmetic of float32 matrix products (the config's matmul_precision). Float32: exact;
+// Tf32: TF32 tensor cores; Bf16: both operands rounded to bfloat16 (nearest, ties to even),
+// products accumulated and stored in float32. Convolutions use TF32 tensor cores under Tf32 and
+// Bf16. float64 and sums (GemmMath::Exact) always stay exact.
+enum class MatmulPrecision { Float32, Tf32, Bf16 };
+void cuda_set_matmul_precision(MatmulPrecision precision);
+MatmulPrecision cuda_matmul_precision();
+
+// Sets the precision until the end of a scope, then restores the previous one (benchmarks, tests).
+class CudaMatmulPrecisionScope {
+ public:
+  explicit CudaMatmulPrecisionScope(MatmulPrecision precision) : previous_(cuda_matmul_precision()) {
+    cuda_set_matmul_precision(precision);
+  }
+  ~CudaMatmulPrecisionScope() { cuda_set_matmul_precision(previous_); }
+  CudaMatmulPrecisionScope(const CudaMatmulPrecisionScope&) = delete;
+  CudaMatmulPrecisionScope& operator=(const CudaMatmulPrecisionScope&) = delete;
+
+ private:
+  MatmulPrecision previous_;
+};
 
 }  // namespace ml

@@ -28,7 +28,7 @@ class CudaBackend final : public Backend {
   void reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, const Tensor& indices) override;
 
   // cuda_linalg.cu
-  void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta) override;
+  void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) override;
 
   // cuda_index.cu
   void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;

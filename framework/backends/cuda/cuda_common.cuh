@@ -32,7 +32,8 @@ inline void check(cublasStatus_t status, const char* call, const char* where) {
 
 cudaStream_t stream();
 cublasHandle_t cublas();
-bool tf32_enabled();
+// Scratch memory from the backend's caching allocator, released when the tensor goes out of scope.
+Tensor workspace(size_t bytes, Device device);
 
 constexpr int kThreads = 256;
 inline unsigned blocks_for(int64_t n) {

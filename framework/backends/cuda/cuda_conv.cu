@@ -4,6 +4,7 @@
 // this scale. Pooling and batch normalization are own kernels (same contracts as cpu_conv.cpp).
 #include <cudnn.h>
 
+#include "framework/backends/cuda/cuda_backend.h"
 #include "framework/backends/cuda/cuda_backend_impl.cuh"
 #include "framework/backends/cuda/cuda_common.cuh"
 
@@ -52,8 +53,11 @@ struct ConvDescriptors {
                                                    static_cast<int>(p.stride_h), static_cast<int>(p.stride_w), 1, 1,
                                                    CUDNN_CROSS_CORRELATION, type),
                    "conv2d");
-    // FMA math is exact float32; tensor-op math lets float32 convolutions use TF32.
-    ML_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, tf32_enabled() ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH), "conv2d");
+    // FMA math is exact float32; tensor-op math lets float32 convolutions use TF32. Bf16 mode
+    // convolves with TF32 too: bf16 cuDNN would need bf16 copies of x, w and every output and
+    // gradient, while TF32 reads the float32 tensors as they are and gives most of the speed.
+    const bool tensor_ops = cuda_matmul_precision() != MatmulPrecision::Float32;
+    ML_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, tensor_ops ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH), "conv2d");
   }
   ~ConvDescriptors() {
     cudnnDestroyTensorDescriptor(x);
@@ -79,11 +83,6 @@ class BlendFactors {
   double one_d_ = 1.0, zero_d_ = 0.0;
   float one_f_ = 1.0f, zero_f_ = 0.0f;
 };
-
-// Scratch memory from our caching allocator, released when the tensor goes out of scope.
-Tensor workspace(size_t bytes, Device device) {
-  return Tensor::empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::Float64, device);
-}
 
 // The first algorithm cuDNN's heuristics rank as working.
 template <typename Perf, typename Query>
