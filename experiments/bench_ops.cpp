@@ -145,22 +145,34 @@ OpCase conv2d_case(Inputs& in, const Shape& x_shape, const Shape& w_shape, int64
           [x, w, bias, pad] { return conv2d(x, w, bias, 1, pad); }};
 }
 
-// Causal attention over q, k, v [B,H,T,D], fused into one op or composed of two batched matrix
-// products around a masked softmax. Both count the same useful FLOPs (only the key positions a
-// query may see), so their rates compare directly: 4·D per (query, key) pair forward (q·k and
-// p·v), twice that backward (grad of q, k, v and of the probabilities).
-OpCase attention_case(Inputs& in, int64_t batch, int64_t heads, int64_t seq, int64_t head_dim, bool fused) {
+// How an attention case is computed: the op's two implementations (AttentionImpl), or the op
+// spelled out in generic ops (matmul, masked_fill with -inf, softmax), which shows what the op's
+// own kernels save.
+enum class AttentionVariant { Composed, Fused, GenericOps };
+
+// Causal attention over q, k, v [B,H,T,D]. Every variant counts the same useful FLOPs (only the
+// key positions a query may see), so their rates compare directly: 4·D per (query, key) pair
+// forward (q·k and p·v), twice that backward (grad of q, k, v and of the probabilities).
+OpCase attention_case(Inputs& in, int64_t batch, int64_t heads, int64_t seq, int64_t head_dim,
+                      AttentionVariant variant) {
   const Shape shape{batch, heads, seq, head_dim};
   const Tensor q = in.leaf(shape), k = in.leaf(shape), v = in.leaf(shape);
   const double flops = 4.0 * head_dim * batch * heads * seq * (seq + 1) / 2;
   const Work work{Bound::Compute, flops, 2 * flops};
   const std::string text = "q, k, v " + shape_str(shape) + " causal";
-  if (fused)
-    return {"attention", text, work, {q, k, v}, [q, k, v] { return scaled_dot_product_attention(q, k, v); }};
+  switch (variant) {
+    case AttentionVariant::Composed:
+      return {"attention_composed", text, work, {q, k, v},
+              [q, k, v] { return scaled_dot_product_attention(q, k, v, true, AttentionImpl::Composed); }};
+    case AttentionVariant::Fused:
+      return {"attention_fused", text, work, {q, k, v},
+              [q, k, v] { return scaled_dot_product_attention(q, k, v, true, AttentionImpl::Fused); }};
+    case AttentionVariant::GenericOps: break;
+  }
   const Tensor positions = arange(0, static_cast<double>(seq), 1, DType::Float32, in.device());
   const Tensor future = gt(positions.unsqueeze(0), positions.unsqueeze(1));  // key after query
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  return {"attention_composed", text, work, {q, k, v}, [q, k, v, future, scale] {
+  return {"attention_generic_ops", text, work, {q, k, v}, [q, k, v, future, scale] {
             const Tensor scores = masked_fill(matmul(q, k.transpose(-2, -1)) * scale, future,
                                               -std::numeric_limits<double>::infinity());
             return matmul(softmax(scores), v);
@@ -236,8 +248,8 @@ std::vector<OpCase> model_cases(Inputs& in) {
     cases.push_back(conv2d_case(in, {batch, width, size, size}, {width, width, 3, 3}, 1, false));
     channels = width;
   }
-  cases.push_back(attention_case(in, 12, 4, 64, 32, true));
-  cases.push_back(attention_case(in, 12, 4, 64, 32, false));
+  for (AttentionVariant variant : {AttentionVariant::Composed, AttentionVariant::Fused, AttentionVariant::GenericOps})
+    cases.push_back(attention_case(in, 12, 4, 64, 32, variant));
   cases.push_back(layer_norm_case(in, 768, 128));
   cases.push_back(layer_norm_case(in, 16384, 1024));
   cases.push_back(softmax_case(in, {12, 4, 64, 64}));

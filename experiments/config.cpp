@@ -598,6 +598,7 @@ const Section<ModelConfig>& model_schema() {
           choice("activation", &M::activation, {"gelu", "relu2"}, "gelu").only_for({"gpt"}),
           choice("norm", &M::norm, {"layernorm", "rmsnorm"}, "layernorm").only_for({"gpt"}),
           choice("position", &M::position, {"learned", "rotary"}, "learned").only_for({"gpt"}),
+          choice("attention", &M::attention, {"composed", "fused"}, "composed").only_for({"gpt"}),
           boolean("tie_weights", &M::tie_weights, true).only_for({"gpt"}),
           boolean("bias", &M::bias, true).only_for({"gpt"}),
           integer("in_channels", &M::in_channels, at_least(0), 0).only_for({"cnn"}),

@@ -67,6 +67,7 @@ struct ModelConfig {
   int64_t mlp_ratio = 0;
   std::string norm;      // layernorm | rmsnorm
   std::string position;  // learned | rotary
+  std::string attention;  // composed | fused (see AttentionImpl in framework/ops/nn_core.h)
   bool tie_weights = false;
   bool bias = false;
   // cnn

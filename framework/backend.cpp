@@ -34,6 +34,13 @@ void Backend::gather(const Tensor&, int64_t, const Tensor&, const Tensor&) { uns
 void Backend::scatter_add(const Tensor&, int64_t, const Tensor&, const Tensor&) { unsupported("scatter_add"); }
 void Backend::softmax(const Tensor&, const Tensor&, bool, bool) { unsupported("softmax"); }
 void Backend::softmax_backward(const Tensor&, const Tensor&, const Tensor&, bool) { unsupported("softmax_backward"); }
+void Backend::attention(const Tensor&, const Tensor&, const Tensor&, bool, double, const Tensor&, const Tensor&) {
+  unsupported("attention");
+}
+void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                 const Tensor&, bool, double, const Tensor&, const Tensor&, const Tensor&) {
+  unsupported("attention_backward");
+}
 void Backend::layer_norm(const Tensor&, const Tensor&, const Tensor&, double, const Tensor&, const Tensor&,
                          const Tensor&) {
   unsupported("layer_norm");

@@ -96,6 +96,18 @@ class Backend {
   // gradient. Backward kernels skip any output gradient passed undefined.
   virtual void softmax(const Tensor& x, const Tensor& y, bool log, bool causal);
   virtual void softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x, bool log);
+  // Fused attention in the style of FlashAttention (Dao et al. 2022, "FlashAttention: Fast and
+  // Memory-Efficient Exact Attention with IO-Awareness", Algorithms 1 and 2): the [T, S] matrix of
+  // probabilities is never stored. q [BH, T, D], k [BH, S, D], v [BH, S, Dv], all contiguous;
+  // writes out [BH, T, Dv] = softmax(scale * q k^T) v and lse [BH, T], each row's log-sum-exp of
+  // the scaled scores (-inf, with an output row of zeros, for a row that sees no key). Causal
+  // (needs S == T) lets query i see keys 0..i.
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                         const Tensor& out, const Tensor& lse);
+  // Recomputes the probabilities from q, k and lse and writes all of grad_q, grad_k, grad_v.
+  virtual void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& lse, bool causal, double scale,
+                                  const Tensor& grad_q, const Tensor& grad_k, const Tensor& grad_v);
   // Normalizes over the last dim. weight/bias may be undefined; mean/rstd are [rows] (float32/64).
   virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                           const Tensor& y, const Tensor& mean, const Tensor& rstd);

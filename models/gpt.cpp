@@ -63,7 +63,7 @@ Tensor GptNorm::forward(const Tensor& x) { return rmsnorm_ ? rms_norm(x, weight)
 
 CausalSelfAttention::CausalSelfAttention(const GptOptions& options, Generator& gen,
                                          std::shared_ptr<const RotaryTables> rotary)
-    : n_head_(options.n_head), rotary_(std::move(rotary)) {
+    : n_head_(options.n_head), attention_(options.attention), rotary_(std::move(rotary)) {
   qkv = register_module("qkv", std::make_shared<Linear>(options.n_embd, 3 * options.n_embd, options.bias, gen));
   proj = register_module("proj", std::make_shared<Linear>(options.n_embd, options.n_embd, options.bias, gen));
   init_linear(*qkv, kInitStd, gen);
@@ -83,7 +83,7 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
     q = apply_rotary(q, *rotary_);
     k = apply_rotary(k, *rotary_);
   }
-  const Tensor y = scaled_dot_product_attention(q, k, v, /*causal=*/true);
+  const Tensor y = scaled_dot_product_attention(q, k, v, /*causal=*/true, attention_);
   return proj->forward(y.transpose(1, 2).reshape({batch, steps, width}));
 }
 
@@ -164,7 +164,9 @@ std::string Gpt::summary() const {
          std::to_string(options_.n_embd) + ", vocab " + std::to_string(options_.vocab_size) + ", block " +
          std::to_string(options_.block_size) + ", " + (options_.rotary ? "rotary" : "learned") + " positions, " +
          (options_.rmsnorm ? "RMSNorm" : "LayerNorm") + ", " + (options_.relu2 ? "ReLU^2" : "GELU") + " MLP" +
-         (options_.tie_weights ? ", tied head" : "") + ", " + format_count(num_parameters()) + " parameters";
+         (options_.tie_weights ? ", tied head" : "") +
+         (options_.attention == AttentionImpl::Fused ? ", fused attention" : "") + ", " +
+         format_count(num_parameters()) + " parameters";
 }
 
 }  // namespace ml

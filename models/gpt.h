@@ -11,6 +11,7 @@
 #include <string>
 
 #include "framework/nn/layers.h"
+#include "framework/ops/nn_core.h"
 #include "models/model.h"
 
 namespace ml {
@@ -28,6 +29,7 @@ struct GptOptions {
   bool tie_weights = true;
   bool bias = true;            // biases in the linear layers and the LayerNorms
   double dropout = 0.0;        // on the embeddings and on each residual branch
+  AttentionImpl attention = AttentionImpl::Composed;  // how scaled_dot_product_attention runs
 };
 
 // LayerNorm (weight, optional bias) or RMSNorm (weight) over the last dimension.
@@ -65,6 +67,7 @@ class CausalSelfAttention : public UnaryModule {
 
  private:
   int64_t n_head_;
+  AttentionImpl attention_;
   std::shared_ptr<const RotaryTables> rotary_;  // null with learned positions
 };
 

@@ -41,6 +41,7 @@ std::shared_ptr<Model> make_gpt(const ModelConfig& config, const ModelInputs& in
   options.tie_weights = config.tie_weights;
   options.bias = config.bias;
   options.dropout = config.dropout;
+  options.attention = config.attention == "fused" ? AttentionImpl::Fused : AttentionImpl::Composed;
   return std::make_shared<Gpt>(options, gen);
 }
 

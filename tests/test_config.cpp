@@ -201,6 +201,7 @@ TEST(ConfigDefaults, ModelAndDataDefaultsDependOnKind) {
   EXPECT_EQ(gpt.model.activation, "gelu");
   EXPECT_EQ(gpt.model.norm, "layernorm");
   EXPECT_EQ(gpt.model.position, "learned");
+  EXPECT_EQ(gpt.model.attention, "composed");
   EXPECT_TRUE(gpt.model.tie_weights);
   EXPECT_TRUE(gpt.model.bias);
 
@@ -302,6 +303,9 @@ TEST(ConfigErrors, ValueNotInChoicesSuggestsTheClosest) {
   EXPECT_EQ(config_error(kMinimal, {"schedule.decay=cosin"}),
             "--set schedule.decay=cosin: schedule.decay: expected one of none, linear or cosine, got \"cosin\" (did "
             "you mean cosine?)");
+  EXPECT_EQ(config_error(kMinimal, {"model={kind: gpt, n_layer: 1, n_head: 1, n_embd: 8, attention: flash}"}),
+            "--set model={kind: gpt, n_layer: 1, n_head: 1, n_embd: 8, attention: flash}: model.attention: expected "
+            "one of composed or fused, got \"flash\"");
   EXPECT_EQ(config_error(kMinimal, {"name=has space"}),
             "--set name=has space: name: expected a name of letters, digits, '_', '.' and '-', got \"has space\"");
 }
@@ -428,7 +432,7 @@ TEST(ConfigRoundTrip, ToYamlReloadsToAnEqualConfigForEveryKind) {
       {"data={kind: text_tokens, path: t.bin, batch_size: 2, block_size: 32}",
        "model={kind: gpt, n_layer: 1, n_head: 2, n_embd: 8, position: rotary, norm: rmsnorm, tie_weights: false}"},
       {"data={kind: text_char, path: s.txt, batch_size: 2, block_size: 32, byte_level: true}",
-       "model={kind: gpt, n_layer: 1, n_head: 1, n_embd: 8, dropout: 0.1}"},
+       "model={kind: gpt, n_layer: 1, n_head: 1, n_embd: 8, dropout: 0.1, attention: fused}"},
   };
   for (const std::vector<std::string>& overrides : variants) {
     const ml::RunConfig original = load_text(kMinimal, overrides);

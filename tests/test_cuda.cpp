@@ -44,17 +44,19 @@ Tensor float_input(const Shape& shape, uint64_t seed, double shift = 0.0) {
   return add(randn(shape, DType::Float32, cpu(), gen), shift);
 }
 
-// Runs f on CPU copies and on CUDA copies of `inputs` (float leaves that require grad, or
-// constants such as Int64 indices), then compares the outputs and every input gradient.
-void expect_parity(const std::function<Tensor(const std::vector<Tensor>&)>& f, const std::vector<Tensor>& inputs,
-                   double tol = 1e-5) {
+using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+// Runs on_cuda on CUDA copies of `inputs` (float leaves that require grad, or constants such as
+// Int64 indices) and on_cpu on CPU copies, then compares the outputs and every input gradient.
+void expect_cuda_matches_cpu(const Fn& on_cuda, const Fn& on_cpu, const std::vector<Tensor>& inputs,
+                             double tol = 1e-5) {
   auto run = [&](Device device, std::vector<Tensor>& leaves) {
     for (const Tensor& x : inputs) {
       Tensor copy = x.to(device).clone();
       if (is_floating(copy.dtype())) copy.requires_grad_();
       leaves.push_back(copy);
     }
-    Tensor out = f(leaves);
+    Tensor out = device.is_cuda() ? on_cuda(leaves) : on_cpu(leaves);
     Generator gen(99);
     const Tensor weight = randn(out.shape(), out.dtype(), cpu(), gen).to(device);
     if (out.requires_grad()) sum(mul(out, weight)).backward();
@@ -73,7 +75,10 @@ void expect_parity(const std::function<Tensor(const std::vector<Tensor>&)>& f, c
   }
 }
 
-using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+// The same function on both devices.
+void expect_parity(const Fn& f, const std::vector<Tensor>& inputs, double tol = 1e-5) {
+  expect_cuda_matches_cpu(f, f, inputs, tol);
+}
 
 }  // namespace
 
@@ -160,6 +165,53 @@ TEST_F(CudaParity, ConvolutionPoolingBatchNorm) {
         return batch_norm2d(in[0], running_mean, running_var, in[1], in[2], true, 0.1);
       },
       {float_input({6, 4, 5, 5}, 44), float_input({4}, 45, 1.0), float_input({4}, 46)});
+}
+
+// The fused kernels on CUDA against the composed op on the CPU. Sequence lengths are chosen
+// around the kernels' tiles (8 rows per block, 32 keys or queries per staged tile): partial
+// tiles at both ends, several tiles, fewer rows than one block; head sizes up to the 128 limit.
+TEST_F(CudaParity, FusedAttentionMatchesComposedOnTheCpu) {
+  struct Case {
+    int64_t queries, keys, head_dim, value_dim;
+    bool causal;
+  };
+  std::vector<Case> cases;
+  for (int64_t head_dim : {16, 32, 64, 128}) {
+    cases.push_back({45, 45, head_dim, head_dim, true});
+    cases.push_back({70, 70, head_dim, head_dim, true});
+    cases.push_back({37, 70, head_dim, head_dim, false});
+    cases.push_back({5, 3, head_dim, head_dim, false});
+  }
+  cases.push_back({33, 40, 24, 40, false});  // value width differing from the head size
+  cases.push_back({6, 6, 7, 7, true});       // a head size that is not a multiple of 32
+  uint64_t seed = 100;
+  for (const Case& c : cases) {
+    SCOPED_TRACE("T " + std::to_string(c.queries) + ", S " + std::to_string(c.keys) + ", D " +
+                 std::to_string(c.head_dim) + ", Dv " + std::to_string(c.value_dim) + (c.causal ? ", causal" : ""));
+    const bool causal = c.causal;
+    expect_cuda_matches_cpu(
+        [causal](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], causal, AttentionImpl::Fused); },
+        [causal](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], causal, AttentionImpl::Composed); },
+        {float_input({2, 3, c.queries, c.head_dim}, seed++), float_input({2, 3, c.keys, c.head_dim}, seed++),
+         float_input({2, 3, c.keys, c.value_dim}, seed++)});
+  }
+  // Heads split from a [B, T, H, D] layout: the op makes the views contiguous for the kernels.
+  expect_cuda_matches_cpu(
+      [](auto& in) {
+        return scaled_dot_product_attention(in[0].transpose(1, 2), in[1].transpose(1, 2), in[2].transpose(1, 2), true,
+                                            AttentionImpl::Fused);
+      },
+      [](auto& in) { return scaled_dot_product_attention(in[0].transpose(1, 2), in[1].transpose(1, 2), in[2].transpose(1, 2)); },
+      {float_input({2, 19, 4, 32}, seed++), float_input({2, 19, 4, 32}, seed++), float_input({2, 19, 4, 32}, seed++)});
+}
+
+TEST_F(CudaParity, FusedAttentionRejectsWhatItCannotRun) {
+  const auto fused = [](const Shape& shape, DType dtype) {
+    const Tensor x = ones(shape, dtype, cuda());
+    return scaled_dot_product_attention(x, x, x, true, AttentionImpl::Fused);
+  };
+  ml::testing::expect_error_mentions([&] { fused({1, 2, 4, 129}, DType::Float32); }, {"attention", "128", "129"});
+  ml::testing::expect_error_mentions([&] { fused({1, 2, 4, 8}, DType::Float64); }, {"attention", "float32", "float64"});
 }
 
 // Runs everywhere: the rounding the CUDA backend applies to bf16 GEMM operands. bf16 keeps 7

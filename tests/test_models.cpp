@@ -101,26 +101,30 @@ TEST(ModelsGpt, RotaryRmsnormReluSquaredWithoutBiasHasNoPositionTableOrBiases) {
 
 TEST(ModelsGpt, LogitsHaveOneRowPerPositionAndDependOnlyOnThePast) {
   for (bool rotary : {false, true}) {
-    GptOptions options = tiny_gpt_options();
-    options.rotary = rotary;
-    Generator gen(3);
-    Gpt model(options, gen);
-    model.eval();
-    NoGradGuard no_grad;
-    std::vector<int64_t> ids{1, 2, 3, 4, 5, 6, 7, 8, 0, 9, 10, 1, 2, 3, 4, 5};
-    const Tensor logits = model.forward(token_ids(ids, 2, 8));
-    ASSERT_EQ(logits.shape(), (Shape{2, 8, 11}));
-    // Changing the token at position 5 must leave positions 0..4 untouched and change position 5.
-    ids[5] = 0;
-    const Tensor changed = model.forward(token_ids(ids, 2, 8));
-    const std::vector<float> before = logits.to_vector<float>(), after = changed.to_vector<float>();
-    for (int64_t t = 0; t < 8; ++t) {
-      float difference = 0;
-      for (int64_t v = 0; v < 11; ++v) difference = std::max(difference, std::fabs(before[t * 11 + v] - after[t * 11 + v]));
-      if (t < 5)
-        EXPECT_EQ(difference, 0.0f) << "rotary " << rotary << " position " << t;
-      else
-        EXPECT_GT(difference, 0.0f) << "rotary " << rotary << " position " << t;
+    for (AttentionImpl attention : {AttentionImpl::Composed, AttentionImpl::Fused}) {
+      SCOPED_TRACE(attention == AttentionImpl::Fused ? "fused attention" : "composed attention");
+      GptOptions options = tiny_gpt_options();
+      options.rotary = rotary;
+      options.attention = attention;
+      Generator gen(3);
+      Gpt model(options, gen);
+      model.eval();
+      NoGradGuard no_grad;
+      std::vector<int64_t> ids{1, 2, 3, 4, 5, 6, 7, 8, 0, 9, 10, 1, 2, 3, 4, 5};
+      const Tensor logits = model.forward(token_ids(ids, 2, 8));
+      ASSERT_EQ(logits.shape(), (Shape{2, 8, 11}));
+      // Changing the token at position 5 must leave positions 0..4 untouched and change position 5.
+      ids[5] = 0;
+      const Tensor changed = model.forward(token_ids(ids, 2, 8));
+      const std::vector<float> before = logits.to_vector<float>(), after = changed.to_vector<float>();
+      for (int64_t t = 0; t < 8; ++t) {
+        float difference = 0;
+        for (int64_t v = 0; v < 11; ++v) difference = std::max(difference, std::fabs(before[t * 11 + v] - after[t * 11 + v]));
+        if (t < 5)
+          EXPECT_EQ(difference, 0.0f) << "rotary " << rotary << " position " << t;
+        else
+          EXPECT_GT(difference, 0.0f) << "rotary " << rotary << " position " << t;
+      }
     }
   }
 }
@@ -140,6 +144,33 @@ TEST(ModelsGpt, RotaryScoresDependOnlyOnTheDistanceBetweenPositions) {
   EXPECT_GT(std::fabs(s[0] - s[1]), 1e-4);  // but it does depend on the distance
   const std::vector<float> norms = norm(apply_rotary(q, *tables), {3}).to_vector<float>();
   for (float n : norms) EXPECT_NEAR(n, norms[0], 1e-5);
+}
+
+TEST(ModelsGpt, FusedAttentionGivesTheComposedLogitsAndGradients) {
+  const auto run = [](AttentionImpl attention) {
+    GptOptions options = tiny_gpt_options();
+    options.attention = attention;
+    Generator gen(5);
+    auto model = std::make_shared<Gpt>(options, gen);
+    const Tensor logits = model->forward(token_ids({1, 2, 3, 4, 5, 6, 7, 8, 0, 9, 10, 1, 2, 3, 4, 5}, 2, 8));
+    sum(mul(logits, logits)).backward();
+    return std::make_pair(logits, model);
+  };
+  const auto [composed_logits, composed] = run(AttentionImpl::Composed);
+  const auto [fused_logits, fused] = run(AttentionImpl::Fused);
+  EXPECT_NE(fused->summary().find("fused attention"), std::string::npos);
+  const std::vector<float> want = composed_logits.to_vector<float>(), got = fused_logits.to_vector<float>();
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-5) << "logit " << i;
+  const NamedTensors want_params = composed->named_parameters(), got_params = fused->named_parameters();
+  ASSERT_EQ(got_params.size(), want_params.size());
+  for (size_t p = 0; p < want_params.size(); ++p) {
+    const std::string& name = want_params[p].first;
+    ASSERT_EQ(got_params[p].first, name);
+    const std::vector<float> g_want = want_params[p].second.grad().to_vector<float>(),
+                             g_got = got_params[p].second.grad().to_vector<float>();
+    for (size_t i = 0; i < g_want.size(); ++i)
+      ASSERT_NEAR(g_got[i], g_want[i], 1e-4 * std::max(1.0f, std::fabs(g_want[i]))) << name << " element " << i;
+  }
 }
 
 TEST(ModelsGpt, RejectsSequencesLongerThanTheBlock) {
@@ -246,6 +277,10 @@ TEST(ModelsFactory, BuildsEachKindFromItsConfigAndTheData) {
   const std::shared_ptr<Model> lm = make_model(gpt, {{6}, 0, 13}, 0);
   EXPECT_EQ(lm->forward(zeros({2, 6}, DType::Int64)).shape(), (Shape{2, 6, 13}));
   EXPECT_NE(lm->summary().find("rotary"), std::string::npos);
+  EXPECT_EQ(lm->summary().find("fused attention"), std::string::npos);  // composed by default
+  const ModelConfig fused_gpt = model_config("{kind: gpt, n_layer: 1, n_head: 2, n_embd: 8, attention: fused}",
+                                             "{kind: text_char, path: x.txt, batch_size: 2, block_size: 6}");
+  EXPECT_NE(make_model(fused_gpt, {{6}, 0, 13}, 0)->summary().find("fused attention"), std::string::npos);
 
   const ModelConfig cnn =
       model_config("{kind: cnn, widths: [8], stem_width: 4}", "{kind: fashion_mnist, batch_size: 2}");

@@ -240,9 +240,13 @@ TEST(NnCore, AttentionForwardByHand) {
   // One head, two positions, D = 1 (scale 1): position 0 sees only key 0, so it returns v[0].
   const Tensor q = f64({1, 2}, {1, 1, 2, 1}), k = f64({0.5, -1}, {1, 1, 2, 1}), v = f64({3, 7}, {1, 1, 2, 1});
   const double p0 = std::exp(2 * 0.5) / (std::exp(2 * 0.5) + std::exp(2 * -1.0));  // query 1's weight on key 0
-  expect_values_near(scaled_dot_product_attention(q, k, v), {3, p0 * 3 + (1 - p0) * 7});
   const double n0 = std::exp(0.5) / (std::exp(0.5) + std::exp(-1.0));  // query 0's weight on key 0, unmasked
-  expect_values_near(scaled_dot_product_attention(q, k, v, false), {n0 * 3 + (1 - n0) * 7, p0 * 3 + (1 - p0) * 7});
+  for (AttentionImpl impl : {AttentionImpl::Composed, AttentionImpl::Fused}) {
+    SCOPED_TRACE(impl == AttentionImpl::Fused ? "fused" : "composed");
+    expect_values_near(scaled_dot_product_attention(q, k, v, true, impl), {3, p0 * 3 + (1 - p0) * 7});
+    expect_values_near(scaled_dot_product_attention(q, k, v, false, impl),
+                       {n0 * 3 + (1 - n0) * 7, p0 * 3 + (1 - p0) * 7});
+  }
 }
 
 TEST(NnCore, DropoutStatisticsAndModes) {
@@ -386,19 +390,107 @@ TEST(NnCoreGrad, DropoutWithAFixedGenerator) {
 }
 
 TEST(NnCoreGrad, AttentionCausalAndNot) {
-  auto sdpa = [](bool causal) {
-    return [causal](const std::vector<Tensor>& in) { return scaled_dot_product_attention(in[0], in[1], in[2], causal); };
-  };
-  expect_gradients_match(sdpa(true), {random_input({2, 2, 4, 3}, 1), random_input({2, 2, 4, 3}, 2), random_input({2, 2, 4, 3}, 3)});
-  expect_gradients_match(sdpa(false), {random_input({2, 2, 4, 3}, 4), random_input({2, 2, 4, 3}, 5), random_input({2, 2, 4, 3}, 6)});
-  // more keys than queries, a different value width
-  expect_gradients_match(sdpa(false), {random_input({1, 2, 3, 4}, 7), random_input({1, 2, 5, 4}, 8), random_input({1, 2, 5, 2}, 9)});
-  // heads split from a [B, T, H, D] layout: transposed, non-contiguous views
+  for (AttentionImpl impl : {AttentionImpl::Composed, AttentionImpl::Fused}) {
+    SCOPED_TRACE(impl == AttentionImpl::Fused ? "fused" : "composed");
+    auto sdpa = [impl](bool causal) {
+      return [causal, impl](const std::vector<Tensor>& in) {
+        return scaled_dot_product_attention(in[0], in[1], in[2], causal, impl);
+      };
+    };
+    expect_gradients_match(sdpa(true), {random_input({2, 2, 4, 3}, 1), random_input({2, 2, 4, 3}, 2), random_input({2, 2, 4, 3}, 3)});
+    expect_gradients_match(sdpa(false), {random_input({2, 2, 4, 3}, 4), random_input({2, 2, 4, 3}, 5), random_input({2, 2, 4, 3}, 6)});
+    // more keys than queries, a different value width
+    expect_gradients_match(sdpa(false), {random_input({1, 2, 3, 4}, 7), random_input({1, 2, 5, 4}, 8), random_input({1, 2, 5, 2}, 9)});
+    // heads split from a [B, T, H, D] layout: transposed, non-contiguous views
+    expect_gradients_match(
+        [impl](auto& in) {
+          return scaled_dot_product_attention(in[0].transpose(1, 2), in[1].transpose(1, 2), in[2].transpose(1, 2),
+                                              true, impl);
+        },
+        {random_input({2, 5, 2, 3}, 10), random_input({2, 5, 2, 3}, 11), random_input({2, 5, 2, 3}, 12)});
+  }
+  // The fused kernels' key tiles are 32 wide: a causal sequence spanning two of them.
   expect_gradients_match(
-      [](auto& in) {
-        return scaled_dot_product_attention(in[0].transpose(1, 2), in[1].transpose(1, 2), in[2].transpose(1, 2));
-      },
-      {random_input({2, 5, 2, 3}, 10), random_input({2, 5, 2, 3}, 11), random_input({2, 5, 2, 3}, 12)});
+      [](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], true, AttentionImpl::Fused); },
+      {random_input({1, 35, 2}, 13), random_input({1, 35, 2}, 14), random_input({1, 35, 2}, 15)});
+}
+
+// ------------------------------------------------------------------------------ fused attention
+
+namespace {
+
+Tensor attention_with(const std::vector<Tensor>& in, bool causal, AttentionImpl impl) {
+  return scaled_dot_product_attention(in[0], in[1], in[2], causal, impl);
+}
+
+// The fused op's output and gradients against the composed op's, in float64.
+void expect_fused_matches_composed(const TensorFn& fused, const TensorFn& composed, const std::vector<Tensor>& inputs) {
+  const Evaluation f = evaluate(fused, inputs), c = evaluate(composed, inputs);
+  expect_close(f.out, c.out, 1e-10, "output");
+  for (size_t i = 0; i < inputs.size(); ++i) expect_close(f.grads[i], c.grads[i], 1e-10, "gradient " + std::to_string(i));
+}
+
+}  // namespace
+
+TEST(NnCoreFusedAttention, MatchesComposedOutputAndGradients) {
+  struct Case {
+    const char* name;
+    Shape lead;
+    int64_t queries, keys, head_dim, value_dim;
+    bool causal;
+  };
+  const std::vector<Case> cases{
+      {"causal, odd sizes", {2, 3}, 7, 7, 5, 5, true},
+      {"full, odd sizes", {2, 3}, 7, 7, 5, 5, false},
+      {"causal, a partial third key tile", {2, 2}, 75, 75, 8, 8, true},
+      {"full, more keys than queries, wider values", {3}, 9, 70, 5, 6, false},
+      {"full, fewer keys than queries", {2, 2}, 40, 3, 4, 4, false},
+      {"one head, no leading dims", {}, 33, 33, 3, 3, true},
+  };
+  uint64_t seed = 20;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto shape = [&](int64_t rows, int64_t width) {
+      Shape s = c.lead;
+      s.insert(s.end(), {rows, width});
+      return s;
+    };
+    const std::vector<Tensor> inputs{random_input(shape(c.queries, c.head_dim), seed++),
+                                     random_input(shape(c.keys, c.head_dim), seed++),
+                                     random_input(shape(c.keys, c.value_dim), seed++)};
+    const bool causal = c.causal;
+    expect_fused_matches_composed([causal](auto& in) { return attention_with(in, causal, AttentionImpl::Fused); },
+                                  [causal](auto& in) { return attention_with(in, causal, AttentionImpl::Composed); },
+                                  inputs);
+  }
+}
+
+TEST(NnCoreFusedAttention, NonContiguousInputsMatchComposed) {
+  // Heads split from [B, T, H, D] (transposed views) and a key tensor narrowed from a wider one.
+  const auto views = [](const std::vector<Tensor>& in) {
+    return std::vector<Tensor>{in[0].transpose(1, 2), in[1].narrow(3, 2, 6).transpose(1, 2), in[2].transpose(1, 2)};
+  };
+  const std::vector<Tensor> inputs{random_input({2, 11, 3, 6}, 40), random_input({2, 11, 3, 9}, 41),
+                                   random_input({2, 11, 3, 4}, 42)};
+  for (bool causal : {true, false}) {
+    SCOPED_TRACE(causal ? "causal" : "full");
+    expect_fused_matches_composed(
+        [&](auto& in) { return attention_with(views(in), causal, AttentionImpl::Fused); },
+        [&](auto& in) { return attention_with(views(in), causal, AttentionImpl::Composed); }, inputs);
+  }
+}
+
+TEST(NnCoreFusedAttention, RowsWithoutKeysGiveZeros) {
+  // No keys at all: every output row and every query gradient is 0 (the composed op agrees).
+  const std::vector<Tensor> inputs{random_input({2, 3, 4}, 50), random_input({2, 0, 4}, 51),
+                                   random_input({2, 0, 5}, 52)};
+  const TensorFn fused = [](auto& in) { return attention_with(in, false, AttentionImpl::Fused); };
+  const Evaluation e = evaluate(fused, inputs);
+  ASSERT_EQ(e.out.shape(), (Shape{2, 3, 5}));
+  EXPECT_EQ(values(e.out), V(30, 0.0));
+  EXPECT_EQ(values(e.grads[0]), V(24, 0.0));
+  expect_fused_matches_composed(
+      fused, [](auto& in) { return attention_with(in, false, AttentionImpl::Composed); }, inputs);
 }
 
 // ------------------------------------------------------------------------------ larger shapes
@@ -420,11 +512,12 @@ TEST(NnCore, FusedKernelsMatchComposedOpsAndFloat32) {
   expect_matches_reference([&](auto& in) { return cross_entropy(in[0], ids(targets, {200}), -100, 0.1); },
                            [&](auto& in) { return cross_entropy_reference(in[0], targets, -100, 0.1); },
                            {random_input({200, 300}, 8)});
-  for (bool causal : {true, false}) {
-    SCOPED_TRACE(causal ? "causal" : "full");
-    expect_matches_reference(
-        [causal](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], causal); },
-        [causal](auto& in) { return attention_reference(in[0], in[1], in[2], causal); },
-        {random_input({4, 3, 64, 16}, 9), random_input({4, 3, 64, 16}, 10), random_input({4, 3, 64, 16}, 11)}, 1e-4);
-  }
+  for (AttentionImpl impl : {AttentionImpl::Composed, AttentionImpl::Fused})
+    for (bool causal : {true, false}) {
+      SCOPED_TRACE(std::string(impl == AttentionImpl::Fused ? "fused, " : "composed, ") + (causal ? "causal" : "full"));
+      expect_matches_reference(
+          [causal, impl](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], causal, impl); },
+          [causal](auto& in) { return attention_reference(in[0], in[1], in[2], causal); },
+          {random_input({4, 3, 64, 16}, 9), random_input({4, 3, 64, 16}, 10), random_input({4, 3, 64, 16}, 11)}, 1e-4);
+    }
 }

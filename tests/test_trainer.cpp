@@ -135,7 +135,7 @@ train: {steps: 20, eval_every: 10, log_every: 1, label_smoothing: 0.1}
                       "cnn_test.yaml");
 }
 
-RunConfig gpt_config(const std::string& text_path) {
+RunConfig gpt_config(const std::string& text_path, const std::vector<std::string>& overrides = {}) {
   return parse_config(R"(
 name: gpt_test
 seed: 2
@@ -145,7 +145,7 @@ optimizer: {kind: adamw, lr: 3.0e-3, betas: [0.9, 0.99]}
 schedule: {warmup_steps: 2, decay: linear, min_lr_ratio: 0.1}
 train: {steps: 20, eval_every: 10, eval_batches: 4, log_every: 1, grad_clip: 1.0}
 )",
-                      "gpt_test.yaml");
+                      "gpt_test.yaml", overrides);
 }
 
 TrainResult run_quietly(const RunConfig& config, const std::string& out_dir, int64_t max_session_steps = 0,
@@ -235,6 +235,23 @@ TEST(TrainerSmoke, GptOnTextLowersTheLoss) {
   const RunConfig config = gpt_config(write_text(dir));
   expect_run_lowers_the_loss(config, dir);
   EXPECT_TRUE(fs::exists(dir.path("run/checkpoints/step-000020/vocab.txt")));
+}
+
+TEST(TrainerSmoke, GptWithFusedAttentionFollowsTheComposedLosses) {
+  // The same seed, data, dropout masks and updates: only float32 rounding inside attention differs.
+  TempDir dir;
+  const std::string text = write_text(dir);
+  // 40 positions: more than one of the fused kernels' 32-key tiles.
+  const TrainResult composed = run_quietly(gpt_config(text, {"data.block_size=40"}), dir.path("composed"));
+  const TrainResult fused =
+      run_quietly(gpt_config(text, {"data.block_size=40", "model.attention=fused"}), dir.path("fused"));
+  const std::vector<Json> composed_metrics = read_metrics(composed.run_dir), fused_metrics = read_metrics(fused.run_dir);
+  for (const char* key : {"train_loss", "val_loss"}) {
+    const std::vector<double> want = values_of(composed_metrics, key), got = values_of(fused_metrics, key);
+    ASSERT_EQ(got.size(), want.size()) << key;
+    ASSERT_FALSE(want.empty()) << key;
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-4 * want[i]) << key << " " << i;
+  }
 }
 
 TEST(TrainerSmoke, ShippedTinyConfigsTrainOnTheRealData) {

@@ -225,23 +225,10 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   return mul(x, keep_scale);
 }
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
-  const char* op = "scaled_dot_product_attention";
-  check_has_dims(op, q, 2);
-  detail::check_compatible(op, q, k);
-  detail::check_compatible(op, q, v);
-  const Shape lead(q.shape().begin(), q.shape().end() - 2);
-  auto lead_of = [](const Tensor& t) { return Shape(t.shape().begin(), t.shape().end() - std::min<int64_t>(2, t.dim())); };
-  const bool shapes_ok = k.dim() == q.dim() && v.dim() == q.dim() && lead_of(k) == lead && lead_of(v) == lead &&
-                         k.size(-1) == q.size(-1) && v.size(-2) == k.size(-2);
-  if (!shapes_ok)
-    op_error(op, "q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " + shape_str(v.shape()) +
-                     " do not fit q [..., T, D], k [..., S, D], v [..., S, Dv]");
-  if (causal && k.size(-2) != q.size(-2))
-    op_error(op, "causal attention needs as many keys as queries, got q " + shape_str(q.shape()) + " and k " +
-                     shape_str(k.shape()));
+namespace {
 
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+Tensor composed_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                          double scale) {
   Tensor probs, out;
   {
     NoGradGuard no_grad;
@@ -266,6 +253,56 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                           need_v ? matmul(probs.transpose(-1, -2), g) : Tensor()};
            });
   return out;
+}
+
+// The backend kernels see contiguous [BH, T, D] tensors: the leading dims flattened into one.
+Tensor fused_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                       double scale) {
+  const Shape lead(q.shape().begin(), q.shape().end() - 2);
+  const int64_t batch_heads = numel_of(lead), queries = q.size(-2), value_dim = v.size(-1);
+  const auto as_heads = [batch_heads](const Tensor& t) {
+    return contiguous_data(t).view({batch_heads, t.size(-2), t.size(-1)});
+  };
+  const Tensor qh = as_heads(q), kh = as_heads(k), vh = as_heads(v);
+  const Tensor out_heads = Tensor::empty({batch_heads, queries, value_dim}, q.dtype(), q.device());
+  const Tensor lse = Tensor::empty({batch_heads, queries}, q.dtype(), q.device());
+  backend_of(q).attention(qh, kh, vh, causal, scale, out_heads, lse);
+  Shape out_shape = lead;
+  out_shape.insert(out_shape.end(), {queries, value_dim});
+  Tensor out = out_heads.view(out_shape);
+  if (needs_grad(q, k, v))
+    record(out, op, {q, k, v},
+           [qh, kh, vh, out_heads, lse, causal, scale, q_shape = q.shape(), k_shape = k.shape(),
+            v_shape = v.shape()](const Tensor& g) {
+             Tensor grad_q = empty_like(qh), grad_k = empty_like(kh), grad_v = empty_like(vh);
+             backend_of(qh).attention_backward(g.contiguous().view(out_heads.shape()), qh, kh, vh, out_heads, lse,
+                                               causal, scale, grad_q, grad_k, grad_v);
+             return Grads{grad_q.view(q_shape), grad_k.view(k_shape), grad_v.view(v_shape)};
+           });
+  return out;
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                    AttentionImpl impl) {
+  const char* op = "scaled_dot_product_attention";
+  check_has_dims(op, q, 2);
+  detail::check_compatible(op, q, k);
+  detail::check_compatible(op, q, v);
+  const Shape lead(q.shape().begin(), q.shape().end() - 2);
+  auto lead_of = [](const Tensor& t) { return Shape(t.shape().begin(), t.shape().end() - std::min<int64_t>(2, t.dim())); };
+  const bool shapes_ok = k.dim() == q.dim() && v.dim() == q.dim() && lead_of(k) == lead && lead_of(v) == lead &&
+                         k.size(-1) == q.size(-1) && v.size(-2) == k.size(-2);
+  if (!shapes_ok)
+    op_error(op, "q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " + shape_str(v.shape()) +
+                     " do not fit q [..., T, D], k [..., S, D], v [..., S, Dv]");
+  if (causal && k.size(-2) != q.size(-2))
+    op_error(op, "causal attention needs as many keys as queries, got q " + shape_str(q.shape()) + " and k " +
+                     shape_str(k.shape()));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  return impl == AttentionImpl::Fused ? fused_attention(op, q, k, v, causal, scale)
+                                      : composed_attention(op, q, k, v, causal, scale);
 }
 
 }  // namespace ml

@@ -52,6 +52,13 @@ class CudaBackend final : public Backend {
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                               double label_smoothing, const Tensor& grad_losses, const Tensor& grad_logits) override;
 
+  // cuda_attention.cu: fused (FlashAttention-style) attention
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, const Tensor& out,
+                 const Tensor& lse) override;
+  void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& lse, bool causal, double scale, const Tensor& grad_q, const Tensor& grad_k,
+                          const Tensor& grad_v) override;
+
   // cuda_conv.cu
   void conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) override;
   void conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,

@@ -1,0 +1,351 @@
+// Fused attention on CUDA: the FlashAttention forward (Dao et al. 2022, "FlashAttention: Fast and
+// Memory-Efficient Exact Attention with IO-Awareness", Algorithm 1) and a backward in the shape of
+// its Algorithm 2. The loops, formulas and notation are those of backends/cpu/cpu_attention.cpp,
+// the reference these kernels follow; float32 only, head sizes up to kMaxHeadDim.
+//
+// Work split, with W = kWarps warps (rows) per block and tiles of 32 rows, one per lane:
+// - forward: a block per (head, W query rows), one warp per query row. Keys and values go through
+//   shared memory a tile at a time; each lane computes its key's score, the warp reduces the
+//   tile's max and sum with shuffles, then each lane accumulates its own output columns
+//   (lane, lane + 32, ...) over the tile's keys. Running max, sum and output stay in registers.
+// - backward, three kernels: D_i = g_i . o_i (a warp per row); grad_q in the forward's layout (a
+//   warp per query row, key tiles through shared memory); grad_k and grad_v in the transposed
+//   layout (a warp per key row, query tiles through shared memory). Each output row is written by
+//   one warp only: no atomics, no zero-filling, deterministic sums; the price is recomputing every
+//   probability in both gradient passes (as the CPU reference does).
+// Causal attention skips whole tiles that no row of the block can see.
+#include <climits>
+#include <string>
+
+#include "framework/backends/cuda/cuda_backend_impl.cuh"
+#include "framework/backends/cuda/cuda_common.cuh"
+
+namespace ml {
+using namespace cuda_detail;
+
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarps = 8;  // rows per block, one per warp
+constexpr int kBlockThreads = kWarps * kWarpSize;
+constexpr int kTile = kWarpSize;  // rows staged per step: one per lane
+constexpr int kMaxHeadDim = 128;
+constexpr int kColumnsPerLane = kMaxHeadDim / kWarpSize;
+// Row stride of the staged tiles: lane l reading column c of row l hits bank (l + c) % 32, so the
+// lanes' per-row dot products do not conflict.
+constexpr int kPaddedDim = kMaxHeadDim + 1;
+// Shared memory per block: two padded tiles and two per-warp row sets, under the 48 KiB that
+// static shared memory allows.
+static_assert(sizeof(float) * (2 * kTile * kPaddedDim + 2 * kWarps * kMaxHeadDim + 2 * kTile) <= 48 * 1024,
+              "attention tiles exceed static shared memory");
+
+struct AttentionParams {
+  int64_t batch_heads;
+  int queries, keys, head_dim, value_dim;
+  bool causal;
+  float scale;
+  // Blocks along the rows each block handles (queries or keys), kWarps rows per block.
+  __host__ __device__ int row_blocks(int rows) const { return (rows + kWarps - 1) / kWarps; }
+};
+
+__device__ float warp_sum(float v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+__device__ float warp_max(float v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+__device__ float dot(const float* a, const float* b, int n) {
+  float s = 0.f;
+  for (int c = 0; c < n; ++c) s += a[c] * b[c];
+  return s;
+}
+
+// Copies `count` contiguous rows of `width` floats from global memory into shared rows `stride`
+// apart, with all the block's threads (consecutive threads read consecutive addresses).
+__device__ void stage_rows(const float* src, int count, int width, float* dst, int stride) {
+  for (int e = threadIdx.x; e < count * width; e += blockDim.x) dst[(e / width) * stride + e % width] = src[e];
+}
+
+// p_ij and ds_ij = p_ij (dp_ij - D_i), recomputed from the forward's log-sum-exp.
+struct PairGrad {
+  float p;
+  float ds;
+};
+__device__ PairGrad pair_grad(const float* q_i, const float* k_j, const float* g_i, const float* v_j, float lse_i,
+                              float row_dot_i, const AttentionParams& p) {
+  const float prob = expf(p.scale * dot(q_i, k_j, p.head_dim) - lse_i);
+  const float dp = dot(g_i, v_j, p.value_dim);
+  return {prob, prob * (dp - row_dot_i)};
+}
+
+// Keys [0, key_end) are seen by some query of the block whose last query is last_query.
+__device__ int key_end_for(const AttentionParams& p, int last_query) {
+  return p.causal ? min(p.keys, last_query + 1) : p.keys;
+}
+
+__global__ void __launch_bounds__(kBlockThreads)
+    attention_forward_kernel(const float* q, const float* k, const float* v, AttentionParams p, float* out,
+                             float* lse) {
+  __shared__ float key_tile[kTile][kPaddedDim];
+  __shared__ float value_tile[kTile][kPaddedDim];
+  __shared__ float query_rows[kWarps][kMaxHeadDim];
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int64_t head = blockIdx.x / p.row_blocks(p.queries);
+  const int first_query = static_cast<int>(blockIdx.x % p.row_blocks(p.queries)) * kWarps;
+  const int block_queries = min(kWarps, p.queries - first_query);
+  const int i = first_query + warp;
+  // The warps past a partial last tile of queries still help stage keys and reach every barrier.
+  const bool active = warp < block_queries;
+  const float* k_head = k + head * p.keys * p.head_dim;
+  const float* v_head = v + head * p.keys * p.value_dim;
+  stage_rows(q + (head * p.queries + first_query) * p.head_dim, block_queries, p.head_dim, &query_rows[0][0],
+             kMaxHeadDim);
+
+  float running_max = -INFINITY, running_sum = 0.f;
+  float acc[kColumnsPerLane] = {};  // output columns lane, lane + 32, ...
+  const int key_end = key_end_for(p, first_query + block_queries - 1);
+  for (int j0 = 0; j0 < key_end; j0 += kTile) {
+    const int tile_keys = min(kTile, p.keys - j0);
+    __syncthreads();  // the previous tile is no longer read (first pass: nothing to wait for)
+    stage_rows(k_head + int64_t(j0) * p.head_dim, tile_keys, p.head_dim, &key_tile[0][0], kPaddedDim);
+    stage_rows(v_head + int64_t(j0) * p.value_dim, tile_keys, p.value_dim, &value_tile[0][0], kPaddedDim);
+    __syncthreads();  // the tile (and, on the first pass, query_rows) is staged
+    if (!active) continue;
+    const bool visible = lane < tile_keys && (!p.causal || j0 + lane <= i);
+    const float score = visible ? p.scale * dot(key_tile[lane], query_rows[warp], p.head_dim) : -INFINITY;
+    const float tile_max = warp_max(score);
+    if (tile_max == -INFINITY) continue;  // row i sees no key of this tile (same for the whole warp)
+    const float new_max = fmaxf(running_max, tile_max);
+    const float rescale = expf(running_max - new_max);  // 0 on the first visible tile: exp(-inf)
+    const float prob = visible ? expf(score - new_max) : 0.f;
+    running_sum = running_sum * rescale + warp_sum(prob);
+#pragma unroll
+    for (int t = 0; t < kColumnsPerLane; ++t) acc[t] *= rescale;
+    for (int jj = 0; jj < tile_keys; ++jj) {
+      const float prob_jj = __shfl_sync(kFullMask, prob, jj);
+#pragma unroll
+      for (int t = 0; t < kColumnsPerLane; ++t) {
+        const int c = lane + t * kWarpSize;
+        if (c < p.value_dim) acc[t] += prob_jj * value_tile[jj][c];
+      }
+    }
+    running_max = new_max;
+  }
+  if (!active) return;
+  // A row that saw no key (no keys at all) gets zeros and lse -inf, as on the CPU.
+  const float inv_sum = running_sum > 0.f ? 1.f / running_sum : 0.f;
+  float* out_i = out + (head * p.queries + i) * p.value_dim;
+#pragma unroll
+  for (int t = 0; t < kColumnsPerLane; ++t) {
+    const int c = lane + t * kWarpSize;
+    if (c < p.value_dim) out_i[c] = acc[t] * inv_sum;
+  }
+  if (lane == 0) lse[head * p.queries + i] = running_sum > 0.f ? running_max + logf(running_sum) : -INFINITY;
+}
+
+// D_i = g_i . o_i, a warp per row.
+__global__ void __launch_bounds__(kBlockThreads)
+    attention_row_dots_kernel(const float* grad_out, const float* out, int64_t rows, int value_dim,
+                              float* row_dots) {
+  const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= rows) return;  // the whole warp leaves together, before any shuffle
+  float s = 0.f;
+  for (int c = lane; c < value_dim; c += kWarpSize) s += grad_out[row * value_dim + c] * out[row * value_dim + c];
+  s = warp_sum(s);
+  if (lane == 0) row_dots[row] = s;
+}
+
+// dq_i = scale sum_j ds_ij k_j: the forward's layout, a warp per query row.
+__global__ void __launch_bounds__(kBlockThreads)
+    attention_grad_q_kernel(const float* q, const float* k, const float* v, const float* grad_out, const float* lse,
+                            const float* row_dots, AttentionParams p, float* grad_q) {
+  __shared__ float key_tile[kTile][kPaddedDim];
+  __shared__ float value_tile[kTile][kPaddedDim];
+  __shared__ float query_rows[kWarps][kMaxHeadDim];
+  __shared__ float grad_rows[kWarps][kMaxHeadDim];
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int64_t head = blockIdx.x / p.row_blocks(p.queries);
+  const int first_query = static_cast<int>(blockIdx.x % p.row_blocks(p.queries)) * kWarps;
+  const int block_queries = min(kWarps, p.queries - first_query);
+  const int i = first_query + warp;
+  const bool active = warp < block_queries;
+  const int64_t row_i = head * p.queries + i;  // this warp's row in lse and row_dots
+  const float* k_head = k + head * p.keys * p.head_dim;
+  const float* v_head = v + head * p.keys * p.value_dim;
+  stage_rows(q + (head * p.queries + first_query) * p.head_dim, block_queries, p.head_dim, &query_rows[0][0],
+             kMaxHeadDim);
+  stage_rows(grad_out + (head * p.queries + first_query) * p.value_dim, block_queries, p.value_dim,
+             &grad_rows[0][0], kMaxHeadDim);
+  const float lse_i = active ? lse[row_i] : 0.f, row_dot_i = active ? row_dots[row_i] : 0.f;
+
+  float acc[kColumnsPerLane] = {};  // grad_q columns lane, lane + 32, ...
+  const int key_end = key_end_for(p, first_query + block_queries - 1);
+  for (int j0 = 0; j0 < key_end; j0 += kTile) {
+    const int tile_keys = min(kTile, p.keys - j0);
+    __syncthreads();
+    stage_rows(k_head + int64_t(j0) * p.head_dim, tile_keys, p.head_dim, &key_tile[0][0], kPaddedDim);
+    stage_rows(v_head + int64_t(j0) * p.value_dim, tile_keys, p.value_dim, &value_tile[0][0], kPaddedDim);
+    __syncthreads();
+    if (!active) continue;
+    const bool visible = lane < tile_keys && (!p.causal || j0 + lane <= i);
+    const float ds = visible ? pair_grad(query_rows[warp], key_tile[lane], grad_rows[warp], value_tile[lane], lse_i,
+                                         row_dot_i, p)
+                                   .ds
+                             : 0.f;
+    for (int jj = 0; jj < tile_keys; ++jj) {
+      const float ds_jj = __shfl_sync(kFullMask, ds, jj);
+#pragma unroll
+      for (int t = 0; t < kColumnsPerLane; ++t) {
+        const int c = lane + t * kWarpSize;
+        if (c < p.head_dim) acc[t] += ds_jj * key_tile[jj][c];
+      }
+    }
+  }
+  if (!active) return;
+  float* dq_i = grad_q + row_i * p.head_dim;
+#pragma unroll
+  for (int t = 0; t < kColumnsPerLane; ++t) {
+    const int c = lane + t * kWarpSize;
+    if (c < p.head_dim) dq_i[c] = p.scale * acc[t];
+  }
+}
+
+// dk_j = scale sum_i ds_ij q_i and dv_j = sum_i p_ij g_i: the transposed layout, a warp per key
+// row, query tiles (with their lse and D) through shared memory.
+__global__ void __launch_bounds__(kBlockThreads)
+    attention_grad_kv_kernel(const float* q, const float* k, const float* v, const float* grad_out, const float* lse,
+                             const float* row_dots, AttentionParams p, float* grad_k, float* grad_v) {
+  __shared__ float query_tile[kTile][kPaddedDim];
+  __shared__ float grad_tile[kTile][kPaddedDim];
+  __shared__ float lse_tile[kTile];
+  __shared__ float row_dot_tile[kTile];
+  __shared__ float key_rows[kWarps][kMaxHeadDim];
+  __shared__ float value_rows[kWarps][kMaxHeadDim];
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int64_t head = blockIdx.x / p.row_blocks(p.keys);
+  const int first_key = static_cast<int>(blockIdx.x % p.row_blocks(p.keys)) * kWarps;
+  const int block_keys = min(kWarps, p.keys - first_key);
+  const int j = first_key + warp;
+  const bool active = warp < block_keys;
+  const float* q_head = q + head * p.queries * p.head_dim;
+  const float* g_head = grad_out + head * p.queries * p.value_dim;
+  const float* lse_head = lse + head * p.queries;
+  const float* row_dots_head = row_dots + head * p.queries;
+  stage_rows(k + (head * p.keys + first_key) * p.head_dim, block_keys, p.head_dim, &key_rows[0][0], kMaxHeadDim);
+  stage_rows(v + (head * p.keys + first_key) * p.value_dim, block_keys, p.value_dim, &value_rows[0][0], kMaxHeadDim);
+
+  float dk[kColumnsPerLane] = {}, dv[kColumnsPerLane] = {};  // columns lane, lane + 32, ...
+  // Causal: queries before the block's first key see none of its keys.
+  for (int i0 = p.causal ? first_key : 0; i0 < p.queries; i0 += kTile) {
+    const int tile_queries = min(kTile, p.queries - i0);
+    __syncthreads();
+    stage_rows(q_head + int64_t(i0) * p.head_dim, tile_queries, p.head_dim, &query_tile[0][0], kPaddedDim);
+    stage_rows(g_head + int64_t(i0) * p.value_dim, tile_queries, p.value_dim, &grad_tile[0][0], kPaddedDim);
+    for (int e = threadIdx.x; e < tile_queries; e += blockDim.x) {
+      lse_tile[e] = lse_head[i0 + e];
+      row_dot_tile[e] = row_dots_head[i0 + e];
+    }
+    __syncthreads();
+    if (!active) continue;
+    const bool visible = lane < tile_queries && (!p.causal || i0 + lane >= j);
+    const PairGrad pg = visible ? pair_grad(query_tile[lane], key_rows[warp], grad_tile[lane], value_rows[warp],
+                                            lse_tile[lane], row_dot_tile[lane], p)
+                                : PairGrad{0.f, 0.f};
+    for (int ii = 0; ii < tile_queries; ++ii) {
+      const float p_ii = __shfl_sync(kFullMask, pg.p, ii), ds_ii = __shfl_sync(kFullMask, pg.ds, ii);
+#pragma unroll
+      for (int t = 0; t < kColumnsPerLane; ++t) {
+        const int c = lane + t * kWarpSize;
+        if (c < p.value_dim) dv[t] += p_ii * grad_tile[ii][c];
+        if (c < p.head_dim) dk[t] += ds_ii * query_tile[ii][c];
+      }
+    }
+  }
+  if (!active) return;
+  float* dk_j = grad_k + (head * p.keys + j) * p.head_dim;
+  float* dv_j = grad_v + (head * p.keys + j) * p.value_dim;
+#pragma unroll
+  for (int t = 0; t < kColumnsPerLane; ++t) {
+    const int c = lane + t * kWarpSize;
+    if (c < p.head_dim) dk_j[c] = p.scale * dk[t];
+    if (c < p.value_dim) dv_j[c] = dv[t];
+  }
+}
+
+AttentionParams params_of(const char* kernel, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                          double scale) {
+  if (q.dtype() != DType::Float32)
+    throw std::invalid_argument(std::string(kernel) + ": the fused CUDA kernels take float32, got " +
+                                dtype_name(q.dtype()) + " (use the composed attention)");
+  const int64_t head_dim = q.size(2), value_dim = v.size(2);
+  if (head_dim > kMaxHeadDim || value_dim > kMaxHeadDim)
+    throw std::invalid_argument(std::string(kernel) + ": the fused CUDA kernels take head sizes up to " +
+                                std::to_string(kMaxHeadDim) + ", got q/k " + std::to_string(head_dim) + " and v " +
+                                std::to_string(value_dim) + " (use the composed attention)");
+  if (q.size(1) > INT_MAX / 2 || k.size(1) > INT_MAX / 2)
+    throw std::invalid_argument(std::string(kernel) + ": sequence too long for the fused CUDA kernels: " +
+                                shape_str(q.shape()) + ", " + shape_str(k.shape()));
+  return {q.size(0),
+          static_cast<int>(q.size(1)),
+          static_cast<int>(k.size(1)),
+          static_cast<int>(head_dim),
+          static_cast<int>(value_dim),
+          causal,
+          static_cast<float>(scale)};
+}
+
+// A block per kWarps rows of every head (nothing to launch when there are no rows).
+unsigned blocks_for_rows(const char* kernel, int64_t batch_heads, int64_t row_blocks) {
+  const int64_t blocks = batch_heads * row_blocks;
+  if (blocks > INT_MAX)
+    throw std::invalid_argument(std::string(kernel) + ": too many heads and rows for one CUDA grid (" +
+                                std::to_string(blocks) + " blocks)");
+  return static_cast<unsigned>(blocks);
+}
+
+}  // namespace
+
+void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
+                            const Tensor& out, const Tensor& lse) {
+  const AttentionParams p = params_of("attention", q, k, v, causal, scale);
+  const unsigned blocks = blocks_for_rows("attention", p.batch_heads, p.row_blocks(p.queries));
+  if (blocks == 0) return;
+  attention_forward_kernel<<<blocks, kBlockThreads, 0, stream()>>>(ptr<const float>(q), ptr<const float>(k),
+                                                                    ptr<const float>(v), p, ptr<float>(out),
+                                                                    ptr<float>(lse));
+  ML_CUDA_LAUNCHED("attention");
+}
+
+void CudaBackend::attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor& out, const Tensor& lse, bool causal, double scale,
+                                     const Tensor& grad_q, const Tensor& grad_k, const Tensor& grad_v) {
+  const char* kernel = "attention_backward";
+  const AttentionParams p = params_of(kernel, q, k, v, causal, scale);
+  const int64_t rows = p.batch_heads * p.queries;
+  const Tensor row_dots = Tensor::empty({rows}, DType::Float32, q.device());
+  const unsigned query_blocks = blocks_for_rows(kernel, p.batch_heads, p.row_blocks(p.queries));
+  if (query_blocks > 0) {
+    attention_row_dots_kernel<<<query_blocks, kBlockThreads, 0, stream()>>>(
+        ptr<const float>(grad_out), ptr<const float>(out), rows, p.value_dim, ptr<float>(row_dots));
+    ML_CUDA_LAUNCHED(kernel);
+    attention_grad_q_kernel<<<query_blocks, kBlockThreads, 0, stream()>>>(
+        ptr<const float>(q), ptr<const float>(k), ptr<const float>(v), ptr<const float>(grad_out),
+        ptr<const float>(lse), ptr<const float>(row_dots), p, ptr<float>(grad_q));
+    ML_CUDA_LAUNCHED(kernel);
+  }
+  const unsigned key_blocks = blocks_for_rows(kernel, p.batch_heads, p.row_blocks(p.keys));
+  if (key_blocks > 0) {
+    attention_grad_kv_kernel<<<key_blocks, kBlockThreads, 0, stream()>>>(
+        ptr<const float>(q), ptr<const float>(k), ptr<const float>(v), ptr<const float>(grad_out),
+        ptr<const float>(lse), ptr<const float>(row_dots), p, ptr<float>(grad_k), ptr<float>(grad_v));
+    ML_CUDA_LAUNCHED(kernel);
+  }
+}
+
+}  // namespace ml
