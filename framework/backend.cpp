@@ -27,6 +27,7 @@ void Backend::where(const Tensor&, const Tensor&, const Tensor&, const Tensor&) 
 void Backend::random(const Tensor&, RandomDist, uint64_t, uint64_t, double, double) { unsupported("random"); }
 void Backend::arange(const Tensor&, double, double) { unsupported("arange"); }
 void Backend::reduce_rows(ReduceOp, const Tensor&, const Tensor&, const Tensor&) { unsupported("reduce_rows"); }
+void Backend::topk(const Tensor&, int64_t, TopkOrder, const Tensor&, const Tensor&) { unsupported("topk"); }
 void Backend::gemm(const Tensor&, const Tensor&, const Tensor&, double, double, GemmMath) { unsupported("gemm"); }
 void Backend::index_select(const Tensor&, int64_t, const Tensor&, const Tensor&) { unsupported("index_select"); }
 void Backend::index_add(const Tensor&, int64_t, const Tensor&, const Tensor&) { unsupported("index_add"); }

@@ -27,6 +27,8 @@ struct UnaryParams {
 
 enum class BinaryOp { Add, Sub, Mul, Div, Pow, Maximum, Minimum, Greater, Less, Equal };
 enum class ReduceOp { Sum, Max, Min };
+// The order of top-k's k entries: by rank (largest first), or by their position in the input.
+enum class TopkOrder { ByValue, ByIndex };
 enum class RandomDist { Uniform, Normal, Bernoulli };  // Uniform[a,b), Normal(a, b^2), Bernoulli(p=a)
 
 // The arithmetic a gemm may use. Matrix products follow the run's setting (on CUDA, TF32 or bf16
@@ -75,6 +77,10 @@ class Backend {
   // ---------------------------------------------------------------- reductions
   // x is contiguous [rows, n]; out is [rows]; indices (Int64 [rows]) is filled for Max/Min when defined.
   virtual void reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, const Tensor& indices);
+  // x is contiguous floating [rows, n]; values (x's dtype) and indices (Int64) are contiguous
+  // [rows, k] with 1 <= k <= n: each row's k entries that rank first by ranks_before
+  // (backends/ranking.h), in `order`.
+  virtual void topk(const Tensor& x, int64_t k, TopkOrder order, const Tensor& values, const Tensor& indices);
 
   // ---------------------------------------------------------------- linear algebra
   // c[i] = alpha * a[i] @ b[i] + beta * c[i] for 3-D a [B,M,K], b [B,K,N], c [B,M,N] (c contiguous).

@@ -2,31 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <stdexcept>
-#include <vector>
 
 #include "framework/ops.h"
 
 namespace ml {
 
-// The scores are one number per slice (min(m, n) of them), so they are ranked on the host: the
-// copy is tiny next to the matrix work around it. A device top-k kernel would remove the round
-// trip once the CUDA backend has one.
 Tensor top_k_indices(const Tensor& scores, int64_t k) {
   if (scores.dim() != 1) throw std::invalid_argument("top_k_indices: scores must be 1-D, got " + shape_str(scores.shape()));
   const int64_t n = scores.numel();
   if (k < 1 || k > n)
     throw std::invalid_argument("top_k_indices: k = " + std::to_string(k) + " outside [1, " + std::to_string(n) + "]");
-  const std::vector<double> values = scores.to_vector<double>();
-  std::vector<int64_t> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int64_t a, int64_t b) {
-    return values[a] > values[b] || (values[a] == values[b] && a < b);
-  });
-  order.resize(static_cast<size_t>(k));
-  std::sort(order.begin(), order.end());
-  return Tensor::from_vector(order, {k}, scores.device());
+  return topk(scores, k, 0, TopkOrder::ByIndex).second;
 }
 
 int64_t selection_count(int64_t slices, double fraction) {

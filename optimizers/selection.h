@@ -7,8 +7,9 @@
 
 namespace ml {
 
-// Indices of the k largest entries of the 1-D `scores` (ties: lower index first), in ascending
-// index order, as an Int64 tensor on scores' device.
+// Indices of the k largest entries of the 1-D `scores` (ties: lower index first; NaN counts as
+// the largest), in ascending index order, as an Int64 tensor computed on scores' device (no host
+// round trip). Ascending order keeps Dion2's selected slices in matrix order.
 Tensor top_k_indices(const Tensor& scores, int64_t k);
 
 // The number of slices Dion2 selects: max(1, ceil(fraction * slices)).

@@ -1,7 +1,10 @@
 // Forward values and gradient checks for elementwise, reduction, shape and matmul ops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <random>
 
 #include "framework/ops.h"
 #include "tests/gradcheck.h"
@@ -14,6 +17,33 @@ using ml::testing::random_input;
 namespace {
 std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
 using V = std::vector<double>;
+using I = std::vector<int64_t>;
+constexpr double kNan = std::numeric_limits<double>::quiet_NaN();
+
+// Top-k of one row by repeated selection: each pick scans the remaining entries from index 0 and
+// moves on only for a strictly better one (NaN beats any number), so ties go to the lower index.
+I reference_topk(const V& row, int64_t k, TopkOrder order) {
+  std::vector<bool> taken(row.size(), false);
+  I picks;
+  for (int64_t p = 0; p < k; ++p) {
+    int64_t best = -1;
+    for (int64_t j = 0; j < static_cast<int64_t>(row.size()); ++j) {
+      if (taken[j]) continue;
+      const bool better = best < 0 || (std::isnan(row[j]) ? !std::isnan(row[best]) : !std::isnan(row[best]) && row[j] > row[best]);
+      if (better) best = j;
+    }
+    taken[best] = true;
+    picks.push_back(best);
+  }
+  if (order == TopkOrder::ByIndex) std::sort(picks.begin(), picks.end());
+  return picks;
+}
+
+// Equal element by element, NaN matching NaN.
+bool same_values(const V& a, const V& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                    [](double x, double y) { return (std::isnan(x) && std::isnan(y)) || x == y; });
+}
 }  // namespace
 
 TEST(Elementwise, ForwardValuesByHand) {
@@ -149,6 +179,87 @@ TEST(ReduceGrad, AllReductionsOverSeveralAxes) {
   // non-contiguous input
   expect_gradients_match([&](const std::vector<Tensor>& in) { return sum(in[0].permute({2, 0, 1}), {1}); },
                          {random_input({2, 3, 4}, 14)});
+}
+
+TEST(Topk, ValuesAndIndicesByHand) {
+  const Tensor x = Tensor::from_vector<double>({1, 5, 3, 5, -2, 3}, {6});
+  auto [v, i] = topk(x, 4);
+  EXPECT_EQ(values(v), (V{5, 5, 3, 3}));
+  EXPECT_EQ(i.to_vector<int64_t>(), (I{1, 3, 2, 5}));
+  std::tie(v, i) = topk(x, 4, 0, TopkOrder::ByIndex);
+  EXPECT_EQ(values(v), (V{5, 3, 5, 3}));
+  EXPECT_EQ(i.to_vector<int64_t>(), (I{1, 2, 3, 5}));
+  EXPECT_EQ(topk(x, 1).second.to_vector<int64_t>(), (I{1}));
+  EXPECT_EQ(topk(x, 6).second.to_vector<int64_t>(), (I{1, 3, 2, 5, 0, 4}));
+  // NaN ranks above every number; NaNs among themselves by index.
+  const Tensor with_nan = Tensor::from_vector<double>({2, kNan, 7, kNan}, {4});
+  EXPECT_EQ(topk(with_nan, 3).second.to_vector<int64_t>(), (I{1, 3, 2}));
+  // -0 and +0 are equal: a tie, so the lower index comes first.
+  EXPECT_EQ(topk(Tensor::from_vector<double>({-1, -0.0, 0.0}, {3}), 2).second.to_vector<int64_t>(), (I{1, 2}));
+}
+
+TEST(Topk, MatchesTheReferenceOnRowsWithTiesAndNans) {
+  std::mt19937_64 rng(5);
+  std::uniform_int_distribution<int> small(-2, 2);
+  const int64_t rows = 4, n = 9;
+  V data(static_cast<size_t>(rows * n));
+  for (double& d : data) d = small(rng);  // few distinct values: many ties
+  data[3] = data[12] = data[16] = kNan;
+  for (DType dtype : {DType::Float32, DType::Float64})
+    for (TopkOrder order : {TopkOrder::ByValue, TopkOrder::ByIndex})
+      for (int64_t k : {1, 2, 5, 9}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + " k " + std::to_string(k) +
+                     (order == TopkOrder::ByIndex ? " by index" : " by value"));
+        const Tensor x = Tensor::from_vector(data, {rows, n}).to(dtype);
+        const auto [v, i] = topk(x, k, -1, order);
+        ASSERT_EQ(v.shape(), (Shape{rows, k}));
+        ASSERT_EQ(v.dtype(), dtype);
+        ASSERT_EQ(i.dtype(), DType::Int64);
+        const V got_values = values(v);
+        const I got_indices = i.to_vector<int64_t>();
+        for (int64_t r = 0; r < rows; ++r) {
+          const V row(data.begin() + r * n, data.begin() + (r + 1) * n);
+          const I want = reference_topk(row, k, order);
+          V want_values;
+          for (int64_t j : want) want_values.push_back(row[j]);
+          EXPECT_EQ(I(got_indices.begin() + r * k, got_indices.begin() + (r + 1) * k), want) << "row " << r;
+          EXPECT_TRUE(same_values(V(got_values.begin() + r * k, got_values.begin() + (r + 1) * k), want_values)) << "row " << r;
+        }
+      }
+}
+
+TEST(Topk, AlongAnyDimAndEmptyK) {
+  Generator gen(3);
+  const Tensor x = randn({4, 6, 5}, DType::Float64, cpu(), gen);
+  for (int64_t dim : {0, 1}) {
+    const auto [v, i] = topk(x, 3, dim);
+    const auto [v_last, i_last] = topk(x.transpose(dim, 2), 3);
+    EXPECT_EQ(values(v), values(v_last.transpose(dim, 2)));
+    EXPECT_EQ(i.to_vector<int64_t>(), i_last.transpose(dim, 2).contiguous().to_vector<int64_t>());
+    EXPECT_EQ(values(gather(x, dim, i)), values(v));
+  }
+  const auto [v, i] = topk(x, 0);
+  EXPECT_EQ(v.shape(), (Shape{4, 6, 0}));
+  EXPECT_EQ(i.shape(), (Shape{4, 6, 0}));
+}
+
+TEST(Topk, RejectsBadKDimAndDtype) {
+  const Tensor x = zeros({2, 3});
+  expect_error_mentions([&] { topk(x, 4); }, {"topk", "k = 4", "[0, 3]"});
+  expect_error_mentions([&] { topk(x, -1); }, {"topk", "k = -1"});
+  expect_error_mentions([&] { topk(x, 3, 0); }, {"topk", "k = 3", "[0, 2]"});
+  expect_error_mentions([&] { topk(x, 1, 2); }, {"topk", "dimension 2"});
+  expect_error_mentions([&] { topk(scalar_tensor(1.0), 1); }, {"topk", "0-d"});
+  expect_error_mentions([&] { topk(Tensor::from_vector<int64_t>({1, 2}, {2}), 1); }, {"topk", "int64"});
+}
+
+TEST(TopkGrad, ValuesSendTheGradientToTheSelectedEntries) {
+  for (int64_t dim : {0, 1, -1})
+    for (TopkOrder order : {TopkOrder::ByValue, TopkOrder::ByIndex})
+      expect_gradients_match([&](const std::vector<Tensor>& in) { return topk(in[0], 2, dim, order).first; },
+                             {random_input({3, 4, 5}, 15)});
+  // k = n: every entry is selected once, so the gradient is the upstream one, permuted back.
+  expect_gradients_match([&](const std::vector<Tensor>& in) { return topk(in[0], 5).first; }, {random_input({2, 5}, 16)});
 }
 
 TEST(Shape, CatSplitChunkStack) {

@@ -27,6 +27,7 @@
 #include "optimizers/normuon.h"
 #include "optimizers/param_groups.h"
 #include "optimizers/rmnp.h"
+#include "optimizers/selection.h"
 #include "optimizers/sgd.h"
 #include "optimizers/turbo_muon.h"
 
@@ -638,6 +639,18 @@ TEST(OptimDion2, ChangesExactlyKSlicesAlongTheShorterSide) {
   spec.fraction = 0.5;
   spec.selection = "top";
   EXPECT_THROW(Dion2({{"w", w}}, spec), std::invalid_argument);
+}
+
+TEST(OptimDion2, TopKIndicesAscendWithTiesToTheLowerIndex) {
+  const Tensor scores = Tensor::from_vector<float>({0.5f, 2.0f, 2.0f, 1.0f, 2.0f, 3.0f}, {6});
+  const auto indices = [&](int64_t k) { return top_k_indices(scores, k).to_vector<int64_t>(); };
+  EXPECT_EQ(indices(1), (std::vector<int64_t>{5}));
+  EXPECT_EQ(indices(3), (std::vector<int64_t>{1, 2, 5}));  // of the three 2.0s, the first two
+  EXPECT_EQ(indices(5), (std::vector<int64_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(indices(6), (std::vector<int64_t>{0, 1, 2, 3, 4, 5}));
+  EXPECT_THROW(top_k_indices(scores, 0), std::invalid_argument);
+  EXPECT_THROW(top_k_indices(scores, 7), std::invalid_argument);
+  EXPECT_THROW(top_k_indices(scores.reshape({2, 3}), 1), std::invalid_argument);
 }
 
 // CacheMuon against a reference that keeps its own transform and residuals.

@@ -125,6 +125,36 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
   return max(x, dim, keepdim).second;
 }
 
+std::pair<Tensor, Tensor> topk(const Tensor& x, int64_t k, int64_t dim, TopkOrder order) {
+  detail::check_floating("topk", x);
+  if (x.dim() == 0) detail::op_error("topk", "expected a tensor of at least 1 dimension, got a 0-d tensor");
+  const int64_t d = normalize_dim(dim, x.dim(), "topk");
+  const int64_t n = x.size(d);
+  if (k < 0 || k > n)
+    detail::op_error("topk", "k = " + std::to_string(k) + " outside [0, " + std::to_string(n) + "] for dim " +
+                                 std::to_string(d) + " of " + shape_str(x.shape()));
+  const int64_t last = x.dim() - 1;
+  Tensor rows;
+  {
+    NoGradGuard no_grad;
+    rows = (d == last ? x : x.transpose(d, last)).contiguous();
+  }
+  Shape out_shape = rows.shape();
+  out_shape.back() = k;
+  Tensor values = Tensor::empty(out_shape, x.dtype(), x.device());
+  Tensor indices = Tensor::empty(out_shape, DType::Int64, x.device());
+  if (values.numel() > 0) backend_of(x).topk(rows, k, order, values, indices);
+  if (d != last) {
+    values = values.transpose(d, last).contiguous();
+    indices = indices.transpose(d, last).contiguous();
+  }
+  if (needs_grad(x))
+    record(values, "topk", {x}, [shape = x.shape(), dtype = x.dtype(), device = x.device(), d, indices](const Tensor& g) {
+      return Grads{scatter_add(zeros(shape, dtype, device), d, indices, g.contiguous())};
+    });
+  return {values, indices};
+}
+
 Tensor var(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim, int64_t correction) {
   const ReducePlan p = plan_reduce("var", x, axes, keepdim);
   if (p.reduced - correction <= 0)

@@ -1,9 +1,13 @@
-// Row reductions. Each row is reduced sequentially by one thread, so results do not depend on
-// the thread count; float32 sums accumulate in double.
+// Row reductions and top-k along rows. Each row is handled sequentially by one thread, so results
+// do not depend on the thread count; float32 sums accumulate in double.
+#include <algorithm>
 #include <limits>
+#include <numeric>
+#include <vector>
 
 #include "framework/backends/cpu/cpu_backend.h"
 #include "framework/backends/cpu/cpu_loops.h"
+#include "framework/backends/ranking.h"
 
 namespace ml {
 using namespace cpu_loops;
@@ -36,6 +40,32 @@ void CpuBackend::reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, co
       }
       dst[r] = best;
       if (idx) idx[r] = best_j;
+    }
+  });
+}
+
+// Each row: a partial sort of the positions by ranks_before (a strict total order, so the
+// result is the one the CUDA rank count gives), O(n log k).
+void CpuBackend::topk(const Tensor& x, int64_t k, TopkOrder order, const Tensor& values, const Tensor& indices) {
+  dispatch_floating(x.dtype(), "topk", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t rows = values.numel() / k;
+    const int64_t n = x.numel() / rows;
+    const T* src = x.data<T>();
+    T* out_values = values.data<T>();
+    int64_t* out_indices = indices.data<int64_t>();
+#pragma omp parallel for schedule(static) if (rows * n >= kParallelGrain && rows > 1)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = src + r * n;
+      std::vector<int64_t> positions(static_cast<size_t>(n));
+      std::iota(positions.begin(), positions.end(), int64_t{0});
+      std::partial_sort(positions.begin(), positions.begin() + k, positions.end(),
+                        [row](int64_t a, int64_t b) { return ranks_before(row[a], a, row[b], b); });
+      if (order == TopkOrder::ByIndex) std::sort(positions.begin(), positions.begin() + k);
+      for (int64_t j = 0; j < k; ++j) {
+        out_indices[r * k + j] = positions[static_cast<size_t>(j)];
+        out_values[r * k + j] = row[positions[static_cast<size_t>(j)]];
+      }
     }
   });
 }

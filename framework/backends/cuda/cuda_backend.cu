@@ -1,6 +1,8 @@
 // Device memory (a caching allocator), host<->device copies, the stream and library handles.
+#include <atomic>
 #include <map>
 #include <mutex>
+#include <string>
 
 #include "framework/backends/cuda/cuda_backend.h"
 #include "framework/backends/cuda/cuda_backend_impl.cuh"
@@ -103,27 +105,54 @@ Tensor workspace(size_t bytes, Device device) {
   return Tensor::empty({static_cast<int64_t>((bytes + 7) / 8)}, DType::Float64, device);
 }
 
-namespace {
-__global__ void out_of_range_kernel(const int64_t* values, int64_t n, int64_t bound, int64_t ignore, int64_t* status) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    if (values[i] != ignore && (values[i] < 0 || values[i] >= bound)) {
-      atomicAdd(reinterpret_cast<unsigned long long*>(status), 1ull);
-      status[1] = values[i];
-    }
-}
-}  // namespace
-
-bool find_out_of_range(const Tensor& values, int64_t bound, int64_t ignore, int64_t* offending) {
-  const Tensor status = Tensor::empty({2}, DType::Int64, values.device());
-  ML_CUDA_CHECK(cudaMemsetAsync(status.raw_data(), 0, 2 * sizeof(int64_t), stream()), "find_out_of_range");
-  out_of_range_kernel<<<blocks_for(values.numel()), kThreads, 0, stream()>>>(ptr<const int64_t>(values), values.numel(),
-                                                                             bound, ignore, ptr<int64_t>(status));
-  ML_CUDA_LAUNCHED("find_out_of_range");
-  const std::vector<int64_t> host = status.to_vector<int64_t>();
-  *offending = host[1];
-  return host[0] != 0;
+const BadIndexSlot& bad_index_slot() {
+  // Never freed, like the allocator: kernels may use it until the process ends.
+  static const BadIndexSlot slot = [] {
+    BadIndexSlot created{};
+    ML_CUDA_CHECK(cudaMalloc(&created.claimed, sizeof(int)), "bad_index_slot");
+    ML_CUDA_CHECK(cudaMemsetAsync(created.claimed, 0, sizeof(int), stream()), "bad_index_slot");
+    void* host = nullptr;
+    ML_CUDA_CHECK(cudaHostAlloc(&host, sizeof(BadIndex), cudaHostAllocMapped), "bad_index_slot");
+    created.record = static_cast<BadIndex*>(host);
+    *created.record = BadIndex{IndexUse::None, 0, 0};
+    return created;
+  }();
+  return slot;
 }
 }  // namespace cuda_detail
+
+namespace {
+
+std::string describe(const BadIndex& bad) {
+  const std::string value = std::to_string(bad.value), bound = std::to_string(bad.bound);
+  switch (bad.use) {
+    case IndexUse::IndexSelect: return "index_select: index " + value + " out of range [0, " + bound + ")";
+    case IndexUse::IndexAdd: return "index_add: index " + value + " out of range [0, " + bound + ")";
+    case IndexUse::Gather: return "gather: index " + value + " out of range [0, " + bound + ")";
+    case IndexUse::ScatterAdd: return "scatter_add: index " + value + " out of range [0, " + bound + ")";
+    case IndexUse::CrossEntropyTarget:
+      return "cross_entropy: target " + value + " is out of range for " + bound + " classes";
+    case IndexUse::None: break;
+  }
+  return "bad index " + value;
+}
+
+// Waits for the stream, then throws the bad index a kernel recorded since the last report (and
+// clears the record, so that later work starts clean).
+void synchronize_stream(const char* where) {
+  ML_CUDA_CHECK(cudaStreamSynchronize(stream()), where);
+  const BadIndexSlot& slot = bad_index_slot();
+  if (slot.record->use == IndexUse::None) return;
+  const BadIndex bad = *slot.record;
+  slot.record->use = IndexUse::None;
+  ML_CUDA_CHECK(cudaMemsetAsync(slot.claimed, 0, sizeof(int), stream()), where);
+  throw std::out_of_range(describe(bad) + " (found on the device by an earlier kernel, reported at the next synchronization, in " +
+                          where + ")");
+}
+
+std::atomic<int64_t> g_device_to_host_copies{0};
+
+}  // namespace
 
 void* CudaBackend::allocate(size_t nbytes) { return allocator().allocate(nbytes); }
 void CudaBackend::deallocate(void* p, size_t nbytes) { allocator().deallocate(p, nbytes); }
@@ -132,16 +161,17 @@ void CudaBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
   if (!nbytes) return;
   ML_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream()), "copy_from_host");
   // The host buffer may be freed as soon as we return (pageable memory is staged anyway).
-  ML_CUDA_CHECK(cudaStreamSynchronize(stream()), "copy_from_host");
+  synchronize_stream("copy_from_host");
 }
 
 void CudaBackend::copy_to_host(void* dst, const void* src, size_t nbytes) {
   if (!nbytes) return;
+  ++g_device_to_host_copies;
   ML_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream()), "copy_to_host");
-  ML_CUDA_CHECK(cudaStreamSynchronize(stream()), "copy_to_host");
+  synchronize_stream("copy_to_host");
 }
 
-void CudaBackend::synchronize() { ML_CUDA_CHECK(cudaStreamSynchronize(stream()), "synchronize"); }
+void CudaBackend::synchronize() { synchronize_stream("synchronize"); }
 
 Backend& cuda_backend() {
   if (cuda_device_count() == 0) throw std::runtime_error("cuda: no CUDA device is present");
@@ -154,5 +184,6 @@ CudaMemoryStats cuda_memory_stats() { return allocator().stats(); }
 // mode, under which CUBLAS_COMPUTE_32F is exact float32.
 void cuda_set_matmul_precision(MatmulPrecision precision) { g_matmul_precision = precision; }
 MatmulPrecision cuda_matmul_precision() { return g_matmul_precision; }
+int64_t cuda_device_to_host_copies() { return g_device_to_host_copies.load(); }
 
 }  // namespace ml

@@ -2,6 +2,7 @@
 // CUDA-specific stays inside the .cu files, so C++ code includes this without CUDA headers.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 #include "framework/backend.h"
 
@@ -38,5 +39,10 @@ class CudaMatmulPrecisionScope {
  private:
   MatmulPrecision previous_;
 };
+
+// Device-to-host copies so far: every path that brings device data to the host (to_vector,
+// item, to(cpu), printing) goes through the backend's copy_to_host, which counts them. A
+// computation meant to stay on the device (an optimizer step) must leave this unchanged.
+int64_t cuda_device_to_host_copies();
 
 }  // namespace ml

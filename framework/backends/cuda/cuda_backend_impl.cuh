@@ -26,6 +26,7 @@ class CudaBackend final : public Backend {
 
   // cuda_reduce.cu
   void reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, const Tensor& indices) override;
+  void topk(const Tensor& x, int64_t k, TopkOrder order, const Tensor& values, const Tensor& indices) override;
 
   // cuda_linalg.cu
   void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) override;

@@ -5,7 +5,6 @@
 #include <cuda_runtime.h>
 
 #include <array>
-#include <limits>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -42,7 +41,6 @@ inline unsigned blocks_for(int64_t n) {
 }
 
 constexpr int kMaxDims = 8;
-constexpr int64_t kNoIgnore = std::numeric_limits<int64_t>::min();
 
 // Shapes and strides of N same-shaped operands, passed to kernels by value.
 template <int N>
@@ -78,10 +76,37 @@ StridedLayout<N> layout_of(const std::array<const Tensor*, N>& tensors) {
   return layout;
 }
 
-// Some value of `values` (Int64 on the device) outside [0, bound) and not equal to `ignore`, if
-// any: a small device scan and one 16-byte copy back, so that a bad id or label becomes an error
-// message instead of a memory fault.
-bool find_out_of_range(const Tensor& values, int64_t bound, int64_t ignore, int64_t* offending);
+// Index checks without a host round trip. Kernels that read indices check each one on the
+// device; a bad one is skipped (what it would read is 0, what it would write is dropped) and the
+// first of them is recorded in page-locked host memory mapped into the device's address space.
+// Every stream synchronization (copy_to_host, copy_from_host, synchronize) then reads the record,
+// with no copy of its own, and throws: like CUDA's own execution errors, a bad index or label
+// surfaces at the next synchronizing call, not at the op that used it.
+enum class IndexUse : int64_t { None, IndexSelect, IndexAdd, Gather, ScatterAdd, CrossEntropyTarget };
+struct BadIndex {
+  IndexUse use;  // None until a kernel records a bad index
+  int64_t value;
+  int64_t bound;
+};
+struct BadIndexSlot {
+  int* claimed;      // device memory: 0 until one thread claims the record
+  BadIndex* record;  // pinned host memory; with unified addressing (every 64-bit process) kernels
+                     // reach it through the same pointer
+};
+const BadIndexSlot& bad_index_slot();
+
+// Whether 0 <= value < bound; otherwise the first such value since the last report is recorded
+// for `use`. The atomic claim gives the record exactly one writer.
+__device__ inline bool index_in_range(int64_t value, int64_t bound, IndexUse use, const BadIndexSlot& slot) {
+  if (value >= 0 && value < bound) return true;
+  if (atomicCAS(slot.claimed, 0, 1) == 0) {
+    slot.record->value = value;
+    slot.record->bound = bound;
+    __threadfence_system();
+    slot.record->use = use;  // last, so that a set `use` implies value and bound are visible
+  }
+  return false;
+}
 
 template <typename T>
 T* ptr(const Tensor& t) {

@@ -139,15 +139,20 @@ __global__ void affine_grads_kernel(const T* g, const T* x, const T* mean, const
 
 template <typename T>
 __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, int64_t n, int64_t ignore_index,
-                                     double smoothing, T* losses, const T* grad_losses, T* grad_logits) {
+                                     double smoothing, T* losses, const T* grad_losses, T* grad_logits,
+                                     BadIndexSlot bad) {
   __shared__ double scratch[kRowThreads / 32];
   const int64_t row = blockIdx.x;
   const T* xi = logits + row * n;
   const int64_t t = targets[row];
-  if (t == ignore_index) {
-    if (losses && threadIdx.x == 0) losses[row] = T(0);
+  // The whole block takes the same branch (one row, one target), so returning skips no barrier.
+  // An ignored row contributes 0; a bad target NaN, so that nothing computed from it looks valid
+  // before the error is reported.
+  if (t == ignore_index || !index_in_range(t, n, IndexUse::CrossEntropyTarget, bad)) {
+    const T fill = t == ignore_index ? T(0) : T(NAN);
+    if (losses && threadIdx.x == 0) losses[row] = fill;
     if (grad_logits)
-      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) grad_logits[row * n + j] = T(0);
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) grad_logits[row * n + j] = fill;
     return;
   }
   double m = -INFINITY, sum_x = 0.0;
@@ -277,25 +282,15 @@ void CudaBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const
   });
 }
 
-namespace {
-void check_targets(const Tensor& targets, int64_t classes, int64_t ignore_index) {
-  int64_t bad = 0;
-  if (find_out_of_range(targets, classes, ignore_index, &bad))
-    throw std::out_of_range("cross_entropy: target " + std::to_string(bad) + " is out of range for " +
-                            std::to_string(classes) + " classes (ignore_index " + std::to_string(ignore_index) + ")");
-}
-}  // namespace
-
 void CudaBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                                 double label_smoothing, const Tensor& losses) {
   const int64_t n = last_dim(logits);
-  check_targets(targets, n, ignore_index);
   dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
     for_row_slices(rows_of(logits), [&](int64_t first, unsigned count) {
       cross_entropy_kernel<T><<<count, kRowThreads, 0, stream()>>>(
           ptr<const T>(logits) + first * n, ptr<const int64_t>(targets) + first, n, ignore_index, label_smoothing,
-          ptr<T>(losses) + first, nullptr, nullptr);
+          ptr<T>(losses) + first, nullptr, nullptr, bad_index_slot());
     });
     ML_CUDA_LAUNCHED("cross_entropy");
   });
@@ -310,7 +305,7 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     for_row_slices(rows_of(logits), [&](int64_t first, unsigned count) {
       cross_entropy_kernel<T><<<count, kRowThreads, 0, stream()>>>(
           ptr<const T>(logits) + first * n, ptr<const int64_t>(targets) + first, n, ignore_index, label_smoothing,
-          nullptr, ptr<const T>(grad_losses) + first, ptr<T>(grad_logits) + first * n);
+          nullptr, ptr<const T>(grad_losses) + first, ptr<T>(grad_logits) + first * n, bad_index_slot());
     });
     ML_CUDA_LAUNCHED("cross_entropy_backward");
   });
