@@ -40,13 +40,14 @@ constexpr int kPaddedDim = kMaxHeadDim + 1;
 static_assert(sizeof(float) * (2 * kTile * kPaddedDim + 2 * kWarps * kMaxHeadDim + 2 * kTile) <= 48 * 1024,
               "attention tiles exceed static shared memory");
 
+// Blocks per head along its rows (queries or keys), kWarps rows per block.
+__host__ __device__ int row_blocks(int rows) { return (rows + kWarps - 1) / kWarps; }
+
 struct AttentionParams {
   int64_t batch_heads;
   int queries, keys, head_dim, value_dim;
   bool causal;
   float scale;
-  // Blocks along the rows each block handles (queries or keys), kWarps rows per block.
-  __host__ __device__ int row_blocks(int rows) const { return (rows + kWarps - 1) / kWarps; }
 };
 
 __device__ float warp_sum(float v) {
@@ -88,19 +89,58 @@ __device__ int key_end_for(const AttentionParams& p, int last_query) {
   return p.causal ? min(p.keys, last_query + 1) : p.keys;
 }
 
+// The rows (queries or keys) a block owns: kWarps consecutive rows of one head, a warp per row.
+// The last block of a head may hold fewer rows; its idle warps still stage tiles and reach every
+// barrier.
+struct BlockRows {
+  int warp, lane;
+  int64_t head;
+  int first, count;  // rows [first, first + count) of the head
+  int row;           // this warp's row: first + warp
+  bool active;       // this warp has a row
+};
+
+__device__ BlockRows block_rows(int rows_per_head) {
+  BlockRows b;
+  b.warp = threadIdx.x / kWarpSize;
+  b.lane = threadIdx.x % kWarpSize;
+  const int blocks_per_head = row_blocks(rows_per_head);
+  b.head = blockIdx.x / blocks_per_head;
+  b.first = static_cast<int>(blockIdx.x % blocks_per_head) * kWarps;
+  b.count = min(kWarps, rows_per_head - b.first);
+  b.row = b.first + b.warp;
+  b.active = b.warp < b.count;
+  return b;
+}
+
+// acc[t] += weight * row[c] for this lane's columns c = lane + 32 t below width.
+__device__ void accumulate_columns(float (&acc)[kColumnsPerLane], float weight, const float* row, int lane, int width) {
+#pragma unroll
+  for (int t = 0; t < kColumnsPerLane; ++t) {
+    const int c = lane + t * kWarpSize;
+    if (c < width) acc[t] += weight * row[c];
+  }
+}
+
+// dst[c] = scale * acc[t] for this lane's columns c = lane + 32 t below width.
+__device__ void store_columns(float* dst, const float (&acc)[kColumnsPerLane], float scale, int lane, int width) {
+#pragma unroll
+  for (int t = 0; t < kColumnsPerLane; ++t) {
+    const int c = lane + t * kWarpSize;
+    if (c < width) dst[c] = scale * acc[t];
+  }
+}
+
 __global__ void __launch_bounds__(kBlockThreads)
     attention_forward_kernel(const float* q, const float* k, const float* v, AttentionParams p, float* out,
                              float* lse) {
   __shared__ float key_tile[kTile][kPaddedDim];
   __shared__ float value_tile[kTile][kPaddedDim];
   __shared__ float query_rows[kWarps][kMaxHeadDim];
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int64_t head = blockIdx.x / p.row_blocks(p.queries);
-  const int first_query = static_cast<int>(blockIdx.x % p.row_blocks(p.queries)) * kWarps;
-  const int block_queries = min(kWarps, p.queries - first_query);
-  const int i = first_query + warp;
-  // The warps past a partial last tile of queries still help stage keys and reach every barrier.
-  const bool active = warp < block_queries;
+  const BlockRows b = block_rows(p.queries);
+  const int warp = b.warp, lane = b.lane, first_query = b.first, block_queries = b.count, i = b.row;
+  const int64_t head = b.head;
+  const bool active = b.active;
   const float* k_head = k + head * p.keys * p.head_dim;
   const float* v_head = v + head * p.keys * p.value_dim;
   stage_rows(q + (head * p.queries + first_query) * p.head_dim, block_queries, p.head_dim, &query_rows[0][0],
@@ -127,24 +167,14 @@ __global__ void __launch_bounds__(kBlockThreads)
 #pragma unroll
     for (int t = 0; t < kColumnsPerLane; ++t) acc[t] *= rescale;
     for (int jj = 0; jj < tile_keys; ++jj) {
-      const float prob_jj = __shfl_sync(kFullMask, prob, jj);
-#pragma unroll
-      for (int t = 0; t < kColumnsPerLane; ++t) {
-        const int c = lane + t * kWarpSize;
-        if (c < p.value_dim) acc[t] += prob_jj * value_tile[jj][c];
-      }
+      accumulate_columns(acc, __shfl_sync(kFullMask, prob, jj), value_tile[jj], lane, p.value_dim);
     }
     running_max = new_max;
   }
   if (!active) return;
   // A row that saw no key (no keys at all) gets zeros and lse -inf, as on the CPU.
   const float inv_sum = running_sum > 0.f ? 1.f / running_sum : 0.f;
-  float* out_i = out + (head * p.queries + i) * p.value_dim;
-#pragma unroll
-  for (int t = 0; t < kColumnsPerLane; ++t) {
-    const int c = lane + t * kWarpSize;
-    if (c < p.value_dim) out_i[c] = acc[t] * inv_sum;
-  }
+  store_columns(out + (head * p.queries + i) * p.value_dim, acc, inv_sum, lane, p.value_dim);
   if (lane == 0) lse[head * p.queries + i] = running_sum > 0.f ? running_max + logf(running_sum) : -INFINITY;
 }
 
@@ -169,12 +199,10 @@ __global__ void __launch_bounds__(kBlockThreads)
   __shared__ float value_tile[kTile][kPaddedDim];
   __shared__ float query_rows[kWarps][kMaxHeadDim];
   __shared__ float grad_rows[kWarps][kMaxHeadDim];
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int64_t head = blockIdx.x / p.row_blocks(p.queries);
-  const int first_query = static_cast<int>(blockIdx.x % p.row_blocks(p.queries)) * kWarps;
-  const int block_queries = min(kWarps, p.queries - first_query);
-  const int i = first_query + warp;
-  const bool active = warp < block_queries;
+  const BlockRows b = block_rows(p.queries);
+  const int warp = b.warp, lane = b.lane, first_query = b.first, block_queries = b.count, i = b.row;
+  const int64_t head = b.head;
+  const bool active = b.active;
   const int64_t row_i = head * p.queries + i;  // this warp's row in lse and row_dots
   const float* k_head = k + head * p.keys * p.head_dim;
   const float* v_head = v + head * p.keys * p.value_dim;
@@ -199,21 +227,11 @@ __global__ void __launch_bounds__(kBlockThreads)
                                    .ds
                              : 0.f;
     for (int jj = 0; jj < tile_keys; ++jj) {
-      const float ds_jj = __shfl_sync(kFullMask, ds, jj);
-#pragma unroll
-      for (int t = 0; t < kColumnsPerLane; ++t) {
-        const int c = lane + t * kWarpSize;
-        if (c < p.head_dim) acc[t] += ds_jj * key_tile[jj][c];
-      }
+      accumulate_columns(acc, __shfl_sync(kFullMask, ds, jj), key_tile[jj], lane, p.head_dim);
     }
   }
   if (!active) return;
-  float* dq_i = grad_q + row_i * p.head_dim;
-#pragma unroll
-  for (int t = 0; t < kColumnsPerLane; ++t) {
-    const int c = lane + t * kWarpSize;
-    if (c < p.head_dim) dq_i[c] = p.scale * acc[t];
-  }
+  store_columns(grad_q + row_i * p.head_dim, acc, p.scale, lane, p.head_dim);
 }
 
 // dk_j = scale sum_i ds_ij q_i and dv_j = sum_i p_ij g_i: the transposed layout, a warp per key
@@ -227,12 +245,10 @@ __global__ void __launch_bounds__(kBlockThreads)
   __shared__ float row_dot_tile[kTile];
   __shared__ float key_rows[kWarps][kMaxHeadDim];
   __shared__ float value_rows[kWarps][kMaxHeadDim];
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int64_t head = blockIdx.x / p.row_blocks(p.keys);
-  const int first_key = static_cast<int>(blockIdx.x % p.row_blocks(p.keys)) * kWarps;
-  const int block_keys = min(kWarps, p.keys - first_key);
-  const int j = first_key + warp;
-  const bool active = warp < block_keys;
+  const BlockRows b = block_rows(p.keys);
+  const int warp = b.warp, lane = b.lane, first_key = b.first, block_keys = b.count, j = b.row;
+  const int64_t head = b.head;
+  const bool active = b.active;
   const float* q_head = q + head * p.queries * p.head_dim;
   const float* g_head = grad_out + head * p.queries * p.value_dim;
   const float* lse_head = lse + head * p.queries;
@@ -258,24 +274,13 @@ __global__ void __launch_bounds__(kBlockThreads)
                                             lse_tile[lane], row_dot_tile[lane], p)
                                 : PairGrad{0.f, 0.f};
     for (int ii = 0; ii < tile_queries; ++ii) {
-      const float p_ii = __shfl_sync(kFullMask, pg.p, ii), ds_ii = __shfl_sync(kFullMask, pg.ds, ii);
-#pragma unroll
-      for (int t = 0; t < kColumnsPerLane; ++t) {
-        const int c = lane + t * kWarpSize;
-        if (c < p.value_dim) dv[t] += p_ii * grad_tile[ii][c];
-        if (c < p.head_dim) dk[t] += ds_ii * query_tile[ii][c];
-      }
+      accumulate_columns(dv, __shfl_sync(kFullMask, pg.p, ii), grad_tile[ii], lane, p.value_dim);
+      accumulate_columns(dk, __shfl_sync(kFullMask, pg.ds, ii), query_tile[ii], lane, p.head_dim);
     }
   }
   if (!active) return;
-  float* dk_j = grad_k + (head * p.keys + j) * p.head_dim;
-  float* dv_j = grad_v + (head * p.keys + j) * p.value_dim;
-#pragma unroll
-  for (int t = 0; t < kColumnsPerLane; ++t) {
-    const int c = lane + t * kWarpSize;
-    if (c < p.head_dim) dk_j[c] = p.scale * dk[t];
-    if (c < p.value_dim) dv_j[c] = dv[t];
-  }
+  store_columns(grad_k + (head * p.keys + j) * p.head_dim, dk, p.scale, lane, p.head_dim);
+  store_columns(grad_v + (head * p.keys + j) * p.value_dim, dv, 1.f, lane, p.value_dim);
 }
 
 AttentionParams params_of(const char* kernel, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
@@ -301,8 +306,8 @@ AttentionParams params_of(const char* kernel, const Tensor& q, const Tensor& k, 
 }
 
 // A block per kWarps rows of every head (nothing to launch when there are no rows).
-unsigned blocks_for_rows(const char* kernel, int64_t batch_heads, int64_t row_blocks) {
-  const int64_t blocks = batch_heads * row_blocks;
+unsigned blocks_for_rows(const char* kernel, int64_t batch_heads, int64_t blocks_per_head) {
+  const int64_t blocks = batch_heads * blocks_per_head;
   if (blocks > INT_MAX)
     throw std::invalid_argument(std::string(kernel) + ": too many heads and rows for one CUDA grid (" +
                                 std::to_string(blocks) + " blocks)");
@@ -314,7 +319,7 @@ unsigned blocks_for_rows(const char* kernel, int64_t batch_heads, int64_t row_bl
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
                             const Tensor& out, const Tensor& lse) {
   const AttentionParams p = params_of("attention", q, k, v, causal, scale);
-  const unsigned blocks = blocks_for_rows("attention", p.batch_heads, p.row_blocks(p.queries));
+  const unsigned blocks = blocks_for_rows("attention", p.batch_heads, row_blocks(p.queries));
   if (blocks == 0) return;
   attention_forward_kernel<<<blocks, kBlockThreads, 0, stream()>>>(ptr<const float>(q), ptr<const float>(k),
                                                                     ptr<const float>(v), p, ptr<float>(out),
@@ -329,7 +334,7 @@ void CudaBackend::attention_backward(const Tensor& grad_out, const Tensor& q, co
   const AttentionParams p = params_of(kernel, q, k, v, causal, scale);
   const int64_t rows = p.batch_heads * p.queries;
   const Tensor row_dots = Tensor::empty({rows}, DType::Float32, q.device());
-  const unsigned query_blocks = blocks_for_rows(kernel, p.batch_heads, p.row_blocks(p.queries));
+  const unsigned query_blocks = blocks_for_rows(kernel, p.batch_heads, row_blocks(p.queries));
   if (query_blocks > 0) {
     attention_row_dots_kernel<<<query_blocks, kBlockThreads, 0, stream()>>>(
         ptr<const float>(grad_out), ptr<const float>(out), rows, p.value_dim, ptr<float>(row_dots));
@@ -339,7 +344,7 @@ void CudaBackend::attention_backward(const Tensor& grad_out, const Tensor& q, co
         ptr<const float>(lse), ptr<const float>(row_dots), p, ptr<float>(grad_q));
     ML_CUDA_LAUNCHED(kernel);
   }
-  const unsigned key_blocks = blocks_for_rows(kernel, p.batch_heads, p.row_blocks(p.keys));
+  const unsigned key_blocks = blocks_for_rows(kernel, p.batch_heads, row_blocks(p.keys));
   if (key_blocks > 0) {
     attention_grad_kv_kernel<<<key_blocks, kBlockThreads, 0, stream()>>>(
         ptr<const float>(q), ptr<const float>(k), ptr<const float>(v), ptr<const float>(grad_out),
