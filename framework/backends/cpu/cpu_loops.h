@@ -16,6 +16,22 @@ namespace ml::cpu_loops {
 // Below this many elements a loop runs on one thread: spawning costs more than it saves.
 constexpr int64_t kParallelGrain = 32768;
 
+// body(i) for i in [0, n), for loops whose body calls BLAS: spread over the thread team (one
+// BLAS call per thread, each single-threaded) when `parallel`, else run on the calling thread
+// outside any OpenMP region, so that OpenBLAS can use every thread inside each call. Not
+// `#pragma omp parallel if (parallel)`: OpenBLAS's own region would then be nested in an inactive
+// one, and libgomp starts and joins fresh threads for every such call (thousands per training
+// step, at several microseconds each).
+template <typename Body>
+void blas_loop(int64_t n, bool parallel, Body&& body) {
+  if (!parallel) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for schedule(static, 1)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+
 // Iterates the elements of N same-shaped views (strides may be 0 for broadcast operands).
 // Dimensions that are contiguous across all operands are merged first, so a contiguous or
 // simply-broadcast operand costs one flat inner loop. body(offsets) gets each operand's
