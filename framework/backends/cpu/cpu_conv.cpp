@@ -340,9 +340,38 @@ void max_pool2d_forward(const Tensor& x, const Tensor& y, const Tensor& indices,
   const T* px = x.data<T>();
   T* py = y.data<T>();
   int64_t* pi = indices.data<int64_t>();
+  // The CNN's 2x2 windows at stride 2 lie inside the image: a loop without per-window bounds,
+  // which the compiler vectorizes, runs several times faster than the general one below.
+  const bool two_by_two = p.kernel_h == 2 && p.kernel_w == 2 && p.stride_h == 2 && p.stride_w == 2 && p.pad_h == 0 &&
+                          p.pad_w == 0;
 #pragma omp parallel for schedule(static) if (s.planes * s.in_plane() >= kParallelGrain)
   for (int64_t plane = 0; plane < s.planes; ++plane) {
     const T* in = px + plane * s.in_plane();
+    if (two_by_two) {
+      const int64_t width = s.width, out_w = s.out_w;
+      for (int64_t oh = 0; oh < s.out_h; ++oh) {
+        const int64_t top = 2 * oh * width;  // offset of the window row pair in the plane
+        const T* upper = in + top;
+        const T* lower = upper + width;
+        T* y_row = py + plane * s.out_plane() + oh * out_w;
+        int64_t* index_row = pi + plane * s.out_plane() + oh * out_w;
+        // Plain selects on purpose: this loop vectorizes, so they become blends, not branches.
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          T best = upper[2 * ow];
+          int64_t best_at = top + 2 * ow;
+          const T candidates[3] = {upper[2 * ow + 1], lower[2 * ow], lower[2 * ow + 1]};
+          const int64_t offsets[3] = {top + 2 * ow + 1, top + width + 2 * ow, top + width + 2 * ow + 1};
+          for (int k = 0; k < 3; ++k) {
+            const bool take = (candidates[k] > best) | (candidates[k] != candidates[k]);  // as below
+            best = take ? candidates[k] : best;
+            best_at = take ? offsets[k] : best_at;
+          }
+          y_row[ow] = best;
+          index_row[ow] = best_at;
+        }
+      }
+      continue;
+    }
     for (int64_t oh = 0; oh < s.out_h; ++oh) {
       const auto [h0, h1] = window(oh, p.stride_h, p.pad_h, p.kernel_h, s.height);
       for (int64_t ow = 0; ow < s.out_w; ++ow) {
