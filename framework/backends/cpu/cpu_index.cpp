@@ -6,20 +6,12 @@
 
 #include "framework/backends/cpu/cpu_backend.h"
 #include "framework/backends/cpu/cpu_loops.h"
+#include "framework/backends/index_layout.h"
 
 namespace ml {
 using namespace cpu_loops;
 
 namespace {
-
-struct Split3 {
-  int64_t outer = 1, mid = 1, inner = 1;
-};
-Split3 split_at(const Shape& shape, int64_t dim) {
-  Split3 s;
-  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) (d < dim ? s.outer : d == dim ? s.mid : s.inner) *= shape[d];
-  return s;
-}
 
 void check_indices(const Tensor& index, int64_t bound, const char* kernel) {
   const int64_t* idx = index.data<int64_t>();

@@ -3,20 +3,12 @@
 // the device (index_in_range), so no kernel here waits for the host.
 #include "framework/backends/cuda/cuda_backend_impl.cuh"
 #include "framework/backends/cuda/cuda_common.cuh"
+#include "framework/backends/index_layout.h"
 
 namespace ml {
 using namespace cuda_detail;
 
 namespace {
-
-struct Split3 {
-  int64_t outer = 1, mid = 1, inner = 1;
-};
-Split3 split_at(const Shape& shape, int64_t dim) {
-  Split3 s;
-  for (int64_t d = 0; d < static_cast<int64_t>(shape.size()); ++d) (d < dim ? s.outer : d == dim ? s.mid : s.inner) *= shape[d];
-  return s;
-}
 
 template <typename T>
 __global__ void index_select_kernel(const T* x, const int64_t* idx, T* out, int64_t count, Split3 s, int64_t n,
