@@ -160,14 +160,11 @@ OpCase attention_case(Inputs& in, int64_t batch, int64_t heads, int64_t seq, int
   const double flops = 4.0 * head_dim * batch * heads * seq * (seq + 1) / 2;
   const Work work{Bound::Compute, flops, 2 * flops};
   const std::string text = "q, k, v " + shape_str(shape) + " causal";
-  switch (variant) {
-    case AttentionVariant::Composed:
-      return {"attention_composed", text, work, {q, k, v},
-              [q, k, v] { return scaled_dot_product_attention(q, k, v, true, AttentionImpl::Composed); }};
-    case AttentionVariant::Fused:
-      return {"attention_fused", text, work, {q, k, v},
-              [q, k, v] { return scaled_dot_product_attention(q, k, v, true, AttentionImpl::Fused); }};
-    case AttentionVariant::GenericOps: break;
+  if (variant != AttentionVariant::GenericOps) {
+    const bool fused = variant == AttentionVariant::Fused;
+    const AttentionImpl impl = fused ? AttentionImpl::Fused : AttentionImpl::Composed;
+    return {fused ? "attention_fused" : "attention_composed", text, work, {q, k, v},
+            [q, k, v, impl] { return scaled_dot_product_attention(q, k, v, true, impl); }};
   }
   const Tensor positions = arange(0, static_cast<double>(seq), 1, DType::Float32, in.device());
   const Tensor future = gt(positions.unsqueeze(0), positions.unsqueeze(1));  // key after query
