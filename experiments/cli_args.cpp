@@ -1,6 +1,8 @@
 #include "experiments/cli_args.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <regex>
@@ -21,7 +23,8 @@ struct OptionSpec {
 
 // The options and positional argument of one command line, before conversion to types.
 struct ParsedArgs {
-  std::string positional;
+  std::string positional;               // the first positional argument
+  std::vector<std::string> positionals;  // all of them (commands that take several)
   std::map<std::string, std::vector<std::string>> values;  // a flag given maps to {""}
 
   bool has(const std::string& name) const { return values.count(name) > 0; }
@@ -38,6 +41,7 @@ struct CommandSpec {
   std::string positional_help;
   std::vector<OptionSpec> options;
   std::function<CliArgs(const ParsedArgs&, const CommandSpec&)> build;
+  bool many_positionals = false;  // the positional argument may be given more than once
 };
 
 [[noreturn]] void fail(const CommandSpec& command, const std::string& message) {
@@ -51,6 +55,15 @@ int64_t integer_option(const ParsedArgs& parsed, const CommandSpec& command, con
   if (!std::regex_match(text, integer_pattern) || std::stoll(text) < minimum)
     fail(command, name + " expects an integer >= " + std::to_string(minimum) + ", got '" + text + "'");
   return std::stoll(text);
+}
+
+double number_option(const ParsedArgs& parsed, const CommandSpec& command, const std::string& name, double minimum) {
+  const std::string text = parsed.value(name);
+  char* end = nullptr;
+  const double value = text.empty() ? 0.0 : std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !std::isfinite(value) || value < minimum)
+    fail(command, name + " expects a number >= " + std::to_string(minimum) + ", got '" + text + "'");
+  return value;
 }
 
 std::string choice_option(const CommandSpec& command, const std::string& what, const std::string& text,
@@ -127,6 +140,48 @@ const std::vector<CommandSpec>& commands() {
        [](const ParsedArgs& parsed, const CommandSpec&) -> CliArgs {
          return CheckArgs{parsed.positional, parsed.all("--set")};
        }},
+      {"sweep",
+       "run a grid of training runs from a sweep file, skipping finished points and resuming interrupted ones",
+       "SWEEP.yaml",
+       "the sweep file (see configs/study/ and experiments/sweep.h)",
+       {{"--dry-run", "", "list the points, their overrides and whether each would train, resume or be skipped"},
+        {"--only", "PATTERN", "run only the points whose names match this glob, e.g. 'muon-*'"},
+        {"--quiet", "", "no progress output of the training runs"}},
+       [](const ParsedArgs& parsed, const CommandSpec&) -> CliArgs {
+         return SweepArgs{parsed.positional, parsed.has("--dry-run"), parsed.value("--only"), parsed.has("--quiet")};
+       }},
+      {"report",
+       "aggregate finished runs over seeds into report.md, report.csv and learning-curve figures",
+       "DIR",
+       "run folders, or folders holding them (searched recursively); repeatable",
+       {{"--out", "DIR", "where report.md, report.csv and the figures go", true},
+        {"--target", "METRIC=VALUE",
+         "a validation target for steps/seconds-to-target, e.g. val_loss=1.6 or val_acc=0.9; repeatable "
+         "(default: none)",
+         false, true},
+        {"--title", "TEXT", "the report's heading", false, false, "muonlab report"}},
+       [](const ParsedArgs& parsed, const CommandSpec&) -> CliArgs {
+         return ReportArgs{parsed.positionals, parsed.value("--out"), parsed.all("--target"), parsed.value("--title")};
+       },
+       true},
+      {"sample",
+       "generate text with a trained character-level GPT",
+       "",
+       "",
+       {{"--checkpoint", "PATH", "a run folder, checkpoint folder or file in one", true},
+        {"--prompt", "TEXT", "the text to continue (default: a newline)"},
+        {"--tokens", "N", "characters to generate", false, false, "200"},
+        {"--temperature", "T", "softmax temperature; 0 picks the most likely character", false, false, "0.8"},
+        {"--top-k", "K", "sample among the K most likely characters; 0 for all", false, false, "0"},
+        {"--seed", "S", "seed of the sampling", false, false, "0"}},
+       [](const ParsedArgs& parsed, const CommandSpec& command) -> CliArgs {
+         return SampleArgs{parsed.value("--checkpoint"),
+                           parsed.has("--prompt") ? parsed.value("--prompt") : "\n",
+                           integer_option(parsed, command, "--tokens", 1),
+                           number_option(parsed, command, "--temperature", 0.0),
+                           integer_option(parsed, command, "--top-k", 0),
+                           integer_option(parsed, command, "--seed", 0)};
+       }},
   };
   return table;
 }
@@ -153,8 +208,10 @@ ParsedArgs parse_command_line(const CommandSpec& command, const std::vector<std:
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg.size() < 2 || arg[0] != '-') {
-      if (command.positional.empty() || have_positional) fail(command, "unexpected argument '" + arg + "'");
-      parsed.positional = arg;
+      if (command.positional.empty() || (have_positional && !command.many_positionals))
+        fail(command, "unexpected argument '" + arg + "'");
+      if (!have_positional) parsed.positional = arg;
+      parsed.positionals.push_back(arg);
       have_positional = true;
       continue;
     }

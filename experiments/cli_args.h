@@ -58,7 +58,34 @@ struct CheckArgs {
   std::vector<std::string> overrides;
 };
 
-using CliArgs = std::variant<HelpRequest, TrainArgs, EvalArgs, OrthoArgs, BenchArgs, DemoArgs, CheckArgs>;
+// Run (or list) the points of a sweep file (experiments/sweep.h).
+struct SweepArgs {
+  std::string sweep_path;
+  bool dry_run = false;
+  std::string only;  // a glob over point names; "" = all
+  bool quiet = false;
+};
+
+// Aggregate run folders into report.md, report.csv and figures (experiments/report.h).
+struct ReportArgs {
+  std::vector<std::string> run_paths;  // run folders or folders holding them
+  std::string out_dir;
+  std::vector<std::string> targets;  // metric=value, e.g. val_loss=1.6
+  std::string title;
+};
+
+// Generate text from a trained character GPT (experiments/sample.h).
+struct SampleArgs {
+  std::string checkpoint_path;
+  std::string prompt;
+  int64_t tokens = 0;
+  double temperature = 1.0;
+  int64_t top_k = 0;  // 0: no cut
+  int64_t seed = 0;
+};
+
+using CliArgs = std::variant<HelpRequest, TrainArgs, EvalArgs, OrthoArgs, BenchArgs, DemoArgs, CheckArgs, SweepArgs,
+                             ReportArgs, SampleArgs>;
 
 // `args` are the arguments after the program name. Throws CliError.
 CliArgs parse_cli(const std::vector<std::string>& args);

@@ -821,6 +821,15 @@ std::string closest_match(const std::string& word, const std::vector<std::string
 
 bool operator==(const RunConfig& a, const RunConfig& b) { return run_schema().equal(a, b); }
 
+std::string first_difference(const RunConfig& a, const RunConfig& b) {
+  if (a == b) return "";
+  std::istringstream a_lines(to_yaml(a)), b_lines(to_yaml(b));
+  std::string a_line, b_line;
+  while (std::getline(a_lines, a_line) && std::getline(b_lines, b_line))
+    if (a_line != b_line) break;
+  return "'" + a_line + "' vs '" + b_line + "'";
+}
+
 RunConfig parse_config(const std::string& yaml_text, const std::string& source_name,
                        const std::vector<std::string>& overrides) {
   std::vector<Override> parsed;

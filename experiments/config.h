@@ -167,6 +167,10 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& source_n
 // equal RunConfig. Written to runs/<dir>/config.yaml.
 std::string to_yaml(const RunConfig& config);
 
+// The first line where the resolved configs differ, as "'<line of a>' vs '<line of b>'"; "" when
+// they are equal.
+std::string first_difference(const RunConfig& a, const RunConfig& b);
+
 bool is_muon_family(const std::string& optimizer_kind);
 
 // The candidate nearest to `word` by edit distance when it is close enough to be a likely typo,

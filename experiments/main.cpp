@@ -14,6 +14,9 @@
 #include "experiments/config.h"
 #include "experiments/demo.h"
 #include "experiments/ortho_command.h"
+#include "experiments/report.h"
+#include "experiments/sample.h"
+#include "experiments/sweep.h"
 #include "experiments/trainer.h"
 #include "framework/parallel.h"
 
@@ -75,6 +78,30 @@ int run(const BenchArgs& args) {
   if (args.target == "ops") return run_bench_ops(args, std::cout);
   set_num_threads(static_cast<int>(args.threads));
   return run_bench_ortho(args.device, args.repeats);
+}
+
+int run(const SweepArgs& args) {
+  const Sweep sweep = load_sweep(args.sweep_path);
+  SweepOptions options;
+  options.dry_run = args.dry_run;
+  options.only = args.only;
+  options.quiet = args.quiet;
+  return run_sweep(sweep, options, std::cout) == 0 ? 0 : kExitError;
+}
+
+int run(const ReportArgs& args) {
+  return run_report({args.run_paths, args.out_dir, args.targets, args.title}, std::cout, std::cerr);
+}
+
+int run(const SampleArgs& args) {
+  SampleOptions options;
+  options.prompt = args.prompt;
+  options.tokens = args.tokens;
+  options.temperature = args.temperature;
+  options.top_k = args.top_k;
+  options.seed = static_cast<uint64_t>(args.seed);
+  std::cout << args.prompt << sample_text(args.checkpoint_path, options) << "\n";
+  return 0;
 }
 
 int dispatch(int argc, const char* const argv[]) {

@@ -180,15 +180,11 @@ void check_same_run(const RunConfig& given, const std::string& run_dir) {
   const std::string saved_path = run_dir + "/" + kConfigFile;
   if (!fs::exists(saved_path)) throw std::runtime_error("--resume " + run_dir + ": no " + kConfigFile + " (not a run directory)");
   const RunConfig saved = with_resumable_keys_of(load_config(saved_path), given);
-  if (saved == given) return;
-  // Name the first differing line of the resolved configs.
-  std::istringstream saved_lines(to_yaml(saved)), given_lines(to_yaml(given));
-  std::string saved_line, given_line;
-  while (std::getline(saved_lines, saved_line) && std::getline(given_lines, given_line))
-    if (saved_line != given_line) break;
-  throw std::runtime_error("--resume " + run_dir + ": the config differs from the run's " + kConfigFile + " (run: '" +
-                           saved_line + "', given: '" + given_line +
-                           "'); only train.steps/epochs/eval_every/log_every/checkpoint_every and "
+  const std::string difference = first_difference(saved, given);
+  if (difference.empty()) return;
+  throw std::runtime_error("--resume " + run_dir + ": the config differs from the run's " + kConfigFile + " (run vs given: " +
+                           difference +
+                           "); only train.steps/epochs/eval_every/log_every/checkpoint_every and "
                            "data.workers_prefetch may change. Resume with " +
                            saved_path);
 }
@@ -215,6 +211,7 @@ struct LoopState {
   int64_t step = 0;  // optimizer steps done
   double elapsed_s = 0.0;
   double optimizer_s = 0.0;
+  double eval_s = 0.0;  // of elapsed_s, the time spent evaluating
   int64_t samples = 0;
   int64_t threads = 0;  // of the session that wrote the checkpoint: reductions sum in a per-thread-count order
   uint64_t dropout_seed = 0;
@@ -232,6 +229,7 @@ struct LoopState {
     Json json = Json::object({{"step", step},
                               {"elapsed_s", elapsed_s},
                               {"optimizer_s", optimizer_s},
+                              {"eval_s", eval_s},
                               {"samples", samples},
                               {"threads", threads},
                               {"dropout_rng", Json::object({{"seed", std::to_string(dropout_seed)},
@@ -254,6 +252,8 @@ struct LoopState {
     state.step = json.at("step").as_int();
     state.elapsed_s = json.at("elapsed_s").as_number();
     state.optimizer_s = json.at("optimizer_s").as_number();
+    // Checkpoints written before evaluation time was tracked have none.
+    if (const Json* eval_s = json.find("eval_s")) state.eval_s = eval_s->as_number();
     state.samples = json.at("samples").as_int();
     state.threads = json.at("threads").as_int();
     state.dropout_seed = std::stoull(json.at("dropout_rng").at("seed").as_string());
@@ -466,7 +466,13 @@ class Trainer {
       state_.best_val_acc = result.accuracy;
     Json line = Json::object({{"step", state_.step}, {"epoch", epoch()}, {"val_loss", result.loss}});
     if (result.accuracy) line["val_acc"] = *result.accuracy;
-    line["eval_s"] = seconds_since(start);
+    // train_s: the wall-clock of the training steps so far, evaluations excluded, so that the time
+    // to reach a validation target does not depend on how often the run evaluates.
+    line["train_s"] = state_.elapsed_s - state_.eval_s;
+    line["optimizer_s"] = state_.optimizer_s;
+    const double eval_s = seconds_since(start);
+    line["eval_s"] = eval_s;
+    state_.eval_s += eval_s;
     write_metrics(line);
     char text[160];
     std::snprintf(text, sizeof text, "step %lld: val_loss %.4f", static_cast<long long>(state_.step), result.loss);
@@ -511,6 +517,9 @@ class Trainer {
 
   Json summary() const {
     const auto optional_number = [](const std::optional<double>& value) { return value ? Json(*value) : Json(); };
+    Json optimizer_metrics = Json::object();
+    for (const auto& [name, value] : optimizer_->metrics())
+      if (std::isfinite(value)) optimizer_metrics[name] = value;
     return Json::object({
         {"name", config_.name},
         {"model", model_->summary()},
@@ -525,11 +534,13 @@ class Trainer {
         {"best_val_loss", optional_number(state_.best_val_loss)},
         {"best_val_acc", optional_number(state_.best_val_acc)},
         {"total_s", state_.elapsed_s},
+        {"train_s", state_.elapsed_s - state_.eval_s},
         {"optimizer_s", state_.optimizer_s},
         {"samples_per_s", state_.elapsed_s > 0 ? static_cast<double>(state_.samples) / state_.elapsed_s : 0.0},
         {"peak_rss_mb", peak_rss_mb()},
         {"threads", num_threads()},
         {"device", config_.device},
+        {"optimizer_metrics", optimizer_metrics},
     });
   }
 

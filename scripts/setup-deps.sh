@@ -8,6 +8,7 @@ packages=(
   libyaml-cpp-dev libstb-dev libopenblas-openmp-dev zlib1g-dev
   libgtest-dev googletest libbenchmark-dev
   dataset-fashion-mnist
+  python3-matplotlib  # `muonlab report` draws its figures with it
 )
 # PyTorch is only needed to regenerate the committed reference files and to run the
 # side-by-side benchmark; set MUONLAB_WITH_TORCH=1 to install it too.
