@@ -176,7 +176,7 @@ const std::vector<CommandSpec>& commands() {
         {"--seed", "S", "seed of the sampling", false, false, "0"}},
        [](const ParsedArgs& parsed, const CommandSpec& command) -> CliArgs {
          return SampleArgs{parsed.value("--checkpoint"),
-                           parsed.has("--prompt") ? parsed.value("--prompt") : "\n",
+                           parsed.value("--prompt"),
                            integer_option(parsed, command, "--tokens", 1),
                            number_option(parsed, command, "--temperature", 0.0),
                            integer_option(parsed, command, "--top-k", 0),

@@ -364,7 +364,7 @@ std::string Report::csv() const {
          "cache_hit_rate,flops_ratio";
   for (const Target& target : targets_) out << ",steps_to_" << target.metric << "_" << target.value << ",s_to_" << target.metric << "_" << target.value;
   out << "\n";
-  const auto number = [](double value) { return std::isnan(value) ? std::string() : format_value(value, 6); };
+  const auto number = format_precise;
   for (const Configuration& c : configurations_) {
     bool chosen = false;
     for (const Family& family : families_) chosen = chosen || family.best == &c;

@@ -50,4 +50,12 @@ inline std::string format_general(double value) {
   return text;
 }
 
+// Ten significant digits, for machine-read files (report.csv); "" for NaN.
+inline std::string format_precise(double value) {
+  if (std::isnan(value)) return "";
+  char text[64];
+  std::snprintf(text, sizeof text, "%.10g", value);
+  return text;
+}
+
 }  // namespace ml

@@ -60,12 +60,16 @@ std::string sample_text(const std::string& checkpoint_path, const SampleOptions&
   model->eval();
 
   std::vector<int64_t> context;
+  if (options.prompt.empty()) {
+    const auto& symbols = vocab.symbols();
+    const auto newline = std::find(symbols.begin(), symbols.end(), '\n');
+    context.push_back(newline != symbols.end() ? newline - symbols.begin() : 0);
+  }
   try {
     for (const uint16_t id : vocab.encode(options.prompt)) context.push_back(id);
   } catch (const std::exception& error) {
     throw std::runtime_error("--prompt: " + std::string(error.what()));
   }
-  if (context.empty()) throw std::runtime_error("--prompt: empty; give at least one character");
   CounterRng rng(mix64(options.seed ^ 0x73616d706c65ull));
   std::vector<int64_t> generated;
   NoGradGuard no_grad;

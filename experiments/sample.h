@@ -11,7 +11,7 @@
 namespace ml {
 
 struct SampleOptions {
-  std::string prompt = "\n";
+  std::string prompt;  // "": a newline, or the vocabulary's first character when it has no newline
   int64_t tokens = 200;
   double temperature = 0.8;  // 0: always the most likely character
   int64_t top_k = 0;         // 0: all characters

@@ -11,35 +11,13 @@
 
 #include "experiments/cli_args.h"
 #include "experiments/config.h"
+#include "tests/temp_dir.h"
+
+using ml::TempDir;
 
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory for the config files of one test, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("muonlab_config_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string write(const std::string& name, const std::string& contents) const {
-    const fs::path file = path_ / name;
-    std::ofstream(file) << contents;
-    return file.string();
-  }
-  std::string path() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 // The smallest valid config; tests vary it with --set or by appending lines.
 const char* const kMinimal =

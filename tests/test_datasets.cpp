@@ -33,6 +33,7 @@
 #include "datasets/rng.h"
 #include "datasets/synthetic.h"
 #include "datasets/text_dataset.h"
+#include "tests/temp_dir.h"
 
 namespace ml {
 namespace {
@@ -41,25 +42,6 @@ namespace fs = std::filesystem;
 
 const std::string kSharedData = MUONLAB_SOURCE_DIR "/../shared/data";
 const std::string kFashionMnist = "/usr/share/datasets/fashion-mnist";
-
-// A fresh directory under the system temp dir, removed with everything in it at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("muonlab_datasets_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
   fs::create_directories(fs::path(path).parent_path());

@@ -28,28 +28,12 @@
 #include "framework/ops.h"
 #include "framework/parallel.h"
 #include "models/model.h"
+#include "tests/temp_dir.h"
 
 namespace ml {
 namespace {
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() / ("muonlab_trainer_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string path(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 void write_big_endian(std::ofstream& out, uint32_t value) {
   const char bytes[4] = {static_cast<char>(value >> 24), static_cast<char>(value >> 16), static_cast<char>(value >> 8),
@@ -82,7 +66,7 @@ void write_idx_split(const std::string& dir, const std::string& prefix, int64_t 
 }
 
 std::string write_idx_dataset(const TempDir& dir) {
-  const std::string path = dir.path("idx");
+  const std::string path = dir.file("idx");
   fs::create_directories(path);
   write_idx_split(path, "train", 256, 12, 1);
   write_idx_split(path, "t10k", 64, 12, 2);
@@ -90,7 +74,7 @@ std::string write_idx_dataset(const TempDir& dir) {
 }
 
 std::string write_text(const TempDir& dir) {
-  const std::string path = dir.path("text.txt");
+  const std::string path = dir.file("text.txt");
   std::ofstream out(path);
   for (int i = 0; i < 200; ++i) out << "the cat sat on the mat. a dog ran to the log. ";
   return path;
@@ -183,7 +167,7 @@ TEST(TrainerSchedule, LinearWarmupThenDecayToTheFloor) {
 // ------------------------------------------------------------------ smoke runs
 
 void expect_run_lowers_the_loss(const RunConfig& config, const TempDir& dir) {
-  const TrainResult result = run_quietly(config, dir.path("run"));
+  const TrainResult result = run_quietly(config, dir.file("run"));
   ASSERT_TRUE(result.completed);
   for (const char* file : {"config.yaml", "metrics.jsonl", "summary.json", "checkpoint.json"})
     EXPECT_TRUE(fs::exists(result.run_dir + "/" + file)) << file;
@@ -217,7 +201,7 @@ TEST(TrainerSmoke, TheConfiguredThreadCountAppliesForTheRunOnly) {
   const int before = num_threads();
   RunConfig config = mlp_config();
   config.threads = before + 1;
-  const TrainResult result = run_quietly(config, dir.path("run"));
+  const TrainResult result = run_quietly(config, dir.file("run"));
   EXPECT_EQ(result.summary.at("threads").as_int(), before + 1);
   EXPECT_EQ(num_threads(), before);
 }
@@ -226,7 +210,7 @@ TEST(TrainerSmoke, CnnOnImagesLowersTheLoss) {
   TempDir dir;
   const RunConfig config = cnn_config(write_idx_dataset(dir));
   expect_run_lowers_the_loss(config, dir);
-  const Json summary = Json::parse(read_file(dir.path("run/summary.json")));
+  const Json summary = Json::parse(read_file(dir.file("run/summary.json")));
   EXPECT_GT(summary.at("val_acc").as_number(), 0.5);  // four classes: chance is 0.25
 }
 
@@ -234,7 +218,7 @@ TEST(TrainerSmoke, GptOnTextLowersTheLoss) {
   TempDir dir;
   const RunConfig config = gpt_config(write_text(dir));
   expect_run_lowers_the_loss(config, dir);
-  EXPECT_TRUE(fs::exists(dir.path("run/checkpoints/step-000020/vocab.txt")));
+  EXPECT_TRUE(fs::exists(dir.file("run/checkpoints/step-000020/vocab.txt")));
 }
 
 TEST(TrainerSmoke, GptWithFusedAttentionFollowsTheComposedLosses) {
@@ -242,9 +226,9 @@ TEST(TrainerSmoke, GptWithFusedAttentionFollowsTheComposedLosses) {
   TempDir dir;
   const std::string text = write_text(dir);
   // 40 positions: more than one of the fused kernels' 32-key tiles.
-  const TrainResult composed = run_quietly(gpt_config(text, {"data.block_size=40"}), dir.path("composed"));
+  const TrainResult composed = run_quietly(gpt_config(text, {"data.block_size=40"}), dir.file("composed"));
   const TrainResult fused =
-      run_quietly(gpt_config(text, {"data.block_size=40", "model.attention=fused"}), dir.path("fused"));
+      run_quietly(gpt_config(text, {"data.block_size=40", "model.attention=fused"}), dir.file("fused"));
   const std::vector<Json> composed_metrics = read_metrics(composed.run_dir), fused_metrics = read_metrics(fused.run_dir);
   for (const char* key : {"train_loss", "val_loss"}) {
     const std::vector<double> want = values_of(composed_metrics, key), got = values_of(fused_metrics, key);
@@ -268,7 +252,7 @@ TEST(TrainerSmoke, ShippedTinyConfigsTrainOnTheRealData) {
     }
     config.threads = 1;  // tiny matrices: a second thread only adds synchronization
     TempDir dir;
-    const TrainResult result = run_quietly(config, dir.path("run"));
+    const TrainResult result = run_quietly(config, dir.file("run"));
     const std::vector<double> losses = values_of(read_metrics(result.run_dir), "train_loss");
     ASSERT_GE(losses.size(), 2u);
     EXPECT_LT(losses.back(), losses.front());
@@ -280,8 +264,8 @@ TEST(TrainerSmoke, ShippedTinyConfigsTrainOnTheRealData) {
 
 // 20 steps straight, against 10 steps, a crash that leaves stray metrics lines, and a resume.
 void expect_exact_resume(const RunConfig& config, const TempDir& dir) {
-  const TrainResult straight = run_quietly(config, dir.path("straight"));
-  const TrainResult first_half = run_quietly(config, dir.path("split"), 10);
+  const TrainResult straight = run_quietly(config, dir.file("straight"));
+  const TrainResult first_half = run_quietly(config, dir.file("split"), 10);
   ASSERT_FALSE(first_half.completed);
   ASSERT_EQ(latest_checkpoint(first_half.run_dir)->step, 10);
   {
@@ -321,7 +305,7 @@ TEST(TrainerResume, GptWithDropoutMatchesAnUninterruptedRun) {
 TEST(TrainerResume, ALongerRunMayContinueButADifferentConfigIsRefused) {
   TempDir dir;
   const RunConfig config = mlp_config();
-  const TrainResult first = run_quietly(config, dir.path("run"));
+  const TrainResult first = run_quietly(config, dir.file("run"));
   const std::string metrics_before = read_file(first.run_dir + "/metrics.jsonl");
 
   RunConfig changed = config;
@@ -344,16 +328,16 @@ TEST(TrainerResume, ALongerRunMayContinueButADifferentConfigIsRefused) {
 
 TEST(TrainerResume, RefusesARunWithoutACheckpoint) {
   TempDir dir;
-  fs::create_directories(dir.path("empty"));
-  write_file_atomic(dir.path("empty/config.yaml"), to_yaml(mlp_config()));
-  EXPECT_THROW(run_quietly(mlp_config(), "", 0, dir.path("empty")), std::runtime_error);
+  fs::create_directories(dir.file("empty"));
+  write_file_atomic(dir.file("empty/config.yaml"), to_yaml(mlp_config()));
+  EXPECT_THROW(run_quietly(mlp_config(), "", 0, dir.file("empty")), std::runtime_error);
 }
 
 // ------------------------------------------------------------------ checkpoints
 
 TEST(TrainerCheckpoint, OnlyTheLatestCheckpointIsKept) {
   TempDir dir;
-  const TrainResult result = run_quietly(mlp_config({"train.checkpoint_every=5"}), dir.path("run"));
+  const TrainResult result = run_quietly(mlp_config({"train.checkpoint_every=5"}), dir.file("run"));
   std::vector<std::string> folders;
   for (const auto& entry : fs::directory_iterator(result.run_dir + "/checkpoints"))
     folders.push_back(entry.path().filename().string());
@@ -367,7 +351,7 @@ TEST(TrainerCheckpoint, OnlyTheLatestCheckpointIsKept) {
 TEST(TrainerCheckpoint, AFailureMidWriteLeavesThePreviousCheckpointLoadable) {
   TempDir dir;
   const RunConfig config = mlp_config();
-  const TrainResult first = run_quietly(config, dir.path("run"), 10);
+  const TrainResult first = run_quietly(config, dir.file("run"), 10);
   const CheckpointRef before = *latest_checkpoint(first.run_dir);
   const std::string model_bytes = read_file(before.file("model.safetensors"));
 
@@ -387,19 +371,19 @@ TEST(TrainerCheckpoint, AFailureMidWriteLeavesThePreviousCheckpointLoadable) {
   EXPECT_EQ(read_file(after.file("model.safetensors")), model_bytes);
   // And the run resumes from it to the same result as an uninterrupted run.
   const TrainResult resumed = run_quietly(config, "", 0, first.run_dir);
-  const TrainResult straight = run_quietly(config, dir.path("straight"));
+  const TrainResult straight = run_quietly(config, dir.file("straight"));
   EXPECT_EQ(values_of(read_metrics(resumed.run_dir), "train_loss"), values_of(read_metrics(straight.run_dir), "train_loss"));
 }
 
 TEST(TrainerCheckpoint, ResolvesRunFoldersCheckpointFoldersAndFiles) {
   TempDir dir;
-  const TrainResult result = run_quietly(mlp_config(), dir.path("run"));
+  const TrainResult result = run_quietly(mlp_config(), dir.file("run"));
   const std::string folder = latest_checkpoint(result.run_dir)->dir;
   EXPECT_EQ(resolve_checkpoint_dir(result.run_dir), folder);
   EXPECT_EQ(resolve_checkpoint_dir(folder), folder);
   EXPECT_EQ(resolve_checkpoint_dir(folder + "/model.safetensors"), folder);
   EXPECT_EQ(resolve_checkpoint_dir(result.run_dir + "/checkpoint.json"), folder);
-  EXPECT_THROW(resolve_checkpoint_dir(dir.path("missing")), std::runtime_error);
+  EXPECT_THROW(resolve_checkpoint_dir(dir.file("missing")), std::runtime_error);
 }
 
 // ------------------------------------------------------------------ failures
@@ -415,15 +399,15 @@ train: {steps: 50, checkpoint_every: 1, log_every: 1}
 )",
                                         "diverging.yaml");
   try {
-    run_quietly(config, dir.path("run"));
+    run_quietly(config, dir.file("run"));
     FAIL() << "training with lr 1e12 did not diverge";
   } catch (const TrainingDiverged& error) {
     const std::string message = error.what();
-    const CheckpointRef last = *latest_checkpoint(dir.path("run"));
+    const CheckpointRef last = *latest_checkpoint(dir.file("run"));
     EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
     EXPECT_NE(message.find("at step " + std::to_string(last.step + 1)), std::string::npos) << message;
     EXPECT_NE(message.find(last.dir), std::string::npos) << message;
-    EXPECT_FALSE(fs::exists(dir.path("run/summary.json")));
+    EXPECT_FALSE(fs::exists(dir.file("run/summary.json")));
     // The checkpoint is complete and its weights are finite.
     for (const auto& [name, tensor] : load_safetensors(last.file("model.safetensors")).tensors)
       for (float value : tensor.to_vector<float>()) ASSERT_TRUE(std::isfinite(value)) << name;
@@ -432,19 +416,19 @@ train: {steps: 50, checkpoint_every: 1, log_every: 1}
 
 TEST(TrainerConfigErrors, MissingDataFailsBeforeTheRunDirectoryIsCreated) {
   TempDir dir;
-  EXPECT_THROW(run_quietly(gpt_config(dir.path("no_such_file.txt")), dir.path("run")), std::runtime_error);
-  EXPECT_FALSE(fs::exists(dir.path("run")));
+  EXPECT_THROW(run_quietly(gpt_config(dir.file("no_such_file.txt")), dir.file("run")), std::runtime_error);
+  EXPECT_FALSE(fs::exists(dir.file("run")));
   RunConfig unfit = mlp_config();
   unfit.data.batch_size = 1000;  // more than the 192 examples
-  EXPECT_THROW(run_quietly(unfit, dir.path("run")), std::runtime_error);
-  EXPECT_FALSE(fs::exists(dir.path("run")));
+  EXPECT_THROW(run_quietly(unfit, dir.file("run")), std::runtime_error);
+  EXPECT_FALSE(fs::exists(dir.file("run")));
 }
 
 TEST(TrainerConfigErrors, AnOutputFolderHoldingARunIsNotOverwritten) {
   TempDir dir;
-  const TrainResult first = run_quietly(mlp_config(), dir.path("run"));
+  const TrainResult first = run_quietly(mlp_config(), dir.file("run"));
   const std::string metrics = read_file(first.run_dir + "/metrics.jsonl");
-  EXPECT_THROW(run_quietly(mlp_config(), dir.path("run")), std::runtime_error);
+  EXPECT_THROW(run_quietly(mlp_config(), dir.file("run")), std::runtime_error);
   EXPECT_EQ(read_file(first.run_dir + "/metrics.jsonl"), metrics);
 }
 
@@ -453,7 +437,7 @@ TEST(TrainerConfigErrors, AnOutputFolderHoldingARunIsNotOverwritten) {
 TEST(TrainerEval, CheckpointEvaluationReproducesTheRunsFinalEvaluation) {
   TempDir dir;
   const RunConfig config = cnn_config(write_idx_dataset(dir));
-  const TrainResult result = run_quietly(config, dir.path("run"));
+  const TrainResult result = run_quietly(config, dir.file("run"));
   for (const std::string& path : {result.run_dir, result.run_dir + "/checkpoints/step-000020/model.safetensors"}) {
     const Json json = evaluate_checkpoint(config, path);
     EXPECT_EQ(json.at("step").as_int(), 20);
@@ -471,7 +455,7 @@ TEST(TrainerEval, CheckpointEvaluationReproducesTheRunsFinalEvaluation) {
 TEST(TrainerEval, MirrorEvaluationAveragesTheLogitsOfEachImageAndItsMirror) {
   TempDir dir;
   RunConfig config = cnn_config(write_idx_dataset(dir));
-  const TrainResult result = run_quietly(config, dir.path("run"));
+  const TrainResult result = run_quietly(config, dir.file("run"));
   config.data.eval_flip = true;
   const Json mirrored = evaluate_checkpoint(config, result.run_dir);
 
@@ -507,7 +491,7 @@ TEST(TrainerEval, MirrorEvaluationAveragesTheLogitsOfEachImageAndItsMirror) {
 TEST(TrainerEval, LanguageModelsReportLossButNoAccuracy) {
   TempDir dir;
   const RunConfig config = gpt_config(write_text(dir));
-  const TrainResult result = run_quietly(config, dir.path("run"));
+  const TrainResult result = run_quietly(config, dir.file("run"));
   const Json json = evaluate_checkpoint(config, result.run_dir);
   EXPECT_FALSE(json.contains("val_acc"));
   EXPECT_EQ(json.at("val_loss").as_number(), result.summary.at("val_loss").as_number());
@@ -561,7 +545,7 @@ TEST(LongTrainerDemo, QuickDemoTrainsBothOptimizersAndPrintsTheTable) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "Fashion-MNIST is not installed";
   TempDir dir;
   std::ostringstream out, progress;
-  ASSERT_EQ(run_demo(DemoArgs{true}, out, progress, dir.path("runs")), 0) << out.str();
+  ASSERT_EQ(run_demo(DemoArgs{true}, out, progress, dir.file("runs")), 0) << out.str();
   const std::string table = out.str();
   EXPECT_NE(table.find("optimizer   val_acc"), std::string::npos) << table;
   EXPECT_NE(table.find("\nadamw"), std::string::npos) << table;

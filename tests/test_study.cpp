@@ -1,0 +1,355 @@
+// Tests of the study commands: sweep expansion, validation, skip/resume/divergence handling and a
+// tiny end-to-end sweep (experiments/sweep.h); the report's statistics, learning-rate choice,
+// targets and figures against hand-made runs (experiments/report.h); text sampling
+// (experiments/sample.h). Data are tiny generated files in a temp dir.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "experiments/config.h"
+#include "experiments/report.h"
+#include "experiments/report_stats.h"
+#include "experiments/sample.h"
+#include "experiments/sweep.h"
+#include "experiments/trainer.h"
+#include "framework/io/atomic_file.h"
+#include "framework/io/json.h"
+#include "tests/temp_dir.h"
+
+namespace ml {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* const kText = "the cat sat on the mat. a dog ran to the log. ";
+
+// A one-layer character GPT on a generated text, small enough to train in well under a second.
+std::string write_tiny_gpt_config(const TempDir& dir, const std::string& name = "gpt.yaml") {
+  std::ofstream text(dir.file("text.txt"));
+  for (int i = 0; i < 200; ++i) text << kText;
+  text.close();
+  return dir.write(name, "name: tiny\nseed: 0\n"
+                         "data: {kind: text_char, path: " + dir.file("text.txt") + ", block_size: 16, batch_size: 4}\n"
+                         "model: {kind: gpt, n_layer: 1, n_head: 2, n_embd: 16}\n"
+                         "optimizer: {kind: adamw, lr: 3.0e-3}\n"
+                         "train: {steps: 12, eval_every: 4, eval_batches: 2, log_every: 4}\n");
+}
+
+std::vector<std::string> names_of(const Sweep& sweep) {
+  std::vector<std::string> names;
+  for (const SweepPoint& point : sweep.points) names.push_back(point.name);
+  return names;
+}
+
+std::string sweep_error(const std::string& yaml) {
+  try {
+    parse_sweep(yaml, "sweep.yaml");
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  return "no error";
+}
+
+TEST(SweepExpansion, EachBlockCrossesItsGridWithTheSweepsGrid) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  const Sweep sweep = parse_sweep("name: s\nout: " + dir.file("runs") + "\nset: {threads: 1, train: {steps: 6}}\n"
+                                  "grid: {seed: [1, 2]}\nruns:\n"
+                                  "  - base: " + base + "\n    grid: {optimizer.lr: [1.0e-3, 0.01]}\n"
+                                  "  - base: " + base + "\n    label: m\n    set: {optimizer: {kind: muon, lr: 0.02}}\n",
+                                  "sweep.yaml");
+  EXPECT_EQ(sweep.out, dir.file("runs") + "/s");
+  EXPECT_EQ(names_of(sweep), (std::vector<std::string>{"adamw-lr1.0e-3-seed1", "adamw-lr1.0e-3-seed2", "adamw-lr0.01-seed1",
+                                                       "adamw-lr0.01-seed2", "m-seed1", "m-seed2"}));
+  const SweepPoint& point = sweep.points[3];
+  EXPECT_EQ(point.overrides, (std::vector<std::string>{"threads=1", "train.steps=6", "optimizer.lr=0.01", "seed=2"}));
+  EXPECT_EQ(point.config.optimizer.lr, 0.01);
+  EXPECT_EQ(point.config.seed, 2);
+  EXPECT_EQ(point.config.threads, 1);
+  EXPECT_EQ(point.config.train.steps, 6);
+  EXPECT_EQ(point.label, "adamw");
+  EXPECT_EQ(sweep.points[5].config.optimizer.kind, "muon");
+  EXPECT_EQ(sweep.points[5].label, "m");
+}
+
+TEST(SweepExpansion, GridKeysEndingAlikeAreNamedInFull) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  const Sweep sweep = parse_sweep("name: s\nruns:\n  - base: " + base +
+                                      "\n    set: {optimizer.kind: muon}\n"
+                                      "    grid: {optimizer.lr: [0.02], optimizer.non_matrix.lr: [0.001]}\n",
+                                  "sweep.yaml");
+  EXPECT_EQ(names_of(sweep), std::vector<std::string>{"muon-optimizer.lr0.02-optimizer.non_matrix.lr0.001"});
+}
+
+TEST(SweepValidation, ErrorsNameTheFileTheLineAndTheKey) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  const std::string runs = "runs:\n  - base: " + base + "\n";
+  EXPECT_NE(sweep_error("name: s\nrunz: []\n").find("sweep.yaml:2: runz: unknown key (did you mean runs?)"),
+            std::string::npos);
+  EXPECT_NE(sweep_error("name: s\n" + runs + "    grid: {optimizer.lr: 0.1}\n").find("sweep.yaml:4: runs[0].grid.optimizer.lr: expected a non-empty list"),
+            std::string::npos);
+  EXPECT_NE(sweep_error("name: s\n" + runs + "    lable: x\n").find("runs[0].lable: unknown key (did you mean label?)"),
+            std::string::npos);
+  EXPECT_NE(sweep_error(runs).find("name: missing"), std::string::npos);
+  EXPECT_NE(sweep_error("name: a/b\n" + runs).find("name: expected a folder name"), std::string::npos);
+  const std::string invalid = sweep_error("name: s\n" + runs + "    grid: {optimizer.lr: [-1]}\n");
+  EXPECT_NE(invalid.find("sweep.yaml:3: runs[0]: a point of this block has an invalid config"), std::string::npos) << invalid;
+  EXPECT_NE(invalid.find("optimizer.lr"), std::string::npos) << invalid;
+  EXPECT_NE(sweep_error("name: s\n" + runs + runs.substr(6)).find("point adamw is also made by runs[0]"),
+            std::string::npos);
+  EXPECT_NE(sweep_error("name: s\ngrid: {seed: [1]}\n" + runs + "    grid: {seed: [2]}\n").find("also in the sweep's grid"),
+            std::string::npos);
+}
+
+Json summary_of(const std::string& dir) { return Json::parse(read_file(dir + "/summary.json")); }
+
+TEST(SweepRun, SkipsFinishedPointsResumesInterruptedOnesAndRecordsDivergence) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  const std::string sweep_file =
+      dir.write("sweep.yaml", "name: s\nout: " + dir.file("runs") + "\nkeep: " + dir.file("keep") +
+                                  "\nset: {threads: 1}\nruns:\n  - base: " + base +
+                                  "\n    grid: {optimizer.lr: [3.0e-3, 1.0e+9]}\n");
+  const Sweep sweep = load_sweep(sweep_file);
+  ASSERT_EQ(sweep.points.size(), 2u);
+  const SweepPoint& good = sweep.points[0];
+  const std::string good_dir = sweep.out + "/" + good.name;
+
+  // An uninterrupted run of the first point, for comparison.
+  TrainOptions reference_options;
+  reference_options.out_dir = dir.file("reference");
+  reference_options.quiet = true;
+  const TrainResult reference = train(good.config, reference_options);
+
+  // The first point is interrupted after 4 steps (with a checkpoint): the sweep must resume it.
+  TrainOptions interrupted;
+  interrupted.out_dir = good_dir;
+  interrupted.quiet = true;
+  interrupted.max_session_steps = 4;
+  ASSERT_FALSE(train(good.config, interrupted).completed);
+  EXPECT_EQ(point_status(sweep, good).state, PointState::Resumable);
+
+  SweepOptions options;
+  options.quiet = true;
+  std::ostringstream first;
+  EXPECT_EQ(run_sweep(sweep, options, first), 0) << first.str();
+  EXPECT_NE(first.str().find("resuming"), std::string::npos) << first.str();
+  EXPECT_EQ(summary_of(good_dir).at("val_loss").as_number(), reference.summary.at("val_loss").as_number());
+  EXPECT_EQ(point_status(sweep, good).state, PointState::Kept);
+  EXPECT_EQ(point_status(sweep, sweep.points[1]).state, PointState::Diverged);
+  for (const char* file : {"config.yaml", "metrics.jsonl", "summary.json", "sweep_point.json", "sample.txt"})
+    EXPECT_TRUE(fs::exists(sweep.keep + "/" + good.name + "/" + file)) << file;
+  EXPECT_FALSE(fs::exists(sweep.keep + "/" + good.name + "/checkpoint.json"));
+  EXPECT_EQ(Json::parse(read_file(sweep.keep + "/" + sweep.points[1].name + "/sweep_status.json")).at("status").as_string(),
+            "diverged");
+
+  // Run again: nothing trains.
+  const std::string metrics_before = read_file(good_dir + "/metrics.jsonl");
+  std::ostringstream second;
+  EXPECT_EQ(run_sweep(sweep, options, second), 0);
+  EXPECT_EQ(second.str().find("training ->"), std::string::npos) << second.str();
+  EXPECT_EQ(read_file(good_dir + "/metrics.jsonl"), metrics_before);
+
+  // A fresh clone has only the kept results: still nothing to train.
+  fs::remove_all(sweep.out);
+  EXPECT_EQ(point_status(sweep, good).state, PointState::Kept);
+  EXPECT_EQ(point_status(sweep, sweep.points[1]).state, PointState::Diverged);
+
+  // A kept result made with another config is reported, not silently reused or overwritten.
+  const std::string kept_config = sweep.keep + "/" + good.name + "/config.yaml";
+  RunConfig changed = load_config(kept_config);
+  changed.optimizer.lr = 0.5;
+  write_file_atomic(kept_config, to_yaml(changed));
+  const PointStatus stale = point_status(sweep, good);
+  EXPECT_EQ(stale.state, PointState::Stale);
+  EXPECT_NE(stale.detail.find("lr: 0.5"), std::string::npos) << stale.detail;
+  std::ostringstream third;
+  EXPECT_EQ(run_sweep(sweep, options, third), 1);
+}
+
+TEST(SweepRun, AFailedPointIsRecordedAndTheSweepGoesOn) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  const Sweep sweep = parse_sweep("name: s\nout: " + dir.file("runs") + "\nset: {threads: 1}\nruns:\n  - base: " + base +
+                                      "\n    label: missing\n    set: {data.path: " + dir.file("nothing.txt") +
+                                      "}\n  - base: " + base + "\n",
+                                  "sweep.yaml");
+  SweepOptions options;
+  options.quiet = true;
+  std::ostringstream out;
+  EXPECT_EQ(run_sweep(sweep, options, out), 1);
+  EXPECT_NE(out.str().find("missing: FAILED"), std::string::npos) << out.str();
+  const Json status = Json::parse(read_file(sweep.out + "/missing/sweep_status.json"));
+  EXPECT_EQ(status.at("status").as_string(), "failed");
+  EXPECT_NE(status.at("message").as_string().find("nothing.txt"), std::string::npos);
+  EXPECT_TRUE(fs::exists(sweep.out + "/adamw/summary.json"));
+  // A failed point is tried again next time.
+  EXPECT_EQ(point_status(sweep, sweep.points[0]).state, PointState::Pending);
+}
+
+TEST(SweepRun, DryRunListsWithoutTrainingAndOnlySelectsByName) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  const Sweep sweep = parse_sweep("name: s\nout: " + dir.file("runs") + "\nruns:\n  - base: " + base +
+                                      "\n    grid: {optimizer.lr: [1.0e-3, 2.0e-3]}\n",
+                                  "sweep.yaml");
+  SweepOptions options;
+  options.dry_run = true;
+  options.only = "*2.0e-3";
+  std::ostringstream out;
+  EXPECT_EQ(run_sweep(sweep, options, out), 0);
+  EXPECT_EQ(out.str(), "[1/1] adamw-lr2.0e-3: pending  optimizer.lr=2.0e-3  (" + base + ")\n");
+  EXPECT_FALSE(fs::exists(sweep.out));
+  options.only = "nothing*";
+  EXPECT_THROW(run_sweep(sweep, options, out), ConfigError);
+}
+
+TEST(ReportStats, MeanSampleStandardDeviationAndRangeLeaveMissingValuesOut) {
+  const Stats stats = Stats::of({1.0, 2.0, std::nan(""), 4.0});
+  EXPECT_EQ(stats.n, 3);
+  EXPECT_DOUBLE_EQ(stats.mean, 7.0 / 3.0);
+  EXPECT_DOUBLE_EQ(stats.std, std::sqrt(7.0 / 3.0));  // squares 16/9 + 1/9 + 25/9 over n - 1 = 2
+  EXPECT_EQ(stats.min, 1.0);
+  EXPECT_EQ(stats.max, 4.0);
+  EXPECT_EQ(Stats::of({5.0}).std, 0.0);
+  EXPECT_EQ(Stats::of({}).n, 0);
+  EXPECT_EQ(format_value(1.23456, 3), "1.235");
+  EXPECT_EQ(format_general(0.0005), "0.0005");
+}
+
+// A run folder written by hand: its config, an evaluation every 10 steps (values at steps 10, 20
+// with train_s 5 per 10 steps) and a summary, or a divergence record.
+void write_fixture_run(const TempDir& dir, const std::string& base, const std::string& name, double lr, int64_t seed,
+                       const std::vector<double>& val_losses, bool diverged = false) {
+  const std::string run = dir.file("runs/" + name);
+  fs::create_directories(run);
+  RunConfig config = load_config(base, {"optimizer.lr=" + std::to_string(lr), "seed=" + std::to_string(seed)});
+  write_file_atomic(run + "/config.yaml", to_yaml(config));
+  write_file_atomic(run + "/sweep_point.json", Json::object({{"label", "m"}}).dump());
+  std::string metrics;
+  for (size_t i = 0; i < val_losses.size(); ++i)
+    metrics += Json::object({{"step", 10 * (i + 1)}, {"val_loss", val_losses[i]}, {"train_s", 5.0 * (i + 1)}}).dump() + "\n";
+  write_file_atomic(run + "/metrics.jsonl", metrics);
+  if (diverged) {
+    write_file_atomic(run + "/sweep_status.json", Json::object({{"status", "diverged"}, {"message", "x"}}).dump());
+    return;
+  }
+  write_file_atomic(run + "/summary.json",
+                    Json::object({{"steps", 10 * static_cast<int64_t>(val_losses.size())},
+                                  {"val_loss", val_losses.back()}, {"val_acc", Json()},
+                                  {"best_val_loss", *std::min_element(val_losses.begin(), val_losses.end())},
+                                  {"train_s", 5.0 * val_losses.size()}, {"optimizer_s", 1.0 * val_losses.size()},
+                                  {"samples", 100}, {"peak_rss_mb", 50.0}})
+                        .dump());
+}
+
+std::vector<std::string> csv_row(const std::string& csv, const std::string& prefix) {
+  std::istringstream lines(csv);
+  for (std::string line; std::getline(lines, line);)
+    if (line.rfind(prefix, 0) == 0) {
+      std::vector<std::string> cells;
+      std::istringstream row(line);
+      for (std::string cell; std::getline(row, cell, ',');) cells.push_back(cell);
+      return cells;
+    }
+  return {};
+}
+
+TEST(Report, AggregatesSeedsChoosesTheLearningRateAndFindsTargetCrossings) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  write_fixture_run(dir, base, "a1", 0.01, 1, {2.5, 2.0});
+  write_fixture_run(dir, base, "a2", 0.01, 2, {2.4, 2.2});
+  write_fixture_run(dir, base, "b1", 0.02, 1, {1.9, 1.5});
+  write_fixture_run(dir, base, "b2", 0.02, 2, {1.75, 1.7});
+  write_fixture_run(dir, base, "c1", 0.04, 1, {3.0}, true);
+  std::ostringstream out, err;
+  ASSERT_EQ(run_report({{dir.file("runs")}, dir.file("report"), {"val_loss=1.8"}, "fixture"}, out, err), 0) << err.str();
+
+  const std::string csv = read_file(dir.file("report/report.csv"));
+  const std::vector<std::string> header = csv_row(csv, "label,");
+  const std::vector<std::string> chosen = csv_row(csv, "m,0.02,");
+  ASSERT_EQ(chosen.size(), header.size()) << csv;
+  const auto column = [&](const std::vector<std::string>& row, const std::string& name) {
+    return row[std::find(header.begin(), header.end(), name) - header.begin()];
+  };
+  EXPECT_EQ(column(chosen, "seeds"), "2");
+  EXPECT_EQ(column(chosen, "chosen"), "1");
+  EXPECT_EQ(column(chosen, "headline"), "1");
+  EXPECT_NEAR(std::stod(column(chosen, "val_loss_mean")), 1.6, 1e-9);
+  EXPECT_NEAR(std::stod(column(chosen, "val_loss_std")), std::sqrt(0.02), 1e-6);
+  EXPECT_NEAR(std::stod(column(chosen, "best_val_loss_mean")), 1.6, 1e-9);
+  EXPECT_NEAR(std::stod(column(chosen, "optimizer_share")), 0.2, 1e-9);
+  // Seed 1 crosses 1.8 at its second evaluation (step 20, 10 s), seed 2 at its first (10, 5 s).
+  EXPECT_NEAR(std::stod(column(chosen, "steps_to_val_loss_1.8")), 15.0, 1e-9);
+  EXPECT_NEAR(std::stod(column(chosen, "s_to_val_loss_1.8")), 7.5, 1e-9);
+  const std::vector<std::string> worse = csv_row(csv, "m,0.01,");
+  EXPECT_NEAR(std::stod(column(worse, "val_loss_mean")), 2.1, 1e-9);
+  EXPECT_EQ(column(worse, "chosen"), "0");
+  EXPECT_EQ(column(worse, "steps_to_val_loss_1.8"), "");  // never reached
+  EXPECT_EQ(column(csv_row(csv, "m,0.04,"), "diverged"), "1");
+
+  const std::string md = read_file(dir.file("report/report.md"));
+  EXPECT_NE(md.find("5 runs (1 diverged), 3 configurations"), std::string::npos) << md;
+  EXPECT_NE(md.find("| m | 0.02 | 20 | 2 | 1.6000 ± 0.1414 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("0.01: 2.1000 (n=2), **0.02: 1.6000 (n=2)**, 0.04: div"), std::string::npos) << md;
+
+  for (const char* figure : {"curves_step", "curves_time", "lr_grid", "optimizer_share"}) {
+    const std::string png = read_file(dir.file("report/" + std::string(figure) + ".png"));
+    EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8)) << figure;
+    const std::string svg = read_file(dir.file("report/" + std::string(figure) + ".svg"));
+    EXPECT_NE(svg.find("<svg"), std::string::npos) << figure;
+    EXPECT_NE(svg.find("</svg>"), std::string::npos) << figure;
+  }
+}
+
+TEST(Report, RefusesFoldersWithoutFinishedRunsAndBadTargets) {
+  TempDir dir;
+  std::ostringstream out, err;
+  fs::create_directories(dir.file("empty"));
+  EXPECT_THROW(run_report({{dir.file("empty")}, dir.file("report"), {}, "t"}, out, err), std::runtime_error);
+  EXPECT_THROW(run_report({{dir.file("absent")}, dir.file("report"), {}, "t"}, out, err), std::runtime_error);
+  const std::string base = write_tiny_gpt_config(dir);
+  write_fixture_run(dir, base, "a", 0.01, 1, {2.0});
+  EXPECT_THROW(run_report({{dir.file("runs")}, dir.file("report"), {"val_los=1"}, "t"}, out, err), std::runtime_error);
+}
+
+TEST(Sample, GreedyIsDeterministicTopOneIsGreedyAndSeedsDiffer) {
+  TempDir dir;
+  TrainOptions options;
+  options.out_dir = dir.file("run");
+  options.quiet = true;
+  train(load_config(write_tiny_gpt_config(dir)), options);
+  SampleOptions greedy;
+  greedy.prompt = "the ";
+  greedy.tokens = 40;
+  greedy.temperature = 0.0;
+  const std::string text = sample_text(dir.file("run"), greedy);
+  EXPECT_EQ(text.size(), 40u);
+  EXPECT_EQ(text.find_first_not_of(kText), std::string::npos) << text;  // only characters of the vocabulary
+  SampleOptions top_one = greedy;
+  top_one.temperature = 1.0;
+  top_one.top_k = 1;
+  top_one.seed = 7;
+  EXPECT_EQ(sample_text(dir.file("run"), top_one), text);
+  SampleOptions random = greedy;
+  random.temperature = 1.5;
+  random.seed = 1;
+  const std::string first = sample_text(dir.file("run"), random);
+  EXPECT_EQ(sample_text(dir.file("run"), random), first);
+  random.seed = 2;
+  EXPECT_NE(sample_text(dir.file("run"), random), first);
+  SampleOptions outside = greedy;
+  outside.prompt = "Z";
+  EXPECT_THROW(sample_text(dir.file("run"), outside), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace ml
