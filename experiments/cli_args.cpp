@@ -41,7 +41,7 @@ struct CommandSpec {
   std::string positional_help;
   std::vector<OptionSpec> options;
   std::function<CliArgs(const ParsedArgs&, const CommandSpec&)> build;
-  bool many_positionals = false;  // the positional argument may be given more than once
+  bool many_positionals = false;  // the positional argument may be given more than once, or not at all
 };
 
 [[noreturn]] void fail(const CommandSpec& command, const std::string& message) {
@@ -159,9 +159,16 @@ const std::vector<CommandSpec>& commands() {
          "a validation target for steps/seconds-to-target, e.g. val_loss=1.6 or val_acc=0.9; repeatable "
          "(default: none)",
          false, true},
-        {"--title", "TEXT", "the report's heading", false, false, "muonlab report"}},
-       [](const ParsedArgs& parsed, const CommandSpec&) -> CliArgs {
-         return ReportArgs{parsed.positionals, parsed.value("--out"), parsed.all("--target"), parsed.value("--title")};
+        {"--title", "TEXT", "the report's heading", false, false, "muonlab report"},
+        {"--study", "STUDY.yaml",
+         "instead of DIRs: one report per section of a study file (configs/study/study.yaml) into OUT/<section>/ "
+         "and OUT.md with the claims table"}},
+       [](const ParsedArgs& parsed, const CommandSpec& command) -> CliArgs {
+         if (parsed.positionals.empty() == !parsed.has("--study"))
+           fail(command, parsed.has("--study") ? "give either run folders or --study, not both"
+                                               : "missing the DIR argument (run folders) or --study");
+         return ReportArgs{parsed.positionals, parsed.value("--out"), parsed.all("--target"), parsed.value("--title"),
+                           parsed.value("--study")};
        },
        true},
       {"sample",
@@ -239,7 +246,8 @@ ParsedArgs parse_command_line(const CommandSpec& command, const std::vector<std:
     }
     parsed.values[name].push_back(value);
   }
-  if (!command.positional.empty() && !have_positional) fail(command, "missing the " + command.positional + " argument");
+  if (!command.positional.empty() && !have_positional && !command.many_positionals)
+    fail(command, "missing the " + command.positional + " argument");
   for (const OptionSpec& option : command.options) {
     if (option.required && !parsed.has(option.name))
       fail(command, "missing the required option " + option.name + " " + option.value_name);

@@ -72,6 +72,7 @@ struct ReportArgs {
   std::string out_dir;
   std::vector<std::string> targets;  // metric=value, e.g. val_loss=1.6
   std::string title;
+  std::string study_path;  // "" unless --study
 };
 
 // Generate text from a trained character GPT (experiments/sample.h).

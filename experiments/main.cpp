@@ -90,6 +90,7 @@ int run(const SweepArgs& args) {
 }
 
 int run(const ReportArgs& args) {
+  if (!args.study_path.empty()) return run_study_report(args.study_path, args.out_dir, std::cout, std::cerr);
   return run_report({args.run_paths, args.out_dir, args.targets, args.title}, std::cout, std::cerr);
 }
 

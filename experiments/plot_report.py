@@ -71,7 +71,10 @@ def lr_grid(data, colour, out_dir):
     axes.set_ylabel(f"final {METRIC_NAMES.get(metric, metric)}")
     axes.set_title(f'{data["title"]}: final {METRIC_NAMES.get(metric, metric)} against learning rate')
     axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=8, ncol=2)
+    if data["lr_grids"]:
+        axes.legend(fontsize=8, ncol=2)
+    else:
+        axes.text(0.5, 0.5, "no learning-rate grid in these runs", transform=axes.transAxes, ha="center")
     save(figure, out_dir, "lr_grid")
 
 

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <ostream>
@@ -16,6 +17,7 @@
 #include "experiments/config.h"
 #include "experiments/report_stats.h"
 #include "experiments/sweep.h"
+#include "experiments/yaml_file_reader.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/json.h"
 
@@ -185,7 +187,17 @@ class Report {
     group();
   }
 
-  std::string markdown(int incomplete) const;
+  // `h1` is the heading level of the title ("#"); figure links are prefixed with `figures`.
+  std::string markdown(int incomplete, const std::string& h1 = "#", const std::string& figures = "") const;
+
+  // The method's row in the headline table; null when no run has that label.
+  const Configuration* headline_of(const std::string& label) const {
+    for (const Configuration* c : headline_)
+      if (c->label == label) return c;
+    return nullptr;
+  }
+  const std::string& metric() const { return metric_; }
+  bool classifier() const { return classifier_; }
   std::string csv() const;
   Json plot_data() const;
 
@@ -264,7 +276,6 @@ class Report {
   std::vector<Family> families_;
   std::vector<const Configuration*> headline_;
 
-  friend class ReportWriter;
 };
 
 std::string cell(const Stats& stats, int digits) {
@@ -273,11 +284,12 @@ std::string cell(const Stats& stats, int digits) {
                      : format_value(stats.mean, digits);
 }
 
-std::string Report::markdown(int incomplete) const {
+std::string Report::markdown(int incomplete, const std::string& h1, const std::string& figures) const {
+  const std::string h2 = h1 + "#";
   std::ostringstream md;
   int diverged = 0;
   for (const Run& run : runs_) diverged += run.diverged;
-  md << "# " << options_.title << "\n\n";
+  md << h1 << " " << options_.title << "\n\n";
   md << runs_.size() << " runs (" << diverged << " diverged), " << configurations_.size() << " configurations, from";
   for (const std::string& path : options_.run_paths) md << " `" << path << "`";
   md << (incomplete ? "; " + std::to_string(incomplete) + " unfinished runs left out" : "") << ".\n\n";
@@ -287,7 +299,7 @@ std::string Report::markdown(int incomplete) const {
      << "no separate test split), so the chosen rows are slightly optimistic. `train s` is wall-clock of the training "
         "steps (evaluations excluded); `optimizer share` is the optimizer step's part of it.\n\n";
 
-  md << "## Each method at its chosen learning rate\n\n";
+  md << h2 << " Each method at its chosen learning rate\n\n";
   md << "| method | lr | steps | seeds | final " << metric_ << " | best " << metric_ << (classifier_ ? " | final val_loss" : "");
   for (const Target& target : targets_) md << " | steps to " << target.text() << " | s to " << target.text();
   md << " | train s | optimizer share | samples/s | peak MB | cache hits |\n|";
@@ -317,7 +329,7 @@ std::string Report::markdown(int incomplete) const {
        << (cache.n ? cell(cache, 3) : "") << " |\n";
   }
 
-  md << "\n## Learning-rate grids\n\nFinal " << metric_ << " per learning rate (mean over seeds; n when more than one; "
+  md << "\n" << h2 << " Learning-rate grids\n\nFinal " << metric_ << " per learning rate (mean over seeds; n when more than one; "
      << "`div` when a seed diverged). **Bold**: the chosen rate.\n\n| method | steps | grid | chosen |\n| --- | --- | --- | --- |\n";
   for (const Family& family : families_) {
     md << "| " << family.label << " | " << family.configurations.front()->steps << " | ";
@@ -331,20 +343,21 @@ std::string Report::markdown(int incomplete) const {
        << (family.best_at_edge ? " (at the edge of the grid: widen it)" : "") << " |\n";
   }
 
-  md << "\n## Figures\n\n";
+  md << "\n" << h2 << " Figures\n\n";
   const std::string metric_name = classifier_ ? "validation accuracy" : "validation loss";
   md << "- `curves_step.png`: " << metric_name << " against training step, each method at its chosen rate "
      << "(line: mean over seeds, band: min to max).\n";
   md << "- `curves_time.png`: the same against wall-clock seconds of training (evaluations excluded).\n";
   md << "- `lr_grid.png`: final " << metric_ << " against learning rate, one line per method (diverged rates left out).\n";
   md << "- `optimizer_share.png`: the optimizer step's share of training time, each method at its chosen rate.\n\n";
-  md << "![validation against step](curves_step.png)\n![validation against time](curves_time.png)\n"
-     << "![learning-rate grid](lr_grid.png)\n![optimizer share](optimizer_share.png)\n";
+  md << "![validation against step](" << figures << "curves_step.png)\n![validation against time](" << figures
+     << "curves_time.png)\n![learning-rate grid](" << figures << "lr_grid.png)\n![optimizer share](" << figures
+     << "optimizer_share.png)\n";
 
   bool any_sample = false;
   for (const Configuration* c : headline_) any_sample = any_sample || (!c->finished.empty() && !c->finished.front()->sample.empty());
   if (any_sample) {
-    md << "\n## Samples\n\n300 characters from each method's model (its first seed at the chosen rate), from a newline, "
+    md << "\n" << h2 << " Samples\n\n300 characters from each method's model (its first seed at the chosen rate), from a newline, "
           "temperature 0.8, so that the losses above can be read as text.\n";
     for (const Configuration* c : headline_) {
       if (c->finished.empty() || c->finished.front()->sample.empty()) continue;
@@ -451,6 +464,190 @@ std::string shell_quoted(const std::string& text) {
   return quoted + "'";
 }
 
+
+// Writes report.md, report.csv, report_data.json and the figures of `report` into `dir`.
+int write_report(const Report& report, int incomplete, const std::string& dir, std::ostream& out, std::ostream& err) {
+  fs::create_directories(dir);
+  const std::string data_path = dir + "/report_data.json";
+  write_file_atomic(dir + "/report.md", report.markdown(incomplete));
+  write_file_atomic(dir + "/report.csv", report.csv());
+  write_file_atomic(data_path, report.plot_data().dump() + "\n");
+  out << "report: " << dir << "/report.md\n";
+
+  // Debian's python3 is the one setup-deps.sh gives matplotlib; another python3 may come first on PATH.
+  const std::string python = fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+  const std::string script = (fs::read_symlink("/proc/self/exe").parent_path() / "plot_report.py").string();
+  const std::string command = python + " " + shell_quoted(script) + " " + shell_quoted(data_path) + " " + shell_quoted(dir);
+  if (std::system(command.c_str()) != 0) {
+    err << "error: the figures were not drawn (`" << command << "` failed; it needs python3 with matplotlib, "
+        << "which scripts/setup-deps.sh installs). The tables were written.\n";
+    return 1;
+  }
+  return 0;
+}
+
+// ------------------------------------------------------------------ the study
+
+struct StudySection {
+  std::string name, title, note;
+  ReportOptions options;
+};
+
+// A claim of a paper and the comparison of headline rows that tests it.
+struct Claim {
+  std::string claim, source, section, note;
+  std::string kind;  // no_worse | better | fewer_steps | cheaper | reaches
+  std::string method, baseline;
+  double tolerance = 0.0;  // no_worse: allowed loss in the section's metric
+  double flops_ratio_below = 0.0;  // no_worse, when > 0: the method's orthogonalization FLOPs over fresh Muon's must be under it
+  double factor = 1.0;     // cheaper: the claimed speed-up of the optimizer step
+  std::string target;      // fewer_steps: metric=value
+  double value = 0.0;      // reaches: the claimed metric value
+};
+
+struct Study {
+  std::string title, intro;
+  std::vector<StudySection> sections;
+  std::vector<Claim> claims;
+};
+
+Study load_study(const std::string& path) {
+  const YamlFileReader reader(path);
+  if (!fs::exists(path)) throw ConfigError(path + ": cannot read the study file: no such file");
+  const YAML::Node root = reader.load(read_file(path));
+  reader.check_keys(root, "", {"title", "intro", "sections", "claims"});
+  Study study;
+  const auto text = [&](const YAML::Node& node, const std::string& key, bool required) -> std::string {
+    if (!node[key]) {
+      if (required) reader.fail(node, key, "missing");
+      return "";
+    }
+    return reader.text(node[key], key, "[\\s\\S]+", "a text");
+  };
+  study.title = text(root, "title", true);
+  study.intro = text(root, "intro", false);
+  study.intro.erase(study.intro.find_last_not_of(" \n") + 1);
+  if (!root["sections"] || !root["sections"].IsSequence())
+    reader.fail(root, "sections", "expected a list of sections (name, title, runs, targets, note)");
+  for (const YAML::Node& node : root["sections"]) {
+    reader.check_keys(node, "sections[]", {"name", "title", "runs", "targets", "note"});
+    StudySection section;
+    section.name = reader.text(node["name"], "sections[].name", "[A-Za-z0-9_.-]+", "a folder name");
+    section.title = text(node, "title", true);
+    section.note = text(node, "note", false);
+    section.options.title = section.title;
+    for (const char* key : {"runs", "targets"}) {
+      if (!node[key]) continue;
+      if (!node[key].IsSequence()) reader.fail(node[key], std::string("sections[].") + key, "expected a list");
+      for (const YAML::Node& item : node[key])
+        (std::string(key) == "runs" ? section.options.run_paths : section.options.targets)
+            .push_back(reader.text(item, key, ".+", "a text"));
+    }
+    for (const std::string& target : section.options.targets) parse_target(target);  // validated now, not after the runs
+    study.sections.push_back(section);
+  }
+  if (root["claims"]) {
+    for (const YAML::Node& node : root["claims"]) {
+      reader.check_keys(node, "claims[]", {"claim", "source", "section", "check", "note"});
+      Claim claim;
+      claim.claim = text(node, "claim", true);
+      claim.source = text(node, "source", true);
+      claim.section = text(node, "section", true);
+      claim.note = text(node, "note", false);
+      if (std::none_of(study.sections.begin(), study.sections.end(), [&](const StudySection& s) { return s.name == claim.section; }))
+        reader.fail(node["section"], "claims[].section", "no section is named " + claim.section);
+      const YAML::Node check = node["check"];
+      if (!check) reader.fail(node, "claims[].check", "missing");
+      reader.check_keys(check, "claims[].check", {"kind", "method", "baseline", "tolerance", "flops_ratio_below", "factor", "target", "value"});
+      claim.kind = reader.text(check["kind"], "check.kind", "no_worse|better|fewer_steps|cheaper|reaches",
+                               "no_worse, better, fewer_steps, cheaper or reaches");
+      claim.method = reader.text(check["method"], "check.method", ".+", "a method label");
+      if (claim.kind != "reaches") claim.baseline = reader.text(check["baseline"], "check.baseline", ".+", "a method label");
+      const auto number = [&](const char* key) {
+        const std::optional<double> value =
+            check[key] && check[key].IsScalar() ? std::optional<double>(std::strtod(check[key].Scalar().c_str(), nullptr)) : std::nullopt;
+        if (!value || !std::isfinite(*value)) reader.fail(check, std::string("check.") + key, "expected a number");
+        return *value;
+      };
+      if (claim.kind == "no_worse") claim.tolerance = number("tolerance");
+      if (claim.kind == "no_worse" && check["flops_ratio_below"]) claim.flops_ratio_below = number("flops_ratio_below");
+      if (claim.kind == "cheaper") claim.factor = number("factor");
+      if (claim.kind == "reaches") claim.value = number("value");
+      if (claim.kind == "fewer_steps") {
+        claim.target = reader.text(check["target"], "check.target", ".+", "metric=value");
+        parse_target(claim.target);
+      }
+      study.claims.push_back(claim);
+    }
+  }
+  return study;
+}
+
+std::string described(const Configuration& c, const std::string& metric) {
+  return c.label + " " + cell(c.stat(metric), 4) + " (n=" + std::to_string(c.finished.size()) + ")";
+}
+
+// The verdict on a claim from the section's headline rows, and the numbers behind it.
+std::pair<std::string, std::string> judge(const Claim& claim, const Report* report) {
+  const Configuration* method = report ? report->headline_of(claim.method) : nullptr;
+  const Configuration* baseline = report && !claim.baseline.empty() ? report->headline_of(claim.baseline) : nullptr;
+  if (!method || method->finished.empty() || (claim.kind != "reaches" && (!baseline || baseline->finished.empty())))
+    return {"not measured yet", "no finished runs of " + claim.method + (claim.baseline.empty() ? "" : " and " + claim.baseline)};
+  const std::string metric = report->metric();
+  const double sign = report->classifier() ? -1.0 : 1.0;  // > 0: the method is worse
+  if (claim.kind == "reaches") {
+    const double mean = method->stat(metric).mean;
+    const bool met = report->classifier() ? mean >= claim.value : mean <= claim.value;
+    return {met ? "reproduced" : "not at this scale", described(*method, metric) + " against the claimed " + format_general(claim.value)};
+  }
+  const Stats a = method->stat(metric), b = baseline->stat(metric);
+  const std::string numbers = described(*method, metric) + " vs " + described(*baseline, metric);
+  const double worse_by = sign * (a.mean - b.mean);
+  if (claim.kind == "no_worse") {
+    bool met = worse_by <= claim.tolerance;
+    std::string text = numbers + ": " +
+                       (worse_by <= 0 ? "better by " + format_value(-worse_by, 4) : "worse by " + format_value(worse_by, 4)) +
+                       " (tolerance " + format_general(claim.tolerance) + ")";
+    if (claim.flops_ratio_below > 0) {
+      const double ratio = method->optimizer_metric("flops_ratio").mean;
+      met = met && ratio < claim.flops_ratio_below;
+      text += "; orthogonalization FLOPs " + format_value(ratio, 2) + "x fresh Muon's (needed: below " +
+              format_general(claim.flops_ratio_below) + "x)";
+    }
+    return {met ? "reproduced" : "not at this scale", text};
+  }
+  if (claim.kind == "better") {
+    // Seed noise: the larger standard deviation of the two (0 with single seeds).
+    const double noise = std::max(a.std, b.std);
+    const std::string verdict = -worse_by > noise ? "reproduced" : worse_by > noise ? "contradicted" : "not at this scale";
+    return {verdict, numbers + ": difference " + format_value(-worse_by, 4) + ", seed noise " + format_value(noise, 4)};
+  }
+  if (claim.kind == "fewer_steps") {
+    const Target target = parse_target(claim.target);
+    int reached_a = 0, reached_b = 0;
+    const Stats steps_a = method->to_target(target, reached_a).first, steps_b = baseline->to_target(target, reached_b).first;
+    const std::string text = "steps to " + target.text() + ": " + claim.method + " " +
+                             (reached_a ? cell(steps_a, 0) : "never") + ", " + claim.baseline + " " +
+                             (reached_b ? cell(steps_b, 0) : "never");
+    if (!reached_a) return {reached_b ? "contradicted" : "not at this scale", text};
+    if (!reached_b) return {"reproduced", text};
+    return {steps_a.mean < steps_b.mean ? "reproduced" : steps_a.mean > steps_b.mean ? "contradicted" : "not at this scale", text};
+  }
+  // cheaper: optimizer-step time per step.
+  const auto per_step_ms = [](const Configuration& c) { return 1e3 * c.stat("optimizer_s").mean / static_cast<double>(c.steps); };
+  const double ratio = per_step_ms(*baseline) / per_step_ms(*method);
+  return {ratio >= claim.factor ? "reproduced" : ratio > 1.0 ? "not at this scale" : "contradicted",
+          "optimizer step " + format_value(per_step_ms(*method), 2) + " ms (" + claim.method + ") vs " +
+              format_value(per_step_ms(*baseline), 2) + " ms (" + claim.baseline + "): " + format_value(ratio, 2) +
+              "x faster; claimed " + format_general(claim.factor) + "x"};
+}
+
+std::string escaped_cell(const std::string& text) {
+  std::string cell;
+  for (char c : text) cell += c == '|' ? std::string("\\|") : c == '\n' ? std::string(" ") : std::string(1, c);
+  return cell;
+}
+
 }  // namespace
 
 int run_report(const ReportOptions& options, std::ostream& out, std::ostream& err) {
@@ -461,26 +658,47 @@ int run_report(const ReportOptions& options, std::ostream& out, std::ostream& er
   if (runs.empty())
     throw std::runtime_error("no finished run found under the given folders (" + std::to_string(incomplete) +
                              " unfinished)");
-  const Report report(std::move(runs), options);
-  fs::create_directories(options.out_dir);
-  const std::string data_path = options.out_dir + "/report_data.json";
-  write_file_atomic(options.out_dir + "/report.md", report.markdown(incomplete));
-  write_file_atomic(options.out_dir + "/report.csv", report.csv());
-  write_file_atomic(data_path, report.plot_data().dump() + "\n");
-  out << "report: " << options.out_dir << "/report.md\n";
+  return write_report(Report(std::move(runs), options), incomplete, options.out_dir, out, err);
+}
 
-  // Debian's python3 is the one setup-deps.sh gives matplotlib; another python3 may come first on PATH.
-  const std::string python = fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
-  const std::string script = (fs::read_symlink("/proc/self/exe").parent_path() / "plot_report.py").string();
-  const std::string command =
-      python + " " + shell_quoted(script) + " " + shell_quoted(data_path) + " " + shell_quoted(options.out_dir);
-  const int status = std::system(command.c_str());
-  if (status != 0) {
-    err << "error: the figures were not drawn (`" << command << "` failed; it needs python3 with matplotlib, "
-        << "which scripts/setup-deps.sh installs). The tables were written.\n";
-    return 1;
+int run_study_report(const std::string& study_path, const std::string& out_path, std::ostream& out, std::ostream& err) {
+  if (out_path.empty()) throw std::runtime_error("--out: empty; give the study's path (without .md)");
+  const Study study = load_study(study_path);
+  const std::string folder = fs::path(out_path).filename().string();
+  std::ostringstream md, sections;
+  std::map<std::string, std::unique_ptr<Report>> reports;
+  int status = 0;
+  for (const StudySection& section : study.sections) {
+    std::vector<Run> runs;
+    int incomplete = 0;
+    for (const std::string& path : section.options.run_paths)
+      if (fs::exists(path)) collect_runs(path, runs, incomplete);
+    sections << "\n## " << section.title << "\n\n" << (section.note.empty() ? "" : section.note + "\n\n");
+    if (runs.empty()) {
+      sections << "No finished runs yet (" << incomplete << " unfinished).\n";
+      continue;
+    }
+    auto report = std::make_unique<Report>(std::move(runs), section.options);
+    const std::string dir = out_path + "/" + section.name;
+    status = std::max(status, write_report(*report, incomplete, dir, out, err));
+    std::string body = report->markdown(incomplete, "###", folder + "/" + section.name + "/");
+    sections << body.substr(body.find('\n') + 1);  // its own title is the section heading
+    reports[section.name] = std::move(report);
   }
-  return 0;
+  md << "# " << study.title << "\n\n" << (study.intro.empty() ? "" : study.intro + "\n\n");
+  md << "Made by `muonlab report --study " << study_path << " --out " << out_path
+     << "` from the runs kept in the repository; not edited by hand.\n\n## Claims\n\n"
+     << "| claim | source | verdict | measured here | note |\n| --- | --- | --- | --- | --- |\n";
+  for (const Claim& claim : study.claims) {
+    const auto found = reports.find(claim.section);
+    const auto [verdict, measured] = judge(claim, found == reports.end() ? nullptr : found->second.get());
+    md << "| " << escaped_cell(claim.claim) << " | " << escaped_cell(claim.source) << " | **" << verdict << "** | "
+       << escaped_cell(claim.section + ": " + measured) << " | " << escaped_cell(claim.note) << " |\n";
+  }
+  md << sections.str();
+  write_file_atomic(out_path + ".md", md.str());
+  out << "study: " << out_path << ".md\n";
+  return status;
 }
 
 }  // namespace ml

@@ -18,4 +18,10 @@ struct ReportOptions {
 // Throws std::runtime_error when no finished run is found or a run folder cannot be read.
 int run_report(const ReportOptions& options, std::ostream& out, std::ostream& err);
 
+// `muonlab report --study STUDY.yaml --out OUT`: one report per section of the study file into
+// OUT/<section>/, and OUT.md with every section's tables, figures and samples under a claims
+// table whose verdicts come from the sections' headline rows. A section whose runs do not exist
+// yet says so; its claims read "not measured yet". Throws ConfigError for an invalid study file.
+int run_study_report(const std::string& study_path, const std::string& out_path, std::ostream& out, std::ostream& err);
+
 }  // namespace ml

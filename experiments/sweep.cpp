@@ -16,6 +16,7 @@
 
 #include "experiments/sample.h"
 #include "experiments/trainer.h"
+#include "experiments/yaml_file_reader.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/json.h"
 
@@ -34,84 +35,13 @@ namespace {
 const std::vector<std::string> kKeptFiles{"config.yaml", "metrics.jsonl", kSweepPointFile, kSweepStatusFile,
                                           kSampleFile, "summary.json"};
 
-class SweepReader {
- public:
-  explicit SweepReader(std::string source) : source_(std::move(source)) {}
-
-  [[noreturn]] void fail(const YAML::Node& node, const std::string& key, const std::string& message) const {
-    std::string origin = source_;
-    if (!node.Mark().is_null()) origin += ":" + std::to_string(node.Mark().line + 1);
-    throw ConfigError(origin + ": " + (key.empty() ? "" : key + ": ") + message);
-  }
-
-  // Rejects keys outside `allowed`, with a did-you-mean hint.
-  void check_keys(const YAML::Node& mapping, const std::string& where, const std::vector<std::string>& allowed) const {
-    if (!mapping.IsMap()) fail(mapping, where, "expected a mapping of keys");
-    for (const auto& entry : mapping) {
-      const std::string key = entry.first.Scalar();
-      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
-      const std::string hint = closest_match(key, allowed);
-      std::string expected;
-      for (const std::string& name : allowed) expected += (expected.empty() ? "" : ", ") + name;
-      fail(entry.first, where.empty() ? key : where + "." + key,
-           "unknown key" + (hint.empty() ? "" : " (did you mean " + hint + "?)") + "; expected one of " + expected);
-    }
-  }
-
-  std::string text(const YAML::Node& node, const std::string& key, const std::string& pattern,
-                   const std::string& expectation) const {
-    if (!node.IsScalar() || !std::regex_match(node.Scalar(), std::regex(pattern)))
-      fail(node, key, "expected " + expectation);
-    return node.Scalar();
-  }
-
-  // `set:` as dotted keys and YAML values: a nested mapping is flattened ({train: {steps: 5}} is
-  // train.steps=5); lists and scalars are values.
-  void flatten(const YAML::Node& node, const std::string& prefix, std::vector<std::string>& overrides) const {
-    if (!node.IsMap()) fail(node, prefix, "expected a mapping of config keys to values");
-    for (const auto& entry : node) {
-      const std::string key = prefix.empty() ? entry.first.Scalar() : prefix + "." + entry.first.Scalar();
-      if (entry.second.IsMap())
-        flatten(entry.second, key, overrides);
-      else
-        overrides.push_back(key + "=" + yaml_text(entry.second));
-    }
-  }
-
-  std::vector<std::pair<std::string, std::vector<YAML::Node>>> grid(const YAML::Node& node,
-                                                                     const std::string& where) const {
-    std::vector<std::pair<std::string, std::vector<YAML::Node>>> axes;
-    if (!node.IsDefined() || node.IsNull()) return axes;
-    if (!node.IsMap()) fail(node, where, "expected a mapping of config keys to lists of values");
-    for (const auto& entry : node) {
-      const std::string key = where + "." + entry.first.Scalar();
-      if (!entry.second.IsSequence() || entry.second.size() == 0)
-        fail(entry.second, key, "expected a non-empty list of values to try");
-      std::vector<YAML::Node> values(entry.second.begin(), entry.second.end());
-      axes.emplace_back(entry.first.Scalar(), values);
-    }
-    return axes;
-  }
-
-  static std::string yaml_text(const YAML::Node& node) {
-    YAML::Emitter out;
-    out << YAML::Flow << node;
-    return out.c_str();
-  }
-
-  const std::string& source() const { return source_; }
-
- private:
-  std::string source_;
-};
-
 // A grid value as it reads in a folder name: "0.02", "[16, 32]" -> "16x32".
 std::string value_label(const YAML::Node& value) {
   std::string text;
   if (value.IsSequence()) {
     for (const auto& element : value) text += (text.empty() ? "" : "x") + value_label(element);
   } else {
-    text = value.IsScalar() ? value.Scalar() : SweepReader::yaml_text(value);
+    text = value.IsScalar() ? value.Scalar() : YamlFileReader::yaml_text(value);
   }
   for (char& c : text)
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '+' && c != '_') c = '_';
@@ -195,13 +125,8 @@ std::string summary_text(const std::string& dir) {
 }  // namespace
 
 Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name) {
-  const SweepReader reader(source_name);
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::ParserException& error) {
-    throw ConfigError(source_name + ":" + std::to_string(error.mark.line + 1) + ": malformed YAML: " + error.msg);
-  }
+  const YamlFileReader reader(source_name);
+  const YAML::Node root = reader.load(yaml_text);
   if (!root.IsMap()) reader.fail(root, "", "expected a sweep: a mapping with name, runs and optionally out, keep, set, grid");
   reader.check_keys(root, "", {"name", "out", "keep", "base", "set", "grid", "runs"});
   if (!root["name"]) reader.fail(root, "name", "missing: every sweep needs a name (its folder)");
@@ -257,8 +182,8 @@ Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name) 
       std::string suffix;
       for (size_t a = 0; a < axes.size(); ++a) {
         const YAML::Node& value = axes[a].second[choice[a]];
-        point.overrides.push_back(axes[a].first + "=" + SweepReader::yaml_text(value));
-        point.grid_values.emplace_back(axes[a].first, SweepReader::yaml_text(value));
+        point.overrides.push_back(axes[a].first + "=" + YamlFileReader::yaml_text(value));
+        point.grid_values.emplace_back(axes[a].first, YamlFileReader::yaml_text(value));
         suffix += "-" + key_label(axes[a].first, keys) + value_label(value);
       }
       try {

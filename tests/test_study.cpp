@@ -227,12 +227,12 @@ TEST(ReportStats, MeanSampleStandardDeviationAndRangeLeaveMissingValuesOut) {
 // A run folder written by hand: its config, an evaluation every 10 steps (values at steps 10, 20
 // with train_s 5 per 10 steps) and a summary, or a divergence record.
 void write_fixture_run(const TempDir& dir, const std::string& base, const std::string& name, double lr, int64_t seed,
-                       const std::vector<double>& val_losses, bool diverged = false) {
+                       const std::vector<double>& val_losses, bool diverged = false, const std::string& label = "m") {
   const std::string run = dir.file("runs/" + name);
   fs::create_directories(run);
   RunConfig config = load_config(base, {"optimizer.lr=" + std::to_string(lr), "seed=" + std::to_string(seed)});
   write_file_atomic(run + "/config.yaml", to_yaml(config));
-  write_file_atomic(run + "/sweep_point.json", Json::object({{"label", "m"}}).dump());
+  write_file_atomic(run + "/sweep_point.json", Json::object({{"label", label}}).dump());
   std::string metrics;
   for (size_t i = 0; i < val_losses.size(); ++i)
     metrics += Json::object({{"step", 10 * (i + 1)}, {"val_loss", val_losses[i]}, {"train_s", 5.0 * (i + 1)}}).dump() + "\n";
@@ -319,6 +319,52 @@ TEST(Report, RefusesFoldersWithoutFinishedRunsAndBadTargets) {
   const std::string base = write_tiny_gpt_config(dir);
   write_fixture_run(dir, base, "a", 0.01, 1, {2.0});
   EXPECT_THROW(run_report({{dir.file("runs")}, dir.file("report"), {"val_los=1"}, "t"}, out, err), std::runtime_error);
+}
+
+TEST(StudyReport, ClaimVerdictsComeFromTheHeadlineRows) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  // Method "new": final losses 1.50 and 1.52 (crossing 1.8 at step 10); "old": 1.60 and 1.62 (at step 20).
+  write_fixture_run(dir, base, "new1", 0.02, 1, {1.7, 1.50}, false, "new");
+  write_fixture_run(dir, base, "new2", 0.02, 2, {1.75, 1.52}, false, "new");
+  write_fixture_run(dir, base, "old1", 0.02, 1, {1.9, 1.60}, false, "old");
+  write_fixture_run(dir, base, "old2", 0.02, 2, {1.85, 1.62}, false, "old");
+  const std::string claims =
+      "  - {claim: c1, source: s, section: a, check: {kind: better, method: new, baseline: old}}\n"
+      "  - {claim: c2, source: s, section: a, check: {kind: better, method: old, baseline: new}}\n"
+      "  - {claim: c3, source: s, section: a, check: {kind: no_worse, method: old, baseline: new, tolerance: 0.05}}\n"
+      "  - {claim: c4, source: s, section: a, check: {kind: no_worse, method: old, baseline: new, tolerance: 0.2}}\n"
+      "  - {claim: c5, source: s, section: a, check: {kind: fewer_steps, method: new, baseline: old, target: val_loss=1.8}}\n"
+      "  - {claim: c6, source: s, section: a, check: {kind: cheaper, method: new, baseline: old, factor: 2}}\n"
+      "  - {claim: c7, source: s, section: a, check: {kind: reaches, method: new, value: 1.55}}\n"
+      "  - {claim: c8, source: s, section: b, check: {kind: reaches, method: new, value: 1.55}}\n";
+  const std::string study = dir.write("study.yaml", "title: T\nsections:\n  - {name: a, title: A, runs: [" + dir.file("runs") +
+                                                        "]}\n  - {name: b, title: B, runs: [" + dir.file("none") +
+                                                        "]}\nclaims:\n" + claims);
+  std::ostringstream out, err;
+  ASSERT_EQ(run_study_report(study, dir.file("study"), out, err), 0) << err.str();
+  const std::string md = read_file(dir.file("study.md"));
+  const auto verdict = [&](const std::string& claim) {
+    const std::string prefix = "| " + claim + " | s | **";
+    const size_t start = md.find(prefix);
+    if (start == std::string::npos) return std::string("missing");
+    return md.substr(start + prefix.size(), md.find("**", start + prefix.size()) - start - prefix.size());
+  };
+  EXPECT_EQ(verdict("c1"), "reproduced") << md;
+  EXPECT_EQ(verdict("c2"), "contradicted");
+  EXPECT_EQ(verdict("c3"), "not at this scale");  // worse by 0.1
+  EXPECT_EQ(verdict("c4"), "reproduced");
+  EXPECT_EQ(verdict("c5"), "reproduced");  // 10 steps against 20
+  EXPECT_EQ(verdict("c6"), "contradicted");  // equal optimizer time: 1.00x, no speed-up at all
+  EXPECT_EQ(verdict("c7"), "reproduced");  // 1.51 <= 1.55
+  EXPECT_EQ(verdict("c8"), "not measured yet");
+  EXPECT_NE(md.find("new 1.5100 ± 0.0141 (n=2) vs old 1.6100 ± 0.0141 (n=2)"), std::string::npos) << md;
+  EXPECT_NE(md.find("No finished runs yet"), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir.file("study/a/report.md")));
+  EXPECT_NE(md.find("](study/a/curves_step.png)"), std::string::npos);
+
+  const std::string bad = dir.write("bad.yaml", "title: T\nsections: []\nclaims:\n  - {claim: c, source: s, section: x, check: {kind: better, method: a, baseline: b}}\n");
+  EXPECT_THROW(run_study_report(bad, dir.file("bad"), out, err), ConfigError);
 }
 
 TEST(Sample, GreedyIsDeterministicTopOneIsGreedyAndSeedsDiffer) {
