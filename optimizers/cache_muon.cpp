@@ -1,14 +1,19 @@
 // CacheMuon — Dev, Bohara, Takáč & Horváth (2026). Momentum changes slowly, so the polar factors of
 // successive steps are correlated: keep the left transform of the last fresh solve and reuse it
-// while it still orthogonalizes the current momentum. Per matrix, on the small side:
-//   X = U / (||U||_F + 1e-7)  (U from Muon's momentum);
-//   fresh solve: Newton–Schulz as O = T X, T a k x k polynomial (cached with r_ref = r(O));
-//   later steps: D = T_cache X;  r(D) = ||D D^T - I||_F / sqrt(k);
+// while it still orthogonalizes the current momentum. Per matrix, on the small side S of U (U from
+// Muon's momentum), with A = S S^T / (||S||_F + 1e-7)^2 the normalized Gram matrix:
+//   fresh solve: Newton–Schulz as O = T X, X = S / (||S||_F + 1e-7), T a k x k polynomial
+//                (cached, with the fresh result's residual r_ref = r(T A T^T));
+//   later steps: D = T_cache X, whose Gram matrix is D D^T = T_cache A T_cache^T;
+//                r(D) = ||D D^T - I||_F / sqrt(k);
 //   hit if r(D) <= r_ref + gamma (use O = D), else a fresh solve; a fresh solve is forced after
 //   k_max hits in a row. W <- W (1 - lr wd) - lr scale O, as in Muon.
 // No author code is public. The threshold bounds the staleness on top of the fresh solver's own
 // error r_ref (the paper's bound: fresh-solver error plus staleness); an absolute r(D) <= gamma
 // would never hit with Keller's coefficients, whose fresh results have r of about 0.2-0.3 by design.
+// The test reads D D^T through A, the Gram matrix every solve starts from: a miss hands A to the
+// fresh solve, so a failed test costs only T A T^T (2 k^3 + 2 k^3), and D itself (2 k^2 l) is
+// formed only on a hit.
 #include "optimizers/cache_muon.h"
 
 #include <cmath>
@@ -20,12 +25,12 @@ namespace ml {
 
 namespace {
 
-// ||S S^T - I||_F / sqrt(k) for a k x l small-side matrix S (k <= l), as a 0-d tensor.
-Tensor orthogonality_residual(const Tensor& small) {
-  Tensor gram = matmul(small, small.t());
+// ||D D^T - I||_F / sqrt(k) for D = T X, from T (k x k) and A = X X^T: T A T^T is D's Gram matrix.
+Tensor orthogonality_residual(const Tensor& transform, const Tensor& normalized_gram) {
+  Tensor gram = matmul(matmul(transform, normalized_gram), transform.t());
   Tensor diagonal = diagonal_view(gram);
   add_(diagonal, -1.0);
-  return mul(norm(gram), 1.0 / std::sqrt(static_cast<double>(small.size(0))));
+  return mul(norm(gram), 1.0 / std::sqrt(static_cast<double>(gram.size(0))));
 }
 
 int64_t as_count(double flops) { return static_cast<int64_t>(std::llround(flops)); }
@@ -64,21 +69,26 @@ void CacheMuon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) 
   Slot& slot = slots_[index];
   const Tensor update = lerp_momentum(slot.momentum, grad, momentum_, nesterov_);
   const int64_t rows = weight.size(0), cols = weight.size(1);
-  const int64_t k = std::min(rows, cols), l = std::max(rows, cols);
+  const double k = static_cast<double>(std::min(rows, cols)), l = static_cast<double>(std::max(rows, cols));
   const int64_t steps = static_cast<int64_t>(schedule_.triples.size());
-  const double check_flops = 4.0 * k * k * l;  // D = T X and D D^T
   flops_muon_ += as_count(newton_schulz_flops(rows, cols, steps));
+
+  const Tensor raw_gram = small_side_gram(update);
+  const Tensor inv_norm = inverse_norm_of_gram(raw_gram, schedule_);
+  const Tensor normalized_gram = mul(raw_gram, mul(inv_norm, inv_norm));
+  flops_spent_ += as_count(2.0 * k * k * l);
+  const double residual_flops = 4.0 * k * k * k;  // T A, then (T A) T^T
 
   Tensor ortho;  // on the small side
   if (*slot.has_cache && *slot.cache_age < k_max_) {
-    const Tensor small = small_side(update);
-    const Tensor candidate = matmul(mul(slot.transform, inverse_norm(update, schedule_)), small);
-    flops_spent_ += as_count(check_flops);
+    flops_spent_ += as_count(residual_flops);
     // The one value this step reads back from the device: the hit test decides whether the
     // expensive fresh solve runs at all, a branch the host has to take.
-    const double staleness = sub(orthogonality_residual(candidate), slot.reference_residual).item();
+    const double staleness =
+        sub(orthogonality_residual(slot.transform, normalized_gram), slot.reference_residual).item();
     if (staleness <= gamma_) {
-      ortho = candidate;
+      ortho = matmul(mul(slot.transform, inv_norm), small_side(update));
+      flops_spent_ += as_count(2.0 * k * k * l);
       ++*slot.cache_age;
       ++hits_;
     } else {
@@ -88,14 +98,13 @@ void CacheMuon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) 
     ++(*slot.has_cache ? forced_refreshes_ : cold_solves_);
   }
   if (!ortho.defined()) {
-    NsTransformResult fresh = newton_schulz_with_transform(update, schedule_);
+    NsTransformResult fresh = newton_schulz_with_transform(update, schedule_, raw_gram);
     ortho = small_side(fresh.result);
     copy_(slot.transform, fresh.transform);
-    copy_(slot.reference_residual, orthogonality_residual(ortho));
+    copy_(slot.reference_residual, orthogonality_residual(slot.transform, normalized_gram));
     *slot.has_cache = 1;
     *slot.cache_age = 0;
-    // Newton–Schulz with the transform, and the residual's Gram matrix.
-    flops_spent_ += as_count(newton_schulz_flops(rows, cols, steps, true) + 2.0 * k * k * l);
+    flops_spent_ += as_count(newton_schulz_flops(rows, cols, steps, true, true) + residual_flops);
   }
 
   const double scale = update_scale(scaling_, rows, cols);

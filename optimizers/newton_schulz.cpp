@@ -63,7 +63,8 @@ bool uses_gram_form(int64_t k, int64_t l, int64_t steps) {
 //  - Gram form (Dao-AILab/gram-newton-schulz), for wide S: iterate on k x k matrices only,
 //    A_{i+1} = P_i A_i P_i^T and T_{i+1} = P_i T_i, then X_K = T_K X0 with one k x l product.
 // `transform` (optional) receives T = P_{K-1} ... P_0 diag(s), the map from X0 to the result.
-Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_scale, Tensor* transform) {
+Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_scale, Tensor* transform,
+               const Tensor& small_gram) {
   if (matrix.dim() != 2)
     throw std::invalid_argument("newton_schulz: expected a 2-D matrix, got " + shape_str(matrix.shape()));
   if (schedule.triples.empty()) throw std::invalid_argument("newton_schulz: the schedule has no iterations");
@@ -71,8 +72,8 @@ Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_s
   const Tensor raw = tall ? matrix.t() : matrix;
   const int64_t steps = static_cast<int64_t>(schedule.triples.size());
 
-  Tensor gram = matmul(raw, raw.t());
-  const Tensor inv_norm = rdiv(1.0, add(mul(sqrt(sum(diagonal_view(gram))), schedule.norm_factor), schedule.norm_eps));
+  Tensor gram = small_gram.defined() ? small_gram.clone() : matmul(raw, raw.t());
+  const Tensor inv_norm = inverse_norm_of_gram(gram, schedule);
   mul_(gram, mul(inv_norm, inv_norm));
   Tensor aol_scale;
   if (schedule.aol) {
@@ -148,24 +149,31 @@ Tensor diagonal_view(const Tensor& square) {
 Tensor small_side(const Tensor& matrix) { return matrix.size(0) > matrix.size(1) ? matrix.t() : matrix; }
 
 Tensor newton_schulz(const Tensor& matrix, const NsSchedule& schedule, double output_scale) {
-  return iterate(matrix, schedule, output_scale, nullptr);
+  return iterate(matrix, schedule, output_scale, nullptr, Tensor());
 }
 
-NsTransformResult newton_schulz_with_transform(const Tensor& matrix, const NsSchedule& schedule) {
+NsTransformResult newton_schulz_with_transform(const Tensor& matrix, const NsSchedule& schedule,
+                                               const Tensor& small_gram) {
   NsTransformResult out;
-  out.result = iterate(matrix, schedule, 1.0, &out.transform);
+  out.result = iterate(matrix, schedule, 1.0, &out.transform, small_gram);
   return out;
 }
 
-Tensor inverse_norm(const Tensor& x, const NsSchedule& schedule) {
-  return rdiv(1.0, add(mul(norm(x), schedule.norm_factor), schedule.norm_eps));
+Tensor small_side_gram(const Tensor& matrix) {
+  const Tensor small = small_side(matrix);
+  return matmul(small, small.t());
 }
 
-double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps, bool with_transform) {
+Tensor inverse_norm_of_gram(const Tensor& small_gram, const NsSchedule& schedule) {
+  return rdiv(1.0, add(mul(sqrt(sum(diagonal_view(small_gram))), schedule.norm_factor), schedule.norm_eps));
+}
+
+double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps, bool with_transform, bool gram_given) {
   const int64_t k = std::min(rows, cols), l = std::max(rows, cols);
   const double kd = static_cast<double>(k), ld = static_cast<double>(l), sd = static_cast<double>(steps);
-  if (uses_gram_form(k, l, steps)) return gram_form_flops(kd, ld, sd);
-  return direct_flops(kd, ld, sd) + (with_transform ? 2 * (sd - 1) * kd * kd * kd : 0.0);
+  const double saved = gram_given ? 2 * kd * kd * ld : 0.0;
+  if (uses_gram_form(k, l, steps)) return gram_form_flops(kd, ld, sd) - saved;
+  return direct_flops(kd, ld, sd) + (with_transform ? 2 * (sd - 1) * kd * kd * kd : 0.0) - saved;
 }
 
 }  // namespace ml

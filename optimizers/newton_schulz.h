@@ -46,22 +46,31 @@ Tensor newton_schulz(const Tensor& matrix, const NsSchedule& schedule, double ou
 // and X0 = S / (norm_factor ||S||_F + norm_eps), the result (on the small side) equals T X0 for a
 // k x k matrix T (k = min(rows, cols)), the product of the iterations' polynomials in X X^T.
 // Used by CacheMuon.
+// `small_gram`, when given, is small_side_gram(matrix), computed by the caller for its own use: the
+// solve starts from it instead of paying for it again.
 struct NsTransformResult {
   Tensor result;     // like newton_schulz(matrix, schedule)
   Tensor transform;  // T, k x k
 };
-NsTransformResult newton_schulz_with_transform(const Tensor& matrix, const NsSchedule& schedule);
+NsTransformResult newton_schulz_with_transform(const Tensor& matrix, const NsSchedule& schedule,
+                                               const Tensor& small_gram = Tensor());
+
+// S S^T for the small side S of `matrix` (k x k): the raw Gram matrix every solve starts from.
+Tensor small_side_gram(const Tensor& matrix);
+
+// 1 / (norm_factor ||S||_F + norm_eps) from that Gram matrix (||S||_F^2 = trace(S S^T)), as a 0-d
+// tensor: the normalization X0 = S * inverse_norm of every solve.
+Tensor inverse_norm_of_gram(const Tensor& small_gram, const NsSchedule& schedule);
 
 // The diagonal of a contiguous square matrix as a strided view (writes go to the matrix).
 Tensor diagonal_view(const Tensor& square);
-
-// 1 / (norm_factor * ||x||_F + norm_eps) as a 0-d tensor on x's device.
-Tensor inverse_norm(const Tensor& x, const NsSchedule& schedule);
 
 // FLOPs (multiply-adds counted twice) of newton_schulz on a rows x cols matrix, or of
 // newton_schulz_with_transform. With k = min(rows, cols), l = max(rows, cols), K = steps, the
 // cheaper of two evaluation orders runs: direct, K (4 k^2 l + 2 k^3) (the transform adds
 // 2 (K-1) k^3), or the Gram form for wide matrices, 4 k^2 l + (8K - 6) k^3 (transform included).
-double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps, bool with_transform = false);
+// `gram_given`: without the first Gram matrix (2 k^2 l), passed in by the caller.
+double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps, bool with_transform = false,
+                           bool gram_given = false);
 
 }  // namespace ml

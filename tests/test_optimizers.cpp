@@ -715,16 +715,20 @@ TEST(OptimCacheMuon, HitsAndMissesFollowTheThresholdAndForcedRefresh) {
   EXPECT_GE(forced, 1);
   const double total = static_cast<double>(changes.size());
   EXPECT_DOUBLE_EQ(metrics.at("cache_hit_rate"), hits / total);
-  // Fresh Muon solves every step. CacheMuon pays a check (T X and D D^T) whenever a cache is
-  // consulted, and for each fresh solve Newton–Schulz with its transform and the residual's Gram.
-  // At 10 x 16 the Gram form is the cheaper evaluation order: 4 k^2 l + (8 K - 6) k^3 with the
-  // transform included, against K (4 k^2 l + 2 k^3) directly.
+  // Fresh Muon solves every step. CacheMuon pays the Gram matrix S S^T every step, the residual
+  // T A T^T (4 k^3) whenever a cache is consulted and after each fresh solve, D = T X (2 k^2 l) on
+  // a hit, and for each fresh solve Newton–Schulz with its transform minus the Gram matrix it was
+  // handed. At 10 x 16 the Gram form is the cheaper evaluation order: 4 k^2 l + (8 K - 6) k^3 with
+  // the transform included, against K (4 k^2 l + 2 k^3) directly.
   const double k = rows, l = cols;
   const double direct = 5 * (4 * k * k * l + 2 * k * k * k), gram_form = 4 * k * k * l + 34 * k * k * k;
   ASSERT_LT(gram_form, direct);
   const int fresh = 1 + misses + forced, checks = hits + misses;
   EXPECT_NEAR(metrics.at("muon_gflops"), total * gram_form * 1e-9, 1e-12);
-  EXPECT_NEAR(metrics.at("ortho_gflops"), (fresh * (gram_form + 2 * k * k * l) + checks * 4 * k * k * l) * 1e-9, 1e-12);
+  const double gram = 2 * k * k * l, residual_check = 4 * k * k * k;
+  EXPECT_NEAR(metrics.at("ortho_gflops"),
+              (total * gram + checks * residual_check + hits * 2 * k * k * l + fresh * (gram_form - gram + residual_check)) * 1e-9,
+              1e-12);
 }
 
 // ================================================================== grouping and factory
