@@ -211,6 +211,33 @@ TEST(SweepRun, DryRunListsWithoutTrainingAndOnlySelectsByName) {
   EXPECT_THROW(run_sweep(sweep, options, out), ConfigError);
 }
 
+// The shipped smoke configs through the whole study path: a sweep with per-method settings and
+// seeds, then a report over the sweep's folder.
+TEST(SweepEndToEnd, SmokeConfigsSweepAndReport) {
+  const std::string data = MUONLAB_SOURCE_DIR "/../shared/data";
+  if (!fs::exists(data + "/tinyshakespeare/input.txt") || !fs::exists(data + "/cifar-10-batches-bin"))
+    GTEST_SKIP() << "no " << data << " (Tiny Shakespeare and CIFAR-10)";
+  TempDir dir;
+  const std::string configs = MUONLAB_SOURCE_DIR "/configs/";
+  const Sweep sweep = parse_sweep(
+      "name: smoke\nout: " + dir.file("runs") + "\nkeep: " + dir.file("keep") + "\nset: {threads: 1}\nruns:\n"
+      "  - base: " + configs + "tiny_mlp_smoke.yaml\n    grid: {optimizer.lr: [3.0e-3, 1.0e-2], seed: [0, 1]}\n"
+      "  - base: " + configs + "tiny_mlp_smoke.yaml\n    set: {optimizer: {kind: muon, lr: 0.02}}\n    grid: {seed: [0, 1]}\n"
+      "  - base: " + configs + "tiny_gpt_smoke.yaml\n    set: {data.path: " + data + "/tinyshakespeare/input.txt, train.steps: 20}\n"
+      "  - base: " + configs + "tiny_cnn_smoke.yaml\n    set: {data.path: " + data + "/cifar-10-batches-bin, train.steps: 8}\n",
+      "smoke.yaml");
+  ASSERT_EQ(sweep.points.size(), 8u);
+  SweepOptions options;
+  options.quiet = true;
+  std::ostringstream out, err;
+  ASSERT_EQ(run_sweep(sweep, options, out), 0) << out.str();
+  EXPECT_TRUE(fs::exists(sweep.keep + "/adamw/sample.txt"));  // the GPT point (its label: the optimizer kind)
+  ASSERT_EQ(run_report({{sweep.keep}, dir.file("report"), {}, "smoke"}, out, err), 0) << err.str();
+  const std::string md = read_file(dir.file("report/report.md"));
+  EXPECT_NE(md.find("8 runs (0 diverged), 5 configurations"), std::string::npos) << md;
+  EXPECT_TRUE(fs::exists(dir.file("report/curves_step.png")));
+}
+
 TEST(ReportStats, MeanSampleStandardDeviationAndRangeLeaveMissingValuesOut) {
   const Stats stats = Stats::of({1.0, 2.0, std::nan(""), 4.0});
   EXPECT_EQ(stats.n, 3);
