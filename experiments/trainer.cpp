@@ -165,8 +165,11 @@ std::string fresh_run_dir(const RunConfig& config, const TrainOptions& options) 
   return options.out_dir;
 }
 
-// The keys that may change when a run is resumed: how long it trains and how often it reports.
+// The keys that may change when a run is resumed: how long it trains, how often it reports, and
+// the thread count (a resumed session on another machine; the loop notes that the curve then
+// differs by rounding).
 RunConfig with_resumable_keys_of(RunConfig saved, const RunConfig& given) {
+  saved.threads = given.threads;
   saved.train.steps = given.train.steps;
   saved.train.epochs = given.train.epochs;
   saved.train.eval_every = given.train.eval_every;
@@ -184,7 +187,7 @@ void check_same_run(const RunConfig& given, const std::string& run_dir) {
   if (difference.empty()) return;
   throw std::runtime_error("--resume " + run_dir + ": the config differs from the run's " + kConfigFile + " (run vs given: " +
                            difference +
-                           "); only train.steps/epochs/eval_every/log_every/checkpoint_every and "
+                           "); only train.steps/epochs/eval_every/log_every/checkpoint_every, threads and "
                            "data.workers_prefetch may change. Resume with " +
                            saved_path);
 }
