@@ -669,6 +669,8 @@ const Section<OptimizerConfig>& optimizer_schema() {
               .only_for({"muon", "turbo_muon", "cache_muon", "rmnp", "normuon"}),
           // Dion2 scales its sparse update by sqrt(fan_out / fan_in) of the full matrix (the paper's choice).
           choice("scaling", &O::scaling, {"keller", "moonlight", "spectral"}, "spectral").only_for({"dion2"}),
+          // airbench94_muon's replacement for weight decay (optimizers/muon.cpp).
+          boolean("renormalize", &O::renormalize, false).only_for({"muon"}),
           section("non_matrix", &O::non_matrix, non_matrix_schema(), false).only_for(kMuonFamily),
           number("gamma", &O::gamma, greater_than(0), 0.1).only_for({"cache_muon"}),
           integer("k_max", &O::k_max, at_least(1), 10).only_for({"cache_muon"}),
@@ -677,7 +679,12 @@ const Section<OptimizerConfig>& optimizer_schema() {
           choice("selection", &O::selection, {"l1", "random"}, "l1").only_for({"dion2"}),
           number("beta2", &O::beta2, closed_open(0, 1), 0.95).only_for({"normuon"}),
       },
-      nullptr};
+      [](const O& optimizer, const SectionSites& sites) {
+        // The renormalization fixes the norm every step: a decay before it would have no effect.
+        if (optimizer.renormalize && optimizer.weight_decay > 0)
+          sites.at("renormalize").fail("replaces weight decay; set optimizer.weight_decay to 0 (it is " +
+                                       format_number(optimizer.weight_decay) + ")");
+      }};
   return schema;
 }
 

@@ -105,6 +105,7 @@ struct OptimizerConfig {
   int64_t ns_steps = 0;
   std::string ns_coefficients;  // keller | muon_plus | polar_express
   std::string scaling;          // keller | moonlight | spectral
+  bool renormalize = false;     // muon: W <- W sqrt(rows) / ||W||_F before each update, no weight decay
   NonMatrixConfig non_matrix;
   // cache_muon
   double gamma = 0.0;

@@ -101,6 +101,7 @@ OptimizerSpec optimizer_spec(const RunConfig& config) {
   spec.ns_steps = c.ns_steps;
   spec.ns_coefficients = c.ns_coefficients;
   spec.scaling = c.scaling;
+  spec.renormalize = c.renormalize;
   if (is_muon_family(c.kind)) {
     spec.non_matrix.kind = c.non_matrix.kind;
     spec.non_matrix.lr = c.non_matrix.lr;

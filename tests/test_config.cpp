@@ -307,6 +307,17 @@ TEST(ConfigErrors, KeyForAnotherKindIsRejected) {
             "x.yaml:8: optimizer.gamma is only valid for kind cache_muon, not dion2");
 }
 
+TEST(ConfigErrors, MuonRenormalizationReplacesWeightDecayAndIsMuonsOnly) {
+  EXPECT_TRUE(load_text(kMinimal, {"optimizer={kind: muon, lr: 0.24, renormalize: true}"}).optimizer.renormalize);
+  EXPECT_FALSE(load_text(kMinimal, {"optimizer={kind: muon, lr: 0.24}"}).optimizer.renormalize);
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: muon, lr: 0.24, renormalize: true, weight_decay: 0.1}"}),
+            "--set optimizer={kind: muon, lr: 0.24, renormalize: true, weight_decay: 0.1}: optimizer.renormalize: "
+            "replaces weight decay; set optimizer.weight_decay to 0 (it is 0.1)");
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: dion2, lr: 0.24, renormalize: true}"}),
+            "--set optimizer={kind: dion2, lr: 0.24, renormalize: true}: optimizer.renormalize is only valid for "
+            "kind muon, not dion2");
+}
+
 TEST(ConfigErrors, MissingRequiredKeys) {
   EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: sgd}"}),
             "--set optimizer={kind: sgd}: optimizer.lr: required key is missing (expected a number > 0)");
