@@ -491,7 +491,9 @@ TEST(OptimMuon, RenormalizeRescalesEachFilterTensorBeforeTheUpdateAsAirbench94Mu
     const Mat update = lincomb(1.0, g, spec.momentum, buffer);
     w = scaled(std::sqrt(4.0) / frobenius(w), w);
     w = lincomb(1.0, w, -spec.lr, ref_newton_schulz(update, ns));
-    EXPECT_LT(max_abs_diff(to_mat(p), w), 1e-10) << "step " << step;
+    // The lerp momentum is 1 - mu times this one; they differ only through Newton–Schulz's eps
+    // (X = U / (||U|| + 1e-7)), by about 1e-7 / ||U|| relative.
+    EXPECT_LT(max_abs_diff(to_mat(p), w), 1e-8) << "step " << step;
   }
 }
 
