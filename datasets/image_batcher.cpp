@@ -13,12 +13,6 @@ namespace ml {
 
 namespace {
 
-int64_t reflect_index(int64_t i, int64_t n) {
-  if (i < 0) return -i;
-  if (i >= n) return 2 * (n - 1) - i;
-  return i;
-}
-
 void check_augment_options(const AugmentOptions& options, int64_t height, int64_t width) {
   if (options.crop_padding < 0 || options.translate < 0) {
     throw std::invalid_argument("augmentation crop_padding and translate must be >= 0");
@@ -35,6 +29,12 @@ void check_augment_options(const AugmentOptions& options, int64_t height, int64_
 
 }  // namespace
 
+int64_t reflect_index(int64_t i, int64_t n) {
+  if (i < 0) return -i;
+  if (i >= n) return 2 * (n - 1) - i;
+  return i;
+}
+
 ImageAugmentation draw_augmentation(const AugmentOptions& options, uint64_t seed, int64_t epoch, int64_t example) {
   ImageAugmentation augmentation;
   const int64_t shift = std::max(options.crop_padding, options.translate);
@@ -42,7 +42,13 @@ ImageAugmentation draw_augmentation(const AugmentOptions& options, uint64_t seed
   CounterRng rng(rng_key(seed, RngStream::Augment, {static_cast<uint64_t>(epoch), static_cast<uint64_t>(example)}));
   augmentation.dy = rng.symmetric(shift);
   augmentation.dx = rng.symmetric(shift);
-  augmentation.flip = options.flip && rng.below(2) == 1;
+  if (options.alternating_flip) {
+    const bool first_epoch_flip =
+        CounterRng(rng_key(seed, RngStream::AlternatingFlip, {static_cast<uint64_t>(example)})).below(2) == 1;
+    augmentation.flip = options.flip && first_epoch_flip != (epoch % 2 == 1);
+  } else {
+    augmentation.flip = options.flip && rng.below(2) == 1;
+  }
   augmentation.reflect = options.translate > 0;
   return augmentation;
 }
@@ -142,6 +148,12 @@ HostBatch ImageBatcher::epoch_batch(int64_t epoch, int64_t index) const {
 HostBatch ImageBatcher::train_batch(int64_t step) const {
   if (step < 0) throw std::out_of_range("training step " + std::to_string(step) + " is negative");
   return epoch_batch(step / steps_per_epoch(), step % steps_per_epoch());
+}
+
+HostBatch ImageBatcher::train_examples(int64_t count) const {
+  std::vector<int64_t> examples(static_cast<size_t>(std::clamp<int64_t>(count, 0, train_->size())));
+  std::iota(examples.begin(), examples.end(), int64_t{0});
+  return assemble(*train_, examples, 0, false);
 }
 
 int64_t ImageBatcher::num_val_batches() const {

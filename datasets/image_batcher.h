@@ -15,11 +15,15 @@ namespace ml {
 //    the border is black, i.e. pixel value 0 before normalization;
 //  - translate: airbench's shift, the border is the image reflected at its edge (numpy "reflect",
 //    the edge pixel itself not repeated).
-// flip: mirror each image horizontally with probability 1/2.
+// flip: mirror each image horizontally with probability 1/2: drawn anew every epoch, or with
+// alternating_flip drawn once per image and inverted in every odd epoch, so that each image is
+// seen both ways in any two consecutive epochs (airbench's CifarLoader: "this increases diversity
+// relative to random flipping").
 struct AugmentOptions {
   int64_t crop_padding = 0;
   int64_t translate = 0;
   bool flip = false;
+  bool alternating_flip = false;
 };
 
 // One image's drawn augmentation: output(y, x) = input(y + dy, x' + dx) with x' = W-1-x when
@@ -30,6 +34,10 @@ struct ImageAugmentation {
   bool flip = false;
   bool reflect = false;  // reflection fill (translate) instead of zeros (crop_padding)
 };
+
+// Index i in [-(n-1), 2n-2] mapped into [0, n) by reflection at the edges, the edge itself not
+// repeated (numpy's and torch.nn.functional.pad's "reflect"): -1 -> 1, n -> n-2.
+int64_t reflect_index(int64_t i, int64_t n);
 
 // The augmentation of one example in one epoch: a pure function of its arguments.
 ImageAugmentation draw_augmentation(const AugmentOptions& options, uint64_t seed, int64_t epoch, int64_t example);
@@ -62,6 +70,9 @@ class ImageBatcher final : public Batcher {
 
   // Batch `index` of `epoch`; train_batch(step) is epoch_batch(step / steps_per_epoch, step % steps_per_epoch).
   HostBatch epoch_batch(int64_t epoch, int64_t index) const;
+  // The first `count` training examples (all when there are fewer) in file order, normalized and
+  // not augmented: the sample a data-dependent initialization measures.
+  HostBatch train_examples(int64_t count) const;
 
   const std::vector<float>& channel_mean() const { return mean_; }  // on the [0, 1] scale
   const std::vector<float>& channel_std() const { return std_; }

@@ -565,7 +565,9 @@ const Section<DataConfig>& data_schema() {
           integer("limit_val", &D::limit_val, at_least(0), 0),
           integer("workers_prefetch", &D::workers_prefetch, at_least(0), 2),
           boolean("flip", &D::flip, false).only_for(kImageKinds),
+          boolean("alternating_flip", &D::alternating_flip, false).only_for(kImageKinds),
           boolean("eval_flip", &D::eval_flip, false).only_for(kImageKinds),
+          boolean("eval_translate", &D::eval_translate, false).only_for(kImageKinds),
           integer("crop_padding", &D::crop_padding, at_least(0), 0).only_for(kImageKinds),
           integer("translate", &D::translate, at_least(0), 0).only_for(kImageKinds),
           boolean("normalize", &D::normalize, true).only_for(kImageKinds),
@@ -578,9 +580,16 @@ const Section<DataConfig>& data_schema() {
           integer("num_classes", &D::num_classes, at_least(2), 4).only_for({"synthetic"}),
           integer("num_examples", &D::num_examples, at_least(1), 512).only_for({"synthetic"}),
       },
-      nullptr};
+      [](const D& data, const SectionSites& sites) {
+        if (data.alternating_flip && !data.flip)
+          sites.at("alternating_flip").fail("chooses how data.flip flips; set data.flip: true as well");
+      }};
   return schema;
 }
+
+// airbench94_muon.py's init_whiten: the first 5000 training images, eps 5e-4.
+constexpr int64_t kDefaultWhitenExamples = 5000;
+constexpr double kDefaultWhitenEps = 5e-4;
 
 const Section<ModelConfig>& model_schema() {
   using M = ModelConfig;
@@ -607,11 +616,28 @@ const Section<ModelConfig>& model_schema() {
           number("bn_momentum", &M::bn_momentum, open_closed(0, 1), 0.1).only_for({"cnn"}),
           number("logit_divisor", &M::logit_divisor, greater_than(0), 1.0).only_for({"cnn"}),
           choice("activation", &M::activation, {"gelu", "relu"}, "gelu").only_for({"cnn"}),
+          number("bn_eps", &M::bn_eps, greater_than(0), 1e-5).only_for({"cnn"}),
+          boolean("bn_freeze_weight", &M::bn_freeze_weight, false).only_for({"cnn"}),
+          boolean("dirac_init", &M::dirac_init, false).only_for({"cnn"}),
+          number("head_init_std", &M::head_init_std, at_least(0), 0.0).only_for({"cnn"}),
+          boolean("whiten", &M::whiten, false).only_for({"cnn"}),
+          integer("whiten_examples", &M::whiten_examples, at_least(1), kDefaultWhitenExamples).only_for({"cnn"}),
+          number("whiten_eps", &M::whiten_eps, greater_than(0), kDefaultWhitenEps).only_for({"cnn"}),
+          integer("whiten_bias_epochs", &M::whiten_bias_epochs, at_least(0), 0).only_for({"cnn"}),
           integer_list("hidden", &M::hidden, at_least(1), true, std::vector<int64_t>{128}).only_for({"mlp"}),
           choice("activation", &M::activation, {"relu", "gelu", "tanh"}, "relu").only_for({"mlp"}),
           integer("num_classes", &M::num_classes, at_least(0), 0).only_for({"cnn", "mlp"}),
       },
       [](const M& model, const SectionSites& sites) {
+        // Defaults pass (the resolved config lists them); another value would be silently unused.
+        if (model.kind == "cnn" && !model.whiten) {
+          const std::pair<const char*, bool> whitening_keys[] = {
+              {"whiten_examples", model.whiten_examples != kDefaultWhitenExamples},
+              {"whiten_eps", model.whiten_eps != kDefaultWhitenEps},
+              {"whiten_bias_epochs", model.whiten_bias_epochs != 0}};
+          for (const auto& [key, changed] : whitening_keys)
+            if (changed) sites.at(key).fail("only applies with model.whiten: true");
+        }
         if (model.kind != "gpt") return;
         if (model.n_embd % model.n_head != 0)
           sites.at("n_embd").fail("must be divisible by model.n_head (" + std::to_string(model.n_embd) + " % " +
@@ -669,6 +695,8 @@ const Section<OptimizerConfig>& optimizer_schema() {
               .only_for({"muon", "turbo_muon", "cache_muon", "rmnp", "normuon"}),
           // Dion2 scales its sparse update by sqrt(fan_out / fan_in) of the full matrix (the paper's choice).
           choice("scaling", &O::scaling, {"keller", "moonlight", "spectral"}, "spectral").only_for({"dion2"}),
+          // airbench94_muon's replacement for weight decay (optimizers/muon.cpp).
+          boolean("renormalize", &O::renormalize, false).only_for({"muon"}),
           section("non_matrix", &O::non_matrix, non_matrix_schema(), false).only_for(kMuonFamily),
           number("gamma", &O::gamma, greater_than(0), 0.1).only_for({"cache_muon"}),
           integer("k_max", &O::k_max, at_least(1), 10).only_for({"cache_muon"}),
@@ -677,7 +705,12 @@ const Section<OptimizerConfig>& optimizer_schema() {
           choice("selection", &O::selection, {"l1", "random"}, "l1").only_for({"dion2"}),
           number("beta2", &O::beta2, closed_open(0, 1), 0.95).only_for({"normuon"}),
       },
-      nullptr};
+      [](const O& optimizer, const SectionSites& sites) {
+        // The renormalization fixes the norm every step: a decay before it would have no effect.
+        if (optimizer.renormalize && optimizer.weight_decay > 0)
+          sites.at("renormalize").fail("replaces weight decay; set optimizer.weight_decay to 0 (it is " +
+                                       format_number(optimizer.weight_decay) + ")");
+      }};
   return schema;
 }
 

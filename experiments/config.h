@@ -33,9 +33,14 @@ struct DataConfig {
   int64_t workers_prefetch = 0;  // batches prepared ahead on a background thread
   // Image kinds (cifar10, fashion_mnist, image_folder).
   bool flip = false;
+  bool alternating_flip = false;  // with flip: each image's flip is drawn once and inverted every odd epoch (airbench)
   // Test-time augmentation: evaluation averages the logits of each image and its mirror image
   // (airbench's tta_level 1).
   bool eval_flip = false;
+  // Test-time augmentation: evaluation also averages over the image shifted by one pixel up-left
+  // and down-right (reflected border), half the weight on the unshifted views (airbench's
+  // tta_level 2 together with eval_flip).
+  bool eval_translate = false;
   int64_t crop_padding = 0;
   int64_t translate = 0;
   bool normalize = false;
@@ -76,6 +81,15 @@ struct ModelConfig {
   std::vector<int64_t> widths;
   double bn_momentum = 0.0;  // PyTorch convention: running = (1 - m) * running + m * batch
   double logit_divisor = 0.0;
+  // cnn, airbench94_muon's network (see models/cnn.h)
+  double bn_eps = 0.0;
+  bool bn_freeze_weight = false;  // batch-norm scales stay 1
+  bool dirac_init = false;        // each conv's first in_channels filters start as the identity
+  double head_init_std = 0.0;     // > 0: the initial head weights are rescaled to this std
+  bool whiten = false;            // the stem is a frozen patch-whitening layer computed from the data
+  int64_t whiten_examples = 0;    // training images its covariance is measured on
+  double whiten_eps = 0.0;        // filters V / sqrt(lambda + eps)
+  int64_t whiten_bias_epochs = 0; // the stem's bias trains for this many epochs; 0: throughout
   // mlp
   std::vector<int64_t> hidden;  // may be empty: a linear classifier
 };
@@ -105,6 +119,7 @@ struct OptimizerConfig {
   int64_t ns_steps = 0;
   std::string ns_coefficients;  // keller | muon_plus | polar_express
   std::string scaling;          // keller | moonlight | spectral
+  bool renormalize = false;     // muon: W <- W sqrt(rows) / ||W||_F before each update, no weight decay
   NonMatrixConfig non_matrix;
   // cache_muon
   double gamma = 0.0;

@@ -5,17 +5,10 @@
 #pragma once
 #include <vector>
 
+#include "framework/symmetric_eigen.h"
 #include "framework/tensor.h"
 
 namespace ml {
-
-// Eigenvalues (ascending) and orthonormal eigenvectors (row i belongs to value i) of a symmetric
-// n x n matrix given row-major. Throws std::runtime_error if the QL iteration does not converge.
-struct SymmetricEigen {
-  std::vector<double> values;
-  std::vector<double> vectors;  // n x n, row-major, one eigenvector per row
-};
-SymmetricEigen symmetric_eigen(std::vector<double> matrix, int64_t n);
 
 // polar(G) of a 2-D CPU tensor of any floating dtype, as a contiguous float64 tensor of G's shape.
 // Throws std::runtime_error when G is rank deficient (the polar factor is not unique then).

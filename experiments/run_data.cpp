@@ -60,7 +60,7 @@ RunData image_data(const RunConfig& config) {
   options.val_batch_size = data.val_batch_size;
   options.seed = static_cast<uint64_t>(config.seed);
   options.drop_last = true;
-  options.augment = {data.crop_padding, data.translate, data.flip};
+  options.augment = {data.crop_padding, data.translate, data.flip, data.alternating_flip};
   if (data.batch_size > splits.train.size())
     throw std::runtime_error("data.batch_size " + std::to_string(data.batch_size) + " is larger than the " +
                              std::to_string(splits.train.size()) + " training images of " + data.path);

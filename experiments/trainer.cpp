@@ -17,6 +17,7 @@
 #include <sstream>
 #include <vector>
 
+#include "datasets/image_batcher.h"
 #include "datasets/prefetch.h"
 #include "experiments/checkpoint.h"
 #include "experiments/progress.h"
@@ -101,6 +102,7 @@ OptimizerSpec optimizer_spec(const RunConfig& config) {
   spec.ns_steps = c.ns_steps;
   spec.ns_coefficients = c.ns_coefficients;
   spec.scaling = c.scaling;
+  spec.renormalize = c.renormalize;
   if (is_muon_family(c.kind)) {
     spec.non_matrix.kind = c.non_matrix.kind;
     spec.non_matrix.lr = c.non_matrix.lr;
@@ -133,8 +135,45 @@ Tensor mirror_width(const Tensor& images) {
   return index_select(images, 3, arange(static_cast<double>(width - 1), -1.0, -1.0, DType::Int64, images.device()));
 }
 
+// The images [B, C, H, W] with output(y, x) = input(y + shift, x + shift), borders reflected.
+Tensor shift_diagonally(const Tensor& images, int64_t shift) {
+  Tensor shifted = images;
+  for (const int64_t dim : {2, 3}) {
+    std::vector<int64_t> sources(static_cast<size_t>(images.size(dim)));
+    for (int64_t i = 0; i < images.size(dim); ++i) sources[i] = reflect_index(i + shift, images.size(dim));
+    shifted = index_select(shifted, dim, Tensor::from_vector(sources, {images.size(dim)}, images.device()));
+  }
+  return shifted;
+}
+
+Tensor mirror_averaged_logits(Model& model, const Tensor& images, bool mirror) {
+  const Tensor logits = model.forward(images);
+  return mirror ? (logits + model.forward(mirror_width(images))) * 0.5 : logits;
+}
+
+// airbench94_muon.py's infer_mirror_translate when both options are on.
+Tensor test_time_augmented_logits(Model& model, const Tensor& images, const EvalOptions& options) {
+  const Tensor centred = mirror_averaged_logits(model, images, options.mirror);
+  if (!options.translate) return centred;
+  const Tensor shifted = (mirror_averaged_logits(model, shift_diagonally(images, -1), options.mirror) +
+                          mirror_averaged_logits(model, shift_diagonally(images, 1), options.mirror)) *
+                         0.5;
+  return (centred + shifted) * 0.5;
+}
+
 EvalOptions eval_options(const RunConfig& config, const RunData& data) {
-  return {config.train.eval_batches, !data.is_text, config.data.eval_flip};
+  return {config.train.eval_batches, !data.is_text, config.data.eval_flip, config.data.eval_translate};
+}
+
+// Models that initialize from the data (the CNN's whitening stem) get the first training images,
+// normalized and not augmented, as airbench94_muon.py's init_whiten gets train_images[:5000].
+void initialize_from_data(Model& model, const Batcher& batcher) {
+  const int64_t count = model.init_examples();
+  if (count == 0) return;
+  const auto* images = dynamic_cast<const ImageBatcher*>(&batcher);
+  if (!images) throw std::invalid_argument("model: a data-dependent initialization needs an image dataset");
+  const HostBatch sample = images->train_examples(count);
+  model.init_from_data(Tensor::from_vector(sample.inputs, sample.input_shape));
 }
 
 // sqrt of the sum of squared gradient entries over all parameters, in double.
@@ -313,6 +352,7 @@ class Trainer {
     total_steps_ = total_steps_of(config_, *data_.batcher);
     model_ = make_model(config_.model, {data_.example_shape, data_.num_classes, data_.vocab_size},
                         static_cast<uint64_t>(config_.seed));
+    if (!checkpoint) initialize_from_data(*model_, *data_.batcher);  // a resumed run loads the result
     model_->to(device_);
     params_ = model_->parameters();
     optimizer_ = make_optimizer(optimizer_spec(config_), optimizer_params(*model_));
@@ -374,6 +414,7 @@ class Trainer {
       const int64_t step = state_.step;
       optimizer_->set_lr_scale(lr_scale_at(config_.schedule, step, total_steps_));
       optimizer_->zero_grad();
+      model_->begin_training_step(epoch());
       double loss_sum = 0.0;
       int64_t step_samples = 0;
       for (int64_t micro = 0; micro < accum; ++micro) {
@@ -598,8 +639,7 @@ EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& opt
   for (int64_t index = 0; index < batches; ++index) {
     const HostBatch batch = batcher.val_batch(index);
     const auto [inputs, targets] = batch_tensors(batch, device);
-    Tensor logits = model.forward(inputs);
-    if (options.mirror) logits = (logits + model.forward(mirror_width(inputs))) * 0.5;
+    const Tensor logits = test_time_augmented_logits(model, inputs, options);
     loss_sum += cross_entropy(logits, targets, -100, 0.0, Reduction::Sum).item();
     if (classifier) {
       const std::vector<int64_t> predicted = argmax(logits, -1).to_vector<int64_t>();
@@ -618,7 +658,8 @@ TrainResult train(const RunConfig& config, const TrainOptions& options) { return
 
 std::vector<NamedParam> optimizer_params(const Module& model) {
   std::vector<NamedParam> params;
-  for (const auto& [name, tensor] : model.named_parameters()) params.push_back({name, tensor});
+  for (const auto& [name, tensor] : model.named_parameters())
+    if (tensor.requires_grad()) params.push_back({name, tensor});
   return params;
 }
 

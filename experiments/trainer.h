@@ -52,7 +52,9 @@ struct TrainResult {
 // before the run directory is created or modified. Throws TrainingDiverged as described above.
 TrainResult train(const RunConfig& config, const TrainOptions& options = {});
 
-// The model's parameters with their dotted names, as the optimizers take them.
+// The model's trainable parameters with their dotted names, as the optimizers take them. Frozen
+// parameters (requires_grad false, e.g. the CNN's whitening filters) are left out: no optimizer
+// state, no update, no weight decay.
 std::vector<NamedParam> optimizer_params(const Module& model);
 
 // "<parent>/<name>-<YYYYmmdd-HHMMSS>", with "-2", "-3", ... appended when that already exists.
@@ -76,6 +78,10 @@ struct EvalOptions {
   int64_t max_batches = 0;  // the first max_batches validation batches; 0: all
   bool classifier = false;  // also count correct predictions
   bool mirror = false;      // average the logits of each image [B, C, H, W] and its horizontal mirror
+  // Also the logits of the image shifted by one pixel down-right and up-left (reflected border),
+  // mirrored too when `mirror`: 1/2 on the unshifted view(s), 1/4 on each shift (airbench's
+  // tta_level 2 with `mirror`).
+  bool translate = false;
 };
 
 // Evaluates `model` in eval mode on the validation batches of `batcher`.

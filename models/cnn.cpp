@@ -1,22 +1,48 @@
 #include "models/cnn.h"
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
+#include <vector>
 
 #include "framework/ops.h"
+#include "models/patch_whitening.h"
 
 namespace ml {
 namespace {
 
+constexpr int64_t kStemKernel = 2;
+
 Tensor activation(const Tensor& x, bool relu_instead_of_gelu) { return relu_instead_of_gelu ? relu(x) : gelu(x); }
+
+// torch.nn.init.dirac_ on the first min(out, in) filters of a conv weight [out, in, kh, kw]: filter
+// o passes input channel o through its centre tap unchanged, so a fresh group starts close to the
+// identity on the channels it receives (airbench94_muon.py, Conv.reset_parameters).
+void dirac_init_leading_filters(Tensor& weight) {
+  const int64_t out = weight.size(0), in = weight.size(1), kh = weight.size(2), kw = weight.size(3);
+  const int64_t filter_size = in * kh * kw;
+  std::vector<float> values = weight.to_vector<float>();
+  for (int64_t o = 0; o < std::min(out, in); ++o) {
+    float* filter = values.data() + o * filter_size;
+    std::fill(filter, filter + filter_size, 0.0f);
+    filter[(o * kh + kh / 2) * kw + kw / 2] = 1.0f;
+  }
+  NoGradGuard no_grad;
+  copy_(weight, Tensor::from_vector(values, weight.shape()));
+}
 
 }  // namespace
 
 ConvGroup::ConvGroup(int64_t in_channels, int64_t out_channels, const CnnOptions& options, Generator& gen)
     : relu_(options.relu) {
   conv1 = register_module("conv1", std::make_shared<Conv2d>(in_channels, out_channels, 3, 1, 1, false, gen));
-  norm1 = register_module("norm1", std::make_shared<BatchNorm2d>(out_channels, options.bn_momentum));
+  norm1 = register_module("norm1", std::make_shared<BatchNorm2d>(out_channels, options.bn_momentum, options.bn_eps));
   conv2 = register_module("conv2", std::make_shared<Conv2d>(out_channels, out_channels, 3, 1, 1, false, gen));
-  norm2 = register_module("norm2", std::make_shared<BatchNorm2d>(out_channels, options.bn_momentum));
+  norm2 = register_module("norm2", std::make_shared<BatchNorm2d>(out_channels, options.bn_momentum, options.bn_eps));
+  for (const auto& conv : {conv1, conv2})
+    if (options.dirac_init) dirac_init_leading_filters(conv->weight);
+  for (const auto& norm : {norm1, norm2})
+    if (options.bn_freeze_weight) norm->weight.requires_grad_(false);
 }
 
 Tensor ConvGroup::forward(const Tensor& x) {
@@ -36,7 +62,13 @@ Cnn::Cnn(const CnnOptions& options, Generator& gen) : options_(options) {
   if (options.widths.empty()) throw std::invalid_argument("cnn: needs at least one conv group width");
   if (options.in_channels <= 0 || options.stem_width <= 0 || options.num_classes <= 0 || options.logit_divisor <= 0)
     throw std::invalid_argument("cnn: in_channels, stem_width, num_classes and logit_divisor must be positive");
-  stem = register_module("stem", std::make_shared<Conv2d>(options.in_channels, options.stem_width, 2, 1, 0, true, gen));
+  const int64_t whitened_width = 2 * options.in_channels * kStemKernel * kStemKernel;
+  if (options.whiten && options.stem_width != whitened_width)
+    throw std::invalid_argument("cnn: the whitening stem has 2 * in_channels * 2 * 2 = " + std::to_string(whitened_width) +
+                                " channels, but stem_width is " + std::to_string(options.stem_width));
+  stem = register_module("stem", std::make_shared<Conv2d>(options.in_channels, options.stem_width, kStemKernel, 1, 0,
+                                                          true, gen));
+  if (options.whiten) stem->weight.requires_grad_(false);
   groups = register_module("groups", std::make_shared<Sequential>());
   int64_t channels = options.stem_width;
   for (int64_t width : options.widths) {
@@ -45,6 +77,23 @@ Cnn::Cnn(const CnnOptions& options, Generator& gen) : options_(options) {
   }
   dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout));
   head = register_module("head", std::make_shared<Linear>(channels, options.num_classes, false, gen));
+  if (options.head_init_std > 0) {
+    NoGradGuard no_grad;
+    mul_(head->weight, options.head_init_std / std::sqrt(var(head->weight).item()));  // unbiased, as torch.std
+  }
+}
+
+int64_t Cnn::init_examples() const { return options_.whiten ? options_.whiten_examples : 0; }
+
+void Cnn::init_from_data(const Tensor& inputs) {
+  if (!options_.whiten) throw std::logic_error("cnn: init_from_data is only for the whitening stem (options.whiten)");
+  NoGradGuard no_grad;
+  copy_(stem->weight, patch_whitening_filters(inputs, kStemKernel, options_.whiten_eps).to(stem->weight.device()));
+}
+
+void Cnn::begin_training_step(double epochs_done) {
+  if (options_.whiten && options_.whiten_bias_epochs > 0)
+    stem->bias.requires_grad_(epochs_done < static_cast<double>(options_.whiten_bias_epochs));
 }
 
 Tensor Cnn::forward(const Tensor& images) {
@@ -65,8 +114,9 @@ Tensor Cnn::forward(const Tensor& images) {
 std::string Cnn::summary() const {
   std::string widths;
   for (int64_t width : options_.widths) widths += (widths.empty() ? "" : "/") + std::to_string(width);
-  return "cnn: stem " + std::to_string(options_.stem_width) + ", groups " + widths + ", " +
-         std::to_string(options_.num_classes) + " classes, " + format_count(num_parameters()) + " parameters";
+  return std::string("cnn: ") + (options_.whiten ? "whitening " : "") + "stem " + std::to_string(options_.stem_width) +
+         ", groups " + widths + ", " + std::to_string(options_.num_classes) + " classes, " +
+         format_count(num_parameters()) + " parameters";
 }
 
 }  // namespace ml

@@ -2,6 +2,14 @@
 // conv3x3 -> maxpool2 -> batch norm -> act -> conv3x3 -> batch norm -> act with widths from the
 // config, a global max pool and a bias-free linear "head" whose logits are divided by a constant.
 // The names "stem" and "head" are what the optimizers group on (they are not hidden matrices).
+//
+// The airbench94_muon options (KellerJordan/cifar10-airbench, airbench94_muon.py): `whiten` makes
+// the stem a frozen patch-whitening layer computed from training images (models/patch_whitening.h)
+// whose bias trains for the first whiten_bias_epochs only; `bn_freeze_weight` keeps the batch-norm
+// scales at 1; `dirac_init` starts each conv's first in_channels filters as the identity;
+// `head_init_std` rescales the initial head weights to that standard deviation. Frozen
+// parameters have requires_grad false: they get no gradient, and the trainer gives them to no
+// optimizer.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -22,6 +30,14 @@ struct CnnOptions {
   double bn_momentum = 0.1;
   double logit_divisor = 1.0;
   double dropout = 0.0;         // before the head
+  double bn_eps = 1e-5;
+  bool bn_freeze_weight = false;
+  bool dirac_init = false;
+  double head_init_std = 0.0;  // 0: PyTorch's default init of the head
+  bool whiten = false;          // needs stem_width = 2 * in_channels * 2 * 2
+  int64_t whiten_examples = 5000;
+  double whiten_eps = 5e-4;
+  int64_t whiten_bias_epochs = 0;  // 0: the whitening bias trains throughout
 };
 
 class ConvGroup : public UnaryModule {
@@ -44,6 +60,10 @@ class Cnn : public Model {
   // Float images [B, C, H, W] -> logits [B, num_classes].
   Tensor forward(const Tensor& images) override;
   std::string summary() const override;
+  int64_t init_examples() const override;
+  // Sets the whitening filters from `inputs` [N, C, H, W] (only with options.whiten).
+  void init_from_data(const Tensor& inputs) override;
+  void begin_training_step(double epochs_done) override;
 
   // The smallest image side the stem and the groups' poolings leave at least 1x1 of.
   static int64_t min_image_size(size_t num_groups);

@@ -64,6 +64,14 @@ std::shared_ptr<Model> make_cnn(const ModelConfig& config, const ModelInputs& in
   options.bn_momentum = config.bn_momentum;
   options.logit_divisor = config.logit_divisor;
   options.dropout = config.dropout;
+  options.bn_eps = config.bn_eps;
+  options.bn_freeze_weight = config.bn_freeze_weight;
+  options.dirac_init = config.dirac_init;
+  options.head_init_std = config.head_init_std;
+  options.whiten = config.whiten;
+  options.whiten_examples = config.whiten_examples;
+  options.whiten_eps = config.whiten_eps;
+  options.whiten_bias_epochs = config.whiten_bias_epochs;
   return std::make_shared<Cnn>(options, gen);
 }
 

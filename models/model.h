@@ -17,6 +17,17 @@ class Model : public UnaryModule {
  public:
   // One line naming the architecture and its size, for logs.
   virtual std::string summary() const = 0;
+
+  // Data-dependent initialization (the CNN's patch-whitening stem): the number of training
+  // examples init_from_data wants; 0 for models initialized from the seed alone.
+  virtual int64_t init_examples() const { return 0; }
+  // Called once when a run starts fresh (never on resume: what it computes is a weight, saved in
+  // the checkpoint), before the model moves to its device, with the first init_examples()
+  // training inputs as the model sees them, normalized and not augmented.
+  virtual void init_from_data(const Tensor& /*inputs*/) {}
+  // Called by the trainer before every training step with the epochs completed so far, for
+  // parameters that train only part of the run (the whitening bias).
+  virtual void begin_training_step(double /*epochs_done*/) {}
 };
 
 // What the data tells the model: the shape of one input example ({C, H, W}, {features} or

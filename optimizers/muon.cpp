@@ -3,7 +3,15 @@
 //   M <- beta M + (1 - beta) G;  U = (1 - beta) G + beta M (Nesterov) or M;
 //   O = NS5(U) (quintic Newton–Schulz, a, b, c = 3.4445, -4.7750, 2.0315);
 //   W <- W (1 - lr wd) - lr max(1, m/n)^0.5 O.
+// With `renormalize` (KellerJordan/cifar10-airbench, airbench94_muon.py) the weight decay is
+// replaced by a renormalization of the whole tensor before the update, every step:
+//   W <- W sqrt(m) / ||W||_F;  W <- W - lr max(1, m/n)^0.5 O,
+// m = rows (output channels of a conv filter), so that the mean squared norm of a row is 1.
+// airbench's accumulating momentum (B <- mu B + G) is (1 - mu) times the lerp form here; the
+// Newton–Schulz normalization removes that factor, so the two give the same update.
 #include "optimizers/muon.h"
+
+#include <cmath>
 
 #include "framework/ops.h"
 
@@ -17,13 +25,15 @@ Muon::Muon(std::string kind, std::vector<NamedParam> params, const OptimizerSpec
       schedule_(std::move(schedule)),
       scaling_(scaling_from_spec(spec, UpdateScaling::Keller)),
       momentum_(spec.momentum),
-      nesterov_(spec.nesterov) {
+      nesterov_(spec.nesterov),
+      renormalize_(spec.renormalize) {
   for (size_t i = 0; i < this->params().size(); ++i) momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
 }
 
 void Muon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
   const Tensor update = lerp_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
   const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
+  if (renormalize_) mul_(weight, rdiv(std::sqrt(static_cast<double>(weight.size(0))), norm(weight)));
   decay_weight(weight);
   add_(weight, newton_schulz(update, schedule_, -lr() * scale));
 }

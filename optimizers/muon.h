@@ -19,6 +19,7 @@ class Muon : public MatrixOptimizer {
   UpdateScaling scaling_;
   double momentum_;
   bool nesterov_;
+  bool renormalize_;  // W <- W sqrt(rows) / ||W||_F before each update (airbench94_muon)
   std::vector<Tensor> momentum_buffers_;
 };
 

@@ -34,6 +34,9 @@ struct OptimizerSpec {
   int64_t ns_steps = 0;
   std::string ns_coefficients;  // keller | muon_plus | polar_express
   std::string scaling;          // keller | moonlight | spectral
+  // muon: rescale each matrix to Frobenius norm sqrt(rows) before every update, in place of
+  // weight decay (airbench94_muon); see optimizers/muon.cpp.
+  bool renormalize = false;
   NonMatrixSpec non_matrix;
   // cache_muon
   double gamma = 0.1;

@@ -307,6 +307,38 @@ TEST(ConfigErrors, KeyForAnotherKindIsRejected) {
             "x.yaml:8: optimizer.gamma is only valid for kind cache_muon, not dion2");
 }
 
+TEST(ConfigErrors, MuonRenormalizationReplacesWeightDecayAndIsMuonsOnly) {
+  EXPECT_TRUE(load_text(kMinimal, {"optimizer={kind: muon, lr: 0.24, renormalize: true}"}).optimizer.renormalize);
+  EXPECT_FALSE(load_text(kMinimal, {"optimizer={kind: muon, lr: 0.24}"}).optimizer.renormalize);
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: muon, lr: 0.24, renormalize: true, weight_decay: 0.1}"}),
+            "--set optimizer={kind: muon, lr: 0.24, renormalize: true, weight_decay: 0.1}: optimizer.renormalize: "
+            "replaces weight decay; set optimizer.weight_decay to 0 (it is 0.1)");
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: dion2, lr: 0.24, renormalize: true}"}),
+            "--set optimizer={kind: dion2, lr: 0.24, renormalize: true}: optimizer.renormalize is only valid for "
+            "kind muon, not dion2");
+}
+
+TEST(ConfigErrors, WhiteningKeysNeedWhitenAndAlternatingFlipNeedsFlip) {
+  const std::string cnn = "model={kind: cnn, widths: [8], ";
+  const std::string images = "data={kind: fashion_mnist, batch_size: 4";
+  EXPECT_EQ(config_error(kMinimal, {images + "}", cnn + "whiten_eps: 0.01}"}),
+            "--set " + cnn + "whiten_eps: 0.01}: model.whiten_eps: only applies with model.whiten: true");
+  const ml::RunConfig whitened =
+      load_text(kMinimal, {images + ", flip: true, alternating_flip: true, eval_translate: true}",
+                           cnn + "whiten: true, whiten_bias_epochs: 3, bn_eps: 1.0e-12, head_init_std: 0.5}"});
+  EXPECT_TRUE(whitened.model.whiten);
+  EXPECT_EQ(whitened.model.whiten_examples, 5000);
+  EXPECT_EQ(whitened.model.whiten_eps, 5e-4);
+  EXPECT_EQ(whitened.model.whiten_bias_epochs, 3);
+  EXPECT_EQ(whitened.model.bn_eps, 1e-12);
+  EXPECT_EQ(whitened.model.head_init_std, 0.5);
+  EXPECT_TRUE(whitened.data.alternating_flip);
+  EXPECT_TRUE(whitened.data.eval_translate);
+  EXPECT_EQ(config_error(kMinimal, {images + ", alternating_flip: true}", cnn + "}"}),
+            "--set " + images + ", alternating_flip: true}: data.alternating_flip: chooses how data.flip flips; "
+            "set data.flip: true as well");
+}
+
 TEST(ConfigErrors, MissingRequiredKeys) {
   EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: sgd}"}),
             "--set optimizer={kind: sgd}: optimizer.lr: required key is missing (expected a number > 0)");
@@ -508,6 +540,36 @@ TEST(ConfigFiles, ShippedConfigsHoldTheDocumentedSettings) {
   EXPECT_EQ(cifar.train.epochs, 10);
   EXPECT_EQ(cifar.schedule.warmup_steps, 100);
   EXPECT_EQ(cifar.schedule.decay, "linear");
+}
+
+TEST(ConfigFiles, Airbench94MuonRecipeHoldsTheReferenceSettings) {
+  const fs::path path = fs::path(MUONLAB_SOURCE_DIR) / "configs" / "study" / "cifar10_airbench94_muon.yaml";
+  const ml::RunConfig recipe = ml::load_config(path.string());
+  EXPECT_EQ(recipe.name, path.stem().string());
+  EXPECT_TRUE(load_text(ml::to_yaml(recipe)) == recipe);
+  EXPECT_EQ(recipe.data.batch_size, 2000);
+  EXPECT_TRUE(recipe.data.flip && recipe.data.alternating_flip && recipe.data.eval_flip && recipe.data.eval_translate);
+  EXPECT_EQ(recipe.data.translate, 2);
+  EXPECT_EQ(recipe.model.widths, (std::vector<int64_t>{64, 256, 256}));
+  EXPECT_TRUE(recipe.model.whiten && recipe.model.bn_freeze_weight && recipe.model.dirac_init);
+  EXPECT_EQ(recipe.model.whiten_bias_epochs, 3);
+  EXPECT_EQ(recipe.model.bn_momentum, 0.4);
+  // The head reparametrized for the shared SGD lr: std 1 / c and logits / (256 / c), c^2 = 0.67 / 0.053.
+  EXPECT_NEAR(recipe.model.head_init_std * recipe.model.logit_divisor, 256.0 * 0.053 / 0.67, 1e-5);
+  EXPECT_NEAR(recipe.model.logit_divisor / recipe.model.head_init_std, 256.0, 1e-4);
+  EXPECT_EQ(recipe.optimizer.kind, "muon");
+  EXPECT_EQ(recipe.optimizer.lr, 0.24);
+  EXPECT_EQ(recipe.optimizer.momentum, 0.6);
+  EXPECT_EQ(recipe.optimizer.ns_steps, 3);
+  EXPECT_TRUE(recipe.optimizer.renormalize);
+  EXPECT_EQ(recipe.optimizer.non_matrix.kind, "sgd");
+  EXPECT_EQ(recipe.optimizer.non_matrix.lr, 0.053 * 2000);
+  EXPECT_NEAR(recipe.optimizer.non_matrix.lr * recipe.optimizer.non_matrix.weight_decay, 2e-6 * 2000, 1e-10);
+  EXPECT_EQ(recipe.optimizer.non_matrix.momentum, 0.85);
+  EXPECT_EQ(recipe.schedule.decay, "linear");
+  EXPECT_EQ(recipe.schedule.warmup_steps, 0);
+  EXPECT_EQ(recipe.train.epochs, 8);
+  EXPECT_EQ(recipe.train.label_smoothing, 0.2);
 }
 
 // ------------------------------------------------------------------ command line

@@ -823,6 +823,29 @@ TEST(Augment, DrawsCoverTheConfiguredRange) {
   EXPECT_EQ(std::tie(none.dy, none.dx, none.flip), std::make_tuple(int64_t{0}, int64_t{0}, false));
 }
 
+TEST(Augment, AlternatingFlipInvertsEachImagesFirstDrawEveryOtherEpoch) {
+  AugmentOptions options;
+  options.translate = 2;
+  options.flip = true;
+  options.alternating_flip = true;
+  int flips = 0;
+  for (int64_t example = 0; example < 1000; ++example) {
+    const bool first = draw_augmentation(options, 11, 0, example).flip;
+    flips += first;
+    for (int64_t epoch = 1; epoch < 5; ++epoch)
+      EXPECT_EQ(draw_augmentation(options, 11, epoch, example).flip, first != (epoch % 2 == 1)) << example;
+  }
+  EXPECT_GT(flips, 420);
+  EXPECT_LT(flips, 580);
+  // The shifts are the random flip's draws: only the flip changes.
+  AugmentOptions random_flip = options;
+  random_flip.alternating_flip = false;
+  for (int64_t example = 0; example < 20; ++example) {
+    const ImageAugmentation a = draw_augmentation(options, 11, 3, example), b = draw_augmentation(random_flip, 11, 3, example);
+    EXPECT_EQ(std::tie(a.dy, a.dx), std::tie(b.dy, b.dx));
+  }
+}
+
 // `count` 2-channel 5 x 5 images; the label of example i is i, so a batch tells which examples it holds.
 std::shared_ptr<const ImageDataset> numbered_images(int64_t count) {
   auto data = std::make_shared<ImageDataset>();

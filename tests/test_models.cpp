@@ -16,6 +16,7 @@
 #include "models/gpt.h"
 #include "models/mlp.h"
 #include "models/model.h"
+#include "models/patch_whitening.h"
 
 namespace ml {
 namespace {
@@ -236,6 +237,69 @@ TEST(ModelsCnn, RejectsImagesTooSmallForItsPoolings) {
   EXPECT_EQ(Cnn::min_image_size(3), 9);
   EXPECT_THROW(model.forward(zeros({1, 3, 8, 8})), std::invalid_argument);
   EXPECT_THROW(model.forward(zeros({1, 1, 16, 16})), std::invalid_argument);
+}
+
+TEST(ModelsCnn, WhiteningFiltersGiveThePatchesOfTheSampleIdentityCovariance) {
+  // Channels mixed and pixels smoothed so that the raw 2x2 patches are strongly correlated.
+  Generator gen(8);
+  const Tensor noise = randn({6, 3, 9, 9}, DType::Float32, cpu(), gen);
+  const Tensor mixed = add(noise, mul(index_select(noise, 1, Tensor::from_vector(std::vector<int64_t>{1, 2, 0}, {3})), 2.0));
+  const Tensor smooth = avg_pool2d(mixed, 2, 1);  // [6, 3, 8, 8]
+  const Tensor filters = patch_whitening_filters(smooth, 2, 1e-9);
+  ASSERT_EQ(filters.shape(), (Shape{24, 3, 2, 2}));
+  const std::vector<float> f = filters.to_vector<float>();
+  for (size_t i = 0; i < f.size() / 2; ++i) EXPECT_EQ(f[f.size() / 2 + i], -f[i]);
+
+  // Covariance of the first 12 output channels over every position of every image.
+  const Tensor out = conv2d(smooth, filters, Tensor(), 1, 0);  // [6, 24, 7, 7]
+  const Tensor positive = index_select(out, 1, arange(0, 12, 1, DType::Int64));
+  const Tensor rows = positive.permute({1, 0, 2, 3}).reshape({12, 6 * 7 * 7}).to(DType::Float64);
+  const std::vector<double> covariance = (matmul(rows, rows.t()) / static_cast<double>(6 * 7 * 7)).to_vector<double>();
+  for (int64_t i = 0; i < 12; ++i)
+    for (int64_t j = 0; j < 12; ++j) EXPECT_NEAR(covariance[i * 12 + j], i == j ? 1.0 : 0.0, 1e-4) << i << " " << j;
+}
+
+TEST(ModelsCnn, Airbench94OptionsFreezeTheStemFiltersAndNormScalesAndInitTheConvsAndHead) {
+  CnnOptions options;
+  options.widths = {8, 16};
+  options.whiten = true;
+  options.whiten_bias_epochs = 2;
+  options.bn_freeze_weight = true;
+  options.dirac_init = true;
+  options.head_init_std = 0.5;
+  Generator gen(3);
+  Cnn model(options, gen);
+  EXPECT_FALSE(model.stem->weight.requires_grad());
+  EXPECT_TRUE(model.stem->bias.requires_grad());
+  const auto group = std::dynamic_pointer_cast<ConvGroup>((*model.groups)[1]);
+  for (const auto& norm : {group->norm1, group->norm2}) {
+    EXPECT_FALSE(norm->weight.requires_grad());
+    EXPECT_TRUE(norm->bias.requires_grad());
+  }
+  // Group 1's conv1 maps 8 -> 16 channels: filters 0..7 are the centre tap of their own channel.
+  const std::vector<float> w = group->conv1->weight.to_vector<float>();
+  for (int64_t o = 0; o < 16; ++o) {
+    double off_centre = 0.0;
+    for (int64_t i = 0; i < 8; ++i)
+      for (int64_t t = 0; t < 9; ++t) {
+        const float value = w[(o * 8 + i) * 9 + t];
+        if (o < 8) EXPECT_EQ(value, o == i && t == 4 ? 1.0f : 0.0f) << o << " " << i << " " << t;
+        off_centre += std::fabs(value);
+      }
+    if (o >= 8) EXPECT_GT(off_centre, 0.0) << "filter " << o << " keeps its random init";
+  }
+  EXPECT_NEAR(std::sqrt(var(model.head->weight).item()), 0.5, 1e-6);
+
+  model.begin_training_step(0.0);
+  EXPECT_TRUE(model.stem->bias.requires_grad());
+  model.begin_training_step(1.96);
+  EXPECT_TRUE(model.stem->bias.requires_grad());
+  model.begin_training_step(2.0);
+  EXPECT_FALSE(model.stem->bias.requires_grad());
+  EXPECT_EQ(model.init_examples(), 5000);
+
+  options.stem_width = 16;
+  EXPECT_THROW(Cnn(options, gen), std::invalid_argument);
 }
 
 // ------------------------------------------------------------------ MLP

@@ -468,6 +468,35 @@ TEST(OptimMuon, ThreeStepsMatchTheReferenceForMatricesAndConvFilters) {
   EXPECT_THROW(Muon({{"w", w}}, spec), std::invalid_argument);
 }
 
+TEST(OptimMuon, RenormalizeRescalesEachFilterTensorBeforeTheUpdateAsAirbench94Muon) {
+  // airbench94_muon.py's Muon step, literally, in float64: accumulating Nesterov momentum
+  // (B <- mu B + G, U = G + mu B), then W <- W sqrt(out) / ||W||_F, then W <- W - lr NS3(U).
+  OptimizerSpec spec = spec_of("muon");
+  spec.lr = 0.24;
+  spec.momentum = 0.6;
+  spec.weight_decay = 0.0;
+  spec.ns_steps = 3;
+  spec.renormalize = true;
+  const Shape shape{4, 2, 3, 3};
+  Mat w = scaled(3.0, random_mat(4, 18, 70)), buffer(4, 18);
+  Tensor p = make_param(w, shape);
+  Muon muon({{"conv.weight", p}}, spec);
+  RefNs ns;
+  ns.triples.resize(3);  // three of Keller's (identical) triples
+  for (int step = 0; step < 2; ++step) {
+    const Mat g = random_mat(4, 18, 80 + step);
+    set_grad(p, g);
+    muon.step();
+    buffer = lincomb(spec.momentum, buffer, 1.0, g);
+    const Mat update = lincomb(1.0, g, spec.momentum, buffer);
+    w = scaled(std::sqrt(4.0) / frobenius(w), w);
+    w = lincomb(1.0, w, -spec.lr, ref_newton_schulz(update, ns));
+    // The lerp momentum is 1 - mu times this one; they differ only through Newton–Schulz's eps
+    // (X = U / (||U|| + 1e-7)), by about 1e-7 / ||U|| relative.
+    EXPECT_LT(max_abs_diff(to_mat(p), w), 1e-8) << "step " << step;
+  }
+}
+
 TEST(OptimTurboMuon, ThreeStepsMatchTheReference) {
   const OptimizerSpec spec = spec_of("turbo_muon");
   RefMuon ref{random_mat(12, 7, 41), Mat(12, 7)};

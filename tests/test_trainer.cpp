@@ -27,7 +27,10 @@
 #include "framework/nn/serialize.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
+#include "datasets/image_batcher.h"
+#include "models/cnn.h"
 #include "models/model.h"
+#include "models/patch_whitening.h"
 #include "tests/temp_dir.h"
 
 namespace ml {
@@ -107,7 +110,7 @@ train: {steps: 20, eval_every: 5, log_every: 1, grad_clip: 1.0, grad_accum: 2}
                       "mlp_test.yaml", overrides);
 }
 
-RunConfig cnn_config(const std::string& data_path) {
+RunConfig cnn_config(const std::string& data_path, const std::vector<std::string>& overrides = {}) {
   return parse_config(R"(
 name: cnn_test
 seed: 1
@@ -116,7 +119,19 @@ model: {kind: cnn, stem_width: 8, widths: [8, 16], logit_divisor: 2}
 optimizer: {kind: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 5.0e-4}
 train: {steps: 20, eval_every: 10, log_every: 1, label_smoothing: 0.1}
 )",
-                      "cnn_test.yaml");
+                      "cnn_test.yaml", overrides);
+}
+
+// The airbench94_muon pieces on the grey test images: a whitening stem (2 x 1 x 2 x 2 = 8 channels)
+// whose bias trains for the first epoch (16 steps of 16: after the resume tests' split at 10),
+// frozen norm scales, dirac init, Muon with renormalization and SGD on the rest.
+RunConfig whitened_cnn_config(const std::string& data_path) {
+  return cnn_config(data_path,
+                    {"data.batch_size=16", "data.alternating_flip=true",
+                     "model={kind: cnn, stem_width: 8, widths: [8, 16], logit_divisor: 2, whiten: true, "
+                     "whiten_examples: 100, whiten_bias_epochs: 1, bn_freeze_weight: true, dirac_init: true}",
+                     "optimizer={kind: muon, lr: 0.1, momentum: 0.6, ns_steps: 3, renormalize: true, "
+                     "non_matrix: {kind: sgd, lr: 0.05, momentum: 0.85, weight_decay: 5.0e-4}}"});
 }
 
 RunConfig gpt_config(const std::string& text_path, const std::vector<std::string>& overrides = {}) {
@@ -260,6 +275,68 @@ TEST(TrainerSmoke, ShippedTinyConfigsTrainOnTheRealData) {
   }
 }
 
+// The model saved in the latest checkpoint of `run_dir`.
+std::shared_ptr<Cnn> saved_cnn(const RunConfig& config, const RunData& data, const std::string& run_dir) {
+  const auto model = std::dynamic_pointer_cast<Cnn>(
+      make_model(config.model, {data.example_shape, data.num_classes, data.vocab_size}, 0));
+  load_weights(*model, latest_checkpoint(run_dir)->file("model.safetensors"));
+  return model;
+}
+
+TEST(TrainerWhitening, StemFiltersComeFromTheDataAndNeverTrainWhileItsBiasTrainsForItsEpochsOnly) {
+  TempDir dir;
+  const RunConfig config = whitened_cnn_config(write_idx_dataset(dir));
+  const RunData data = load_run_data(config);
+  const HostBatch sample = dynamic_cast<const ImageBatcher&>(*data.batcher).train_examples(100);
+  const std::vector<float> filters =
+      patch_whitening_filters(Tensor::from_vector(sample.inputs, sample.input_shape), 2, config.model.whiten_eps)
+          .to_vector<float>();
+  const auto initial = std::dynamic_pointer_cast<Cnn>(
+      make_model(config.model, {data.example_shape, data.num_classes, data.vocab_size}, config.seed));
+
+  // Sessions ending at step 15 (the last with the bias trained), 16 and 20.
+  const std::string run_dir = run_quietly(config, dir.file("run"), 15).run_dir;
+  const auto at_15 = saved_cnn(config, data, run_dir);
+  run_quietly(config, "", 1, run_dir);
+  const auto at_16 = saved_cnn(config, data, run_dir);
+  ASSERT_TRUE(run_quietly(config, "", 0, run_dir).completed);
+  const auto at_20 = saved_cnn(config, data, run_dir);
+
+  for (const auto& model : {at_15, at_16, at_20}) {
+    EXPECT_EQ(model->stem->weight.to_vector<float>(), filters);
+    for (size_t g = 0; g < model->groups->size(); ++g) {
+      const auto group = std::dynamic_pointer_cast<ConvGroup>((*model->groups)[g]);
+      for (const auto& norm : {group->norm1, group->norm2})
+        EXPECT_EQ(norm->weight.to_vector<float>(), std::vector<float>(static_cast<size_t>(norm->weight.numel()), 1.0f));
+    }
+  }
+  EXPECT_NE(at_15->stem->bias.to_vector<float>(), initial->stem->bias.to_vector<float>());
+  EXPECT_NE(at_16->stem->bias.to_vector<float>(), at_15->stem->bias.to_vector<float>());
+  EXPECT_EQ(at_20->stem->bias.to_vector<float>(), at_16->stem->bias.to_vector<float>());
+  EXPECT_NE(at_20->head->weight.to_vector<float>(), at_16->head->weight.to_vector<float>());
+  // The frozen filters have no optimizer state.
+  for (const auto& [key, tensor] : load_safetensors(latest_checkpoint(run_dir)->file("optimizer.safetensors")).tensors)
+    EXPECT_EQ(key.find("stem.weight"), std::string::npos) << key;
+}
+
+TEST(TrainerSmoke, Airbench94MuonRecipeInMiniatureTrainsOnCifar10) {
+  // The shipped recipe at a sixteenth of its width on 400 images: 12 steps of 100, whitening bias
+  // frozen after the first epoch, SGD lr and decay rescaled to the batch (see the config's notes).
+  RunConfig config = load_config(MUONLAB_SOURCE_DIR "/configs/study/cifar10_airbench94_muon.yaml",
+                                 {"data.limit_train=400", "data.limit_val=200", "data.batch_size=100",
+                                  "model.widths=[16, 16, 16]", "model.whiten_examples=200", "model.whiten_bias_epochs=1",
+                                  "optimizer.non_matrix.lr=5.3", "optimizer.non_matrix.weight_decay=7.5471698e-4",
+                                  "train.epochs=3", "train.log_every=1", "threads=1"});
+  config.data.path = MUONLAB_SOURCE_DIR "/" + config.data.path;
+  if (!fs::exists(config.data.path)) GTEST_SKIP() << "no " << config.data.path;
+  TempDir dir;
+  const TrainResult result = run_quietly(config, dir.file("run"));
+  const std::vector<double> losses = values_of(read_metrics(result.run_dir), "train_loss");
+  ASSERT_EQ(losses.size(), 12u);
+  EXPECT_LT(losses[10] + losses[11], losses[0] + losses[1]);
+  EXPECT_GT(result.summary.at("val_acc").as_number(), 0.15);  // ten classes: chance is 0.1
+}
+
 // ------------------------------------------------------------------ resume
 
 // 20 steps straight, against 10 steps, a crash that leaves stray metrics lines, and a resume.
@@ -295,6 +372,11 @@ TEST(TrainerResume, MlpWithDropoutAccumulationAndClippingMatchesAnUninterruptedR
 TEST(TrainerResume, CnnWithBatchNormAndAugmentationMatchesAnUninterruptedRun) {
   TempDir dir;
   expect_exact_resume(cnn_config(write_idx_dataset(dir)), dir);
+}
+
+TEST(TrainerResume, WhitenedCnnMatchesAnUninterruptedRun) {
+  TempDir dir;
+  expect_exact_resume(whitened_cnn_config(write_idx_dataset(dir)), dir);
 }
 
 TEST(TrainerResume, GptWithDropoutMatchesAnUninterruptedRun) {
@@ -452,40 +534,77 @@ TEST(TrainerEval, CheckpointEvaluationReproducesTheRunsFinalEvaluation) {
   EXPECT_THROW(evaluate_checkpoint(other, result.run_dir), std::runtime_error);
 }
 
-TEST(TrainerEval, MirrorEvaluationAveragesTheLogitsOfEachImageAndItsMirror) {
-  TempDir dir;
-  RunConfig config = cnn_config(write_idx_dataset(dir));
-  const TrainResult result = run_quietly(config, dir.file("run"));
-  config.data.eval_flip = true;
-  const Json mirrored = evaluate_checkpoint(config, result.run_dir);
+// One test-time view of an image [C, H, W]: output(y, x) = input(y + shift, x' + shift) with
+// x' = W-1-x when mirrored, else x, and the border reflected (the edge pixel not repeated).
+struct EvalView {
+  double weight;
+  bool mirror;
+  int64_t shift;
+};
 
-  // Reference: the mirror image built on the host pixel by pixel, the two logits averaged.
+// The validation loss and accuracy of the run's final model with the logits of each image
+// averaged over `views` built on the host pixel by pixel.
+std::pair<double, double> host_view_evaluation(const RunConfig& config, const std::string& run_dir,
+                                               const std::vector<EvalView>& views) {
   const RunData data = load_run_data(config);
   const std::shared_ptr<Model> model =
       make_model(config.model, {data.example_shape, data.num_classes, data.vocab_size}, 0);
-  load_weights(*model, result.run_dir + "/checkpoints/step-000020/model.safetensors");
+  load_weights(*model, run_dir + "/checkpoints/step-000020/model.safetensors");
   model->eval();
   NoGradGuard no_grad;
+  const auto reflect = [](int64_t i, int64_t n) { return i < 0 ? -i : i >= n ? 2 * (n - 1) - i : i; };
   double loss_sum = 0.0;
   int64_t correct = 0, count = 0;
   for (int64_t index = 0; index < data.batcher->num_val_batches(); ++index) {
     const HostBatch batch = data.batcher->val_batch(index);
-    const int64_t width = batch.input_shape[3];
-    std::vector<float> flipped(batch.inputs.size());
-    for (size_t row = 0; row < batch.inputs.size() / width; ++row)
-      for (int64_t x = 0; x < width; ++x) flipped[row * width + x] = batch.inputs[row * width + width - 1 - x];
-    const Tensor logits = (model->forward(Tensor::from_vector(batch.inputs, batch.input_shape)) +
-                           model->forward(Tensor::from_vector(flipped, batch.input_shape))) /
-                          2.0;
+    const int64_t height = batch.input_shape[2], width = batch.input_shape[3];
+    Tensor logits = zeros({batch.size(), data.num_classes});
+    for (const EvalView& view : views) {
+      std::vector<float> pixels(batch.inputs.size());
+      for (size_t plane = 0; plane < batch.inputs.size() / (height * width); ++plane)
+        for (int64_t y = 0; y < height; ++y)
+          for (int64_t x = 0; x < width; ++x) {
+            const int64_t source_y = reflect(y + view.shift, height);
+            const int64_t source_x = reflect((view.mirror ? width - 1 - x : x) + view.shift, width);
+            pixels[(plane * height + y) * width + x] = batch.inputs[(plane * height + source_y) * width + source_x];
+          }
+      logits = logits + model->forward(Tensor::from_vector(pixels, batch.input_shape)) * view.weight;
+    }
     const Tensor targets = Tensor::from_vector(batch.targets, batch.target_shape);
     loss_sum += cross_entropy(logits, targets, -100, 0.0, Reduction::Sum).item();
     const std::vector<int64_t> predicted = argmax(logits, -1).to_vector<int64_t>();
     for (size_t i = 0; i < predicted.size(); ++i) correct += predicted[i] == batch.targets[i];
     count += batch.size();
   }
-  EXPECT_NEAR(mirrored.at("val_loss").as_number(), loss_sum / static_cast<double>(count), 1e-6);
-  EXPECT_EQ(mirrored.at("val_acc").as_number(), static_cast<double>(correct) / static_cast<double>(count));
-  EXPECT_NE(mirrored.at("val_loss").as_number(), result.summary.at("val_loss").as_number());
+  return {loss_sum / static_cast<double>(count), static_cast<double>(correct) / static_cast<double>(count)};
+}
+
+TEST(TrainerEval, MirrorAndTranslateEvaluationsAverageTheLogitsOfTheirViews) {
+  TempDir dir;
+  const RunConfig trained = cnn_config(write_idx_dataset(dir));
+  const TrainResult result = run_quietly(trained, dir.file("run"));
+  struct Case {
+    bool eval_flip, eval_translate;
+    std::vector<EvalView> views;
+  };
+  const std::vector<Case> cases{
+      {true, false, {{0.5, false, 0}, {0.5, true, 0}}},
+      {false, true, {{0.5, false, 0}, {0.25, false, -1}, {0.25, false, 1}}},
+      // airbench94_muon.py's tta_level 2: 6 views.
+      {true, true,
+       {{0.25, false, 0}, {0.25, true, 0}, {0.125, false, -1}, {0.125, true, -1}, {0.125, false, 1}, {0.125, true, 1}}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::to_string(c.eval_flip) + " " + std::to_string(c.eval_translate));
+    RunConfig config = trained;
+    config.data.eval_flip = c.eval_flip;
+    config.data.eval_translate = c.eval_translate;
+    const Json evaluated = evaluate_checkpoint(config, result.run_dir);
+    const auto [loss, accuracy] = host_view_evaluation(config, result.run_dir, c.views);
+    EXPECT_NEAR(evaluated.at("val_loss").as_number(), loss, 1e-6);
+    EXPECT_NEAR(evaluated.at("val_acc").as_number(), accuracy, 1.5 / 64);  // a near-tie may round either way
+    EXPECT_NE(evaluated.at("val_loss").as_number(), result.summary.at("val_loss").as_number());
+  }
 }
 
 TEST(TrainerEval, LanguageModelsReportLossButNoAccuracy) {
