@@ -44,6 +44,9 @@ int64_t pick_token(const std::vector<float>& logits, const SampleOptions& option
 
 std::string sample_text(const std::string& checkpoint_path, const SampleOptions& options) {
   const std::string dir = resolve_checkpoint_dir(checkpoint_path);
+  if (!fs::exists(dir + "/model.safetensors"))
+    throw std::runtime_error(checkpoint_path + ": no checkpoint there (expected a run folder with a checkpoint, a "
+                             "checkpoint folder or a file in one)");
   const std::string run_dir = fs::path(dir).parent_path().parent_path().string();
   const std::string config_path = run_dir + "/config.yaml";
   if (!fs::exists(config_path)) throw std::runtime_error(checkpoint_path + ": no config.yaml in its run folder " + run_dir);

@@ -422,6 +422,12 @@ TEST(Sample, GreedyIsDeterministicTopOneIsGreedyAndSeedsDiffer) {
   SampleOptions outside = greedy;
   outside.prompt = "Z";
   EXPECT_THROW(sample_text(dir.file("run"), outside), std::runtime_error);
+  try {
+    sample_text(dir.path(), greedy);
+    ADD_FAILURE() << "a folder without a checkpoint was sampled";
+  } catch (const std::runtime_error& error) {
+    EXPECT_NE(std::string(error.what()).find("no checkpoint there"), std::string::npos) << error.what();
+  }
 }
 
 }  // namespace
