@@ -43,7 +43,9 @@ int64_t pick_token(const std::vector<float>& logits, const SampleOptions& option
 }  // namespace
 
 std::string sample_text(const std::string& checkpoint_path, const SampleOptions& options) {
-  const std::string dir = resolve_checkpoint_dir(checkpoint_path);
+  const CheckpointRef checkpoint = resolve_checkpoint(checkpoint_path);
+  verify_checkpoint(checkpoint);
+  const std::string& dir = checkpoint.dir;
   const std::string run_dir = fs::path(dir).parent_path().parent_path().string();
   const std::string config_path = run_dir + "/config.yaml";
   if (!fs::exists(config_path)) throw std::runtime_error(checkpoint_path + ": no config.yaml in its run folder " + run_dir);
