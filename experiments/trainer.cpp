@@ -588,7 +588,11 @@ class Trainer {
     return static_cast<double>(state_.step) / static_cast<double>(steps_per_epoch);
   }
 
-  void write_metrics(const Json& line) { metrics_ << line.dump() << "\n" << std::flush; }
+  void write_metrics(const Json& line) {
+    metrics_ << line.dump() << "\n" << std::flush;
+    // A full disk (or a file size limit) must stop the run, not silently drop lines.
+    if (!metrics_) throw std::runtime_error(run_dir_ + "/" + kMetricsFile + ": write failed (disk full?)");
+  }
 
   void log_train_line(double samples_per_s) {
     Json line = Json::object({{"step", state_.step},
