@@ -88,7 +88,8 @@ class Source {
     throw ConfigError(origin(path, mark) + ": " + message);
   }
 
- private:
+  const std::string& name() const { return name_; }
+
   // A key below an override's path came from that override's value. A node without a mark
   // was created by an override that reached through a missing section: blame the override
   // sharing the most leading keys with `path`.
@@ -113,6 +114,8 @@ class Source {
     if (mark.is_null()) return name_;
     return name_ + ":" + std::to_string(mark.line + 1);
   }
+
+ private:
 
   std::string name_;
   std::vector<Override> overrides_;
@@ -876,6 +879,16 @@ std::string first_difference(const RunConfig& a, const RunConfig& b) {
 
 namespace {
 
+// Where each key of the tree (the file with the overrides applied) was set.
+void record_origins(const YAML::Node& mapping, const std::string& path, const Source& source,
+                    std::map<std::string, std::string>& origins) {
+  for (auto it = mapping.begin(); it != mapping.end(); ++it) {
+    const std::string key_path = join_path(path, it->first.Scalar());
+    origins[key_path] = source.origin(key_path, it->first.Mark());
+    if (it->second.IsMap()) record_origins(it->second, key_path, source, origins);
+  }
+}
+
 // The resolved config's values by key path ("model.n_head" -> "2"), in schema order.
 void flatten(const YAML::Node& node, const std::string& path, std::vector<std::pair<std::string, std::string>>& out) {
   if (node.IsMap()) {
@@ -894,6 +907,11 @@ std::vector<std::pair<std::string, std::string>> flattened(const RunConfig& conf
 }
 
 }  // namespace
+
+void fail_config_key(const RunConfig& config, const std::string& key, const std::string& message) {
+  const auto origin = config.key_origins.find(key);
+  throw ConfigError((origin == config.key_origins.end() ? config.source : origin->second) + ": " + key + ": " + message);
+}
 
 std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b) {
   const auto a_values = flattened(a), b_values = flattened(b);
@@ -930,6 +948,8 @@ RunConfig parse_config(const std::string& yaml_text, const std::string& source_n
 
   RunConfig config;
   run_schema().read(config, root, {source, "", root.Mark()});
+  config.source = source.name();
+  record_origins(root, "", source, config.key_origins);
   return config;
 }
 

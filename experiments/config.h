@@ -12,6 +12,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -169,6 +170,11 @@ struct RunConfig {
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   TrainConfig train;
+  // Where the config came from, for errors found after parsing (against the data, say): the file
+  // (or the source name given to parse_config) and, for each key written in it or set by --set,
+  // "<file>:<line>" or "--set <key>=<value>". Not part of the config: == and to_yaml ignore it.
+  std::string source;
+  std::map<std::string, std::string> key_origins;
 };
 
 // Compares every field the schema knows (which is every field above).
@@ -190,6 +196,10 @@ std::string to_yaml(const RunConfig& config);
 // The first line where the resolved configs differ, as "'<line of a>' vs '<line of b>'"; "" when
 // they are equal.
 std::string first_difference(const RunConfig& a, const RunConfig& b);
+
+// An error about `key` found after parsing, as a ConfigError like a parse error: "<where the key
+// was set>: <key>: <message>" (the config's file alone when the key took its default).
+[[noreturn]] void fail_config_key(const RunConfig& config, const std::string& key, const std::string& message);
 
 // Every key whose resolved value differs, in schema order, as "<key path>: <value in a> vs <value
 // in b>" (a key that only one kind has reads "absent" in the other).

@@ -413,6 +413,10 @@ class Trainer {
     }
     data_ = load_run_data(config_, stored_vocab);
     total_steps_ = total_steps_of(config_, *data_.batcher);
+    if (config_.schedule.warmup_steps > total_steps_)
+      fail_config_key(config_, "schedule.warmup_steps",
+                      std::to_string(config_.schedule.warmup_steps) + " is longer than the run's " +
+                          std::to_string(total_steps_) + " steps: the learning rate would never reach optimizer.lr");
     model_ = make_model(config_.model, {data_.example_shape, data_.num_classes, data_.vocab_size},
                         static_cast<uint64_t>(config_.seed));
     if (!checkpoint) initialize_from_data(*model_, *data_.batcher);  // a resumed run loads the result
@@ -764,9 +768,9 @@ int64_t total_steps_of(const RunConfig& config, const Batcher& batcher) {
   if (config.train.steps > 0) return config.train.steps;
   const int64_t steps_per_epoch = batcher.steps_per_epoch() / config.train.grad_accum;
   if (steps_per_epoch == 0)
-    throw std::runtime_error("train.grad_accum " + std::to_string(config.train.grad_accum) +
-                             " is more than the " + std::to_string(batcher.steps_per_epoch()) +
-                             " batches of one epoch");
+    fail_config_key(config, "train.grad_accum", std::to_string(config.train.grad_accum) + " is more than the " +
+                                                    std::to_string(batcher.steps_per_epoch()) +
+                                                    " batches of one epoch");
   return config.train.epochs * steps_per_epoch;
 }
 

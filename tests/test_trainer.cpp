@@ -574,6 +574,40 @@ TEST(TrainerConfigErrors, MissingDataFailsBeforeTheRunDirectoryIsCreated) {
   EXPECT_FALSE(fs::exists(dir.file("run")));
 }
 
+TEST(TrainerConfigErrors, ErrorsFoundAgainstTheDataNameTheFileTheLineAndTheKey) {
+  TempDir dir;
+  const std::string text = write_text(dir);
+  const std::string file = dir.write("gpt.yaml", "name: gpt\n"
+                                                  "data:\n"
+                                                  "  kind: text_char\n"
+                                                  "  path: " + text + "\n"
+                                                  "  batch_size: 8\n"
+                                                  "  block_size: 16\n"
+                                                  "model: {kind: gpt, n_layer: 1, n_head: 2, n_embd: 16}\n"
+                                                  "optimizer: {kind: adamw, lr: 1.0e-3}\n"
+                                                  "schedule: {warmup_steps: 5}\n"
+                                                  "train: {steps: 10}\n");
+  const auto error_of = [&](const std::vector<std::string>& overrides) {
+    try {
+      run_quietly(load_config(file, overrides), dir.file("run"));
+    } catch (const ConfigError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no ConfigError");
+  };
+  EXPECT_EQ(error_of({"data.block_size=100000"}),
+            "--set data.block_size=100000: data.block_size: 100000 needs more than 100000 training tokens, but " +
+                text + " gives 8280");
+  EXPECT_EQ(error_of({"train.steps=3"}),
+            file + ":9: schedule.warmup_steps: 5 is longer than the run's 3 steps: the learning rate would never reach "
+                   "optimizer.lr");
+  fs::remove(text);
+  EXPECT_EQ(error_of({}), file + ":4: data.path: " + text + ": no such file or folder");
+  EXPECT_FALSE(fs::exists(dir.file("run")));
+  const RunConfig unfit = mlp_config({"data.batch_size=1000"});  // more than the 192 examples
+  EXPECT_THROW(run_quietly(unfit, dir.file("run")), ConfigError);
+}
+
 TEST(TrainerConfigErrors, AnOutputFolderHoldingARunIsNotOverwritten) {
   TempDir dir;
   const TrainResult first = run_quietly(mlp_config(), dir.file("run"));
