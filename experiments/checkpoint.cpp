@@ -57,9 +57,16 @@ std::string relative_dir(const std::string& run_dir, const CheckpointRef& checkp
 void write_manifest(const std::string& run_dir, const std::vector<CheckpointRef>& checkpoints) {
   Json::Array entries;
   for (const CheckpointRef& checkpoint : checkpoints) {
-    Json files = Json::object();
-    for (const std::string& name : checkpoint.files) files[name] = crc_text(checkpoint.crc32.at(name));
-    entries.push_back(Json::object({{"step", checkpoint.step}, {"dir", relative_dir(run_dir, checkpoint)}, {"crc32", files}}));
+    Json entry = Json::object({{"step", checkpoint.step}, {"dir", relative_dir(run_dir, checkpoint)}});
+    if (checkpoint.crc32.empty()) {  // written before checksums: its names only, as it was listed
+      Json::Array names(checkpoint.files.begin(), checkpoint.files.end());
+      entry["files"] = Json(std::move(names));
+    } else {
+      Json files = Json::object();
+      for (const std::string& name : checkpoint.files) files[name] = crc_text(checkpoint.crc32.at(name));
+      entry["crc32"] = files;
+    }
+    entries.push_back(entry);
   }
   const Json manifest =
       Json::object({{"format", kManifestFormat}, {"version", kManifestVersion}, {"checkpoints", Json(std::move(entries))}});

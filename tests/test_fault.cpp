@@ -208,13 +208,6 @@ TEST(FaultTwoWriters, ASecondProcessOnARunFailsAtOnce) {
   EXPECT_EQ(first.wait(), 128 + SIGTERM) << first.output();
 }
 
-// Flips one byte in the middle of `path`.
-void flip_byte(const std::string& path) {
-  std::string bytes = read_file(path);
-  bytes[bytes.size() / 2] ^= 0x01;
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
-}
-
 TEST(FaultCorrupt, ACorruptNewestCheckpointFallsBackOrFailsNamingTheFile) {
   TempDir dir;
   const std::string config = gpt_config(dir, 30);  // checkpoints at 27 and 30 are kept
@@ -222,7 +215,7 @@ TEST(FaultCorrupt, ACorruptNewestCheckpointFallsBackOrFailsNamingTheFile) {
   ASSERT_EQ(straight.wait(), 0) << straight.output();
   const std::string newest = "/checkpoints/step-000030/";
   const std::vector<std::pair<std::string, std::function<void(const std::string&)>>> faults{
-      {"model.safetensors", flip_byte},
+      {"model.safetensors", flip_middle_byte},
       {"optimizer.safetensors", [](const std::string& path) { fs::resize_file(path, fs::file_size(path) / 2); }},
       {"trainer.json", [](const std::string& path) { fs::remove(path); }},
       {"vocab.txt", [](const std::string& path) { std::ofstream(path, std::ios::app) << "x"; }},

@@ -401,19 +401,12 @@ TEST(TrainerCheckpoint, TheNewestKeepCheckpointsAreKept) {
   EXPECT_EQ(checkpoint_folders(one.run_dir), std::vector<std::string>{"step-000020"});
 }
 
-// Flips one byte in the middle of `path`.
-void corrupt_file(const std::string& path) {
-  std::string bytes = read_file(path);
-  bytes[bytes.size() / 2] ^= 0x20;
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
-}
-
 TEST(TrainerCheckpoint, ResumeSkipsACorruptNewestCheckpointAndSaysWhich) {
   TempDir dir;
   const RunConfig config = mlp_config({"train.checkpoint_every=5"});
   const TrainResult straight = run_quietly(config, dir.file("straight"));
   const TrainResult first = run_quietly(config, dir.file("run"), 10);
-  corrupt_file(first.run_dir + "/checkpoints/step-000010/model.safetensors");
+  flip_middle_byte(first.run_dir + "/checkpoints/step-000010/model.safetensors");
 
   TrainOptions options;
   options.resume_dir = first.run_dir;
@@ -431,12 +424,28 @@ TEST(TrainerCheckpoint, ResumeSkipsACorruptNewestCheckpointAndSaysWhich) {
             read_file(straight.run_dir + "/checkpoints/step-000020/model.safetensors"));
 }
 
+TEST(TrainerCheckpoint, ARunCheckpointedBeforeChecksumsResumesAndKeepsItsCheckpoint) {
+  TempDir dir;
+  const RunConfig config = mlp_config();
+  const TrainResult first = run_quietly(config, dir.file("run"), 10);
+  // The manifest as muonlab wrote it before checksums.
+  write_file_atomic(first.run_dir + "/checkpoint.json",
+                    R"({"format":"muonlab-checkpoint","version":1,"step":10,"dir":"checkpoints/step-000010",)"
+                    R"("files":["model.safetensors","optimizer.safetensors","trainer.json"]})");
+  ASSERT_TRUE(run_quietly(config, "", 0, first.run_dir).completed);
+  const std::vector<CheckpointRef> listed = listed_checkpoints(first.run_dir);
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[1].step, 10);
+  EXPECT_TRUE(listed[1].crc32.empty());
+  EXPECT_EQ(listed[1].files.size(), 3u);
+}
+
 TEST(TrainerCheckpoint, ResumeWithEveryCheckpointCorruptFailsNamingTheFiles) {
   TempDir dir;
   const RunConfig config = mlp_config({"train.checkpoint_every=5"});
   const TrainResult first = run_quietly(config, dir.file("run"), 10);
-  corrupt_file(first.run_dir + "/checkpoints/step-000010/optimizer.safetensors");
-  corrupt_file(first.run_dir + "/checkpoints/step-000005/trainer.json");
+  flip_middle_byte(first.run_dir + "/checkpoints/step-000010/optimizer.safetensors");
+  flip_middle_byte(first.run_dir + "/checkpoints/step-000005/trainer.json");
   try {
     run_quietly(config, "", 0, first.run_dir);
     FAIL() << "resumed from corrupt checkpoints";
@@ -714,7 +723,7 @@ TEST(TrainerEval, ACorruptCheckpointFailsNamingTheFile) {
   const RunConfig config = mlp_config();
   const TrainResult result = run_quietly(config, dir.file("run"));
   const std::string model = result.run_dir + "/checkpoints/step-000020/model.safetensors";
-  corrupt_file(model);
+  flip_middle_byte(model);
   for (const std::string& path : {result.run_dir, result.run_dir + "/checkpoints/step-000020"}) {
     try {
       evaluate_checkpoint(config, path);
