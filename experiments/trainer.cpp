@@ -836,9 +836,11 @@ namespace {
 // Keys of the model and data sections that do not change what a checkpoint computes on the
 // validation split: training-only settings, evaluation options and where the files are.
 const std::vector<std::string> kKeysEvalMayChange{
-    "model.dropout",       "data.path",          "data.val_path",    "data.batch_size",  "data.val_batch_size",
-    "data.limit_val",      "data.eval_flip",     "data.eval_translate", "data.workers_prefetch", "data.flip",
-    "data.alternating_flip", "data.crop_padding", "data.translate"};
+    "model.dropout",                                                            // training only
+    "data.flip", "data.alternating_flip", "data.crop_padding", "data.translate",  // training augmentation
+    "data.batch_size", "data.workers_prefetch",                                 // training batches
+    "data.val_batch_size", "data.limit_val", "data.eval_flip", "data.eval_translate",  // evaluation options
+    "data.path", "data.val_path"};                                              // where the files are
 
 // `muonlab eval` with a config whose model or data differ from the run's would load the weights
 // into another model, or score other data, and print a wrong number: refuse it.
