@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: setup build demo test test-fast sanitize clean
+.PHONY: setup build demo test test-fast test-fault sanitize clean
 
 setup:
 	@bash scripts/setup-deps.sh
@@ -22,6 +22,11 @@ test: build
 
 test-fast: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
+
+# The fault suite alone (also part of `make test`): kill -9 and resume, signals, corrupt
+# checkpoints, two writers, a full disk; about 30 s on 2 cores.
+test-fault: build
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L fault
 
 # Unit tests once under AddressSanitizer + UndefinedBehaviorSanitizer (CPU only).
 sanitize: setup

@@ -1,7 +1,12 @@
 #include "experiments/checkpoint.h"
 
+#include <zlib.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <set>
 #include <stdexcept>
 
 #include "framework/io/atomic_file.h"
@@ -14,6 +19,8 @@ namespace {
 constexpr const char* kManifestName = "checkpoint.json";
 constexpr const char* kManifestFormat = "muonlab-checkpoint";
 constexpr const char* kCheckpointsFolder = "checkpoints";
+// Version 1 listed one checkpoint without checksums; version 2 lists the kept ones with them.
+constexpr int64_t kManifestVersion = 2;
 
 std::string step_folder_name(int64_t step) {
   char name[32];
@@ -23,12 +30,72 @@ std::string step_folder_name(int64_t step) {
 
 std::string manifest_path(const std::string& run_dir) { return run_dir + "/" + kManifestName; }
 
-void remove_stale_checkpoints(const std::string& run_dir, const std::string& keep_folder) {
+std::string crc_text(uint32_t crc) {
+  char text[16];
+  std::snprintf(text, sizeof text, "%08x", crc);
+  return text;
+}
+
+uint32_t file_crc32(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot read");
+  uLong crc = crc32(0L, Z_NULL, 0);
+  std::vector<char> buffer(1 << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(buffer.data()), static_cast<uInt>(in.gcount()));
+  }
+  if (in.bad()) throw std::runtime_error(path + ": read error");
+  return static_cast<uint32_t>(crc);
+}
+
+// A folder's path relative to the run directory, as the manifest records it.
+std::string relative_dir(const std::string& run_dir, const CheckpointRef& checkpoint) {
+  return checkpoint.dir.substr(run_dir.size() + 1);
+}
+
+void write_manifest(const std::string& run_dir, const std::vector<CheckpointRef>& checkpoints) {
+  Json::Array entries;
+  for (const CheckpointRef& checkpoint : checkpoints) {
+    Json entry = Json::object({{"step", checkpoint.step}, {"dir", relative_dir(run_dir, checkpoint)}});
+    if (checkpoint.crc32.empty()) {  // written before checksums: its names only, as it was listed
+      Json::Array names(checkpoint.files.begin(), checkpoint.files.end());
+      entry["files"] = Json(std::move(names));
+    } else {
+      Json files = Json::object();
+      for (const std::string& name : checkpoint.files) files[name] = crc_text(checkpoint.crc32.at(name));
+      entry["crc32"] = files;
+    }
+    entries.push_back(entry);
+  }
+  const Json manifest =
+      Json::object({{"format", kManifestFormat}, {"version", kManifestVersion}, {"checkpoints", Json(std::move(entries))}});
+  write_file_atomic(manifest_path(run_dir), manifest.dump() + "\n");
+}
+
+CheckpointRef parse_entry(const std::string& run_dir, const Json& entry) {
+  CheckpointRef checkpoint;
+  checkpoint.step = entry.at("step").as_int();
+  checkpoint.dir = run_dir + "/" + entry.at("dir").as_string();
+  if (const Json* names = entry.find("files")) {  // version 1: names only
+    for (const Json& name : names->as_array()) checkpoint.files.push_back(name.as_string());
+    return checkpoint;
+  }
+  for (const auto& [name, crc] : entry.at("crc32").as_object()) {
+    checkpoint.files.push_back(name);
+    checkpoint.crc32[name] = static_cast<uint32_t>(std::stoul(crc.as_string(), nullptr, 16));
+  }
+  return checkpoint;
+}
+
+void remove_unlisted_folders(const std::string& run_dir, const std::vector<CheckpointRef>& listed) {
+  std::set<std::string> keep;
+  for (const CheckpointRef& checkpoint : listed) keep.insert(fs::path(checkpoint.dir).filename().string());
   std::error_code error;
   for (const fs::directory_entry& entry : fs::directory_iterator(run_dir + "/" + kCheckpointsFolder, error)) {
-    if (entry.path().filename() == keep_folder) continue;
+    if (keep.count(entry.path().filename().string())) continue;
     // A folder that cannot be removed now is retried at the next checkpoint; it never counts
-    // as a checkpoint because the manifest does not name it.
+    // as a checkpoint because the manifest does not list it.
     std::error_code ignored;
     fs::remove_all(entry.path(), ignored);
   }
@@ -36,58 +103,103 @@ void remove_stale_checkpoints(const std::string& run_dir, const std::string& kee
 
 }  // namespace
 
-CheckpointRef write_checkpoint(const std::string& run_dir, int64_t step, const std::vector<CheckpointFile>& files) {
-  const std::string folder = step_folder_name(step);
-  const std::string relative_dir = std::string(kCheckpointsFolder) + "/" + folder;
-  const std::string dir = run_dir + "/" + relative_dir;
-  const std::optional<CheckpointRef> previous = latest_checkpoint(run_dir);
-  if (previous && previous->step == step) return *previous;
+CheckpointRef write_checkpoint(const std::string& run_dir, int64_t step, const std::vector<CheckpointFile>& files,
+                               int64_t keep) {
+  const std::vector<CheckpointRef> listed = listed_checkpoints(run_dir);
+  std::vector<CheckpointRef> older;
+  std::copy_if(listed.begin(), listed.end(), std::back_inserter(older),
+               [&](const CheckpointRef& checkpoint) { return checkpoint.step < step; });
+  // The folder of `step` may be listed (from before a fallback): unlist it before rewriting it.
+  if (older.size() != listed.size()) write_manifest(run_dir, older);
 
-  // Leftovers of an interrupted attempt at this step are not a checkpoint (no manifest names them).
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  Json::Array names;
+  CheckpointRef checkpoint;
+  checkpoint.step = step;
+  checkpoint.dir = run_dir + "/" + kCheckpointsFolder + "/" + step_folder_name(step);
+  // Leftovers of an interrupted attempt at this step are not a checkpoint (no manifest lists them).
+  fs::remove_all(checkpoint.dir);
+  fs::create_directories(checkpoint.dir);
   for (const CheckpointFile& file : files) {
-    file.write(dir + "/" + file.name);
-    names.push_back(file.name);
+    file.write(checkpoint.file(file.name));
+    // The checksum of the bytes on disk, read back: what a later load will compare against.
+    checkpoint.files.push_back(file.name);
+    checkpoint.crc32[file.name] = file_crc32(checkpoint.file(file.name));
   }
-  Json manifest = Json::object({{"format", kManifestFormat},
-                                {"version", 1},
-                                {"step", step},
-                                {"dir", relative_dir},
-                                {"files", Json(std::move(names))}});
-  write_file_atomic(manifest_path(run_dir), manifest.dump() + "\n");
-  remove_stale_checkpoints(run_dir, folder);
-  return {step, dir};
+  std::vector<CheckpointRef> kept{checkpoint};
+  for (const CheckpointRef& previous : older)
+    if (static_cast<int64_t>(kept.size()) < keep) kept.push_back(previous);
+  write_manifest(run_dir, kept);
+  remove_unlisted_folders(run_dir, kept);
+  return checkpoint;
 }
 
-std::optional<CheckpointRef> latest_checkpoint(const std::string& run_dir) {
+std::vector<CheckpointRef> listed_checkpoints(const std::string& run_dir) {
   const std::string path = manifest_path(run_dir);
-  if (!fs::exists(path)) return std::nullopt;
-  CheckpointRef ref;
+  if (!fs::exists(path)) return {};
+  std::vector<CheckpointRef> checkpoints;
   try {
     const Json manifest = Json::parse(read_file(path));
     if (manifest.at("format").as_string() != kManifestFormat) throw std::runtime_error("not a muonlab checkpoint manifest");
-    ref.step = manifest.at("step").as_int();
-    ref.dir = run_dir + "/" + manifest.at("dir").as_string();
-    for (const Json& name : manifest.at("files").as_array())
-      if (!fs::is_regular_file(ref.file(name.as_string())))
-        throw std::runtime_error("names the missing file " + ref.file(name.as_string()));
+    if (const Json* entries = manifest.find("checkpoints")) {
+      for (const Json& entry : entries->as_array()) checkpoints.push_back(parse_entry(run_dir, entry));
+    } else {
+      checkpoints.push_back(parse_entry(run_dir, manifest));
+    }
   } catch (const std::exception& error) {
     throw std::runtime_error(path + ": " + error.what());
   }
-  return ref;
+  return checkpoints;
 }
 
-std::string resolve_checkpoint_dir(const std::string& path) {
+std::optional<CheckpointRef> latest_checkpoint(const std::string& run_dir) {
+  const std::vector<CheckpointRef> listed = listed_checkpoints(run_dir);
+  if (listed.empty()) return std::nullopt;
+  return listed.front();
+}
+
+void verify_checkpoint(const CheckpointRef& checkpoint) {
+  for (const std::string& name : checkpoint.files) {
+    const std::string path = checkpoint.file(name);
+    if (!fs::is_regular_file(path)) throw std::runtime_error(path + ": missing (the checkpoint's manifest lists it)");
+    const auto recorded = checkpoint.crc32.find(name);
+    if (recorded == checkpoint.crc32.end()) continue;
+    const uint32_t actual = file_crc32(path);
+    if (actual != recorded->second)
+      throw std::runtime_error(path + ": corrupt (crc32 " + crc_text(actual) + ", the manifest recorded " +
+                               crc_text(recorded->second) + ")");
+  }
+}
+
+std::optional<CheckpointRef> newest_valid_checkpoint(const std::string& run_dir, std::vector<std::string>& rejected) {
+  for (const CheckpointRef& checkpoint : listed_checkpoints(run_dir)) {
+    try {
+      verify_checkpoint(checkpoint);
+      return checkpoint;
+    } catch (const std::exception& error) {
+      rejected.push_back(error.what());
+    }
+  }
+  return std::nullopt;
+}
+
+CheckpointRef resolve_checkpoint(const std::string& path) {
   if (fs::is_regular_file(path)) {
     const fs::path file(path);
-    const std::string folder = file.has_parent_path() ? file.parent_path().string() : ".";
-    return file.filename() == kManifestName ? resolve_checkpoint_dir(folder) : folder;
+    // The manifest stands for its run directory, any other file for its checkpoint folder.
+    return resolve_checkpoint(file.has_parent_path() ? file.parent_path().string() : ".");
   }
   if (!fs::is_directory(path)) throw std::runtime_error(path + ": no such checkpoint (not a file or a folder)");
-  if (const std::optional<CheckpointRef> latest = latest_checkpoint(path)) return latest->dir;
-  return path;
+  if (const std::optional<CheckpointRef> latest = latest_checkpoint(path)) return *latest;
+  // A checkpoint folder: its run directory is two levels up, and its manifest may list it.
+  const fs::path folder = fs::path(path).lexically_normal();
+  const std::string run_dir = folder.parent_path().parent_path().string();
+  if (!run_dir.empty() && fs::exists(manifest_path(run_dir)))
+    for (const CheckpointRef& listed : listed_checkpoints(run_dir)) {
+      std::error_code missing;
+      if (fs::equivalent(listed.dir, folder, missing)) return listed;
+    }
+  CheckpointRef unlisted;
+  unlisted.dir = path;
+  return unlisted;
 }
 
 }  // namespace ml

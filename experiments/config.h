@@ -12,6 +12,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -144,17 +145,22 @@ struct TrainConfig {
   int64_t eval_every = 0;        // in steps; 0: only at the end
   int64_t eval_batches = 0;      // 0: the whole validation split
   int64_t log_every = 0;         // in steps; 0: no periodic log lines
-  int64_t checkpoint_every = 0;  // in steps; 0: only at the end
+  int64_t checkpoint_every = 0;  // in steps; 0: only by time and at the end
+  double checkpoint_minutes = 0.0;  // also after this much wall-clock since the last checkpoint; 0: off
+  int64_t keep_checkpoints = 0;     // the newest this many checkpoints are kept (older ones are a fallback)
   double grad_clip = 0.0;        // global gradient norm; 0: off
   int64_t grad_accum = 0;
   double label_smoothing = 0.0;
+  // A step whose training loss exceeds this multiple of the run's first step's loss has diverged,
+  // even when the loss is finite; 0: off.
+  double max_loss_ratio = 0.0;
 };
 
 struct RunConfig {
   std::string name;
   int64_t seed = 0;
   std::string device;  // cpu | cuda
-  int64_t threads = 0;  // 0: the OpenMP default
+  int64_t threads = 0;  // 0: the OpenMP default; at most max_config_threads()
   // float32 | tf32 | bf16: the arithmetic of float32 matrix products on CUDA (exact, TF32 tensor
   // cores, or bf16 operands with float32 accumulation; convolutions use TF32 under both tf32 and
   // bf16). No effect on the CPU, which always computes exactly (like PyTorch's allow_tf32).
@@ -164,6 +170,11 @@ struct RunConfig {
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   TrainConfig train;
+  // Where the config came from, for errors found after parsing (against the data, say): the file
+  // (or the source name given to parse_config) and, for each key written in it or set by --set,
+  // "<file>:<line>" or "--set <key>=<value>". Not part of the config: == and to_yaml ignore it.
+  std::string source;
+  std::map<std::string, std::string> key_origins;
 };
 
 // Compares every field the schema knows (which is every field above).
@@ -186,7 +197,20 @@ std::string to_yaml(const RunConfig& config);
 // they are equal.
 std::string first_difference(const RunConfig& a, const RunConfig& b);
 
+// An error about `key` found after parsing, as a ConfigError like a parse error: "<where the key
+// was set>: <key>: <message>" (the config's file alone when the key took its default).
+[[noreturn]] void fail_config_key(const RunConfig& config, const std::string& key, const std::string& message);
+
+// Every key whose resolved value differs, in schema order, as "<key path>: <value in a> vs <value
+// in b>" (a key that only one kind has reads "absent" in the other).
+std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b);
+
 bool is_muon_family(const std::string& optimizer_kind);
+
+// The largest `threads:` a config may ask for: 4x the hardware threads of this machine. Far more
+// threads than cores only slows a run down, and absurd counts make OpenBLAS hang while it
+// starts them.
+int64_t max_config_threads();
 
 // The candidate nearest to `word` by edit distance when it is close enough to be a likely typo,
 // otherwise "". Used for "did you mean" hints.

@@ -1,5 +1,6 @@
 // The `muonlab` command line: parses argv (experiments/cli_args.h) and runs the command.
-// Exit codes: 0 success, 1 runtime error, 2 bad command line or config, 3 training diverged.
+// Exit codes: 0 success, 1 runtime error, 2 bad command line or config, 3 training diverged,
+// 130 / 143 training stopped by SIGINT / SIGTERM (after saving a checkpoint: 128 + the signal).
 #include <unistd.h>
 
 #include <cstdio>
@@ -118,6 +119,9 @@ int dispatch(int argc, const char* const argv[]) {
   } catch (const TrainingDiverged& error) {
     std::cerr << "training diverged: " << error.what() << "\n";
     return kExitDiverged;
+  } catch (const TrainingInterrupted& error) {
+    std::cerr << "training interrupted: " << error.what() << "\n";
+    return 128 + error.signal_number();
   } catch (const std::exception& error) {
     std::cerr << "error: " << error.what() << "\n";
     return kExitError;

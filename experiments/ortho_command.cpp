@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <map>
+#include <sstream>
 #include <stdexcept>
 
 #include "experiments/exact_polar.h"
@@ -82,6 +84,40 @@ double relative_error(const Tensor& x, const Tensor& reference) {
   return norm(sub(x64, reference)).item() / norm(reference).item();
 }
 
+// The largest magnitude of the matrix's values, after checking that float32, in which the methods
+// run, holds every one: NaN, infinities and float64 values beyond float32's range would come out
+// as NaN or infinity without a word.
+double max_abs_of_float32_values(const Tensor& matrix, const std::string& path) {
+  const std::vector<double> values = matrix.to(DType::Float64).to_vector<double>();
+  const int64_t cols = matrix.size(1);
+  double max_abs = 0.0;
+  for (size_t i = 0; i < values.size(); ++i) {
+    const bool finite = std::isfinite(values[i]);
+    max_abs = std::max(max_abs, std::fabs(values[i]));
+    if (finite && std::fabs(values[i]) <= std::numeric_limits<float>::max()) continue;
+    std::ostringstream where;
+    where << "ortho: " << path << ": the value at [" << static_cast<int64_t>(i) / cols << ", "
+          << static_cast<int64_t>(i) % cols << "] is " << values[i]
+          << (finite ? ", beyond float32's range (the method runs in float32)" : "; expected finite values");
+    throw std::runtime_error(where.str());
+  }
+  return max_abs;
+}
+
+// Every method gives the same result for a matrix and its multiple by a power of two (up to
+// rounding: Newton–Schulz starts from S / ||S||_F, RMNP divides rows by their norms, Dion2 ranks
+// slices by their L1 norms), but in float32 the Gram matrix, the row norms and the L1 scores of
+// entries beyond about 1e19 / sqrt(rows cols) overflow, and the result would be NaN or zero. Such
+// a matrix is scaled (exactly) to a max-abs entry in [1, 2) first; any other is left as it is,
+// bit for bit. This is done for the command's input rather than inside Newton–Schulz, where the
+// optimizers would pay a pass over every matrix every step for momenta that only a diverged run
+// produces (and the trainer stops such a run).
+Tensor without_float32_overflow(const Tensor& matrix, double max_abs) {
+  constexpr double kLargestSafeSum = 1e36;  // float32 reaches 3.4e38; a margin for rounding
+  if (max_abs * max_abs * static_cast<double>(matrix.numel()) <= kLargestSafeSum) return matrix;
+  return mul(matrix, std::ldexp(1.0, -std::ilogb(max_abs)));
+}
+
 double rounded(double value, int digits) {
   const double scale = std::pow(10.0, digits);
   return std::round(value * scale) / scale;
@@ -98,6 +134,8 @@ Tensor orthogonalize(const std::string& method, const Tensor& matrix, int64_t st
   check_method(method, steps);
   if (matrix.dim() != 2) throw std::invalid_argument("ortho: expected a 2-D matrix, got " + shape_str(matrix.shape()));
   NoGradGuard no_grad;
+  // Nothing to orthogonalize (and Dion2 would have nothing to select).
+  if (matrix.numel() == 0) return matrix.clone();
   if (method == "rmnp") return row_normalize(matrix);
   if (method == "dion2") {
     const Dion2Selection selection = dion2_select(matrix, kDion2Fraction, false, nullptr);
@@ -126,8 +164,9 @@ int run_ortho(const std::string& method, const std::string& in_path, const std::
     throw std::runtime_error("ortho: " + in_path + " holds a " + shape_str(input.shape()) + " array; expected a 2-D matrix");
   if (!is_floating(input.dtype()))
     throw std::runtime_error("ortho: " + in_path + " holds " + dtype_name(input.dtype()) + " values; expected float32 or float64");
+  const Tensor scaled = without_float32_overflow(input, max_abs_of_float32_values(input, in_path));
   const auto start = std::chrono::steady_clock::now();
-  const Tensor result = orthogonalize(method, input.to(DType::Float32), steps);
+  const Tensor result = orthogonalize(method, scaled.to(DType::Float32), steps);
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   save_npy(out_path, result);
   out << "ortho " << method << ": " << input.size(0) << "x" << input.size(1) << " in " << rounded(ms, 3) << " ms -> "

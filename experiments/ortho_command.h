@@ -29,7 +29,9 @@ double ortho_flops(const std::string& method, int64_t rows, int64_t cols, int64_
 
 // Reads a 2-D float32/float64 .npy, runs the method in float32 and writes the float32 result;
 // prints one summary line to `out`. Returns 0; throws std::runtime_error naming the file on
-// unreadable input.
+// unreadable input and naming the entry on NaN, infinities and float64 values float32 cannot
+// hold. A matrix so large that float32 sums of its squares would overflow is first scaled by a
+// power of two (the methods do not depend on the scale).
 int run_ortho(const std::string& method, const std::string& in_path, const std::string& out_path, int64_t steps,
               std::ostream& out = std::cout);
 

@@ -17,6 +17,7 @@
 #include "experiments/config.h"
 #include "experiments/report_stats.h"
 #include "experiments/sweep.h"
+#include "experiments/trainer.h"
 #include "experiments/yaml_file_reader.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/json.h"
@@ -43,7 +44,7 @@ bool is_run_dir(const fs::path& dir) {
 }
 
 bool finished_or_diverged(const fs::path& dir) {
-  if (fs::exists(dir / "summary.json")) return true;
+  if (run_completed(dir.string())) return true;
   const fs::path status = dir / kSweepStatusFile;
   return fs::exists(status) && Json::parse(read_file(status.string())).at("status").as_string() == "diverged";
 }
@@ -56,7 +57,7 @@ Run read_run(const fs::path& dir) {
     run.label = run.config.name;
     if (fs::exists(dir / kSweepPointFile))
       run.label = Json::parse(read_file((dir / kSweepPointFile).string())).at("label").as_string();
-    if (fs::exists(dir / "summary.json"))
+    if (run_completed(dir.string()))
       run.summary = Json::parse(read_file((dir / "summary.json").string()));
     else
       run.diverged = true;

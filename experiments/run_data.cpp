@@ -1,6 +1,7 @@
 #include "experiments/run_data.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 
@@ -9,6 +10,7 @@
 #include "datasets/synthetic.h"
 
 namespace ml {
+namespace fs = std::filesystem;
 namespace {
 
 void keep_first_images(ImageDataset& data, int64_t limit) {
@@ -48,8 +50,9 @@ ImageSplits load_image_splits(const RunConfig& config) {
 RunData image_data(const RunConfig& config) {
   const DataConfig& data = config.data;
   if (!data.normalize)
-    throw std::runtime_error("data.normalize: false is not supported: image batches are always standardized "
-                             "per channel with the training set's statistics");
+    fail_config_key(config, "data.normalize",
+                    "false is not supported: image batches are always standardized per channel with the training "
+                    "set's statistics");
   ImageSplits splits = load_image_splits(config);
   if (splits.train.size() == 0) throw std::runtime_error(data.path + ": no training images");
   RunData run;
@@ -62,8 +65,9 @@ RunData image_data(const RunConfig& config) {
   options.drop_last = true;
   options.augment = {data.crop_padding, data.translate, data.flip, data.alternating_flip};
   if (data.batch_size > splits.train.size())
-    throw std::runtime_error("data.batch_size " + std::to_string(data.batch_size) + " is larger than the " +
-                             std::to_string(splits.train.size()) + " training images of " + data.path);
+    fail_config_key(config, "data.batch_size", std::to_string(data.batch_size) + " is larger than the " +
+                                                   std::to_string(splits.train.size()) + " training images of " +
+                                                   data.path);
   run.batcher = std::make_unique<ImageBatcher>(std::make_shared<const ImageDataset>(std::move(splits.train)),
                                                std::make_shared<const ImageDataset>(std::move(splits.val)), options);
   return run;
@@ -86,6 +90,10 @@ RunData text_data(const RunConfig& config, const std::optional<CharVocab>& store
   }
   keep_first_tokens(corpus.train, data.limit_train);
   keep_first_tokens(corpus.val, data.limit_val);
+  if (static_cast<int64_t>(corpus.train.size()) <= data.block_size)
+    fail_config_key(config, "data.block_size", std::to_string(data.block_size) + " needs more than " +
+                                                   std::to_string(data.block_size) + " training tokens, but " +
+                                                   data.path + " gives " + std::to_string(corpus.train.size()));
   RunData run;
   run.is_text = true;
   run.example_shape = {data.block_size};
@@ -110,8 +118,9 @@ RunData synthetic_data(const RunConfig& config) {
   if (data.limit_val > 0) options.num_val_examples = std::min(options.num_val_examples, data.limit_val);
   options.seed = static_cast<uint64_t>(config.seed);
   if (data.batch_size > options.num_examples)
-    throw std::runtime_error("data.batch_size " + std::to_string(data.batch_size) + " is larger than the " +
-                             std::to_string(options.num_examples) + " synthetic training examples");
+    fail_config_key(config, "data.batch_size", std::to_string(data.batch_size) + " is larger than the " +
+                                                   std::to_string(options.num_examples) +
+                                                   " synthetic training examples");
   RunData run;
   run.example_shape = {data.num_features};
   run.num_classes = data.num_classes;
@@ -127,6 +136,11 @@ RunData synthetic_data(const RunConfig& config) {
 
 RunData load_run_data(const RunConfig& config, const std::optional<CharVocab>& stored_vocab) {
   const std::string& kind = config.data.kind;
+  // A data path that does not exist is a mistake in the config: say where it was written.
+  if (kind != "synthetic" && !fs::exists(config.data.path))
+    fail_config_key(config, "data.path", config.data.path + ": no such file or folder");
+  if (!config.data.val_path.empty() && !fs::exists(config.data.val_path))
+    fail_config_key(config, "data.val_path", config.data.val_path + ": no such file or folder");
   if (kind == "text_char" || kind == "text_tokens") return text_data(config, stored_vocab);
   if (kind == "synthetic") return synthetic_data(config);
   return image_data(config);

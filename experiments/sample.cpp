@@ -43,7 +43,9 @@ int64_t pick_token(const std::vector<float>& logits, const SampleOptions& option
 }  // namespace
 
 std::string sample_text(const std::string& checkpoint_path, const SampleOptions& options) {
-  const std::string dir = resolve_checkpoint_dir(checkpoint_path);
+  const CheckpointRef checkpoint = resolve_checkpoint(checkpoint_path);
+  verify_checkpoint(checkpoint);
+  const std::string& dir = checkpoint.dir;
   if (!fs::exists(dir + "/model.safetensors"))
     throw std::runtime_error(checkpoint_path + ": no checkpoint there (expected a run folder with a checkpoint, a "
                              "checkpoint folder or a file in one)");

@@ -232,7 +232,7 @@ PointStatus point_status(const Sweep& sweep, const SweepPoint& point) {
   // A finished or diverged result, in the kept folder first: it is what a fresh clone has.
   for (const std::string& dir : {kept_dir_of(sweep, point), run_dir_of(sweep, point)}) {
     if (dir.empty()) continue;
-    const bool finished = fs::exists(dir + "/summary.json");
+    const bool finished = run_completed(dir);
     const auto [status, message] = recorded_status(dir);
     if (!finished && status != "diverged") continue;
     const std::string mismatch = config_mismatch(dir, point);
@@ -308,6 +308,12 @@ int run_sweep(const Sweep& sweep, const SweepOptions& options, std::ostream& out
       }
       copy_kept_files(run_dir, kept_dir_of(sweep, *point));
       out << prefix << ": completed  " << summary_text(run_dir) << "\n";
+    } catch (const TrainingInterrupted& error) {
+      // The user asked to stop: not the next point. The point resumes on the next run of the sweep.
+      out << prefix << ": interrupted: " << error.what() << "\n"
+          << "sweep " << sweep.name << " stopped; run it again to resume\n"
+          << std::flush;
+      throw;
     } catch (const TrainingDiverged& error) {
       write_status(run_dir, "diverged", error.what());
       copy_kept_files(run_dir, kept_dir_of(sweep, *point));

@@ -21,7 +21,9 @@
 // grid values ("muon-lr0.02-seed1337"). Running the same sweep again skips the points that
 // finished (in the run folder or in `keep`), resumes the ones that were interrupted after a
 // checkpoint and records, then skips, the ones that diverged; a point that fails for any other
-// reason is recorded and retried on the next run, and the sweep goes on with the next point.
+// reason is recorded and retried on the next run, and the sweep goes on with the next point. A
+// point stopped by SIGINT or SIGTERM (see TrainingInterrupted) stops the whole sweep; it resumes
+// on the next run.
 #pragma once
 #include <iosfwd>
 #include <map>
@@ -79,7 +81,7 @@ struct SweepOptions {
 };
 
 // Runs (or, with dry_run, lists) the sweep. Returns the number of points that failed (neither
-// completed nor diverged).
+// completed nor diverged); rethrows TrainingInterrupted.
 int run_sweep(const Sweep& sweep, const SweepOptions& options, std::ostream& out);
 
 // The file each run folder of a sweep holds to say which point it is: {"sweep", "point",

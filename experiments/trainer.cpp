@@ -6,8 +6,10 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -22,6 +24,7 @@
 #include "experiments/checkpoint.h"
 #include "experiments/progress.h"
 #include "experiments/run_data.h"
+#include "experiments/run_lock.h"
 #include "framework/backend.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/safetensors.h"
@@ -67,6 +70,36 @@ class ThreadCountScope {
 
  private:
   int previous_;
+};
+
+// The signal that asked the running training loop to stop (0: none).
+volatile std::sig_atomic_t stop_signal = 0;
+
+void request_stop(int signal_number) { stop_signal = signal_number; }
+
+// While a training loop runs, SIGINT and SIGTERM ask it to stop after the step in progress instead
+// of killing the process. SA_RESETHAND restores the default at the first signal, so a second
+// Ctrl-C still stops a run that is slow to reach the end of its step.
+class StopSignalScope {
+ public:
+  StopSignalScope() {
+    stop_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = request_stop;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND;
+    sigaction(SIGINT, &action, &previous_int_);
+    sigaction(SIGTERM, &action, &previous_term_);
+  }
+  ~StopSignalScope() {
+    sigaction(SIGINT, &previous_int_, nullptr);
+    sigaction(SIGTERM, &previous_term_, nullptr);
+  }
+  StopSignalScope(const StopSignalScope&) = delete;
+  StopSignalScope& operator=(const StopSignalScope&) = delete;
+
+ private:
+  struct sigaction previous_int_ {}, previous_term_ {};
 };
 
 #ifdef MUONLAB_WITH_CUDA
@@ -188,6 +221,21 @@ double global_grad_norm(const std::vector<Tensor>& params) {
   return std::sqrt(sum_squares);
 }
 
+// The name of the first floating-point tensor holding a NaN or an infinity, or "" when all are
+// finite. x * 0 is 0 for every finite x and NaN otherwise, so the sum is exact (no overflow of
+// large finite values) and non-finite only when an entry is.
+template <typename Named>
+std::string first_non_finite(const Named& tensors) {
+  NoGradGuard no_grad;
+  for (const auto& [name, tensor] : tensors)
+    if (tensor.defined() && is_floating(tensor.dtype()) && tensor.numel() > 0 &&
+        !std::isfinite(sum(mul(tensor, 0.0)).item()))
+      return name;
+  return "";
+}
+
+std::string non_finite_text(double value) { return std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf"; }
+
 void scale_grads(const std::vector<Tensor>& params, double factor) {
   NoGradGuard no_grad;
   for (const Tensor& param : params) {
@@ -196,12 +244,9 @@ void scale_grads(const std::vector<Tensor>& params, double factor) {
   }
 }
 
-std::string fresh_run_dir(const RunConfig& config, const TrainOptions& options) {
-  if (options.out_dir.empty()) return new_run_dir("runs", config.name);
-  if (fs::exists(options.out_dir + "/" + kMetricsFile) || fs::exists(options.out_dir + "/checkpoint.json"))
-    throw std::runtime_error("--out " + options.out_dir +
-                             " already holds a run; continue it with --resume, or choose another folder");
-  return options.out_dir;
+void check_holds_no_run(const std::string& out_dir) {
+  if (fs::exists(out_dir + "/" + kMetricsFile) || fs::exists(out_dir + "/checkpoint.json"))
+    throw std::runtime_error("--out " + out_dir + " already holds a run; continue it with --resume, or choose another folder");
 }
 
 // The keys that may change when a run is resumed: how long it trains, how often it reports, and
@@ -214,6 +259,9 @@ RunConfig with_resumable_keys_of(RunConfig saved, const RunConfig& given) {
   saved.train.eval_every = given.train.eval_every;
   saved.train.log_every = given.train.log_every;
   saved.train.checkpoint_every = given.train.checkpoint_every;
+  saved.train.checkpoint_minutes = given.train.checkpoint_minutes;
+  saved.train.keep_checkpoints = given.train.keep_checkpoints;
+  saved.train.max_loss_ratio = given.train.max_loss_ratio;
   saved.data.workers_prefetch = given.data.workers_prefetch;
   return saved;
 }
@@ -226,8 +274,8 @@ void check_same_run(const RunConfig& given, const std::string& run_dir) {
   if (difference.empty()) return;
   throw std::runtime_error("--resume " + run_dir + ": the config differs from the run's " + kConfigFile + " (run vs given: " +
                            difference +
-                           "); only train.steps/epochs/eval_every/log_every/checkpoint_every, threads and "
-                           "data.workers_prefetch may change. Resume with " +
+                           "); only train.steps/epochs/eval_every/log_every/checkpoint_every/checkpoint_minutes/"
+                           "keep_checkpoints/max_loss_ratio, threads and data.workers_prefetch may change. Resume with " +
                            saved_path);
 }
 
@@ -262,6 +310,7 @@ struct LoopState {
   double window_loss_sum = 0.0;
   int64_t window_steps = 0;
   double last_train_loss = 0.0;
+  std::optional<double> first_loss;  // of the run's first step: the yardstick of train.max_loss_ratio
   std::optional<EvalResult> last_eval;
   std::optional<double> best_val_loss;
   std::optional<double> best_val_acc;
@@ -286,6 +335,7 @@ struct LoopState {
     }
     if (best_val_loss) json["best_val_loss"] = *best_val_loss;
     if (best_val_acc) json["best_val_acc"] = *best_val_acc;
+    if (first_loss) json["first_loss"] = *first_loss;
     return json;
   }
 
@@ -313,6 +363,8 @@ struct LoopState {
     }
     if (const Json* best = json.find("best_val_loss")) state.best_val_loss = best->as_number();
     if (const Json* best = json.find("best_val_acc")) state.best_val_acc = best->as_number();
+    // Checkpoints written before the loss bound existed have none: this session's first step sets it.
+    if (const Json* first = json.find("first_loss")) state.first_loss = first->as_number();
     return state;
   }
 };
@@ -344,12 +396,27 @@ class Trainer {
         throw std::runtime_error("--resume " + options_.resume_dir + " continues that run in place; --out " +
                                  options_.out_dir + " cannot differ");
       check_same_run(config_, options_.resume_dir);
-      checkpoint = latest_checkpoint(options_.resume_dir);
-      if (!checkpoint) throw std::runtime_error("--resume " + options_.resume_dir + ": the run has no checkpoint yet");
+      // Before reading the checkpoint: another process may be writing the next one.
+      lock_.emplace(options_.resume_dir);
+      std::vector<std::string> rejected;
+      checkpoint = newest_valid_checkpoint(options_.resume_dir, rejected);
+      std::string reasons;
+      for (const std::string& reason : rejected) reasons += "\n  " + reason;
+      if (!checkpoint)
+        throw std::runtime_error("--resume " + options_.resume_dir +
+                                 (rejected.empty() ? ": the run has no checkpoint yet" : ": no valid checkpoint:" + reasons));
+      if (!rejected.empty())
+        fallback_warning_ = "warning: skipped the newer, corrupt checkpoints of " + options_.resume_dir + ":" + reasons +
+                            "\nresuming from the newest valid one, " + checkpoint->dir + " (step " +
+                            std::to_string(checkpoint->step) + ")\n";
       if (fs::exists(checkpoint->file(kVocabFile))) stored_vocab = CharVocab::load(checkpoint->file(kVocabFile));
     }
     data_ = load_run_data(config_, stored_vocab);
     total_steps_ = total_steps_of(config_, *data_.batcher);
+    if (config_.schedule.warmup_steps > total_steps_)
+      fail_config_key(config_, "schedule.warmup_steps",
+                      std::to_string(config_.schedule.warmup_steps) + " is longer than the run's " +
+                          std::to_string(total_steps_) + " steps: the learning rate would never reach optimizer.lr");
     model_ = make_model(config_.model, {data_.example_shape, data_.num_classes, data_.vocab_size},
                         static_cast<uint64_t>(config_.seed));
     if (!checkpoint) initialize_from_data(*model_, *data_.batcher);  // a resumed run loads the result
@@ -376,8 +443,10 @@ class Trainer {
       run_dir_ = options_.resume_dir;
       truncate_metrics(run_dir_ + "/" + kMetricsFile, state_.step);
     } else {
-      run_dir_ = fresh_run_dir(config_, options_);
+      run_dir_ = options_.out_dir.empty() ? new_run_dir("runs", config_.name) : options_.out_dir;
       fs::create_directories(run_dir_);
+      lock_.emplace(run_dir_);
+      check_holds_no_run(run_dir_);  // under the lock: no other process can be starting a run here now
     }
     write_file_atomic(run_dir_ + "/" + kConfigFile, to_yaml(config_));
     metrics_.open(run_dir_ + "/" + kMetricsFile, std::ios::app);
@@ -394,6 +463,7 @@ class Trainer {
     // A stream handed in (tests, the demo) is not a terminal.
     const ProgressStyle style = options_.progress ? (options_.quiet ? ProgressStyle::Quiet : ProgressStyle::Lines)
                                                   : choose_progress_style(options_.quiet, fileno(stderr));
+    out << fallback_warning_;  // even when quiet: the run continues from an older state than asked
     ProgressReporter progress(out, style, first_step, total_steps_, config_.train.log_every);
     if (first_step > 0 && state_.threads != num_threads())
       progress.note("note: the checkpoint was written with " + std::to_string(state_.threads) + " threads, this session uses " +
@@ -410,6 +480,8 @@ class Trainer {
     const auto loader = train_loader(*data_.batcher, first_step * accum, end_step * accum,
                                      static_cast<int>(config_.data.workers_prefetch));
     model_->train();
+    const StopSignalScope stop_signals;
+    last_checkpoint_time_ = session_start;
     while (state_.step < end_step) {
       const int64_t step = state_.step;
       optimizer_->set_lr_scale(lr_scale_at(config_.schedule, step, total_steps_));
@@ -422,13 +494,18 @@ class Trainer {
         const auto [inputs, targets] = batch_tensors(batch, device_);
         const Tensor loss = cross_entropy(model_->forward(inputs), targets, -100, config_.train.label_smoothing);
         const double loss_value = loss.item();
-        if (!std::isfinite(loss_value)) diverged("training loss", loss_value, step + 1);
+        if (!std::isfinite(loss_value)) diverged("non-finite training loss (" + non_finite_text(loss_value) + ")", step + 1);
         (accum > 1 ? loss * (1.0 / static_cast<double>(accum)) : loss).backward();
         loss_sum += loss_value;
         step_samples += batch.size();
       }
+      check_loss_bound(loss_sum / static_cast<double>(accum), step + 1);
+      // The gradient norm, computed every step anyway, checks every gradient at once.
       const double grad_norm = global_grad_norm(params_);
-      if (!std::isfinite(grad_norm)) diverged("gradient norm", grad_norm, step + 1);
+      if (!std::isfinite(grad_norm))
+        diverged("non-finite gradient norm (" + non_finite_text(grad_norm) + "; first in the gradient of " +
+                     first_non_finite(named_gradients()) + ")",
+                 step + 1);
       if (config_.train.grad_clip > 0 && grad_norm > config_.train.grad_clip)
         scale_grads(params_, config_.train.grad_clip / (grad_norm + 1e-6));
       // Device work is asynchronous: drain the queue around the step so that its time is its own.
@@ -453,14 +530,25 @@ class Trainer {
                      session_s > 0 ? static_cast<double>(state_.samples - samples_before) / session_s : 0.0});
 
       const bool last = state_.step == total_steps_;
-      if (every(config_.train.log_every) || last) {
+      const bool log_now = every(config_.train.log_every) || last;
+      const bool eval_now = every(config_.train.eval_every) || last;
+      const bool checkpoint_now =
+          every(config_.train.checkpoint_every) || last || state_.step == end_step || checkpoint_is_due();
+      // The loss and the gradient norm are checked every step above. Parameters and buffers
+      // (BatchNorm's running statistics can overflow while the loss stays finite) would need a
+      // pass over every tensor, so they are checked where a non-finite value would do harm or be
+      // recorded: before a metrics line, an evaluation or a checkpoint. That bounds how late a
+      // divergence shows to train.log_every steps for the cost of one pass per log line.
+      if (log_now || eval_now || checkpoint_now) check_model_is_finite();
+      if (log_now) {
         const double window_s = seconds_since(window_start);
         log_train_line(window_s > 0 ? static_cast<double>(window_samples) / window_s : 0.0);
         window_start = Clock::now();
         window_samples = 0;
       }
-      if (every(config_.train.eval_every) || last) run_eval(progress);
-      if (every(config_.train.checkpoint_every) || last || state_.step == end_step) save_checkpoint(progress);
+      if (eval_now) run_eval(progress);
+      if (checkpoint_now) save_checkpoint(progress);
+      if (stop_signal != 0 && state_.step < total_steps_) interrupted(progress);
     }
     progress.finish();
 
@@ -468,10 +556,32 @@ class Trainer {
     result.run_dir = run_dir_;
     result.completed = state_.step == total_steps_;
     if (result.completed) {
-      result.summary = summary();
+      result.summary = summary("completed");
       write_file_atomic(run_dir_ + "/" + kSummaryFile, result.summary.dump() + "\n");
     }
     return result;
+  }
+
+  bool checkpoint_is_due() const {
+    return config_.train.checkpoint_minutes > 0 &&
+           seconds_since(last_checkpoint_time_) >= 60.0 * config_.train.checkpoint_minutes;
+  }
+
+  // A signal came: the step in progress is done. Checkpoints it (unless that just happened), marks
+  // the summary interrupted and stops the run.
+  [[noreturn]] void interrupted(ProgressReporter& progress) {
+    if (!last_checkpoint_ || last_checkpoint_->step != state_.step) {
+      check_model_is_finite();
+      save_checkpoint(progress);
+    }
+    progress.finish();
+    write_file_atomic(run_dir_ + "/" + kSummaryFile, summary("interrupted").dump() + "\n");
+    const int signal_number = stop_signal;
+    throw TrainingInterrupted(std::string(signal_number == SIGINT ? "SIGINT" : "SIGTERM") + " at step " +
+                                  std::to_string(state_.step) + " of " + std::to_string(total_steps_) +
+                                  ": checkpoint " + last_checkpoint_->dir + " written; continue with --resume " +
+                                  run_dir_,
+                              signal_number);
   }
 
   bool every(int64_t interval) const { return interval > 0 && state_.step % interval == 0; }
@@ -482,7 +592,11 @@ class Trainer {
     return static_cast<double>(state_.step) / static_cast<double>(steps_per_epoch);
   }
 
-  void write_metrics(const Json& line) { metrics_ << line.dump() << "\n" << std::flush; }
+  void write_metrics(const Json& line) {
+    metrics_ << line.dump() << "\n" << std::flush;
+    // A full disk (or a file size limit) must stop the run, not silently drop lines.
+    if (!metrics_) throw std::runtime_error(run_dir_ + "/" + kMetricsFile + ": write failed (disk full?)");
+  }
 
   void log_train_line(double samples_per_s) {
     Json line = Json::object({{"step", state_.step},
@@ -504,6 +618,8 @@ class Trainer {
     const Clock::time_point start = Clock::now();
     const EvalResult result = evaluate(*model_, *data_.batcher, eval_options(config_, data_), device_);
     model_->train();
+    if (!std::isfinite(result.loss))
+      diverged("non-finite validation loss (" + non_finite_text(result.loss) + ")", state_.step);
     state_.last_eval = result;
     if (!state_.best_val_loss || result.loss < *state_.best_val_loss) state_.best_val_loss = result.loss;
     if (result.accuracy && (!state_.best_val_acc || *result.accuracy > *state_.best_val_acc))
@@ -529,6 +645,9 @@ class Trainer {
   }
 
   void save_checkpoint(ProgressReporter& progress) {
+    // A checkpoint never holds a non-finite value: it is what a diverged run falls back to.
+    const std::string bad_state = first_non_finite(optimizer_->state_dict());
+    if (!bad_state.empty()) diverged("NaN or infinity in the optimizer state " + bad_state, state_.step);
     state_.threads = num_threads();
     state_.dropout_seed = default_generator().seed();
     state_.dropout_offset = default_generator().offset();
@@ -541,15 +660,39 @@ class Trainer {
          }},
         {kTrainerFile, [&](const std::string& path) { write_file_atomic(path, state_.to_json().dump() + "\n"); }}};
     if (data_.vocab) files.push_back({kVocabFile, [&](const std::string& path) { data_.vocab->save(path); }});
-    last_checkpoint_ = write_checkpoint(run_dir_, state_.step, files);
-    if (config_.train.checkpoint_every > 0) progress.note("checkpoint: " + last_checkpoint_->dir);
+    last_checkpoint_ = write_checkpoint(run_dir_, state_.step, files, config_.train.keep_checkpoints);
+    last_checkpoint_time_ = Clock::now();
+    progress.note("checkpoint: " + last_checkpoint_->dir);
   }
 
-  [[noreturn]] void diverged(const std::string& what, double value, int64_t step) {
+  void check_model_is_finite() {
+    const std::string bad = first_non_finite(model_->state_dict());
+    if (!bad.empty()) diverged("NaN or infinity in the model tensor " + bad, state_.step);
+  }
+
+  void check_loss_bound(double step_loss, int64_t step) {
+    if (!state_.first_loss) state_.first_loss = step_loss;
+    const double ratio = config_.train.max_loss_ratio;
+    if (ratio > 0 && step_loss > ratio * *state_.first_loss) {
+      std::ostringstream what;
+      what << "training loss " << step_loss << ", more than train.max_loss_ratio (" << ratio
+           << ") times the first step's loss " << *state_.first_loss << ",";
+      diverged(what.str(), step);
+    }
+  }
+
+  NamedTensors named_gradients() const {
+    NamedTensors gradients;
+    for (const auto& [name, param] : model_->named_parameters()) gradients.push_back({name, param.grad()});
+    return gradients;
+  }
+
+  // `what` went wrong at `step`: stops the run with TrainingDiverged, leaving the last checkpoint
+  // (which holds finite values only) as it is.
+  [[noreturn]] void diverged(const std::string& what, int64_t step) {
     metrics_.flush();
     std::ostringstream message;
-    message << "non-finite " << what << " (" << (std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf")
-            << ") at step " << step << "; training stopped. ";
+    message << what << " at step " << step << "; training stopped. ";
     if (last_checkpoint_)
       message << "The last good checkpoint (step " << last_checkpoint_->step << ") is " << last_checkpoint_->dir
               << "; lower optimizer.lr or set train.grad_clip, then resume with --resume " << run_dir_;
@@ -559,7 +702,8 @@ class Trainer {
     throw TrainingDiverged(message.str());
   }
 
-  Json summary() const {
+  // status: "completed" or "interrupted".
+  Json summary(const std::string& status) const {
     const auto optional_number = [](const std::optional<double>& value) { return value ? Json(*value) : Json(); };
     Json optimizer_metrics = Json::object();
     for (const auto& [name, value] : optimizer_->metrics())
@@ -585,6 +729,7 @@ class Trainer {
         {"threads", num_threads()},
         {"device", config_.device},
         {"optimizer_metrics", optimizer_metrics},
+        {"status", status},
     });
   }
 
@@ -599,7 +744,10 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   LoopState state_;
   std::optional<CheckpointRef> last_checkpoint_;
+  Clock::time_point last_checkpoint_time_;  // of this session: train.checkpoint_minutes counts from it
+  std::string fallback_warning_;  // why a resume starts from an older checkpoint than the newest
   std::string run_dir_;
+  std::optional<RunDirLock> lock_;  // held from before the first read or write of the run directory
   std::ofstream metrics_;
 };
 
@@ -620,9 +768,9 @@ int64_t total_steps_of(const RunConfig& config, const Batcher& batcher) {
   if (config.train.steps > 0) return config.train.steps;
   const int64_t steps_per_epoch = batcher.steps_per_epoch() / config.train.grad_accum;
   if (steps_per_epoch == 0)
-    throw std::runtime_error("train.grad_accum " + std::to_string(config.train.grad_accum) +
-                             " is more than the " + std::to_string(batcher.steps_per_epoch()) +
-                             " batches of one epoch");
+    fail_config_key(config, "train.grad_accum", std::to_string(config.train.grad_accum) + " is more than the " +
+                                                    std::to_string(batcher.steps_per_epoch()) +
+                                                    " batches of one epoch");
   return config.train.epochs * steps_per_epoch;
 }
 
@@ -656,6 +804,14 @@ EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& opt
 
 TrainResult train(const RunConfig& config, const TrainOptions& options) { return Trainer(config, options).run(); }
 
+bool run_completed(const std::string& run_dir) {
+  const std::string path = run_dir + "/" + kSummaryFile;
+  if (!fs::exists(path)) return false;
+  const Json summary = Json::parse(read_file(path));
+  const Json* status = summary.find("status");
+  return !status || status->as_string() != "interrupted";  // summaries from before "status" are of finished runs
+}
+
 std::vector<NamedParam> optimizer_params(const Module& model) {
   std::vector<NamedParam> params;
   for (const auto& [name, tensor] : model.named_parameters())
@@ -675,10 +831,45 @@ std::string new_run_dir(const std::string& parent, const std::string& name) {
   return dir;
 }
 
+namespace {
+
+// Keys of the model and data sections that do not change what a checkpoint computes on the
+// validation split: training-only settings, evaluation options and where the files are.
+const std::vector<std::string> kKeysEvalMayChange{
+    "model.dropout",                                                            // training only
+    "data.flip", "data.alternating_flip", "data.crop_padding", "data.translate",  // training augmentation
+    "data.batch_size", "data.workers_prefetch",                                 // training batches
+    "data.val_batch_size", "data.limit_val", "data.eval_flip", "data.eval_translate",  // evaluation options
+    "data.path", "data.val_path"};                                              // where the files are
+
+// `muonlab eval` with a config whose model or data differ from the run's would load the weights
+// into another model, or score other data, and print a wrong number: refuse it.
+void check_eval_config(const RunConfig& given, const CheckpointRef& checkpoint) {
+  const fs::path run_dir = fs::path(checkpoint.dir).lexically_normal().parent_path().parent_path();
+  const std::string saved_path = (run_dir / kConfigFile).string();
+  if (!fs::exists(saved_path)) return;  // a checkpoint folder outside a run: nothing to compare with
+  std::string listed;
+  for (const std::string& difference : config_differences(load_config(saved_path), given)) {
+    const std::string key = difference.substr(0, difference.find(':'));
+    const bool defining = key == "seed" || key.rfind("model.", 0) == 0 || key.rfind("data.", 0) == 0;
+    if (defining && std::find(kKeysEvalMayChange.begin(), kKeysEvalMayChange.end(), key) == kKeysEvalMayChange.end())
+      listed += "\n  " + difference;
+  }
+  if (!listed.empty())
+    throw std::runtime_error("eval: the config differs from the run's " + saved_path +
+                             " in keys that define the model or the data (run vs given):" + listed +
+                             "\nevaluate with " + saved_path);
+}
+
+}  // namespace
+
 Json evaluate_checkpoint(const RunConfig& config, const std::string& checkpoint_path) {
   const ThreadCountScope threads(config.threads);
   const Device device = run_device(config);
-  const std::string dir = resolve_checkpoint_dir(checkpoint_path);
+  const CheckpointRef checkpoint = resolve_checkpoint(checkpoint_path);
+  verify_checkpoint(checkpoint);
+  check_eval_config(config, checkpoint);
+  const std::string& dir = checkpoint.dir;
   const std::string model_path = dir + "/" + kModelFile;
   if (!fs::exists(model_path)) throw std::runtime_error(checkpoint_path + ": no " + kModelFile + " in " + dir);
   std::optional<CharVocab> stored_vocab;

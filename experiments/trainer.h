@@ -1,12 +1,13 @@
 // The YAML-driven training loop behind `muonlab train` and `muonlab eval`.
 //
 // A run directory holds: config.yaml (the resolved config), metrics.jsonl (one JSON object per
-// logged step and per evaluation), summary.json (written when the run completes) and the
-// checkpoints (see experiments/checkpoint.h): model.safetensors, optimizer.safetensors,
+// logged step and per evaluation), summary.json (written when the run completes, with "status":
+// "completed", or when a signal stops it, with "status": "interrupted") and the checkpoints (see experiments/checkpoint.h): model.safetensors, optimizer.safetensors,
 // trainer.json (step, clocks, generator state, best values) and, for character-level text,
 // vocab.txt. Training batch k is a pure function of (seed, k) and every other piece of state is
 // in the checkpoint, so a resumed run reproduces the uninterrupted one bit for bit on the same
-// thread count.
+// thread count. A process holds an exclusive lock on the run directory while it trains into it
+// (experiments/run_lock.h): a second one fails at once.
 #pragma once
 #include <cstdint>
 #include <iosfwd>
@@ -24,11 +25,25 @@
 
 namespace ml {
 
-// A non-finite loss or gradient norm stopped the run; the message names the step and the last
-// good checkpoint, which was left untouched.
+// The run diverged: a non-finite loss, gradient, parameter, buffer or optimizer state, or a
+// training loss beyond train.max_loss_ratio times the first step's. The message names the step
+// and the tensor (or the loss) and the last good checkpoint, which was left untouched; no
+// checkpoint ever holds a non-finite value.
 class TrainingDiverged : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+};
+
+// SIGINT or SIGTERM stopped the run after the step in progress: a checkpoint of that step and a
+// summary.json with "status": "interrupted" were written, so --resume continues it exactly.
+class TrainingInterrupted : public std::runtime_error {
+ public:
+  TrainingInterrupted(const std::string& message, int signal_number)
+      : std::runtime_error(message), signal_number_(signal_number) {}
+  int signal_number() const { return signal_number_; }
+
+ private:
+  int signal_number_;
 };
 
 struct TrainOptions {
@@ -47,10 +62,14 @@ struct TrainResult {
   Json summary;            // summary.json's contents (only when completed)
 };
 
-// Trains `config` (already validated). Everything that can fail for reasons of the config or the
+// Trains `config` (already validated). While it trains, SIGINT and SIGTERM stop it after the
+// step in progress (a second signal acts as usual) and it throws TrainingInterrupted. Everything that can fail for reasons of the config or the
 // data (missing files, shapes that do not fit, a resume directory whose run differs) fails
 // before the run directory is created or modified. Throws TrainingDiverged as described above.
 TrainResult train(const RunConfig& config, const TrainOptions& options = {});
+
+// Whether the run in `run_dir` finished: its summary.json exists and is not marked interrupted.
+bool run_completed(const std::string& run_dir);
 
 // The model's trainable parameters with their dotted names, as the optimizers take them. Frozen
 // parameters (requires_grad false, e.g. the CNN's whitening filters) are left out: no optimizer

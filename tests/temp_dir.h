@@ -11,6 +11,17 @@
 
 namespace ml {
 
+// Flips one bit of the byte in the middle of the file at `path`: damage that only a checksum sees.
+inline void flip_middle_byte(const std::string& path) {
+  std::fstream file(path, std::ios::binary | std::ios::in | std::ios::out);
+  file.seekg(0, std::ios::end);
+  const std::streamoff middle = file.tellg() / 2;
+  file.seekg(middle);
+  const char byte = static_cast<char>(file.get());
+  file.seekp(middle);
+  file.put(static_cast<char>(byte ^ 0x01));
+}
+
 class TempDir {
  public:
   TempDir() {

@@ -248,6 +248,26 @@ TEST(ConfigErrors, WrongTypeNamesFileLineKeyAndExpectation) {
             "x.yaml:12: name: duplicate key (first given on line 1)");
 }
 
+TEST(ConfigErrors, ThreadsAreBoundedByTheHardware) {
+  const int64_t bound = ml::max_config_threads();
+  EXPECT_EQ(load_text(kMinimal, {"threads=" + std::to_string(bound)}).threads, bound);
+  EXPECT_EQ(config_error(std::string(kMinimal) + "threads: 100000\n"),
+            "x.yaml:12: threads: 100000 is more than 4x the " + std::to_string(bound / 4) +
+                " hardware threads of this machine (at most " + std::to_string(bound) + "; 0: the OpenMP default)");
+}
+
+TEST(ConfigDefaults, ReliabilityKeysOfTrain) {
+  const ml::RunConfig config = load_text(kMinimal);
+  EXPECT_EQ(config.train.max_loss_ratio, 100.0);
+  EXPECT_EQ(config.train.keep_checkpoints, 2);
+  EXPECT_EQ(config.train.checkpoint_minutes, 10.0);
+  EXPECT_EQ(load_text(kMinimal, {"train.max_loss_ratio=0"}).train.max_loss_ratio, 0.0);
+  EXPECT_EQ(config_error(kMinimal, {"train.keep_checkpoints=0"}),
+            "--set train.keep_checkpoints=0: train.keep_checkpoints: expected an integer >= 1, got \"0\"");
+  EXPECT_EQ(config_error(kMinimal, {"train.max_loss_ratio=-1"}),
+            "--set train.max_loss_ratio=-1: train.max_loss_ratio: expected a number >= 0, got \"-1\"");
+}
+
 TEST(ConfigErrors, OutOfRangeValues) {
   EXPECT_EQ(config_error(kMinimal, {"optimizer.lr=-1"}),
             "--set optimizer.lr=-1: optimizer.lr: expected a number > 0, got \"-1\"");

@@ -31,6 +31,8 @@
 #include "optimizers/sgd.h"
 #include "optimizers/turbo_muon.h"
 
+#include "tests/temp_dir.h"
+
 namespace ml {
 namespace {
 
@@ -1020,6 +1022,58 @@ TEST(OptimOrtho, EveryMethodGivesItsDocumentedOutput) {
   EXPECT_EQ(ortho_flops("dion2", 24, 40), 2.0 * 24 * 40 + 4.0 * 6 * 6 * 40 + 34.0 * 6 * 6 * 6);
   EXPECT_THROW(orthogonalize("svd", input), std::invalid_argument);
   EXPECT_THROW(orthogonalize("rmnp", input, 3), std::invalid_argument);
+}
+
+TEST(OptimOrtho, RunOrthoOnHugeFiniteInputDoesNotOverflow) {
+  // Entries of 2^60 (a Frobenius norm beyond 1e19) overflowed the float32 Gram matrix: all NaN.
+  TempDir dir;
+  const std::string in = dir.file("g.npy"), out_path = dir.file("o.npy");
+  const Tensor input = to_tensor(random_mat(24, 40, 74), DType::Float32);
+  const auto ortho = [&](const std::string& method, const Tensor& matrix) {
+    save_npy(in, matrix);
+    std::ostringstream log;
+    run_ortho(method, in, out_path, 0, log);
+    return load_npy(out_path).to_vector<float>();
+  };
+  for (const double scale : {std::ldexp(1.0, 60), 1e37}) {
+    const Tensor huge = mul(input, scale);
+    for (const std::string& method : ortho_methods()) {
+      const std::vector<float> expected = ortho(method, input);
+      const std::vector<float> got = ortho(method, huge);
+      ASSERT_EQ(got.size(), expected.size());
+      for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_NEAR(got[i], expected[i], 1e-4) << method << " scale " << scale << " entry " << i;
+    }
+  }
+}
+
+TEST(OptimOrtho, EveryMethodTakesAnEmptyMatrix) {
+  for (const Shape& shape : {Shape{0, 5}, Shape{5, 0}})
+    for (const std::string& method : ortho_methods()) EXPECT_EQ(orthogonalize(method, zeros(shape)).shape(), shape) << method;
+}
+
+TEST(OptimOrtho, RunOrthoRefusesValuesFloat32CannotHoldNamingTheEntry) {
+  TempDir dir;
+  const std::string in = dir.file("g.npy"), out_path = dir.file("o.npy");
+  const auto error_of = [&](double value, DType dtype) {
+    Mat g = random_mat(3, 4, 75);
+    g(1, 2) = value;
+    save_npy(in, to_tensor(g, dtype));
+    std::ostringstream log;
+    try {
+      run_ortho("ns5", in, out_path, 0, log);
+    } catch (const std::runtime_error& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  const std::string nan = error_of(std::nan(""), DType::Float32);
+  EXPECT_NE(nan.find(in + ": the value at [1, 2] is nan; expected finite values"), std::string::npos) << nan;
+  const std::string inf = error_of(-INFINITY, DType::Float64);
+  EXPECT_NE(inf.find("the value at [1, 2] is -inf"), std::string::npos) << inf;
+  const std::string big = error_of(1e300, DType::Float64);
+  EXPECT_NE(big.find("the value at [1, 2] is 1e+300, beyond float32's range"), std::string::npos) << big;
+  EXPECT_FALSE(std::filesystem::exists(out_path));
 }
 
 TEST(OptimOrtho, RunOrthoReadsAndWritesNpy) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "experiments/trainer.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/json.h"
+#include "tests/signal_at_step.h"
 #include "tests/temp_dir.h"
 
 namespace ml {
@@ -172,6 +174,30 @@ TEST(SweepRun, SkipsFinishedPointsResumesInterruptedOnesAndRecordsDivergence) {
   EXPECT_NE(stale.detail.find("lr: 0.5"), std::string::npos) << stale.detail;
   std::ostringstream third;
   EXPECT_EQ(run_sweep(sweep, options, third), 1);
+}
+
+TEST(SweepRun, AnInterruptedPointStopsTheSweepAndResumesOnTheNextRun) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  const Sweep sweep = parse_sweep("name: s\nout: " + dir.file("runs") + "\nset: {threads: 1}\nruns:\n  - base: " + base +
+                                      "\n    grid: {optimizer.lr: [3.0e-3, 1.0e-3]}\n",
+                                  "sweep.yaml");
+  // Ctrl-C during the first point's step 4 (its progress goes to stderr, a line every 4 steps).
+  SignalAtStep buffer(4, SIGINT);
+  std::streambuf* const stderr_buffer = std::cerr.rdbuf(&buffer);
+  SweepOptions options;
+  std::ostringstream first;
+  EXPECT_THROW(run_sweep(sweep, options, first), TrainingInterrupted);
+  std::cerr.rdbuf(stderr_buffer);
+  EXPECT_NE(first.str().find("interrupted"), std::string::npos) << first.str();
+  EXPECT_EQ(point_status(sweep, sweep.points[0]).state, PointState::Resumable);
+  EXPECT_EQ(point_status(sweep, sweep.points[1]).state, PointState::Pending);
+
+  options.quiet = true;
+  std::ostringstream second;
+  EXPECT_EQ(run_sweep(sweep, options, second), 0) << second.str();
+  EXPECT_NE(second.str().find("resuming"), std::string::npos) << second.str();
+  for (const SweepPoint& point : sweep.points) EXPECT_EQ(point_status(sweep, point).state, PointState::Completed);
 }
 
 TEST(SweepRun, AFailedPointIsRecordedAndTheSweepGoesOn) {

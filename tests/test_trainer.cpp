@@ -3,10 +3,14 @@
 // evaluation, the schedule, progress output and the demo's configs. Data are tiny generated
 // files in a temp dir.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -31,57 +35,14 @@
 #include "models/cnn.h"
 #include "models/model.h"
 #include "models/patch_whitening.h"
+#include "tests/signal_at_step.h"
 #include "tests/temp_dir.h"
+#include "tests/training_data.h"
 
 namespace ml {
 namespace {
 
 namespace fs = std::filesystem;
-
-void write_big_endian(std::ofstream& out, uint32_t value) {
-  const char bytes[4] = {static_cast<char>(value >> 24), static_cast<char>(value >> 16), static_cast<char>(value >> 8),
-                         static_cast<char>(value)};
-  out.write(bytes, 4);
-}
-
-// An IDX image set (the Fashion-MNIST layout) of `size` x `size` grey images: class c in 0..3 is
-// a bright square in quadrant c over seeded noise, so that a small model learns it in a few steps.
-void write_idx_split(const std::string& dir, const std::string& prefix, int64_t count, int64_t size, uint64_t seed) {
-  std::ofstream images(dir + "/" + prefix + "-images-idx3-ubyte", std::ios::binary);
-  std::ofstream labels(dir + "/" + prefix + "-labels-idx1-ubyte", std::ios::binary);
-  write_big_endian(images, 0x803);
-  write_big_endian(images, static_cast<uint32_t>(count));
-  write_big_endian(images, static_cast<uint32_t>(size));
-  write_big_endian(images, static_cast<uint32_t>(size));
-  write_big_endian(labels, 0x801);
-  write_big_endian(labels, static_cast<uint32_t>(count));
-  const int64_t half = size / 2;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t label = i % 4;
-    labels.put(static_cast<char>(label));
-    for (int64_t y = 0; y < size; ++y)
-      for (int64_t x = 0; x < size; ++x) {
-        const bool inside = (y / half) == label / 2 && (x / half) == label % 2;
-        const uint64_t noise = random_bits(seed, static_cast<uint64_t>((i * size + y) * size + x)) % 96;
-        images.put(static_cast<char>((inside ? 128 : 0) + noise));
-      }
-  }
-}
-
-std::string write_idx_dataset(const TempDir& dir) {
-  const std::string path = dir.file("idx");
-  fs::create_directories(path);
-  write_idx_split(path, "train", 256, 12, 1);
-  write_idx_split(path, "t10k", 64, 12, 2);
-  return path;
-}
-
-std::string write_text(const TempDir& dir) {
-  const std::string path = dir.file("text.txt");
-  std::ofstream out(path);
-  for (int i = 0; i < 200; ++i) out << "the cat sat on the mat. a dog ran to the log. ";
-  return path;
-}
 
 std::vector<Json> read_metrics(const std::string& run_dir) {
   std::vector<Json> lines;
@@ -417,17 +378,83 @@ TEST(TrainerResume, RefusesARunWithoutACheckpoint) {
 
 // ------------------------------------------------------------------ checkpoints
 
-TEST(TrainerCheckpoint, OnlyTheLatestCheckpointIsKept) {
+std::vector<std::string> checkpoint_folders(const std::string& run_dir) {
+  std::vector<std::string> folders;
+  for (const auto& entry : fs::directory_iterator(run_dir + "/checkpoints")) folders.push_back(entry.path().filename().string());
+  std::sort(folders.begin(), folders.end());
+  return folders;
+}
+
+TEST(TrainerCheckpoint, TheNewestKeepCheckpointsAreKept) {
   TempDir dir;
   const TrainResult result = run_quietly(mlp_config({"train.checkpoint_every=5"}), dir.file("run"));
-  std::vector<std::string> folders;
-  for (const auto& entry : fs::directory_iterator(result.run_dir + "/checkpoints"))
-    folders.push_back(entry.path().filename().string());
-  EXPECT_EQ(folders, std::vector<std::string>{"step-000020"});
-  const CheckpointRef latest = *latest_checkpoint(result.run_dir);
-  EXPECT_EQ(latest.step, 20);
-  for (const char* file : {"model.safetensors", "optimizer.safetensors", "trainer.json"})
-    EXPECT_TRUE(fs::exists(latest.file(file))) << file;
+  EXPECT_EQ(checkpoint_folders(result.run_dir), (std::vector<std::string>{"step-000015", "step-000020"}));
+  const std::vector<CheckpointRef> listed = listed_checkpoints(result.run_dir);
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[0].step, 20);
+  EXPECT_EQ(listed[1].step, 15);
+  for (const char* file : {"model.safetensors", "optimizer.safetensors", "trainer.json"}) {
+    EXPECT_TRUE(fs::exists(listed[0].file(file))) << file;
+    EXPECT_EQ(listed[0].crc32.count(file), 1u) << file;
+  }
+  const TrainResult one = run_quietly(mlp_config({"train.checkpoint_every=5", "train.keep_checkpoints=1"}), dir.file("one"));
+  EXPECT_EQ(checkpoint_folders(one.run_dir), std::vector<std::string>{"step-000020"});
+}
+
+TEST(TrainerCheckpoint, ResumeSkipsACorruptNewestCheckpointAndSaysWhich) {
+  TempDir dir;
+  const RunConfig config = mlp_config({"train.checkpoint_every=5"});
+  const TrainResult straight = run_quietly(config, dir.file("straight"));
+  const TrainResult first = run_quietly(config, dir.file("run"), 10);
+  flip_middle_byte(first.run_dir + "/checkpoints/step-000010/model.safetensors");
+
+  TrainOptions options;
+  options.resume_dir = first.run_dir;
+  options.quiet = true;
+  std::ostringstream output;
+  options.progress = &output;
+  ASSERT_TRUE(train(config, options).completed);
+  EXPECT_NE(output.str().find("step-000010/model.safetensors: corrupt"), std::string::npos) << output.str();
+  EXPECT_NE(output.str().find("resuming from the newest valid one, " + first.run_dir + "/checkpoints/step-000005"),
+            std::string::npos)
+      << output.str();
+  // Steps 6-10 are trained again, exactly as the first time.
+  EXPECT_EQ(values_of(read_metrics(first.run_dir), "train_loss"), values_of(read_metrics(straight.run_dir), "train_loss"));
+  EXPECT_EQ(read_file(first.run_dir + "/checkpoints/step-000020/model.safetensors"),
+            read_file(straight.run_dir + "/checkpoints/step-000020/model.safetensors"));
+}
+
+TEST(TrainerCheckpoint, ARunCheckpointedBeforeChecksumsResumesAndKeepsItsCheckpoint) {
+  TempDir dir;
+  const RunConfig config = mlp_config();
+  const TrainResult first = run_quietly(config, dir.file("run"), 10);
+  // The manifest as muonlab wrote it before checksums.
+  write_file_atomic(first.run_dir + "/checkpoint.json",
+                    R"({"format":"muonlab-checkpoint","version":1,"step":10,"dir":"checkpoints/step-000010",)"
+                    R"("files":["model.safetensors","optimizer.safetensors","trainer.json"]})");
+  ASSERT_TRUE(run_quietly(config, "", 0, first.run_dir).completed);
+  const std::vector<CheckpointRef> listed = listed_checkpoints(first.run_dir);
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[1].step, 10);
+  EXPECT_TRUE(listed[1].crc32.empty());
+  EXPECT_EQ(listed[1].files.size(), 3u);
+}
+
+TEST(TrainerCheckpoint, ResumeWithEveryCheckpointCorruptFailsNamingTheFiles) {
+  TempDir dir;
+  const RunConfig config = mlp_config({"train.checkpoint_every=5"});
+  const TrainResult first = run_quietly(config, dir.file("run"), 10);
+  flip_middle_byte(first.run_dir + "/checkpoints/step-000010/optimizer.safetensors");
+  flip_middle_byte(first.run_dir + "/checkpoints/step-000005/trainer.json");
+  try {
+    run_quietly(config, "", 0, first.run_dir);
+    FAIL() << "resumed from corrupt checkpoints";
+  } catch (const std::runtime_error& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("no valid checkpoint"), std::string::npos) << message;
+    EXPECT_NE(message.find("step-000010/optimizer.safetensors: corrupt"), std::string::npos) << message;
+    EXPECT_NE(message.find("step-000005/trainer.json: corrupt"), std::string::npos) << message;
+  }
 }
 
 TEST(TrainerCheckpoint, AFailureMidWriteLeavesThePreviousCheckpointLoadable) {
@@ -460,12 +487,14 @@ TEST(TrainerCheckpoint, AFailureMidWriteLeavesThePreviousCheckpointLoadable) {
 TEST(TrainerCheckpoint, ResolvesRunFoldersCheckpointFoldersAndFiles) {
   TempDir dir;
   const TrainResult result = run_quietly(mlp_config(), dir.file("run"));
-  const std::string folder = latest_checkpoint(result.run_dir)->dir;
-  EXPECT_EQ(resolve_checkpoint_dir(result.run_dir), folder);
-  EXPECT_EQ(resolve_checkpoint_dir(folder), folder);
-  EXPECT_EQ(resolve_checkpoint_dir(folder + "/model.safetensors"), folder);
-  EXPECT_EQ(resolve_checkpoint_dir(result.run_dir + "/checkpoint.json"), folder);
-  EXPECT_THROW(resolve_checkpoint_dir(dir.file("missing")), std::runtime_error);
+  const CheckpointRef latest = *latest_checkpoint(result.run_dir);
+  for (const std::string& path : {result.run_dir, latest.dir, latest.dir + "/model.safetensors",
+                                  result.run_dir + "/checkpoint.json"}) {
+    const CheckpointRef resolved = resolve_checkpoint(path);
+    EXPECT_EQ(resolved.dir, latest.dir) << path;
+    EXPECT_EQ(resolved.crc32, latest.crc32) << path;  // so that it can be verified
+  }
+  EXPECT_THROW(resolve_checkpoint(dir.file("missing")), std::runtime_error);
 }
 
 // ------------------------------------------------------------------ failures
@@ -477,7 +506,7 @@ name: diverging
 data: {kind: synthetic, batch_size: 16, num_features: 8, num_classes: 3, num_examples: 192}
 model: {kind: mlp, hidden: [32]}
 optimizer: {kind: sgd, lr: 1.0e+12}
-train: {steps: 50, checkpoint_every: 1, log_every: 1}
+train: {steps: 50, checkpoint_every: 1, log_every: 1, max_loss_ratio: 0}
 )",
                                         "diverging.yaml");
   try {
@@ -496,6 +525,54 @@ train: {steps: 50, checkpoint_every: 1, log_every: 1}
   }
 }
 
+// Every tensor of every checkpoint the run kept.
+void expect_checkpoints_finite(const std::string& run_dir) {
+  for (const auto& folder : fs::directory_iterator(run_dir + "/checkpoints"))
+    for (const char* file : {"model.safetensors", "optimizer.safetensors"})
+      for (const auto& [name, tensor] : load_safetensors(folder.path().string() + "/" + file).tensors) {
+        if (!is_floating(tensor.dtype())) continue;
+        for (double value : tensor.to(DType::Float64).to_vector<double>())
+          ASSERT_TRUE(std::isfinite(value)) << folder.path() << " " << file << " " << name;
+      }
+}
+
+TEST(TrainerDiverged, InfiniteBatchNormStatisticsStopTheRunNamingTheTensor) {
+  // SGD at lr 1e6 keeps the training loss finite (BatchNorm normalizes the exploding activations)
+  // while the running variances overflow.
+  TempDir dir;
+  RunConfig config = cnn_config(write_idx_dataset(dir));
+  config.optimizer.lr = 1e6;
+  config.train.checkpoint_every = 1;
+  config.train.max_loss_ratio = 0;  // the point is the buffers, whatever the loss does
+  try {
+    run_quietly(config, dir.file("run"));
+    FAIL() << "training with lr 1e6 completed";
+  } catch (const TrainingDiverged& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("NaN or infinity in the model tensor"), std::string::npos) << message;
+    EXPECT_NE(message.find("running_"), std::string::npos) << message;
+    EXPECT_NE(message.find("at step "), std::string::npos) << message;
+  }
+  EXPECT_FALSE(fs::exists(dir.file("run/summary.json")));
+  expect_checkpoints_finite(dir.file("run"));
+}
+
+TEST(TrainerDiverged, AHugeFiniteLossIsDivergenceUnlessTheBoundIsOff) {
+  TempDir dir;
+  RunConfig config = mlp_config({"optimizer.lr=1.0e+6", "train.grad_clip=0", "schedule.warmup_steps=0"});
+  try {
+    run_quietly(config, dir.file("run"));
+    FAIL() << "AdamW at lr 1e6 completed";
+  } catch (const TrainingDiverged& error) {
+    const std::string message = error.what();
+    EXPECT_NE(message.find("more than train.max_loss_ratio (100) times the first step's loss"), std::string::npos)
+        << message;
+  }
+  EXPECT_FALSE(fs::exists(dir.file("run/summary.json")));
+  config.train.max_loss_ratio = 0;
+  EXPECT_TRUE(run_quietly(config, dir.file("unbounded")).completed);
+}
+
 TEST(TrainerConfigErrors, MissingDataFailsBeforeTheRunDirectoryIsCreated) {
   TempDir dir;
   EXPECT_THROW(run_quietly(gpt_config(dir.file("no_such_file.txt")), dir.file("run")), std::runtime_error);
@@ -506,12 +583,119 @@ TEST(TrainerConfigErrors, MissingDataFailsBeforeTheRunDirectoryIsCreated) {
   EXPECT_FALSE(fs::exists(dir.file("run")));
 }
 
+TEST(TrainerConfigErrors, ErrorsFoundAgainstTheDataNameTheFileTheLineAndTheKey) {
+  TempDir dir;
+  const std::string text = write_text(dir);
+  const std::string file = dir.write("gpt.yaml", "name: gpt\n"
+                                                  "data:\n"
+                                                  "  kind: text_char\n"
+                                                  "  path: " + text + "\n"
+                                                  "  batch_size: 8\n"
+                                                  "  block_size: 16\n"
+                                                  "model: {kind: gpt, n_layer: 1, n_head: 2, n_embd: 16}\n"
+                                                  "optimizer: {kind: adamw, lr: 1.0e-3}\n"
+                                                  "schedule: {warmup_steps: 5}\n"
+                                                  "train: {steps: 10}\n");
+  const auto error_of = [&](const std::vector<std::string>& overrides) {
+    try {
+      run_quietly(load_config(file, overrides), dir.file("run"));
+    } catch (const ConfigError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no ConfigError");
+  };
+  EXPECT_EQ(error_of({"data.block_size=100000"}),
+            "--set data.block_size=100000: data.block_size: 100000 needs more than 100000 training tokens, but " +
+                text + " gives 8280");
+  EXPECT_EQ(error_of({"train.steps=3"}),
+            file + ":9: schedule.warmup_steps: 5 is longer than the run's 3 steps: the learning rate would never reach "
+                   "optimizer.lr");
+  fs::remove(text);
+  EXPECT_EQ(error_of({}), file + ":4: data.path: " + text + ": no such file or folder");
+  EXPECT_FALSE(fs::exists(dir.file("run")));
+  const RunConfig unfit = mlp_config({"data.batch_size=1000"});  // more than the 192 examples
+  EXPECT_THROW(run_quietly(unfit, dir.file("run")), ConfigError);
+}
+
 TEST(TrainerConfigErrors, AnOutputFolderHoldingARunIsNotOverwritten) {
   TempDir dir;
   const TrainResult first = run_quietly(mlp_config(), dir.file("run"));
   const std::string metrics = read_file(first.run_dir + "/metrics.jsonl");
   EXPECT_THROW(run_quietly(mlp_config(), dir.file("run")), std::runtime_error);
   EXPECT_EQ(read_file(first.run_dir + "/metrics.jsonl"), metrics);
+}
+
+// ------------------------------------------------------------------ interruption
+
+TEST(TrainerInterrupt, ASignalFinishesTheStepCheckpointsMarksTheSummaryAndTheRunResumesExactly) {
+  TempDir dir;
+  const RunConfig config = mlp_config();
+  const TrainResult straight = run_quietly(config, dir.file("straight"));
+  for (const int signal_number : {SIGINT, SIGTERM}) {
+    const std::string run_dir = dir.file(signal_number == SIGINT ? "int" : "term");
+    SignalAtStep buffer(7, signal_number);
+    std::ostream progress(&buffer);
+    TrainOptions options;
+    options.out_dir = run_dir;
+    options.progress = &progress;
+    try {
+      train(config, options);
+      FAIL() << "the run went on after signal " << signal_number;
+    } catch (const TrainingInterrupted& error) {
+      EXPECT_EQ(error.signal_number(), signal_number);
+      EXPECT_NE(std::string(error.what()).find("at step 7 of 20"), std::string::npos) << error.what();
+    }
+    struct sigaction disposition {};
+    sigaction(signal_number, nullptr, &disposition);
+    EXPECT_EQ(disposition.sa_handler, SIG_DFL) << "the handler outlived the run";
+    EXPECT_EQ(latest_checkpoint(run_dir)->step, 7);
+    const Json summary = Json::parse(read_file(run_dir + "/summary.json"));
+    EXPECT_EQ(summary.at("status").as_string(), "interrupted");
+    EXPECT_EQ(summary.at("steps").as_int(), 7);
+    EXPECT_FALSE(run_completed(run_dir));
+
+    ASSERT_TRUE(run_quietly(config, "", 0, run_dir).completed);
+    EXPECT_TRUE(run_completed(run_dir));
+    EXPECT_EQ(values_of(read_metrics(run_dir), "train_loss"), values_of(read_metrics(straight.run_dir), "train_loss"));
+    EXPECT_EQ(values_of(read_metrics(run_dir), "val_loss"), values_of(read_metrics(straight.run_dir), "val_loss"));
+  }
+}
+
+TEST(TrainerCheckpoint, PeriodicCheckpointsByTimeAreOnByDefault) {
+  TempDir dir;
+  // A zero-minute interval is "off"; the smallest positive one checkpoints after every step.
+  const TrainResult result =
+      run_quietly(mlp_config({"train.checkpoint_minutes=1.0e-9", "train.keep_checkpoints=20"}), dir.file("run"));
+  EXPECT_EQ(listed_checkpoints(result.run_dir).size(), 20u);
+  EXPECT_GT(mlp_config().train.checkpoint_minutes, 0.0);
+}
+
+// ------------------------------------------------------------------ one writer per run
+
+TEST(TrainerLock, ASecondWriterOfARunFailsAtOnceAndTheLockGoesWithTheRun) {
+  TempDir dir;
+  const RunConfig config = mlp_config();
+  const TrainResult first = run_quietly(config, dir.file("run"), 10);
+  const std::string metrics = read_file(first.run_dir + "/metrics.jsonl");
+  {
+    // What another process training there holds.
+    const int fd = ::open(first.run_dir.c_str(), O_RDONLY | O_DIRECTORY);
+    ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
+    for (const auto& [out, resume] : {std::pair<std::string, std::string>{"", first.run_dir}, {first.run_dir, ""}}) {
+      try {
+        run_quietly(config, out, 0, resume);
+        ADD_FAILURE() << "a second writer was let in (out '" << out << "', resume '" << resume << "')";
+      } catch (const std::runtime_error& error) {
+        EXPECT_NE(std::string(error.what()).find("another muonlab process is training in this run directory"),
+                  std::string::npos)
+            << error.what();
+      }
+    }
+    ::close(fd);
+  }
+  EXPECT_EQ(read_file(first.run_dir + "/metrics.jsonl"), metrics);
+  // The lock is released when train() returns or throws: the next session goes ahead in-process.
+  EXPECT_TRUE(run_quietly(config, "", 0, first.run_dir).completed);
 }
 
 // ------------------------------------------------------------------ evaluation
@@ -532,6 +716,46 @@ TEST(TrainerEval, CheckpointEvaluationReproducesTheRunsFinalEvaluation) {
   RunConfig other = config;
   other.model.widths = {8, 8};
   EXPECT_THROW(evaluate_checkpoint(other, result.run_dir), std::runtime_error);
+}
+
+TEST(TrainerEval, ACorruptCheckpointFailsNamingTheFile) {
+  TempDir dir;
+  const RunConfig config = mlp_config();
+  const TrainResult result = run_quietly(config, dir.file("run"));
+  const std::string model = result.run_dir + "/checkpoints/step-000020/model.safetensors";
+  flip_middle_byte(model);
+  for (const std::string& path : {result.run_dir, result.run_dir + "/checkpoints/step-000020"}) {
+    try {
+      evaluate_checkpoint(config, path);
+      FAIL() << "evaluated a corrupt checkpoint: " << path;
+    } catch (const std::runtime_error& error) {
+      EXPECT_NE(std::string(error.what()).find(model + ": corrupt"), std::string::npos) << error.what();
+    }
+  }
+}
+
+TEST(TrainerEval, AConfigWithAnotherModelOrDataIsRefusedListingTheKeys) {
+  TempDir dir;
+  const RunConfig config = gpt_config(write_text(dir));
+  const TrainResult result = run_quietly(config, dir.file("run"));
+  RunConfig changed = config;
+  changed.model.n_head = 4;
+  changed.model.activation = "relu2";
+  changed.data.val_fraction = 0.2;
+  try {
+    evaluate_checkpoint(changed, result.run_dir);
+    FAIL() << "evaluated with another n_head, activation and validation split";
+  } catch (const std::runtime_error& error) {
+    const std::string message = error.what();
+    for (const char* listed : {"model.n_head: 2 vs 4", "model.activation: gelu vs relu2", "data.val_fraction: 0.1 vs 0.2"})
+      EXPECT_NE(message.find(listed), std::string::npos) << message;
+  }
+  // What only training or the evaluation itself uses may differ.
+  RunConfig evaluation = config;
+  evaluation.optimizer.lr = 1;
+  evaluation.model.dropout = 0;
+  evaluation.data.val_batch_size = 4;
+  EXPECT_NO_THROW(evaluate_checkpoint(evaluation, result.run_dir));
 }
 
 // One test-time view of an image [C, H, W]: output(y, x) = input(y + shift, x' + shift) with
