@@ -589,7 +589,21 @@ std::string described(const Configuration& c, const std::string& metric) {
 }
 
 // The verdict on a claim from the section's headline rows, and the numbers behind it.
+std::pair<std::string, std::string> judge_rows(const Claim& claim, const Report* report);
+
+// judge_rows, marked provisional while a compared row has a single seed: without a second seed
+// nothing says whether a difference is more than noise.
 std::pair<std::string, std::string> judge(const Claim& claim, const Report* report) {
+  auto [verdict, measured] = judge_rows(claim, report);
+  if (verdict == "not measured yet") return {verdict, measured};
+  for (const std::string& label : {claim.method, claim.baseline}) {
+    const Configuration* row = label.empty() ? nullptr : report->headline_of(label);
+    if (row && row->finished.size() < 2) return {verdict + ", provisional (one seed)", measured};
+  }
+  return {verdict, measured};
+}
+
+std::pair<std::string, std::string> judge_rows(const Claim& claim, const Report* report) {
   const Configuration* method = report ? report->headline_of(claim.method) : nullptr;
   const Configuration* baseline = report && !claim.baseline.empty() ? report->headline_of(claim.baseline) : nullptr;
   if (!method || method->finished.empty() || (claim.kind != "reaches" && (!baseline || baseline->finished.empty())))
@@ -682,8 +696,8 @@ int run_study_report(const std::string& study_path, const std::string& out_path,
     auto report = std::make_unique<Report>(std::move(runs), section.options);
     const std::string dir = out_path + "/" + section.name;
     status = std::max(status, write_report(*report, incomplete, dir, out, err));
-    std::string body = report->markdown(incomplete, "###", folder + "/" + section.name + "/");
-    sections << body.substr(body.find('\n') + 1);  // its own title is the section heading
+    std::string body = report->markdown(incomplete, "##", folder + "/" + section.name + "/");
+    sections << body.substr(body.find("\n\n") + 2);  // its own title is the section heading
     reports[section.name] = std::move(report);
   }
   md << "# " << study.title << "\n\n" << (study.intro.empty() ? "" : study.intro + "\n\n");

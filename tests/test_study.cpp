@@ -382,6 +382,7 @@ TEST(StudyReport, ClaimVerdictsComeFromTheHeadlineRows) {
   write_fixture_run(dir, base, "new2", 0.02, 2, {1.75, 1.52}, false, "new");
   write_fixture_run(dir, base, "old1", 0.02, 1, {1.9, 1.60}, false, "old");
   write_fixture_run(dir, base, "old2", 0.02, 2, {1.85, 1.62}, false, "old");
+  write_fixture_run(dir, base, "solo", 0.02, 1, {1.8, 1.4}, false, "solo");
   const std::string claims =
       "  - {claim: c1, source: s, section: a, check: {kind: better, method: new, baseline: old}}\n"
       "  - {claim: c2, source: s, section: a, check: {kind: better, method: old, baseline: new}}\n"
@@ -390,7 +391,8 @@ TEST(StudyReport, ClaimVerdictsComeFromTheHeadlineRows) {
       "  - {claim: c5, source: s, section: a, check: {kind: fewer_steps, method: new, baseline: old, target: val_loss=1.8}}\n"
       "  - {claim: c6, source: s, section: a, check: {kind: cheaper, method: new, baseline: old, factor: 2}}\n"
       "  - {claim: c7, source: s, section: a, check: {kind: reaches, method: new, value: 1.55}}\n"
-      "  - {claim: c8, source: s, section: b, check: {kind: reaches, method: new, value: 1.55}}\n";
+      "  - {claim: c8, source: s, section: b, check: {kind: reaches, method: new, value: 1.55}}\n"
+      "  - {claim: c9, source: s, section: a, check: {kind: better, method: solo, baseline: old}}\n";
   const std::string study = dir.write("study.yaml", "title: T\nsections:\n  - {name: a, title: A, runs: [" + dir.file("runs") +
                                                         "]}\n  - {name: b, title: B, runs: [" + dir.file("none") +
                                                         "]}\nclaims:\n" + claims);
@@ -411,6 +413,7 @@ TEST(StudyReport, ClaimVerdictsComeFromTheHeadlineRows) {
   EXPECT_EQ(verdict("c6"), "contradicted");  // equal optimizer time: 1.00x, no speed-up at all
   EXPECT_EQ(verdict("c7"), "reproduced");  // 1.51 <= 1.55
   EXPECT_EQ(verdict("c8"), "not measured yet");
+  EXPECT_EQ(verdict("c9"), "reproduced, provisional (one seed)");
   EXPECT_NE(md.find("new 1.5100 ± 0.0141 (n=2) vs old 1.6100 ± 0.0141 (n=2)"), std::string::npos) << md;
   EXPECT_NE(md.find("No finished runs yet"), std::string::npos);
   EXPECT_TRUE(fs::exists(dir.file("study/a/report.md")));
