@@ -773,6 +773,7 @@ const Section<RunConfig>& run_schema() {
           choice("device", &R::device, {"cpu", "cuda"}, "cpu"),
           integer("threads", &R::threads, at_least(0), 0),
           choice("matmul_precision", &R::matmul_precision, {"float32", "tf32", "bf16"}, "float32"),
+          boolean("deterministic", &R::deterministic, true),
           section("data", &R::data, data_schema(), true),
           section("model", &R::model, model_schema(), true),
           section("optimizer", &R::optimizer, optimizer_schema(), true),

@@ -165,6 +165,10 @@ struct RunConfig {
   // cores, or bf16 operands with float32 accumulation; convolutions use TF32 under both tf32 and
   // bf16). No effect on the CPU, which always computes exactly (like PyTorch's allow_tf32).
   std::string matmul_precision;
+  // Whether CUDA scatter-style sums (embedding and index_add backward, scatter_add, max-pool
+  // backward) add in a fixed order, so that two runs give the same bits; false lets them use
+  // float atomics (faster, order-dependent). No effect on the CPU, which is always deterministic.
+  bool deterministic = true;
   DataConfig data;
   ModelConfig model;
   OptimizerConfig optimizer;

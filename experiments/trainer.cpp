@@ -117,7 +117,10 @@ Device run_device(const RunConfig& config) {
     throw std::runtime_error("device: cuda was requested, but no CUDA device is usable (built without CUDA, or no GPU)");
 #ifdef MUONLAB_WITH_CUDA
   // float32 products and convolutions stay exact unless the config allows TF32 or bf16.
-  if (device.is_cuda()) cuda_set_matmul_precision(matmul_precision_of(config.matmul_precision));
+  if (device.is_cuda()) {
+    cuda_set_matmul_precision(matmul_precision_of(config.matmul_precision));
+    cuda_set_deterministic(config.deterministic);
+  }
 #endif
   return device;
 }

@@ -1,5 +1,6 @@
 #include "framework/tensor.h"
 
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
@@ -62,12 +63,18 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
   auto s = std::make_shared<Storage>();
   s->device = device;
   s->nbytes = nbytes;
-  s->data = backend_for(device).allocate(nbytes);
+  s->backend = &backend_for(device);
+  s->data = s->backend->allocate(nbytes);
   return s;
 }
 
 Storage::~Storage() {
-  if (data) backend_for(device).deallocate(data, nbytes);
+  if (!data) return;
+  try {
+    backend->deallocate(data, nbytes);
+  } catch (const std::exception& e) {  // report and leak the block rather than terminate
+    std::fprintf(stderr, "muonlab: freeing %zu bytes on %s failed: %s\n", nbytes, device.str().c_str(), e.what());
+  }
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {

@@ -16,11 +16,16 @@ std::string shape_str(const Shape& shape);
 int64_t numel_of(const Shape& shape);
 Shape contiguous_strides(const Shape& shape);
 
-// Owns one device allocation; freed through the backend that made it.
+class Backend;
+
+// Owns one device allocation; freed through the backend that made it, which is kept rather than
+// looked up again: the look-up queries the driver, and after a sticky CUDA error that would throw
+// inside this destructor and terminate the process, hiding the error. The destructor never throws.
 struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   Device device;
+  Backend* backend = nullptr;
   static std::shared_ptr<Storage> allocate(size_t nbytes, Device device);
   Storage() = default;
   Storage(const Storage&) = delete;

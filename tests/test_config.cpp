@@ -107,6 +107,15 @@ TEST(ConfigDefaults, MinimalConfigGetsEveryDefault) {
   EXPECT_EQ(config.train.label_smoothing, 0.0);
 }
 
+// CUDA's scatter-style sums add in a fixed order unless a run asks for atomics.
+TEST(ConfigValues, DeterministicIsOnByDefaultAndTakesABoolean) {
+  EXPECT_TRUE(load_text(kMinimal).deterministic);
+  EXPECT_FALSE(load_text(std::string(kMinimal) + "deterministic: false\n").deterministic);
+  EXPECT_FALSE(load_text(kMinimal, {"deterministic=false"}).deterministic);
+  EXPECT_EQ(config_error(std::string(kMinimal) + "deterministic: sometimes\n"),
+            "x.yaml:12: deterministic: expected true or false, got \"sometimes\"");
+}
+
 TEST(ConfigValues, MatmulPrecisionTakesEachChoiceFromFileOrOverride) {
   for (const std::string precision : {"float32", "tf32", "bf16"}) {
     EXPECT_EQ(load_text(std::string(kMinimal) + "matmul_precision: " + precision + "\n").matmul_precision, precision);

@@ -281,6 +281,71 @@ TEST_F(CudaParity, TopkMatchesTheCpuIncludingTiesAndNans) {
   expect_parity([](auto& in) { return topk(in[0], 6, -1, TopkOrder::ByIndex).first; }, {float_input({5, 64}, 48)});
 }
 
+// Attention at realistic shapes, composed and fused, against the CPU. [1, 1025, 64, 16] has
+// 65,600 softmax rows: more than 65,535, with 65,535 not a multiple of T = 64, so a causal mask
+// computed from the row within a launch slice (rather than the global row) would shift past the
+// first slice. [2, 6, 256, 32] is a GPT block's shape.
+TEST_F(CudaParity, CausalAttentionAtRealisticShapesAndPast65535Rows) {
+  uint64_t seed = 200;
+  for (const Shape& shape : {Shape{1, 1025, 64, 16}, Shape{2, 6, 256, 32}})
+    for (AttentionImpl impl : {AttentionImpl::Composed, AttentionImpl::Fused}) {
+      SCOPED_TRACE(shape_str(shape) + (impl == AttentionImpl::Fused ? " fused" : " composed"));
+      expect_cuda_matches_cpu(
+          [impl](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], true, impl); },
+          [](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], true, AttentionImpl::Composed); },
+          {float_input(shape, seed++), float_input(shape, seed++), float_input(shape, seed++)}, 1e-4);
+    }
+}
+
+// Row kernels with row lengths that are not multiples of a warp and longer than a block's threads.
+TEST_F(CudaParity, RowKernelsWithLongOddRows) {
+  for (int64_t n : {33, 1025, 1500, 2049}) {
+    SCOPED_TRACE("row length " + std::to_string(n));
+    expect_parity([](auto& in) { return softmax(in[0]); }, {float_input({7, n}, 70)});
+    expect_parity([](auto& in) { return log_softmax(in[0]); }, {float_input({5, n}, 71)});
+    expect_parity([](auto& in) { return sum(in[0], {1}); }, {float_input({9, n}, 72)});
+    expect_parity([](auto& in) { return amax(in[0], {1}); }, {float_input({9, n}, 73)});
+    expect_parity([](auto& in) { return layer_norm(in[0], in[1], in[2]); },
+                  {float_input({6, n}, 74), float_input({n}, 75), float_input({n}, 76)});
+    expect_parity([](auto& in) { return rms_norm(in[0], in[1]); }, {float_input({6, n}, 77), float_input({n}, 78)});
+    const Tensor targets = Tensor::from_vector<int64_t>({0, n - 1, 5, -100}, {4});
+    expect_parity([](auto& in) { return cross_entropy(in[0], in[1], -100, 0.1); }, {float_input({4, n}, 79), targets});
+  }
+}
+
+// Degenerate products: an empty inner dimension (cuBLAS rejects its leading dimension 0) gives
+// zeros; expanded operands (stride 0) are copied rather than read as dense matrices.
+TEST_F(CudaParity, MatmulWithEmptyInnerDimensionAndExpandedOperands) {
+  const Fn mm = [](auto& in) { return matmul(in[0], in[1]); };
+  expect_parity(mm, {float_input({3, 0}, 90), float_input({0, 4}, 91)});
+  expect_parity(mm, {float_input({2, 5, 0}, 92), float_input({2, 0, 6}, 93)});
+  expect_parity([](auto& in) { return matmul(in[0].expand({6, 5}), in[1]); }, {float_input({1, 5}, 94), float_input({5, 7}, 95)});
+  expect_parity([](auto& in) { return matmul(in[0], in[1].expand({5, 7})); }, {float_input({6, 5}, 96), float_input({5, 1}, 97)});
+  expect_parity([](auto& in) { return matmul(in[0].expand({3, 6, 5}), in[1].expand({3, 5, 7})); },
+                {float_input({1, 1, 5}, 98), float_input({5, 1}, 99)});
+}
+
+// Empty batches: convolution (cuDNN rejects a zero dim), pooling, evaluation-mode batch norm;
+// and batch norm with no channels in training.
+TEST_F(CudaParity, ConvolutionAndBatchNormWithEmptyShapes) {
+  expect_parity([](auto& in) { return conv2d(in[0], in[1], in[2], 1, 1); },
+                {float_input({0, 3, 8, 8}, 100), float_input({4, 3, 3, 3}, 101), float_input({4}, 102)});
+  expect_parity([](auto& in) { return max_pool2d(in[0], 2); }, {float_input({0, 3, 8, 8}, 103)});
+  expect_parity([](auto& in) { return avg_pool2d(in[0], 2); }, {float_input({0, 3, 8, 8}, 104)});
+  expect_parity(
+      [](auto& in) {
+        Tensor running_mean = zeros({3}, DType::Float32, in[0].device()), running_var = ones({3}, DType::Float32, in[0].device());
+        return batch_norm2d(in[0], running_mean, running_var, in[1], in[2], false, 0.1);
+      },
+      {float_input({0, 3, 4, 4}, 105), float_input({3}, 106), float_input({3}, 107)});
+  expect_parity(
+      [](auto& in) {
+        Tensor running_mean = zeros({0}, DType::Float32, in[0].device()), running_var = ones({0}, DType::Float32, in[0].device());
+        return batch_norm2d(in[0], running_mean, running_var, in[1], in[2], true, 0.1);
+      },
+      {float_input({4, 0, 5, 5}, 108), float_input({0}, 109), float_input({0}, 110)});
+}
+
 TEST_F(CudaParity, BadIndicesAreReportedAtTheNextSynchronization) {
   const Tensor x = float_input({4, 3}, 60).to(cuda());
   const Tensor bad = Tensor::from_vector<int64_t>({1, 7}, {2}).to(cuda());
@@ -460,5 +525,40 @@ TEST_F(CudaParity, OptimizerStepsMakeNoHostCopiesAndMatchTheCpu) {
       EXPECT_LE(relative_error(got.updates[i], want.updates[i]), 1e-4) << "parameter " << i;
   }
 }
+// Index ops whose many contributions land on few elements: embedding and index_add backward,
+// scatter_add (gather's backward), max-pool backward with overlapping windows. They match the
+// CPU, and in deterministic mode (the default) two runs give the same bits; with atomics they
+// still match the CPU within rounding.
+TEST_F(CudaParity, IndexOpsWithManyCollisionsAreDeterministic) {
+  std::vector<int64_t> ids(64 * 64), cols(300 * 40);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i * 7 % 3);
+  for (size_t i = 0; i < cols.size(); ++i) cols[i] = static_cast<int64_t>(i * 13 % 5);
+  const Tensor id_tensor = Tensor::from_vector(ids, {64, 64}), col_tensor = Tensor::from_vector(cols, {300, 40});
+  const std::vector<std::pair<Fn, std::vector<Tensor>>> cases = {
+      {[](auto& in) { return embedding(in[1], in[0]); }, {float_input({5, 48}, 80), id_tensor}},
+      {[](auto& in) { return gather(in[0], 1, in[1]); }, {float_input({300, 5}, 81), col_tensor}},
+      {[](auto& in) { return max_pool2d(in[0], 3, 1, 1); }, {float_input({2, 3, 17, 17}, 82)}},
+  };
+  const auto gpu_gradient = [](const Fn& f, const std::vector<Tensor>& inputs) {
+    std::vector<Tensor> leaves;
+    for (const Tensor& x : inputs) {
+      Tensor copy = x.to(cuda()).clone();
+      if (is_floating(copy.dtype())) copy.requires_grad_();
+      leaves.push_back(copy);
+    }
+    sum(f(leaves)).backward();
+    return leaves[0].grad().to_vector<float>();
+  };
+  for (size_t c = 0; c < cases.size(); ++c) {
+    SCOPED_TRACE("case " + std::to_string(c));
+    const auto& [f, inputs] = cases[c];
+    expect_parity(f, inputs, 1e-5);
+    EXPECT_EQ(gpu_gradient(f, inputs), gpu_gradient(f, inputs));
+    cuda_set_deterministic(false);
+    expect_parity(f, inputs, 1e-5);
+    cuda_set_deterministic(true);
+  }
+}
+
 #endif
 

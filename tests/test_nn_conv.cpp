@@ -296,6 +296,26 @@ TEST(NnConv, BatchNormTrainingByHand) {
   expect_all_near(values(running_mean), (V{0.75 * 0.75 + 0.25 * 3, 0.75 * 0.5 + 0.25 * 2}), 1e-15);
 }
 
+// Degenerate shapes: no channels gives empty results; no values per channel cannot give batch
+// statistics in training (a clear error, not a division by zero), and evaluates to nothing.
+TEST(NnConv, BatchNormWithNoChannelsOrNoValues) {
+  const Tensor x = zeros({2, 0, 3, 3}, DType::Float64).requires_grad_();
+  const Tensor w = ones({0}, DType::Float64).requires_grad_(), b = zeros({0}, DType::Float64).requires_grad_();
+  Tensor running_mean = zeros({0}, DType::Float64), running_var = ones({0}, DType::Float64);
+  const Tensor y = batch_norm2d(x, running_mean, running_var, w, b, true, 0.1);
+  EXPECT_EQ(y.shape(), x.shape());
+  sum(y).backward();
+  EXPECT_EQ(x.grad().shape(), x.shape());
+  EXPECT_EQ(w.grad().shape(), (Shape{0}));
+  for (const Shape& shape : {Shape{0, 2, 3, 3}, Shape{4, 2, 0, 3}}) {
+    const Tensor empty = zeros(shape, DType::Float64);
+    Tensor mean = zeros({2}, DType::Float64), var = ones({2}, DType::Float64);
+    expect_error_mentions([&] { batch_norm2d(empty, mean, var, Tensor(), Tensor(), true, 0.1); },
+                          {"batch_norm2d", "more than one value per channel"});
+    EXPECT_EQ(batch_norm2d(empty, mean, var, Tensor(), Tensor(), false, 0.1).shape(), shape);
+  }
+}
+
 TEST(NnConv, BatchNormEvaluationUsesRunningStats) {
   const Tensor x = Tensor::from_vector<double>({1, 2, 0, 0, 3, 6, 4, 4}, {2, 2, 1, 2});
   const Tensor running_mean = Tensor::from_vector<double>({1, -1}, {2});

@@ -243,6 +243,22 @@ TEST(Topk, AlongAnyDimAndEmptyK) {
   EXPECT_EQ(i.shape(), (Shape{4, 6, 0}));
 }
 
+// No rows to rank: empty results (and an empty gradient), never a division by the row count.
+TEST(Topk, NoRowsGiveEmptyResults) {
+  for (const Shape& shape : {Shape{0, 5}, Shape{3, 0, 5}}) {
+    const Tensor x = zeros(shape, DType::Float64).requires_grad_();
+    for (TopkOrder order : {TopkOrder::ByValue, TopkOrder::ByIndex}) {
+      const auto [v, i] = topk(x, 2, -1, order);
+      Shape want = shape;
+      want.back() = 2;
+      EXPECT_EQ(v.shape(), want);
+      EXPECT_EQ(i.shape(), want);
+      sum(v).backward();
+      EXPECT_EQ(x.grad().shape(), shape);
+    }
+  }
+}
+
 TEST(Topk, RejectsBadKDimAndDtype) {
   const Tensor x = zeros({2, 3});
   expect_error_mentions([&] { topk(x, 4); }, {"topk", "k = 4", "[0, 3]"});
@@ -329,6 +345,31 @@ TEST(Matmul, ForwardShapesAndValues) {
   EXPECT_EQ(values(matmul(a, arange(0, 3, 1, DType::Float64))), (V{5, 14}));
   EXPECT_EQ(matmul(ones({5, 1, 2, 3}), ones({4, 3, 7})).shape(), (Shape{5, 4, 2, 7}));
   EXPECT_EQ(values(matmul(b.t(), a.t())), (V{10, 28, 13, 40}));
+}
+
+// An expanded operand repeats one row (row stride 0) or one column (column stride 0): BLAS must
+// not read it as a dense matrix (M x K elements from a K-element buffer); the op copies it first.
+TEST(Matmul, ExpandedOperandsAreNotReadAsDenseMatrices) {
+  const Tensor row = arange(0, 3, 1, DType::Float64).reshape({1, 3}).expand({4, 3});  // 4 rows {0, 1, 2}
+  const Tensor b = arange(0, 6, 1, DType::Float64).reshape({3, 2});
+  EXPECT_EQ(values(matmul(row, b)), (V{10, 13, 10, 13, 10, 13, 10, 13}));
+  const Tensor column = arange(1, 4, 1, DType::Float64).reshape({3, 1}).expand({3, 2});  // columns {1, 2, 3}
+  const Tensor a = arange(0, 6, 1, DType::Float64).reshape({2, 3});
+  EXPECT_EQ(values(matmul(a, column)), (V{8, 8, 26, 26}));
+  EXPECT_EQ(values(matmul(row.reshape({1, 4, 3}).expand({2, 4, 3}), column)), V(16, 8.0));
+  expect_gradients_match([](auto& in) { return matmul(in[0].expand({5, 4, 3}), in[1].expand({5, 3, 2})); },
+                         {random_input({1, 1, 3}, 17), random_input({3, 1}, 18)});
+}
+
+// An empty inner dimension sums nothing: zeros, and zero gradients of the empty shapes.
+TEST(Matmul, EmptyInnerDimensionGivesZeros) {
+  const Tensor a = ones({3, 0}, DType::Float64).requires_grad_(), b = ones({2, 0, 4}, DType::Float64).requires_grad_();
+  const Tensor c = matmul(a, b);
+  EXPECT_EQ(c.shape(), (Shape{2, 3, 4}));
+  EXPECT_EQ(values(c), V(24, 0.0));
+  sum(c).backward();
+  EXPECT_EQ(a.grad().shape(), (Shape{3, 0}));
+  EXPECT_EQ(b.grad().shape(), (Shape{2, 0, 4}));
 }
 
 TEST(MatmulGrad, PlainBatchedBroadcastAndTransposed) {

@@ -1,5 +1,6 @@
 #include "framework/ops/linalg.h"
 
+#include "framework/backends/gemm_layout.h"
 #include "framework/ops/op_utils.h"
 
 namespace ml {
@@ -8,13 +9,13 @@ using detail::op_error;
 namespace {
 
 // Views [..., R, C] as [B, R, C] without copying when the batch dims merge into one stride and
-// the matrices have a unit stride in one dim (as BLAS needs); otherwise copies to contiguous.
+// BLAS can read the matrices as they are (gemm_layout.h: not an expanded view); otherwise copies
+// to contiguous.
 Tensor as_batched_matrices(const Tensor& t) {
   const int64_t nd = t.dim();
   const int64_t rows = t.size(-2), cols = t.size(-1);
-  const bool blas_layout = t.strides()[nd - 1] == 1 || t.strides()[nd - 2] == 1 || rows == 1 || cols == 1;
   int64_t batch = 1;
-  bool mergeable = blas_layout;
+  bool mergeable = blas_layout(rows, cols, t.strides()[nd - 2], t.strides()[nd - 1], 0).has_value();
   for (int64_t d = 0; d < nd - 2; ++d) {
     batch *= t.size(d);
     if (d + 1 < nd - 2 && t.size(d + 1) != 1 && t.strides()[d] != t.strides()[d + 1] * t.size(d + 1) && t.size(d) != 1)

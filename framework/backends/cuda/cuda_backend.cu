@@ -77,6 +77,7 @@ CachingAllocator& allocator() {
 }
 
 MatmulPrecision g_matmul_precision = MatmulPrecision::Float32;
+bool g_deterministic = true;
 
 }  // namespace
 
@@ -184,6 +185,8 @@ CudaMemoryStats cuda_memory_stats() { return allocator().stats(); }
 // mode, under which CUBLAS_COMPUTE_32F is exact float32.
 void cuda_set_matmul_precision(MatmulPrecision precision) { g_matmul_precision = precision; }
 MatmulPrecision cuda_matmul_precision() { return g_matmul_precision; }
+void cuda_set_deterministic(bool deterministic) { g_deterministic = deterministic; }
+bool cuda_deterministic() { return g_deterministic; }
 int64_t cuda_device_to_host_copies() { return g_device_to_host_copies.load(); }
 
 }  // namespace ml

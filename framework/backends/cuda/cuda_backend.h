@@ -40,6 +40,13 @@ class CudaMatmulPrecisionScope {
   MatmulPrecision previous_;
 };
 
+// Whether scatter-style sums (index_add, scatter_add, max-pool backward) add each target's
+// contributions in a fixed order (sorted by target, then by source position, like the CPU) rather
+// than with float atomics in whatever order threads arrive. On by default (the config's
+// `deterministic`): two runs then give the same bits.
+void cuda_set_deterministic(bool deterministic);
+bool cuda_deterministic();
+
 // Device-to-host copies so far: every path that brings device data to the host (to_vector,
 // item, to(cpu), printing) goes through the backend's copy_to_host, which counts them. A
 // computation meant to stay on the device (an optimizer step) must leave this unchanged.

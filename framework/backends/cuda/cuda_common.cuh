@@ -34,10 +34,33 @@ cublasHandle_t cublas();
 // Scratch memory from the backend's caching allocator, released when the tensor goes out of scope.
 Tensor workspace(size_t bytes, Device device);
 
+// cuBLAS and cuDNN take sizes, leading dimensions and batch counts as int: a larger value is
+// rejected with its name rather than wrapped into a wrong (or negative) size.
+inline int checked_int(int64_t value, const char* what, const char* where) {
+  if (value < 0 || value > 2147483647)
+    throw std::invalid_argument(std::string(where) + ": " + what + " = " + std::to_string(value) +
+                                " does not fit the int the CUDA library takes");
+  return static_cast<int>(value);
+}
+
 constexpr int kThreads = 256;
 inline unsigned blocks_for(int64_t n) {
   const int64_t b = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned>(b < 65535 * 8 ? (b > 0 ? b : 1) : 65535 * 8);  // grid-stride loops cover the rest
+}
+
+// Row kernels (softmax, norms, cross-entropy, row reductions) run one block per row and take
+// blockIdx.x as the row, so the whole tensor goes in one launch: the grid's x dimension allows
+// 2^31 - 1 blocks. (Launching in slices of 65,535 rows with offset pointers once made blockIdx.x
+// the row within a slice, which shifted causal softmax's mask past the first slice.)
+template <typename Launch>
+void launch_rows(int64_t rows, const char* where, Launch launch) {
+  if (rows == 0) return;  // an empty grid is an invalid launch
+  if (rows > 2147483647)
+    throw std::invalid_argument(std::string(where) + ": " + std::to_string(rows) +
+                                " rows exceed the CUDA grid's 2^31 - 1 blocks");
+  launch(static_cast<unsigned>(rows));
+  ML_CUDA_LAUNCHED(where);
 }
 
 constexpr int kMaxDims = 8;
@@ -112,5 +135,12 @@ template <typename T>
 T* ptr(const Tensor& t) {
   return static_cast<T*>(t.raw_data());
 }
+
+// out[targets[i]] += src[i] for each of the targets.numel() contributions; a target of out_size
+// skips its contribution (a bad index). Under cuda_deterministic() every element adds its
+// contributions in increasing i (a stable sort by target, then one thread per target), so the
+// result does not depend on thread timing; otherwise with atomics. float and double (cuda_index.cu).
+template <typename T>
+void add_at(T* out, int64_t out_size, const Tensor& targets, const T* src, const char* where);
 
 }  // namespace ml::cuda_detail

@@ -39,7 +39,7 @@ struct ConvDescriptors {
 
   ConvDescriptors(const Tensor& x_t, const Tensor& w_t, const Tensor& y_t, Conv2dParams p)
       : type(x_t.dtype() == DType::Float64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT) {
-    auto dim = [](const Tensor& t, int d) { return static_cast<int>(t.size(d)); };
+    auto dim = [](const Tensor& t, int d) { return checked_int(t.size(d), "a tensor dim", "conv2d"); };
     ML_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x), "conv2d");
     ML_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y), "conv2d");
     ML_CUDNN_CHECK(cudnnCreateTensorDescriptor(&bias), "conv2d");
@@ -49,8 +49,10 @@ struct ConvDescriptors {
     ML_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, type, dim(y_t, 0), dim(y_t, 1), dim(y_t, 2), dim(y_t, 3)), "conv2d");
     ML_CUDNN_CHECK(cudnnSetTensor4dDescriptor(bias, CUDNN_TENSOR_NCHW, type, 1, dim(y_t, 1), 1, 1), "conv2d");
     ML_CUDNN_CHECK(cudnnSetFilter4dDescriptor(w, type, CUDNN_TENSOR_NCHW, dim(w_t, 0), dim(w_t, 1), dim(w_t, 2), dim(w_t, 3)), "conv2d");
-    ML_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv, static_cast<int>(p.pad_h), static_cast<int>(p.pad_w),
-                                                   static_cast<int>(p.stride_h), static_cast<int>(p.stride_w), 1, 1,
+    ML_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv, checked_int(p.pad_h, "pad_h", "conv2d"),
+                                                   checked_int(p.pad_w, "pad_w", "conv2d"),
+                                                   checked_int(p.stride_h, "stride_h", "conv2d"),
+                                                   checked_int(p.stride_w, "stride_w", "conv2d"), 1, 1,
                                                    CUDNN_CROSS_CORRELATION, type),
                    "conv2d");
     // FMA math is exact float32; tensor-op math lets float32 convolutions use TF32. Bf16 mode
@@ -84,73 +86,108 @@ class BlendFactors {
   float one_f_ = 1.0f, zero_f_ = 0.0f;
 };
 
-// The first algorithm cuDNN's heuristics rank as working.
-template <typename Perf, typename Query>
-auto best_algorithm(Query query, const char* where) {
-  Perf results[8];
-  int returned = 0;
-  ML_CUDNN_CHECK(query(8, &returned, results), where);
-  for (int i = 0; i < returned; ++i)
-    if (results[i].status == CUDNN_STATUS_SUCCESS) return results[i].algo;
-  throw std::runtime_error(std::string("cuDNN found no algorithm for ") + where);
+// The workspace a convolution may take: at most half the free device memory, and at most 1 GiB
+// (FFT algorithms can ask for far more than the tensors they convolve).
+size_t workspace_budget() {
+  size_t free_bytes = 0, total_bytes = 0;
+  ML_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes), "conv2d workspace");
+  return std::min<size_t>(free_bytes / 2, size_t(1) << 30);
 }
 
+// Runs one convolution call with the algorithms cuDNN's heuristics rank first: the first that
+// works, needs a workspace within the budget and, when cuda_deterministic(), is deterministic.
+// Falls back to the next one when the workspace cannot be allocated or the call fails.
+// `bytes_of(algo, &bytes)` gives an algorithm's workspace; `run(algo, workspace, bytes)` runs it.
+template <typename Perf, typename Query, typename Bytes, typename Run>
+void run_with_algorithm(Query query, Bytes bytes_of, Run run, Device device, const char* where) {
+  Perf results[16];
+  int returned = 0;
+  ML_CUDNN_CHECK(query(16, &returned, results), where);
+  const size_t budget = workspace_budget();
+  const bool deterministic = cuda_deterministic();
+  std::string failures;
+  for (int i = 0; i < returned; ++i) {
+    const Perf& r = results[i];
+    if (r.status != CUDNN_STATUS_SUCCESS || (deterministic && r.determinism != CUDNN_DETERMINISTIC)) continue;
+    size_t bytes = 0;
+    if (bytes_of(r.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > budget) continue;
+    Tensor ws;
+    try {
+      ws = workspace(bytes, device);
+    } catch (const std::exception&) {
+      cudaGetLastError();  // clear the allocation failure, so that later checks do not report it
+      failures += "; algorithm " + std::to_string(int(r.algo)) + ": no memory for its workspace";
+      continue;
+    }
+    const cudnnStatus_t status = run(r.algo, ws.raw_data(), bytes);
+    if (status == CUDNN_STATUS_SUCCESS) return;
+    failures += "; algorithm " + std::to_string(int(r.algo)) + ": " + cudnnGetErrorString(status);
+  }
+  throw std::runtime_error(std::string("cuDNN found no usable algorithm for ") + where + " within a workspace of " +
+                           std::to_string(budget >> 20) + " MiB" + (deterministic ? " among deterministic ones" : "") +
+                           failures);
+}
 }  // namespace
 
 void CudaBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
+  if (y.numel() == 0) return;  // an empty batch: cuDNN rejects tensors with a zero dim
   ConvDescriptors d(x, w, y, p);
-  const auto algo = best_algorithm<cudnnConvolutionFwdAlgoPerf_t>(
-      [&](int n, int* got, cudnnConvolutionFwdAlgoPerf_t* r) {
-        return cudnnGetConvolutionForwardAlgorithm_v7(cudnn(), d.x, d.w, d.conv, d.y, n, got, r);
-      },
-      "conv2d");
-  size_t bytes = 0;
-  ML_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(cudnn(), d.x, d.w, d.conv, d.y, algo, &bytes), "conv2d");
-  const Tensor ws = workspace(bytes, x.device());
   const BlendFactors factors(x.dtype());
   const void* alpha = factors.one();
   const void* beta = factors.zero();
-  ML_CUDNN_CHECK(cudnnConvolutionForward(cudnn(), alpha, d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo,
-                                         ws.raw_data(), bytes, beta, d.y, y.raw_data()),
-                 "conv2d");
+  run_with_algorithm<cudnnConvolutionFwdAlgoPerf_t>(
+      [&](int n, int* got, cudnnConvolutionFwdAlgoPerf_t* r) {
+        return cudnnGetConvolutionForwardAlgorithm_v7(cudnn(), d.x, d.w, d.conv, d.y, n, got, r);
+      },
+      [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
+        return cudnnGetConvolutionForwardWorkspaceSize(cudnn(), d.x, d.w, d.conv, d.y, algo, bytes);
+      },
+      [&](cudnnConvolutionFwdAlgo_t algo, void* ws, size_t bytes) {
+        return cudnnConvolutionForward(cudnn(), alpha, d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo, ws, bytes,
+                                       beta, d.y, y.raw_data());
+      },
+      x.device(), "conv2d");
   if (bias.defined())
     ML_CUDNN_CHECK(cudnnAddTensor(cudnn(), alpha, d.bias, bias.raw_data(), alpha, d.y, y.raw_data()), "conv2d");
 }
 
 void CudaBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                                   const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
+  if (grad_y.numel() == 0) {  // an empty batch (cuDNN rejects it): nothing flows back, as on the CPU
+    for (const Tensor* g : {&grad_x, &grad_w, &grad_bias})
+      if (g->defined()) fill(*g, 0.0);
+    return;
+  }
   ConvDescriptors d(x, w, grad_y, p);
   const BlendFactors factors(x.dtype());
   const void* alpha = factors.one();
   const void* beta = factors.zero();
-  if (grad_x.defined()) {
-    const auto algo = best_algorithm<cudnnConvolutionBwdDataAlgoPerf_t>(
+  if (grad_x.defined())
+    run_with_algorithm<cudnnConvolutionBwdDataAlgoPerf_t>(
         [&](int n, int* got, cudnnConvolutionBwdDataAlgoPerf_t* r) {
           return cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnn(), d.w, d.y, d.conv, d.x, n, got, r);
         },
-        "conv2d_backward (data)");
-    size_t bytes = 0;
-    ML_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(cudnn(), d.w, d.y, d.conv, d.x, algo, &bytes),
-                   "conv2d_backward");
-    const Tensor ws = workspace(bytes, x.device());
-    ML_CUDNN_CHECK(cudnnConvolutionBackwardData(cudnn(), alpha, d.w, w.raw_data(), d.y, grad_y.raw_data(), d.conv, algo,
-                                                ws.raw_data(), bytes, beta, d.x, grad_x.raw_data()),
-                   "conv2d_backward");
-  }
-  if (grad_w.defined()) {
-    const auto algo = best_algorithm<cudnnConvolutionBwdFilterAlgoPerf_t>(
+        [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
+          return cudnnGetConvolutionBackwardDataWorkspaceSize(cudnn(), d.w, d.y, d.conv, d.x, algo, bytes);
+        },
+        [&](cudnnConvolutionBwdDataAlgo_t algo, void* ws, size_t bytes) {
+          return cudnnConvolutionBackwardData(cudnn(), alpha, d.w, w.raw_data(), d.y, grad_y.raw_data(), d.conv, algo,
+                                              ws, bytes, beta, d.x, grad_x.raw_data());
+        },
+        x.device(), "conv2d_backward (data)");
+  if (grad_w.defined())
+    run_with_algorithm<cudnnConvolutionBwdFilterAlgoPerf_t>(
         [&](int n, int* got, cudnnConvolutionBwdFilterAlgoPerf_t* r) {
           return cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnn(), d.x, d.y, d.conv, d.w, n, got, r);
         },
-        "conv2d_backward (filter)");
-    size_t bytes = 0;
-    ML_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnn(), d.x, d.y, d.conv, d.w, algo, &bytes),
-                   "conv2d_backward");
-    const Tensor ws = workspace(bytes, x.device());
-    ML_CUDNN_CHECK(cudnnConvolutionBackwardFilter(cudnn(), alpha, d.x, x.raw_data(), d.y, grad_y.raw_data(), d.conv,
-                                                  algo, ws.raw_data(), bytes, beta, d.w, grad_w.raw_data()),
-                   "conv2d_backward");
-  }
+        [&](cudnnConvolutionBwdFilterAlgo_t algo, size_t* bytes) {
+          return cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnn(), d.x, d.y, d.conv, d.w, algo, bytes);
+        },
+        [&](cudnnConvolutionBwdFilterAlgo_t algo, void* ws, size_t bytes) {
+          return cudnnConvolutionBackwardFilter(cudnn(), alpha, d.x, x.raw_data(), d.y, grad_y.raw_data(), d.conv,
+                                                algo, ws, bytes, beta, d.w, grad_w.raw_data());
+        },
+        x.device(), "conv2d_backward (filter)");
   if (grad_bias.defined())
     ML_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn(), alpha, d.y, grad_y.raw_data(), beta, d.bias, grad_bias.raw_data()),
                    "conv2d_backward");
@@ -215,11 +252,11 @@ __global__ void avg_pool_backward_kernel(const T* gy, T* gx, PoolGeometry g) {
   }
 }
 
-template <typename T>
-__global__ void max_pool_backward_kernel(const T* gy, const int64_t* indices, T* gx, int64_t out_plane, int64_t in_plane,
-                                         int64_t n) {
+// The element of grad_x that output o's gradient goes to: its window's argmax in its plane.
+__global__ void max_pool_targets_kernel(const int64_t* indices, int64_t out_plane, int64_t in_plane, int64_t n,
+                                        int64_t* targets) {
   for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < n; o += int64_t(gridDim.x) * blockDim.x)
-    atomicAdd(gx + (o / out_plane) * in_plane + indices[o], gy[o]);
+    targets[o] = (o / out_plane) * in_plane + indices[o];
 }
 
 }  // namespace
@@ -235,12 +272,16 @@ void CudaBackend::max_pool2d(const Tensor& x, const Tensor& y, const Tensor& ind
 
 void CudaBackend::max_pool2d_backward(const Tensor& grad_y, const Tensor& indices, const Tensor& grad_x) {
   fill(grad_x, 0.0);
+  const Tensor targets = Tensor::empty({grad_y.numel()}, DType::Int64, grad_x.device());
+  if (grad_y.numel() > 0) {
+    max_pool_targets_kernel<<<blocks_for(grad_y.numel()), kThreads, 0, stream()>>>(
+        ptr<const int64_t>(indices), grad_y.size(2) * grad_y.size(3), grad_x.size(2) * grad_x.size(3), grad_y.numel(),
+        ptr<int64_t>(targets));
+    ML_CUDA_LAUNCHED("max_pool2d_backward");
+  }
   dispatch_floating(grad_x.dtype(), "max_pool2d_backward", [&](auto tag) {
     using T = decltype(tag);
-    max_pool_backward_kernel<T><<<blocks_for(grad_y.numel()), kThreads, 0, stream()>>>(
-        ptr<const T>(grad_y), ptr<const int64_t>(indices), ptr<T>(grad_x), grad_y.size(2) * grad_y.size(3),
-        grad_x.size(2) * grad_x.size(3), grad_y.numel());
-    ML_CUDA_LAUNCHED("max_pool2d_backward");
+    add_at<T>(ptr<T>(grad_x), grad_x.numel(), targets, ptr<const T>(grad_y), "max_pool2d_backward");
   });
 }
 
@@ -354,9 +395,10 @@ __global__ void bn_backward_kernel(const T* g, const T* x, const T* mean, const 
 void CudaBackend::batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var) {
   dispatch_floating(x.dtype(), "batch_norm_stats", [&](auto tag) {
     using T = decltype(tag);
-    channel_stats_kernel<T><<<static_cast<unsigned>(x.size(1)), kThreads, 0, stream()>>>(
-        ptr<const T>(x), ptr<T>(mean), ptr<T>(var), x.size(0), x.size(1), x.size(2) * x.size(3));
-    ML_CUDA_LAUNCHED("batch_norm_stats");
+    launch_rows(x.size(1), "batch_norm_stats", [&](unsigned channels) {
+      channel_stats_kernel<T><<<channels, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(mean), ptr<T>(var),
+                                                                   x.size(0), x.size(1), x.size(2) * x.size(3));
+    });
   });
 }
 
@@ -375,11 +417,16 @@ void CudaBackend::batch_norm_backward(const Tensor& grad_y, const Tensor& x, con
                                       const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
                                       const Tensor& grad_bias) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  // An empty x has no channels here: the op rejects training on fewer than 2 values per channel.
+  if (x.numel() == 0) return;
   const Tensor sums = Tensor::empty({C, 2}, DType::Float64, x.device());
   dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
     using T = decltype(tag);
-    bn_grad_sums_kernel<T><<<static_cast<unsigned>(C), kThreads, 0, stream()>>>(
-        ptr<const T>(grad_y), ptr<const T>(x), ptr<const T>(mean), ptr<const T>(invstd), ptr<double>(sums), N, C, HW);
+    launch_rows(C, "batch_norm_backward", [&](unsigned channels) {
+      bn_grad_sums_kernel<T><<<channels, kThreads, 0, stream()>>>(ptr<const T>(grad_y), ptr<const T>(x),
+                                                                  ptr<const T>(mean), ptr<const T>(invstd),
+                                                                  ptr<double>(sums), N, C, HW);
+    });
     bn_backward_kernel<T><<<blocks_for(x.numel()), kThreads, 0, stream()>>>(
         ptr<const T>(grad_y), ptr<const T>(x), ptr<const T>(mean), ptr<const T>(invstd),
         weight.defined() ? ptr<const T>(weight) : nullptr, ptr<const double>(sums),

@@ -75,12 +75,13 @@ void strided_batched_gemm(const GemmOperand& a, const GemmOperand& b, const Tens
   const float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
   const void* alpha_p = is_double ? static_cast<const void*>(&alpha) : &alpha_f;
   const void* beta_p = is_double ? static_cast<const void*>(&beta) : &beta_f;
-  ML_CUDA_CHECK(cublasGemmStridedBatchedEx(cublas(), op(b), op(a), static_cast<int>(N), static_cast<int>(M),
-                                           static_cast<int>(K), alpha_p, b.data, b.type, static_cast<int>(b.layout.ld),
-                                           b.layout.batch_stride, a.data, a.type, static_cast<int>(a.layout.ld),
-                                           a.layout.batch_stride, beta_p, c.raw_data(),
-                                           is_double ? CUDA_R_64F : CUDA_R_32F, static_cast<int>(N), M * N,
-                                           static_cast<int>(batch), compute, CUBLAS_GEMM_DEFAULT),
+  const int n = checked_int(N, "N", "gemm"), m = checked_int(M, "M", "gemm"), k = checked_int(K, "K", "gemm");
+  const int ldb = checked_int(b.layout.ld, "ld of b", "gemm"), lda = checked_int(a.layout.ld, "ld of a", "gemm");
+  const int count = checked_int(batch, "batch", "gemm");
+  ML_CUDA_CHECK(cublasGemmStridedBatchedEx(cublas(), op(b), op(a), n, m, k, alpha_p, b.data, b.type, ldb,
+                                           b.layout.batch_stride, a.data, a.type, lda, a.layout.batch_stride, beta_p,
+                                           c.raw_data(), is_double ? CUDA_R_64F : CUDA_R_32F, n, M * N, count,
+                                           compute, CUBLAS_GEMM_DEFAULT),
                 "gemm");
 }
 
@@ -89,6 +90,11 @@ void strided_batched_gemm(const GemmOperand& a, const GemmOperand& b, const Tens
 void CudaBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) {
   const int64_t batch = c.size(0), M = c.size(1), N = c.size(2), K = a.size(2);
   if (M == 0 || N == 0 || batch == 0) return;
+  if (K == 0) {  // an empty sum: c = beta * c, as on the CPU (cuBLAS rejects the leading dimension 0)
+    if (beta == 0.0) fill(c, 0.0);
+    else unary(UnaryOp::MulScalar, c, c, UnaryParams{beta, 0.0});
+    return;
+  }
   const BlasMatrix ma = blas_matrix(a, "a"), mb = blas_matrix(b, "b");
   if (c.dtype() == DType::Float64) {
     strided_batched_gemm({a.raw_data(), CUDA_R_64F, ma}, {b.raw_data(), CUDA_R_64F, mb}, c, K, alpha, beta,

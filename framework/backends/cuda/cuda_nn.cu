@@ -40,13 +40,14 @@ constexpr T minus_inf() {
   return -cuda::std::numeric_limits<T>::infinity();
 }
 
+// Causal: row r is query r % T of its [T, T] slice and sees columns 0..r % T; r is the global row.
 template <typename T>
-__global__ void softmax_kernel(const T* x, T* y, int64_t n, int64_t slice_rows, bool log, bool causal) {
+__global__ void softmax_kernel(const T* x, T* y, int64_t n, int64_t seq_len, bool log, bool causal) {
   __shared__ double scratch[kRowThreads / 32];
   const int64_t row = blockIdx.x;
   const T* xi = x + row * n;
   T* yi = y + row * n;
-  const int64_t visible = causal ? row % slice_rows + 1 : n;
+  const int64_t visible = causal ? row % seq_len + 1 : n;
   double m = -INFINITY;
   for (int64_t j = threadIdx.x; j < visible; j += blockDim.x) m = fmax(m, double(xi[j]));
   m = block_max(m, scratch);
@@ -179,12 +180,6 @@ __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, in
 int64_t last_dim(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(-1); }
 int64_t rows_of(const Tensor& t) { return last_dim(t) == 0 ? 0 : t.numel() / last_dim(t); }
 
-// Launches one block per row, in slices that respect the grid limit.
-template <typename Launch>
-void for_row_slices(int64_t rows, Launch launch) {
-  for (int64_t first = 0; first < rows; first += 65535) launch(first, static_cast<unsigned>(std::min<int64_t>(65535, rows - first)));
-}
-
 template <typename T>
 const T* opt(const Tensor& t) {
   return t.defined() ? ptr<const T>(t) : nullptr;
@@ -197,14 +192,12 @@ T* opt_mut(const Tensor& t) {
 }  // namespace
 
 void CudaBackend::softmax(const Tensor& x, const Tensor& y, bool log, bool causal) {
-  const int64_t n = last_dim(x), slice_rows = causal ? x.size(-2) : 1;
+  const int64_t n = last_dim(x), seq_len = causal ? x.size(-2) : 1;
   dispatch_floating(x.dtype(), "softmax", [&](auto tag) {
     using T = decltype(tag);
-    for_row_slices(rows_of(x), [&](int64_t first, unsigned count) {
-      softmax_kernel<T><<<count, kRowThreads, 0, stream()>>>(ptr<const T>(x) + first * n, ptr<T>(y) + first * n, n,
-                                                              slice_rows, log, causal);
+    launch_rows(rows_of(x), "softmax", [&](unsigned rows) {
+      softmax_kernel<T><<<rows, kRowThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(y), n, seq_len, log, causal);
     });
-    ML_CUDA_LAUNCHED("softmax");
   });
 }
 
@@ -212,11 +205,10 @@ void CudaBackend::softmax_backward(const Tensor& grad_y, const Tensor& y, const 
   const int64_t n = last_dim(y);
   dispatch_floating(y.dtype(), "softmax_backward", [&](auto tag) {
     using T = decltype(tag);
-    for_row_slices(rows_of(y), [&](int64_t first, unsigned count) {
-      softmax_backward_kernel<T><<<count, kRowThreads, 0, stream()>>>(
-          ptr<const T>(grad_y) + first * n, ptr<const T>(y) + first * n, ptr<T>(grad_x) + first * n, n, log);
+    launch_rows(rows_of(y), "softmax_backward", [&](unsigned rows) {
+      softmax_backward_kernel<T><<<rows, kRowThreads, 0, stream()>>>(ptr<const T>(grad_y), ptr<const T>(y),
+                                                                     ptr<T>(grad_x), n, log);
     });
-    ML_CUDA_LAUNCHED("softmax_backward");
   });
 }
 
@@ -225,12 +217,10 @@ void CudaBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor
   const int64_t n = last_dim(x);
   dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
     using T = decltype(tag);
-    for_row_slices(rows_of(x), [&](int64_t first, unsigned count) {
-      norm_kernel<T><<<count, kRowThreads, 0, stream()>>>(ptr<const T>(x) + first * n, opt<T>(weight), opt<T>(bias),
-                                                           ptr<T>(y) + first * n, ptr<T>(mean) + first,
-                                                           ptr<T>(rstd) + first, n, eps, true);
+    launch_rows(rows_of(x), "layer_norm", [&](unsigned rows) {
+      norm_kernel<T><<<rows, kRowThreads, 0, stream()>>>(ptr<const T>(x), opt<T>(weight), opt<T>(bias), ptr<T>(y),
+                                                          ptr<T>(mean), ptr<T>(rstd), n, eps, true);
     });
-    ML_CUDA_LAUNCHED("layer_norm");
   });
 }
 
@@ -238,12 +228,10 @@ void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, double eps, co
   const int64_t n = last_dim(x);
   dispatch_floating(x.dtype(), "rms_norm", [&](auto tag) {
     using T = decltype(tag);
-    for_row_slices(rows_of(x), [&](int64_t first, unsigned count) {
-      norm_kernel<T><<<count, kRowThreads, 0, stream()>>>(ptr<const T>(x) + first * n, opt<T>(weight), nullptr,
-                                                           ptr<T>(y) + first * n, nullptr, ptr<T>(rstd) + first, n, eps,
-                                                           false);
+    launch_rows(rows_of(x), "rms_norm", [&](unsigned rows) {
+      norm_kernel<T><<<rows, kRowThreads, 0, stream()>>>(ptr<const T>(x), opt<T>(weight), nullptr, ptr<T>(y), nullptr,
+                                                          ptr<T>(rstd), n, eps, false);
     });
-    ML_CUDA_LAUNCHED("rms_norm");
   });
 }
 
@@ -253,17 +241,17 @@ void norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, 
                    const Tensor& grad_x, const Tensor& grad_weight, const Tensor& grad_bias) {
   const int64_t n = last_dim(x), rows = rows_of(x);
   if (grad_x.defined())
-    for_row_slices(rows, [&](int64_t first, unsigned count) {
-      norm_backward_kernel<T><<<count, kRowThreads, 0, stream()>>>(
-          ptr<const T>(grad_y) + first * n, ptr<const T>(x) + first * n, opt<T>(weight),
-          mean.defined() ? ptr<const T>(mean) + first : nullptr, ptr<const T>(rstd) + first,
-          ptr<T>(grad_x) + first * n, n);
+    launch_rows(rows, "norm_backward", [&](unsigned blocks) {
+      norm_backward_kernel<T><<<blocks, kRowThreads, 0, stream()>>>(ptr<const T>(grad_y), ptr<const T>(x),
+                                                                    opt<T>(weight), opt<T>(mean), ptr<const T>(rstd),
+                                                                    ptr<T>(grad_x), n);
     });
-  if (grad_weight.defined() || grad_bias.defined())
+  if (grad_weight.defined() || grad_bias.defined()) {
     affine_grads_kernel<T><<<blocks_for(n), kThreads, 0, stream()>>>(ptr<const T>(grad_y), ptr<const T>(x), opt<T>(mean),
                                                                      ptr<const T>(rstd), rows, n, opt_mut<T>(grad_weight),
                                                                      opt_mut<T>(grad_bias));
-  ML_CUDA_LAUNCHED("norm_backward");
+    ML_CUDA_LAUNCHED("norm_backward");
+  }
 }
 }  // namespace
 
@@ -287,12 +275,11 @@ void CudaBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int
   const int64_t n = last_dim(logits);
   dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
-    for_row_slices(rows_of(logits), [&](int64_t first, unsigned count) {
-      cross_entropy_kernel<T><<<count, kRowThreads, 0, stream()>>>(
-          ptr<const T>(logits) + first * n, ptr<const int64_t>(targets) + first, n, ignore_index, label_smoothing,
-          ptr<T>(losses) + first, nullptr, nullptr, bad_index_slot());
+    launch_rows(rows_of(logits), "cross_entropy", [&](unsigned rows) {
+      cross_entropy_kernel<T><<<rows, kRowThreads, 0, stream()>>>(ptr<const T>(logits), ptr<const int64_t>(targets), n,
+                                                                  ignore_index, label_smoothing, ptr<T>(losses),
+                                                                  nullptr, nullptr, bad_index_slot());
     });
-    ML_CUDA_LAUNCHED("cross_entropy");
   });
 }
 
@@ -302,12 +289,11 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
   const int64_t n = last_dim(logits);
   dispatch_floating(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
-    for_row_slices(rows_of(logits), [&](int64_t first, unsigned count) {
-      cross_entropy_kernel<T><<<count, kRowThreads, 0, stream()>>>(
-          ptr<const T>(logits) + first * n, ptr<const int64_t>(targets) + first, n, ignore_index, label_smoothing,
-          nullptr, ptr<const T>(grad_losses) + first, ptr<T>(grad_logits) + first * n, bad_index_slot());
+    launch_rows(rows_of(logits), "cross_entropy_backward", [&](unsigned rows) {
+      cross_entropy_kernel<T><<<rows, kRowThreads, 0, stream()>>>(
+          ptr<const T>(logits), ptr<const int64_t>(targets), n, ignore_index, label_smoothing, nullptr,
+          ptr<const T>(grad_losses), ptr<T>(grad_logits), bad_index_slot());
     });
-    ML_CUDA_LAUNCHED("cross_entropy_backward");
   });
 }
 

@@ -120,19 +120,16 @@ void CudaBackend::reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, c
   const int64_t rows = out.numel();
   if (rows == 0) return;
   const int64_t n = x.numel() / rows;
+  int64_t* opt_indices = indices.defined() ? ptr<int64_t>(indices) : nullptr;
   dispatch_floating(x.dtype(), "reduce_rows", [&](auto tag) {
     using T = decltype(tag);
-    // Rows beyond the grid limit are handled by launching in slices.
-    for (int64_t first = 0; first < rows; first += 65535) {
-      const unsigned count = static_cast<unsigned>(std::min<int64_t>(65535, rows - first));
+    launch_rows(rows, "reduce_rows", [&](unsigned blocks) {
       if (op == ReduceOp::Sum)
-        sum_rows_kernel<T><<<count, kThreads, 0, stream()>>>(ptr<const T>(x) + first * n, ptr<T>(out) + first, n);
+        sum_rows_kernel<T><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), n);
       else
-        extreme_rows_kernel<T><<<count, kThreads, 0, stream()>>>(
-            ptr<const T>(x) + first * n, ptr<T>(out) + first,
-            indices.defined() ? ptr<int64_t>(indices) + first : nullptr, n, op == ReduceOp::Max);
-      ML_CUDA_LAUNCHED("reduce_rows");
-    }
+        extreme_rows_kernel<T><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), opt_indices, n,
+                                                                  op == ReduceOp::Max);
+    });
   });
 }
 
