@@ -9,6 +9,7 @@ comes from the JSON file; this script only draws.
 import json
 import os
 import sys
+import textwrap
 
 import matplotlib
 
@@ -22,6 +23,11 @@ def colours(labels):
     """One colour per method, the same in every figure."""
     palette = plt.get_cmap("tab20" if len(labels) > 10 else "tab10")
     return {label: palette(i % palette.N) for i, label in enumerate(labels)}
+
+
+def title(axes, text):
+    """Long section titles wrap instead of running off the figure."""
+    axes.set_title("\n".join(textwrap.wrap(text, 75)), fontsize=11)
 
 
 def save(figure, out_dir, name):
@@ -53,7 +59,7 @@ def curves(data, colour, out_dir, x_key, name, x_label):
         low, high = min(starts + finals), max(starts + finals)
         margin = 0.05 * (high - low or 1.0)
         axes.set_ylim(low - margin, high + margin)
-    axes.set_title(f'{data["title"]}: {METRIC_NAMES.get(metric, metric)} against {x_label.split(" (")[0]}')
+    title(axes, f'{data["title"]}: {METRIC_NAMES.get(metric, metric)} against {x_label.split(" (")[0]}')
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, ncol=2)
     save(figure, out_dir, name)
@@ -69,7 +75,7 @@ def lr_grid(data, colour, out_dir):
     axes.set_xlabel("learning rate (log scale)")
     metric = data["metric"]
     axes.set_ylabel(f"final {METRIC_NAMES.get(metric, metric)}")
-    axes.set_title(f'{data["title"]}: final {METRIC_NAMES.get(metric, metric)} against learning rate')
+    title(axes, f'{data["title"]}: final {METRIC_NAMES.get(metric, metric)} against learning rate')
     axes.grid(alpha=0.3, which="both")
     if data["lr_grids"]:
         axes.legend(fontsize=8, ncol=2)
@@ -90,7 +96,7 @@ def optimizer_share(data, colour, out_dir):
     axes.invert_yaxis()
     axes.set_xlabel("optimizer step time, % of training time")
     axes.set_xlim(0, max(values + [1.0]) * 1.35)
-    axes.set_title(f'{data["title"]}: time in the optimizer step')
+    title(axes, f'{data["title"]}: time in the optimizer step')
     save(figure, out_dir, "optimizer_share")
 
 
