@@ -139,7 +139,9 @@ Tensor orthogonalize(const std::string& method, const Tensor& matrix, int64_t st
   if (method == "rmnp") return row_normalize(matrix);
   if (method == "dion2") {
     const Dion2Selection selection = dion2_select(matrix, kDion2Fraction, false, nullptr);
-    return add_at_slices(zeros_like(matrix), selection, newton_schulz(selection.selected, schedule_for(method, steps)));
+    Tensor result = zeros_like(matrix);
+    add_at_slices_(result, selection, newton_schulz(selection.selected, schedule_for(method, steps)));
+    return result;
   }
   return newton_schulz(matrix, schedule_for(method, steps));
 }

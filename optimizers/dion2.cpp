@@ -24,9 +24,8 @@ Dion2Selection dion2_select(const Tensor& momentum, double fraction, bool random
   return s;
 }
 
-Tensor add_at_slices(const Tensor& base, const Dion2Selection& selection, const Tensor& update) {
-  const Tensor index = selection.dim == 0 ? selection.indices.unsqueeze(1) : selection.indices.unsqueeze(0);
-  return scatter_add(base, selection.dim, index.expand(update.shape()), update);
+void add_at_slices_(Tensor& base, const Dion2Selection& selection, const Tensor& update) {
+  index_add_(base, selection.dim, selection.indices, update);
 }
 
 Dion2::Dion2(std::vector<NamedParam> params, const OptimizerSpec& spec)
@@ -70,7 +69,7 @@ void Dion2::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
   const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
   const Tensor ortho = newton_schulz(selection.selected, schedule_, -lr() * scale);
   decay_weight(weight);
-  copy_(weight, add_at_slices(weight, selection, ortho));
+  add_at_slices_(weight, selection, ortho);
 }
 
 }  // namespace ml

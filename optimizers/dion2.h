@@ -15,8 +15,8 @@ struct Dion2Selection {
   Tensor selected;   // momentum.index_select(dim, indices)
 };
 Dion2Selection dion2_select(const Tensor& momentum, double fraction, bool random, Generator* generator);
-// base + update at the selected slices (update has the shape of `selected`), out of place.
-Tensor add_at_slices(const Tensor& base, const Dion2Selection& selection, const Tensor& update);
+// base += update at the selected slices (update has the shape of `selected`), in place.
+void add_at_slices_(Tensor& base, const Dion2Selection& selection, const Tensor& update);
 
 class Dion2 : public MatrixOptimizer {
  public:

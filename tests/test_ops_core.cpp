@@ -328,6 +328,40 @@ TEST(Indexing, IndexSelectGatherScatter) {
   expect_error_mentions([&] { index_select(x, 0, ones({1})); }, {"index_select", "int64"});
 }
 
+// index_add_ against the plain definition self[o, index[j], i] += src[o, j, i], along each dim of a
+// 3-D tensor, with a repeated index and an inner size that spans several of the kernel's blocks.
+TEST(Indexing, IndexAddInPlaceMatchesTheDefinition) {
+  const Shape shape{5, 6, 600};
+  const std::vector<int64_t> positions{4, 0, 4, 2};
+  const Tensor idx = Tensor::from_vector<int64_t>(positions, {4});
+  for (int64_t dim = 0; dim < 3; ++dim) {
+    Tensor self = random_input(shape, 20 + dim);
+    Shape src_shape = shape;
+    src_shape[dim] = 4;
+    const Tensor src = random_input(src_shape, 30 + dim);
+    std::vector<double> expected = self.to_vector<double>();
+    const std::vector<double> added = src.to_vector<double>();
+    for (int64_t a = 0; a < src_shape[0]; ++a)
+      for (int64_t b = 0; b < src_shape[1]; ++b)
+        for (int64_t c = 0; c < src_shape[2]; ++c) {
+          int64_t at[3] = {a, b, c};
+          at[dim] = positions[static_cast<size_t>(at[dim])];
+          expected[static_cast<size_t>((at[0] * shape[1] + at[1]) * shape[2] + at[2])] +=
+              added[static_cast<size_t>((a * src_shape[1] + b) * src_shape[2] + c)];
+        }
+    NoGradGuard no_grad;
+    index_add_(self, dim, idx, src);
+    EXPECT_EQ(self.to_vector<double>(), expected) << "dim " << dim;
+  }
+  Tensor small = zeros({3, 2}, DType::Float64);
+  expect_error_mentions([&] { index_add_(small, 0, idx, ones({3, 2}, DType::Float64)); }, {"index_add_", "[4, 2]"});
+  expect_error_mentions([&] { index_add_(small, 0, Tensor::from_vector<int64_t>({3}, {1}), ones({1, 2}, DType::Float64)); },
+                        {"index_add", "index 3"});
+  Tensor transposed = zeros({2, 3}, DType::Float64).t();
+  expect_error_mentions([&] { index_add_(transposed, 0, Tensor::from_vector<int64_t>({1}, {1}), ones({1, 2}, DType::Float64)); },
+                        {"index_add_", "contiguous"});
+}
+
 TEST(IndexingGrad, IndexSelectGatherScatter) {
   const Tensor idx = Tensor::from_vector<int64_t>({2, 0, 2, 1}, {4});
   expect_gradients_match([&](auto& in) { return index_select(in[0], 0, idx); }, {random_input({3, 2}, 1)});

@@ -31,15 +31,9 @@ Tensor binary_forward(BinaryOp op, const char* name, const Tensor& a, const Tens
   return out;
 }
 
-void check_inplace(const char* op, const Tensor& self) {
-  detail::check_defined(op, self);
-  if (grad_enabled() && self.requires_grad())
-    detail::op_error(op, "in-place update of a tensor that requires grad; wrap it in NoGradGuard");
-}
-
 // self = op(self, other) in place, other broadcast to self's shape.
 Tensor& binary_inplace(BinaryOp op, const char* name, Tensor& self, const Tensor& other) {
-  check_inplace(name, self);
+  detail::check_inplace(name, self);
   detail::check_compatible(name, self, other);
   if (detail::broadcast_shapes(name, self.shape(), other.shape()) != self.shape())
     detail::op_error(name, "cannot broadcast " + shape_str(other.shape()) + " into " + shape_str(self.shape()));
@@ -157,19 +151,19 @@ Tensor& add_(Tensor& self, const Tensor& other, double alpha) {
   return binary_inplace(BinaryOp::Add, "add_", self, alpha == 1.0 ? other : mul(other, alpha));
 }
 Tensor& add_(Tensor& self, double s) {
-  check_inplace("add_", self);
+  detail::check_inplace("add_", self);
   backend_of(self).unary(UnaryOp::AddScalar, self, self, {s, 0.0});
   return self;
 }
 Tensor& mul_(Tensor& self, const Tensor& other) { return binary_inplace(BinaryOp::Mul, "mul_", self, other); }
 Tensor& mul_(Tensor& self, double s) {
-  check_inplace("mul_", self);
+  detail::check_inplace("mul_", self);
   backend_of(self).unary(UnaryOp::MulScalar, self, self, {s, 0.0});
   return self;
 }
 Tensor& div_(Tensor& self, const Tensor& other) { return binary_inplace(BinaryOp::Div, "div_", self, other); }
 Tensor& copy_(Tensor& self, const Tensor& src) {
-  check_inplace("copy_", self);
+  detail::check_inplace("copy_", self);
   detail::check_defined("copy_", src);
   if (detail::broadcast_shapes("copy_", self.shape(), src.shape()) != self.shape())
     detail::op_error("copy_", "cannot copy " + shape_str(src.shape()) + " into " + shape_str(self.shape()));
@@ -178,7 +172,7 @@ Tensor& copy_(Tensor& self, const Tensor& src) {
   return self;
 }
 Tensor& fill_(Tensor& self, double value) {
-  check_inplace("fill_", self);
+  detail::check_inplace("fill_", self);
   backend_of(self).fill(self, value);
   return self;
 }

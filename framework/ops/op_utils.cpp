@@ -11,6 +11,12 @@ void check_defined(const char* op, const Tensor& t) {
   if (!t.defined()) op_error(op, "got an undefined tensor");
 }
 
+void check_inplace(const char* op, const Tensor& self) {
+  check_defined(op, self);
+  if (grad_enabled() && self.requires_grad())
+    op_error(op, "in-place update of a tensor that requires grad; wrap it in NoGradGuard");
+}
+
 void check_floating(const char* op, const Tensor& t) {
   check_defined(op, t);
   if (!is_floating(t.dtype())) op_error(op, std::string("expected a floating tensor, got ") + dtype_name(t.dtype()));

@@ -18,6 +18,8 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b);
 // A stride-0 view of t at a broadcast-compatible shape (no autograd; kernels read through it).
 Tensor broadcast_view(const Tensor& t, const Shape& shape);
 Tensor empty_like(const Tensor& t);
+// In-place ops write without history: refused on a tensor that requires grad while grad mode is on.
+void check_inplace(const char* op, const Tensor& self);
 // Sorted, de-duplicated, normalized axes; empty input means all axes.
 std::vector<int64_t> normalize_axes(const char* op, const std::vector<int64_t>& axes, int64_t ndim);
 

@@ -265,6 +265,22 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   return out;
 }
 
+Tensor& index_add_(Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
+  detail::check_inplace("index_add_", self);
+  check_index("index_add_", self, index);
+  detail::check_compatible("index_add_", self, src);
+  dim = normalize_dim(dim, self.dim(), "index_add_");
+  if (index.dim() != 1) op_error("index_add_", "index must be 1-d, got " + shape_str(index.shape()));
+  Shape expected = self.shape();
+  expected[dim] = index.numel();
+  if (src.shape() != expected)
+    op_error("index_add_", "src " + shape_str(src.shape()) + " must be " + shape_str(expected) + " for self " +
+                               shape_str(self.shape()) + " and " + std::to_string(index.numel()) + " indices");
+  if (!self.is_contiguous()) op_error("index_add_", "self must be contiguous");
+  backend_of(self).index_add(self, dim, index.contiguous(), src.contiguous());
+  return self;
+}
+
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   check_index("gather", x, index);
   dim = normalize_dim(dim, x.dim(), "gather");

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <new>
 
+#include "framework/backends/block_cache.h"
 #include "framework/parallel.h"
 #include "framework/random.h"
 
@@ -17,14 +18,45 @@ CpuBackend& cpu_backend() {
   return backend;
 }
 
+namespace {
+
 // 64-byte alignment keeps SIMD loads aligned and avoids false sharing between threads' chunks.
+// (BlockCache sizes are multiples of 512, as aligned_alloc requires of a multiple of 64.)
+struct AlignedHostMemory {
+  void* allocate(size_t nbytes) { return std::aligned_alloc(64, nbytes); }
+  void release(void* p) { std::free(p); }
+  void before_release_all() {}
+  [[noreturn]] void out_of_memory(size_t) { throw std::bad_alloc(); }
+};
+
+// Never destroyed: tensors held in statics may free their storage after main() returns.
+BlockCache<AlignedHostMemory>& host_cache() {
+  static auto* cache = new BlockCache<AlignedHostMemory>(AlignedHostMemory{});
+  return *cache;
+}
+
+// Under AddressSanitizer every block goes straight back to malloc, so that a use after free is
+// still caught rather than hidden by a cached block.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kCacheHostBlocks = false;
+#else
+constexpr bool kCacheHostBlocks = true;
+#endif
+
+}  // namespace
+
 void* CpuBackend::allocate(size_t nbytes) {
-  const size_t rounded = (nbytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  if (kCacheHostBlocks) return host_cache().allocate(nbytes);
+  void* p = AlignedHostMemory{}.allocate(BlockCache<AlignedHostMemory>::round_size(nbytes));
   if (!p) throw std::bad_alloc();
   return p;
 }
-void CpuBackend::deallocate(void* ptr, size_t) { std::free(ptr); }
+void CpuBackend::deallocate(void* ptr, size_t nbytes) {
+  if (kCacheHostBlocks)
+    host_cache().deallocate(ptr, nbytes);
+  else
+    std::free(ptr);
+}
 void CpuBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes) std::memcpy(dst, src, nbytes);
 }

@@ -1,6 +1,7 @@
 // Indexing kernels. Tensors are contiguous; a tensor is seen as [outer, size(dim), inner].
 // Scatter-style kernels (index_add, scatter_add) write each destination from one thread only,
 // so repeated indices accumulate without races and in a fixed order.
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -51,12 +52,21 @@ void CpuBackend::index_add(const Tensor& out, int64_t dim, const Tensor& index, 
     using T = decltype(tag);
     const T* from = src.data<T>();
     T* dst = out.data<T>();
-    // Threads split the (outer, inner) positions; each walks all j in order.
+    // Threads split the outer positions and blocks of the inner ones; each destination is
+    // written by one thread, which walks j in order. Within a block the adds run along
+    // contiguous memory (a row of a matrix when dim is 0), not down a column.
+    constexpr int64_t kBlock = 256;
+    const int64_t blocks = (s.inner + kBlock - 1) / kBlock;
 #pragma omp parallel for collapse(2) schedule(static) if (src.numel() >= kParallelGrain)
     for (int64_t o = 0; o < s.outer; ++o)
-      for (int64_t k = 0; k < s.inner; ++k)
-        for (int64_t j = 0; j < count; ++j)
-          dst[(o * s.mid + idx[j]) * s.inner + k] += from[(o * count + j) * s.inner + k];
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t begin = b * kBlock, end = std::min(s.inner, begin + kBlock);
+        for (int64_t j = 0; j < count; ++j) {
+          T* to = dst + (o * s.mid + idx[j]) * s.inner;
+          const T* add = from + (o * count + j) * s.inner;
+          for (int64_t k = begin; k < end; ++k) to[k] += add[k];
+        }
+      }
   });
 }
 

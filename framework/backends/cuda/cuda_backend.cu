@@ -1,9 +1,9 @@
 // Device memory (a caching allocator), host<->device copies, the stream and library handles.
 #include <atomic>
-#include <map>
-#include <mutex>
+#include <new>
 #include <string>
 
+#include "framework/backends/block_cache.h"
 #include "framework/backends/cuda/cuda_backend.h"
 #include "framework/backends/cuda/cuda_backend_impl.cuh"
 #include "framework/backends/cuda/cuda_common.cuh"
@@ -14,65 +14,29 @@ using namespace cuda_detail;
 
 namespace {
 
-// Like PyTorch's caching allocator in miniature: freed blocks are kept in per-size bins and
-// handed out again, because cudaMalloc/cudaFree synchronize the device and cost microseconds to
-// milliseconds each — far more than a training step's small tensors can afford. Sizes round up
-// to 512 bytes below 1 MiB and to 2 MiB above, so that similar requests share bins.
-class CachingAllocator {
- public:
-  static size_t round_size(size_t n) {
-    const size_t granule = n < (1u << 20) ? 512 : (2u << 20);
-    return (std::max<size_t>(n, 1) + granule - 1) / granule * granule;
-  }
-
+// Device memory for the block cache (framework/backends/block_cache.h), which keeps freed blocks
+// for reuse because cudaMalloc/cudaFree synchronize the device.
+struct CudaDeviceMemory {
   void* allocate(size_t nbytes) {
-    const size_t size = round_size(nbytes);
-    std::lock_guard<std::mutex> lock(mutex_);
     void* p = nullptr;
-    auto it = free_.find(size);
-    if (it != free_.end()) {
-      p = it->second;
-      free_.erase(it);
-      stats_.cached_bytes -= size;
-    } else if (cudaMalloc(&p, size) != cudaSuccess) {
-      cudaGetLastError();
-      release_cached();  // out of memory: give the cache back to the driver and retry once
-      ML_CUDA_CHECK(cudaMalloc(&p, size), "allocate");
-    }
-    stats_.current_bytes += size;
-    stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.current_bytes);
-    return p;
+    if (cudaMalloc(&p, nbytes) == cudaSuccess) return p;
+    cudaGetLastError();  // clear the error: the cache releases its blocks and retries
+    return nullptr;
   }
-
-  void deallocate(void* p, size_t nbytes) {
-    const size_t size = round_size(nbytes);
-    std::lock_guard<std::mutex> lock(mutex_);
-    free_.emplace(size, p);
-    stats_.current_bytes -= size;
-    stats_.cached_bytes += size;
+  void release(void* p) { cudaFree(p); }
+  void before_release_all() { cudaDeviceSynchronize(); }
+  [[noreturn]] void out_of_memory(size_t nbytes) {
+    void* p = nullptr;
+    ML_CUDA_CHECK(cudaMalloc(&p, nbytes), "allocate");  // throws with CUDA's own message
+    cudaFree(p);
+    throw std::bad_alloc();
   }
-
-  CudaMemoryStats stats() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return stats_;
-  }
-
- private:
-  void release_cached() {
-    cudaDeviceSynchronize();
-    for (auto& [size, p] : free_) cudaFree(p);
-    free_.clear();
-    stats_.cached_bytes = 0;
-  }
-
-  std::mutex mutex_;
-  std::multimap<size_t, void*> free_;
-  CudaMemoryStats stats_;
 };
+using CachingAllocator = BlockCache<CudaDeviceMemory>;
 
 // Never destroyed: tensors held in statics may free their storage after main() returns.
 CachingAllocator& allocator() {
-  static CachingAllocator* a = new CachingAllocator;
+  static CachingAllocator* a = new CachingAllocator(CudaDeviceMemory{});
   return *a;
 }
 
@@ -180,7 +144,7 @@ Backend& cuda_backend() {
   return backend;
 }
 
-CudaMemoryStats cuda_memory_stats() { return allocator().stats(); }
+MemoryStats cuda_memory_stats() { return allocator().stats(); }
 // Each gemm picks its compute type from the precision; the cuBLAS handle keeps its default math
 // mode, under which CUBLAS_COMPUTE_32F is exact float32.
 void cuda_set_matmul_precision(MatmulPrecision precision) { g_matmul_precision = precision; }

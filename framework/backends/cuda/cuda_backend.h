@@ -5,18 +5,15 @@
 #include <cstdint>
 
 #include "framework/backend.h"
+#include "framework/backends/block_cache.h"
 
 namespace ml {
 
 // The backend for cuda:0; throws when no device is present.
 Backend& cuda_backend();
 
-struct CudaMemoryStats {
-  size_t current_bytes = 0;  // held by live tensors
-  size_t peak_bytes = 0;     // the maximum of current_bytes so far
-  size_t cached_bytes = 0;   // freed blocks kept for reuse
-};
-CudaMemoryStats cuda_memory_stats();
+// The device allocator's byte counts (live, peak, cached).
+MemoryStats cuda_memory_stats();
 
 // The arithmetic of float32 matrix products (the config's matmul_precision). Float32: exact;
 // Tf32: TF32 tensor cores; Bf16: both operands rounded to bfloat16 (nearest, ties to even),

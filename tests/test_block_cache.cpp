@@ -1,0 +1,95 @@
+// The backends' block cache (framework/backends/block_cache.h) over a counting fake allocator.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <new>
+#include <set>
+
+#include "framework/backends/block_cache.h"
+
+namespace {
+
+using ml::BlockCache;
+
+// Hands out heap blocks, counts calls, and can refuse requests while `fail` is set.
+struct CountingMemory {
+  struct Counts {
+    int allocations = 0, releases = 0, release_alls = 0;
+    bool fail_next = false;
+    std::set<void*> live;
+  };
+  Counts* counts;
+  void* allocate(size_t nbytes) {
+    if (counts->fail_next) {
+      counts->fail_next = false;
+      return nullptr;
+    }
+    ++counts->allocations;
+    void* p = std::malloc(nbytes);
+    counts->live.insert(p);
+    return p;
+  }
+  void release(void* p) {
+    ++counts->releases;
+    counts->live.erase(p);
+    std::free(p);
+  }
+  void before_release_all() { ++counts->release_alls; }
+  [[noreturn]] void out_of_memory(size_t) { throw std::bad_alloc(); }
+};
+
+TEST(BlockCache, RoundsSizesIntoSharedBins) {
+  using Cache = BlockCache<CountingMemory>;
+  EXPECT_EQ(Cache::round_size(0), 512u);
+  EXPECT_EQ(Cache::round_size(513), 1024u);
+  EXPECT_EQ(Cache::round_size((1u << 20) - 1), 1u << 20);
+  EXPECT_EQ(Cache::round_size((1u << 20) + 1), 2u << 20);
+  EXPECT_EQ(Cache::round_size(9u << 20), 10u << 20);
+}
+
+TEST(BlockCache, AFreedBlockServesTheNextRequestOfItsBin) {
+  CountingMemory::Counts counts;
+  BlockCache<CountingMemory> cache(CountingMemory{&counts});
+  void* a = cache.allocate(3000);
+  cache.deallocate(a, 3000);
+  EXPECT_EQ(cache.stats().cached_bytes, 3072u);
+  void* b = cache.allocate(2900);  // the same 3072-byte bin
+  EXPECT_EQ(b, a);
+  EXPECT_EQ(counts.allocations, 1);
+  void* c = cache.allocate(5000);  // another bin: a new block
+  EXPECT_NE(c, a);
+  EXPECT_EQ(counts.allocations, 2);
+  EXPECT_EQ(cache.stats().current_bytes, 3072u + 5120u);
+  EXPECT_EQ(cache.stats().peak_bytes, 3072u + 5120u);
+  cache.deallocate(b, 2900);
+  cache.deallocate(c, 5000);
+  EXPECT_EQ(cache.stats().current_bytes, 0u);
+}
+
+TEST(BlockCache, KeepsNoMoreThanThePeakOfLiveBytes) {
+  CountingMemory::Counts counts;
+  BlockCache<CountingMemory> cache(CountingMemory{&counts});
+  void* big = cache.allocate(4096);
+  cache.deallocate(big, 4096);  // peak 4096, cached 4096
+  void* other = cache.allocate(1024);  // a new block: live 1024 + cached 4096
+  cache.deallocate(other, 1024);       // caching it would exceed the peak: released instead
+  EXPECT_EQ(counts.releases, 1);
+  EXPECT_EQ(counts.live.count(other), 0u);
+  EXPECT_EQ(cache.stats().cached_bytes, 4096u);
+}
+
+TEST(BlockCache, OutOfMemoryReleasesTheCacheAndRetriesOnce) {
+  CountingMemory::Counts counts;
+  BlockCache<CountingMemory> cache(CountingMemory{&counts});
+  void* a = cache.allocate(1024);
+  cache.deallocate(a, 1024);
+  counts.fail_next = true;
+  void* b = cache.allocate(512);  // refused once: the cached 1024-byte block goes back, then a retry
+  EXPECT_NE(b, nullptr);
+  EXPECT_EQ(counts.release_alls, 1);
+  EXPECT_EQ(counts.releases, 1);
+  EXPECT_EQ(cache.stats().cached_bytes, 0u);
+  cache.deallocate(b, 512);
+}
+
+}  // namespace
