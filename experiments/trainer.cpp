@@ -533,7 +533,7 @@ class Trainer {
         loss_sum += share * loss_value;
       }
       reduce_gradients(comm_, params_);
-      loss_sum = sum_over_ranks(loss_sum);
+      loss_sum = all_reduce_values(comm_, {loss_sum}).front();
       check_loss_bound(loss_sum / static_cast<double>(accum), step + 1);
       // The gradient norm, computed every step anyway, checks every gradient at once.
       const double grad_norm = global_grad_norm(params_);
@@ -601,14 +601,6 @@ class Trainer {
 
   bool writer() const { return comm_.rank() == 0; }
 
-  // The sum of `value` over the ranks of the job.
-  double sum_over_ranks(double value) {
-    if (comm_.size() == 1) return value;
-    Tensor total = Tensor::from_vector(std::vector<double>{value}, {1});
-    comm_.all_reduce(total);
-    return total.item();
-  }
-
   // BatchNorm's running statistics come from each rank's own slice: rank 0's are kept on every
   // rank (PyTorch DDP's broadcast_buffers), so that all ranks hold the same model.
   void broadcast_buffers() {
@@ -622,9 +614,8 @@ class Trainer {
   // stop and checkpoint at the same step.
   int agreed_stop_signal() {
     if (comm_.size() == 1) return stop_signal;
-    Tensor flags = Tensor::from_vector(std::vector<double>{static_cast<double>(stop_signal), checkpoint_is_due() ? 1.0 : 0.0}, {2});
-    comm_.all_reduce(flags, ReduceOp::Max);
-    const std::vector<double> agreed = flags.to_vector<double>();
+    const std::vector<double> agreed =
+        all_reduce_values(comm_, {static_cast<double>(stop_signal), checkpoint_is_due() ? 1.0 : 0.0}, ReduceOp::Max);
     agreed_checkpoint_due_ = agreed[1] != 0.0;
     return static_cast<int>(agreed[0]);
   }
@@ -896,10 +887,8 @@ EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& opt
     result.targets += static_cast<int64_t>(batch.targets.size());
   }
   if (ranks > 1) {
-    Tensor totals = Tensor::from_vector(
-        std::vector<double>{loss_sum, static_cast<double>(correct), static_cast<double>(result.targets)}, {3});
-    comm->all_reduce(totals);
-    const std::vector<double> summed = totals.to_vector<double>();
+    const std::vector<double> summed =
+        all_reduce_values(*comm, {loss_sum, static_cast<double>(correct), static_cast<double>(result.targets)});
     loss_sum = summed[0];
     correct = static_cast<int64_t>(summed[1]);
     result.targets = static_cast<int64_t>(summed[2]);

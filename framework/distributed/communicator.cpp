@@ -15,6 +15,13 @@ void SingleProcess::all_gather(const Tensor& local, Tensor& out, const std::vect
   if (!out.is_same(local)) copy_(out, local.reshape({local.numel()}));
 }
 
+std::vector<double> all_reduce_values(Communicator& comm, const std::vector<double>& values, ReduceOp op) {
+  if (comm.size() == 1) return values;
+  Tensor reduced = Tensor::from_vector(values, {static_cast<int64_t>(values.size())});
+  comm.all_reduce(reduced, op);
+  return reduced.to_vector<double>();
+}
+
 bool launched_by_mpi() {
   return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("PMIX_RANK");
 }

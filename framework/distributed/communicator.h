@@ -63,6 +63,10 @@ class SingleProcess final : public Communicator {
   void barrier() override {}
 };
 
+// The elementwise reduction over the ranks of a few host numbers (losses, counts, flags).
+std::vector<double> all_reduce_values(Communicator& comm, const std::vector<double>& values,
+                                      ReduceOp op = ReduceOp::Sum);
+
 // Whether this process was started by an MPI launcher (mpirun / mpiexec set OMPI_COMM_WORLD_SIZE,
 // PMI_SIZE or PMIX_RANK). A plain `muonlab train` never initializes MPI, so it runs exactly as a
 // build without MPI does.

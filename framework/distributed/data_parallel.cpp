@@ -12,9 +12,7 @@ void reduce_gradients(Communicator& comm, const std::vector<Tensor>& params, int
   NoGradGuard no_grad;
   std::vector<double> has_grad(params.size());
   for (size_t i = 0; i < params.size(); ++i) has_grad[i] = params[i].grad().defined() ? 1.0 : 0.0;
-  Tensor any_has_grad = Tensor::from_vector(has_grad, {static_cast<int64_t>(params.size())});
-  comm.all_reduce(any_has_grad, ReduceOp::Max);
-  const std::vector<double> reduced = any_has_grad.to_vector<double>();
+  const std::vector<double> any_has_grad = all_reduce_values(comm, has_grad, ReduceOp::Max);
 
   std::vector<size_t> bucket;
   const auto flush = [&] {
@@ -47,7 +45,7 @@ void reduce_gradients(Communicator& comm, const std::vector<Tensor>& params, int
   };
   int64_t bucket_size = 0;
   for (size_t i = 0; i < params.size(); ++i) {
-    if (reduced[i] == 0.0) continue;  // no rank has a gradient for it: it stays without one
+    if (any_has_grad[i] == 0.0) continue;  // no rank has a gradient for it: it stays without one
     const Tensor& param = params[i];
     const int64_t bytes = param.numel() * static_cast<int64_t>(dtype_size(param.dtype()));
     const bool fits = !bucket.empty() && bucket_size + bytes <= bucket_bytes &&

@@ -124,9 +124,7 @@ double max_relative_difference(const Tensor& a, const Tensor& b) {
 bool same_on_every_rank(const Tensor& tensor) {
   Tensor root = tensor.to(DType::Float64).contiguous().clone();
   world().broadcast(root, 0);
-  Tensor differs = Tensor::from_vector(std::vector<double>{max_relative_difference(tensor, root) == 0.0 ? 0.0 : 1.0}, {1});
-  world().all_reduce(differs, ReduceOp::Max);
-  return differs.item() == 0.0;
+  return all_reduce_values(world(), {max_relative_difference(tensor, root)}, ReduceOp::Max).front() == 0.0;
 }
 
 struct Check {
@@ -321,8 +319,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   const int result = RUN_ALL_TESTS();
-  ml::Tensor failed = ml::Tensor::from_vector(std::vector<double>{result != 0 ? 1.0 : 0.0}, {1});
-  world.all_reduce(failed, ml::ReduceOp::Max);  // a failure on either rank fails the test
+  // A failure on either rank fails the test.
+  const double failed = ml::all_reduce_values(world, {result != 0 ? 1.0 : 0.0}, ml::ReduceOp::Max).front();
   ml::finalize_communicator();
-  return failed.item() != 0.0 ? 1 : 0;
+  return failed != 0.0 ? 1 : 0;
 }
