@@ -97,12 +97,17 @@ void MatrixOptimizer::step_impl() {
 }
 
 void MatrixOptimizer::sharded_step(const std::vector<size_t>& present) {
+  if (present.empty()) return;
   std::vector<Tensor> inputs;
   std::vector<Shape> shapes;
   for (const size_t i : present) {
     inputs.push_back(begin_update(i, params()[i].param.grad().reshape(matrix_shape(i))));
     shapes.push_back(inputs.back().shape());
   }
+  const Tensor& first = inputs.front();
+  for (const Tensor& input : inputs)
+    if (input.dtype() != first.dtype() || input.device() != first.device())
+      throw std::logic_error(kind() + ": a data-parallel step needs matrices of one dtype and device");
   const std::vector<int> owners = assign_matrix_owners(shapes, comm_->size());
 
   // This rank's results in list order, then everyone's: rank r's part of the gathered buffer
@@ -117,11 +122,6 @@ void MatrixOptimizer::sharded_step(const std::vector<size_t>& present) {
       throw std::logic_error(kind() + ": orthogonalize changed the shape or dtype of its input");
     mine.push_back(ortho.contiguous().reshape({ortho.numel()}));
   }
-  if (present.empty()) return;
-  const Tensor& first = inputs.front();
-  for (const Tensor& input : inputs)
-    if (input.dtype() != first.dtype() || input.device() != first.device())
-      throw std::logic_error(kind() + ": a data-parallel step needs matrices of one dtype and device");
   const Tensor local = mine.empty() ? zeros({0}, first.dtype(), first.device()) : cat(mine, 0);
   int64_t total = 0;
   for (const int64_t count : counts) total += count;

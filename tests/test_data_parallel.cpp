@@ -4,10 +4,9 @@
 // numerics are in tests/mpi/ (label "mpi").
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
