@@ -40,6 +40,31 @@ std::vector<int64_t> EpochSampler::batch_indices(int64_t epoch, int64_t index) c
   return std::vector<int64_t>(order->begin() + begin, order->begin() + end);
 }
 
+namespace {
+// Rows [begin, end) of a row-major array whose first dimension is shape[0].
+template <typename T>
+std::vector<T> rows_of(const std::vector<T>& values, const std::vector<int64_t>& shape, int64_t begin, int64_t end) {
+  if (values.empty()) return {};
+  const int64_t row = static_cast<int64_t>(values.size()) / shape[0];
+  return std::vector<T>(values.begin() + begin * row, values.begin() + end * row);
+}
+}  // namespace
+
+HostBatch batch_part(const HostBatch& batch, int64_t part, int64_t parts) {
+  if (parts < 1 || part < 0 || part >= parts)
+    throw std::invalid_argument("batch_part: part " + std::to_string(part) + " of " + std::to_string(parts));
+  if (parts == 1) return batch;
+  const int64_t size = batch.size(), begin = size * part / parts, end = size * (part + 1) / parts;
+  HostBatch slice;
+  slice.inputs = rows_of(batch.inputs, batch.input_shape, begin, end);
+  slice.input_ids = rows_of(batch.input_ids, batch.input_shape, begin, end);
+  slice.targets = rows_of(batch.targets, batch.target_shape, begin, end);
+  slice.input_shape = batch.input_shape;
+  slice.target_shape = batch.target_shape;
+  slice.input_shape[0] = slice.target_shape[0] = end - begin;
+  return slice;
+}
+
 int64_t num_ordered_batches(int64_t num_examples, int64_t batch_size) {
   if (batch_size <= 0) throw std::invalid_argument("batch_size must be positive, got " + std::to_string(batch_size));
   return (num_examples + batch_size - 1) / batch_size;

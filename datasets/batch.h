@@ -18,6 +18,12 @@ struct HostBatch {
   int64_t size() const { return target_shape.empty() ? 0 : target_shape[0]; }
 };
 
+// Part `part` of `parts` of a batch along its first dimension: examples [B part / parts,
+// B (part + 1) / parts). A data-parallel rank trains on its part of the global batch that one
+// process would draw, so the data order does not depend on the number of ranks. Parts differ in
+// size by at most one example (and may be empty) when B is not a multiple of `parts`.
+HostBatch batch_part(const HostBatch& batch, int64_t part, int64_t parts);
+
 // Training batch `step` is a pure function of (seed, step): a run resumes exactly from the step
 // count alone. Validation batches come in a fixed order, with no randomness.
 class Batcher {

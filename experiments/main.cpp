@@ -3,6 +3,7 @@
 // 130 / 143 training stopped by SIGINT / SIGTERM (after saving a checkpoint: 128 + the signal).
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -19,6 +20,7 @@
 #include "experiments/sample.h"
 #include "experiments/sweep.h"
 #include "experiments/trainer.h"
+#include "framework/distributed/communicator.h"
 #include "framework/parallel.h"
 
 namespace ml {
@@ -46,7 +48,10 @@ int run(const TrainArgs& args) {
   options.out_dir = args.out_dir;
   options.resume_dir = args.resume_dir;
   options.quiet = args.quiet;
+  // Under mpirun every rank runs this command; rank 0 reports.
+  options.communicator = &process_communicator(Device::parse(config.device).is_cuda());
   const TrainResult result = train(config, options);
+  if (options.communicator->rank() != 0) return 0;
   const Json& summary = result.summary;
   std::cout << "run: " << result.run_dir << "\n"
             << "steps " << summary.at("steps").as_int() << "  val_loss " << number_text(summary.at("val_loss"), "%.4f")
@@ -144,5 +149,10 @@ static void restart_with_short_omp_spin(char** argv) {
 
 int main(int argc, char** argv) {
   restart_with_short_omp_spin(argv);
-  return ml::dispatch(argc, argv);
+  const int code = ml::dispatch(argc, argv);
+  // Under mpirun, a rank that failed ends the whole job: the others may be waiting for it in a
+  // collective. (A stop by signal happens on every rank at the same step: they end normally.)
+  if (code != 0 && code != 128 + SIGINT && code != 128 + SIGTERM) ml::abort_job(code);
+  ml::finalize_communicator();
+  return code;
 }

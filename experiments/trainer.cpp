@@ -26,6 +26,7 @@
 #include "experiments/run_data.h"
 #include "experiments/run_lock.h"
 #include "framework/backend.h"
+#include "framework/distributed/data_parallel.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/safetensors.h"
 #include "framework/nn/serialize.h"
@@ -50,6 +51,12 @@ constexpr const char* kSummaryFile = "summary.json";
 // Dropout draws from the default generator; its seed is derived from the run's seed so that the
 // masks are not correlated with the initial weights (which are drawn from the seed itself).
 constexpr uint64_t kDropoutSeedSalt = 0xd50b0a7d5eedULL;
+
+// The dropout stream of `rank`: rank 0 keeps the run's (the one its checkpoints record); every
+// other rank of a data-parallel job draws from its own, else each slice would get rank 0's masks.
+uint64_t dropout_seed_of_rank(uint64_t run_seed, int rank) {
+  return rank == 0 ? run_seed : mix64(run_seed + static_cast<uint64_t>(rank));
+}
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
@@ -381,7 +388,10 @@ StateDict read_optimizer_state(const std::string& path) {
 class Trainer {
  public:
   Trainer(const RunConfig& config, const TrainOptions& options)
-      : config_(config), options_(options), threads_(config.threads) {}
+      : config_(config),
+        options_(options),
+        comm_(options.communicator ? *options.communicator : alone_),
+        threads_(config.threads) {}
 
   TrainResult run() {
     prepare();  // everything that can fail on the config or the data, before touching files
@@ -399,8 +409,10 @@ class Trainer {
         throw std::runtime_error("--resume " + options_.resume_dir + " continues that run in place; --out " +
                                  options_.out_dir + " cannot differ");
       check_same_run(config_, options_.resume_dir);
-      // Before reading the checkpoint: another process may be writing the next one.
-      lock_.emplace(options_.resume_dir);
+      // Before reading the checkpoint: another process may be writing the next one. Rank 0 holds
+      // the lock for the whole job; the other ranks read under it.
+      if (writer()) lock_.emplace(options_.resume_dir);
+      comm_.barrier();
       std::vector<std::string> rejected;
       checkpoint = newest_valid_checkpoint(options_.resume_dir, rejected);
       std::string reasons;
@@ -415,6 +427,11 @@ class Trainer {
       if (fs::exists(checkpoint->file(kVocabFile))) stored_vocab = CharVocab::load(checkpoint->file(kVocabFile));
     }
     data_ = load_run_data(config_, stored_vocab);
+    if (config_.data.batch_size % comm_.size() != 0)
+      fail_config_key(config_, "data.batch_size",
+                      std::to_string(config_.data.batch_size) + " is the global batch, split over the job's " +
+                          std::to_string(comm_.size()) + " ranks: it must be a multiple of " +
+                          std::to_string(comm_.size()));
     total_steps_ = total_steps_of(config_, *data_.batcher);
     if (config_.schedule.warmup_steps > total_steps_)
       fail_config_key(config_, "schedule.warmup_steps",
@@ -426,6 +443,7 @@ class Trainer {
     model_->to(device_);
     params_ = model_->parameters();
     optimizer_ = make_optimizer(optimizer_spec(config_), optimizer_params(*model_));
+    optimizer_->set_communicator(&comm_);
 
     state_.dropout_seed = mix64(static_cast<uint64_t>(config_.seed) ^ kDropoutSeedSalt);
     if (checkpoint) {
@@ -438,19 +456,23 @@ class Trainer {
                                  " steps");
       last_checkpoint_ = checkpoint;
     }
-    default_generator().set_state(state_.dropout_seed, state_.dropout_offset);
+    default_generator().set_state(dropout_seed_of_rank(state_.dropout_seed, comm_.rank()), state_.dropout_offset);
   }
 
+  // Rank 0 alone writes into the run directory (metrics, checkpoints, the summary) and holds its
+  // lock; the other ranks only learn its name, for their messages.
   void open_run_dir() {
     if (!options_.resume_dir.empty()) {
       run_dir_ = options_.resume_dir;
-      truncate_metrics(run_dir_ + "/" + kMetricsFile, state_.step);
-    } else {
+      if (writer()) truncate_metrics(run_dir_ + "/" + kMetricsFile, state_.step);
+    } else if (writer()) {
       run_dir_ = options_.out_dir.empty() ? new_run_dir("runs", config_.name) : options_.out_dir;
       fs::create_directories(run_dir_);
       lock_.emplace(run_dir_);
       check_holds_no_run(run_dir_);  // under the lock: no other process can be starting a run here now
     }
+    run_dir_ = comm_.broadcast_text(run_dir_, 0);  // a new one is named after rank 0's clock
+    if (!writer()) return;
     write_file_atomic(run_dir_ + "/" + kConfigFile, to_yaml(config_));
     metrics_.open(run_dir_ + "/" + kMetricsFile, std::ios::app);
     if (!metrics_) throw std::runtime_error(run_dir_ + "/" + kMetricsFile + ": cannot open for writing");
@@ -464,9 +486,10 @@ class Trainer {
                                  ? std::min(total_steps_, first_step + options_.max_session_steps)
                                  : total_steps_;
     // A stream handed in (tests, the demo) is not a terminal.
-    const ProgressStyle style = options_.progress ? (options_.quiet ? ProgressStyle::Quiet : ProgressStyle::Lines)
-                                                  : choose_progress_style(options_.quiet, fileno(stderr));
-    out << fallback_warning_;  // even when quiet: the run continues from an older state than asked
+    const bool quiet = options_.quiet || !writer();  // the ranks of a job report through rank 0
+    const ProgressStyle style = options_.progress ? (quiet ? ProgressStyle::Quiet : ProgressStyle::Lines)
+                                                  : choose_progress_style(quiet, fileno(stderr));
+    if (writer()) out << fallback_warning_;  // even when quiet: the run continues from an older state than asked
     ProgressReporter progress(out, style, first_step, total_steps_, config_.train.log_every);
     if (first_step > 0 && state_.threads != num_threads())
       progress.note("note: the checkpoint was written with " + std::to_string(state_.threads) + " threads, this session uses " +
@@ -485,6 +508,7 @@ class Trainer {
     model_->train();
     const StopSignalScope stop_signals;
     last_checkpoint_time_ = session_start;
+    window_comm_ = comm_.stats();
     while (state_.step < end_step) {
       const int64_t step = state_.step;
       optimizer_->set_lr_scale(lr_scale_at(config_.schedule, step, total_steps_));
@@ -493,15 +517,23 @@ class Trainer {
       double loss_sum = 0.0;
       int64_t step_samples = 0;
       for (int64_t micro = 0; micro < accum; ++micro) {
-        const HostBatch batch = loader->next();
+        // Each rank trains on its part of the global batch; its loss counts with its share of the
+        // examples, so that the gradients summed over ranks are the global batch's (share 1 alone).
+        const HostBatch global_batch = loader->next();
+        const HostBatch batch = batch_part(global_batch, comm_.rank(), comm_.size());
+        const double share = static_cast<double>(batch.size()) / static_cast<double>(global_batch.size());
+        step_samples += global_batch.size();
+        if (batch.size() == 0) continue;  // a short last batch of an epoch left this rank nothing
         const auto [inputs, targets] = batch_tensors(batch, device_);
         const Tensor loss = cross_entropy(model_->forward(inputs), targets, -100, config_.train.label_smoothing);
         const double loss_value = loss.item();
         if (!std::isfinite(loss_value)) diverged("non-finite training loss (" + non_finite_text(loss_value) + ")", step + 1);
-        (accum > 1 ? loss * (1.0 / static_cast<double>(accum)) : loss).backward();
-        loss_sum += loss_value;
-        step_samples += batch.size();
+        const double loss_weight = share / static_cast<double>(accum);
+        (loss_weight != 1.0 ? loss * loss_weight : loss).backward();
+        loss_sum += share * loss_value;
       }
+      reduce_gradients(comm_, params_);
+      loss_sum = all_reduce_values(comm_, {loss_sum}).front();
       check_loss_bound(loss_sum / static_cast<double>(accum), step + 1);
       // The gradient norm, computed every step anyway, checks every gradient at once.
       const double grad_norm = global_grad_norm(params_);
@@ -518,6 +550,7 @@ class Trainer {
       optimizer_->step();
       backend.synchronize();
       state_.optimizer_s += seconds_since(optimizer_start);
+      broadcast_buffers();
 
       state_.step = step + 1;
       state_.samples += step_samples;
@@ -536,7 +569,7 @@ class Trainer {
       const bool log_now = every(config_.train.log_every) || last;
       const bool eval_now = every(config_.train.eval_every) || last;
       const bool checkpoint_now =
-          every(config_.train.checkpoint_every) || last || state_.step == end_step || checkpoint_is_due();
+          every(config_.train.checkpoint_every) || last || state_.step == end_step || checkpoint_due();
       // The loss and the gradient norm are checked every step above. Parameters and buffers
       // (BatchNorm's running statistics can overflow while the loss stays finite) would need a
       // pass over every tensor, so they are checked where a non-finite value would do harm or be
@@ -551,7 +584,8 @@ class Trainer {
       }
       if (eval_now) run_eval(progress);
       if (checkpoint_now) save_checkpoint(progress);
-      if (stop_signal != 0 && state_.step < total_steps_) interrupted(progress);
+      const int stop = agreed_stop_signal();
+      if (stop != 0 && state_.step < total_steps_) interrupted(progress, stop);
     }
     progress.finish();
 
@@ -560,10 +594,33 @@ class Trainer {
     result.completed = state_.step == total_steps_;
     if (result.completed) {
       result.summary = summary("completed");
-      write_file_atomic(run_dir_ + "/" + kSummaryFile, result.summary.dump() + "\n");
+      if (writer()) write_file_atomic(run_dir_ + "/" + kSummaryFile, result.summary.dump() + "\n");
     }
     return result;
   }
+
+  bool writer() const { return comm_.rank() == 0; }
+
+  // BatchNorm's running statistics come from each rank's own slice: rank 0's are kept on every
+  // rank (PyTorch DDP's broadcast_buffers), so that all ranks hold the same model.
+  void broadcast_buffers() {
+    if (comm_.size() == 1) return;
+    for (auto [name, buffer] : model_->named_buffers()) comm_.broadcast(buffer, 0);
+  }
+
+  // The signal that stops the run after this step (0: none). Signals and clocks are a rank's own:
+  // in a job of several ranks they agree here, at the end of every step, on the largest signal and
+  // on whether any rank's clock has a checkpoint due (taken at the next step), so that all ranks
+  // stop and checkpoint at the same step.
+  int agreed_stop_signal() {
+    if (comm_.size() == 1) return stop_signal;
+    const std::vector<double> agreed =
+        all_reduce_values(comm_, {static_cast<double>(stop_signal), checkpoint_is_due() ? 1.0 : 0.0}, ReduceOp::Max);
+    agreed_checkpoint_due_ = agreed[1] != 0.0;
+    return static_cast<int>(agreed[0]);
+  }
+
+  bool checkpoint_due() const { return comm_.size() == 1 ? checkpoint_is_due() : agreed_checkpoint_due_; }
 
   bool checkpoint_is_due() const {
     return config_.train.checkpoint_minutes > 0 &&
@@ -572,14 +629,13 @@ class Trainer {
 
   // A signal came: the step in progress is done. Checkpoints it (unless that just happened), marks
   // the summary interrupted and stops the run.
-  [[noreturn]] void interrupted(ProgressReporter& progress) {
+  [[noreturn]] void interrupted(ProgressReporter& progress, int signal_number) {
     if (!last_checkpoint_ || last_checkpoint_->step != state_.step) {
       check_model_is_finite();
       save_checkpoint(progress);
     }
     progress.finish();
-    write_file_atomic(run_dir_ + "/" + kSummaryFile, summary("interrupted").dump() + "\n");
-    const int signal_number = stop_signal;
+    if (writer()) write_file_atomic(run_dir_ + "/" + kSummaryFile, summary("interrupted").dump() + "\n");
     throw TrainingInterrupted(std::string(signal_number == SIGINT ? "SIGINT" : "SIGTERM") + " at step " +
                                   std::to_string(state_.step) + " of " + std::to_string(total_steps_) +
                                   ": checkpoint " + last_checkpoint_->dir + " written; continue with --resume " +
@@ -596,6 +652,7 @@ class Trainer {
   }
 
   void write_metrics(const Json& line) {
+    if (!writer()) return;
     metrics_ << line.dump() << "\n" << std::flush;
     // A full disk (or a file size limit) must stop the run, not silently drop lines.
     if (!metrics_) throw std::runtime_error(run_dir_ + "/" + kMetricsFile + ": write failed (disk full?)");
@@ -611,6 +668,13 @@ class Trainer {
                               {"samples_per_s", samples_per_s}});
     for (const auto& [name, value] : optimizer_->metrics())
       if (std::isfinite(value)) line["optimizer." + name] = value;
+    if (comm_.size() > 1) {
+      // What this rank exchanged since the last line (gradients, updates, reductions), per step.
+      const double steps = static_cast<double>(state_.window_steps);
+      line["comm_bytes_per_step"] = static_cast<double>(comm_.stats().bytes - window_comm_.bytes) / steps;
+      line["comm_s_per_step"] = (comm_.stats().seconds - window_comm_.seconds) / steps;
+      window_comm_ = comm_.stats();
+    }
     write_metrics(line);
     state_.window_loss_sum = 0.0;
     state_.window_steps = 0;
@@ -619,7 +683,7 @@ class Trainer {
   void run_eval(ProgressReporter& progress) {
     if (data_.batcher->num_val_batches() == 0) return;
     const Clock::time_point start = Clock::now();
-    const EvalResult result = evaluate(*model_, *data_.batcher, eval_options(config_, data_), device_);
+    const EvalResult result = evaluate(*model_, *data_.batcher, eval_options(config_, data_), device_, &comm_);
     model_->train();
     if (!std::isfinite(result.loss))
       diverged("non-finite validation loss (" + non_finite_text(result.loss) + ")", state_.step);
@@ -651,6 +715,16 @@ class Trainer {
     // A checkpoint never holds a non-finite value: it is what a diverged run falls back to.
     const std::string bad_state = first_non_finite(optimizer_->state_dict());
     if (!bad_state.empty()) diverged("NaN or infinity in the optimizer state " + bad_state, state_.step);
+    if (!writer()) {
+      // The checkpoint is rank 0's to write (every rank holds the same state); the others learn
+      // where it went, for their messages.
+      CheckpointRef written;
+      written.step = state_.step;
+      written.dir = comm_.broadcast_text("", 0);
+      last_checkpoint_ = written;
+      last_checkpoint_time_ = Clock::now();
+      return;
+    }
     state_.threads = num_threads();
     state_.dropout_seed = default_generator().seed();
     state_.dropout_offset = default_generator().offset();
@@ -664,6 +738,7 @@ class Trainer {
         {kTrainerFile, [&](const std::string& path) { write_file_atomic(path, state_.to_json().dump() + "\n"); }}};
     if (data_.vocab) files.push_back({kVocabFile, [&](const std::string& path) { data_.vocab->save(path); }});
     last_checkpoint_ = write_checkpoint(run_dir_, state_.step, files, config_.train.keep_checkpoints);
+    comm_.broadcast_text(last_checkpoint_->dir, 0);
     last_checkpoint_time_ = Clock::now();
     progress.note("checkpoint: " + last_checkpoint_->dir);
   }
@@ -711,7 +786,7 @@ class Trainer {
     Json optimizer_metrics = Json::object();
     for (const auto& [name, value] : optimizer_->metrics())
       if (std::isfinite(value)) optimizer_metrics[name] = value;
-    return Json::object({
+    Json result = Json::object({
         {"name", config_.name},
         {"model", model_->summary()},
         {"optimizer", config_.optimizer.kind},
@@ -734,10 +809,18 @@ class Trainer {
         {"optimizer_metrics", optimizer_metrics},
         {"status", status},
     });
+    if (comm_.size() > 1) {
+      result["ranks"] = comm_.size();
+      result["comm_bytes"] = comm_.stats().bytes;
+      result["comm_s"] = comm_.stats().seconds;
+    }
+    return result;
   }
 
   const RunConfig& config_;
   const TrainOptions& options_;
+  SingleProcess alone_;  // the communicator when the options name none
+  Communicator& comm_;
   ThreadCountScope threads_;
   Device device_;
   RunData data_;
@@ -752,6 +835,8 @@ class Trainer {
   std::string run_dir_;
   std::optional<RunDirLock> lock_;  // held from before the first read or write of the run directory
   std::ofstream metrics_;
+  CommStats window_comm_;  // the communicator's totals at the last metrics line
+  bool agreed_checkpoint_due_ = false;
 };
 
 }  // namespace
@@ -777,7 +862,8 @@ int64_t total_steps_of(const RunConfig& config, const Batcher& batcher) {
   return config.train.epochs * steps_per_epoch;
 }
 
-EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& options, Device device) {
+EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& options, Device device,
+                    Communicator* comm) {
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
@@ -787,7 +873,9 @@ EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& opt
   double loss_sum = 0.0;
   int64_t correct = 0;
   EvalResult result;
-  for (int64_t index = 0; index < batches; ++index) {
+  // The ranks of a job share the batches (rank r takes r, r + N, ...) and add up their sums.
+  const int rank = comm ? comm->rank() : 0, ranks = comm ? comm->size() : 1;
+  for (int64_t index = rank; index < batches; index += ranks) {
     const HostBatch batch = batcher.val_batch(index);
     const auto [inputs, targets] = batch_tensors(batch, device);
     const Tensor logits = test_time_augmented_logits(model, inputs, options);
@@ -797,6 +885,13 @@ EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& opt
       for (size_t i = 0; i < predicted.size(); ++i) correct += predicted[i] == batch.targets[i];
     }
     result.targets += static_cast<int64_t>(batch.targets.size());
+  }
+  if (ranks > 1) {
+    const std::vector<double> summed =
+        all_reduce_values(*comm, {loss_sum, static_cast<double>(correct), static_cast<double>(result.targets)});
+    loss_sum = summed[0];
+    correct = static_cast<int64_t>(summed[1]);
+    result.targets = static_cast<int64_t>(summed[2]);
   }
   model.train(was_training);
   result.batches = batches;

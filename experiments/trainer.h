@@ -18,6 +18,7 @@
 
 #include "datasets/batch.h"
 #include "experiments/config.h"
+#include "framework/distributed/communicator.h"
 #include "framework/io/json.h"
 #include "framework/tensor.h"
 #include "models/model.h"
@@ -54,6 +55,11 @@ struct TrainOptions {
   // Stop after this many steps of this session (with a checkpoint), leaving the run resumable;
   // 0 runs to the end.
   int64_t max_session_steps = 0;
+  // The ranks of a data-parallel job (`mpirun -np N`), each running train() with the same config:
+  // data.batch_size is the global batch and must be a multiple of N; rank r trains on part r of
+  // every batch, gradients are summed over the ranks, and rank 0 alone holds the run directory's
+  // lock and writes metrics, checkpoints and the summary. null: this process alone.
+  Communicator* communicator = nullptr;
 };
 
 struct TrainResult {
@@ -103,8 +109,10 @@ struct EvalOptions {
   bool translate = false;
 };
 
-// Evaluates `model` in eval mode on the validation batches of `batcher`.
-EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& options, Device device);
+// Evaluates `model` in eval mode on the validation batches of `batcher`; the ranks of `comm`
+// (which hold the same model) share the batches out and agree on the result.
+EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& options, Device device,
+                    Communicator* comm = nullptr);
 
 // `muonlab eval`: loads the checkpoint at `checkpoint_path` (a run directory, a checkpoint
 // folder or a file in one) into the model of `config` and evaluates it on the validation split

@@ -65,10 +65,14 @@ CacheMuon::CacheMuon(std::vector<NamedParam> params, const OptimizerSpec& spec)
   }
 }
 
-void CacheMuon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
+Tensor CacheMuon::begin_update(size_t index, const Tensor& grad) {
+  return lerp_momentum(slots_[index].momentum, grad, momentum_, nesterov_);
+}
+
+Tensor CacheMuon::orthogonalize(size_t index, const Tensor& update) {
   Slot& slot = slots_[index];
-  const Tensor update = lerp_momentum(slot.momentum, grad, momentum_, nesterov_);
-  const int64_t rows = weight.size(0), cols = weight.size(1);
+  const Shape shape = matrix_shape(index);
+  const int64_t rows = shape[0], cols = shape[1];
   const double k = static_cast<double>(std::min(rows, cols)), l = static_cast<double>(std::max(rows, cols));
   const int64_t steps = static_cast<int64_t>(schedule_.triples.size());
   flops_muon_ += as_count(newton_schulz_flops(rows, cols, steps));
@@ -107,9 +111,13 @@ void CacheMuon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) 
     flops_spent_ += as_count(newton_schulz_flops(rows, cols, steps, true, true) + residual_flops);
   }
 
-  const double scale = update_scale(scaling_, rows, cols);
+  return rows > cols ? ortho.t() : ortho;
+}
+
+void CacheMuon::finish_update(size_t, Tensor& weight, const Tensor& ortho) {
+  const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
   decay_weight(weight);
-  add_(weight, rows > cols ? ortho.t() : ortho, -lr() * scale);
+  add_(weight, ortho, -lr() * scale);
 }
 
 std::map<std::string, double> CacheMuon::metrics() const {

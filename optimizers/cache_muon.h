@@ -14,7 +14,14 @@ class CacheMuon : public MatrixOptimizer {
   std::map<std::string, double> metrics() const override;
 
  private:
-  void update_matrix(size_t index, Tensor& weight, const Tensor& grad) override;
+  Tensor begin_update(size_t index, const Tensor& grad) override;
+  // The cache test and, on a miss, the fresh solve: reads and writes the cache.
+  Tensor orthogonalize(size_t index, const Tensor& input) override;
+  void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
+  // The cache (transform, reference residual, age) and the hit counters are updated by
+  // orthogonalize: sharing it out would leave them complete only on each matrix's owner. Every
+  // rank keeps its own (identical) cache instead, so that a checkpoint holds it all.
+  bool shards_orthogonalization() const override { return false; }
   NsSchedule schedule_;
   UpdateScaling scaling_;
   double momentum_;

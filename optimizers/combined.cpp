@@ -34,6 +34,11 @@ void CombinedOptimizer::zero_grad() {
   other_->zero_grad();
 }
 
+void CombinedOptimizer::set_communicator(Communicator* comm) {
+  matrix_->set_communicator(comm);
+  other_->set_communicator(comm);
+}
+
 void CombinedOptimizer::set_lr_scale(double scale) {
   Optimizer::set_lr_scale(scale);
   matrix_->set_lr_scale(scale);

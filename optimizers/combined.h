@@ -18,6 +18,7 @@ class CombinedOptimizer : public Optimizer {
   void load_state_dict(const StateDict& state) override;
   // The matrix optimizer's metrics as they are, the other's under "non_matrix.".
   std::map<std::string, double> metrics() const override;
+  void set_communicator(Communicator* comm) override;
 
   Optimizer& matrix_optimizer() { return *matrix_; }
   Optimizer& other_optimizer() { return *other_; }

@@ -50,9 +50,10 @@ Dion2::Dion2(std::vector<NamedParam> params, const OptimizerSpec& spec)
   if (!(ef_decay_ >= 0.0 && ef_decay_ <= 1.0))
     throw std::invalid_argument("dion2: ef_decay must lie in [0, 1], got " + std::to_string(ef_decay_));
   for (size_t i = 0; i < this->params().size(); ++i) momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
+  selections_.resize(this->params().size());
 }
 
-void Dion2::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
+Tensor Dion2::begin_update(size_t index, const Tensor& grad) {
   Tensor& momentum = momentum_buffers_[index];
   add_(momentum, grad);
   if (random_selection_)
@@ -65,11 +66,19 @@ void Dion2::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
   const Tensor decay = scatter_add(ones({slices}, momentum.dtype(), momentum.device()), 0, selection.indices,
                                    full({k}, ef_decay_ - 1.0, momentum.dtype(), momentum.device()));
   mul_(momentum, selection.dim == 0 ? decay.unsqueeze(1) : decay.unsqueeze(0));
+  selections_[index] = selection;
+  return selection.selected;
+}
 
-  const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
-  const Tensor ortho = newton_schulz(selection.selected, schedule_, -lr() * scale);
+Tensor Dion2::orthogonalize(size_t index, const Tensor& input) {
+  const Shape shape = matrix_shape(index);
+  return newton_schulz(input, schedule_, -lr() * update_scale(scaling_, shape[0], shape[1]));
+}
+
+void Dion2::finish_update(size_t index, Tensor& weight, const Tensor& ortho) {
   decay_weight(weight);
-  add_at_slices_(weight, selection, ortho);
+  add_at_slices_(weight, selections_[index], ortho);
+  selections_[index] = {};
 }
 
 }  // namespace ml

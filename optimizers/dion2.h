@@ -23,7 +23,11 @@ class Dion2 : public MatrixOptimizer {
   Dion2(std::vector<NamedParam> params, const OptimizerSpec& spec);
 
  private:
-  void update_matrix(size_t index, Tensor& weight, const Tensor& grad) override;
+  // M <- M + G, the selection and the decay of the selected slices; returns them (k slices).
+  Tensor begin_update(size_t index, const Tensor& grad) override;
+  // -lr scale NS(selected): only these k slices travel between ranks.
+  Tensor orthogonalize(size_t index, const Tensor& input) override;
+  void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
   NsSchedule schedule_;
   UpdateScaling scaling_;
   double fraction_;
@@ -33,6 +37,7 @@ class Dion2 : public MatrixOptimizer {
   int64_t* generator_seed_ = nullptr;  // checkpointed generator state (random selection only)
   int64_t* generator_offset_ = nullptr;
   std::vector<Tensor> momentum_buffers_;
+  std::vector<Dion2Selection> selections_;  // of the step in progress, from begin_update to finish_update
 };
 
 }  // namespace ml

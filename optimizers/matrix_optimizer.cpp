@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "framework/distributed/communicator.h"
 #include "framework/ops.h"
 
 namespace ml {
@@ -35,6 +36,27 @@ UpdateScaling scaling_from_spec(const OptimizerSpec& spec, UpdateScaling method_
   return spec.scaling.empty() ? method_default : parse_update_scaling(spec.scaling);
 }
 
+std::vector<int> assign_matrix_owners(const std::vector<Shape>& shapes, int ranks) {
+  const auto cost = [&](size_t i) {  // Newton–Schulz work grows as small side^2 x large side
+    const double small = static_cast<double>(std::min(shapes[i][0], shapes[i][1]));
+    return small * small * static_cast<double>(std::max(shapes[i][0], shapes[i][1]));
+  };
+  std::vector<size_t> order(shapes.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (cost(a) != cost(b)) return cost(a) > cost(b);
+    return shapes[a] < shapes[b];
+  });
+  std::vector<int> owners(shapes.size(), 0);
+  std::vector<double> load(static_cast<size_t>(ranks), 0.0);
+  for (const size_t i : order) {
+    const auto least = std::min_element(load.begin(), load.end());
+    owners[i] = static_cast<int>(least - load.begin());
+    *least += cost(i);
+  }
+  return owners;
+}
+
 MatrixOptimizer::MatrixOptimizer(std::string kind, std::vector<NamedParam> params, double lr, double weight_decay)
     : Optimizer(std::move(kind), std::move(params), lr), weight_decay_(weight_decay) {
   for (const NamedParam& p : this->params())
@@ -58,13 +80,62 @@ void MatrixOptimizer::decay_weight(Tensor& weight) const {
 }
 
 void MatrixOptimizer::step_impl() {
-  for (size_t i = 0; i < params().size(); ++i) {
-    const Tensor& param = params()[i].param;
-    const Tensor grad = param.grad();
-    if (!grad.defined()) continue;
+  // The matrices with a gradient: the same on every rank, since the gradient all-reduce agrees on
+  // which parameters have one.
+  std::vector<size_t> present;
+  for (size_t i = 0; i < params().size(); ++i)
+    if (params()[i].param.grad().defined()) present.push_back(i);
+  if (comm_ && comm_->size() > 1 && shards_orthogonalization()) {
+    sharded_step(present);
+    return;
+  }
+  for (const size_t i : present) {
     const Shape shape = matrix_shape(i);
-    Tensor weight = param.view(shape);
-    update_matrix(i, weight, grad.reshape(shape));
+    Tensor weight = params()[i].param.view(shape);
+    finish_update(i, weight, orthogonalize(i, begin_update(i, params()[i].param.grad().reshape(shape))));
+  }
+}
+
+void MatrixOptimizer::sharded_step(const std::vector<size_t>& present) {
+  if (present.empty()) return;
+  std::vector<Tensor> inputs;
+  std::vector<Shape> shapes;
+  for (const size_t i : present) {
+    inputs.push_back(begin_update(i, params()[i].param.grad().reshape(matrix_shape(i))));
+    shapes.push_back(inputs.back().shape());
+  }
+  const Tensor& first = inputs.front();
+  for (const Tensor& input : inputs)
+    if (input.dtype() != first.dtype() || input.device() != first.device())
+      throw std::logic_error(kind() + ": a data-parallel step needs matrices of one dtype and device");
+  const std::vector<int> owners = assign_matrix_owners(shapes, comm_->size());
+
+  // This rank's results in list order, then everyone's: rank r's part of the gathered buffer
+  // holds its matrices in list order, which every rank knows from the plan.
+  std::vector<int64_t> counts(static_cast<size_t>(comm_->size()), 0);
+  std::vector<Tensor> mine;
+  for (size_t j = 0; j < present.size(); ++j) {
+    counts[static_cast<size_t>(owners[j])] += inputs[j].numel();
+    if (owners[j] != comm_->rank()) continue;
+    const Tensor ortho = orthogonalize(present[j], inputs[j]);
+    if (ortho.shape() != inputs[j].shape() || ortho.dtype() != inputs[j].dtype())
+      throw std::logic_error(kind() + ": orthogonalize changed the shape or dtype of its input");
+    mine.push_back(ortho.contiguous().reshape({ortho.numel()}));
+  }
+  const Tensor local = mine.empty() ? zeros({0}, first.dtype(), first.device()) : cat(mine, 0);
+  int64_t total = 0;
+  for (const int64_t count : counts) total += count;
+  Tensor gathered = Tensor::empty({total}, first.dtype(), first.device());
+  comm_->all_gather(local, gathered, counts);
+
+  std::vector<int64_t> offsets(counts.size(), 0);  // where each rank's next matrix starts
+  for (size_t r = 1; r < counts.size(); ++r) offsets[r] = offsets[r - 1] + counts[r - 1];
+  for (size_t j = 0; j < present.size(); ++j) {
+    int64_t& offset = offsets[static_cast<size_t>(owners[j])];
+    const Tensor ortho = gathered.narrow(0, offset, inputs[j].numel()).view(inputs[j].shape());
+    offset += inputs[j].numel();
+    Tensor weight = params()[present[j]].param.view(matrix_shape(present[j]));
+    finish_update(present[j], weight, ortho);
   }
 }
 

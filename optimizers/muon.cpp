@@ -30,12 +30,20 @@ Muon::Muon(std::string kind, std::vector<NamedParam> params, const OptimizerSpec
   for (size_t i = 0; i < this->params().size(); ++i) momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
 }
 
-void Muon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
-  const Tensor update = lerp_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
-  const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
+Tensor Muon::begin_update(size_t index, const Tensor& grad) {
+  return lerp_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
+}
+
+// -lr scale NS(U): the step itself, ready to add.
+Tensor Muon::orthogonalize(size_t index, const Tensor& input) {
+  const Shape shape = matrix_shape(index);
+  return newton_schulz(input, schedule_, -lr() * update_scale(scaling_, shape[0], shape[1]));
+}
+
+void Muon::finish_update(size_t, Tensor& weight, const Tensor& ortho) {
   if (renormalize_) mul_(weight, rdiv(std::sqrt(static_cast<double>(weight.size(0))), norm(weight)));
   decay_weight(weight);
-  add_(weight, newton_schulz(update, schedule_, -lr() * scale));
+  add_(weight, ortho);
 }
 
 }  // namespace ml

@@ -12,7 +12,9 @@ class Muon : public MatrixOptimizer {
  protected:
   // For Turbo-Muon: the kind and the Newton–Schulz schedule are the variant's.
   Muon(std::string kind, std::vector<NamedParam> params, const OptimizerSpec& spec, NsSchedule schedule);
-  void update_matrix(size_t index, Tensor& weight, const Tensor& grad) override;
+  Tensor begin_update(size_t index, const Tensor& grad) override;
+  Tensor orthogonalize(size_t index, const Tensor& input) override;
+  void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
 
  private:
   NsSchedule schedule_;

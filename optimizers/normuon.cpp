@@ -26,9 +26,13 @@ NorMuon::NorMuon(std::vector<NamedParam> params, const OptimizerSpec& spec)
   }
 }
 
-void NorMuon::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
-  const Tensor update = lerp_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
-  const Tensor ortho = newton_schulz(update, schedule_);
+Tensor NorMuon::begin_update(size_t index, const Tensor& grad) {
+  return lerp_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
+}
+
+Tensor NorMuon::orthogonalize(size_t, const Tensor& input) { return newton_schulz(input, schedule_); }
+
+void NorMuon::finish_update(size_t index, Tensor& weight, const Tensor& ortho) {
   const Tensor row_mean_squares = mean(mul(ortho, ortho), {1}, true);
   Tensor& v = row_second_moments_[index];
   mul_(v, beta2_);

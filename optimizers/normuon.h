@@ -9,7 +9,10 @@ class NorMuon : public MatrixOptimizer {
   NorMuon(std::vector<NamedParam> params, const OptimizerSpec& spec);
 
  private:
-  void update_matrix(size_t index, Tensor& weight, const Tensor& grad) override;
+  Tensor begin_update(size_t index, const Tensor& grad) override;
+  Tensor orthogonalize(size_t index, const Tensor& input) override;
+  // The row second moments are updated here, from the gathered O, on every rank.
+  void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
   NsSchedule schedule_;
   UpdateScaling scaling_;
   double momentum_;

@@ -15,6 +15,8 @@
 
 namespace ml {
 
+class Communicator;
+
 struct NamedParam {
   std::string name;
   Tensor param;
@@ -47,6 +49,13 @@ class Optimizer {
 
   // Quantities worth logging (name -> value); empty unless the optimizer measures something.
   virtual std::map<std::string, double> metrics() const { return {}; }
+
+  // The ranks of a data-parallel job that step this optimizer together, each with the same
+  // (all-reduced) gradients. Every rank keeps the complete state and updates it redundantly; an
+  // optimizer may split expensive work between the ranks (the Muon family's orthogonalization)
+  // as long as every rank ends the step with the same parameters and state. The default ignores
+  // it: elementwise updates cost less than exchanging their results. null: this process alone.
+  virtual void set_communicator(Communicator* comm) { (void)comm; }
 
   const std::string& kind() const { return kind_; }
   const std::vector<NamedParam>& params() const { return params_; }

@@ -24,11 +24,18 @@ RMNP::RMNP(std::vector<NamedParam> params, const OptimizerSpec& spec)
   for (size_t i = 0; i < this->params().size(); ++i) momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
 }
 
-void RMNP::update_matrix(size_t index, Tensor& weight, const Tensor& grad) {
-  const Tensor update = accumulate_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
-  const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
+Tensor RMNP::begin_update(size_t index, const Tensor& grad) {
+  return accumulate_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
+}
+
+Tensor RMNP::orthogonalize(size_t index, const Tensor& input) {
+  const Shape shape = matrix_shape(index);
+  return row_normalize(input, -lr() * update_scale(scaling_, shape[0], shape[1]));
+}
+
+void RMNP::finish_update(size_t, Tensor& weight, const Tensor& ortho) {
   decay_weight(weight);
-  add_(weight, row_normalize(update, -lr() * scale));
+  add_(weight, ortho);
 }
 
 }  // namespace ml

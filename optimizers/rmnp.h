@@ -13,7 +13,11 @@ class RMNP : public MatrixOptimizer {
   RMNP(std::vector<NamedParam> params, const OptimizerSpec& spec);
 
  private:
-  void update_matrix(size_t index, Tensor& weight, const Tensor& grad) override;
+  Tensor begin_update(size_t index, const Tensor& grad) override;
+  Tensor orthogonalize(size_t index, const Tensor& input) override;
+  void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
+  // Row normalization is O(mn), as cheap as exchanging its result: every rank does its own.
+  bool shards_orthogonalization() const override { return false; }
   UpdateScaling scaling_;
   double momentum_;
   bool nesterov_;

@@ -9,6 +9,7 @@ packages=(
   libgtest-dev googletest libbenchmark-dev
   dataset-fashion-mnist
   python3-matplotlib  # `muonlab report` draws its figures with it
+  libopenmpi-dev openmpi-bin  # data-parallel training: mpirun -np N build/bin/muonlab train ...
 )
 # PyTorch is only needed to regenerate the committed reference files and to run the
 # side-by-side benchmark; set MUONLAB_WITH_TORCH=1 to install it too.
