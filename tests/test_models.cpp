@@ -283,10 +283,14 @@ TEST(ModelsCnn, Airbench94OptionsFreezeTheStemFiltersAndNormScalesAndInitTheConv
     for (int64_t i = 0; i < 8; ++i)
       for (int64_t t = 0; t < 9; ++t) {
         const float value = w[(o * 8 + i) * 9 + t];
-        if (o < 8) EXPECT_EQ(value, o == i && t == 4 ? 1.0f : 0.0f) << o << " " << i << " " << t;
+        if (o < 8) {
+          EXPECT_EQ(value, o == i && t == 4 ? 1.0f : 0.0f) << o << " " << i << " " << t;
+        }
         off_centre += std::fabs(value);
       }
-    if (o >= 8) EXPECT_GT(off_centre, 0.0) << "filter " << o << " keeps its random init";
+    if (o >= 8) {
+      EXPECT_GT(off_centre, 0.0) << "filter " << o << " keeps its random init";
+    }
   }
   EXPECT_NEAR(std::sqrt(var(model.head->weight).item()), 0.5, 1e-6);
 
