@@ -529,6 +529,30 @@ TEST(TrainerCheckpoint, AFailureMidWriteLeavesThePreviousCheckpointLoadable) {
   EXPECT_EQ(values_of(read_metrics(resumed.run_dir), "train_loss"), values_of(read_metrics(straight.run_dir), "train_loss"));
 }
 
+TEST(TrainerCheckpoint, AManifestThatPointsOutsideTheRunIsRefusedNamingIt) {
+  TempDir dir;
+  const std::string manifest = dir.file("checkpoint.json");
+  const auto error_of = [&](const std::string& entry) {
+    write_file_atomic(manifest, R"({"format":"muonlab-checkpoint","version":2,"checkpoints":[)" + entry + "]}");
+    try {
+      listed_checkpoints(dir.path());
+    } catch (const std::runtime_error& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"../../etc","crc32":{}})"),
+            manifest + ": checkpoint folder \"../../etc\" is not a folder of checkpoints/");
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"checkpoints/..","crc32":{}})"),
+            manifest + ": checkpoint folder \"checkpoints/..\" is not a folder of checkpoints/");
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"checkpoints/step-000001","crc32":{"../model.safetensors":"00000000"}})"),
+            manifest + ": \"../model.safetensors\" is not a plain file name");
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"checkpoints/step-000001","crc32":{"model.safetensors":"xyz"}})"),
+            manifest + ": crc32 \"xyz\" is not 8 hexadecimal digits");
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"checkpoints/step-000001","crc32":{"model.safetensors":"0badf00d"}})"),
+            "no error");
+}
+
 TEST(TrainerCheckpoint, ResolvesRunFoldersCheckpointFoldersAndFiles) {
   TempDir dir;
   const TrainResult result = run_quietly(mlp_config(), dir.file("run"));
