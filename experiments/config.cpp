@@ -779,7 +779,12 @@ const Section<ScheduleConfig>& schedule_schema() {
                                      choice("decay", &S::decay, {"none", "linear", "cosine"}, "none"),
                                      number("min_lr_ratio", &S::min_lr_ratio, closed(0, 1), 0.0),
                                  },
-                                 nullptr};
+                                 [](const S& schedule, const SectionSites& sites) {
+                                   // Without a decay the rate never falls toward the floor.
+                                   if (schedule.decay == "none" && schedule.min_lr_ratio != 0)
+                                     sites.at("min_lr_ratio")
+                                         .fail("only applies with schedule.decay linear or cosine (it is none)");
+                                 }};
   return schema;
 }
 

@@ -370,6 +370,9 @@ TEST(ConfigErrors, KeysAKindDoesNotUseAreRejectedSayingWhichKindsUseThem) {
                                     "model.kind=cnn", "model.widths=[8]"}),
             "--set data={kind: image_folder, path: d, val_path: v, val_fraction: 0.2, batch_size: 8}: "
             "data.val_fraction: is not used when data.val_path gives the validation images; remove one of them");
+  EXPECT_EQ(config_error(kMinimal, {"schedule.min_lr_ratio=0.1"}),
+            "--set schedule.min_lr_ratio=0.1: schedule.min_lr_ratio: only applies with schedule.decay linear or "
+            "cosine (it is none)");
   // What the kinds do use is still accepted, and the resolved configs no longer list the rest.
   const ml::RunConfig rmnp = load_text(kMinimal, {"optimizer={kind: rmnp, lr: 0.02, momentum: 0.9, nesterov: false}"});
   EXPECT_EQ(rmnp.optimizer.momentum, 0.9);
