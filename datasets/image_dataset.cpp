@@ -195,7 +195,7 @@ ImageDataset read_idx(const std::string& images_path, const std::string& labels_
   // The header's count is only a claim (the file may be compressed): read a chunk at a time, so
   // that a damaged count fails as a truncated file instead of allocating what it announces.
   const int64_t total = count * data.image_numel();
-  constexpr int64_t kChunk = int64_t{1} << 24;
+  constexpr int64_t kChunk = int64_t{1} << 20;
   for (int64_t done = 0; done < total;) {
     const int64_t chunk = std::min(kChunk, total - done);
     data.pixels.resize(static_cast<size_t>(done + chunk));
@@ -324,9 +324,57 @@ void check_png_structure(const std::string& bytes, const std::string& path) {
   }
 }
 
+namespace {
+
+// stb_image (Debian's 2.27) builds a JPEG Huffman table without checking that its 16 code counts
+// add up to at most 256: a damaged DHT segment writes past the table (found by tests/test_fuzz.cpp).
+// Every DHT segment is checked first, walking the markers as the decoder does: segments with a
+// length are skipped by it, and in entropy-coded data a marker is any 0xFF not followed by 0x00.
+// The offset after the JPEG start-of-image marker, found as the decoder finds it (0xFF, any number
+// of 0xFF fill bytes, 0xD8), or 0 when `bytes` do not start with one.
+size_t jpeg_start(const std::string& bytes) {
+  size_t pos = 0;
+  while (pos < bytes.size() && static_cast<unsigned char>(bytes[pos]) == 0xff) ++pos;
+  return pos > 0 && pos < bytes.size() && static_cast<unsigned char>(bytes[pos]) == 0xd8 ? pos + 1 : 0;
+}
+
+void check_jpeg_huffman_tables(const std::string& bytes, const std::string& path, size_t start) {
+  const auto byte = [&](size_t i) -> uint32_t { return i < bytes.size() ? static_cast<unsigned char>(bytes[i]) : 0; };
+  size_t pos = start;
+  while (pos < bytes.size()) {
+    if (byte(pos) != 0xff) {
+      ++pos;
+      continue;
+    }
+    while (pos < bytes.size() && byte(pos) == 0xff) ++pos;  // fill bytes
+    const uint32_t marker = byte(pos++);
+    const bool standalone = marker == 0x00 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd9);
+    if (standalone) continue;
+    const size_t length = (byte(pos) << 8) | byte(pos + 1);
+    if (marker == 0xc4) {
+      // As the decoder reads it: tables one after another while the segment's length lasts.
+      size_t table = pos + 2;
+      for (int64_t left = static_cast<int64_t>(length) - 2; left > 0;) {
+        uint32_t codes = 0;
+        for (size_t i = 1; i <= 16; ++i) codes += byte(table + i);
+        if (codes > 256)
+          throw std::runtime_error("image " + path + " is not a valid JPEG: the Huffman table at byte " +
+                                   std::to_string(table) + " defines " + std::to_string(codes) +
+                                   " codes, more than 256 (damaged)");
+        table += 17 + codes;
+        left -= 17 + static_cast<int64_t>(codes);
+      }
+    }
+    pos += length;
+  }
+}
+
+}  // namespace
+
 std::vector<uint8_t> decode_image(const std::string& bytes, const std::string& path, int64_t channels, int64_t size) {
   if (lowercase_extension(path) == ".png" || bytes.compare(0, kPngSignature.size(), kPngSignature) == 0)
     check_png_structure(bytes, path);
+  if (const size_t start = jpeg_start(bytes)) check_jpeg_huffman_tables(bytes, path, start);
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
     throw std::runtime_error("image " + path + " is larger than 2 GB");
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());

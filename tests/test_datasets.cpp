@@ -446,6 +446,13 @@ TEST(ImageFolder, CorruptPngsNameTheFileAndTheReason) {
   expect_error_mentions([&] { load_image_folder(options); }, {dir.file("train/a/flipped.png"), "crc32"});
 }
 
+TEST(ImageFolder, AJpegHuffmanTableOfMoreThan256CodesIsRefusedBeforeDecoding) {
+  // Found by the fuzz harness: stb_image would write past its table (ASan: out of bounds).
+  const std::string path = MUONLAB_SOURCE_DIR "/tests/fuzz_regressions/image/jpeg-huffman-table-over-256-codes.jpg";
+  expect_error_mentions([&] { decode_image(read_file(path), path, 3, 4); },
+                        {"image " + path + " is not a valid JPEG: the Huffman table at byte ", "more than 256"});
+}
+
 TEST(ImageFolder, LimitSamplesAcrossTheClassesWithTheSeed) {
   TempDir dir;
   for (int c = 0; c < 4; ++c)
