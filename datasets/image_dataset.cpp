@@ -8,13 +8,19 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
 #define STB_IMAGE_IMPLEMENTATION
+// Failure reasons as sentences ("Corrupt PNG") rather than stb's internal codes ("IDA").
+#define STBI_FAILURE_USERMSG
 #include <stb_image.h>
 
 #include "datasets/rng.h"
+#include "framework/io/atomic_file.h"
 
 namespace ml {
 namespace fs = std::filesystem;
@@ -44,7 +50,7 @@ std::vector<std::string> read_class_names(const std::string& path) {
 
 }  // namespace
 
-ImageDataset read_cifar10_files(const std::vector<std::string>& files, int64_t limit) {
+ImageDataset read_cifar10_files(const std::vector<std::string>& files, int64_t limit, int64_t records_per_file) {
   ImageDataset data;
   data.channels = 3;
   data.height = kCifarSide;
@@ -59,6 +65,12 @@ ImageDataset read_cifar10_files(const std::vector<std::string>& files, int64_t l
     if (bytes == 0 || bytes % kCifarRecord != 0) {
       throw std::runtime_error("CIFAR-10 file " + file + " has " + std::to_string(bytes) +
                                " bytes, not a positive multiple of the 3073-byte record (truncated or not CIFAR-10 binary)");
+    }
+    if (records_per_file > 0 && bytes != records_per_file * kCifarRecord) {
+      throw std::runtime_error("CIFAR-10 file " + file + " holds " + std::to_string(bytes / kCifarRecord) +
+                               " records; a CIFAR-10 batch file holds " + std::to_string(records_per_file) + " (" +
+                               std::to_string(records_per_file * kCifarRecord) +
+                               " bytes): cut short, or not the CIFAR-10 binary version");
     }
     int64_t count = bytes / kCifarRecord;
     if (limit > 0) count = std::min(count, limit - data.size());
@@ -83,10 +95,11 @@ ImageDataset read_cifar10_files(const std::vector<std::string>& files, int64_t l
   return data;
 }
 
-ImageSplits load_cifar10(const std::string& dir, int64_t limit) {
+ImageSplits load_cifar10(const std::string& dir, int64_t limit, int64_t records_per_file) {
   std::vector<std::string> train_files;
   for (int i = 1; i <= 5; ++i) train_files.push_back(dir + "/data_batch_" + std::to_string(i) + ".bin");
-  ImageSplits splits{read_cifar10_files(train_files, limit), read_cifar10_files({dir + "/test_batch.bin"}, limit)};
+  ImageSplits splits{read_cifar10_files(train_files, limit, records_per_file),
+                     read_cifar10_files({dir + "/test_batch.bin"}, limit, records_per_file)};
   const std::string meta = dir + "/batches.meta.txt";
   if (fs::exists(meta)) {
     std::vector<std::string> names = read_class_names(meta);
@@ -175,8 +188,20 @@ ImageDataset read_idx(const std::string& images_path, const std::string& labels_
   const int64_t count = images.read_big_endian_u32("header");
   data.height = images.read_big_endian_u32("header");
   data.width = images.read_big_endian_u32("header");
-  data.pixels.resize(static_cast<size_t>(count * data.image_numel()));
-  images.read_exact(data.pixels.data(), static_cast<int64_t>(data.pixels.size()), "pixels");
+  constexpr int64_t kMaxSide = 1 << 16;
+  if (data.height == 0 || data.width == 0 || data.height > kMaxSide || data.width > kMaxSide)
+    throw std::runtime_error("IDX file " + images_path + " announces " + std::to_string(data.height) + " x " +
+                             std::to_string(data.width) + " images (damaged header?)");
+  // The header's count is only a claim (the file may be compressed): read a chunk at a time, so
+  // that a damaged count fails as a truncated file instead of allocating what it announces.
+  const int64_t total = count * data.image_numel();
+  constexpr int64_t kChunk = int64_t{1} << 20;
+  for (int64_t done = 0; done < total;) {
+    const int64_t chunk = std::min(kChunk, total - done);
+    data.pixels.resize(static_cast<size_t>(done + chunk));
+    images.read_exact(data.pixels.data() + done, chunk, "pixels");
+    done += chunk;
+  }
   images.expect_end();
 
   GzReader labels(labels_path);
@@ -186,7 +211,7 @@ ImageDataset read_idx(const std::string& images_path, const std::string& labels_
     throw std::runtime_error("IDX label file " + labels_path + " has " + std::to_string(label_count) +
                              " labels but image file " + images_path + " has " + std::to_string(count) + " images");
   }
-  std::vector<uint8_t> raw_labels(static_cast<size_t>(count));
+  std::vector<uint8_t> raw_labels(static_cast<size_t>(count));  // count images were read: a sane size
   labels.read_exact(raw_labels.data(), count, "labels");
   labels.expect_end();
   data.labels.assign(raw_labels.begin(), raw_labels.end());
@@ -248,40 +273,202 @@ std::vector<uint8_t> square_resize_to_chw(const uint8_t* hwc, int64_t height, in
 
 namespace {
 
+const std::string kPngSignature("\x89PNG\r\n\x1a\n", 8);
+// Larger images are refused before decoding: stb would allocate width * height * channels bytes
+// for whatever size a (possibly damaged) header announces.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
+
+std::string lowercase_extension(const fs::path& path) {
+  std::string ext = path.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext;
+}
+
+uint32_t big_endian_u32(const std::string& bytes, size_t offset) {
+  const auto byte = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(bytes[offset + i])); };
+  return (byte(0) << 24) | (byte(1) << 16) | (byte(2) << 8) | byte(3);
+}
+
+std::string hex32(uint32_t value) {
+  char text[16];
+  std::snprintf(text, sizeof text, "%08x", value);
+  return text;
+}
+
+}  // namespace
+
+void check_png_structure(const std::string& bytes, const std::string& path) {
+  const auto fail = [&](const std::string& why) {
+    throw std::runtime_error("image " + path + " is not a valid PNG: " + why);
+  };
+  if (bytes.compare(0, kPngSignature.size(), kPngSignature) != 0) fail("it does not start with the PNG signature");
+  size_t offset = kPngSignature.size();
+  for (int64_t index = 0;; ++index) {
+    const std::string at = " at byte " + std::to_string(offset);
+    if (offset + 8 > bytes.size()) fail("the file ends" + at + " before the IEND chunk (cut short)");
+    const uint32_t length = big_endian_u32(bytes, offset);
+    const std::string type = bytes.substr(offset + 4, 4);
+    if (!std::all_of(type.begin(), type.end(), [](char c) { return std::isalpha(static_cast<unsigned char>(c)); }))
+      fail("chunk " + std::to_string(index) + at + " has type bytes 0x" + hex32(big_endian_u32(bytes, offset + 4)) +
+           ", not a chunk name (damaged)");
+    if (length > bytes.size() - offset - 8 || bytes.size() - offset - 8 - length < 4)
+      fail("chunk " + type + at + " announces " + std::to_string(length) + " bytes, more than the file holds (cut short)");
+    if (index == 0 && type != "IHDR") fail("the first chunk is " + type + ", not IHDR");
+    const auto* chunk = reinterpret_cast<const Bytef*>(bytes.data() + offset + 4);
+    const auto computed = static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0), chunk, length + 4));
+    const uint32_t stored = big_endian_u32(bytes, offset + 8 + length);
+    if (computed != stored)
+      fail("chunk " + type + at + " has crc32 " + hex32(computed) + " but records " + hex32(stored) + " (damaged bytes)");
+    if (type == "IEND") return;
+    offset += 12 + static_cast<size_t>(length);
+  }
+}
+
+namespace {
+
+// stb_image (Debian's 2.27) builds a JPEG Huffman table without checking that its 16 code counts
+// add up to at most 256: a damaged DHT segment writes past the table (found by tests/test_fuzz.cpp).
+// Every DHT segment is checked first, walking the markers as the decoder does: segments with a
+// length are skipped by it, and in entropy-coded data a marker is any 0xFF not followed by 0x00.
+// The offset after the JPEG start-of-image marker, found as the decoder finds it (0xFF, any number
+// of 0xFF fill bytes, 0xD8), or 0 when `bytes` do not start with one.
+size_t jpeg_start(const std::string& bytes) {
+  size_t pos = 0;
+  while (pos < bytes.size() && static_cast<unsigned char>(bytes[pos]) == 0xff) ++pos;
+  return pos > 0 && pos < bytes.size() && static_cast<unsigned char>(bytes[pos]) == 0xd8 ? pos + 1 : 0;
+}
+
+void check_jpeg_huffman_tables(const std::string& bytes, const std::string& path, size_t start) {
+  const auto byte = [&](size_t i) -> uint32_t { return i < bytes.size() ? static_cast<unsigned char>(bytes[i]) : 0; };
+  size_t pos = start;
+  while (pos < bytes.size()) {
+    if (byte(pos) != 0xff) {
+      ++pos;
+      continue;
+    }
+    while (pos < bytes.size() && byte(pos) == 0xff) ++pos;  // fill bytes
+    const uint32_t marker = byte(pos++);
+    const bool standalone = marker == 0x00 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd9);
+    if (standalone) continue;
+    const size_t length = (byte(pos) << 8) | byte(pos + 1);
+    if (marker == 0xc4) {
+      // As the decoder reads it: tables one after another while the segment's length lasts.
+      size_t table = pos + 2;
+      for (int64_t left = static_cast<int64_t>(length) - 2; left > 0;) {
+        uint32_t codes = 0;
+        for (size_t i = 1; i <= 16; ++i) codes += byte(table + i);
+        if (codes > 256)
+          throw std::runtime_error("image " + path + " is not a valid JPEG: the Huffman table at byte " +
+                                   std::to_string(table) + " defines " + std::to_string(codes) +
+                                   " codes, more than 256 (damaged)");
+        table += 17 + codes;
+        left -= 17 + static_cast<int64_t>(codes);
+      }
+    }
+    pos += length;
+  }
+}
+
+}  // namespace
+
+std::vector<uint8_t> decode_image(const std::string& bytes, const std::string& path, int64_t channels, int64_t size) {
+  if (lowercase_extension(path) == ".png" || bytes.compare(0, kPngSignature.size(), kPngSignature) == 0)
+    check_png_structure(bytes, path);
+  if (const size_t start = jpeg_start(bytes)) check_jpeg_huffman_tables(bytes, path, start);
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
+    throw std::runtime_error("image " + path + " is larger than 2 GB");
+  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const int length = static_cast<int>(bytes.size());
+  int width = 0, height = 0, file_channels = 0;
+  if (!stbi_info_from_memory(data, length, &width, &height, &file_channels))
+    throw std::runtime_error("cannot read image " + path + ": " + stbi_failure_reason());
+  if (static_cast<int64_t>(width) * height > kMaxImagePixels)
+    throw std::runtime_error("image " + path + " is " + std::to_string(width) + " x " + std::to_string(height) +
+                             " pixels, more than the " + std::to_string(kMaxImagePixels) + " muonlab reads");
+  const std::unique_ptr<stbi_uc, void (*)(void*)> decoded(
+      stbi_load_from_memory(data, length, &width, &height, &file_channels, static_cast<int>(channels)), stbi_image_free);
+  if (!decoded) throw std::runtime_error("cannot read image " + path + ": " + stbi_failure_reason());
+  return square_resize_to_chw(decoded.get(), height, width, channels, size);
+}
+
+namespace {
+
 struct LabelledFile {
   std::string path;
   int64_t label;
 };
 
 bool has_image_extension(const fs::path& path) {
-  std::string ext = path.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  const std::string ext = lowercase_extension(path);
   return ext == ".png" || ext == ".jpg" || ext == ".jpeg";
 }
 
-std::vector<std::string> sorted_entries(const std::string& dir, bool directories) {
+// The entries of `dir`, sorted by name, split into those `wanted` accepts and the others.
+struct Listing {
+  std::vector<std::string> wanted, others;
+};
+
+Listing list_dir(const std::string& dir, const std::function<bool(const fs::directory_entry&)>& wanted) {
   if (!fs::is_directory(dir)) throw std::runtime_error("image folder " + dir + " is not a directory");
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const bool wanted = directories ? entry.is_directory() : entry.is_regular_file() && has_image_extension(entry.path());
-    if (wanted) names.push_back(entry.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
+  Listing listing;
+  for (const auto& entry : fs::directory_iterator(dir))
+    (wanted(entry) ? listing.wanted : listing.others).push_back(entry.path().filename().string());
+  std::sort(listing.wanted.begin(), listing.wanted.end());
+  std::sort(listing.others.begin(), listing.others.end());
+  return listing;
+}
+
+// Entries the reader would not read are refused, so that no image is dropped without a word.
+void refuse_others(const std::string& dir, const std::vector<std::string>& others, const std::string& expected) {
+  if (others.empty()) return;
+  throw std::runtime_error("image folder " + dir + " holds " + std::to_string(others.size()) + " entr" +
+                           (others.size() == 1 ? "y" : "ies") + " that " + (others.size() == 1 ? "is" : "are") +
+                           " not " + expected + ", e.g. " + others.front() + "; move " +
+                           (others.size() == 1 ? "it" : "them") + " out of the folder");
+}
+
+bool is_class_folder(const fs::directory_entry& entry) { return entry.is_directory(); }
+bool is_image_file(const fs::directory_entry& entry) { return entry.is_regular_file() && has_image_extension(entry.path()); }
+
+std::vector<std::string> class_folders(const std::string& dir) {
+  const Listing listing = list_dir(dir, is_class_folder);
+  if (listing.wanted.empty())
+    throw std::runtime_error("image folder " + dir + " has no class subfolders (the images of each class go into a "
+                             "subfolder named after the class)");
+  refuse_others(dir, listing.others, "a class folder");
+  return listing.wanted;
 }
 
 std::vector<LabelledFile> list_labelled_files(const std::string& dir, const std::vector<std::string>& class_names) {
   std::vector<LabelledFile> files;
-  for (const std::string& sub : sorted_entries(dir, true)) {
+  for (const std::string& sub : class_folders(dir)) {
     const auto known = std::find(class_names.begin(), class_names.end(), sub);
     if (known == class_names.end()) {
       throw std::runtime_error("image folder " + dir + "/" + sub + " is not one of the training classes");
     }
     const int64_t label = known - class_names.begin();
-    for (const std::string& name : sorted_entries(dir + "/" + sub, false)) files.push_back({dir + "/" + sub + "/" + name, label});
+    const std::string class_dir = dir + "/" + sub;
+    const Listing listing = list_dir(class_dir, is_image_file);
+    refuse_others(class_dir, listing.others, "a .png, .jpg or .jpeg file");
+    if (listing.wanted.empty())
+      throw std::runtime_error("image folder " + class_dir + " holds no images: an empty class; add images or remove it");
+    for (const std::string& name : listing.wanted) files.push_back({class_dir + "/" + name, label});
   }
   return files;
 }
+
+// Keeps a seeded sample of `limit` of the files, in their order (class order).
+void keep_sample(std::vector<LabelledFile>& files, int64_t limit, uint64_t seed, uint64_t split) {
+  const auto count = static_cast<int64_t>(files.size());
+  if (limit <= 0 || limit >= count) return;
+  std::vector<int64_t> chosen = seeded_permutation(count, rng_key(seed, RngStream::FolderLimit, {split}));
+  chosen.resize(static_cast<size_t>(limit));
+  std::sort(chosen.begin(), chosen.end());
+  std::vector<LabelledFile> sample;
+  for (const int64_t index : chosen) sample.push_back(std::move(files[index]));
+  files = std::move(sample);
+}
+
 
 ImageDataset decode_images(const std::vector<LabelledFile>& files, const ImageFolderOptions& options,
                            const std::vector<std::string>& class_names) {
@@ -293,13 +480,7 @@ ImageDataset decode_images(const std::vector<LabelledFile>& files, const ImageFo
   data.class_names = class_names;
   data.pixels.reserve(files.size() * static_cast<size_t>(data.image_numel()));
   for (const LabelledFile& file : files) {
-    int width = 0, height = 0, file_channels = 0;
-    stbi_uc* decoded = stbi_load(file.path.c_str(), &width, &height, &file_channels, static_cast<int>(options.channels));
-    if (decoded == nullptr) {
-      throw std::runtime_error("cannot read image " + file.path + ": " + stbi_failure_reason());
-    }
-    const std::vector<uint8_t> chw = square_resize_to_chw(decoded, height, width, options.channels, options.image_size);
-    stbi_image_free(decoded);
+    const std::vector<uint8_t> chw = decode_image(read_file(file.path), file.path, options.channels, options.image_size);
     data.pixels.insert(data.pixels.end(), chw.begin(), chw.end());
     data.labels.push_back(file.label);
   }
@@ -315,8 +496,7 @@ ImageSplits load_image_folder(const ImageFolderOptions& options) {
   if (options.image_size <= 0) {
     throw std::invalid_argument("image folder image_size must be positive, got " + std::to_string(options.image_size));
   }
-  const std::vector<std::string> class_names = sorted_entries(options.train_dir, true);
-  if (class_names.empty()) throw std::runtime_error("image folder " + options.train_dir + " has no class subfolders");
+  const std::vector<std::string> class_names = class_folders(options.train_dir);
 
   std::vector<LabelledFile> train = list_labelled_files(options.train_dir, class_names);
   std::vector<LabelledFile> val;
@@ -335,9 +515,8 @@ ImageSplits load_image_folder(const ImageFolderOptions& options) {
     for (int64_t i = 0; i < count; ++i) (held_out[i] ? val : kept).push_back(std::move(train[i]));
     train = std::move(kept);
   }
-  for (auto* files : {&train, &val}) {
-    if (options.limit > 0 && static_cast<int64_t>(files->size()) > options.limit) files->resize(options.limit);
-  }
+  keep_sample(train, options.limit_train, options.seed, 0);
+  keep_sample(val, options.limit_val, options.seed, 1);
   return {decode_images(train, options, class_names), decode_images(val, options, class_names)};
 }
 

@@ -26,14 +26,19 @@ struct ImageSplits {
   ImageDataset val;
 };
 
-// `limit` (every reader): keep only the first N examples of each split; 0 keeps all.
+// `limit` (CIFAR-10 and IDX, whose files are already in random class order): keep only the first N
+// examples of each split; 0 keeps all.
+
+// The records of one CIFAR-10 batch file (data_batch_1.bin .. 5, test_batch.bin).
+constexpr int64_t kCifarBatchRecords = 10000;
 
 // CIFAR-10 binary records (1 label byte + 3072 pixel bytes, channel-major RGB 32x32) from `files`,
-// concatenated in order.
-ImageDataset read_cifar10_files(const std::vector<std::string>& files, int64_t limit = 0);
+// concatenated in order. `records_per_file` > 0: every file must hold exactly that many records.
+ImageDataset read_cifar10_files(const std::vector<std::string>& files, int64_t limit = 0, int64_t records_per_file = 0);
 // The cifar-10-batches-bin folder: data_batch_1..5.bin -> train, test_batch.bin -> val;
-// class names from batches.meta.txt when present.
-ImageSplits load_cifar10(const std::string& dir, int64_t limit = 0);
+// class names from batches.meta.txt when present. A batch file of another size than
+// `records_per_file` (kCifarBatchRecords; smaller in tests) is truncated or not CIFAR-10: refused.
+ImageSplits load_cifar10(const std::string& dir, int64_t limit = 0, int64_t records_per_file = kCifarBatchRecords);
 
 // One IDX pair: unsigned-byte images [N, H, W] (magic 0x803) and labels [N] (magic 0x801).
 // Plain or gzip-compressed files are both accepted.
@@ -49,10 +54,24 @@ struct ImageFolderOptions {
   uint64_t seed = 0;
   int64_t image_size = 32;  // images are center-cropped to a square, then resized to this side
   int64_t channels = 3;     // 1 (grey) or 3 (RGB)
-  int64_t limit = 0;
+  // > 0: a seeded sample of this many images of the split, drawn across all classes (the first N
+  // files in class order would be one class only), kept in class order.
+  int64_t limit_train = 0;
+  int64_t limit_val = 0;
 };
-// Classes are the sorted subfolder names of train_dir; files are taken in sorted name order.
+// Classes are the sorted subfolder names of train_dir; files are taken in sorted name order. Every
+// entry must be a class folder holding .png/.jpg/.jpeg files and nothing else: anything the reader
+// would skip (another file, a subfolder, an empty class) is refused, naming it, rather than
+// dropped without a word. PNG files are checked chunk by chunk (lengths and CRCs) before decoding.
 ImageSplits load_image_folder(const ImageFolderOptions& options);
+
+// Throws std::runtime_error naming `path` and what is wrong when `bytes` are not a well-formed PNG
+// stream: the signature, every chunk's length and crc32, IHDR first and IEND last.
+void check_png_structure(const std::string& bytes, const std::string& path);
+// Decodes one PNG or JPEG file's `bytes` (read from `path`, which errors name) with `channels`
+// channels, center-cropped and resized to size x size (square_resize_to_chw). PNGs are checked
+// with check_png_structure first, since the decoder ignores CRCs.
+std::vector<uint8_t> decode_image(const std::string& bytes, const std::string& path, int64_t channels, int64_t size);
 
 // Crops the largest centered square of an interleaved HWC image and resizes it bilinearly
 // (half-pixel centers, like align_corners=false) to size x size; returns CHW.

@@ -13,7 +13,7 @@
 namespace ml {
 
 // Separates the uses of one seed so that, e.g., shuffling and augmentation never share values.
-enum class RngStream : uint64_t { Shuffle = 1, Augment, TextWindows, Synthetic, FolderSplit, AlternatingFlip };
+enum class RngStream : uint64_t { Shuffle = 1, Augment, TextWindows, Synthetic, FolderSplit, AlternatingFlip, FolderLimit };
 
 // A key identifying one random stream: the seed, the stream kind and any number of coordinates.
 inline uint64_t rng_key(uint64_t seed, RngStream stream, std::initializer_list<uint64_t> coordinates) {

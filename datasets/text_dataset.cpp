@@ -1,6 +1,7 @@
 #include "datasets/text_dataset.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -17,6 +18,10 @@ constexpr int32_t kTokenFileMagic = 20240520;
 constexpr int64_t kTokenHeaderBytes = 256 * 4;
 
 std::string read_whole_file(const std::string& path, const char* what) {
+  // A folder opens like a file and reads as nothing: say what it is, not that it is empty.
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error))
+    throw std::runtime_error(std::string(what) + " " + path + " is a directory, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(std::string("cannot open ") + what + " " + path);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -78,7 +83,9 @@ CharVocab CharVocab::load(const std::string& path) {
   if (!in.eof()) throw std::runtime_error("character vocabulary " + path + " holds something other than byte values");
   if (symbols.empty()) throw std::runtime_error("character vocabulary " + path + " is empty");
   try {
-    return CharVocab(std::move(symbols));
+    CharVocab vocab(std::move(symbols));
+    vocab.file_ = path;
+    return vocab;
   } catch (const std::runtime_error& e) {
     throw std::runtime_error(path + ": " + e.what());
   }
@@ -97,7 +104,8 @@ std::vector<uint16_t> CharVocab::encode(const std::string& text) const {
     const int16_t id = ids_[static_cast<unsigned char>(text[i])];
     if (id < 0) {
       throw std::runtime_error("byte " + std::to_string(static_cast<unsigned char>(text[i])) + " at offset " +
-                               std::to_string(i) + " is not in the character vocabulary");
+                               std::to_string(i) + " is not in the character vocabulary" +
+                               (file_.empty() ? "" : " " + file_));
     }
     ids[i] = static_cast<uint16_t>(id);
   }

@@ -34,6 +34,7 @@ class CharVocab {
   explicit CharVocab(std::vector<uint8_t> symbols);
   std::vector<uint8_t> symbols_;
   std::array<int16_t, 256> ids_;  // -1 for bytes outside the vocabulary
+  std::string file_;  // the file load() read it from, named when a text does not fit it; "" when built
 };
 
 struct TokenCorpus {

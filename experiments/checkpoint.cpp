@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <stdexcept>
 
@@ -73,17 +74,39 @@ void write_manifest(const std::string& run_dir, const std::vector<CheckpointRef>
   write_file_atomic(manifest_path(run_dir), manifest.dump() + "\n");
 }
 
+// What the manifest names stays inside the run: a folder of checkpoints/ and plain file names
+// (a damaged or hand-edited manifest must not point the loader, or the clean-up, elsewhere).
+bool is_plain_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
+std::string checked_file_name(const std::string& name) {
+  if (!is_plain_name(name)) throw std::runtime_error("\"" + name + "\" is not a plain file name");
+  return name;
+}
+
+uint32_t parse_crc(const std::string& text) {
+  static const std::regex hex("[0-9a-f]{8}");
+  if (!std::regex_match(text, hex)) throw std::runtime_error("crc32 \"" + text + "\" is not 8 hexadecimal digits");
+  return static_cast<uint32_t>(std::stoul(text, nullptr, 16));
+}
+
 CheckpointRef parse_entry(const std::string& run_dir, const Json& entry) {
   CheckpointRef checkpoint;
   checkpoint.step = entry.at("step").as_int();
-  checkpoint.dir = run_dir + "/" + entry.at("dir").as_string();
+  const std::string& dir = entry.at("dir").as_string();
+  const std::string prefix = std::string(kCheckpointsFolder) + "/";
+  if (dir.rfind(prefix, 0) != 0 || !is_plain_name(dir.substr(prefix.size())))
+    throw std::runtime_error("checkpoint folder \"" + dir + "\" is not a folder of " + kCheckpointsFolder + "/");
+  checkpoint.dir = run_dir + "/" + dir;
   if (const Json* names = entry.find("files")) {  // version 1: names only
-    for (const Json& name : names->as_array()) checkpoint.files.push_back(name.as_string());
+    for (const Json& name : names->as_array()) checkpoint.files.push_back(checked_file_name(name.as_string()));
     return checkpoint;
   }
   for (const auto& [name, crc] : entry.at("crc32").as_object()) {
-    checkpoint.files.push_back(name);
-    checkpoint.crc32[name] = static_cast<uint32_t>(std::stoul(crc.as_string(), nullptr, 16));
+    checkpoint.files.push_back(checked_file_name(name));
+    checkpoint.crc32[name] = parse_crc(crc.as_string());
   }
   return checkpoint;
 }

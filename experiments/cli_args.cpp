@@ -217,6 +217,7 @@ ParsedArgs parse_command_line(const CommandSpec& command, const std::vector<std:
     if (arg.size() < 2 || arg[0] != '-') {
       if (command.positional.empty() || (have_positional && !command.many_positionals))
         fail(command, "unexpected argument '" + arg + "'");
+      if (arg.empty()) fail(command, "the " + command.positional + " argument is empty");
       if (!have_positional) parsed.positional = arg;
       parsed.positionals.push_back(arg);
       have_positional = true;
@@ -244,6 +245,9 @@ ParsedArgs parse_command_line(const CommandSpec& command, const std::vector<std:
         fail(command, "option " + name + " needs a value (" + name + " " + option->value_name + ")");
       value = args[++i];
     }
+    // An empty path would quietly mean a default (`--out ""` the runs/ folder): only free text may be empty.
+    if (!option->value_name.empty() && value.empty() && option->value_name != "TEXT")
+      fail(command, "option " + name + " needs a non-empty value (" + name + " " + option->value_name + ")");
     parsed.values[name].push_back(value);
   }
   if (!command.positional.empty() && !have_positional && !command.many_positionals)

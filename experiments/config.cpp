@@ -19,17 +19,55 @@
 #include <type_traits>
 #include <utility>
 
+#include "experiments/yaml_file_reader.h"
+
 namespace ml {
 namespace {
 
 using Kinds = std::vector<std::string>;
 
 const Kinds kMuonFamily{"muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"};
+// The Muon family less Dion2, which sums gradients without a momentum coefficient.
+const Kinds kMomentumFamily{"muon", "turbo_muon", "cache_muon", "rmnp", "normuon"};
 const Kinds kImageKinds{"cifar10", "fashion_mnist", "image_folder"};
 const Kinds kTextKinds{"text_char", "text_tokens"};
 
 bool contains(const Kinds& kinds, const std::string& kind) {
   return std::find(kinds.begin(), kinds.end(), kind) != kinds.end();
+}
+
+// Keys that these kinds once accepted although nothing read them (issue 10, item 11). A config
+// that sets one is now refused, with `why`; but the config.yaml an earlier muonlab wrote into a
+// run folder lists them with their resolved values, and load_run_config drops them there: they
+// never changed what the run computed.
+struct RetiredKey {
+  std::string section;  // "optimizer"
+  std::string key;      // "momentum"
+  Kinds kinds;          // the values of the section's kind that used to accept it
+  std::string why;
+};
+
+const std::vector<RetiredKey>& retired_keys() {
+  static const std::string dion2_momentum =
+      "Dion2 has no momentum coefficient: it adds each gradient to its buffer (M <- M + G) and decays only the "
+      "selected slices, by optimizer.ef_decay";
+  static const std::string rmnp_newton_schulz = "RMNP normalizes rows instead of running Newton-Schulz";
+  static const std::string eval_batches =
+      "text and synthetic data evaluate in batches of data.batch_size; only image data has a separate one";
+  static const std::vector<RetiredKey> keys{
+      {"optimizer", "momentum", {"dion2"}, dion2_momentum},
+      {"optimizer", "nesterov", {"dion2"}, dion2_momentum},
+      {"optimizer", "ns_steps", {"rmnp"}, rmnp_newton_schulz},
+      {"optimizer", "ns_coefficients", {"rmnp"}, rmnp_newton_schulz},
+      {"data", "val_batch_size", {"text_char", "text_tokens", "synthetic"}, eval_batches},
+  };
+  return keys;
+}
+
+const RetiredKey* find_retired(const std::string& key_path, const std::string& kind) {
+  for (const RetiredKey& retired : retired_keys())
+    if (retired.section + "." + retired.key == key_path && contains(retired.kinds, kind)) return &retired;
+  return nullptr;
 }
 
 std::string join_path(const std::string& section_path, const std::string& key) {
@@ -149,8 +187,13 @@ std::string describe(const YAML::Node& node) {
       return "a list";
     case YAML::NodeType::Map:
       return "a mapping";
-    case YAML::NodeType::Scalar:
-      return node.Tag() == "!" ? "\"" + node.Scalar() + "\" (a quoted string)" : "\"" + node.Scalar() + "\"";
+    case YAML::NodeType::Scalar: {
+      // A long value (a whole file read as one string, say) is cut: the message is about its start.
+      constexpr size_t kShown = 60;
+      const std::string& text = node.Scalar();
+      const std::string shown = text.size() > kShown ? text.substr(0, kShown) + "..." : text;
+      return node.Tag() == "!" ? "\"" + shown + "\" (a quoted string)" : "\"" + shown + "\"";
+    }
     case YAML::NodeType::Undefined:
       break;
   }
@@ -517,9 +560,11 @@ struct Section {
       for (const std::string& kind_name : field.kinds)
         if (!contains(kinds_with_key, kind_name)) kinds_with_key.push_back(kind_name);
     }
-    if (!kinds_with_key.empty())
-      key_site.fail_sentence(key_site.path + " is only valid for kind " + join_words(kinds_with_key) +
-                             ", not " + current_kind);
+    if (!kinds_with_key.empty()) {
+      const RetiredKey* retired = find_retired(key_site.path, current_kind);
+      key_site.fail_sentence(key_site.path + " is only valid for kind " + join_words(kinds_with_key) + ", not " +
+                             current_kind + (retired ? " (" + retired->why + ")" : ""));
+    }
     Kinds valid_keys;
     for (const Field<S>& field : fields)
       if (field.applies_to(current_kind) && !contains(valid_keys, field.key)) valid_keys.push_back(field.key);
@@ -554,6 +599,9 @@ Field<S> section(std::string key, Sub S::*member, const Section<Sub>& schema, bo
 // ------------------------------------------------------------------ the schema
 // Adding a key: a member in config.h and one row here.
 
+// nanoGPT's 90/10 split.
+constexpr double kDefaultValFraction = 0.1;
+
 const Section<DataConfig>& data_schema() {
   using D = DataConfig;
   static const Section<D> schema{
@@ -564,7 +612,7 @@ const Section<DataConfig>& data_schema() {
           path("path", &D::path, kRequired).only_for({"cifar10", "image_folder", "text_char", "text_tokens"}),
           path("path", &D::path, "/usr/share/datasets/fashion-mnist").only_for({"fashion_mnist"}),
           integer("batch_size", &D::batch_size, at_least(1), kRequired),
-          integer("val_batch_size", &D::val_batch_size, at_least(0), 0),
+          integer("val_batch_size", &D::val_batch_size, at_least(0), 0).only_for(kImageKinds),
           integer("limit_train", &D::limit_train, at_least(0), 0),
           integer("limit_val", &D::limit_val, at_least(0), 0),
           integer("workers_prefetch", &D::workers_prefetch, at_least(0), 2),
@@ -576,7 +624,8 @@ const Section<DataConfig>& data_schema() {
           integer("translate", &D::translate, at_least(0), 0).only_for(kImageKinds),
           boolean("normalize", &D::normalize, true).only_for(kImageKinds),
           optional_path("val_path", &D::val_path).only_for({"image_folder", "text_tokens"}),
-          number("val_fraction", &D::val_fraction, closed_open(0, 1), 0.1).only_for({"image_folder", "text_char"}),
+          number("val_fraction", &D::val_fraction, closed_open(0, 1), kDefaultValFraction)
+              .only_for({"image_folder", "text_char"}),
           integer("image_size", &D::image_size, at_least(1), 32).only_for({"image_folder"}),
           integer("block_size", &D::block_size, at_least(1), kRequired).only_for(kTextKinds),
           boolean("byte_level", &D::byte_level, false).only_for({"text_char"}),
@@ -587,6 +636,9 @@ const Section<DataConfig>& data_schema() {
       [](const D& data, const SectionSites& sites) {
         if (data.alternating_flip && !data.flip)
           sites.at("alternating_flip").fail("chooses how data.flip flips; set data.flip: true as well");
+        // With a separate validation folder nothing is split off: another fraction would be unused.
+        if (data.kind == "image_folder" && !data.val_path.empty() && data.val_fraction != kDefaultValFraction)
+          sites.at("val_fraction").fail("is not used when data.val_path gives the validation images; remove one of them");
       }};
   return schema;
 }
@@ -672,10 +724,6 @@ const Section<NonMatrixConfig>& non_matrix_schema() {
   return schema;
 }
 
-// Some kinds accept keys their optimizer ignores (momentum and nesterov for dion2, ns_steps and
-// ns_coefficients for rmnp). Rejecting them (issue 10, item 11) would stop the study's saved
-// config.yaml files (experiments/results/study-data), which hold them, from loading: it needs a
-// migration of those files first.
 const Section<OptimizerConfig>& optimizer_schema() {
   using O = OptimizerConfig;
   static const Section<O> schema{
@@ -689,12 +737,13 @@ const Section<OptimizerConfig>& optimizer_schema() {
           boolean("nesterov", &O::nesterov, false).only_for({"sgd"}),
           number_pair("betas", &O::betas, closed_open(0, 1), std::array<double, 2>{0.9, 0.999}).only_for({"adamw"}),
           number("eps", &O::eps, greater_than(0), 1e-8).only_for({"adamw"}),
-          number("momentum", &O::momentum, closed_open(0, 1), 0.95).only_for(kMuonFamily),
-          boolean("nesterov", &O::nesterov, true).only_for(kMuonFamily),
-          integer("ns_steps", &O::ns_steps, closed(1, 20), 5).only_for({"muon", "cache_muon", "dion2", "rmnp", "normuon"}),
+          // Dion2 has no momentum coefficient, RMNP no Newton-Schulz (see retired_keys()).
+          number("momentum", &O::momentum, closed_open(0, 1), 0.95).only_for(kMomentumFamily),
+          boolean("nesterov", &O::nesterov, true).only_for(kMomentumFamily),
+          integer("ns_steps", &O::ns_steps, closed(1, 20), 5).only_for({"muon", "cache_muon", "dion2", "normuon"}),
           integer("ns_steps", &O::ns_steps, closed(1, 20), 4).only_for({"turbo_muon"}),
           choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "keller")
-              .only_for({"muon", "cache_muon", "rmnp", "normuon"}),
+              .only_for({"muon", "cache_muon", "normuon"}),
           choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "muon_plus")
               .only_for({"turbo_muon"}),
           choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "polar_express")
@@ -730,7 +779,12 @@ const Section<ScheduleConfig>& schedule_schema() {
                                      choice("decay", &S::decay, {"none", "linear", "cosine"}, "none"),
                                      number("min_lr_ratio", &S::min_lr_ratio, closed(0, 1), 0.0),
                                  },
-                                 nullptr};
+                                 [](const S& schedule, const SectionSites& sites) {
+                                   // Without a decay the rate never falls toward the floor.
+                                   if (schedule.decay == "none" && schedule.min_lr_ratio != 0)
+                                     sites.at("min_lr_ratio")
+                                         .fail("only applies with schedule.decay linear or cosine (it is none)");
+                                 }};
   return schema;
 }
 
@@ -830,12 +884,71 @@ void assign(YAML::Node mapping, const Override& override_, size_t depth, const Y
   assign(mapping[key], override_, depth + 1, value);
 }
 
-YAML::Node parse_yaml(const std::string& yaml_text, const std::string& source_name) {
-  try {
-    return YAML::Load(yaml_text);
-  } catch (const YAML::ParserException& error) {
-    throw ConfigError(source_name + ":" + std::to_string(error.mark.line + 1) + ": malformed YAML: " + error.msg);
+// Where each key of the tree (the file with the overrides applied) was set.
+void record_origins(const YAML::Node& mapping, const std::string& path, const Source& source,
+                    std::map<std::string, std::string>& origins) {
+  for (auto it = mapping.begin(); it != mapping.end(); ++it) {
+    const std::string key_path = join_path(path, it->first.Scalar());
+    origins[key_path] = source.origin(key_path, it->first.Mark());
+    if (it->second.IsMap()) record_origins(it->second, key_path, source, origins);
   }
+}
+
+// A config.yaml of a run folder may list keys an earlier muonlab wrote for its kind (see
+// RetiredKey): they go before validation.
+void drop_retired_keys(const YAML::Node& root) {
+  if (!root.IsMap()) return;
+  for (const RetiredKey& retired : retired_keys()) {
+    // Looked up through the const root: a non-const lookup of a missing key would add it.
+    YAML::Node section = root[retired.section];
+    if (!section.IsDefined() || !section.IsMap()) continue;
+    const YAML::Node kind = std::as_const(section)["kind"];
+    if (kind.IsDefined() && kind.IsScalar() && contains(retired.kinds, kind.Scalar())) section.remove(retired.key);
+  }
+}
+
+enum class ConfigOrigin { User, RunFolder };
+
+RunConfig read_config(const std::string& yaml_text, const std::string& source_name,
+                      const std::vector<std::string>& overrides, ConfigOrigin origin) {
+  std::vector<Override> parsed;
+  std::vector<YAML::Node> values;
+  for (const std::string& text : overrides) {
+    parsed.push_back(parse_override(text));
+    try {
+      values.push_back(YAML::Load(text.substr(text.find('=') + 1)));
+    } catch (const YAML::ParserException& error) {
+      throw ConfigError("--set " + text + ": malformed YAML value: " + error.msg);
+    }
+  }
+  const Source source(source_name, parsed);
+
+  YAML::Node root = YamlFileReader(source_name).load(yaml_text);
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) fail_expected({source, "", root.Mark()}, "a mapping of keys at the top level", root);
+  if (origin == ConfigOrigin::RunFolder) drop_retired_keys(root);
+  for (size_t i = 0; i < parsed.size(); ++i) assign(root, parsed[i], 0, values[i]);
+
+  RunConfig config;
+  run_schema().read(config, root, {source, "", root.Mark()});
+  config.source = source.name();
+  record_origins(root, "", source, config.key_origins);
+  return config;
+}
+
+std::string read_config_file(const std::string& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error))
+    throw ConfigError(path + ": cannot read the config file: it is a directory");
+  // A device or a pipe (/dev/zero, say) might never end.
+  if (std::filesystem::exists(path, error) && !std::filesystem::is_regular_file(path, error))
+    throw ConfigError(path + ": cannot read the config file: it is not a regular file");
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw ConfigError(path + ": cannot read the config file: " + std::strerror(errno));
+  std::ostringstream contents;
+  contents << file.rdbuf();
+  if (file.bad()) throw ConfigError(path + ": cannot read the config file: " + std::strerror(errno));
+  return contents.str();
 }
 
 }  // namespace
@@ -884,16 +997,6 @@ std::string first_difference(const RunConfig& a, const RunConfig& b) {
 
 namespace {
 
-// Where each key of the tree (the file with the overrides applied) was set.
-void record_origins(const YAML::Node& mapping, const std::string& path, const Source& source,
-                    std::map<std::string, std::string>& origins) {
-  for (auto it = mapping.begin(); it != mapping.end(); ++it) {
-    const std::string key_path = join_path(path, it->first.Scalar());
-    origins[key_path] = source.origin(key_path, it->first.Mark());
-    if (it->second.IsMap()) record_origins(it->second, key_path, source, origins);
-  }
-}
-
 // The resolved config's values by key path ("model.n_head" -> "2"), in schema order.
 void flatten(const YAML::Node& node, const std::string& path, std::vector<std::pair<std::string, std::string>>& out) {
   if (node.IsMap()) {
@@ -934,40 +1037,15 @@ std::vector<std::string> config_differences(const RunConfig& a, const RunConfig&
 
 RunConfig parse_config(const std::string& yaml_text, const std::string& source_name,
                        const std::vector<std::string>& overrides) {
-  std::vector<Override> parsed;
-  std::vector<YAML::Node> values;
-  for (const std::string& text : overrides) {
-    parsed.push_back(parse_override(text));
-    try {
-      values.push_back(YAML::Load(text.substr(text.find('=') + 1)));
-    } catch (const YAML::ParserException& error) {
-      throw ConfigError("--set " + text + ": malformed YAML value: " + error.msg);
-    }
-  }
-  const Source source(source_name, parsed);
-
-  YAML::Node root = parse_yaml(yaml_text, source_name);
-  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  if (!root.IsMap()) fail_expected({source, "", root.Mark()}, "a mapping of keys at the top level", root);
-  for (size_t i = 0; i < parsed.size(); ++i) assign(root, parsed[i], 0, values[i]);
-
-  RunConfig config;
-  run_schema().read(config, root, {source, "", root.Mark()});
-  config.source = source.name();
-  record_origins(root, "", source, config.key_origins);
-  return config;
+  return read_config(yaml_text, source_name, overrides, ConfigOrigin::User);
 }
 
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::error_code error;
-  if (std::filesystem::is_directory(path, error))
-    throw ConfigError(path + ": cannot read the config file: it is a directory");
-  std::ifstream file(path, std::ios::binary);
-  if (!file) throw ConfigError(path + ": cannot read the config file: " + std::strerror(errno));
-  std::ostringstream contents;
-  contents << file.rdbuf();
-  if (file.bad()) throw ConfigError(path + ": cannot read the config file: " + std::strerror(errno));
-  return parse_config(contents.str(), path, overrides);
+  return read_config(read_config_file(path), path, overrides, ConfigOrigin::User);
+}
+
+RunConfig load_run_config(const std::string& path) {
+  return read_config(read_config_file(path), path, {}, ConfigOrigin::RunFolder);
 }
 
 std::string to_yaml(const RunConfig& config) {

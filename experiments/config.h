@@ -192,6 +192,10 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
 // The same for YAML text; `source_name` stands for the file name in error messages.
 RunConfig parse_config(const std::string& yaml_text, const std::string& source_name,
                        const std::vector<std::string>& overrides = {});
+// A run folder's config.yaml, written by this or an earlier muonlab: keys that an earlier version
+// listed for a kind that never read them (dion2's momentum, say) are dropped instead of refused,
+// so that old runs still report, resume, evaluate and count as done in a sweep.
+RunConfig load_run_config(const std::string& path);
 
 // The fully resolved config (every default filled in) as YAML; parse_config of it gives back an
 // equal RunConfig. Written to runs/<dir>/config.yaml.

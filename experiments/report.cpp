@@ -53,7 +53,7 @@ Run read_run(const fs::path& dir) {
   Run run;
   run.dir = dir.string();
   try {
-    run.config = load_config((dir / "config.yaml").string());
+    run.config = load_run_config((dir / "config.yaml").string());
     run.label = run.config.name;
     if (fs::exists(dir / kSweepPointFile))
       run.label = Json::parse(read_file((dir / kSweepPointFile).string())).at("label").as_string();

@@ -52,7 +52,7 @@ std::string sample_text(const std::string& checkpoint_path, const SampleOptions&
   const std::string run_dir = fs::path(dir).parent_path().parent_path().string();
   const std::string config_path = run_dir + "/config.yaml";
   if (!fs::exists(config_path)) throw std::runtime_error(checkpoint_path + ": no config.yaml in its run folder " + run_dir);
-  const RunConfig config = load_config(config_path);
+  const RunConfig config = load_run_config(config_path);
   if (config.model.kind != "gpt" || config.data.kind != "text_char" || !fs::exists(dir + "/vocab.txt"))
     throw std::runtime_error(checkpoint_path + ": sampling needs a character-level GPT (model.kind gpt, data.kind "
                              "text_char, vocab.txt in the checkpoint); this run is model.kind " + config.model.kind +

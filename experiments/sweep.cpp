@@ -80,7 +80,7 @@ std::pair<std::string, std::string> recorded_status(const std::string& dir) {
 // "" when the run in `dir` was made with the point's config (threads aside: they change the speed,
 // not what is computed beyond rounding), else what differs.
 std::string config_mismatch(const std::string& dir, const SweepPoint& point) {
-  RunConfig saved = load_config(dir + "/config.yaml");
+  RunConfig saved = load_run_config(dir + "/config.yaml");
   saved.threads = point.config.threads;
   return first_difference(saved, point.config);
 }

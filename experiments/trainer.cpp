@@ -279,7 +279,7 @@ RunConfig with_resumable_keys_of(RunConfig saved, const RunConfig& given) {
 void check_same_run(const RunConfig& given, const std::string& run_dir) {
   const std::string saved_path = run_dir + "/" + kConfigFile;
   if (!fs::exists(saved_path)) throw std::runtime_error("--resume " + run_dir + ": no " + kConfigFile + " (not a run directory)");
-  const RunConfig saved = with_resumable_keys_of(load_config(saved_path), given);
+  const RunConfig saved = with_resumable_keys_of(load_run_config(saved_path), given);
   const std::string difference = first_difference(saved, given);
   if (difference.empty()) return;
   throw std::runtime_error("--resume " + run_dir + ": the config differs from the run's " + kConfigFile + " (run vs given: " +
@@ -379,6 +379,17 @@ struct LoopState {
   }
 };
 
+// A checkpoint's trainer.json, with errors naming it: one that passes its checksum may still be
+// damaged (written before checksums, or edited together with the manifest).
+LoopState read_loop_state(const std::string& path) {
+  const std::string text = read_file(path);
+  try {
+    return LoopState::from_json(Json::parse(text));
+  } catch (const std::exception& error) {
+    throw std::runtime_error(path + ": not a valid trainer state: " + error.what());
+  }
+}
+
 StateDict read_optimizer_state(const std::string& path) {
   StateDict state;
   for (const auto& [name, tensor] : load_safetensors(path).tensors) state[name] = tensor;
@@ -449,7 +460,7 @@ class Trainer {
     if (checkpoint) {
       load_weights(*model_, checkpoint->file(kModelFile));
       optimizer_->load_state_dict(read_optimizer_state(checkpoint->file(kOptimizerFile)));
-      state_ = LoopState::from_json(Json::parse(read_file(checkpoint->file(kTrainerFile))));
+      state_ = read_loop_state(checkpoint->file(kTrainerFile));
       if (state_.step > total_steps_)
         throw std::runtime_error("--resume " + options_.resume_dir + ": the checkpoint is at step " +
                                  std::to_string(state_.step) + ", past the run's " + std::to_string(total_steps_) +
@@ -947,7 +958,7 @@ void check_eval_config(const RunConfig& given, const CheckpointRef& checkpoint) 
   const std::string saved_path = (run_dir / kConfigFile).string();
   if (!fs::exists(saved_path)) return;  // a checkpoint folder outside a run: nothing to compare with
   std::string listed;
-  for (const std::string& difference : config_differences(load_config(saved_path), given)) {
+  for (const std::string& difference : config_differences(load_run_config(saved_path), given)) {
     const std::string key = difference.substr(0, difference.find(':'));
     const bool defining = key == "seed" || key.rfind("model.", 0) == 0 || key.rfind("data.", 0) == 0;
     if (defining && std::find(kKeysEvalMayChange.begin(), kKeysEvalMayChange.end(), key) == kKeysEvalMayChange.end())
@@ -970,6 +981,9 @@ Json evaluate_checkpoint(const RunConfig& config, const std::string& checkpoint_
   const std::string& dir = checkpoint.dir;
   const std::string model_path = dir + "/" + kModelFile;
   if (!fs::exists(model_path)) throw std::runtime_error(checkpoint_path + ": no " + kModelFile + " in " + dir);
+  // Every file of the checkpoint is read before the (long) evaluation, so that a damaged one fails at once.
+  std::optional<int64_t> step;
+  if (fs::exists(dir + "/" + kTrainerFile)) step = read_loop_state(dir + "/" + kTrainerFile).step;
   std::optional<CharVocab> stored_vocab;
   if (fs::exists(dir + "/" + kVocabFile)) stored_vocab = CharVocab::load(dir + "/" + kVocabFile);
   const RunData data = load_run_data(config, stored_vocab);
@@ -979,8 +993,7 @@ Json evaluate_checkpoint(const RunConfig& config, const std::string& checkpoint_
   model->to(device);
   const EvalResult result = evaluate(*model, *data.batcher, eval_options(config, data), device);
   Json json = Json::object({{"checkpoint", dir}});
-  if (fs::exists(dir + "/" + kTrainerFile))
-    json["step"] = Json::parse(read_file(dir + "/" + kTrainerFile)).at("step").as_int();
+  if (step) json["step"] = *step;
   json["val_loss"] = result.loss;
   if (result.accuracy) json["val_acc"] = *result.accuracy;
   json["targets"] = result.targets;

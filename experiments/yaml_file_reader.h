@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <regex>
 #include <string>
 #include <utility>
@@ -18,10 +19,29 @@ class YamlFileReader {
   explicit YamlFileReader(std::string source) : source_(std::move(source)) {}
 
   YAML::Node load(const std::string& yaml_text) const {
+    check_text(yaml_text);
     try {
       return YAML::Load(yaml_text);
     } catch (const YAML::ParserException& error) {
       throw ConfigError(source_ + ":" + std::to_string(error.mark.line + 1) + ": malformed YAML: " + error.msg);
+    }
+  }
+
+  // A binary file (an image, a checkpoint) given where YAML belongs: say so at the first byte that
+  // text cannot hold, rather than let the YAML parser quote the bytes back.
+  void check_text(const std::string& text) const {
+    size_t line = 1;
+    for (size_t i = 0; i < text.size();) {
+      const auto byte = static_cast<unsigned char>(text[i]);
+      const size_t length = utf8_sequence_length(text, i);
+      if (length == 0 || (byte < 0x20 && byte != '\t' && byte != '\n' && byte != '\r') || byte == 0x7f) {
+        char description[64];
+        std::snprintf(description, sizeof description, "byte 0x%02x at offset %zu", byte, i);
+        throw ConfigError(source_ + ":" + std::to_string(line) + ": not a YAML text file (" + description +
+                          " is not UTF-8 text)");
+      }
+      if (byte == '\n') ++line;
+      i += length;
     }
   }
 
@@ -89,6 +109,17 @@ class YamlFileReader {
   const std::string& source() const { return source_; }
 
  private:
+  // The length of the well-formed UTF-8 sequence at `i` (1 to 4), or 0 when it is not one.
+  static size_t utf8_sequence_length(const std::string& text, size_t i) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    if (lead < 0x80) return 1;
+    const size_t length = lead >= 0xc2 && lead <= 0xdf ? 2 : lead >= 0xe0 && lead <= 0xef ? 3 : lead >= 0xf0 && lead <= 0xf4 ? 4 : 0;
+    if (length == 0 || i + length > text.size()) return 0;
+    for (size_t k = 1; k < length; ++k)
+      if ((static_cast<unsigned char>(text[i + k]) & 0xc0) != 0x80) return 0;
+    return length;
+  }
+
   std::string source_;
 };
 

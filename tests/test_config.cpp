@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,11 @@ const char* const kMinimal =
     "  lr: 0.001\n"
     "train:\n"
     "  steps: 10\n";
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 ml::RunConfig load_text(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
   TempDir dir;
@@ -334,6 +340,90 @@ TEST(ConfigErrors, KeyForAnotherKindIsRejected) {
   // Changing the kind by --set makes the file's kind-specific keys invalid, reported at their line.
   EXPECT_EQ(config_error(file, {"optimizer.kind=dion2"}),
             "x.yaml:8: optimizer.gamma is only valid for kind cache_muon, not dion2");
+}
+
+TEST(ConfigErrors, KeysAKindDoesNotUseAreRejectedSayingWhichKindsUseThem) {
+  const std::string dion2 =
+      "name: t\ndata: {kind: synthetic, batch_size: 8}\nmodel: {kind: mlp}\ntrain: {steps: 10}\n"
+      "optimizer:\n  kind: dion2\n  lr: 0.02\n  momentum: 0.95\n";
+  EXPECT_EQ(config_error(dion2),
+            "x.yaml:8: optimizer.momentum is only valid for kind sgd, muon, turbo_muon, cache_muon, rmnp or normuon, "
+            "not dion2 (Dion2 has no momentum coefficient: it adds each gradient to its buffer (M <- M + G) and decays "
+            "only the selected slices, by optimizer.ef_decay)");
+  const std::string nesterov = config_error(kMinimal, {"optimizer={kind: dion2, lr: 0.02, nesterov: false}"});
+  EXPECT_EQ(nesterov.rfind("--set optimizer={kind: dion2, lr: 0.02, nesterov: false}: optimizer.nesterov is only "
+                           "valid for kind sgd, muon, turbo_muon, cache_muon, rmnp or normuon, not dion2 (Dion2 has no",
+                           0),
+            0u)
+      << nesterov;
+  for (const char* key : {"ns_steps: 5", "ns_coefficients: keller"}) {
+    const std::string message = config_error(kMinimal, {"optimizer={kind: rmnp, lr: 0.02, " + std::string(key) + "}"});
+    EXPECT_NE(message.find("is only valid for kind muon, "), std::string::npos) << message;
+    EXPECT_NE(message.find(", not rmnp (RMNP normalizes rows instead of running Newton-Schulz)"), std::string::npos)
+        << message;
+  }
+  EXPECT_EQ(config_error(kMinimal, {"data.val_batch_size=64"}),
+            "--set data.val_batch_size=64: data.val_batch_size is only valid for kind cifar10, fashion_mnist or "
+            "image_folder, not synthetic (text and synthetic data evaluate in batches of data.batch_size; only image "
+            "data has a separate one)");
+  EXPECT_EQ(config_error(kMinimal, {"data={kind: image_folder, path: d, val_path: v, val_fraction: 0.2, batch_size: 8}",
+                                    "model.kind=cnn", "model.widths=[8]"}),
+            "--set data={kind: image_folder, path: d, val_path: v, val_fraction: 0.2, batch_size: 8}: "
+            "data.val_fraction: is not used when data.val_path gives the validation images; remove one of them");
+  EXPECT_EQ(config_error(kMinimal, {"schedule.min_lr_ratio=0.1"}),
+            "--set schedule.min_lr_ratio=0.1: schedule.min_lr_ratio: only applies with schedule.decay linear or "
+            "cosine (it is none)");
+  // What the kinds do use is still accepted, and the resolved configs no longer list the rest.
+  const ml::RunConfig rmnp = load_text(kMinimal, {"optimizer={kind: rmnp, lr: 0.02, momentum: 0.9, nesterov: false}"});
+  EXPECT_EQ(rmnp.optimizer.momentum, 0.9);
+  EXPECT_EQ(ml::to_yaml(rmnp).find("ns_steps"), std::string::npos);
+  const std::string dion2_yaml = ml::to_yaml(load_text(kMinimal, {"optimizer={kind: dion2, lr: 0.02}"}));
+  EXPECT_EQ(dion2_yaml.find("  momentum:"), std::string::npos) << dion2_yaml;
+  EXPECT_NE(dion2_yaml.find("  ns_steps: 5"), std::string::npos) << dion2_yaml;
+}
+
+TEST(ConfigRunFolder, AnOldRunsConfigWithKeysItsKindIgnoredStillLoads) {
+  // A config.yaml as muonlab wrote it into dion2 and text runs before those keys were refused.
+  TempDir dir;
+  const std::string saved =
+      dir.write("config.yaml",
+                "name: old\ndata:\n  kind: text_char\n  path: t.txt\n  batch_size: 8\n  val_batch_size: 0\n"
+                "  block_size: 16\nmodel: {kind: gpt, n_layer: 1, n_head: 2, n_embd: 16}\n"
+                "optimizer:\n  kind: dion2\n  lr: 0.02\n  momentum: 0.95\n  nesterov: true\n  fraction: 0.5\n"
+                "train: {steps: 10}\n");
+  EXPECT_THROW(ml::load_config(saved), ml::ConfigError);
+  const ml::RunConfig old = ml::load_run_config(saved);
+  const ml::RunConfig current = load_text(
+      "name: old\ndata: {kind: text_char, path: t.txt, batch_size: 8, block_size: 16}\n"
+      "model: {kind: gpt, n_layer: 1, n_head: 2, n_embd: 16}\noptimizer: {kind: dion2, lr: 0.02, fraction: 0.5}\n"
+      "train: {steps: 10}\n");
+  EXPECT_TRUE(old == current) << ml::first_difference(old, current);
+  // Only the retired keys go: anything else wrong in a run's config is still an error.
+  const std::string typo = dir.write("typo.yaml", read_text(saved) + "seeed: 3\n");
+  EXPECT_THROW(ml::load_run_config(typo), ml::ConfigError);
+  const std::string other_kind = dir.write("rmnp.yaml", "name: r\ndata: {kind: synthetic, batch_size: 8}\n"
+                                                        "model: {kind: mlp}\ntrain: {steps: 10}\n"
+                                                        "optimizer: {kind: rmnp, lr: 0.02, gamma: 0.1}\n");
+  EXPECT_THROW(ml::load_run_config(other_kind), ml::ConfigError);
+}
+
+TEST(ConfigErrors, ABinaryFileIsRefusedWithoutEchoingItsBytes) {
+  std::string png("\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x10", 20);
+  png += std::string(5000, '\x7f');
+  const std::string message = config_error(png);
+  EXPECT_EQ(message, "x.yaml:1: not a YAML text file (byte 0x89 at offset 0 is not UTF-8 text)");
+  EXPECT_EQ(config_error(std::string("name: t\nseed: 1\0\n", 17)), "x.yaml:2: not a YAML text file (byte 0x00 at offset 15 is not "
+                                                     "UTF-8 text)");
+  // UTF-8 text is fine, and a long value is quoted by its start only.
+  EXPECT_EQ(config_error(std::string(kMinimal) + "seed: \xc3\xa9" + std::string(500, 'x') + "\n"),
+            "x.yaml:12: seed: expected an integer >= 0, got \"\xc3\xa9" + std::string(58, 'x') + "...\"");
+  TempDir dir;
+  try {
+    ml::load_config("/dev/zero");
+    ADD_FAILURE() << "read a device as a config";
+  } catch (const ml::ConfigError& error) {
+    EXPECT_EQ(std::string(error.what()), "/dev/zero: cannot read the config file: it is not a regular file");
+  }
 }
 
 TEST(ConfigErrors, MuonRenormalizationReplacesWeightDecayAndIsMuonsOnly) {
@@ -726,6 +816,19 @@ TEST(CliArgs, ErrorsNameTheProblemAndPointAtHelp) {
   EXPECT_EQ(cli_error({"bench", "ops", "--repeats", "0"}),
             "muonlab bench: --repeats expects an integer >= 1, got '0'; see `muonlab bench --help`");
   EXPECT_EQ(cli_error({"bench"}), "muonlab bench: missing the ortho|ops|models argument; see `muonlab bench --help`");
+}
+
+TEST(CliArgs, AnEmptyPathIsAnErrorNotTheDefault) {
+  // `--out ""` used to mean a new folder under runs/.
+  EXPECT_EQ(cli_error({"train", "c.yaml", "--out", ""}),
+            "muonlab train: option --out needs a non-empty value (--out DIR); see `muonlab train --help`");
+  EXPECT_EQ(cli_error({"train", "c.yaml", "--resume="}),
+            "muonlab train: option --resume needs a non-empty value (--resume DIR); see `muonlab train --help`");
+  EXPECT_EQ(cli_error({"train", ""}), "muonlab train: the CONFIG.yaml argument is empty; see `muonlab train --help`");
+  EXPECT_EQ(cli_error({"report", "runs", "--out", ""}),
+            "muonlab report: option --out needs a non-empty value (--out DIR); see `muonlab report --help`");
+  // Free text may be empty.
+  EXPECT_NO_THROW(ml::parse_cli({"sample", "--checkpoint", "runs/x", "--prompt", ""}));
 }
 
 }  // namespace

@@ -33,6 +33,7 @@
 #include "datasets/rng.h"
 #include "datasets/synthetic.h"
 #include "datasets/text_dataset.h"
+#include "framework/io/atomic_file.h"
 #include "tests/temp_dir.h"
 
 namespace ml {
@@ -136,18 +137,29 @@ TEST(Cifar10, LabelOutOfRangeIsRejected) {
 TEST(Cifar10, LoadsTheBatchFolderWithClassNames) {
   TempDir dir;
   for (int i = 1; i <= 5; ++i) write_bytes(dir.file("data_batch_" + std::to_string(i) + ".bin"), cifar_records(2 * i, 2));
-  write_bytes(dir.file("test_batch.bin"), cifar_records(0, 3));
+  write_bytes(dir.file("test_batch.bin"), cifar_records(0, 2));
   write_text(dir.file("batches.meta.txt"), "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n");
-  const ImageSplits splits = load_cifar10(dir.file(""));
+  const ImageSplits splits = load_cifar10(dir.file(""), 0, 2);
   EXPECT_EQ(splits.train.size(), 10);
-  EXPECT_EQ(splits.val.size(), 3);
+  EXPECT_EQ(splits.val.size(), 2);
   EXPECT_EQ(splits.train.labels[0], 2);  // first record of data_batch_1
   ASSERT_EQ(splits.train.class_names.size(), 10u);
   EXPECT_EQ(splits.train.class_names[9], "truck");
   EXPECT_EQ(splits.val.class_names[0], "airplane");
 
   write_text(dir.file("batches.meta.txt"), "airplane\nautomobile\n");
-  expect_error_mentions([&] { load_cifar10(dir.file("")); }, {"batches.meta.txt", "2 classes"});
+  expect_error_mentions([&] { load_cifar10(dir.file(""), 0, 2); }, {"batches.meta.txt", "2 classes"});
+}
+
+TEST(Cifar10, ABatchFileOfAnotherRecordCountIsRefused) {
+  TempDir dir;
+  for (int i = 1; i <= 5; ++i) write_bytes(dir.file("data_batch_" + std::to_string(i) + ".bin"), cifar_records(0, 2));
+  write_bytes(dir.file("test_batch.bin"), cifar_records(0, 2));
+  // The real files hold 10000 records each: these are cut short.
+  expect_error_mentions([&] { load_cifar10(dir.path()); },
+                        {dir.file("data_batch_1.bin"), "holds 2 records", "10000 (30730000 bytes)"});
+  write_bytes(dir.file("data_batch_3.bin"), cifar_records(0, 3));
+  expect_error_mentions([&] { load_cifar10(dir.path(), 0, 2); }, {dir.file("data_batch_3.bin"), "holds 3 records"});
 }
 
 TEST(Cifar10, RealDatasetHasBalancedClasses) {
@@ -303,7 +315,6 @@ TEST(ImageFolder, ReadsClassesAndResizes) {
   write_png(dir.file("train/dog/a.png"), 8, 6, 10, 20, 30);
   write_png(dir.file("train/cat/b.png"), 5, 5, 200, 100, 0);
   write_png(dir.file("train/cat/a.png"), 3, 7, 1, 2, 3);
-  write_text(dir.file("train/cat/notes.txt"), "not an image");
   write_png(dir.file("val/dog/c.png"), 4, 4, 9, 9, 9);
   ImageFolderOptions options;
   options.train_dir = dir.file("train");
@@ -355,7 +366,8 @@ TEST(ImageFolder, HoldsOutASeededFraction) {
   options.seed = 2;
   EXPECT_NE(red_values(load_image_folder(options).val), red_values(first.val));
 
-  options.limit = 2;
+  options.limit_train = 2;
+  options.limit_val = 2;
   const ImageSplits limited = load_image_folder(options);
   EXPECT_EQ(limited.train.size(), 2);
   EXPECT_EQ(limited.val.size(), 2);
@@ -368,6 +380,99 @@ TEST(ImageFolder, UnreadableImageIsNamed) {
   ImageFolderOptions options;
   options.train_dir = dir.file("train");
   expect_error_mentions([&] { load_image_folder(options); }, {dir.file("train/a/broken.png")});
+}
+
+TEST(ImageFolder, EntriesItWouldSkipAndEmptyClassesAreRefusedNamingThem) {
+  TempDir dir;
+  for (const char* image : {"train/cat/a.png", "train/dog/b.png"}) write_png(dir.file(image), 2, 2, 1, 1, 1);
+  ImageFolderOptions options;
+  options.train_dir = dir.file("train");
+  options.image_size = 2;
+  EXPECT_EQ(load_image_folder(options).train.size() + load_image_folder(options).val.size(), 2);
+
+  write_text(dir.file("train/cat/notes.txt"), "not an image");
+  expect_error_mentions([&] { load_image_folder(options); },
+                        {dir.file("train/cat"), "1 entry that is not a .png, .jpg or .jpeg file", "notes.txt"});
+  fs::remove(dir.file("train/cat/notes.txt"));
+  fs::create_directories(dir.file("train/cat/more"));
+  expect_error_mentions([&] { load_image_folder(options); }, {dir.file("train/cat"), "more"});
+  fs::remove(dir.file("train/cat/more"));
+  write_png(dir.file("train/stray.png"), 2, 2, 1, 1, 1);
+  expect_error_mentions([&] { load_image_folder(options); }, {dir.file("train"), "not a class folder", "stray.png"});
+  fs::remove(dir.file("train/stray.png"));
+  fs::create_directories(dir.file("train/empty"));
+  expect_error_mentions([&] { load_image_folder(options); }, {dir.file("train/empty"), "no images", "empty class"});
+}
+
+TEST(ImageFolder, CorruptPngsNameTheFileAndTheReason) {
+  TempDir dir;
+  write_png(dir.file("good.png"), 4, 4, 10, 20, 30);
+  const std::string good = read_file(dir.file("good.png"));
+  const auto error_of = [&](const std::string& bytes, const std::string& name) {
+    try {
+      decode_image(bytes, dir.file(name), 3, 4);
+    } catch (const std::runtime_error& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(decode_image(good, dir.file("good.png"), 3, 4).size(), 48u);
+  const size_t idat = good.find("IDAT");
+  ASSERT_NE(idat, std::string::npos);
+  // A damaged byte inside the compressed pixels: only the chunk's CRC shows it (the decoder ignores CRCs).
+  std::string flipped = good;
+  flipped[idat + 6] ^= 0x01;
+  const std::string crc_error = error_of(flipped, "flipped.png");
+  EXPECT_EQ(crc_error.rfind("image " + dir.file("flipped.png") + " is not a valid PNG: chunk IDAT at byte " +
+                                std::to_string(idat - 4) + " has crc32 ",
+                            0),
+            0u)
+      << crc_error;
+  EXPECT_NE(crc_error.find("(damaged bytes)"), std::string::npos) << crc_error;
+  // A damaged chunk name: stb's own reason would be "IDA".
+  std::string renamed = good;
+  renamed[idat + 3] = '\0';
+  EXPECT_NE(error_of(renamed, "renamed.png").find("has type bytes 0x49444100, not a chunk name (damaged)"), std::string::npos)
+      << error_of(renamed, "renamed.png");
+  EXPECT_NE(error_of(good.substr(0, good.size() / 2), "cut.png").find("cut short"), std::string::npos);
+  EXPECT_NE(error_of("GIF89a", "x.png").find("does not start with the PNG signature"), std::string::npos);
+  // Other formats get stb's reason as a sentence.
+  EXPECT_EQ(error_of("not a jpeg at all", "x.jpg"), "cannot read image " + dir.file("x.jpg") +
+                                                       ": Image not of any known type, or corrupt");
+  // In a folder: the failing file is named.
+  write_bytes(dir.file("train/a/flipped.png"), std::vector<uint8_t>(flipped.begin(), flipped.end()));
+  ImageFolderOptions options;
+  options.train_dir = dir.file("train");
+  expect_error_mentions([&] { load_image_folder(options); }, {dir.file("train/a/flipped.png"), "crc32"});
+}
+
+TEST(ImageFolder, AJpegHuffmanTableOfMoreThan256CodesIsRefusedBeforeDecoding) {
+  // Found by the fuzz harness: stb_image would write past its table (ASan: out of bounds).
+  const std::string path = MUONLAB_SOURCE_DIR "/tests/fuzz_regressions/image/jpeg-huffman-table-over-256-codes.jpg";
+  expect_error_mentions([&] { decode_image(read_file(path), path, 3, 4); },
+                        {"image " + path + " is not a valid JPEG: the Huffman table at byte ", "more than 256"});
+}
+
+TEST(ImageFolder, LimitSamplesAcrossTheClassesWithTheSeed) {
+  TempDir dir;
+  for (int c = 0; c < 4; ++c)
+    for (int i = 0; i < 5; ++i)
+      write_png(dir.file("all/class" + std::to_string(c) + "/" + std::to_string(i) + ".png"), 2, 2,
+                static_cast<uint8_t>(c * 50 + i), 0, 0);
+  ImageFolderOptions options;
+  options.train_dir = dir.file("all");
+  options.image_size = 2;
+  options.val_fraction = 0.0;
+  options.limit_train = 8;
+  options.seed = 3;
+  const ImageDataset sample = load_image_folder(options).train;
+  ASSERT_EQ(sample.size(), 8);
+  // Not the first 8 files (five of class 0, three of class 1): at least three classes, in class order.
+  EXPECT_GE(std::set<int64_t>(sample.labels.begin(), sample.labels.end()).size(), 3u);
+  EXPECT_TRUE(std::is_sorted(sample.labels.begin(), sample.labels.end()));
+  EXPECT_EQ(load_image_folder(options).train.pixels, sample.pixels);
+  options.seed = 4;
+  EXPECT_NE(load_image_folder(options).train.pixels, sample.pixels);
 }
 
 TEST(ImageFolder, BadLayoutsAreRejected) {
@@ -436,6 +541,9 @@ TEST(TextChar, SplitsTheTailOffForValidation) {
 
   write_text(dir.file("empty.txt"), "");
   expect_error_mentions([&] { load_text_char(dir.file("empty.txt")); }, {dir.file("empty.txt"), "empty"});
+  // A folder opens like a file that reads as nothing: it is named as a folder, not as an empty text.
+  expect_error_mentions([&] { load_text_char(dir.path()); }, {dir.path(), "is a directory, not a file"});
+  expect_error_mentions([&] { read_token_file(dir.path()); }, {dir.path(), "is a directory, not a file"});
   expect_error_mentions([&] { load_text_char(dir.file("absent.txt")); }, {dir.file("absent.txt")});
 }
 
@@ -452,7 +560,8 @@ TEST(TextChar, VocabularyFileRoundTrips) {
   options.vocab = loaded;
   EXPECT_EQ(load_text_char(dir.file("other.txt"), options).vocab_size, vocab.size());
   write_text(dir.file("new.txt"), "zebra");
-  expect_error_mentions([&] { load_text_char(dir.file("new.txt"), options); }, {dir.file("new.txt"), "byte 122"});
+  expect_error_mentions([&] { load_text_char(dir.file("new.txt"), options); },
+                        {dir.file("new.txt"), "byte 122", "not in the character vocabulary " + dir.file("vocab.txt")});
 
   write_text(dir.file("bad_header.txt"), "vocab\n1 2\n");
   expect_error_mentions([&] { CharVocab::load(dir.file("bad_header.txt")); }, {dir.file("bad_header.txt")});

@@ -303,6 +303,45 @@ void write_fixture_run(const TempDir& dir, const std::string& base, const std::s
                         .dump());
 }
 
+// A kept run written before keys a kind ignores were refused (issue 10, item 11): its config.yaml
+// lists dion2's momentum and nesterov and the text data's val_batch_size, as muonlab wrote them.
+TEST(SweepRun, AKeptRunWhoseConfigListsKeysTheSchemaDroppedIsNeitherStaleNorUnreadable) {
+  TempDir dir;
+  write_tiny_gpt_config(dir);
+  const std::string base = dir.write("dion2.yaml", "name: tiny\nseed: 0\n"
+                                                   "data: {kind: text_char, path: " + dir.file("text.txt") +
+                                                       ", block_size: 16, batch_size: 4}\n"
+                                                   "model: {kind: gpt, n_layer: 1, n_head: 2, n_embd: 16}\n"
+                                                   "optimizer: {kind: dion2, lr: 0.02}\n"
+                                                   "train: {steps: 12, eval_every: 4, log_every: 4}\n");
+  const Sweep sweep = parse_sweep("name: s\nout: " + dir.file("runs") + "\nkeep: " + dir.file("keep") +
+                                      "\nruns:\n  - base: " + base + "\n    grid: {optimizer.lr: [0.02]}\n",
+                                  "sweep.yaml");
+  const SweepPoint& point = sweep.points.at(0);
+  std::string old_config = to_yaml(point.config);
+  const auto insert_after = [&](const std::string& line, const std::string& added) {
+    const size_t at = old_config.find(line);
+    ASSERT_NE(at, std::string::npos) << line;
+    old_config.insert(at + line.size(), added);
+  };
+  insert_after("  batch_size: 4\n", "  val_batch_size: 0\n");
+  insert_after("  kind: dion2\n", "  momentum: 0.95\n  nesterov: true\n");
+  const std::string kept = sweep.keep + "/" + point.name;
+  fs::create_directories(kept);
+  write_file_atomic(kept + "/config.yaml", old_config);
+  write_file_atomic(kept + "/sweep_point.json", Json::object({{"label", "dion2"}}).dump());
+  write_file_atomic(kept + "/metrics.jsonl", Json::object({{"step", 12}, {"val_loss", 2.5}, {"train_s", 1.0}}).dump() + "\n");
+  write_file_atomic(kept + "/summary.json",
+                    Json::object({{"steps", 12}, {"val_loss", 2.5}, {"val_acc", Json()}, {"best_val_loss", 2.5},
+                                  {"train_s", 1.0}, {"optimizer_s", 0.5}, {"samples", 48}, {"peak_rss_mb", 50.0}})
+                        .dump());
+  EXPECT_THROW(load_config(kept + "/config.yaml"), ConfigError);  // as a config of one's own: refused
+  const PointStatus status = point_status(sweep, point);
+  EXPECT_EQ(status.state, PointState::Kept) << status.detail;
+  std::ostringstream out, err;
+  EXPECT_EQ(run_report({{sweep.keep}, dir.file("report"), {}, "old"}, out, err), 0) << err.str();
+}
+
 std::vector<std::string> csv_row(const std::string& csv, const std::string& prefix) {
   std::istringstream lines(csv);
   for (std::string line; std::getline(lines, line);)

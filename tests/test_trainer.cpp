@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <stdexcept>
@@ -440,6 +441,50 @@ TEST(TrainerCheckpoint, ARunCheckpointedBeforeChecksumsResumesAndKeepsItsCheckpo
   EXPECT_EQ(listed[1].files.size(), 3u);
 }
 
+// A checkpoint listed without checksums (written before them) whose trainer.json or vocab.txt is
+// damaged: resume and eval name that file.
+TEST(TrainerCheckpoint, ADamagedTrainerStateOrVocabularyIsReportedAsThatFile) {
+  TempDir dir;
+  const RunConfig config = gpt_config(write_text(dir), {"train.steps=4"});
+  const TrainResult first = run_quietly(config, dir.file("run"), 2);
+  const std::string checkpoint = first.run_dir + "/checkpoints/step-000002";
+  write_file_atomic(first.run_dir + "/checkpoint.json",
+                    R"({"format":"muonlab-checkpoint","version":1,"step":2,"dir":"checkpoints/step-000002",)"
+                    R"("files":["model.safetensors","optimizer.safetensors","trainer.json","vocab.txt"]})");
+  const std::string trainer_state = read_file(checkpoint + "/trainer.json");
+  const std::string vocab = read_file(checkpoint + "/vocab.txt");
+  const auto error_of = [&](const std::function<void()>& action) {
+    try {
+      action();
+    } catch (const std::runtime_error& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  const auto resume = [&] { run_quietly(config, "", 0, first.run_dir); };
+  const auto eval = [&] { evaluate_checkpoint(config, first.run_dir); };
+
+  write_file_atomic(checkpoint + "/trainer.json", trainer_state.substr(0, trainer_state.size() / 2));
+  for (const auto& action : {std::function<void()>(resume), std::function<void()>(eval)})
+    EXPECT_EQ(error_of(action).rfind(checkpoint + "/trainer.json: not a valid trainer state: ", 0), 0u)
+        << error_of(action);
+  write_file_atomic(checkpoint + "/trainer.json", "{\"step\": 2}");
+  EXPECT_EQ(error_of(resume).rfind(checkpoint + "/trainer.json: not a valid trainer state: ", 0), 0u) << error_of(resume);
+  write_file_atomic(checkpoint + "/trainer.json", trainer_state);
+
+  // The vocabulary loses the letter 'a' (byte 97): the text no longer fits it.
+  std::string damaged = vocab;
+  damaged.erase(damaged.find("\n97\n"), 3);
+  write_file_atomic(checkpoint + "/vocab.txt", damaged);
+  for (const auto& action : {std::function<void()>(resume), std::function<void()>(eval)})
+    EXPECT_NE(error_of(action).find("is not in the character vocabulary " + checkpoint + "/vocab.txt"),
+              std::string::npos)
+        << error_of(action);
+  write_file_atomic(checkpoint + "/vocab.txt", "muonlab-char-vocab 1\n97\nnot a byte\n");
+  EXPECT_NE(error_of(eval).find(checkpoint + "/vocab.txt holds something other than byte values"), std::string::npos)
+      << error_of(eval);
+}
+
 TEST(TrainerCheckpoint, ResumeWithEveryCheckpointCorruptFailsNamingTheFiles) {
   TempDir dir;
   const RunConfig config = mlp_config({"train.checkpoint_every=5"});
@@ -482,6 +527,30 @@ TEST(TrainerCheckpoint, AFailureMidWriteLeavesThePreviousCheckpointLoadable) {
   const TrainResult resumed = run_quietly(config, "", 0, first.run_dir);
   const TrainResult straight = run_quietly(config, dir.file("straight"));
   EXPECT_EQ(values_of(read_metrics(resumed.run_dir), "train_loss"), values_of(read_metrics(straight.run_dir), "train_loss"));
+}
+
+TEST(TrainerCheckpoint, AManifestThatPointsOutsideTheRunIsRefusedNamingIt) {
+  TempDir dir;
+  const std::string manifest = dir.file("checkpoint.json");
+  const auto error_of = [&](const std::string& entry) {
+    write_file_atomic(manifest, R"({"format":"muonlab-checkpoint","version":2,"checkpoints":[)" + entry + "]}");
+    try {
+      listed_checkpoints(dir.path());
+    } catch (const std::runtime_error& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"../../etc","crc32":{}})"),
+            manifest + ": checkpoint folder \"../../etc\" is not a folder of checkpoints/");
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"checkpoints/..","crc32":{}})"),
+            manifest + ": checkpoint folder \"checkpoints/..\" is not a folder of checkpoints/");
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"checkpoints/step-000001","crc32":{"../model.safetensors":"00000000"}})"),
+            manifest + ": \"../model.safetensors\" is not a plain file name");
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"checkpoints/step-000001","crc32":{"model.safetensors":"xyz"}})"),
+            manifest + ": crc32 \"xyz\" is not 8 hexadecimal digits");
+  EXPECT_EQ(error_of(R"({"step":1,"dir":"checkpoints/step-000001","crc32":{"model.safetensors":"0badf00d"}})"),
+            "no error");
 }
 
 TEST(TrainerCheckpoint, ResolvesRunFoldersCheckpointFoldersAndFiles) {
@@ -615,6 +684,47 @@ TEST(TrainerConfigErrors, ErrorsFoundAgainstTheDataNameTheFileTheLineAndTheKey) 
   EXPECT_FALSE(fs::exists(dir.file("run")));
   const RunConfig unfit = mlp_config({"data.batch_size=1000"});  // more than the 192 examples
   EXPECT_THROW(run_quietly(unfit, dir.file("run")), ConfigError);
+}
+
+// The ConfigError that training `config` throws, or "no ConfigError".
+std::string config_error_of(const RunConfig& config, const TempDir& dir) {
+  try {
+    run_quietly(config, dir.file("run"));
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  return "no ConfigError";
+}
+
+TEST(TrainerConfigErrors, ATextTooShortToValidateOrOfOneSymbolIsRefused) {
+  TempDir dir;
+  // 200 characters: the last 20 validate, too few for one window of 24 + 1 (val_loss would be null).
+  const std::string short_text = dir.write("short.txt", std::string(100, 'a') + std::string(100, 'b'));
+  EXPECT_EQ(config_error_of(gpt_config(short_text, {"data.block_size=24"}), dir),
+            "--set data.block_size=24: data.block_size: the validation split of " + short_text +
+                " has 20 tokens, too few for one validation window of data.block_size + 1 = 25 (a longer text, a "
+                "larger data.val_fraction or a smaller data.block_size)");
+  EXPECT_EQ(config_error_of(gpt_config(write_text(dir), {"data.limit_val=10"}), dir).substr(0, 43),
+            "--set data.limit_val=10: data.limit_val: th");
+  // A file of zero bytes (or of any one repeated symbol) would train to a loss of exactly 0.
+  const std::string zeros = dir.write("zeros.txt", std::string(2000, '\0'));
+  const std::string one_symbol = "gpt_test.yaml:4: data.path: " + zeros +
+                                 ": its 1800 training tokens are all byte 0x00: there is nothing to learn (the loss "
+                                 "would fall to 0)";
+  EXPECT_EQ(config_error_of(gpt_config(zeros), dir), one_symbol);
+  EXPECT_EQ(config_error_of(gpt_config(zeros, {"data.byte_level=true"}), dir), one_symbol);
+  EXPECT_FALSE(fs::exists(dir.file("run")));
+}
+
+TEST(TrainerConfigErrors, AModelWithFewerOutputsThanTheDataIsRefused) {
+  TempDir dir;
+  EXPECT_EQ(config_error_of(mlp_config({"model.num_classes=2"}), dir),
+            "--set model.num_classes=2: model.num_classes: 2 is fewer than the 3 classes of the synthetic data");
+  const std::string text = write_text(dir);
+  const std::string message = config_error_of(gpt_config(text, {"model.vocab_size=5"}), dir);
+  EXPECT_EQ(message.rfind("--set model.vocab_size=5: model.vocab_size: 5 is smaller than the vocabulary of ", 0), 0u)
+      << message;
+  EXPECT_NE(message.find(" tokens of " + text), std::string::npos) << message;
 }
 
 TEST(TrainerConfigErrors, AnOutputFolderHoldingARunIsNotOverwritten) {
