@@ -26,7 +26,9 @@ struct UnaryParams {
 };
 
 enum class BinaryOp { Add, Sub, Mul, Div, Pow, Maximum, Minimum, Greater, Less, Equal };
-enum class ReduceOp { Sum, Max, Min };
+// SumOfSquares squares each element in x's dtype and sums the squares like Sum: one pass over x
+// for norms (a row reduction only; no collective offers it).
+enum class ReduceOp { Sum, SumOfSquares, Max, Min };
 // The order of top-k's k entries: by rank (largest first), or by their position in the input.
 enum class TopkOrder { ByValue, ByIndex };
 enum class RandomDist { Uniform, Normal, Bernoulli };  // Uniform[a,b), Normal(a, b^2), Bernoulli(p=a)

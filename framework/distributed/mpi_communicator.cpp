@@ -48,6 +48,7 @@ MPI_Op mpi_op(ReduceOp op) {
     case ReduceOp::Sum: return MPI_SUM;
     case ReduceOp::Max: return MPI_MAX;
     case ReduceOp::Min: return MPI_MIN;
+    case ReduceOp::SumOfSquares: break;
   }
   throw std::invalid_argument("mpi: unsupported reduction");
 }

@@ -37,6 +37,7 @@ ncclRedOp_t nccl_op(ReduceOp op) {
     case ReduceOp::Sum: return ncclSum;
     case ReduceOp::Max: return ncclMax;
     case ReduceOp::Min: return ncclMin;
+    case ReduceOp::SumOfSquares: break;
   }
   throw std::invalid_argument("nccl: unsupported reduction");
 }

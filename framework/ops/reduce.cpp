@@ -44,7 +44,8 @@ bool sums_leading_axes(const Tensor& x, const ReducePlan& p) {
 std::pair<Tensor, Tensor> reduce_forward(ReduceOp op, const char* name, const Tensor& x, const ReducePlan& p,
                                          bool with_indices) {
   detail::check_floating(name, x);
-  if ((op != ReduceOp::Sum) && p.reduced == 0) detail::op_error(name, "reduction over an empty dimension");
+  if ((op == ReduceOp::Max || op == ReduceOp::Min) && p.reduced == 0)
+    detail::op_error(name, "reduction over an empty dimension");
   Tensor out = Tensor::empty(p.out_shape, x.dtype(), x.device());
   if (op == ReduceOp::Sum && sums_leading_axes(x, p)) {
     // Summing over the leading axes (bias gradients, batch means) is ones[1, R] @ x[R, C]: one
@@ -77,6 +78,16 @@ Tensor sum(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
   if (needs_grad(x))
     record(out, "sum", {x}, [shape = x.shape(), keep = p.keep_shape](const Tensor& g) {
       return Grads{g.reshape(keep).expand(shape)};
+    });
+  return out;
+}
+
+Tensor sum_of_squares(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
+  const ReducePlan p = plan_reduce("sum_of_squares", x, axes, keepdim);
+  Tensor out = reduce_forward(ReduceOp::SumOfSquares, "sum_of_squares", x, p, false).first;
+  if (needs_grad(x))
+    record(out, "sum_of_squares", {x}, [x, keep = p.keep_shape](const Tensor& g) {
+      return Grads{mul(x, mul(g.reshape(keep), 2.0))};
     });
   return out;
 }
@@ -165,7 +176,7 @@ Tensor var(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim, int6
 }
 
 Tensor norm(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
-  return sqrt(sum(mul(x, x), axes, keepdim));
+  return sqrt(sum_of_squares(x, axes, keepdim));
 }
 
 }  // namespace ml

@@ -10,6 +10,9 @@ namespace ml {
 
 Tensor sum(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);
 Tensor mean(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);
+// sum(x * x, axes) in one pass over x (no x * x temporary), rounded the same way: each square in
+// x's dtype, the sum in double.
+Tensor sum_of_squares(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);
 // Largest value over the axes; the gradient is shared equally among tied maxima (torch.amax).
 Tensor amax(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);
 Tensor amin(const Tensor& x, const std::vector<int64_t>& axes = {}, bool keepdim = false);

@@ -32,12 +32,13 @@ void blas_loop(int64_t n, bool parallel, Body&& body) {
   for (int64_t i = 0; i < n; ++i) body(i);
 }
 
-// Iterates the elements of N same-shaped views (strides may be 0 for broadcast operands).
-// Dimensions that are contiguous across all operands are merged first, so a contiguous or
-// simply-broadcast operand costs one flat inner loop. body(offsets) gets each operand's
-// element offset (relative to its data pointer).
-template <size_t N, typename Body>
-void for_each_offset(const Shape& shape, const std::array<const Shape*, N>& strides, Body&& body) {
+// Iterates N same-shaped views (strides may be 0 for broadcast operands) one innermost row at a
+// time. Dimensions that are contiguous across all operands are merged first, so a contiguous or
+// simply-broadcast operand costs one flat inner row. row_body(offsets, length, steps) gets each
+// operand's element offset at the row's start (relative to its data pointer), the row's length
+// and each operand's stride along it.
+template <size_t N, typename RowBody>
+void for_each_row(const Shape& shape, const std::array<const Shape*, N>& strides, RowBody&& row_body) {
   Shape dims;
   std::array<Shape, N> st;
   for (size_t d = 0; d < shape.size(); ++d) {
@@ -53,7 +54,7 @@ void for_each_offset(const Shape& shape, const std::array<const Shape*, N>& stri
     }
   }
   if (dims.empty()) {  // a single element
-    body(std::array<int64_t, N>{});
+    row_body(std::array<int64_t, N>{}, int64_t{1}, std::array<int64_t, N>{});
     return;
   }
   const int64_t inner = dims.back();
@@ -71,12 +72,42 @@ void for_each_offset(const Shape& shape, const std::array<const Shape*, N>& stri
       rem /= dims[d];
       for (size_t k = 0; k < N; ++k) off[k] += i * st[k][d];
     }
-    for (int64_t j = 0; j < inner; ++j) {
-      body(off);
-      for (size_t k = 0; k < N; ++k) off[k] += inner_stride[k];
-    }
+    row_body(off, inner, inner_stride);
   }
 }
+
+// body(offsets) for every element of N same-shaped views, as for_each_row walks them.
+template <size_t N, typename Body>
+void for_each_offset(const Shape& shape, const std::array<const Shape*, N>& strides, Body&& body) {
+  for_each_row(shape, strides, [&](std::array<int64_t, N> off, int64_t length, const std::array<int64_t, N>& steps) {
+    for (int64_t j = 0; j < length; ++j) {
+      body(off);
+      for (size_t k = 0; k < N; ++k) off[k] += steps[k];
+    }
+  });
+}
+
+namespace detail {
+
+// One row of map_elements whose output is contiguous and whose inputs each step by 1 (bit I of
+// Contiguous set) or 0 (a broadcast value): with the steps known at compile time the loop
+// vectorizes like the all-contiguous case.
+template <int Contiguous, typename T, typename F, size_t... I>
+void map_row(T* dst, const std::array<const T*, sizeof...(I)>& from, int64_t length, F& f, std::index_sequence<I...>) {
+#pragma omp simd
+  for (int64_t j = 0; j < length; ++j) dst[j] = f(from[I][((Contiguous >> I) & 1) ? j : 0]...);
+}
+
+// map_row for the input pattern `contiguous` (a bit per input), chosen among the 2^inputs
+// instantiations.
+template <int Candidate, typename T, typename F, size_t... I>
+void map_row_dispatch(int contiguous, T* dst, const std::array<const T*, sizeof...(I)>& from, int64_t length, F& f,
+                      std::index_sequence<I...> inputs) {
+  if (contiguous == Candidate) return map_row<Candidate>(dst, from, length, f, inputs);
+  if constexpr (Candidate + 1 < (1 << sizeof...(I))) map_row_dispatch<Candidate + 1>(contiguous, dst, from, length, f, inputs);
+}
+
+}  // namespace detail
 
 // out[i] = f(in[i]...) over same-shaped views of one element type T; the all-contiguous case is
 // a flat parallel loop the compiler can vectorize.
@@ -98,7 +129,23 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
     return;
   }
   const std::array<const Shape*, 1 + sizeof...(in)> strides{&out.strides(), &in.strides()...};
-  for_each_offset(out.shape(), strides, [&](const auto& off) { o[off[0]] = f(src[I][off[I + 1]]...); });
+  constexpr size_t inputs = sizeof...(in);
+  for_each_row(out.shape(), strides, [&](const auto& off, int64_t length, const auto& steps) {
+    // A row with a contiguous output and inputs that are contiguous or broadcast along it (a
+    // per-row scale, a bias): the vectorized loop. Other strides: one element at a time.
+    bool unit_or_broadcast = steps[0] == 1;
+    int contiguous = 0;
+    for (size_t k = 0; k < inputs; ++k) {
+      unit_or_broadcast = unit_or_broadcast && (steps[k + 1] == 0 || steps[k + 1] == 1);
+      contiguous |= (steps[k + 1] == 1 ? 1 : 0) << k;
+    }
+    if (unit_or_broadcast) {
+      const std::array<const T*, inputs> from{(src[I] + off[I + 1])...};
+      detail::map_row_dispatch<0>(contiguous, o + off[0], from, length, f, std::index_sequence<I...>{});
+      return;
+    }
+    for (int64_t j = 0; j < length; ++j) o[off[0] + j * steps[0]] = f(src[I][off[I + 1] + j * steps[I + 1]]...);
+  });
 }
 
 template <typename T, typename F, typename... Tensors>

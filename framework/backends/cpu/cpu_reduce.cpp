@@ -23,10 +23,15 @@ void CpuBackend::reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, co
 #pragma omp parallel for schedule(static) if (rows * n >= kParallelGrain && rows > 1)
     for (int64_t r = 0; r < rows; ++r) {
       const T* row = src + r * n;
-      if (op == ReduceOp::Sum) {
+      if (op == ReduceOp::Sum || op == ReduceOp::SumOfSquares) {
         double acc = 0.0;
+        if (op == ReduceOp::Sum) {
 #pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(row[j]);
+          for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(row[j]);
+        } else {
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(row[j] * row[j]);
+        }
         dst[r] = static_cast<T>(acc);
         continue;
       }

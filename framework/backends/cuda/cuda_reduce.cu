@@ -11,12 +11,13 @@ using namespace cuda_detail;
 
 namespace {
 
-template <typename T>
+// Squares: sums row[j] * row[j], squared in T (ReduceOp::SumOfSquares).
+template <typename T, bool Squares>
 __global__ void sum_rows_kernel(const T* x, T* out, int64_t n) {
   __shared__ double partial[kThreads];
   const T* row = x + blockIdx.x * n;
   double acc = 0.0;
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) acc += static_cast<double>(row[j]);
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) acc += static_cast<double>(Squares ? row[j] * row[j] : row[j]);
   partial[threadIdx.x] = acc;
   __syncthreads();
   for (int s = blockDim.x / 2; s > 0; s >>= 1) {
@@ -125,7 +126,9 @@ void CudaBackend::reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, c
     using T = decltype(tag);
     launch_rows(rows, "reduce_rows", [&](unsigned blocks) {
       if (op == ReduceOp::Sum)
-        sum_rows_kernel<T><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), n);
+        sum_rows_kernel<T, false><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), n);
+      else if (op == ReduceOp::SumOfSquares)
+        sum_rows_kernel<T, true><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), n);
       else
         extreme_rows_kernel<T><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), opt_indices, n,
                                                                   op == ReduceOp::Max);
