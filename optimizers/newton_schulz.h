@@ -34,6 +34,15 @@ struct NsSchedule {
 // in Turbo-Muon (4 steps = triples 2-5). Beyond the family's length the last triple repeats.
 NsSchedule ns_schedule(const std::string& coefficients, int64_t steps, bool aol = false);
 
+// The textbook iteration, for reading and as the tests' reference; newton_schulz computes the same
+// map faster (see newton_schulz.cpp). On the small side S (rows <= cols; a tall matrix is
+// transposed, and the result transposed back):
+//   X = S / (norm_factor ||S||_F + norm_eps);   [AOL: X <- diag(s) X, s_i = max(sum_j |(X X^T)_ij|, 1e-7)^(-1/2)]
+//   for each triple (a, b, c):  A = X X^T;  B = b A + c A^2;  X <- a X + B X.
+// `transform`, when given, receives the k x k matrix T with result = T X0 (X0 the normalized S,
+// before AOL), which follows the same recurrence T <- a T + B T from T = I (diag(s) with AOL).
+Tensor newton_schulz_reference(const Tensor& matrix, const NsSchedule& schedule, Tensor* transform = nullptr);
+
 // The view of a matrix that Newton–Schulz iterates on: the transpose of a tall matrix.
 Tensor small_side(const Tensor& matrix);
 
