@@ -8,6 +8,7 @@
 // also normalizes by 1.02 ||U||_F + 1e-6).
 // Turbo-Muon (Boissin et al. 2025, arXiv 2512.04632) replaces the plain normalization by AOL
 // preconditioning (Prach & Lampert 2022) that reuses the first Gram matrix, and drops one iteration.
+// To learn the method, read newton_schulz_reference (the textbook loop) and docs/optimizers.md.
 #pragma once
 #include <cstdint>
 #include <string>
