@@ -148,6 +148,35 @@ Tensor diagonal_view(const Tensor& square) {
 
 Tensor small_side(const Tensor& matrix) { return matrix.size(0) > matrix.size(1) ? matrix.t() : matrix; }
 
+// The textbook iteration (see the header). Each step maps every singular value s of X to
+// a s + b s^3 + c s^5 and keeps the singular vectors, so the steps drive the singular values towards 1.
+Tensor newton_schulz_reference(const Tensor& matrix, const NsSchedule& schedule, Tensor* transform) {
+  if (matrix.dim() != 2)
+    throw std::invalid_argument("newton_schulz_reference: expected a 2-D matrix, got " + shape_str(matrix.shape()));
+  if (matrix.size(0) > matrix.size(1)) return newton_schulz_reference(matrix.t(), schedule, transform).t();  // tall
+  // X = S / (f ||S||_F + eps): every singular value in [0, 1]
+  Tensor x = mul(matrix, 1.0 / (schedule.norm_factor * norm(matrix).item() + schedule.norm_eps));
+  Tensor t;  // T = I, kept only when asked for
+  if (transform) {
+    t = zeros({x.size(0), x.size(0)}, x.dtype(), x.device());
+    Tensor t_diagonal = diagonal_view(t);
+    add_(t_diagonal, 1.0);
+  }
+  if (schedule.aol) {
+    const Tensor s = rsqrt(clamp(sum(abs(matmul(x, x.t())), {1}, true), 1e-7, std::numeric_limits<double>::infinity()));
+    x = mul(x, s);                     // X <- diag(s) X
+    if (transform) t = mul(t, s);      // T = diag(s)
+  }
+  for (const NsTriple& c : schedule.triples) {
+    const Tensor a = matmul(x, x.t());                          // A = X X^T
+    const Tensor b = add(mul(a, c.b), mul(matmul(a, a), c.c));  // B = b A + c A^2
+    x = add(mul(x, c.a), matmul(b, x));                         // X <- a X + B X
+    if (transform) t = add(mul(t, c.a), matmul(b, t));          // T <- a T + B T
+  }
+  if (transform) *transform = t;
+  return x;
+}
+
 Tensor newton_schulz(const Tensor& matrix, const NsSchedule& schedule, double output_scale) {
   return iterate(matrix, schedule, output_scale, nullptr, Tensor());
 }

@@ -8,6 +8,7 @@
 // also normalizes by 1.02 ||U||_F + 1e-6).
 // Turbo-Muon (Boissin et al. 2025, arXiv 2512.04632) replaces the plain normalization by AOL
 // preconditioning (Prach & Lampert 2022) that reuses the first Gram matrix, and drops one iteration.
+// To learn the method, read newton_schulz_reference (the textbook loop) and docs/optimizers.md.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -33,6 +34,15 @@ struct NsSchedule {
 // small singular values); with AOL, which already brings X close to orthogonal, from its end, as
 // in Turbo-Muon (4 steps = triples 2-5). Beyond the family's length the last triple repeats.
 NsSchedule ns_schedule(const std::string& coefficients, int64_t steps, bool aol = false);
+
+// The textbook iteration, for reading and as the tests' reference; newton_schulz computes the same
+// map faster (see newton_schulz.cpp). On the small side S (rows <= cols; a tall matrix is
+// transposed, and the result transposed back):
+//   X = S / (norm_factor ||S||_F + norm_eps);   [AOL: X <- diag(s) X, s_i = max(sum_j |(X X^T)_ij|, 1e-7)^(-1/2)]
+//   for each triple (a, b, c):  A = X X^T;  B = b A + c A^2;  X <- a X + B X.
+// `transform`, when given, receives the k x k matrix T with result = T X0 (X0 the normalized S,
+// before AOL), which follows the same recurrence T <- a T + B T from T = I (diag(s) with AOL).
+Tensor newton_schulz_reference(const Tensor& matrix, const NsSchedule& schedule, Tensor* transform = nullptr);
 
 // The view of a matrix that Newton–Schulz iterates on: the transpose of a tall matrix.
 Tensor small_side(const Tensor& matrix);
