@@ -5,7 +5,8 @@
 // ConfigError naming the file and line (or the --set override), the full key path and what was
 // expected. After loading, every field that applies to its section's kind holds either the
 // value from the file or its documented default; fields that do not apply to the kind are left
-// value-initialized (0, false, empty).
+// value-initialized (0, false, empty). The optimizer's settings are declared beside each
+// optimizer (optimizers/<name>.h), and the `optimizer:` schema is built from them.
 //
 // Relative paths in a config (data.path, data.val_path) are NOT rewritten: the datasets open
 // them relative to the current working directory of the process, not the config file's folder.
@@ -16,6 +17,9 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "framework/settings.h"
+#include "optimizers/factory.h"
 
 namespace ml {
 
@@ -95,47 +99,13 @@ struct ModelConfig {
   std::vector<int64_t> hidden;  // may be empty: a linear classifier
 };
 
-// The optimizer of the Muon family's parameters that are not hidden matrices
-// (embeddings, biases, norms, the output head).
-struct NonMatrixConfig {
-  std::string kind;  // adamw | sgd
-  double lr = 0.0;
-  double weight_decay = 0.0;
-  std::array<double, 2> betas{};  // adamw
-  double eps = 0.0;               // adamw
-  double momentum = 0.0;          // sgd
-  bool nesterov = false;          // sgd
-};
-
-struct OptimizerConfig {
-  std::string kind;  // sgd | adamw | muon | turbo_muon | cache_muon | dion2 | rmnp | normuon
-  double lr = 0.0;
-  double weight_decay = 0.0;
-  double momentum = 0.0;  // sgd and the Muon family
-  bool nesterov = false;  // sgd and the Muon family
-  // adamw
-  std::array<double, 2> betas{};
-  double eps = 0.0;
-  // Muon family
-  int64_t ns_steps = 0;
-  std::string ns_coefficients;  // keller | muon_plus | polar_express
-  std::string scaling;          // keller | moonlight | spectral
-  bool renormalize = false;     // muon: W <- W sqrt(rows) / ||W||_F before each update, no weight decay
-  NonMatrixConfig non_matrix;
-  // cache_muon
-  double gamma = 0.0;
-  int64_t k_max = 0;
-  // dion2
-  double fraction = 0.0;
-  double ef_decay = 0.0;
-  std::string selection;  // l1 | random
-  // normuon
-  double beta2 = 0.0;
-};
+// How the learning rate falls after the warmup: not at all, linearly, or along a half cosine.
+enum class LrDecay { None, Linear, Cosine };
+const EnumNames<LrDecay>& lr_decay_names();  // none | linear | cosine
 
 struct ScheduleConfig {
   int64_t warmup_steps = 0;
-  std::string decay;  // none | linear | cosine
+  LrDecay decay = LrDecay::None;
   double min_lr_ratio = 0.0;
 };
 
@@ -171,7 +141,7 @@ struct RunConfig {
   bool deterministic = true;
   DataConfig data;
   ModelConfig model;
-  OptimizerConfig optimizer;
+  OptimizerSettings optimizer;  // the kind's settings struct (optimizers/factory.h)
   ScheduleConfig schedule;
   TrainConfig train;
   // Where the config came from, for errors found after parsing (against the data, say): the file
@@ -212,8 +182,6 @@ std::string first_difference(const RunConfig& a, const RunConfig& b);
 // Every key whose resolved value differs, in schema order, as "<key path>: <value in a> vs <value
 // in b>" (a key that only one kind has reads "absent" in the other).
 std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b);
-
-bool is_muon_family(const std::string& optimizer_kind);
 
 // The largest `threads:` a config may ask for: 4x the hardware threads of this machine. Far more
 // threads than cores only slows a run down, and absurd counts make OpenBLAS hang while it

@@ -191,7 +191,7 @@ Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name) 
       } catch (const ConfigError& error) {
         reader.fail(block, where, "a point of this block has an invalid config: " + std::string(error.what()));
       }
-      point.label = label.empty() ? point.config.optimizer.kind : label;
+      point.label = label.empty() ? kind_of(point.config.optimizer) : label;
       point.name = point.label + suffix;
       const auto [existing, inserted] = block_of_point.emplace(point.name, b);
       if (!inserted)

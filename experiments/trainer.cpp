@@ -132,39 +132,6 @@ Device run_device(const RunConfig& config) {
   return device;
 }
 
-OptimizerSpec optimizer_spec(const RunConfig& config) {
-  const OptimizerConfig& c = config.optimizer;
-  OptimizerSpec spec;
-  spec.kind = c.kind;
-  spec.lr = c.lr;
-  spec.weight_decay = c.weight_decay;
-  spec.momentum = c.momentum;
-  spec.nesterov = c.nesterov;
-  spec.betas = c.betas;
-  spec.eps = c.eps;
-  spec.ns_steps = c.ns_steps;
-  spec.ns_coefficients = c.ns_coefficients;
-  spec.scaling = c.scaling;
-  spec.renormalize = c.renormalize;
-  if (is_muon_family(c.kind)) {
-    spec.non_matrix.kind = c.non_matrix.kind;
-    spec.non_matrix.lr = c.non_matrix.lr;
-    spec.non_matrix.weight_decay = c.non_matrix.weight_decay;
-    spec.non_matrix.betas = c.non_matrix.betas;
-    spec.non_matrix.eps = c.non_matrix.eps;
-    spec.non_matrix.momentum = c.non_matrix.momentum;
-    spec.non_matrix.nesterov = c.non_matrix.nesterov;
-  }
-  spec.gamma = c.gamma;
-  spec.k_max = c.k_max;
-  spec.fraction = c.fraction;
-  spec.ef_decay = c.ef_decay;
-  spec.selection = c.selection;
-  spec.seed = static_cast<uint64_t>(config.seed);
-  spec.beta2 = c.beta2;
-  return spec;
-}
-
 // Host batch -> (inputs, targets) tensors on `device`.
 std::pair<Tensor, Tensor> batch_tensors(const HostBatch& batch, Device device) {
   const Tensor inputs = batch.input_ids.empty() ? Tensor::from_vector(batch.inputs, batch.input_shape, device)
@@ -453,7 +420,7 @@ class Trainer {
     if (!checkpoint) initialize_from_data(*model_, *data_.batcher);  // a resumed run loads the result
     model_->to(device_);
     params_ = model_->parameters();
-    optimizer_ = make_optimizer(optimizer_spec(config_), optimizer_params(*model_));
+    optimizer_ = make_optimizer(config_.optimizer, optimizer_params(*model_), static_cast<uint64_t>(config_.seed));
     optimizer_->set_communicator(&comm_);
 
     state_.dropout_seed = mix64(static_cast<uint64_t>(config_.seed) ^ kDropoutSeedSalt);
@@ -800,7 +767,7 @@ class Trainer {
     Json result = Json::object({
         {"name", config_.name},
         {"model", model_->summary()},
-        {"optimizer", config_.optimizer.kind},
+        {"optimizer", kind_of(config_.optimizer)},
         {"parameters", model_->num_parameters()},
         {"steps", state_.step},
         {"epochs", epoch()},
@@ -855,12 +822,15 @@ class Trainer {
 double lr_scale_at(const ScheduleConfig& schedule, int64_t step, int64_t total_steps) {
   if (step < schedule.warmup_steps)
     return static_cast<double>(step + 1) / static_cast<double>(schedule.warmup_steps);
-  if (schedule.decay == "none") return 1.0;
   const int64_t decay_steps = std::max<int64_t>(1, total_steps - schedule.warmup_steps);
   const double progress = std::min(1.0, static_cast<double>(step - schedule.warmup_steps) / static_cast<double>(decay_steps));
   const double floor = schedule.min_lr_ratio;
-  if (schedule.decay == "linear") return 1.0 - (1.0 - floor) * progress;
-  return floor + (1.0 - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
+  switch (schedule.decay) {
+    case LrDecay::None: return 1.0;
+    case LrDecay::Linear: return 1.0 - (1.0 - floor) * progress;
+    case LrDecay::Cosine: return floor + (1.0 - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
+  }
+  throw std::logic_error("lr_scale_at: an unknown decay");
 }
 
 int64_t total_steps_of(const RunConfig& config, const Batcher& batcher) {

@@ -126,16 +126,16 @@ TrainResult run_quietly(const RunConfig& config, const std::string& out_dir, int
 TEST(TrainerSchedule, LinearWarmupThenDecayToTheFloor) {
   ScheduleConfig schedule;
   schedule.warmup_steps = 4;
-  schedule.decay = "none";
+  schedule.decay = LrDecay::None;
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 0, 100), 0.25);
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 3, 100), 1.0);
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 99, 100), 1.0);
-  schedule.decay = "linear";
+  schedule.decay = LrDecay::Linear;
   schedule.min_lr_ratio = 0.1;
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 4, 104), 1.0);
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 54, 104), 0.55);
   EXPECT_NEAR(lr_scale_at(schedule, 103, 104), 0.1 + 0.9 / 100, 1e-12);
-  schedule.decay = "cosine";
+  schedule.decay = LrDecay::Cosine;
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 4, 104), 1.0);
   EXPECT_NEAR(lr_scale_at(schedule, 54, 104), 0.55, 1e-12);  // halfway: the midpoint
   EXPECT_GT(lr_scale_at(schedule, 20, 104), lr_scale_at(schedule, 4 + 80, 104));
@@ -353,7 +353,7 @@ TEST(TrainerResume, ALongerRunMayContinueButADifferentConfigIsRefused) {
   const std::string metrics_before = read_file(first.run_dir + "/metrics.jsonl");
 
   RunConfig changed = config;
-  changed.optimizer.lr = 0.02;
+  ml::set_learning_rate(changed.optimizer, 0.02);
   try {
     run_quietly(changed, "", 0, first.run_dir);
     FAIL() << "a resume with another learning rate was accepted";
@@ -610,7 +610,7 @@ TEST(TrainerDiverged, InfiniteBatchNormStatisticsStopTheRunNamingTheTensor) {
   // while the running variances overflow.
   TempDir dir;
   RunConfig config = cnn_config(write_idx_dataset(dir));
-  config.optimizer.lr = 1e6;
+  ml::set_learning_rate(config.optimizer, 1e6);
   config.train.checkpoint_every = 1;
   config.train.max_loss_ratio = 0;  // the point is the buffers, whatever the loss does
   try {
@@ -862,7 +862,7 @@ TEST(TrainerEval, AConfigWithAnotherModelOrDataIsRefusedListingTheKeys) {
   }
   // What only training or the evaluation itself uses may differ.
   RunConfig evaluation = config;
-  evaluation.optimizer.lr = 1;
+  ml::set_learning_rate(evaluation.optimizer, 1);
   evaluation.model.dropout = 0;
   evaluation.data.val_batch_size = 4;
   EXPECT_NO_THROW(evaluate_checkpoint(evaluation, result.run_dir));
@@ -984,8 +984,8 @@ TEST(TrainerProgress, PlainLinesEveryLogIntervalAndNotesInQuietModeAreDropped) {
 TEST(TrainerDemo, ComparesAdamWWithMuonOnFashionMnist) {
   const std::vector<RunConfig> configs = demo_configs(true, "/some/idx/folder");
   ASSERT_EQ(configs.size(), 2u);
-  EXPECT_EQ(configs[0].optimizer.kind, "adamw");
-  EXPECT_EQ(configs[1].optimizer.kind, "muon");
+  EXPECT_EQ(ml::kind_of(configs[0].optimizer), "adamw");
+  EXPECT_EQ(ml::kind_of(configs[1].optimizer), "muon");
   for (const RunConfig& config : configs) {
     EXPECT_EQ(config.data.kind, "fashion_mnist");
     EXPECT_EQ(config.data.path, "/some/idx/folder");
