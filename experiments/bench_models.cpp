@@ -53,7 +53,7 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
   const Device device = bench_device(args);
   Generator gen(0);
   {
-    GptOptions options;
+    GptOptions options = with_defaults(GptOptions::settings());
     options.vocab_size = 65;
     options.block_size = 64;
     options.n_layer = 4;
@@ -83,7 +83,9 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
         << std::flush;
   }
   {
-    CnnOptions options;
+    CnnOptions options = with_defaults(CnnOptions::settings());
+    options.in_channels = 3;
+    options.num_classes = 10;
     options.widths = {32, 64, 128};
     options.logit_divisor = 9.0;
     const int64_t batch = 256;

@@ -379,15 +379,6 @@ Field<S> field_of(Setting<Inner> setting, Access access) {
 template <typename S>
 Field<S>::Field(Setting<S> setting) : Field(field_of<S>(std::move(setting), [](auto& section) { return &section; })) {}
 
-// A choice among strings, for the sections whose values are still strings past the config.
-template <typename S>
-Setting<S> string_choice(std::string key, std::string S::*member, Kinds choices, Default<std::string> fallback) {
-  Setting<S> setting = text(std::move(key), member, "", "", std::move(fallback), "");
-  setting.type = SettingType::Choice;
-  setting.choices = std::move(choices);
-  return setting;
-}
-
 template <typename S>
 Setting<S> path(std::string key, std::string S::*member, Default<std::string> fallback) {
   return text(std::move(key), member, ".+", "a non-empty path", std::move(fallback), "");
@@ -591,7 +582,8 @@ std::vector<Field<V>> kind_fields(bool kind_required, TableOf table_of, ExtraRow
 }
 
 // ------------------------------------------------------------------ the schema
-// Adding a key: a member in config.h and one row here.
+// Adding a key of data, schedule, train or the top level: a member in config.h and one row here.
+// A model's or an optimizer's key is a row of its own table (models/<name>.cpp, optimizers/<name>.cpp).
 
 // nanoGPT's 90/10 split.
 constexpr double kDefaultValFraction = 0.1;
@@ -599,10 +591,9 @@ constexpr double kDefaultValFraction = 0.1;
 const Section<DataConfig>& data_schema() {
   using D = DataConfig;
   static const Section<D> schema{
-      [](const D& data) { return data.kind; },
+      [](const D& data) { return name_of(data_kind_names(), data.kind); },
       {
-          string_choice("kind", &D::kind,
-                 {"cifar10", "fashion_mnist", "image_folder", "text_char", "text_tokens", "synthetic"}, kRequired),
+          choice("kind", &D::kind, data_kind_names(), kRequired),
           only_for({"cifar10", "image_folder", "text_char", "text_tokens"}, path("path", &D::path, kRequired)),
           only_for({"fashion_mnist"}, path("path", &D::path, "/usr/share/datasets/fashion-mnist")),
           integer("batch_size", &D::batch_size, at_least(1), kRequired),
@@ -630,72 +621,40 @@ const Section<DataConfig>& data_schema() {
         if (data.alternating_flip && !data.flip)
           sites.at("alternating_flip").fail("chooses how data.flip flips; set data.flip: true as well");
         // With a separate validation folder nothing is split off: another fraction would be unused.
-        if (data.kind == "image_folder" && !data.val_path.empty() && data.val_fraction != kDefaultValFraction)
+        if (data.kind == DataKind::ImageFolder && !data.val_path.empty() && data.val_fraction != kDefaultValFraction)
           sites.at("val_fraction").fail("is not used when data.val_path gives the validation images; remove one of them");
       }};
   return schema;
 }
 
-// airbench94_muon.py's init_whiten: the first 5000 training images, eps 5e-4.
-constexpr int64_t kDefaultWhitenExamples = 5000;
-constexpr double kDefaultWhitenEps = 5e-4;
-
-const Section<ModelConfig>& model_schema() {
-  using M = ModelConfig;
-  static const Section<M> schema{
-      [](const M& model) { return model.kind; },
-      {
-          string_choice("kind", &M::kind, {"gpt", "cnn", "mlp"}, kRequired),
-          number("dropout", &M::dropout, closed_open(0, 1), 0.0),
-          only_for({"gpt"}, integer("vocab_size", &M::vocab_size, at_least(0), 0)),
-          only_for({"gpt"}, integer("block_size", &M::block_size, at_least(0), 0)),
-          only_for({"gpt"}, integer("n_layer", &M::n_layer, at_least(1), kRequired)),
-          only_for({"gpt"}, integer("n_head", &M::n_head, at_least(1), kRequired)),
-          only_for({"gpt"}, integer("n_embd", &M::n_embd, at_least(1), kRequired)),
-          only_for({"gpt"}, integer("mlp_ratio", &M::mlp_ratio, at_least(1), 4)),
-          only_for({"gpt"}, string_choice("activation", &M::activation, {"gelu", "relu2"}, "gelu")),
-          only_for({"gpt"}, string_choice("norm", &M::norm, {"layernorm", "rmsnorm"}, "layernorm")),
-          only_for({"gpt"}, string_choice("position", &M::position, {"learned", "rotary"}, "learned")),
-          only_for({"gpt"}, string_choice("attention", &M::attention, {"composed", "fused"}, "composed")),
-          only_for({"gpt"}, boolean("tie_weights", &M::tie_weights, true)),
-          only_for({"gpt"}, boolean("bias", &M::bias, true)),
-          only_for({"cnn"}, integer("in_channels", &M::in_channels, at_least(0), 0)),
-          only_for({"cnn"}, integer("stem_width", &M::stem_width, at_least(1), 24)),
-          only_for({"cnn"}, integer_list("widths", &M::widths, at_least(1), false, kRequired)),
-          only_for({"cnn"}, number("bn_momentum", &M::bn_momentum, open_closed(0, 1), 0.1)),
-          only_for({"cnn"}, number("logit_divisor", &M::logit_divisor, greater_than(0), 1.0)),
-          only_for({"cnn"}, string_choice("activation", &M::activation, {"gelu", "relu"}, "gelu")),
-          only_for({"cnn"}, number("bn_eps", &M::bn_eps, greater_than(0), 1e-5)),
-          only_for({"cnn"}, boolean("bn_freeze_weight", &M::bn_freeze_weight, false)),
-          only_for({"cnn"}, boolean("dirac_init", &M::dirac_init, false)),
-          only_for({"cnn"}, number("head_init_std", &M::head_init_std, at_least(0), 0.0)),
-          only_for({"cnn"}, boolean("whiten", &M::whiten, false)),
-          only_for({"cnn"}, integer("whiten_examples", &M::whiten_examples, at_least(1), kDefaultWhitenExamples)),
-          only_for({"cnn"}, number("whiten_eps", &M::whiten_eps, greater_than(0), kDefaultWhitenEps)),
-          only_for({"cnn"}, integer("whiten_bias_epochs", &M::whiten_bias_epochs, at_least(0), 0)),
-          only_for({"mlp"}, integer_list("hidden", &M::hidden, at_least(1), true, std::vector<int64_t>{128})),
-          only_for({"mlp"}, string_choice("activation", &M::activation, {"relu", "gelu", "tanh"}, "relu")),
-          only_for({"cnn", "mlp"}, integer("num_classes", &M::num_classes, at_least(0), 0)),
-      },
-      [](const M& model, const SectionSites& sites) {
+// Every model's own table.
+const Section<ModelSettings>& model_schema() {
+  static const Section<ModelSettings> schema{
+      kind_of<ModelSettings>,
+      kind_fields<ModelSettings>(
+          true, [](auto kind) { return decltype(kind)::type::settings(); },
+          [](auto, auto) { return std::vector<Field<ModelSettings>>{}; }),
+      [](const ModelSettings& model, const SectionSites& sites) {
         // Defaults pass (the resolved config lists them); another value would be silently unused.
-        if (model.kind == "cnn" && !model.whiten) {
+        const CnnOptions* cnn = std::get_if<CnnOptions>(&model);
+        if (cnn && !cnn->whiten) {
           const std::pair<const char*, bool> whitening_keys[] = {
-              {"whiten_examples", model.whiten_examples != kDefaultWhitenExamples},
-              {"whiten_eps", model.whiten_eps != kDefaultWhitenEps},
-              {"whiten_bias_epochs", model.whiten_bias_epochs != 0}};
+              {"whiten_examples", cnn->whiten_examples != kDefaultWhitenExamples},
+              {"whiten_eps", cnn->whiten_eps != kDefaultWhitenEps},
+              {"whiten_bias_epochs", cnn->whiten_bias_epochs != 0}};
           for (const auto& [key, changed] : whitening_keys)
             if (changed) sites.at(key).fail("only applies with model.whiten: true");
         }
-        if (model.kind != "gpt") return;
-        if (model.n_embd % model.n_head != 0)
-          sites.at("n_embd").fail("must be divisible by model.n_head (" + std::to_string(model.n_embd) + " % " +
-                                  std::to_string(model.n_head) + " = " +
-                                  std::to_string(model.n_embd % model.n_head) + ")");
+        const GptOptions* gpt = std::get_if<GptOptions>(&model);
+        if (!gpt) return;
+        if (gpt->n_embd % gpt->n_head != 0)
+          sites.at("n_embd").fail("must be divisible by model.n_head (" + std::to_string(gpt->n_embd) + " % " +
+                                  std::to_string(gpt->n_head) + " = " + std::to_string(gpt->n_embd % gpt->n_head) +
+                                  ")");
         // Rotary embeddings rotate pairs of channels within each head.
-        if (model.position == "rotary" && (model.n_embd / model.n_head) % 2 != 0)
+        if (gpt->position == PositionKind::Rotary && (gpt->n_embd / gpt->n_head) % 2 != 0)
           sites.at("position").fail("rotary needs an even head size, but n_embd / n_head = " +
-                                    std::to_string(model.n_embd / model.n_head));
+                                    std::to_string(gpt->n_embd / gpt->n_head));
       }};
   return schema;
 }
@@ -793,9 +752,9 @@ const Section<RunConfig>& run_schema() {
       {
           text("name", &R::name, "[A-Za-z0-9_.-]+", "a name of letters, digits, '_', '.' and '-'", kRequired),
           integer("seed", &R::seed, at_least(0), 0),
-          string_choice("device", &R::device, {"cpu", "cuda"}, "cpu"),
+          choice("device", &R::device, device_type_names(), DeviceType::CPU),
           integer("threads", &R::threads, at_least(0), 0),
-          string_choice("matmul_precision", &R::matmul_precision, {"float32", "tf32", "bf16"}, "float32"),
+          choice("matmul_precision", &R::matmul_precision, matmul_precision_names(), MatmulPrecision::Float32),
           boolean("deterministic", &R::deterministic, true),
           section("data", &R::data, data_schema(), true),
           section("model", &R::model, model_schema(), true),
@@ -809,11 +768,13 @@ const Section<RunConfig>& run_schema() {
                                    std::to_string(max_config_threads() / 4) +
                                    " hardware threads of this machine (at most " +
                                    std::to_string(max_config_threads()) + "; 0: the OpenMP default)");
-        const bool text_data = contains(kTextKinds, run.data.kind);
-        const bool image_data = contains(kImageKinds, run.data.kind);
-        const bool fits = run.model.kind == "gpt" ? text_data : run.model.kind == "cnn" ? image_data : !text_data;
+        const bool text_data = is_text_data(run.data.kind);
+        const bool image_data = is_image_data(run.data.kind);
+        const bool fits = std::holds_alternative<GptOptions>(run.model)   ? text_data
+                          : std::holds_alternative<CnnOptions>(run.model) ? image_data
+                                                                          : !text_data;
         if (!fits)
-          sites.at("model").fail("kind " + run.model.kind + " cannot be trained on data.kind " + run.data.kind +
+          sites.at("model").fail("kind " + kind_of(run.model) + " cannot be trained on data.kind " + name_of(data_kind_names(), run.data.kind) +
                                  " (gpt needs text data, cnn image data, mlp image or synthetic data)");
       }};
   return schema;
@@ -921,6 +882,30 @@ std::string read_config_file(const std::string& path) {
 }
 
 }  // namespace
+
+const EnumNames<DataKind>& data_kind_names() {
+  static const EnumNames<DataKind> names{{DataKind::Cifar10, "cifar10"},     {DataKind::FashionMnist, "fashion_mnist"},
+                                         {DataKind::ImageFolder, "image_folder"}, {DataKind::TextChar, "text_char"},
+                                         {DataKind::TextTokens, "text_tokens"}, {DataKind::Synthetic, "synthetic"}};
+  return names;
+}
+
+bool is_image_data(DataKind kind) {
+  return kind == DataKind::Cifar10 || kind == DataKind::FashionMnist || kind == DataKind::ImageFolder;
+}
+
+bool is_text_data(DataKind kind) { return kind == DataKind::TextChar || kind == DataKind::TextTokens; }
+
+const EnumNames<DeviceType>& device_type_names() {
+  static const EnumNames<DeviceType> names{{DeviceType::CPU, "cpu"}, {DeviceType::CUDA, "cuda"}};
+  return names;
+}
+
+const EnumNames<MatmulPrecision>& matmul_precision_names() {
+  static const EnumNames<MatmulPrecision> names{
+      {MatmulPrecision::Float32, "float32"}, {MatmulPrecision::Tf32, "tf32"}, {MatmulPrecision::Bf16, "bf16"}};
+  return names;
+}
 
 const EnumNames<LrDecay>& lr_decay_names() {
   static const EnumNames<LrDecay> names{{LrDecay::None, "none"}, {LrDecay::Linear, "linear"}, {LrDecay::Cosine, "cosine"}};

@@ -301,7 +301,7 @@ int run_sweep(const Sweep& sweep, const SweepOptions& options, std::ostream& out
       train_options.quiet = options.quiet;
       train(point->config, train_options);
       // What the loss means, in characters: a short sample from each finished text model.
-      if (point->config.data.kind == "text_char" && point->config.model.kind == "gpt") {
+      if (point->config.data.kind == DataKind::TextChar && std::holds_alternative<GptOptions>(point->config.model)) {
         SampleOptions sample;
         sample.tokens = 300;
         write_file_atomic(run_dir + "/" + kSampleFile, sample_text(run_dir, sample));

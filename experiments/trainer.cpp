@@ -109,23 +109,14 @@ class StopSignalScope {
   struct sigaction previous_int_ {}, previous_term_ {};
 };
 
-#ifdef MUONLAB_WITH_CUDA
-MatmulPrecision matmul_precision_of(const std::string& name) {
-  if (name == "float32") return MatmulPrecision::Float32;
-  if (name == "tf32") return MatmulPrecision::Tf32;
-  if (name == "bf16") return MatmulPrecision::Bf16;
-  throw std::invalid_argument("matmul_precision: expected float32, tf32 or bf16, got \"" + name + "\"");
-}
-#endif
-
 Device run_device(const RunConfig& config) {
-  const Device device = Device::parse(config.device);
+  const Device device{config.device, 0};
   if (device.is_cuda() && !cuda_available())
     throw std::runtime_error("device: cuda was requested, but no CUDA device is usable (built without CUDA, or no GPU)");
 #ifdef MUONLAB_WITH_CUDA
   // float32 products and convolutions stay exact unless the config allows TF32 or bf16.
   if (device.is_cuda()) {
-    cuda_set_matmul_precision(matmul_precision_of(config.matmul_precision));
+    cuda_set_matmul_precision(config.matmul_precision);
     cuda_set_deterministic(config.deterministic);
   }
 #endif
@@ -783,7 +774,7 @@ class Trainer {
         {"samples_per_s", state_.elapsed_s > 0 ? static_cast<double>(state_.samples) / state_.elapsed_s : 0.0},
         {"peak_rss_mb", peak_rss_mb()},
         {"threads", num_threads()},
-        {"device", config_.device},
+        {"device", name_of(device_type_names(), config_.device)},
         {"optimizer_metrics", optimizer_metrics},
         {"status", status},
     });

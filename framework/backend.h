@@ -37,6 +37,12 @@ enum class RandomDist { Uniform, Normal, Bernoulli };  // Uniform[a,b), Normal(a
 // stay exact, like every other reduction. The CPU backend always computes exactly.
 enum class GemmMath { Configured, Exact };
 
+// The arithmetic of float32 matrix products on CUDA (the config's matmul_precision). Float32:
+// exact; Tf32: TF32 tensor cores; Bf16: both operands rounded to bfloat16 (nearest, ties to even),
+// products accumulated and stored in float32. Convolutions use TF32 tensor cores under Tf32 and
+// Bf16. float64 and sums (GemmMath::Exact) always stay exact.
+enum class MatmulPrecision { Float32, Tf32, Bf16 };
+
 struct Conv2dParams {
   int64_t stride_h = 1, stride_w = 1;
   int64_t pad_h = 0, pad_w = 0;

@@ -76,11 +76,11 @@ TEST(ConfigDefaults, MinimalConfigGetsEveryDefault) {
   const ml::RunConfig config = load_text(kMinimal);
   EXPECT_EQ(config.name, "minimal");
   EXPECT_EQ(config.seed, 0);
-  EXPECT_EQ(config.device, "cpu");
+  EXPECT_EQ(config.device, ml::DeviceType::CPU);
   EXPECT_EQ(config.threads, 0);
-  EXPECT_EQ(config.matmul_precision, "float32");
+  EXPECT_EQ(config.matmul_precision, ml::MatmulPrecision::Float32);
 
-  EXPECT_EQ(config.data.kind, "synthetic");
+  EXPECT_EQ(config.data.kind, ml::DataKind::Synthetic);
   EXPECT_EQ(config.data.batch_size, 8);
   EXPECT_EQ(config.data.val_batch_size, 0);
   EXPECT_EQ(config.data.limit_train, 0);
@@ -89,11 +89,11 @@ TEST(ConfigDefaults, MinimalConfigGetsEveryDefault) {
   EXPECT_EQ(config.data.num_classes, 4);
   EXPECT_EQ(config.data.num_examples, 512);
 
-  EXPECT_EQ(config.model.kind, "mlp");
-  EXPECT_EQ(config.model.hidden, std::vector<int64_t>{128});
-  EXPECT_EQ(config.model.activation, "relu");
-  EXPECT_EQ(config.model.num_classes, 0);
-  EXPECT_EQ(config.model.dropout, 0.0);
+  const auto& mlp = std::get<ml::MlpOptions>(config.model);
+  EXPECT_EQ(mlp.hidden, std::vector<int64_t>{128});
+  EXPECT_EQ(mlp.activation, ml::MlpActivation::Relu);
+  EXPECT_EQ(mlp.num_classes, 0);
+  EXPECT_EQ(mlp.dropout, 0.0);
 
   const auto& adamw = std::get<ml::AdamWSettings>(config.optimizer);
   EXPECT_EQ(adamw.lr, 0.001);
@@ -125,8 +125,9 @@ TEST(ConfigValues, DeterministicIsOnByDefaultAndTakesABoolean) {
 
 TEST(ConfigValues, MatmulPrecisionTakesEachChoiceFromFileOrOverride) {
   for (const std::string precision : {"float32", "tf32", "bf16"}) {
-    EXPECT_EQ(load_text(std::string(kMinimal) + "matmul_precision: " + precision + "\n").matmul_precision, precision);
-    EXPECT_EQ(load_text(kMinimal, {"matmul_precision=" + precision}).matmul_precision, precision);
+    const ml::MatmulPrecision expected = ml::value_named(ml::matmul_precision_names(), precision);
+    EXPECT_EQ(load_text(std::string(kMinimal) + "matmul_precision: " + precision + "\n").matmul_precision, expected);
+    EXPECT_EQ(load_text(kMinimal, {"matmul_precision=" + precision}).matmul_precision, expected);
   }
   // The boolean it replaced is gone rather than silently ignored.
   EXPECT_EQ(config_error(std::string(kMinimal) + "tf32: true\n").rfind("x.yaml:12: tf32: unknown key", 0), 0u);
@@ -183,25 +184,27 @@ TEST(ConfigDefaults, ModelAndDataDefaultsDependOnKind) {
   EXPECT_FALSE(cnn.data.flip);
   EXPECT_TRUE(cnn.data.normalize);
   EXPECT_EQ(cnn.data.crop_padding, 0);
-  EXPECT_EQ(cnn.model.stem_width, 24);
-  EXPECT_EQ(cnn.model.bn_momentum, 0.1);
-  EXPECT_EQ(cnn.model.logit_divisor, 1.0);
-  EXPECT_EQ(cnn.model.activation, "gelu");
+  const auto& cnn_model = std::get<ml::CnnOptions>(cnn.model);
+  EXPECT_EQ(cnn_model.stem_width, 24);
+  EXPECT_EQ(cnn_model.bn_momentum, 0.1);
+  EXPECT_EQ(cnn_model.logit_divisor, 1.0);
+  EXPECT_EQ(cnn_model.activation, ml::CnnActivation::Gelu);
 
   const ml::RunConfig gpt =
       load_text(kMinimal, {"data={kind: text_char, path: in.txt, batch_size: 4, block_size: 16}",
                            "model={kind: gpt, n_layer: 2, n_head: 2, n_embd: 32}"});
   EXPECT_EQ(gpt.data.val_fraction, 0.1);
   EXPECT_FALSE(gpt.data.byte_level);
-  EXPECT_EQ(gpt.model.vocab_size, 0);
-  EXPECT_EQ(gpt.model.block_size, 0);
-  EXPECT_EQ(gpt.model.mlp_ratio, 4);
-  EXPECT_EQ(gpt.model.activation, "gelu");
-  EXPECT_EQ(gpt.model.norm, "layernorm");
-  EXPECT_EQ(gpt.model.position, "learned");
-  EXPECT_EQ(gpt.model.attention, "composed");
-  EXPECT_TRUE(gpt.model.tie_weights);
-  EXPECT_TRUE(gpt.model.bias);
+  const auto& gpt_model = std::get<ml::GptOptions>(gpt.model);
+  EXPECT_EQ(gpt_model.vocab_size, 0);
+  EXPECT_EQ(gpt_model.block_size, 0);
+  EXPECT_EQ(gpt_model.mlp_ratio, 4);
+  EXPECT_EQ(gpt_model.activation, ml::GptActivation::Gelu);
+  EXPECT_EQ(gpt_model.norm, ml::NormKind::LayerNorm);
+  EXPECT_EQ(gpt_model.position, ml::PositionKind::Learned);
+  EXPECT_EQ(gpt_model.attention, ml::AttentionImpl::Composed);
+  EXPECT_TRUE(gpt_model.tie_weights);
+  EXPECT_TRUE(gpt_model.bias);
 
   const ml::RunConfig folder = load_text(kMinimal, {"data={kind: image_folder, path: images, batch_size: 4}"});
   EXPECT_EQ(folder.data.val_path, "");
@@ -214,10 +217,10 @@ TEST(ConfigOverrides, SetReplacesValuesCreatesSectionsAndAppliesInOrder) {
       load_text(kMinimal, {"optimizer.lr=0.5", "model.hidden=[16,32]", "schedule.decay=cosine", "seed=1", "seed=2",
                            "data.flip=true", "data.kind=cifar10", "data.path=some/dir"});
   EXPECT_EQ(ml::learning_rate(config.optimizer), 0.5);
-  EXPECT_EQ(config.model.hidden, (std::vector<int64_t>{16, 32}));
+  EXPECT_EQ(std::get<ml::MlpOptions>(config.model).hidden, (std::vector<int64_t>{16, 32}));
   EXPECT_EQ(config.schedule.decay, ml::LrDecay::Cosine);
   EXPECT_EQ(config.seed, 2);
-  EXPECT_EQ(config.data.kind, "cifar10");
+  EXPECT_EQ(config.data.kind, ml::DataKind::Cifar10);
   EXPECT_TRUE(config.data.flip);
   EXPECT_EQ(config.data.path, "some/dir");
 }
@@ -453,12 +456,13 @@ TEST(ConfigErrors, WhiteningKeysNeedWhitenAndAlternatingFlipNeedsFlip) {
   const ml::RunConfig whitened =
       load_text(kMinimal, {images + ", flip: true, alternating_flip: true, eval_translate: true}",
                            cnn + "whiten: true, whiten_bias_epochs: 3, bn_eps: 1.0e-12, head_init_std: 0.5}"});
-  EXPECT_TRUE(whitened.model.whiten);
-  EXPECT_EQ(whitened.model.whiten_examples, 5000);
-  EXPECT_EQ(whitened.model.whiten_eps, 5e-4);
-  EXPECT_EQ(whitened.model.whiten_bias_epochs, 3);
-  EXPECT_EQ(whitened.model.bn_eps, 1e-12);
-  EXPECT_EQ(whitened.model.head_init_std, 0.5);
+  const auto& whitened_cnn = std::get<ml::CnnOptions>(whitened.model);
+  EXPECT_TRUE(whitened_cnn.whiten);
+  EXPECT_EQ(whitened_cnn.whiten_examples, 5000);
+  EXPECT_EQ(whitened_cnn.whiten_eps, 5e-4);
+  EXPECT_EQ(whitened_cnn.whiten_bias_epochs, 3);
+  EXPECT_EQ(whitened_cnn.bn_eps, 1e-12);
+  EXPECT_EQ(whitened_cnn.head_init_std, 0.5);
   EXPECT_TRUE(whitened.data.alternating_flip);
   EXPECT_TRUE(whitened.data.eval_translate);
   EXPECT_EQ(config_error(kMinimal, {images + ", alternating_flip: true}", cnn + "}"}),
@@ -497,7 +501,7 @@ TEST(ConfigErrors, EmbeddingWidthMustDivideByHeads) {
   EXPECT_EQ(config_error(gpt), "x.yaml:9: model.n_embd: must be divisible by model.n_head (32 % 3 = 2)");
   EXPECT_EQ(config_error(gpt, {"model.n_embd=27", "model.position=rotary"}),
             "--set model.position=rotary: model.position: rotary needs an even head size, but n_embd / n_head = 9");
-  EXPECT_EQ(load_text(gpt, {"model.n_embd=48"}).model.n_embd, 48);
+  EXPECT_EQ(std::get<ml::GptOptions>(load_text(gpt, {"model.n_embd=48"}).model).n_embd, 48);
 }
 
 TEST(ConfigErrors, ModelMustFitTheData) {
@@ -585,7 +589,7 @@ TEST(ConfigRoundTrip, EqualityNoticesAnyFieldChange) {
   const std::vector<std::function<void(ml::RunConfig&)>> changes{
       [](ml::RunConfig& c) { c.name = "other"; },
       [](ml::RunConfig& c) { c.data.num_examples += 1; },
-      [](ml::RunConfig& c) { c.model.hidden.push_back(3); },
+      [](ml::RunConfig& c) { std::get<ml::MlpOptions>(c.model).hidden.push_back(3); },
       [](ml::RunConfig& c) { std::get<ml::AdamWSettings>(std::get<ml::MuonSettings>(c.optimizer).non_matrix).betas[1] = 0.5; },
       [](ml::RunConfig& c) { std::get<ml::MuonSettings>(c.optimizer).scaling = ml::UpdateScaling::Spectral; },
       [](ml::RunConfig& c) { c.optimizer = ml::default_optimizer_settings("turbo_muon"); },
@@ -626,19 +630,20 @@ TEST(ConfigFiles, EveryShippedConfigValidatesAndRoundTrips) {
 TEST(ConfigFiles, ShippedConfigsHoldTheDocumentedSettings) {
   const fs::path configs = fs::path(MUONLAB_SOURCE_DIR) / "configs";
   const ml::RunConfig smoke = ml::load_config((configs / "tiny_mlp_smoke.yaml").string());
-  EXPECT_EQ(smoke.data.kind, "synthetic");
-  EXPECT_EQ(smoke.model.kind, "mlp");
+  EXPECT_EQ(smoke.data.kind, ml::DataKind::Synthetic);
+  EXPECT_EQ(ml::kind_of(smoke.model), "mlp");
   EXPECT_EQ(ml::kind_of(smoke.optimizer), "adamw");
   EXPECT_EQ(smoke.train.steps, 50);
 
   const ml::RunConfig shakespeare = ml::load_config((configs / "shakespeare_char_adamw.yaml").string());
-  EXPECT_EQ(shakespeare.data.kind, "text_char");
+  EXPECT_EQ(shakespeare.data.kind, ml::DataKind::TextChar);
   EXPECT_EQ(shakespeare.data.path, "../shared/data/tinyshakespeare/input.txt");
   EXPECT_EQ(shakespeare.data.block_size, 64);
   EXPECT_EQ(shakespeare.data.batch_size, 12);
-  EXPECT_EQ(shakespeare.model.n_layer, 4);
-  EXPECT_EQ(shakespeare.model.n_head, 4);
-  EXPECT_EQ(shakespeare.model.n_embd, 128);
+  const auto& gpt = std::get<ml::GptOptions>(shakespeare.model);
+  EXPECT_EQ(gpt.n_layer, 4);
+  EXPECT_EQ(gpt.n_head, 4);
+  EXPECT_EQ(gpt.n_embd, 128);
   const auto& adamw = std::get<ml::AdamWSettings>(shakespeare.optimizer);
   EXPECT_EQ(adamw.lr, 1e-3);
   EXPECT_EQ(adamw.betas, (std::array<double, 2>{0.9, 0.99}));
@@ -657,9 +662,10 @@ TEST(ConfigFiles, ShippedConfigsHoldTheDocumentedSettings) {
   EXPECT_TRUE(cifar.data.flip);
   EXPECT_TRUE(cifar.data.eval_flip);  // 2026-11-25: the lr 0.1 run scores 84.8% plain, 85.7% with the mirror
   EXPECT_EQ(cifar.data.translate, 2);
-  EXPECT_EQ(cifar.model.stem_width, 24);
-  EXPECT_EQ(cifar.model.widths, (std::vector<int64_t>{32, 64, 128}));
-  EXPECT_EQ(cifar.model.logit_divisor, 9.0);
+  const auto& cnn = std::get<ml::CnnOptions>(cifar.model);
+  EXPECT_EQ(cnn.stem_width, 24);
+  EXPECT_EQ(cnn.widths, (std::vector<int64_t>{32, 64, 128}));
+  EXPECT_EQ(cnn.logit_divisor, 9.0);
   const auto& sgd = std::get<ml::SgdSettings>(cifar.optimizer);
   EXPECT_TRUE(sgd.nesterov);
   EXPECT_EQ(sgd.momentum, 0.9);
@@ -679,13 +685,14 @@ TEST(ConfigFiles, Airbench94MuonRecipeHoldsTheReferenceSettings) {
   EXPECT_EQ(recipe.data.batch_size, 2000);
   EXPECT_TRUE(recipe.data.flip && recipe.data.alternating_flip && recipe.data.eval_flip && recipe.data.eval_translate);
   EXPECT_EQ(recipe.data.translate, 2);
-  EXPECT_EQ(recipe.model.widths, (std::vector<int64_t>{64, 256, 256}));
-  EXPECT_TRUE(recipe.model.whiten && recipe.model.bn_freeze_weight && recipe.model.dirac_init);
-  EXPECT_EQ(recipe.model.whiten_bias_epochs, 3);
-  EXPECT_EQ(recipe.model.bn_momentum, 0.4);
+  const auto& cnn = std::get<ml::CnnOptions>(recipe.model);
+  EXPECT_EQ(cnn.widths, (std::vector<int64_t>{64, 256, 256}));
+  EXPECT_TRUE(cnn.whiten && cnn.bn_freeze_weight && cnn.dirac_init);
+  EXPECT_EQ(cnn.whiten_bias_epochs, 3);
+  EXPECT_EQ(cnn.bn_momentum, 0.4);
   // The head reparametrized for the shared SGD lr: std 1 / c and logits / (256 / c), c^2 = 0.67 / 0.053.
-  EXPECT_NEAR(recipe.model.head_init_std * recipe.model.logit_divisor, 256.0 * 0.053 / 0.67, 1e-5);
-  EXPECT_NEAR(recipe.model.logit_divisor / recipe.model.head_init_std, 256.0, 1e-4);
+  EXPECT_NEAR(cnn.head_init_std * cnn.logit_divisor, 256.0 * 0.053 / 0.67, 1e-5);
+  EXPECT_NEAR(cnn.logit_divisor / cnn.head_init_std, 256.0, 1e-4);
   const auto& muon = std::get<ml::MuonSettings>(recipe.optimizer);
   EXPECT_EQ(muon.lr, 0.24);
   EXPECT_EQ(muon.momentum, 0.6);
