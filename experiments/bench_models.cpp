@@ -53,7 +53,7 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
   const Device device = bench_device(args);
   Generator gen(0);
   {
-    GptOptions options;
+    GptOptions options = with_defaults(GptOptions::settings());
     options.vocab_size = 65;
     options.block_size = 64;
     options.n_layer = 4;
@@ -62,10 +62,9 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
     const int64_t batch = 12;
     Gpt model(options, gen);
     model.to(device);
-    OptimizerSpec spec;
-    spec.kind = "adamw";
-    spec.lr = 1e-3;
-    const auto optimizer = make_optimizer(spec, optimizer_params(model));
+    AdamWSettings settings = with_defaults(AdamWSettings::settings());
+    settings.lr = 1e-3;
+    const auto optimizer = make_optimizer(settings, optimizer_params(model));
     const Tensor ids = random_ids({batch, options.block_size}, options.vocab_size, gen, device);
     const Tensor targets = random_ids({batch, options.block_size}, options.vocab_size, gen, device);
     const double ms = median_ms_per_call(train_step(model, *optimizer, ids, targets, 0.0), args.repeats, backend_for(device));
@@ -84,18 +83,19 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
         << std::flush;
   }
   {
-    CnnOptions options;
+    CnnOptions options = with_defaults(CnnOptions::settings());
+    options.in_channels = 3;
+    options.num_classes = 10;
     options.widths = {32, 64, 128};
     options.logit_divisor = 9.0;
     const int64_t batch = 256;
     Cnn model(options, gen);
     model.to(device);
-    OptimizerSpec spec;
-    spec.kind = "sgd";
-    spec.lr = 0.01;
-    spec.momentum = 0.9;
-    spec.nesterov = true;
-    const auto optimizer = make_optimizer(spec, optimizer_params(model));
+    SgdSettings settings = with_defaults(SgdSettings::settings());
+    settings.lr = 0.01;
+    settings.momentum = 0.9;
+    settings.nesterov = true;
+    const auto optimizer = make_optimizer(settings, optimizer_params(model));
     const Tensor images = randn({batch, 3, 32, 32}, DType::Float32, cpu(), gen).to(device);
     const Tensor labels = random_ids({batch}, options.num_classes, gen, device);
     const double ms = median_ms_per_call(train_step(model, *optimizer, images, labels, 0.2), args.repeats, backend_for(device));

@@ -26,9 +26,6 @@ namespace {
 
 using Kinds = std::vector<std::string>;
 
-const Kinds kMuonFamily{"muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"};
-// The Muon family less Dion2, which sums gradients without a momentum coefficient.
-const Kinds kMomentumFamily{"muon", "turbo_muon", "cache_muon", "rmnp", "normuon"};
 const Kinds kImageKinds{"cifar10", "fashion_mnist", "image_folder"};
 const Kinds kTextKinds{"text_char", "text_tokens"};
 
@@ -89,21 +86,6 @@ std::string join_words(const Kinds& words, const char* last_separator = " or ") 
     text += words[i];
   }
   return text;
-}
-
-// The shortest decimal text that reads back as exactly `value`, so to_yaml round-trips.
-std::string format_number(double value) {
-  char buffer[32];
-  // Whole numbers read best without an exponent ("20", not "2e+01").
-  if (value == std::floor(value) && std::fabs(value) < 1e15) {
-    std::snprintf(buffer, sizeof buffer, "%.0f", value);
-    return buffer;
-  }
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
-    if (std::strtod(buffer, nullptr) == value) break;
-  }
-  return buffer;
 }
 
 // ------------------------------------------------------------------ where a value came from
@@ -208,31 +190,6 @@ std::string describe(const YAML::Node& node) {
 // guessing what was meant.
 bool is_plain_scalar(const YAML::Node& node) { return node.IsScalar() && node.Tag() != "!"; }
 
-struct Bounds {
-  std::optional<double> low, high;
-  bool low_inclusive = true, high_inclusive = true;
-
-  bool contains(double value) const {
-    if (low && (low_inclusive ? value < *low : value <= *low)) return false;
-    if (high && (high_inclusive ? value > *high : value >= *high)) return false;
-    return true;
-  }
-  std::string text() const {
-    if (low && high)
-      return "in " + std::string(low_inclusive ? "[" : "(") + format_number(*low) + ", " + format_number(*high) +
-             (high_inclusive ? "]" : ")");
-    if (low) return (low_inclusive ? ">= " : "> ") + format_number(*low);
-    if (high) return (high_inclusive ? "<= " : "< ") + format_number(*high);
-    return "";
-  }
-};
-
-Bounds at_least(double low) { return {low, std::nullopt, true, true}; }
-Bounds greater_than(double low) { return {low, std::nullopt, false, true}; }
-Bounds closed(double low, double high) { return {low, high, true, true}; }
-Bounds closed_open(double low, double high) { return {low, high, true, false}; }
-Bounds open_closed(double low, double high) { return {low, high, false, true}; }
-
 std::optional<int64_t> parse_integer(const std::string& text) {
   static const std::regex integer_pattern("[+-]?[0-9]+");
   if (!std::regex_match(text, integer_pattern)) return std::nullopt;
@@ -302,21 +259,9 @@ std::array<double, 2> read_number_pair(const YAML::Node& node, const Site& site,
 
 // ------------------------------------------------------------------ the schema machinery
 
-struct Required {};
-constexpr Required kRequired;
-
-// A field's default value, or kRequired.
-template <typename T>
-struct Default {
-  std::optional<T> value;
-  Default(Required) {}  // NOLINT: implicit so schema rows can say kRequired
-  template <typename U, std::enable_if_t<std::is_convertible_v<U, T>, int> = 0>
-  Default(U&& given) : value(T(std::forward<U>(given))) {}  // NOLINT: implicit so rows can say 0.1
-};
-
 // One row of a section's schema: a key, the kinds it applies to and how to read, default,
-// write and compare the struct member behind it. A key whose default or choices differ by kind
-// has one row per group of kinds.
+// write and compare the value behind it. Most rows are a Setting (framework/settings.h) of the
+// section's struct or of one kind's struct; a nested section is a row too.
 template <typename S>
 struct Field {
   std::string key;
@@ -328,36 +273,62 @@ struct Field {
   std::function<void(const S&, YAML::Emitter&)> write_value;
   std::function<bool(const S&, const S&)> equal;
 
-  Field only_for(Kinds allowed) && {
-    kinds = std::move(allowed);
-    return std::move(*this);
-  }
+  Field() = default;
+  Field(Setting<S> setting);  // NOLINT: implicit so a table's rows can be plain settings
+
   bool applies_to(const std::string& kind) const { return kinds.empty() || contains(kinds, kind); }
 };
 
-template <typename S, typename T, typename Reader, typename Writer>
-Field<S> make_field(std::string key, T S::*member, Default<T> fallback, std::string expectation, Reader reader,
-                    Writer writer) {
-  Field<S> field;
-  field.key = std::move(key);
-  field.expectation = std::move(expectation);
-  field.read = [member, reader](S& section, const YAML::Node& node, const Site& site) {
-    section.*member = reader(node, site);
-  };
-  if (fallback.value)
-    field.fill_default = [member, value = *fallback.value](S& section, const Site&) { section.*member = value; };
-  else
-    field.required = true;
-  field.write_value = [member, writer](const S& section, YAML::Emitter& out) { writer(out, section.*member); };
-  field.equal = [member](const S& a, const S& b) { return a.*member == b.*member; };
+template <typename S>
+Field<S> only_for(Kinds kinds, Field<S> field) {
+  field.kinds = std::move(kinds);
   return field;
+}
+template <typename S>
+Field<S> only_for(Kinds kinds, Setting<S> setting) {
+  return only_for(std::move(kinds), Field<S>(std::move(setting)));
+}
+
+// What a setting's value must be, for messages.
+template <typename S>
+std::string expectation_of(const Setting<S>& setting) {
+  switch (setting.type) {
+    case SettingType::Integer: return "an integer " + setting.bounds.text();
+    case SettingType::Number: return "a number " + setting.bounds.text();
+    case SettingType::Boolean: return "true or false";
+    case SettingType::Choice: return "one of " + join_words(setting.choices);
+    case SettingType::Text: return setting.expectation;
+    case SettingType::IntegerList:
+      return std::string(setting.allow_empty ? "a list" : "a non-empty list") + " of integers " + setting.bounds.text();
+    case SettingType::NumberPair: return "a list of two numbers " + setting.bounds.text();
+  }
+  return "";
+}
+
+template <typename S>
+SettingValue read_setting(const Setting<S>& setting, const std::regex& pattern, const std::string& expectation,
+                          const YAML::Node& node, const Site& site) {
+  switch (setting.type) {
+    case SettingType::Integer: return read_integer(node, site, setting.bounds, expectation);
+    case SettingType::Number: return read_number(node, site, setting.bounds, expectation);
+    case SettingType::Boolean: return read_boolean(node, site);
+    case SettingType::Choice:
+      if (!is_plain_scalar(node) || !contains(setting.choices, node.Scalar())) {
+        const std::string hint = node.IsScalar() ? closest_match(node.Scalar(), setting.choices) : "";
+        site.fail("expected " + expectation + ", got " + describe(node) +
+                  (hint.empty() ? "" : " (did you mean " + hint + "?)"));
+      }
+      return node.Scalar();
+    case SettingType::Text: return read_string(node, site, pattern, expectation);
+    case SettingType::IntegerList:
+      return read_integer_list(node, site, setting.bounds, setting.allow_empty, expectation);
+    case SettingType::NumberPair: return read_number_pair(node, site, setting.bounds, expectation);
+  }
+  throw std::logic_error("a setting of an unknown type");
 }
 
 void write_plain(YAML::Emitter& out, int64_t value) { out << static_cast<long long>(value); }
 void write_plain(YAML::Emitter& out, double value) { out << format_number(value); }
-void write_plain(YAML::Emitter& out, bool value) { out << value; }
-void write_plain(YAML::Emitter& out, const std::string& value) { out << value; }
-void write_quoted(YAML::Emitter& out, const std::string& value) { out << YAML::DoubleQuoted << value; }
 template <typename List>
 void write_flow_list(YAML::Emitter& out, const List& values) {
   out << YAML::Flow << YAML::BeginSeq;
@@ -365,96 +336,57 @@ void write_flow_list(YAML::Emitter& out, const List& values) {
   out << YAML::EndSeq;
 }
 
-template <typename S>
-Field<S> integer(std::string key, int64_t S::*member, Bounds bounds, Default<int64_t> fallback) {
-  const std::string expectation = "an integer " + bounds.text();
-  return make_field(
-      std::move(key), member, std::move(fallback), expectation,
-      [bounds, expectation](const YAML::Node& node, const Site& site) {
-        return read_integer(node, site, bounds, expectation);
-      },
-      [](YAML::Emitter& out, int64_t value) { write_plain(out, value); });
+void write_setting(YAML::Emitter& out, SettingType type, const SettingValue& value) {
+  switch (type) {
+    case SettingType::Integer: return write_plain(out, std::get<int64_t>(value));
+    case SettingType::Number: return write_plain(out, std::get<double>(value));
+    case SettingType::Boolean: out << std::get<bool>(value); return;
+    case SettingType::Choice: out << std::get<std::string>(value); return;
+    case SettingType::Text: out << YAML::DoubleQuoted << std::get<std::string>(value); return;
+    case SettingType::IntegerList: return write_flow_list(out, std::get<std::vector<int64_t>>(value));
+    case SettingType::NumberPair: return write_flow_list(out, std::get<std::array<double, 2>>(value));
+  }
+}
+
+// The row of a setting of the struct Inner that `access` finds in the section's struct S (a
+// pointer; null when S holds another kind's struct).
+template <typename S, typename Inner, typename Access>
+Field<S> field_of(Setting<Inner> setting, Access access) {
+  Field<S> field;
+  field.key = setting.key;
+  field.required = !setting.fallback;
+  field.expectation = expectation_of(setting);
+  const auto row = std::make_shared<const Setting<Inner>>(std::move(setting));
+  const auto pattern = std::make_shared<const std::regex>(row->pattern);
+  field.read = [row, pattern, access, expectation = field.expectation](S& section, const YAML::Node& node,
+                                                                       const Site& site) {
+    row->set(*access(section), read_setting(*row, *pattern, expectation, node, site));
+  };
+  if (!field.required)
+    field.fill_default = [row, access](S& section, const Site&) { row->set(*access(section), *row->fallback); };
+  field.write_value = [row, access](const S& section, YAML::Emitter& out) {
+    write_setting(out, row->type, row->get(*access(section)));
+  };
+  field.equal = [row, access](const S& a, const S& b) {
+    const Inner* x = access(a);
+    const Inner* y = access(b);
+    if (!x || !y) return !x && !y;
+    return row->get(*x) == row->get(*y);
+  };
+  return field;
 }
 
 template <typename S>
-Field<S> number(std::string key, double S::*member, Bounds bounds, Default<double> fallback) {
-  const std::string expectation = "a number " + bounds.text();
-  return make_field(
-      std::move(key), member, std::move(fallback), expectation,
-      [bounds, expectation](const YAML::Node& node, const Site& site) {
-        return read_number(node, site, bounds, expectation);
-      },
-      [](YAML::Emitter& out, double value) { write_plain(out, value); });
+Field<S>::Field(Setting<S> setting) : Field(field_of<S>(std::move(setting), [](auto& section) { return &section; })) {}
+
+template <typename S>
+Setting<S> path(std::string key, std::string S::*member, Default<std::string> fallback) {
+  return text(std::move(key), member, ".+", "a non-empty path", std::move(fallback), "");
 }
 
 template <typename S>
-Field<S> boolean(std::string key, bool S::*member, Default<bool> fallback) {
-  return make_field(
-      std::move(key), member, std::move(fallback), "true or false",
-      [](const YAML::Node& node, const Site& site) { return read_boolean(node, site); },
-      [](YAML::Emitter& out, bool value) { write_plain(out, value); });
-}
-
-template <typename S>
-Field<S> choice(std::string key, std::string S::*member, Kinds choices, Default<std::string> fallback) {
-  const std::string expectation = "one of " + join_words(choices);
-  return make_field(
-      std::move(key), member, std::move(fallback), expectation,
-      [choices, expectation](const YAML::Node& node, const Site& site) {
-        if (!is_plain_scalar(node) || !contains(choices, node.Scalar())) {
-          const std::string hint = node.IsScalar() ? closest_match(node.Scalar(), choices) : "";
-          site.fail("expected " + expectation + ", got " + describe(node) +
-                    (hint.empty() ? "" : " (did you mean " + hint + "?)"));
-        }
-        return node.Scalar();
-      },
-      [](YAML::Emitter& out, const std::string& value) { write_plain(out, value); });
-}
-
-template <typename S>
-Field<S> text(std::string key, std::string S::*member, const char* pattern, std::string expectation,
-              Default<std::string> fallback) {
-  return make_field(
-      std::move(key), member, std::move(fallback), expectation,
-      [regex = std::regex(pattern), expectation](const YAML::Node& node, const Site& site) {
-        return read_string(node, site, regex, expectation);
-      },
-      write_quoted);
-}
-
-template <typename S>
-Field<S> path(std::string key, std::string S::*member, Default<std::string> fallback) {
-  return text(std::move(key), member, ".+", "a non-empty path", std::move(fallback));
-}
-
-template <typename S>
-Field<S> optional_path(std::string key, std::string S::*member) {
-  return text(std::move(key), member, ".*", "a path (\"\" for none)", "");
-}
-
-template <typename S>
-Field<S> integer_list(std::string key, std::vector<int64_t> S::*member, Bounds bounds, bool allow_empty,
-                      Default<std::vector<int64_t>> fallback) {
-  const std::string expectation =
-      std::string(allow_empty ? "a list" : "a non-empty list") + " of integers " + bounds.text();
-  return make_field(
-      std::move(key), member, std::move(fallback), expectation,
-      [bounds, allow_empty, expectation](const YAML::Node& node, const Site& site) {
-        return read_integer_list(node, site, bounds, allow_empty, expectation);
-      },
-      write_flow_list<std::vector<int64_t>>);
-}
-
-template <typename S>
-Field<S> number_pair(std::string key, std::array<double, 2> S::*member, Bounds bounds,
-                     Default<std::array<double, 2>> fallback) {
-  const std::string expectation = "a list of two numbers " + bounds.text();
-  return make_field(
-      std::move(key), member, std::move(fallback), expectation,
-      [bounds, expectation](const YAML::Node& node, const Site& site) {
-        return read_number_pair(node, site, bounds, expectation);
-      },
-      write_flow_list<std::array<double, 2>>);
+Setting<S> optional_path(std::string key, std::string S::*member) {
+  return text(std::move(key), member, ".*", "a path (\"\" for none)", "", "");
 }
 
 // The keys of one mapping in file order, checked for non-name keys and duplicates.
@@ -494,7 +426,7 @@ struct SectionSites {
 
 template <typename S>
 struct Section {
-  std::string S::*kind = nullptr;  // the member holding the section's kind, if it has one
+  std::function<std::string(const S&)> kind;  // the section's kind, if it has one
   std::vector<Field<S>> fields;
   std::function<void(const S&, const SectionSites&)> check;  // rules that involve several keys
 
@@ -508,7 +440,7 @@ struct Section {
     std::string current_kind;
     if (kind) {
       read_entry(section, "kind", "", entries, sites);
-      current_kind = section.*kind;
+      current_kind = kind(section);
     }
     for (const Entry& entry : entries)
       if (!(kind && entry.key == "kind")) read_entry(section, entry.key, current_kind, entries, sites);
@@ -522,7 +454,7 @@ struct Section {
   }
 
   void write(const S& section, YAML::Emitter& out) const {
-    const std::string current_kind = kind ? section.*kind : "";
+    const std::string current_kind = kind ? kind(section) : "";
     out << YAML::BeginMap;
     for (const Field<S>& field : fields) {
       if (!field.applies_to(current_kind)) continue;
@@ -578,26 +510,80 @@ struct Section {
   }
 };
 
-template <typename S, typename Sub>
-Field<S> section(std::string key, Sub S::*member, const Section<Sub>& schema, bool required) {
+// A nested section: the struct Sub that `access` finds in S (as a pointer).
+template <typename S, typename Sub, typename Access>
+Field<S> section(std::string key, Access access, const Section<Sub>& schema, bool required) {
   Field<S> field;
   field.key = key;
   field.required = required;
   field.expectation = "a mapping of " + key + " settings";
-  field.read = [member, &schema](S& parent, const YAML::Node& node, const Site& site) {
-    schema.read(parent.*member, node, site);
+  field.read = [access, &schema](S& parent, const YAML::Node& node, const Site& site) {
+    schema.read(*access(parent), node, site);
   };
   if (!required)
-    field.fill_default = [member, &schema](S& parent, const Site& site) {
-      schema.read(parent.*member, YAML::Node(), site);
+    field.fill_default = [access, &schema](S& parent, const Site& site) {
+      schema.read(*access(parent), YAML::Node(), site);
     };
-  field.write_value = [member, &schema](const S& parent, YAML::Emitter& out) { schema.write(parent.*member, out); };
-  field.equal = [member, &schema](const S& a, const S& b) { return schema.equal(a.*member, b.*member); };
+  field.write_value = [access, &schema](const S& parent, YAML::Emitter& out) { schema.write(*access(parent), out); };
+  field.equal = [access, &schema](const S& a, const S& b) {
+    const Sub* x = access(a);
+    const Sub* y = access(b);
+    if (!x || !y) return !x && !y;
+    return schema.equal(*x, *y);
+  };
   return field;
 }
 
+template <typename S, typename Sub>
+Field<S> section(std::string key, Sub S::*member, const Section<Sub>& schema, bool required) {
+  return section<S, Sub>(
+      std::move(key), [member](auto& parent) { return &(parent.*member); }, schema, required);
+}
+
+template <typename T>
+struct KindTag {
+  using type = T;
+};
+
+// The rows of a section whose `kind` picks one struct of the std::variant V (framework/settings.h):
+// the kind, then each kind's settings, which `table_of(KindTag<S>())` gives, valid for that kind
+// alone. `extra_rows(KindTag<S>(), access)` adds rows that are not settings.
+template <typename V, typename TableOf, typename ExtraRows>
+std::vector<Field<V>> kind_fields(bool kind_required, TableOf table_of, ExtraRows extra_rows) {
+  std::vector<Field<V>> fields;
+  Field<V> kind;
+  kind.key = "kind";
+  kind.required = kind_required;
+  const Kinds names = kind_names<V>();
+  kind.expectation = "one of " + join_words(names);
+  kind.read = [names, expectation = kind.expectation](V& settings, const YAML::Node& node, const Site& site) {
+    if (!is_plain_scalar(node) || !contains(names, node.Scalar())) {
+      const std::string hint = node.IsScalar() ? closest_match(node.Scalar(), names) : "";
+      site.fail("expected " + expectation + ", got " + describe(node) +
+                (hint.empty() ? "" : " (did you mean " + hint + "?)"));
+    }
+    for_each_kind<V>([&](auto index) {
+      if (node.Scalar() == std::variant_alternative_t<decltype(index)::value, V>::kind)
+        settings.template emplace<decltype(index)::value>();
+    });
+  };
+  if (!kind_required) kind.fill_default = [](V& settings, const Site&) { settings = V(); };
+  kind.write_value = [](const V& settings, YAML::Emitter& out) { out << kind_of(settings); };
+  kind.equal = [](const V& a, const V& b) { return a.index() == b.index(); };
+  fields.push_back(std::move(kind));
+  for_each_kind<V>([&](auto index) {
+    using S = std::variant_alternative_t<decltype(index)::value, V>;
+    const auto access = [](auto& settings) { return std::get_if<decltype(index)::value>(&settings); };
+    for (Setting<S> setting : table_of(KindTag<S>()))
+      fields.push_back(only_for({S::kind}, field_of<V>(std::move(setting), access)));
+    for (Field<V> field : extra_rows(KindTag<S>(), access)) fields.push_back(only_for({S::kind}, field));
+  });
+  return fields;
+}
+
 // ------------------------------------------------------------------ the schema
-// Adding a key: a member in config.h and one row here.
+// Adding a key of data, schedule, train or the top level: a member in config.h and one row here.
+// A model's or an optimizer's key is a row of its own table (models/<name>.cpp, optimizers/<name>.cpp).
 
 // nanoGPT's 90/10 split.
 constexpr double kDefaultValFraction = 0.1;
@@ -605,168 +591,110 @@ constexpr double kDefaultValFraction = 0.1;
 const Section<DataConfig>& data_schema() {
   using D = DataConfig;
   static const Section<D> schema{
-      &D::kind,
+      [](const D& data) { return name_of(data_kind_names(), data.kind); },
       {
-          choice("kind", &D::kind,
-                 {"cifar10", "fashion_mnist", "image_folder", "text_char", "text_tokens", "synthetic"}, kRequired),
-          path("path", &D::path, kRequired).only_for({"cifar10", "image_folder", "text_char", "text_tokens"}),
-          path("path", &D::path, "/usr/share/datasets/fashion-mnist").only_for({"fashion_mnist"}),
+          choice("kind", &D::kind, data_kind_names(), kRequired),
+          only_for({"cifar10", "image_folder", "text_char", "text_tokens"}, path("path", &D::path, kRequired)),
+          only_for({"fashion_mnist"}, path("path", &D::path, "/usr/share/datasets/fashion-mnist")),
           integer("batch_size", &D::batch_size, at_least(1), kRequired),
-          integer("val_batch_size", &D::val_batch_size, at_least(0), 0).only_for(kImageKinds),
+          only_for(kImageKinds, integer("val_batch_size", &D::val_batch_size, at_least(0), 0)),
           integer("limit_train", &D::limit_train, at_least(0), 0),
           integer("limit_val", &D::limit_val, at_least(0), 0),
           integer("workers_prefetch", &D::workers_prefetch, at_least(0), 2),
-          boolean("flip", &D::flip, false).only_for(kImageKinds),
-          boolean("alternating_flip", &D::alternating_flip, false).only_for(kImageKinds),
-          boolean("eval_flip", &D::eval_flip, false).only_for(kImageKinds),
-          boolean("eval_translate", &D::eval_translate, false).only_for(kImageKinds),
-          integer("crop_padding", &D::crop_padding, at_least(0), 0).only_for(kImageKinds),
-          integer("translate", &D::translate, at_least(0), 0).only_for(kImageKinds),
-          boolean("normalize", &D::normalize, true).only_for(kImageKinds),
-          optional_path("val_path", &D::val_path).only_for({"image_folder", "text_tokens"}),
-          number("val_fraction", &D::val_fraction, closed_open(0, 1), kDefaultValFraction)
-              .only_for({"image_folder", "text_char"}),
-          integer("image_size", &D::image_size, at_least(1), 32).only_for({"image_folder"}),
-          integer("block_size", &D::block_size, at_least(1), kRequired).only_for(kTextKinds),
-          boolean("byte_level", &D::byte_level, false).only_for({"text_char"}),
-          integer("num_features", &D::num_features, at_least(1), 16).only_for({"synthetic"}),
-          integer("num_classes", &D::num_classes, at_least(2), 4).only_for({"synthetic"}),
-          integer("num_examples", &D::num_examples, at_least(1), 512).only_for({"synthetic"}),
+          only_for(kImageKinds, boolean("flip", &D::flip, false)),
+          only_for(kImageKinds, boolean("alternating_flip", &D::alternating_flip, false)),
+          only_for(kImageKinds, boolean("eval_flip", &D::eval_flip, false)),
+          only_for(kImageKinds, boolean("eval_translate", &D::eval_translate, false)),
+          only_for(kImageKinds, integer("crop_padding", &D::crop_padding, at_least(0), 0)),
+          only_for(kImageKinds, integer("translate", &D::translate, at_least(0), 0)),
+          only_for(kImageKinds, boolean("normalize", &D::normalize, true)),
+          only_for({"image_folder", "text_tokens"}, optional_path("val_path", &D::val_path)),
+          only_for({"image_folder", "text_char"}, number("val_fraction", &D::val_fraction, closed_open(0, 1), kDefaultValFraction)),
+          only_for({"image_folder"}, integer("image_size", &D::image_size, at_least(1), 32)),
+          only_for(kTextKinds, integer("block_size", &D::block_size, at_least(1), kRequired)),
+          only_for({"text_char"}, boolean("byte_level", &D::byte_level, false)),
+          only_for({"synthetic"}, integer("num_features", &D::num_features, at_least(1), 16)),
+          only_for({"synthetic"}, integer("num_classes", &D::num_classes, at_least(2), 4)),
+          only_for({"synthetic"}, integer("num_examples", &D::num_examples, at_least(1), 512)),
       },
       [](const D& data, const SectionSites& sites) {
         if (data.alternating_flip && !data.flip)
           sites.at("alternating_flip").fail("chooses how data.flip flips; set data.flip: true as well");
         // With a separate validation folder nothing is split off: another fraction would be unused.
-        if (data.kind == "image_folder" && !data.val_path.empty() && data.val_fraction != kDefaultValFraction)
+        if (data.kind == DataKind::ImageFolder && !data.val_path.empty() && data.val_fraction != kDefaultValFraction)
           sites.at("val_fraction").fail("is not used when data.val_path gives the validation images; remove one of them");
       }};
   return schema;
 }
 
-// airbench94_muon.py's init_whiten: the first 5000 training images, eps 5e-4.
-constexpr int64_t kDefaultWhitenExamples = 5000;
-constexpr double kDefaultWhitenEps = 5e-4;
-
-const Section<ModelConfig>& model_schema() {
-  using M = ModelConfig;
-  static const Section<M> schema{
-      &M::kind,
-      {
-          choice("kind", &M::kind, {"gpt", "cnn", "mlp"}, kRequired),
-          number("dropout", &M::dropout, closed_open(0, 1), 0.0),
-          integer("vocab_size", &M::vocab_size, at_least(0), 0).only_for({"gpt"}),
-          integer("block_size", &M::block_size, at_least(0), 0).only_for({"gpt"}),
-          integer("n_layer", &M::n_layer, at_least(1), kRequired).only_for({"gpt"}),
-          integer("n_head", &M::n_head, at_least(1), kRequired).only_for({"gpt"}),
-          integer("n_embd", &M::n_embd, at_least(1), kRequired).only_for({"gpt"}),
-          integer("mlp_ratio", &M::mlp_ratio, at_least(1), 4).only_for({"gpt"}),
-          choice("activation", &M::activation, {"gelu", "relu2"}, "gelu").only_for({"gpt"}),
-          choice("norm", &M::norm, {"layernorm", "rmsnorm"}, "layernorm").only_for({"gpt"}),
-          choice("position", &M::position, {"learned", "rotary"}, "learned").only_for({"gpt"}),
-          choice("attention", &M::attention, {"composed", "fused"}, "composed").only_for({"gpt"}),
-          boolean("tie_weights", &M::tie_weights, true).only_for({"gpt"}),
-          boolean("bias", &M::bias, true).only_for({"gpt"}),
-          integer("in_channels", &M::in_channels, at_least(0), 0).only_for({"cnn"}),
-          integer("stem_width", &M::stem_width, at_least(1), 24).only_for({"cnn"}),
-          integer_list("widths", &M::widths, at_least(1), false, kRequired).only_for({"cnn"}),
-          number("bn_momentum", &M::bn_momentum, open_closed(0, 1), 0.1).only_for({"cnn"}),
-          number("logit_divisor", &M::logit_divisor, greater_than(0), 1.0).only_for({"cnn"}),
-          choice("activation", &M::activation, {"gelu", "relu"}, "gelu").only_for({"cnn"}),
-          number("bn_eps", &M::bn_eps, greater_than(0), 1e-5).only_for({"cnn"}),
-          boolean("bn_freeze_weight", &M::bn_freeze_weight, false).only_for({"cnn"}),
-          boolean("dirac_init", &M::dirac_init, false).only_for({"cnn"}),
-          number("head_init_std", &M::head_init_std, at_least(0), 0.0).only_for({"cnn"}),
-          boolean("whiten", &M::whiten, false).only_for({"cnn"}),
-          integer("whiten_examples", &M::whiten_examples, at_least(1), kDefaultWhitenExamples).only_for({"cnn"}),
-          number("whiten_eps", &M::whiten_eps, greater_than(0), kDefaultWhitenEps).only_for({"cnn"}),
-          integer("whiten_bias_epochs", &M::whiten_bias_epochs, at_least(0), 0).only_for({"cnn"}),
-          integer_list("hidden", &M::hidden, at_least(1), true, std::vector<int64_t>{128}).only_for({"mlp"}),
-          choice("activation", &M::activation, {"relu", "gelu", "tanh"}, "relu").only_for({"mlp"}),
-          integer("num_classes", &M::num_classes, at_least(0), 0).only_for({"cnn", "mlp"}),
-      },
-      [](const M& model, const SectionSites& sites) {
+// Every model's own table.
+const Section<ModelSettings>& model_schema() {
+  static const Section<ModelSettings> schema{
+      kind_of<ModelSettings>,
+      kind_fields<ModelSettings>(
+          true, [](auto kind) { return decltype(kind)::type::settings(); },
+          [](auto, auto) { return std::vector<Field<ModelSettings>>{}; }),
+      [](const ModelSettings& model, const SectionSites& sites) {
         // Defaults pass (the resolved config lists them); another value would be silently unused.
-        if (model.kind == "cnn" && !model.whiten) {
+        const CnnOptions* cnn = std::get_if<CnnOptions>(&model);
+        if (cnn && !cnn->whiten) {
           const std::pair<const char*, bool> whitening_keys[] = {
-              {"whiten_examples", model.whiten_examples != kDefaultWhitenExamples},
-              {"whiten_eps", model.whiten_eps != kDefaultWhitenEps},
-              {"whiten_bias_epochs", model.whiten_bias_epochs != 0}};
+              {"whiten_examples", cnn->whiten_examples != kDefaultWhitenExamples},
+              {"whiten_eps", cnn->whiten_eps != kDefaultWhitenEps},
+              {"whiten_bias_epochs", cnn->whiten_bias_epochs != 0}};
           for (const auto& [key, changed] : whitening_keys)
             if (changed) sites.at(key).fail("only applies with model.whiten: true");
         }
-        if (model.kind != "gpt") return;
-        if (model.n_embd % model.n_head != 0)
-          sites.at("n_embd").fail("must be divisible by model.n_head (" + std::to_string(model.n_embd) + " % " +
-                                  std::to_string(model.n_head) + " = " +
-                                  std::to_string(model.n_embd % model.n_head) + ")");
+        const GptOptions* gpt = std::get_if<GptOptions>(&model);
+        if (!gpt) return;
+        if (gpt->n_embd % gpt->n_head != 0)
+          sites.at("n_embd").fail("must be divisible by model.n_head (" + std::to_string(gpt->n_embd) + " % " +
+                                  std::to_string(gpt->n_head) + " = " + std::to_string(gpt->n_embd % gpt->n_head) +
+                                  ")");
         // Rotary embeddings rotate pairs of channels within each head.
-        if (model.position == "rotary" && (model.n_embd / model.n_head) % 2 != 0)
+        if (gpt->position == PositionKind::Rotary && (gpt->n_embd / gpt->n_head) % 2 != 0)
           sites.at("position").fail("rotary needs an even head size, but n_embd / n_head = " +
-                                    std::to_string(model.n_embd / model.n_head));
+                                    std::to_string(gpt->n_embd / gpt->n_head));
       }};
   return schema;
 }
 
-const Section<NonMatrixConfig>& non_matrix_schema() {
-  using N = NonMatrixConfig;
-  static const Section<N> schema{
-      &N::kind,
-      {
-          choice("kind", &N::kind, {"adamw", "sgd"}, "adamw"),
-          number("lr", &N::lr, greater_than(0), 3e-4),
-          number("weight_decay", &N::weight_decay, at_least(0), 0.0),
-          number_pair("betas", &N::betas, closed_open(0, 1), std::array<double, 2>{0.9, 0.95}).only_for({"adamw"}),
-          number("eps", &N::eps, greater_than(0), 1e-8).only_for({"adamw"}),
-          number("momentum", &N::momentum, closed_open(0, 1), 0.9).only_for({"sgd"}),
-          boolean("nesterov", &N::nesterov, true).only_for({"sgd"}),
-      },
+// The non-matrix optimizer of the Muon family, with that role's defaults.
+const Section<NonMatrixSettings>& non_matrix_schema() {
+  static const Section<NonMatrixSettings> schema{
+      kind_of<NonMatrixSettings>,
+      kind_fields<NonMatrixSettings>(
+          false, [](auto kind) { return non_matrix_settings<typename decltype(kind)::type>(); },
+          [](auto, auto) { return std::vector<Field<NonMatrixSettings>>{}; }),
       nullptr};
   return schema;
 }
 
-const Section<OptimizerConfig>& optimizer_schema() {
-  using O = OptimizerConfig;
-  static const Section<O> schema{
-      &O::kind,
-      {
-          choice("kind", &O::kind, {"sgd", "adamw", "muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"},
-                 kRequired),
-          number("lr", &O::lr, greater_than(0), kRequired),
-          number("weight_decay", &O::weight_decay, at_least(0), 0.0),
-          number("momentum", &O::momentum, closed_open(0, 1), 0.0).only_for({"sgd"}),
-          boolean("nesterov", &O::nesterov, false).only_for({"sgd"}),
-          number_pair("betas", &O::betas, closed_open(0, 1), std::array<double, 2>{0.9, 0.999}).only_for({"adamw"}),
-          number("eps", &O::eps, greater_than(0), 1e-8).only_for({"adamw"}),
-          // Dion2 has no momentum coefficient, RMNP no Newton-Schulz (see retired_keys()).
-          number("momentum", &O::momentum, closed_open(0, 1), 0.95).only_for(kMomentumFamily),
-          boolean("nesterov", &O::nesterov, true).only_for(kMomentumFamily),
-          integer("ns_steps", &O::ns_steps, closed(1, 20), 5).only_for({"muon", "cache_muon", "dion2", "normuon"}),
-          integer("ns_steps", &O::ns_steps, closed(1, 20), 4).only_for({"turbo_muon"}),
-          choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "keller")
-              .only_for({"muon", "cache_muon", "normuon"}),
-          choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "muon_plus")
-              .only_for({"turbo_muon"}),
-          choice("ns_coefficients", &O::ns_coefficients, {"keller", "muon_plus", "polar_express"}, "polar_express")
-              .only_for({"dion2"}),
-          choice("scaling", &O::scaling, {"keller", "moonlight", "spectral"}, "keller")
-              .only_for({"muon", "turbo_muon", "cache_muon", "rmnp", "normuon"}),
-          // Dion2 scales its sparse update by sqrt(fan_out / fan_in) of the full matrix (the paper's choice).
-          choice("scaling", &O::scaling, {"keller", "moonlight", "spectral"}, "spectral").only_for({"dion2"}),
-          // airbench94_muon's replacement for weight decay (optimizers/muon.cpp).
-          boolean("renormalize", &O::renormalize, false).only_for({"muon"}),
-          section("non_matrix", &O::non_matrix, non_matrix_schema(), false).only_for(kMuonFamily),
-          number("gamma", &O::gamma, greater_than(0), 0.1).only_for({"cache_muon"}),
-          integer("k_max", &O::k_max, at_least(1), 10).only_for({"cache_muon"}),
-          number("fraction", &O::fraction, open_closed(0, 1), 0.25).only_for({"dion2"}),
-          number("ef_decay", &O::ef_decay, closed(0, 1), 0.95).only_for({"dion2"}),
-          choice("selection", &O::selection, {"l1", "random"}, "l1").only_for({"dion2"}),
-          number("beta2", &O::beta2, closed_open(0, 1), 0.95).only_for({"normuon"}),
-      },
-      [](const O& optimizer, const SectionSites& sites) {
+// Every optimizer's own table; the Muon family's kinds add the non_matrix section.
+const Section<OptimizerSettings>& optimizer_schema() {
+  static const Section<OptimizerSettings> schema{
+      kind_of<OptimizerSettings>,
+      kind_fields<OptimizerSettings>(
+          true, [](auto kind) { return decltype(kind)::type::settings(); },
+          [](auto kind, auto access) {
+            using S = typename decltype(kind)::type;
+            std::vector<Field<OptimizerSettings>> rows;
+            if constexpr (std::is_base_of_v<MatrixOptimizerSettings, S>)
+              rows.push_back(section<OptimizerSettings, NonMatrixSettings>(
+                  "non_matrix",
+                  [access](auto& settings) {
+                    const auto matrix_settings = access(settings);
+                    return matrix_settings ? &matrix_settings->non_matrix : nullptr;
+                  },
+                  non_matrix_schema(), false));
+            return rows;
+          }),
+      [](const OptimizerSettings& optimizer, const SectionSites& sites) {
         // The renormalization fixes the norm every step: a decay before it would have no effect.
-        if (optimizer.renormalize && optimizer.weight_decay > 0)
+        const MuonSettings* muon = std::get_if<MuonSettings>(&optimizer);
+        if (muon && muon->renormalize && muon->weight_decay > 0)
           sites.at("renormalize").fail("replaces weight decay; set optimizer.weight_decay to 0 (it is " +
-                                       format_number(optimizer.weight_decay) + ")");
+                                       format_number(muon->weight_decay) + ")");
       }};
   return schema;
 }
@@ -776,12 +704,12 @@ const Section<ScheduleConfig>& schedule_schema() {
   static const Section<S> schema{nullptr,
                                  {
                                      integer("warmup_steps", &S::warmup_steps, at_least(0), 0),
-                                     choice("decay", &S::decay, {"none", "linear", "cosine"}, "none"),
+                                     choice("decay", &S::decay, lr_decay_names(), LrDecay::None),
                                      number("min_lr_ratio", &S::min_lr_ratio, closed(0, 1), 0.0),
                                  },
                                  [](const S& schedule, const SectionSites& sites) {
                                    // Without a decay the rate never falls toward the floor.
-                                   if (schedule.decay == "none" && schedule.min_lr_ratio != 0)
+                                   if (schedule.decay == LrDecay::None && schedule.min_lr_ratio != 0)
                                      sites.at("min_lr_ratio")
                                          .fail("only applies with schedule.decay linear or cosine (it is none)");
                                  }};
@@ -824,9 +752,9 @@ const Section<RunConfig>& run_schema() {
       {
           text("name", &R::name, "[A-Za-z0-9_.-]+", "a name of letters, digits, '_', '.' and '-'", kRequired),
           integer("seed", &R::seed, at_least(0), 0),
-          choice("device", &R::device, {"cpu", "cuda"}, "cpu"),
+          choice("device", &R::device, device_type_names(), DeviceType::CPU),
           integer("threads", &R::threads, at_least(0), 0),
-          choice("matmul_precision", &R::matmul_precision, {"float32", "tf32", "bf16"}, "float32"),
+          choice("matmul_precision", &R::matmul_precision, matmul_precision_names(), MatmulPrecision::Float32),
           boolean("deterministic", &R::deterministic, true),
           section("data", &R::data, data_schema(), true),
           section("model", &R::model, model_schema(), true),
@@ -840,11 +768,13 @@ const Section<RunConfig>& run_schema() {
                                    std::to_string(max_config_threads() / 4) +
                                    " hardware threads of this machine (at most " +
                                    std::to_string(max_config_threads()) + "; 0: the OpenMP default)");
-        const bool text_data = contains(kTextKinds, run.data.kind);
-        const bool image_data = contains(kImageKinds, run.data.kind);
-        const bool fits = run.model.kind == "gpt" ? text_data : run.model.kind == "cnn" ? image_data : !text_data;
+        const bool text_data = is_text_data(run.data.kind);
+        const bool image_data = is_image_data(run.data.kind);
+        const bool fits = std::holds_alternative<GptOptions>(run.model)   ? text_data
+                          : std::holds_alternative<CnnOptions>(run.model) ? image_data
+                                                                          : !text_data;
         if (!fits)
-          sites.at("model").fail("kind " + run.model.kind + " cannot be trained on data.kind " + run.data.kind +
+          sites.at("model").fail("kind " + kind_of(run.model) + " cannot be trained on data.kind " + name_of(data_kind_names(), run.data.kind) +
                                  " (gpt needs text data, cnn image data, mlp image or synthetic data)");
       }};
   return schema;
@@ -953,7 +883,34 @@ std::string read_config_file(const std::string& path) {
 
 }  // namespace
 
-bool is_muon_family(const std::string& optimizer_kind) { return contains(kMuonFamily, optimizer_kind); }
+const EnumNames<DataKind>& data_kind_names() {
+  static const EnumNames<DataKind> names{{DataKind::Cifar10, "cifar10"},     {DataKind::FashionMnist, "fashion_mnist"},
+                                         {DataKind::ImageFolder, "image_folder"}, {DataKind::TextChar, "text_char"},
+                                         {DataKind::TextTokens, "text_tokens"}, {DataKind::Synthetic, "synthetic"}};
+  return names;
+}
+
+bool is_image_data(DataKind kind) {
+  return kind == DataKind::Cifar10 || kind == DataKind::FashionMnist || kind == DataKind::ImageFolder;
+}
+
+bool is_text_data(DataKind kind) { return kind == DataKind::TextChar || kind == DataKind::TextTokens; }
+
+const EnumNames<DeviceType>& device_type_names() {
+  static const EnumNames<DeviceType> names{{DeviceType::CPU, "cpu"}, {DeviceType::CUDA, "cuda"}};
+  return names;
+}
+
+const EnumNames<MatmulPrecision>& matmul_precision_names() {
+  static const EnumNames<MatmulPrecision> names{
+      {MatmulPrecision::Float32, "float32"}, {MatmulPrecision::Tf32, "tf32"}, {MatmulPrecision::Bf16, "bf16"}};
+  return names;
+}
+
+const EnumNames<LrDecay>& lr_decay_names() {
+  static const EnumNames<LrDecay> names{{LrDecay::None, "none"}, {LrDecay::Linear, "linear"}, {LrDecay::Cosine, "cosine"}};
+  return names;
+}
 
 int64_t max_config_threads() { return 4 * static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency())); }
 

@@ -5,7 +5,9 @@
 // ConfigError naming the file and line (or the --set override), the full key path and what was
 // expected. After loading, every field that applies to its section's kind holds either the
 // value from the file or its documented default; fields that do not apply to the kind are left
-// value-initialized (0, false, empty).
+// value-initialized (0, false, empty). The settings of the model and of the optimizer are
+// declared beside each model (models/<name>.h) and optimizer (optimizers/<name>.h), and the
+// `model:` and `optimizer:` schemas are built from them.
 //
 // Relative paths in a config (data.path, data.val_path) are NOT rewritten: the datasets open
 // them relative to the current working directory of the process, not the config file's folder.
@@ -17,6 +19,12 @@
 #include <string>
 #include <vector>
 
+#include "framework/backend.h"
+#include "framework/dtype.h"
+#include "framework/settings.h"
+#include "models/factory.h"
+#include "optimizers/factory.h"
+
 namespace ml {
 
 class ConfigError : public std::runtime_error {
@@ -24,8 +32,14 @@ class ConfigError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+enum class DataKind { Cifar10, FashionMnist, ImageFolder, TextChar, TextTokens, Synthetic };
+// cifar10 | fashion_mnist | image_folder | text_char | text_tokens | synthetic
+const EnumNames<DataKind>& data_kind_names();
+bool is_image_data(DataKind kind);  // cifar10, fashion_mnist, image_folder
+bool is_text_data(DataKind kind);   // text_char, text_tokens
+
 struct DataConfig {
-  std::string kind;  // cifar10 | fashion_mnist | image_folder | text_char | text_tokens | synthetic
+  DataKind kind = DataKind::Synthetic;
   std::string path;  // file or folder of the dataset (not used by synthetic)
   int64_t batch_size = 0;
   int64_t val_batch_size = 0;    // 0: same as batch_size
@@ -59,83 +73,16 @@ struct DataConfig {
   int64_t num_examples = 0;
 };
 
-struct ModelConfig {
-  std::string kind;  // gpt | cnn | mlp
-  double dropout = 0.0;
-  std::string activation;  // gpt: gelu | relu2; cnn: gelu | relu; mlp: relu | gelu | tanh
-  int64_t num_classes = 0;  // cnn, mlp: 0 = from the dataset
-  // gpt
-  int64_t vocab_size = 0;  // 0: from the dataset
-  int64_t block_size = 0;  // 0: data.block_size
-  int64_t n_layer = 0;
-  int64_t n_head = 0;
-  int64_t n_embd = 0;
-  int64_t mlp_ratio = 0;
-  std::string norm;      // layernorm | rmsnorm
-  std::string position;  // learned | rotary
-  std::string attention;  // composed | fused (see AttentionImpl in framework/ops/nn_core.h)
-  bool tie_weights = false;
-  bool bias = false;
-  // cnn
-  int64_t in_channels = 0;  // 0: from the dataset
-  int64_t stem_width = 0;
-  std::vector<int64_t> widths;
-  double bn_momentum = 0.0;  // PyTorch convention: running = (1 - m) * running + m * batch
-  double logit_divisor = 0.0;
-  // cnn, airbench94_muon's network (see models/cnn.h)
-  double bn_eps = 0.0;
-  bool bn_freeze_weight = false;  // batch-norm scales stay 1
-  bool dirac_init = false;        // each conv's first in_channels filters start as the identity
-  double head_init_std = 0.0;     // > 0: the initial head weights are rescaled to this std
-  bool whiten = false;            // the stem is a frozen patch-whitening layer computed from the data
-  int64_t whiten_examples = 0;    // training images its covariance is measured on
-  double whiten_eps = 0.0;        // filters V / sqrt(lambda + eps)
-  int64_t whiten_bias_epochs = 0; // the stem's bias trains for this many epochs; 0: throughout
-  // mlp
-  std::vector<int64_t> hidden;  // may be empty: a linear classifier
-};
+const EnumNames<DeviceType>& device_type_names();              // cpu | cuda
+const EnumNames<MatmulPrecision>& matmul_precision_names();   // float32 | tf32 | bf16
 
-// The optimizer of the Muon family's parameters that are not hidden matrices
-// (embeddings, biases, norms, the output head).
-struct NonMatrixConfig {
-  std::string kind;  // adamw | sgd
-  double lr = 0.0;
-  double weight_decay = 0.0;
-  std::array<double, 2> betas{};  // adamw
-  double eps = 0.0;               // adamw
-  double momentum = 0.0;          // sgd
-  bool nesterov = false;          // sgd
-};
-
-struct OptimizerConfig {
-  std::string kind;  // sgd | adamw | muon | turbo_muon | cache_muon | dion2 | rmnp | normuon
-  double lr = 0.0;
-  double weight_decay = 0.0;
-  double momentum = 0.0;  // sgd and the Muon family
-  bool nesterov = false;  // sgd and the Muon family
-  // adamw
-  std::array<double, 2> betas{};
-  double eps = 0.0;
-  // Muon family
-  int64_t ns_steps = 0;
-  std::string ns_coefficients;  // keller | muon_plus | polar_express
-  std::string scaling;          // keller | moonlight | spectral
-  bool renormalize = false;     // muon: W <- W sqrt(rows) / ||W||_F before each update, no weight decay
-  NonMatrixConfig non_matrix;
-  // cache_muon
-  double gamma = 0.0;
-  int64_t k_max = 0;
-  // dion2
-  double fraction = 0.0;
-  double ef_decay = 0.0;
-  std::string selection;  // l1 | random
-  // normuon
-  double beta2 = 0.0;
-};
+// How the learning rate falls after the warmup: not at all, linearly, or along a half cosine.
+enum class LrDecay { None, Linear, Cosine };
+const EnumNames<LrDecay>& lr_decay_names();  // none | linear | cosine
 
 struct ScheduleConfig {
   int64_t warmup_steps = 0;
-  std::string decay;  // none | linear | cosine
+  LrDecay decay = LrDecay::None;
   double min_lr_ratio = 0.0;
 };
 
@@ -159,19 +106,19 @@ struct TrainConfig {
 struct RunConfig {
   std::string name;
   int64_t seed = 0;
-  std::string device;  // cpu | cuda
+  DeviceType device = DeviceType::CPU;  // cpu | cuda
   int64_t threads = 0;  // 0: the OpenMP default; at most max_config_threads()
   // float32 | tf32 | bf16: the arithmetic of float32 matrix products on CUDA (exact, TF32 tensor
   // cores, or bf16 operands with float32 accumulation; convolutions use TF32 under both tf32 and
   // bf16). No effect on the CPU, which always computes exactly (like PyTorch's allow_tf32).
-  std::string matmul_precision;
+  MatmulPrecision matmul_precision = MatmulPrecision::Float32;
   // Whether CUDA scatter-style sums (embedding and index_add backward, scatter_add, max-pool
   // backward) add in a fixed order, so that two runs give the same bits; false lets them use
   // float atomics (faster, order-dependent). No effect on the CPU, which is always deterministic.
   bool deterministic = true;
   DataConfig data;
-  ModelConfig model;
-  OptimizerConfig optimizer;
+  ModelSettings model;  // the kind's settings struct (models/factory.h)
+  OptimizerSettings optimizer;  // the kind's settings struct (optimizers/factory.h)
   ScheduleConfig schedule;
   TrainConfig train;
   // Where the config came from, for errors found after parsing (against the data, say): the file
@@ -212,8 +159,6 @@ std::string first_difference(const RunConfig& a, const RunConfig& b);
 // Every key whose resolved value differs, in schema order, as "<key path>: <value in a> vs <value
 // in b>" (a key that only one kind has reads "absent" in the other).
 std::vector<std::string> config_differences(const RunConfig& a, const RunConfig& b);
-
-bool is_muon_family(const std::string& optimizer_kind);
 
 // The largest `threads:` a config may ask for: 4x the hardware threads of this machine. Far more
 // threads than cores only slows a run down, and absurd counts make OpenBLAS hang while it

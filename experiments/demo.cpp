@@ -5,7 +5,6 @@
 #include <filesystem>
 
 #include "experiments/trainer.h"
-#include "framework/ops.h"
 #include "optimizers/factory.h"
 
 namespace ml {
@@ -51,18 +50,6 @@ const std::vector<DemoOptimizer>& demo_optimizers() {
   return optimizers;
 }
 
-// Whether this build's optimizer factory can make `kind` (the Muon family lands separately).
-bool factory_has(const std::string& kind) {
-  try {
-    OptimizerSpec spec;
-    spec.kind = kind;
-    make_optimizer(spec, {{"probe.weight", zeros({2, 2}).requires_grad_()}});
-    return true;
-  } catch (const std::exception&) {
-    return false;
-  }
-}
-
 std::string cell(const Json& value, const char* format) {
   if (!value.is_number()) return "-";
   char text[32];
@@ -95,24 +82,16 @@ int run_demo(const DemoArgs& args, std::ostream& out, std::ostream& progress, co
         << " (Debian package dataset-fashion-mnist; scripts/setup-deps.sh installs it)\n";
     return 1;
   }
-  std::vector<RunConfig> runnable;
-  for (const RunConfig& config : configs) {
-    if (factory_has(config.optimizer.kind))
-      runnable.push_back(config);
-    else
-      out << "note: optimizer " << config.optimizer.kind << " is not available in this build; skipping it\n";
-  }
-
   const std::string root = new_run_dir(runs_root, "demo");
-  out << "muonlab demo: " << (args.quick ? "quick " : "") << "Fashion-MNIST, MLP, " << runnable.size()
+  out << "muonlab demo: " << (args.quick ? "quick " : "") << "Fashion-MNIST, MLP, " << configs.size()
       << " optimizer(s); runs in " << root << "\n"
       << std::flush;
   std::vector<std::pair<std::string, Json>> results;
-  for (const RunConfig& config : runnable) {
+  for (const RunConfig& config : configs) {
     TrainOptions options;
-    options.out_dir = root + "/" + config.optimizer.kind;
+    options.out_dir = root + "/" + kind_of(config.optimizer);
     options.progress = &progress;
-    results.emplace_back(config.optimizer.kind, train(config, options).summary);
+    results.emplace_back(kind_of(config.optimizer), train(config, options).summary);
   }
 
   out << "\n" << "optimizer   val_acc   val_loss   wall_s   optimizer_s\n";

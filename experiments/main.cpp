@@ -49,7 +49,7 @@ int run(const TrainArgs& args) {
   options.resume_dir = args.resume_dir;
   options.quiet = args.quiet;
   // Under mpirun every rank runs this command; rank 0 reports.
-  options.communicator = &process_communicator(Device::parse(config.device).is_cuda());
+  options.communicator = &process_communicator(config.device == DeviceType::CUDA);
   const TrainResult result = train(config, options);
   if (options.communicator->rank() != 0) return 0;
   const Json& summary = result.summary;

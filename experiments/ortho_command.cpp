@@ -29,16 +29,16 @@ constexpr double kDion2Fraction = 0.25;
 
 // The Newton–Schulz schedule behind a method, with its default iteration count.
 struct NsMethod {
-  const char* coefficients;
+  NsCoefficients coefficients;
   int64_t default_steps;
   bool aol;
 };
 const std::map<std::string, NsMethod>& ns_methods() {
-  static const std::map<std::string, NsMethod> methods{{"ns5", {"keller", 5, false}},
-                                                       {"muon_plus", {"muon_plus", 5, false}},
-                                                       {"polar_express", {"polar_express", 5, false}},
-                                                       {"turbo", {"muon_plus", 4, true}},
-                                                       {"dion2", {"polar_express", 5, false}}};
+  static const std::map<std::string, NsMethod> methods{{"ns5", {NsCoefficients::Keller, 5, false}},
+                                                       {"muon_plus", {NsCoefficients::MuonPlus, 5, false}},
+                                                       {"polar_express", {NsCoefficients::PolarExpress, 5, false}},
+                                                       {"turbo", {NsCoefficients::MuonPlus, 4, true}},
+                                                       {"dion2", {NsCoefficients::PolarExpress, 5, false}}};
   return methods;
 }
 

@@ -99,7 +99,7 @@ std::string configuration_key(const Run& run, bool without_lr) {
   config.seed = 0;
   config.name.clear();
   config.threads = 0;
-  if (without_lr) config.optimizer.lr = 0.0;
+  if (without_lr) set_learning_rate(config.optimizer, 0.0);
   return run.label + "\n" + to_yaml(config);
 }
 
@@ -222,7 +222,7 @@ class Report {
         c.key = key;
         c.family = configuration_key(run, true);
         c.label = run.label;
-        c.lr = run.config.optimizer.lr;
+        c.lr = learning_rate(run.config.optimizer);
         c.steps = run.summary.is_null() ? 0 : run.summary.at("steps").as_int();
         configurations_.push_back(c);
       }

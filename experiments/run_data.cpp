@@ -31,9 +31,9 @@ ImageSplits load_image_splits(const RunConfig& config) {
   // fair sample. Those readers' limit applies to both splits alike: read enough for the larger one.
   const int64_t read_limit = data.limit_train > 0 && data.limit_val > 0 ? std::max(data.limit_train, data.limit_val) : 0;
   ImageSplits splits;
-  if (data.kind == "cifar10") {
+  if (data.kind == DataKind::Cifar10) {
     splits = load_cifar10(data.path, read_limit);
-  } else if (data.kind == "fashion_mnist") {
+  } else if (data.kind == DataKind::FashionMnist) {
     splits = load_idx_dir(data.path, 10, read_limit);
   } else {
     // An image folder lists its files class by class: its reader samples across the classes.
@@ -62,7 +62,7 @@ RunData image_data(const RunConfig& config) {
   if (splits.train.size() == 0) throw std::runtime_error(data.path + ": no training images");
   // Without validation images every evaluation would report nothing (val_loss null).
   if (splits.val.size() == 0) {
-    if (data.kind == "image_folder" && data.val_path.empty())
+    if (data.kind == DataKind::ImageFolder && data.val_path.empty())
       fail_config_key(config, "data.val_fraction",
                       "holds out no image of the " + std::to_string(splits.train.size()) + " in " + data.path +
                           ": the run would have no validation split (raise it, or give data.val_path)");
@@ -97,7 +97,7 @@ std::string single_symbol_text(const TokenCorpus& corpus, uint16_t token) {
 RunData text_data(const RunConfig& config, const std::optional<CharVocab>& stored_vocab) {
   const DataConfig& data = config.data;
   TokenCorpus corpus;
-  if (data.kind == "text_char") {
+  if (data.kind == DataKind::TextChar) {
     TextCharOptions options;
     options.val_fraction = data.val_fraction;
     options.byte_level = data.byte_level;
@@ -106,7 +106,7 @@ RunData text_data(const RunConfig& config, const std::optional<CharVocab>& store
   } else {
     TextTokensOptions options;
     options.val_path = data.val_path;
-    options.vocab_size = config.model.vocab_size;
+    options.vocab_size = configured_vocab_size(config.model);
     corpus = load_text_tokens(data.path, options);
   }
   keep_first_tokens(corpus.train, data.limit_train);
@@ -177,22 +177,23 @@ RunData synthetic_data(const RunConfig& config) {
 }  // namespace
 
 RunData load_run_data(const RunConfig& config, const std::optional<CharVocab>& stored_vocab) {
-  const std::string& kind = config.data.kind;
+  const DataKind kind = config.data.kind;
   // A data path that does not exist is a mistake in the config: say where it was written.
-  if (kind != "synthetic" && !fs::exists(config.data.path))
+  if (kind != DataKind::Synthetic && !fs::exists(config.data.path))
     fail_config_key(config, "data.path", config.data.path + ": no such file or folder");
   if (!config.data.val_path.empty() && !fs::exists(config.data.val_path))
     fail_config_key(config, "data.val_path", config.data.val_path + ": no such file or folder");
-  RunData run = kind == "text_char" || kind == "text_tokens" ? text_data(config, stored_vocab)
-                : kind == "synthetic"                        ? synthetic_data(config)
-                                                             : image_data(config);
+  RunData run = is_text_data(kind)              ? text_data(config, stored_vocab)
+                : kind == DataKind::Synthetic ? synthetic_data(config)
+                                              : image_data(config);
   // A label or token beyond the model's outputs has no logit: the model would be built wrong.
-  const std::string data_name = kind == "synthetic" ? "the synthetic data" : config.data.path;
-  if (config.model.num_classes > 0 && config.model.num_classes < run.num_classes)
-    fail_config_key(config, "model.num_classes", std::to_string(config.model.num_classes) + " is fewer than the " +
+  const std::string data_name = kind == DataKind::Synthetic ? "the synthetic data" : config.data.path;
+  const int64_t classes = configured_classes(config.model), vocab_size = configured_vocab_size(config.model);
+  if (classes > 0 && classes < run.num_classes)
+    fail_config_key(config, "model.num_classes", std::to_string(classes) + " is fewer than the " +
                                                      std::to_string(run.num_classes) + " classes of " + data_name);
-  if (config.model.vocab_size > 0 && config.model.vocab_size < run.vocab_size)
-    fail_config_key(config, "model.vocab_size", std::to_string(config.model.vocab_size) +
+  if (vocab_size > 0 && vocab_size < run.vocab_size)
+    fail_config_key(config, "model.vocab_size", std::to_string(vocab_size) +
                                                     " is smaller than the vocabulary of " +
                                                     std::to_string(run.vocab_size) + " tokens of " + data_name);
   return run;

@@ -53,12 +53,14 @@ std::string sample_text(const std::string& checkpoint_path, const SampleOptions&
   const std::string config_path = run_dir + "/config.yaml";
   if (!fs::exists(config_path)) throw std::runtime_error(checkpoint_path + ": no config.yaml in its run folder " + run_dir);
   const RunConfig config = load_run_config(config_path);
-  if (config.model.kind != "gpt" || config.data.kind != "text_char" || !fs::exists(dir + "/vocab.txt"))
+  if (!std::holds_alternative<GptOptions>(config.model) || config.data.kind != DataKind::TextChar ||
+      !fs::exists(dir + "/vocab.txt"))
     throw std::runtime_error(checkpoint_path + ": sampling needs a character-level GPT (model.kind gpt, data.kind "
-                             "text_char, vocab.txt in the checkpoint); this run is model.kind " + config.model.kind +
-                             ", data.kind " + config.data.kind);
+                             "text_char, vocab.txt in the checkpoint); this run is model.kind " + kind_of(config.model) +
+                             ", data.kind " + name_of(data_kind_names(), config.data.kind));
   const CharVocab vocab = CharVocab::load(dir + "/vocab.txt");
-  const int64_t block = config.model.block_size > 0 ? config.model.block_size : config.data.block_size;
+  const int64_t block_size = std::get<GptOptions>(config.model).block_size;
+  const int64_t block = block_size > 0 ? block_size : config.data.block_size;
   const std::shared_ptr<Model> model =
       make_model(config.model, {{block}, 0, vocab.size()}, static_cast<uint64_t>(config.seed));
   load_weights(*model, dir + "/model.safetensors");

@@ -191,7 +191,7 @@ Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name) 
       } catch (const ConfigError& error) {
         reader.fail(block, where, "a point of this block has an invalid config: " + std::string(error.what()));
       }
-      point.label = label.empty() ? point.config.optimizer.kind : label;
+      point.label = label.empty() ? kind_of(point.config.optimizer) : label;
       point.name = point.label + suffix;
       const auto [existing, inserted] = block_of_point.emplace(point.name, b);
       if (!inserted)
@@ -301,7 +301,7 @@ int run_sweep(const Sweep& sweep, const SweepOptions& options, std::ostream& out
       train_options.quiet = options.quiet;
       train(point->config, train_options);
       // What the loss means, in characters: a short sample from each finished text model.
-      if (point->config.data.kind == "text_char" && point->config.model.kind == "gpt") {
+      if (point->config.data.kind == DataKind::TextChar && std::holds_alternative<GptOptions>(point->config.model)) {
         SampleOptions sample;
         sample.tokens = 300;
         write_file_atomic(run_dir + "/" + kSampleFile, sample_text(run_dir, sample));

@@ -109,60 +109,18 @@ class StopSignalScope {
   struct sigaction previous_int_ {}, previous_term_ {};
 };
 
-#ifdef MUONLAB_WITH_CUDA
-MatmulPrecision matmul_precision_of(const std::string& name) {
-  if (name == "float32") return MatmulPrecision::Float32;
-  if (name == "tf32") return MatmulPrecision::Tf32;
-  if (name == "bf16") return MatmulPrecision::Bf16;
-  throw std::invalid_argument("matmul_precision: expected float32, tf32 or bf16, got \"" + name + "\"");
-}
-#endif
-
 Device run_device(const RunConfig& config) {
-  const Device device = Device::parse(config.device);
+  const Device device{config.device, 0};
   if (device.is_cuda() && !cuda_available())
     throw std::runtime_error("device: cuda was requested, but no CUDA device is usable (built without CUDA, or no GPU)");
 #ifdef MUONLAB_WITH_CUDA
   // float32 products and convolutions stay exact unless the config allows TF32 or bf16.
   if (device.is_cuda()) {
-    cuda_set_matmul_precision(matmul_precision_of(config.matmul_precision));
+    cuda_set_matmul_precision(config.matmul_precision);
     cuda_set_deterministic(config.deterministic);
   }
 #endif
   return device;
-}
-
-OptimizerSpec optimizer_spec(const RunConfig& config) {
-  const OptimizerConfig& c = config.optimizer;
-  OptimizerSpec spec;
-  spec.kind = c.kind;
-  spec.lr = c.lr;
-  spec.weight_decay = c.weight_decay;
-  spec.momentum = c.momentum;
-  spec.nesterov = c.nesterov;
-  spec.betas = c.betas;
-  spec.eps = c.eps;
-  spec.ns_steps = c.ns_steps;
-  spec.ns_coefficients = c.ns_coefficients;
-  spec.scaling = c.scaling;
-  spec.renormalize = c.renormalize;
-  if (is_muon_family(c.kind)) {
-    spec.non_matrix.kind = c.non_matrix.kind;
-    spec.non_matrix.lr = c.non_matrix.lr;
-    spec.non_matrix.weight_decay = c.non_matrix.weight_decay;
-    spec.non_matrix.betas = c.non_matrix.betas;
-    spec.non_matrix.eps = c.non_matrix.eps;
-    spec.non_matrix.momentum = c.non_matrix.momentum;
-    spec.non_matrix.nesterov = c.non_matrix.nesterov;
-  }
-  spec.gamma = c.gamma;
-  spec.k_max = c.k_max;
-  spec.fraction = c.fraction;
-  spec.ef_decay = c.ef_decay;
-  spec.selection = c.selection;
-  spec.seed = static_cast<uint64_t>(config.seed);
-  spec.beta2 = c.beta2;
-  return spec;
 }
 
 // Host batch -> (inputs, targets) tensors on `device`.
@@ -453,7 +411,7 @@ class Trainer {
     if (!checkpoint) initialize_from_data(*model_, *data_.batcher);  // a resumed run loads the result
     model_->to(device_);
     params_ = model_->parameters();
-    optimizer_ = make_optimizer(optimizer_spec(config_), optimizer_params(*model_));
+    optimizer_ = make_optimizer(config_.optimizer, optimizer_params(*model_), static_cast<uint64_t>(config_.seed));
     optimizer_->set_communicator(&comm_);
 
     state_.dropout_seed = mix64(static_cast<uint64_t>(config_.seed) ^ kDropoutSeedSalt);
@@ -800,7 +758,7 @@ class Trainer {
     Json result = Json::object({
         {"name", config_.name},
         {"model", model_->summary()},
-        {"optimizer", config_.optimizer.kind},
+        {"optimizer", kind_of(config_.optimizer)},
         {"parameters", model_->num_parameters()},
         {"steps", state_.step},
         {"epochs", epoch()},
@@ -816,7 +774,7 @@ class Trainer {
         {"samples_per_s", state_.elapsed_s > 0 ? static_cast<double>(state_.samples) / state_.elapsed_s : 0.0},
         {"peak_rss_mb", peak_rss_mb()},
         {"threads", num_threads()},
-        {"device", config_.device},
+        {"device", name_of(device_type_names(), config_.device)},
         {"optimizer_metrics", optimizer_metrics},
         {"status", status},
     });
@@ -855,12 +813,15 @@ class Trainer {
 double lr_scale_at(const ScheduleConfig& schedule, int64_t step, int64_t total_steps) {
   if (step < schedule.warmup_steps)
     return static_cast<double>(step + 1) / static_cast<double>(schedule.warmup_steps);
-  if (schedule.decay == "none") return 1.0;
   const int64_t decay_steps = std::max<int64_t>(1, total_steps - schedule.warmup_steps);
   const double progress = std::min(1.0, static_cast<double>(step - schedule.warmup_steps) / static_cast<double>(decay_steps));
   const double floor = schedule.min_lr_ratio;
-  if (schedule.decay == "linear") return 1.0 - (1.0 - floor) * progress;
-  return floor + (1.0 - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
+  switch (schedule.decay) {
+    case LrDecay::None: return 1.0;
+    case LrDecay::Linear: return 1.0 - (1.0 - floor) * progress;
+    case LrDecay::Cosine: return floor + (1.0 - floor) * 0.5 * (1.0 + std::cos(M_PI * progress));
+  }
+  throw std::logic_error("lr_scale_at: an unknown decay");
 }
 
 int64_t total_steps_of(const RunConfig& config, const Batcher& batcher) {

@@ -3,7 +3,8 @@
 // these kernels on the backend of their tensors' device. Kernels never allocate outputs,
 // never record history and may assume shapes were validated by the op.
 //
-// A backend overrides what it supports; the defaults throw "<backend> does not implement <kernel>".
+// A backend overrides what it supports; the defaults below throw "<backend> does not implement
+// <kernel>".
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -38,6 +39,12 @@ enum class RandomDist { Uniform, Normal, Bernoulli };  // Uniform[a,b), Normal(a
 // stay exact, like every other reduction. The CPU backend always computes exactly.
 enum class GemmMath { Configured, Exact };
 
+// The arithmetic of float32 matrix products on CUDA (the config's matmul_precision). Float32:
+// exact; Tf32: TF32 tensor cores; Bf16: both operands rounded to bfloat16 (nearest, ties to even),
+// products accumulated and stored in float32. Convolutions use TF32 tensor cores under Tf32 and
+// Bf16. float64 and sums (GemmMath::Exact) always stay exact.
+enum class MatmulPrecision { Float32, Tf32, Bf16 };
+
 struct Conv2dParams {
   int64_t stride_h = 1, stride_w = 1;
   int64_t pad_h = 0, pad_w = 0;
@@ -60,50 +67,55 @@ class Backend {
   virtual void copy_to_host(void* host_dst, const void* src, size_t nbytes) = 0;
   virtual void synchronize() {}
 
+  // The kernels. Each default throws "<backend> does not implement <kernel>", so that a backend
+  // can be brought up op by op; the bodies ignore their arguments.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+
   // ---------------------------------------------------------------- elementwise (any strides)
-  virtual void fill(const Tensor& out, double value);
+  virtual void fill(const Tensor& out, double value) { unsupported(__func__); }
   // dst = src elementwise; same shape, any strides, converts between dtypes.
-  virtual void copy(const Tensor& src, const Tensor& dst);
-  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p);
+  virtual void copy(const Tensor& src, const Tensor& dst) { unsupported(__func__); }
+  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p) { unsupported(__func__); }
   // grad_in = grad_out * d op(x) / dx, given x and y = op(x).
   virtual void unary_backward(UnaryOp op, const Tensor& grad_out, const Tensor& x, const Tensor& y,
-                              const Tensor& grad_in, UnaryParams p);
+                              const Tensor& grad_in, UnaryParams p) { unsupported(__func__); }
   // a and b are already broadcast (stride-0 views) to out's shape; out may alias a.
-  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
-  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out);
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) { unsupported(__func__); }
+  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) { unsupported(__func__); }
   // Counter-based: element i of out draws from (seed, offset + i) (Normal: offset + 2i and
   // offset + 2i + 1), independent of threads and device.
-  virtual void random(const Tensor& out, RandomDist dist, uint64_t seed, uint64_t offset, double a, double b);
-  virtual void arange(const Tensor& out, double start, double step);
+  virtual void random(const Tensor& out, RandomDist dist, uint64_t seed, uint64_t offset, double a, double b) { unsupported(__func__); }
+  virtual void arange(const Tensor& out, double start, double step) { unsupported(__func__); }
 
   // ---------------------------------------------------------------- reductions
   // x is contiguous [rows, n]; out is [rows]; indices (Int64 [rows]) is filled for Max/Min when defined.
-  virtual void reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, const Tensor& indices);
+  virtual void reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, const Tensor& indices) { unsupported(__func__); }
   // x is contiguous floating [rows, n]; values (x's dtype) and indices (Int64) are contiguous
   // [rows, k] with 1 <= k <= n: each row's k entries that rank first by ranks_before
   // (backends/ranking.h), in `order`.
-  virtual void topk(const Tensor& x, int64_t k, TopkOrder order, const Tensor& values, const Tensor& indices);
+  virtual void topk(const Tensor& x, int64_t k, TopkOrder order, const Tensor& values, const Tensor& indices) { unsupported(__func__); }
 
   // ---------------------------------------------------------------- linear algebra
   // c[i] = alpha * a[i] @ b[i] + beta * c[i] for 3-D a [B,M,K], b [B,K,N], c [B,M,N] (c contiguous).
   // a[i] and b[i] may be transposed views (unit stride in either of their last two dims);
   // a batch stride of 0 broadcasts one matrix over the batch.
-  virtual void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math);
+  virtual void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) { unsupported(__func__); }
 
   // ---------------------------------------------------------------- indexing (index is Int64)
   // out = x.index_select(dim, index); out.index_add_(dim, index, src).
-  virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out);
-  virtual void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src);
+  virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) { unsupported(__func__); }
+  virtual void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) { unsupported(__func__); }
   // out = x.gather(dim, index); out.scatter_add_(dim, index, src).
-  virtual void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out);
-  virtual void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src);
+  virtual void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) { unsupported(__func__); }
+  virtual void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) { unsupported(__func__); }
 
   // ---------------------------------------------------------------- nn (contiguous inputs)
   // Softmax over the last dim; causal masks row i of every [T,T] slice to columns <= i: masked
   // entries are written as probability 0 (log: -inf), and the log backward gives -inf entries no
   // gradient. Backward kernels skip any output gradient passed undefined.
-  virtual void softmax(const Tensor& x, const Tensor& y, bool log, bool causal);
-  virtual void softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x, bool log);
+  virtual void softmax(const Tensor& x, const Tensor& y, bool log, bool causal) { unsupported(__func__); }
+  virtual void softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x, bool log) { unsupported(__func__); }
   // Fused attention in the style of FlashAttention (Dao et al. 2022, "FlashAttention: Fast and
   // Memory-Efficient Exact Attention with IO-Awareness", Algorithms 1 and 2): the [T, S] matrix of
   // probabilities is never stored. q [BH, T, D], k [BH, S, D], v [BH, S, Dv], all contiguous;
@@ -111,46 +123,48 @@ class Backend {
   // the scaled scores (-inf, with an output row of zeros, for a row that sees no key). Causal
   // (needs S == T) lets query i see keys 0..i.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
-                         const Tensor& out, const Tensor& lse);
+                         const Tensor& out, const Tensor& lse) { unsupported(__func__); }
   // Recomputes the probabilities from q, k and lse and writes all of grad_q, grad_k, grad_v.
   virtual void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& out, const Tensor& lse, bool causal, double scale,
-                                  const Tensor& grad_q, const Tensor& grad_k, const Tensor& grad_v);
+                                  const Tensor& grad_q, const Tensor& grad_k, const Tensor& grad_v) { unsupported(__func__); }
   // Normalizes over the last dim. weight/bias may be undefined; mean/rstd are [rows] (float32/64).
   virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                          const Tensor& y, const Tensor& mean, const Tensor& rstd);
+                          const Tensor& y, const Tensor& mean, const Tensor& rstd) { unsupported(__func__); }
   virtual void layer_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
                                    const Tensor& mean, const Tensor& rstd, const Tensor& grad_x,
-                                   const Tensor& grad_weight, const Tensor& grad_bias);
-  virtual void rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& y, const Tensor& rstd);
+                                   const Tensor& grad_weight, const Tensor& grad_bias) { unsupported(__func__); }
+  virtual void rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& y, const Tensor& rstd) { unsupported(__func__); }
   virtual void rms_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
-                                 const Tensor& rstd, const Tensor& grad_x, const Tensor& grad_weight);
+                                 const Tensor& rstd, const Tensor& grad_x, const Tensor& grad_weight) { unsupported(__func__); }
   // logits [N,C], targets Int64 [N]; losses [N] (0 where target == ignore_index).
   virtual void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
-                             double label_smoothing, const Tensor& losses);
+                             double label_smoothing, const Tensor& losses) { unsupported(__func__); }
   // grad_logits[i] = grad_losses[i] * d losses[i] / d logits[i].
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                                       double label_smoothing, const Tensor& grad_losses,
-                                      const Tensor& grad_logits);
+                                      const Tensor& grad_logits) { unsupported(__func__); }
   // x [N,Cin,H,W], w [Cout,Cin,kh,kw], bias [Cout] or undefined, y [N,Cout,Ho,Wo].
-  virtual void conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p);
+  virtual void conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) { unsupported(__func__); }
   // Any of grad_x / grad_w / grad_bias may be undefined (not needed).
   virtual void conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
-                               const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);
+                               const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) { unsupported(__func__); }
   // indices (Int64, same shape as y) record the argmax within each window's plane.
-  virtual void max_pool2d(const Tensor& x, const Tensor& y, const Tensor& indices, Pool2dParams p);
-  virtual void max_pool2d_backward(const Tensor& grad_y, const Tensor& indices, const Tensor& grad_x);
-  virtual void avg_pool2d(const Tensor& x, const Tensor& y, Pool2dParams p);
-  virtual void avg_pool2d_backward(const Tensor& grad_y, const Tensor& grad_x, Pool2dParams p);
+  virtual void max_pool2d(const Tensor& x, const Tensor& y, const Tensor& indices, Pool2dParams p) { unsupported(__func__); }
+  virtual void max_pool2d_backward(const Tensor& grad_y, const Tensor& indices, const Tensor& grad_x) { unsupported(__func__); }
+  virtual void avg_pool2d(const Tensor& x, const Tensor& y, Pool2dParams p) { unsupported(__func__); }
+  virtual void avg_pool2d_backward(const Tensor& grad_y, const Tensor& grad_x, Pool2dParams p) { unsupported(__func__); }
   // Batch statistics over (N,H,W) of x [N,C,H,W]: mean [C] and biased variance [C].
-  virtual void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var);
+  virtual void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var) { unsupported(__func__); }
   // y = (x - mean) * invstd * weight + bias, per channel; weight/bias may be undefined.
   virtual void batch_norm_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
-                                const Tensor& bias, const Tensor& y);
+                                const Tensor& bias, const Tensor& y) { unsupported(__func__); }
   // Backward of training-mode batch norm (statistics from this batch).
   virtual void batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean,
                                    const Tensor& invstd, const Tensor& weight, const Tensor& grad_x,
-                                   const Tensor& grad_weight, const Tensor& grad_bias);
+                                   const Tensor& grad_weight, const Tensor& grad_bias) { unsupported(__func__); }
+
+#pragma GCC diagnostic pop
 
  protected:
   [[noreturn]] void unsupported(const char* kernel) const;

@@ -13,7 +13,9 @@ namespace {
 
 constexpr int64_t kStemKernel = 2;
 
-Tensor activation(const Tensor& x, bool relu_instead_of_gelu) { return relu_instead_of_gelu ? relu(x) : gelu(x); }
+Tensor activate(const Tensor& x, CnnActivation activation) {
+  return activation == CnnActivation::Relu ? relu(x) : gelu(x);
+}
 
 // torch.nn.init.dirac_ on the first min(out, in) filters of a conv weight [out, in, kh, kw]: filter
 // o passes input channel o through its centre tap unchanged, so a fresh group starts close to the
@@ -33,8 +35,35 @@ void dirac_init_leading_filters(Tensor& weight) {
 
 }  // namespace
 
+const SettingList<CnnOptions>& CnnOptions::settings() {
+  using S = CnnOptions;
+  static const EnumNames<CnnActivation> activations{{CnnActivation::Gelu, "gelu"}, {CnnActivation::Relu, "relu"}};
+  static const SettingList<S> settings{
+      dropout_setting<S>("before the head"),
+      integer<S>("in_channels", &S::in_channels, at_least(0), 0, "image channels; 0: the data's"),
+      integer<S>("stem_width", &S::stem_width, at_least(1), 24, "the 2x2 stem convolution's output channels"),
+      integer_list<S>("widths", &S::widths, at_least(1), false, kRequired, "one conv group per entry, its channels"),
+      number<S>("bn_momentum", &S::bn_momentum, open_closed(0, 1), 0.1,
+                "PyTorch's convention: running = (1 - m) running + m batch"),
+      number<S>("logit_divisor", &S::logit_divisor, greater_than(0), 1.0, "the head's logits are divided by this"),
+      choice<S>("activation", &S::activation, activations, CnnActivation::Gelu, "after the stem and each batch norm"),
+      number<S>("bn_eps", &S::bn_eps, greater_than(0), 1e-5, "added to the batch variance"),
+      boolean<S>("bn_freeze_weight", &S::bn_freeze_weight, false, "batch-norm scales stay 1"),
+      boolean<S>("dirac_init", &S::dirac_init, false, "each conv's first in_channels filters start as the identity"),
+      number<S>("head_init_std", &S::head_init_std, at_least(0), 0.0, "> 0: the initial head weights get this std"),
+      boolean<S>("whiten", &S::whiten, false, "the stem is a frozen patch-whitening layer computed from the data"),
+      integer<S>("whiten_examples", &S::whiten_examples, at_least(1), kDefaultWhitenExamples,
+                 "training images the whitening covariance is measured on"),
+      number<S>("whiten_eps", &S::whiten_eps, greater_than(0), kDefaultWhitenEps, "filters V / sqrt(lambda + eps)"),
+      integer<S>("whiten_bias_epochs", &S::whiten_bias_epochs, at_least(0), 0,
+                 "the stem's bias trains for this many epochs; 0: throughout"),
+      num_classes_setting<S>(),
+  };
+  return settings;
+}
+
 ConvGroup::ConvGroup(int64_t in_channels, int64_t out_channels, const CnnOptions& options, Generator& gen)
-    : relu_(options.relu) {
+    : activation_(options.activation) {
   conv1 = register_module("conv1", std::make_shared<Conv2d>(in_channels, out_channels, 3, 1, 1, false, gen));
   norm1 = register_module("norm1", std::make_shared<BatchNorm2d>(out_channels, options.bn_momentum, options.bn_eps));
   conv2 = register_module("conv2", std::make_shared<Conv2d>(out_channels, out_channels, 3, 1, 1, false, gen));
@@ -47,8 +76,8 @@ ConvGroup::ConvGroup(int64_t in_channels, int64_t out_channels, const CnnOptions
 
 Tensor ConvGroup::forward(const Tensor& x) {
   const Tensor pooled = max_pool2d(conv1->forward(x), 2);
-  const Tensor h = activation(norm1->forward(pooled), relu_);
-  return activation(norm2->forward(conv2->forward(h)), relu_);
+  const Tensor h = activate(norm1->forward(pooled), activation_);
+  return activate(norm2->forward(conv2->forward(h)), activation_);
 }
 
 int64_t Cnn::min_image_size(size_t num_groups) {
@@ -106,7 +135,7 @@ Tensor Cnn::forward(const Tensor& images) {
                                 std::to_string(images.size(3)) + " are too small for " +
                                 std::to_string(options_.widths.size()) + " conv groups (need at least " +
                                 std::to_string(min_size) + "x" + std::to_string(min_size) + ")");
-  const Tensor features = groups->forward(activation(stem->forward(images), options_.relu));
+  const Tensor features = groups->forward(activate(stem->forward(images), options_.activation));
   const Tensor pooled = dropout_->forward(global_max_pool2d(features));
   return head->forward(pooled) / options_.logit_divisor;
 }

@@ -21,24 +21,34 @@
 
 namespace ml {
 
+enum class CnnActivation { Gelu, Relu };
+
+// The settings of `model: {kind: cnn}`. Members start at zero; the defaults are the table's
+// (with_defaults(CnnOptions::settings())).
 struct CnnOptions {
-  int64_t in_channels = 3;
-  int64_t stem_width = 24;
+  static constexpr const char* kind = "cnn";
+  static const SettingList<CnnOptions>& settings();
+  double dropout{};  // before the head
+  int64_t in_channels{};  // 0 in a config: the data's (make_model fills it in)
+  int64_t stem_width{};
   std::vector<int64_t> widths;  // one conv group per entry
-  int64_t num_classes = 10;
-  bool relu = false;            // ReLU instead of GELU
-  double bn_momentum = 0.1;
-  double logit_divisor = 1.0;
-  double dropout = 0.0;         // before the head
-  double bn_eps = 1e-5;
-  bool bn_freeze_weight = false;
-  bool dirac_init = false;
-  double head_init_std = 0.0;  // 0: PyTorch's default init of the head
-  bool whiten = false;          // needs stem_width = 2 * in_channels * 2 * 2
-  int64_t whiten_examples = 5000;
-  double whiten_eps = 5e-4;
-  int64_t whiten_bias_epochs = 0;  // 0: the whitening bias trains throughout
+  double bn_momentum{};
+  double logit_divisor{};
+  CnnActivation activation{};
+  double bn_eps{};
+  bool bn_freeze_weight{};
+  bool dirac_init{};
+  double head_init_std{};  // 0: PyTorch's default init of the head
+  bool whiten{};           // needs stem_width = 2 * in_channels * 2 * 2
+  int64_t whiten_examples{};
+  double whiten_eps{};
+  int64_t whiten_bias_epochs{};  // 0: the whitening bias trains throughout
+  int64_t num_classes{};         // 0 in a config: the data's
 };
+
+// airbench94_muon.py's init_whiten: the first 5000 training images, eps 5e-4.
+constexpr int64_t kDefaultWhitenExamples = 5000;
+constexpr double kDefaultWhitenEps = 5e-4;
 
 class ConvGroup : public UnaryModule {
  public:
@@ -51,7 +61,7 @@ class ConvGroup : public UnaryModule {
   std::shared_ptr<BatchNorm2d> norm2;
 
  private:
-  bool relu_;
+  CnnActivation activation_;
 };
 
 class Cnn : public Model {

@@ -30,6 +30,31 @@ void init_linear(const Linear& layer, double stddev, Generator& gen) {
 
 }  // namespace
 
+const SettingList<GptOptions>& GptOptions::settings() {
+  using S = GptOptions;
+  static const EnumNames<GptActivation> activations{{GptActivation::Gelu, "gelu"}, {GptActivation::Relu2, "relu2"}};
+  static const EnumNames<NormKind> norms{{NormKind::LayerNorm, "layernorm"}, {NormKind::RmsNorm, "rmsnorm"}};
+  static const EnumNames<PositionKind> positions{{PositionKind::Learned, "learned"}, {PositionKind::Rotary, "rotary"}};
+  static const EnumNames<AttentionImpl> attentions{{AttentionImpl::Composed, "composed"}, {AttentionImpl::Fused, "fused"}};
+  static const SettingList<S> settings{
+      dropout_setting<S>("on the embeddings and on each residual branch"),
+      integer<S>("vocab_size", &S::vocab_size, at_least(0), 0, "token embeddings and logits; 0: the data's vocabulary"),
+      integer<S>("block_size", &S::block_size, at_least(0), 0, "the longest sequence; 0: data.block_size"),
+      integer<S>("n_layer", &S::n_layer, at_least(1), kRequired, "transformer blocks"),
+      integer<S>("n_head", &S::n_head, at_least(1), kRequired, "attention heads per block"),
+      integer<S>("n_embd", &S::n_embd, at_least(1), kRequired, "the width of the residual stream"),
+      integer<S>("mlp_ratio", &S::mlp_ratio, at_least(1), 4, "the MLP's hidden width over n_embd"),
+      choice<S>("activation", &S::activation, activations, GptActivation::Gelu, "the MLP's activation"),
+      choice<S>("norm", &S::norm, norms, NormKind::LayerNorm, "LayerNorm or RMSNorm before each sublayer"),
+      choice<S>("position", &S::position, positions, PositionKind::Learned, "how a token's position enters"),
+      choice<S>("attention", &S::attention, attentions, AttentionImpl::Composed,
+                "composed ops or the fused kernel (framework/ops/nn_core.h)"),
+      boolean<S>("tie_weights", &S::tie_weights, true, "the head multiplies by the token embeddings"),
+      boolean<S>("bias", &S::bias, true, "biases in the linear layers and the LayerNorms"),
+  };
+  return settings;
+}
+
 std::shared_ptr<const RotaryTables> make_rotary_tables(int64_t block_size, int64_t head_dim) {
   const int64_t half = head_dim / 2;
   std::vector<float> cos_values(static_cast<size_t>(block_size * half)), sin_values(cos_values.size());
@@ -87,7 +112,7 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
   return proj->forward(y.transpose(1, 2).reshape({batch, steps, width}));
 }
 
-GptMlp::GptMlp(const GptOptions& options, Generator& gen) : relu2_(options.relu2) {
+GptMlp::GptMlp(const GptOptions& options, Generator& gen) : relu2_(options.activation == GptActivation::Relu2) {
   const int64_t hidden = options.mlp_ratio * options.n_embd;
   fc = register_module("fc", std::make_shared<Linear>(options.n_embd, hidden, options.bias, gen));
   proj = register_module("proj", std::make_shared<Linear>(hidden, options.n_embd, options.bias, gen));
@@ -101,9 +126,10 @@ Tensor GptMlp::forward(const Tensor& x) {
 }
 
 GptBlock::GptBlock(const GptOptions& options, Generator& gen, std::shared_ptr<const RotaryTables> rotary) {
-  norm1 = register_module("norm1", std::make_shared<GptNorm>(options.n_embd, options.rmsnorm, options.bias));
+  const bool rmsnorm = options.norm == NormKind::RmsNorm;
+  norm1 = register_module("norm1", std::make_shared<GptNorm>(options.n_embd, rmsnorm, options.bias));
   attn = register_module("attn", std::make_shared<CausalSelfAttention>(options, gen, std::move(rotary)));
-  norm2 = register_module("norm2", std::make_shared<GptNorm>(options.n_embd, options.rmsnorm, options.bias));
+  norm2 = register_module("norm2", std::make_shared<GptNorm>(options.n_embd, rmsnorm, options.bias));
   mlp = register_module("mlp", std::make_shared<GptMlp>(options, gen));
   dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout));
 }
@@ -123,13 +149,14 @@ Gpt::Gpt(const GptOptions& options, Generator& gen) : options_(options) {
     throw std::invalid_argument("gpt: n_embd " + std::to_string(options.n_embd) + " is not divisible by n_head " +
                                 std::to_string(options.n_head));
   const int64_t head_dim = options.n_embd / options.n_head;
-  if (options.rotary && head_dim % 2 != 0)
+  const bool rotary_positions = options.position == PositionKind::Rotary;
+  if (rotary_positions && head_dim % 2 != 0)
     throw std::invalid_argument("gpt: rotary embeddings need an even head size, got " + std::to_string(head_dim));
 
   wte = register_module("wte", std::make_shared<Embedding>(options.vocab_size, options.n_embd, gen));
   init_normal(wte->weight, kInitStd, gen);
   std::shared_ptr<const RotaryTables> rotary;
-  if (options.rotary) {
+  if (rotary_positions) {
     rotary = make_rotary_tables(options.block_size, head_dim);
   } else {
     wpe = register_module("wpe", std::make_shared<Embedding>(options.block_size, options.n_embd, gen));
@@ -138,7 +165,8 @@ Gpt::Gpt(const GptOptions& options, Generator& gen) : options_(options) {
   dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout));
   blocks = register_module("blocks", std::make_shared<Sequential>());
   for (int64_t i = 0; i < options.n_layer; ++i) blocks->push_back(std::make_shared<GptBlock>(options, gen, rotary));
-  norm_f = register_module("norm_f", std::make_shared<GptNorm>(options.n_embd, options.rmsnorm, options.bias));
+  norm_f = register_module("norm_f", std::make_shared<GptNorm>(options.n_embd, options.norm == NormKind::RmsNorm,
+                                                               options.bias));
   if (!options.tie_weights) {
     head = register_module("head", std::make_shared<Linear>(options.n_embd, options.vocab_size, false, gen));
     init_linear(*head, kInitStd, gen);
@@ -162,8 +190,9 @@ std::string Gpt::summary() const {
   return "gpt: " + std::to_string(options_.n_layer) + (options_.n_layer == 1 ? " layer, " : " layers, ") +
          std::to_string(options_.n_head) + (options_.n_head == 1 ? " head, width " : " heads, width ") +
          std::to_string(options_.n_embd) + ", vocab " + std::to_string(options_.vocab_size) + ", block " +
-         std::to_string(options_.block_size) + ", " + (options_.rotary ? "rotary" : "learned") + " positions, " +
-         (options_.rmsnorm ? "RMSNorm" : "LayerNorm") + ", " + (options_.relu2 ? "ReLU^2" : "GELU") + " MLP" +
+         std::to_string(options_.block_size) + ", " + (options_.position == PositionKind::Rotary ? "rotary" : "learned") +
+         " positions, " + (options_.norm == NormKind::RmsNorm ? "RMSNorm" : "LayerNorm") + ", " +
+         (options_.activation == GptActivation::Relu2 ? "ReLU^2" : "GELU") + " MLP" +
          (options_.tie_weights ? ", tied head" : "") +
          (options_.attention == AttentionImpl::Fused ? ", fused attention" : "") + ", " +
          format_count(num_parameters()) + " parameters";

@@ -16,20 +16,28 @@
 
 namespace ml {
 
+enum class GptActivation { Gelu, Relu2 };  // the MLP's: GELU (tanh approximation) or ReLU^2
+enum class NormKind { LayerNorm, RmsNorm };
+enum class PositionKind { Learned, Rotary };  // learned position embeddings, or rotary ones
+
+// The settings of `model: {kind: gpt}`. Members start at zero; the defaults are the table's
+// (with_defaults(GptOptions::settings())).
 struct GptOptions {
-  int64_t vocab_size = 0;
-  int64_t block_size = 0;  // longest sequence (size of the position table / rotary cache)
-  int64_t n_layer = 0;
-  int64_t n_head = 0;
-  int64_t n_embd = 0;
-  int64_t mlp_ratio = 4;
-  bool rmsnorm = false;        // RMSNorm instead of LayerNorm
-  bool rotary = false;         // rotary embeddings instead of learned positions
-  bool relu2 = false;          // ReLU^2 instead of GELU (tanh approximation) in the MLP
-  bool tie_weights = true;
-  bool bias = true;            // biases in the linear layers and the LayerNorms
-  double dropout = 0.0;        // on the embeddings and on each residual branch
-  AttentionImpl attention = AttentionImpl::Composed;  // how scaled_dot_product_attention runs
+  static constexpr const char* kind = "gpt";
+  static const SettingList<GptOptions>& settings();
+  double dropout{};
+  int64_t vocab_size{};  // 0 in a config: the data's (make_model fills it in)
+  int64_t block_size{};  // longest sequence (size of the position table / rotary cache); 0: the data's
+  int64_t n_layer{};
+  int64_t n_head{};
+  int64_t n_embd{};
+  int64_t mlp_ratio{};
+  GptActivation activation{};
+  NormKind norm{};
+  PositionKind position{};
+  AttentionImpl attention{};
+  bool tie_weights{};
+  bool bias{};
 };
 
 // LayerNorm (weight, optional bias) or RMSNorm (weight) over the last dimension.

@@ -21,6 +21,20 @@ std::shared_ptr<UnaryModule> make_activation(MlpActivation activation) {
 
 }  // namespace
 
+const SettingList<MlpOptions>& MlpOptions::settings() {
+  using S = MlpOptions;
+  static const EnumNames<MlpActivation> activations{
+      {MlpActivation::Relu, "relu"}, {MlpActivation::Gelu, "gelu"}, {MlpActivation::Tanh, "tanh"}};
+  static const SettingList<S> settings{
+      dropout_setting<S>("after each hidden activation"),
+      integer_list<S>("hidden", &S::hidden, at_least(1), true, std::vector<int64_t>{128},
+                      "the hidden layers' widths; [] makes a linear classifier"),
+      choice<S>("activation", &S::activation, activations, MlpActivation::Relu, "after each hidden layer"),
+      num_classes_setting<S>(),
+  };
+  return settings;
+}
+
 Mlp::Mlp(const MlpOptions& options, Generator& gen) : options_(options) {
   if (options.in_features <= 0 || options.num_classes <= 0)
     throw std::invalid_argument("mlp: in_features and num_classes must be positive");

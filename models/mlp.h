@@ -13,12 +13,16 @@ namespace ml {
 
 enum class MlpActivation { Relu, Gelu, Tanh };
 
+// The settings of `model: {kind: mlp}`. Members start at zero; the defaults are the table's
+// (with_defaults(MlpOptions::settings())).
 struct MlpOptions {
-  int64_t in_features = 0;
+  static constexpr const char* kind = "mlp";
+  static const SettingList<MlpOptions>& settings();
+  double dropout{};  // after each hidden activation
   std::vector<int64_t> hidden;
-  int64_t num_classes = 0;
-  MlpActivation activation = MlpActivation::Relu;
-  double dropout = 0.0;  // after each hidden activation
+  MlpActivation activation{};
+  int64_t num_classes{};  // 0 in a config: the data's (make_model fills it in)
+  int64_t in_features{};  // not a setting: the data's example size
 };
 
 class Mlp : public Model {

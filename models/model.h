@@ -1,15 +1,25 @@
-// The common interface of the trainable models (GPT, CNN, MLP) and the factory that builds one
-// from the `model` section of a run config.
+// The common interface of the trainable models (GPT, CNN, MLP); models/factory.h builds one from
+// its settings.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "experiments/config.h"
 #include "framework/nn/module.h"
+#include "framework/settings.h"
 
 namespace ml {
+
+// Rows every model's settings table has (framework/settings.h).
+template <typename S>
+Setting<S> dropout_setting(std::string where) {
+  return number<S>("dropout", &S::dropout, closed_open(0, 1), 0.0, "dropout probability " + std::move(where));
+}
+template <typename S>
+Setting<S> num_classes_setting() {
+  return integer<S>("num_classes", &S::num_classes, at_least(0), 0, "the classifier's outputs; 0: the data's classes");
+}
 
 // A model maps a batch of inputs to logits: images or feature vectors (float [B, ...]) to class
 // logits [B, classes], or token ids (Int64 [B, T]) to next-token logits [B, T, vocab].
@@ -29,19 +39,6 @@ class Model : public UnaryModule {
   // parameters that train only part of the run (the whitening bias).
   virtual void begin_training_step(double /*epochs_done*/) {}
 };
-
-// What the data tells the model: the shape of one input example ({C, H, W}, {features} or
-// {block_size}) and the number of classes (classifiers) or tokens (language models).
-struct ModelInputs {
-  std::vector<int64_t> example_shape;
-  int64_t num_classes = 0;
-  int64_t vocab_size = 0;
-};
-
-// Builds the model of `config` (a validated ModelConfig) with its parameters drawn from `seed`.
-// Throws std::invalid_argument when the config and the data disagree (e.g. a vocab_size smaller
-// than the data's, or images too small for the CNN's pooling).
-std::shared_ptr<Model> make_model(const ModelConfig& config, const ModelInputs& inputs, uint64_t seed);
 
 // "1.23M", "45.6K", "789".
 std::string format_count(int64_t count);

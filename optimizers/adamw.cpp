@@ -11,8 +11,25 @@
 
 namespace ml {
 
-AdamW::AdamW(std::vector<NamedParam> params, double lr, std::array<double, 2> betas, double eps, double weight_decay)
-    : Optimizer("adamw", std::move(params), lr), beta1_(betas[0]), beta2_(betas[1]), eps_(eps), weight_decay_(weight_decay) {
+// torch.optim.AdamW's defaults, except the weight decay (0, not 0.01).
+const SettingList<AdamWSettings>& AdamWSettings::settings() {
+  using S = AdamWSettings;
+  static const SettingList<S> settings{
+      learning_rate_setting<S>(),
+      weight_decay_setting<S>("decoupled weight decay wd: W <- W (1 - lr wd) before the step"),
+      number_pair<S>("betas", &S::betas, closed_open(0, 1), std::array<double, 2>{0.9, 0.999},
+                     "decay rates b1, b2 of the first and second moment averages m and v"),
+      number<S>("eps", &S::eps, greater_than(0), 1e-8, "added to sqrt(v) so that the step stays finite"),
+  };
+  return settings;
+}
+
+AdamW::AdamW(std::vector<NamedParam> params, const AdamWSettings& settings)
+    : Optimizer("adamw", std::move(params), settings.lr),
+      beta1_(settings.betas[0]),
+      beta2_(settings.betas[1]),
+      eps_(settings.eps),
+      weight_decay_(settings.weight_decay) {
   if (!(beta1_ >= 0.0 && beta1_ < 1.0 && beta2_ >= 0.0 && beta2_ < 1.0))
     throw std::invalid_argument("adamw: betas must lie in [0, 1), got " + std::to_string(beta1_) + ", " + std::to_string(beta2_));
   for (const NamedParam& p : this->params())

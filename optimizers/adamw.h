@@ -6,10 +6,22 @@
 
 namespace ml {
 
+class AdamW;
+
+// Members start at zero; the defaults are the table's (with_defaults(AdamWSettings::settings())).
+struct AdamWSettings {
+  using Optimizer = AdamW;
+  static constexpr const char* kind = "adamw";
+  static const SettingList<AdamWSettings>& settings();
+  double lr{};
+  double weight_decay{};
+  std::array<double, 2> betas{};
+  double eps{};
+};
+
 class AdamW : public Optimizer {
  public:
-  AdamW(std::vector<NamedParam> params, double lr, std::array<double, 2> betas = {0.9, 0.999}, double eps = 1e-8,
-        double weight_decay = 0.01);
+  AdamW(std::vector<NamedParam> params, const AdamWSettings& settings);
 
  private:
   void step_impl() override;

@@ -37,14 +37,24 @@ int64_t as_count(double flops) { return static_cast<int64_t>(std::llround(flops)
 
 }  // namespace
 
-CacheMuon::CacheMuon(std::vector<NamedParam> params, const OptimizerSpec& spec)
-    : MatrixOptimizer("cache_muon", std::move(params), spec.lr, spec.weight_decay),
-      schedule_(schedule_from_spec(spec, 5, "keller", false)),
-      scaling_(scaling_from_spec(spec, UpdateScaling::Keller)),
-      momentum_(spec.momentum),
-      nesterov_(spec.nesterov),
-      gamma_(spec.gamma),
-      k_max_(spec.k_max),
+const SettingList<CacheMuonSettings>& CacheMuonSettings::settings() {
+  using S = CacheMuonSettings;
+  static const SettingList<S> settings = [] {
+    SettingList<S> rows = muon_settings<S>(5, NsCoefficients::Keller);
+    rows.push_back(number<S>("gamma", &S::gamma, greater_than(0), 0.1,
+                             "a cached transform is reused while r(D) <= r_ref + gamma"));
+    rows.push_back(integer<S>("k_max", &S::k_max, at_least(1), 10, "a fresh solve is forced after k_max hits in a row"));
+    return rows;
+  }();
+  return settings;
+}
+
+CacheMuon::CacheMuon(std::vector<NamedParam> params, const CacheMuonSettings& settings)
+    : MatrixOptimizer("cache_muon", std::move(params), settings),
+      schedule_(ns_schedule(settings)),
+      momentum_(settings),
+      gamma_(settings.gamma),
+      k_max_(settings.k_max),
       hits_(add_counter("cache.hits")),
       misses_(add_counter("cache.misses")),
       forced_refreshes_(add_counter("cache.forced_refreshes")),
@@ -66,7 +76,7 @@ CacheMuon::CacheMuon(std::vector<NamedParam> params, const OptimizerSpec& spec)
 }
 
 Tensor CacheMuon::begin_update(size_t index, const Tensor& grad) {
-  return lerp_momentum(slots_[index].momentum, grad, momentum_, nesterov_);
+  return lerp_momentum(slots_[index].momentum, grad, momentum_.momentum, momentum_.nesterov);
 }
 
 Tensor CacheMuon::orthogonalize(size_t index, const Tensor& update) {
@@ -115,7 +125,7 @@ Tensor CacheMuon::orthogonalize(size_t index, const Tensor& update) {
 }
 
 void CacheMuon::finish_update(size_t, Tensor& weight, const Tensor& ortho) {
-  const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
+  const double scale = scale_of(weight.size(0), weight.size(1));
   decay_weight(weight);
   add_(weight, ortho, -lr() * scale);
 }

@@ -4,9 +4,20 @@
 
 namespace ml {
 
+class CacheMuon;
+
+// Muon's settings plus the cache's; members start at zero, the defaults are the table's.
+struct CacheMuonSettings : MatrixOptimizerSettings, MomentumSettings, NewtonSchulzSettings {
+  using Optimizer = CacheMuon;
+  static constexpr const char* kind = "cache_muon";
+  static const SettingList<CacheMuonSettings>& settings();
+  double gamma{};
+  int64_t k_max{};
+};
+
 class CacheMuon : public MatrixOptimizer {
  public:
-  CacheMuon(std::vector<NamedParam> params, const OptimizerSpec& spec);
+  CacheMuon(std::vector<NamedParam> params, const CacheMuonSettings& settings);
 
   // cache_hit_rate (hits over all orthogonalizations), cache_hits, cache_misses (failed checks),
   // cache_forced_refreshes (k_max reached), cache_cold_solves (no cache yet), ortho_gflops (spent
@@ -23,9 +34,7 @@ class CacheMuon : public MatrixOptimizer {
   // rank keeps its own (identical) cache instead, so that a checkpoint holds it all.
   bool shards_orthogonalization() const override { return false; }
   NsSchedule schedule_;
-  UpdateScaling scaling_;
-  double momentum_;
-  bool nesterov_;
+  MomentumSettings momentum_;
   double gamma_;
   int64_t k_max_;
   struct Slot {

@@ -28,22 +28,40 @@ void add_at_slices_(Tensor& base, const Dion2Selection& selection, const Tensor&
   index_add_(base, selection.dim, selection.indices, update);
 }
 
-Dion2::Dion2(std::vector<NamedParam> params, const OptimizerSpec& spec)
-    : MatrixOptimizer("dion2", std::move(params), spec.lr, spec.weight_decay),
-      schedule_(schedule_from_spec(spec, 5, "polar_express", false)),
-      scaling_(scaling_from_spec(spec, UpdateScaling::Spectral)),
-      fraction_(spec.fraction),
-      ef_decay_(spec.ef_decay),
-      generator_(spec.seed) {
-  if (spec.selection == "random") {
-    random_selection_ = true;
+const EnumNames<SliceSelection>& slice_selection_names() {
+  static const EnumNames<SliceSelection> names{{SliceSelection::L1, "l1"}, {SliceSelection::Random, "random"}};
+  return names;
+}
+
+// Polar Express coefficients for 5 steps, and the spectral scaling sqrt(fan_out / fan_in) of the
+// full matrix (the paper's choice).
+const SettingList<Dion2Settings>& Dion2Settings::settings() {
+  using S = Dion2Settings;
+  static const SettingList<S> settings{
+      learning_rate_setting<S>(),
+      decoupled_weight_decay_setting<S>(),
+      ns_steps_setting<S>(5),
+      ns_coefficients_setting<S>(NsCoefficients::PolarExpress),
+      scaling_setting<S>(UpdateScaling::Spectral),
+      number<S>("fraction", &S::fraction, open_closed(0, 1), 0.25, "the share of slices updated per step"),
+      number<S>("ef_decay", &S::ef_decay, closed(0, 1), 0.95, "the selected slices' buffer rows decay by this"),
+      choice<S>("selection", &S::selection, slice_selection_names(), SliceSelection::L1,
+                "which slices: the largest by L1 norm, or uniformly random ones"),
+  };
+  return settings;
+}
+
+Dion2::Dion2(std::vector<NamedParam> params, const Dion2Settings& settings, uint64_t seed)
+    : MatrixOptimizer("dion2", std::move(params), settings),
+      schedule_(ns_schedule(settings)),
+      fraction_(settings.fraction),
+      ef_decay_(settings.ef_decay),
+      random_selection_(settings.selection == SliceSelection::Random),
+      generator_(seed) {
+  if (random_selection_) {
     generator_seed_ = &add_counter("selection_generator.seed");
     generator_offset_ = &add_counter("selection_generator.offset");
-    *generator_seed_ = static_cast<int64_t>(spec.seed);
-  } else if (spec.selection == "l1") {
-    random_selection_ = false;
-  } else {
-    throw std::invalid_argument("dion2: unknown selection '" + spec.selection + "' (expected l1 or random)");
+    *generator_seed_ = static_cast<int64_t>(seed);
   }
   if (!(fraction_ > 0.0 && fraction_ <= 1.0))
     throw std::invalid_argument("dion2: fraction must lie in (0, 1], got " + std::to_string(fraction_));
@@ -72,7 +90,7 @@ Tensor Dion2::begin_update(size_t index, const Tensor& grad) {
 
 Tensor Dion2::orthogonalize(size_t index, const Tensor& input) {
   const Shape shape = matrix_shape(index);
-  return newton_schulz(input, schedule_, -lr() * update_scale(scaling_, shape[0], shape[1]));
+  return newton_schulz(input, schedule_, -lr() * scale_of(shape[0], shape[1]));
 }
 
 void Dion2::finish_update(size_t index, Tensor& weight, const Tensor& ortho) {

@@ -18,9 +18,26 @@ Dion2Selection dion2_select(const Tensor& momentum, double fraction, bool random
 // base += update at the selected slices (update has the shape of `selected`), in place.
 void add_at_slices_(Tensor& base, const Dion2Selection& selection, const Tensor& update);
 
+// Which slices Dion2 updates: the largest by L1 norm, or a uniformly random subset.
+enum class SliceSelection { L1, Random };
+const EnumNames<SliceSelection>& slice_selection_names();  // l1 | random
+
+class Dion2;
+
+// Members start at zero; the defaults are the table's (with_defaults(Dion2Settings::settings())).
+struct Dion2Settings : MatrixOptimizerSettings, NewtonSchulzSettings {
+  using Optimizer = Dion2;
+  static constexpr const char* kind = "dion2";
+  static const SettingList<Dion2Settings>& settings();
+  double fraction{};
+  double ef_decay{};
+  SliceSelection selection{};
+};
+
 class Dion2 : public MatrixOptimizer {
  public:
-  Dion2(std::vector<NamedParam> params, const OptimizerSpec& spec);
+  // `seed` starts the random selection's generator (the run's seed).
+  Dion2(std::vector<NamedParam> params, const Dion2Settings& settings, uint64_t seed = 0);
 
  private:
   // M <- M + G, the selection and the decay of the selected slices; returns them (k slices).
@@ -29,7 +46,6 @@ class Dion2 : public MatrixOptimizer {
   Tensor orthogonalize(size_t index, const Tensor& input) override;
   void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
   NsSchedule schedule_;
-  UpdateScaling scaling_;
   double fraction_;
   double ef_decay_;
   bool random_selection_;

@@ -1,49 +1,62 @@
 #include "optimizers/factory.h"
 
 #include <stdexcept>
+#include <type_traits>
 
-#include "optimizers/adamw.h"
-#include "optimizers/cache_muon.h"
 #include "optimizers/combined.h"
-#include "optimizers/dion2.h"
-#include "optimizers/muon.h"
-#include "optimizers/normuon.h"
 #include "optimizers/param_groups.h"
-#include "optimizers/rmnp.h"
-#include "optimizers/sgd.h"
-#include "optimizers/turbo_muon.h"
 
 namespace ml {
 
 namespace {
 
-std::unique_ptr<Optimizer> make_matrix_optimizer(const OptimizerSpec& spec, std::vector<NamedParam> params) {
-  if (spec.kind == "muon") return std::make_unique<Muon>(std::move(params), spec);
-  if (spec.kind == "turbo_muon") return std::make_unique<TurboMuon>(std::move(params), spec);
-  if (spec.kind == "cache_muon") return std::make_unique<CacheMuon>(std::move(params), spec);
-  if (spec.kind == "dion2") return std::make_unique<Dion2>(std::move(params), spec);
-  if (spec.kind == "rmnp") return std::make_unique<RMNP>(std::move(params), spec);
-  if (spec.kind == "normuon") return std::make_unique<NorMuon>(std::move(params), spec);
-  return nullptr;
+template <typename S>
+std::unique_ptr<Optimizer> construct(std::vector<NamedParam> params, const S& settings, uint64_t seed) {
+  using Class = typename S::Optimizer;
+  if constexpr (std::is_constructible_v<Class, std::vector<NamedParam>, const S&, uint64_t>)
+    return std::make_unique<Class>(std::move(params), settings, seed);
+  else
+    return std::make_unique<Class>(std::move(params), settings);
 }
 
 }  // namespace
 
-std::unique_ptr<Optimizer> make_non_matrix_optimizer(const NonMatrixSpec& spec, const std::vector<NamedParam>& params) {
-  if (spec.kind == "adamw") return std::make_unique<AdamW>(params, spec.lr, spec.betas, spec.eps, spec.weight_decay);
-  if (spec.kind == "sgd") return std::make_unique<SGD>(params, spec.lr, spec.momentum, spec.nesterov, spec.weight_decay);
-  throw std::invalid_argument("optimizer.non_matrix.kind: unknown '" + spec.kind + "' (expected adamw or sgd)");
+std::unique_ptr<Optimizer> make_non_matrix_optimizer(const NonMatrixSettings& settings,
+                                                     const std::vector<NamedParam>& params) {
+  return std::visit([&](const auto& s) { return construct(params, s, 0); }, settings);
 }
 
-std::unique_ptr<Optimizer> make_optimizer(const OptimizerSpec& spec, const std::vector<NamedParam>& params) {
-  if (spec.kind == "sgd") return std::make_unique<SGD>(params, spec.lr, spec.momentum, spec.nesterov, spec.weight_decay);
-  if (spec.kind == "adamw") return std::make_unique<AdamW>(params, spec.lr, spec.betas, spec.eps, spec.weight_decay);
-  ParameterSplit split = split_parameters(params);
-  std::unique_ptr<Optimizer> matrix = make_matrix_optimizer(spec, std::move(split.matrix));
-  if (!matrix)
-    throw std::invalid_argument("optimizer.kind: unknown '" + spec.kind +
-                                "' (expected sgd, adamw, muon, turbo_muon, cache_muon, dion2, rmnp or normuon)");
-  return std::make_unique<CombinedOptimizer>(std::move(matrix), make_non_matrix_optimizer(spec.non_matrix, split.other));
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerSettings& settings, const std::vector<NamedParam>& params,
+                                          uint64_t seed) {
+  return std::visit(
+      [&](const auto& s) -> std::unique_ptr<Optimizer> {
+        if constexpr (std::is_base_of_v<MatrixOptimizerSettings, std::decay_t<decltype(s)>>) {
+          ParameterSplit split = split_parameters(params);
+          return std::make_unique<CombinedOptimizer>(construct(std::move(split.matrix), s, seed),
+                                                     make_non_matrix_optimizer(s.non_matrix, split.other));
+        } else {
+          return construct(params, s, seed);
+        }
+      },
+      settings);
+}
+
+double learning_rate(const OptimizerSettings& settings) {
+  return std::visit([](const auto& s) { return s.lr; }, settings);
+}
+
+void set_learning_rate(OptimizerSettings& settings, double lr) {
+  std::visit([lr](auto& s) { s.lr = lr; }, settings);
+}
+
+OptimizerSettings default_optimizer_settings(const std::string& kind) {
+  const std::optional<OptimizerSettings> settings = kind_with_defaults<OptimizerSettings>(kind);
+  if (!settings) {
+    std::string known;
+    for (const std::string& name : kind_names<OptimizerSettings>()) known += (known.empty() ? "" : ", ") + name;
+    throw std::invalid_argument("optimizer.kind: unknown '" + kind + "' (expected one of " + known + ")");
+  }
+  return *settings;
 }
 
 }  // namespace ml

@@ -9,11 +9,10 @@
 
 namespace ml {
 
-UpdateScaling parse_update_scaling(const std::string& name) {
-  if (name == "keller") return UpdateScaling::Keller;
-  if (name == "moonlight") return UpdateScaling::Moonlight;
-  if (name == "spectral") return UpdateScaling::Spectral;
-  throw std::invalid_argument("unknown update scaling '" + name + "' (expected keller, moonlight or spectral)");
+const EnumNames<UpdateScaling>& update_scaling_names() {
+  static const EnumNames<UpdateScaling> names{
+      {UpdateScaling::Keller, "keller"}, {UpdateScaling::Moonlight, "moonlight"}, {UpdateScaling::Spectral, "spectral"}};
+  return names;
 }
 
 double update_scale(UpdateScaling scaling, int64_t rows, int64_t cols) {
@@ -26,14 +25,18 @@ double update_scale(UpdateScaling scaling, int64_t rows, int64_t cols) {
   return 1.0;
 }
 
-NsSchedule schedule_from_spec(const OptimizerSpec& spec, int64_t default_steps, const std::string& default_coefficients,
-                              bool aol) {
-  return ns_schedule(spec.ns_coefficients.empty() ? default_coefficients : spec.ns_coefficients,
-                     spec.ns_steps > 0 ? spec.ns_steps : default_steps, aol);
+const std::vector<std::pair<std::string, OtherDefaults>>& non_matrix_defaults() {
+  static const std::vector<std::pair<std::string, OtherDefaults>> defaults{
+      {AdamWSettings::kind, {{"lr", 3e-4}, {"betas", std::array<double, 2>{0.9, 0.95}}}},
+      {SgdSettings::kind, {{"lr", 3e-4}, {"momentum", 0.9}, {"nesterov", true}}},
+  };
+  return defaults;
 }
 
-UpdateScaling scaling_from_spec(const OptimizerSpec& spec, UpdateScaling method_default) {
-  return spec.scaling.empty() ? method_default : parse_update_scaling(spec.scaling);
+NonMatrixSettings default_non_matrix_settings() { return with_defaults(non_matrix_settings<AdamWSettings>()); }
+
+NsSchedule ns_schedule(const NewtonSchulzSettings& settings, bool aol) {
+  return ns_schedule(settings.ns_coefficients, settings.ns_steps, aol);
 }
 
 std::vector<int> assign_matrix_owners(const std::vector<Shape>& shapes, int ranks) {
@@ -57,8 +60,11 @@ std::vector<int> assign_matrix_owners(const std::vector<Shape>& shapes, int rank
   return owners;
 }
 
-MatrixOptimizer::MatrixOptimizer(std::string kind, std::vector<NamedParam> params, double lr, double weight_decay)
-    : Optimizer(std::move(kind), std::move(params), lr), weight_decay_(weight_decay) {
+MatrixOptimizer::MatrixOptimizer(std::string kind, std::vector<NamedParam> params,
+                                 const MatrixOptimizerSettings& settings)
+    : Optimizer(std::move(kind), std::move(params), settings.lr),
+      weight_decay_(settings.weight_decay),
+      scaling_(settings.scaling) {
   for (const NamedParam& p : this->params())
     if ((p.param.dim() != 2 && p.param.dim() != 4) || !p.param.is_contiguous())
       throw std::invalid_argument(this->kind() + ": parameter '" + p.name + "' " + shape_str(p.param.shape()) +

@@ -1,14 +1,16 @@
 // Pieces shared by the Muon family: the matrix view of a parameter, the update scaling modes,
-// decoupled weight decay, and the spec defaults.
+// decoupled weight decay, and the settings every member has.
 #pragma once
 #include <cstdint>
 #include <string>
+#include <variant>
 #include <vector>
 
+#include "optimizers/adamw.h"
 #include "optimizers/momentum.h"
 #include "optimizers/newton_schulz.h"
 #include "optimizers/optimizer.h"
-#include "optimizers/optimizer_spec.h"
+#include "optimizers/sgd.h"
 
 namespace ml {
 
@@ -19,13 +21,83 @@ namespace ml {
 //  spectral:  sqrt(m/n) = sqrt(fan_out/fan_in), the spectral-norm scaling of Yang, Simon & Bernstein,
 //             "A Spectral Condition for Feature Learning" (2023, arXiv 2310.17813); Dion2's default.
 enum class UpdateScaling { Keller, Moonlight, Spectral };
-UpdateScaling parse_update_scaling(const std::string& name);
+const EnumNames<UpdateScaling>& update_scaling_names();  // keller | moonlight | spectral
 double update_scale(UpdateScaling scaling, int64_t rows, int64_t cols);
 
-// The spec's value, or the method's default where the spec leaves it open (0 / "").
-NsSchedule schedule_from_spec(const OptimizerSpec& spec, int64_t default_steps, const std::string& default_coefficients,
-                              bool aol);
-UpdateScaling scaling_from_spec(const OptimizerSpec& spec, UpdateScaling method_default);
+// The optimizer of the parameters a Muon-family optimizer does not handle (embeddings, output
+// head, first conv, biases, norm gains): the first alternative is the default.
+using NonMatrixSettings = std::variant<AdamWSettings, SgdSettings>;
+// Its defaults in that role, by kind, where they differ from the optimizer's own: the AdamW of
+// the Muon README example, and SGD with Nesterov momentum.
+const std::vector<std::pair<std::string, OtherDefaults>>& non_matrix_defaults();
+// The settings table of the non-matrix kind S in that role.
+template <typename S>
+SettingList<S> non_matrix_settings() {
+  for (const auto& [kind, defaults] : non_matrix_defaults())
+    if (kind == S::kind) return with_other_defaults(S::settings(), defaults);
+  return S::settings();
+}
+// AdamW with the role's defaults.
+NonMatrixSettings default_non_matrix_settings();
+
+// The settings every Muon-family optimizer has; each one's settings struct derives from it.
+struct MatrixOptimizerSettings {
+  double lr{};
+  double weight_decay{};
+  UpdateScaling scaling{};
+  NonMatrixSettings non_matrix = default_non_matrix_settings();
+};
+// Those of the members with a momentum coefficient (all but Dion2).
+struct MomentumSettings {
+  double momentum{};
+  bool nesterov{};
+};
+// Those of the members that run Newton–Schulz (all but RMNP).
+struct NewtonSchulzSettings {
+  int64_t ns_steps{};
+  NsCoefficients ns_coefficients{};
+};
+NsSchedule ns_schedule(const NewtonSchulzSettings& settings, bool aol = false);
+
+// The rows of the Muon family's settings tables (framework/settings.h), for a struct S derived
+// from the structs above. The defaults that differ by method are arguments.
+template <typename S>
+Setting<S> decoupled_weight_decay_setting() {
+  return weight_decay_setting<S>("decoupled weight decay wd: W <- W (1 - lr wd) before the step");
+}
+template <typename S>
+Setting<S> momentum_setting(std::string meaning) {
+  return number<S>("momentum", &S::momentum, closed_open(0, 1), 0.95, std::move(meaning));
+}
+template <typename S>
+Setting<S> nesterov_setting() {
+  return boolean<S>("nesterov", &S::nesterov, true, "orthogonalize the Nesterov look-ahead instead of the buffer");
+}
+template <typename S>
+Setting<S> ns_steps_setting(int64_t fallback) {
+  return integer<S>("ns_steps", &S::ns_steps, closed(1, 20), fallback, "Newton-Schulz iterations");
+}
+template <typename S>
+Setting<S> ns_coefficients_setting(NsCoefficients fallback) {
+  return choice<S, NsCoefficients>("ns_coefficients", &S::ns_coefficients, ns_coefficient_names(), fallback,
+                   "the (a, b, c) triples of the Newton-Schulz iterations");
+}
+template <typename S>
+Setting<S> scaling_setting(UpdateScaling fallback) {
+  return choice<S, UpdateScaling>("scaling", &S::scaling, update_scaling_names(), fallback,
+                   "how the orthogonalized update is scaled for the matrix's shape");
+}
+// Muon's rows, which the methods built on its momentum and Newton–Schulz share.
+template <typename S>
+SettingList<S> muon_settings(int64_t ns_steps, NsCoefficients ns_coefficients) {
+  return {learning_rate_setting<S>(),
+          decoupled_weight_decay_setting<S>(),
+          momentum_setting<S>("momentum beta: M <- beta M + (1 - beta) G"),
+          nesterov_setting<S>(),
+          ns_steps_setting<S>(ns_steps),
+          ns_coefficients_setting<S>(ns_coefficients),
+          scaling_setting<S>(UpdateScaling::Keller)};
+}
 
 // Which rank orthogonalizes each of the matrices `shapes` (rows, cols) in a job of `ranks`: whole
 // matrices, largest Newton–Schulz cost first (equal shapes stay together; ties in list order),
@@ -45,7 +117,7 @@ std::vector<int> assign_matrix_owners(const std::vector<Shape>& shapes, int rank
 // three parts run back to back for one matrix at a time.
 class MatrixOptimizer : public Optimizer {
  public:
-  MatrixOptimizer(std::string kind, std::vector<NamedParam> params, double lr, double weight_decay);
+  MatrixOptimizer(std::string kind, std::vector<NamedParam> params, const MatrixOptimizerSettings& settings);
   void set_communicator(Communicator* comm) override { comm_ = comm; }
 
  protected:
@@ -61,6 +133,8 @@ class MatrixOptimizer : public Optimizer {
   virtual bool shards_orthogonalization() const { return true; }
   // W <- W (1 - lr wd): decoupled weight decay (Loshchilov & Hutter), as every Muon variant uses.
   void decay_weight(Tensor& weight) const;
+  // The configured scaling of a rows x cols update.
+  double scale_of(int64_t rows, int64_t cols) const { return update_scale(scaling_, rows, cols); }
   // The parameter's matrix shape (rows, cols).
   Shape matrix_shape(size_t index) const;
   // A zero buffer of that shape on the parameter's device, registered as "<param name>.<buffer>".
@@ -71,6 +145,7 @@ class MatrixOptimizer : public Optimizer {
   // The data-parallel step: the orthogonalizations shared out between the ranks of comm_.
   void sharded_step(const std::vector<size_t>& present);
   double weight_decay_;
+  UpdateScaling scaling_;
   Communicator* comm_ = nullptr;
 };
 

@@ -17,27 +17,38 @@
 
 namespace ml {
 
-Muon::Muon(std::vector<NamedParam> params, const OptimizerSpec& spec)
-    : Muon("muon", std::move(params), spec, schedule_from_spec(spec, 5, "keller", false)) {}
+// Keller's coefficients for 5 steps.
+const SettingList<MuonSettings>& MuonSettings::settings() {
+  using S = MuonSettings;
+  static const SettingList<S> settings = [] {
+    SettingList<S> rows = muon_settings<S>(5, NsCoefficients::Keller);
+    rows.push_back(boolean<S>("renormalize", &S::renormalize, false,
+                              "W <- W sqrt(rows) / ||W||_F before each update, in place of weight decay"));
+    return rows;
+  }();
+  return settings;
+}
 
-Muon::Muon(std::string kind, std::vector<NamedParam> params, const OptimizerSpec& spec, NsSchedule schedule)
-    : MatrixOptimizer(std::move(kind), std::move(params), spec.lr, spec.weight_decay),
+Muon::Muon(std::vector<NamedParam> params, const MuonSettings& settings)
+    : Muon("muon", std::move(params), settings, settings, ns_schedule(settings), settings.renormalize) {}
+
+Muon::Muon(std::string kind, std::vector<NamedParam> params, const MatrixOptimizerSettings& settings,
+           const MomentumSettings& momentum, NsSchedule schedule, bool renormalize)
+    : MatrixOptimizer(std::move(kind), std::move(params), settings),
       schedule_(std::move(schedule)),
-      scaling_(scaling_from_spec(spec, UpdateScaling::Keller)),
-      momentum_(spec.momentum),
-      nesterov_(spec.nesterov),
-      renormalize_(spec.renormalize) {
+      momentum_(momentum),
+      renormalize_(renormalize) {
   for (size_t i = 0; i < this->params().size(); ++i) momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
 }
 
 Tensor Muon::begin_update(size_t index, const Tensor& grad) {
-  return lerp_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
+  return lerp_momentum(momentum_buffers_[index], grad, momentum_.momentum, momentum_.nesterov);
 }
 
 // -lr scale NS(U): the step itself, ready to add.
 Tensor Muon::orthogonalize(size_t index, const Tensor& input) {
   const Shape shape = matrix_shape(index);
-  return newton_schulz(input, schedule_, -lr() * update_scale(scaling_, shape[0], shape[1]));
+  return newton_schulz(input, schedule_, -lr() * scale_of(shape[0], shape[1]));
 }
 
 void Muon::finish_update(size_t, Tensor& weight, const Tensor& ortho) {

@@ -4,23 +4,31 @@
 
 namespace ml {
 
+class Muon;
+
+// Members start at zero; the defaults are the table's (with_defaults(MuonSettings::settings())).
+struct MuonSettings : MatrixOptimizerSettings, MomentumSettings, NewtonSchulzSettings {
+  using Optimizer = Muon;
+  static constexpr const char* kind = "muon";
+  static const SettingList<MuonSettings>& settings();
+  bool renormalize{};
+};
+
 class Muon : public MatrixOptimizer {
  public:
-  // Keller's coefficients for 5 steps unless the spec says otherwise.
-  Muon(std::vector<NamedParam> params, const OptimizerSpec& spec);
+  Muon(std::vector<NamedParam> params, const MuonSettings& settings);
 
  protected:
   // For Turbo-Muon: the kind and the Newton–Schulz schedule are the variant's.
-  Muon(std::string kind, std::vector<NamedParam> params, const OptimizerSpec& spec, NsSchedule schedule);
+  Muon(std::string kind, std::vector<NamedParam> params, const MatrixOptimizerSettings& settings,
+       const MomentumSettings& momentum, NsSchedule schedule, bool renormalize);
   Tensor begin_update(size_t index, const Tensor& grad) override;
   Tensor orthogonalize(size_t index, const Tensor& input) override;
   void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
 
  private:
   NsSchedule schedule_;
-  UpdateScaling scaling_;
-  double momentum_;
-  bool nesterov_;
+  MomentumSettings momentum_;
   bool renormalize_;  // W <- W sqrt(rows) / ||W||_F before each update (airbench94_muon)
   std::vector<Tensor> momentum_buffers_;
 };

@@ -116,22 +116,30 @@ Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_s
 
 }  // namespace
 
-NsSchedule ns_schedule(const std::string& coefficients, int64_t steps, bool aol) {
+const EnumNames<NsCoefficients>& ns_coefficient_names() {
+  static const EnumNames<NsCoefficients> names{{NsCoefficients::Keller, "keller"},
+                                               {NsCoefficients::MuonPlus, "muon_plus"},
+                                               {NsCoefficients::PolarExpress, "polar_express"}};
+  return names;
+}
+
+NsSchedule ns_schedule(NsCoefficients coefficients, int64_t steps, bool aol) {
   if (steps < 1) throw std::invalid_argument("ns_schedule: steps must be >= 1, got " + std::to_string(steps));
   const std::vector<NsTriple>* family = nullptr;
   NsSchedule schedule;
   schedule.aol = aol;
-  if (coefficients == "keller") {
-    family = &keller_triples();
-  } else if (coefficients == "muon_plus") {
-    family = &muon_plus_triples();
-  } else if (coefficients == "polar_express") {
-    family = &polar_express_triples();
-    schedule.norm_factor = 1.02;
-    schedule.norm_eps = 1e-6;
-  } else {
-    throw std::invalid_argument("ns_schedule: unknown ns_coefficients '" + coefficients +
-                                "' (expected keller, muon_plus or polar_express)");
+  switch (coefficients) {
+    case NsCoefficients::Keller:
+      family = &keller_triples();
+      break;
+    case NsCoefficients::MuonPlus:
+      family = &muon_plus_triples();
+      break;
+    case NsCoefficients::PolarExpress:
+      family = &polar_express_triples();
+      schedule.norm_factor = 1.02;
+      schedule.norm_eps = 1e-6;
+      break;
   }
   const int64_t length = static_cast<int64_t>(family->size());
   const int64_t first = aol ? std::max<int64_t>(length - steps, 0) : 0;

@@ -14,9 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "framework/settings.h"
 #include "framework/tensor.h"
 
 namespace ml {
+
+// The coefficient families: Keller Jordan's one triple, the five "Muon+" triples, Polar Express.
+enum class NsCoefficients { Keller, MuonPlus, PolarExpress };
+const EnumNames<NsCoefficients>& ns_coefficient_names();  // keller | muon_plus | polar_express
 
 struct NsTriple {
   double a, b, c;
@@ -29,11 +34,11 @@ struct NsSchedule {
   bool aol = false;               // Turbo-Muon's AOL rescaling after the normalization
 };
 
-// The coefficient family "keller", "muon_plus" or "polar_express" run for `steps` iterations.
+// The coefficient family run for `steps` iterations.
 // Without AOL a per-iteration family is taken from its start (the first, aggressive triples lift
 // small singular values); with AOL, which already brings X close to orthogonal, from its end, as
 // in Turbo-Muon (4 steps = triples 2-5). Beyond the family's length the last triple repeats.
-NsSchedule ns_schedule(const std::string& coefficients, int64_t steps, bool aol = false);
+NsSchedule ns_schedule(NsCoefficients coefficients, int64_t steps, bool aol = false);
 
 // The textbook iteration, for reading and as the tests' reference; newton_schulz computes the same
 // map faster (see newton_schulz.cpp). On the small side S (rows <= cols; a tall matrix is

@@ -12,13 +12,22 @@
 
 namespace ml {
 
-NorMuon::NorMuon(std::vector<NamedParam> params, const OptimizerSpec& spec)
-    : MatrixOptimizer("normuon", std::move(params), spec.lr, spec.weight_decay),
-      schedule_(schedule_from_spec(spec, 5, "keller", false)),
-      scaling_(scaling_from_spec(spec, UpdateScaling::Keller)),
-      momentum_(spec.momentum),
-      nesterov_(spec.nesterov),
-      beta2_(spec.beta2) {
+const SettingList<NorMuonSettings>& NorMuonSettings::settings() {
+  using S = NorMuonSettings;
+  static const SettingList<S> settings = [] {
+    SettingList<S> rows = muon_settings<S>(5, NsCoefficients::Keller);
+    rows.push_back(number<S>("beta2", &S::beta2, closed_open(0, 1), 0.95,
+                             "decay rate b2 of the per-row second moment v"));
+    return rows;
+  }();
+  return settings;
+}
+
+NorMuon::NorMuon(std::vector<NamedParam> params, const NorMuonSettings& settings)
+    : MatrixOptimizer("normuon", std::move(params), settings),
+      schedule_(ns_schedule(settings)),
+      momentum_(settings),
+      beta2_(settings.beta2) {
   for (size_t i = 0; i < this->params().size(); ++i) {
     momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
     const Tensor& p = this->params()[i].param;
@@ -27,7 +36,7 @@ NorMuon::NorMuon(std::vector<NamedParam> params, const OptimizerSpec& spec)
 }
 
 Tensor NorMuon::begin_update(size_t index, const Tensor& grad) {
-  return lerp_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
+  return lerp_momentum(momentum_buffers_[index], grad, momentum_.momentum, momentum_.nesterov);
 }
 
 Tensor NorMuon::orthogonalize(size_t, const Tensor& input) { return newton_schulz(input, schedule_); }
@@ -42,7 +51,7 @@ void NorMuon::finish_update(size_t index, Tensor& weight, const Tensor& ortho) {
   // tiny floor keeps a zero update (a parameter whose gradient is zero) at 0 instead of 0/0.
   const Tensor hat_sum = sum(mul(row_mean_squares, mul(inv_rms, inv_rms)));
   const Tensor rescale = sqrt(div(sum(row_mean_squares), add(hat_sum, 1e-30)));
-  const double scale = update_scale(scaling_, weight.size(0), weight.size(1));
+  const double scale = scale_of(weight.size(0), weight.size(1));
   decay_weight(weight);
   add_(weight, mul(ortho, mul(inv_rms, mul(rescale, -lr() * scale))));
 }

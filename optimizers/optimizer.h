@@ -11,9 +11,20 @@
 #include <string>
 #include <vector>
 
+#include "framework/settings.h"
 #include "framework/tensor.h"
 
 namespace ml {
+
+// The two settings every optimizer has, as rows of its settings table (framework/settings.h).
+template <typename S>
+Setting<S> learning_rate_setting() {
+  return number<S>("lr", &S::lr, greater_than(0), kRequired, "learning rate: the step size at the top of the schedule");
+}
+template <typename S>
+Setting<S> weight_decay_setting(std::string meaning) {
+  return number<S>("weight_decay", &S::weight_decay, at_least(0), 0.0, std::move(meaning));
+}
 
 class Communicator;
 

@@ -16,21 +16,31 @@ Tensor row_normalize(const Tensor& matrix, double scale, double eps) {
   return mul(matrix, rdiv(scale, clamp(row_norms, eps, std::numeric_limits<double>::infinity())));
 }
 
-RMNP::RMNP(std::vector<NamedParam> params, const OptimizerSpec& spec)
-    : MatrixOptimizer("rmnp", std::move(params), spec.lr, spec.weight_decay),
-      scaling_(scaling_from_spec(spec, UpdateScaling::Keller)),
-      momentum_(spec.momentum),
-      nesterov_(spec.nesterov) {
+const SettingList<RmnpSettings>& RmnpSettings::settings() {
+  using S = RmnpSettings;
+  static const SettingList<S> settings{
+      learning_rate_setting<S>(),
+      decoupled_weight_decay_setting<S>(),
+      momentum_setting<S>("momentum mu: M <- mu M + G"),
+      nesterov_setting<S>(),
+      scaling_setting<S>(UpdateScaling::Keller),
+  };
+  return settings;
+}
+
+RMNP::RMNP(std::vector<NamedParam> params, const RmnpSettings& settings)
+    : MatrixOptimizer("rmnp", std::move(params), settings),
+      momentum_(settings) {
   for (size_t i = 0; i < this->params().size(); ++i) momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
 }
 
 Tensor RMNP::begin_update(size_t index, const Tensor& grad) {
-  return accumulate_momentum(momentum_buffers_[index], grad, momentum_, nesterov_);
+  return accumulate_momentum(momentum_buffers_[index], grad, momentum_.momentum, momentum_.nesterov);
 }
 
 Tensor RMNP::orthogonalize(size_t index, const Tensor& input) {
   const Shape shape = matrix_shape(index);
-  return row_normalize(input, -lr() * update_scale(scaling_, shape[0], shape[1]));
+  return row_normalize(input, -lr() * scale_of(shape[0], shape[1]));
 }
 
 void RMNP::finish_update(size_t, Tensor& weight, const Tensor& ortho) {

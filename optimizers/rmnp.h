@@ -8,9 +8,18 @@ namespace ml {
 // per-row factor, so it costs no extra pass).
 Tensor row_normalize(const Tensor& matrix, double scale = 1.0, double eps = 1e-12);
 
+class RMNP;
+
+// Muon's settings less Newton–Schulz's; members start at zero, the defaults are the table's.
+struct RmnpSettings : MatrixOptimizerSettings, MomentumSettings {
+  using Optimizer = RMNP;
+  static constexpr const char* kind = "rmnp";
+  static const SettingList<RmnpSettings>& settings();
+};
+
 class RMNP : public MatrixOptimizer {
  public:
-  RMNP(std::vector<NamedParam> params, const OptimizerSpec& spec);
+  RMNP(std::vector<NamedParam> params, const RmnpSettings& settings);
 
  private:
   Tensor begin_update(size_t index, const Tensor& grad) override;
@@ -18,9 +27,7 @@ class RMNP : public MatrixOptimizer {
   void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
   // Row normalization is O(mn), as cheap as exchanging its result: every rank does its own.
   bool shards_orthogonalization() const override { return false; }
-  UpdateScaling scaling_;
-  double momentum_;
-  bool nesterov_;
+  MomentumSettings momentum_;
   std::vector<Tensor> momentum_buffers_;
 };
 

@@ -11,10 +11,25 @@
 
 namespace ml {
 
-SGD::SGD(std::vector<NamedParam> params, double lr, double momentum, bool nesterov, double weight_decay)
-    : Optimizer("sgd", std::move(params), lr), momentum_(momentum), nesterov_(nesterov), weight_decay_(weight_decay) {
-  if (nesterov && momentum <= 0.0) throw std::invalid_argument("sgd: Nesterov momentum needs momentum > 0");
-  if (momentum != 0.0)
+// PyTorch's defaults: no momentum, no decay.
+const SettingList<SgdSettings>& SgdSettings::settings() {
+  using S = SgdSettings;
+  static const SettingList<S> settings{
+      learning_rate_setting<S>(),
+      weight_decay_setting<S>("L2 penalty wd: g <- g + wd W, added to the gradient (coupled)"),
+      number<S>("momentum", &S::momentum, closed_open(0, 1), 0.0, "momentum mu: B <- mu B + g"),
+      boolean<S>("nesterov", &S::nesterov, false, "step along g + mu B (Nesterov) instead of B"),
+  };
+  return settings;
+}
+
+SGD::SGD(std::vector<NamedParam> params, const SgdSettings& settings)
+    : Optimizer("sgd", std::move(params), settings.lr),
+      momentum_(settings.momentum),
+      nesterov_(settings.nesterov),
+      weight_decay_(settings.weight_decay) {
+  if (nesterov_ && momentum_ <= 0.0) throw std::invalid_argument("sgd: Nesterov momentum needs momentum > 0");
+  if (momentum_ != 0.0)
     for (const NamedParam& p : this->params()) momentum_buffers_.push_back(add_buffer(p.name, "momentum", zeros_like(p.param)));
 }
 

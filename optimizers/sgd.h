@@ -4,10 +4,22 @@
 
 namespace ml {
 
+class SGD;
+
+// Members start at zero; the defaults are the table's (with_defaults(SgdSettings::settings())).
+struct SgdSettings {
+  using Optimizer = SGD;
+  static constexpr const char* kind = "sgd";
+  static const SettingList<SgdSettings>& settings();
+  double lr{};
+  double weight_decay{};
+  double momentum{};
+  bool nesterov{};
+};
+
 class SGD : public Optimizer {
  public:
-  SGD(std::vector<NamedParam> params, double lr, double momentum = 0.0, bool nesterov = false,
-      double weight_decay = 0.0);
+  SGD(std::vector<NamedParam> params, const SgdSettings& settings);
 
  private:
   void step_impl() override;

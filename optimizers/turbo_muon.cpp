@@ -8,7 +8,13 @@
 
 namespace ml {
 
-TurboMuon::TurboMuon(std::vector<NamedParam> params, const OptimizerSpec& spec)
-    : Muon("turbo_muon", std::move(params), spec, schedule_from_spec(spec, 4, "muon_plus", true)) {}
+// 4 iterations with the last four "Muon+" triples.
+const SettingList<TurboMuonSettings>& TurboMuonSettings::settings() {
+  static const SettingList<TurboMuonSettings> settings = muon_settings<TurboMuonSettings>(4, NsCoefficients::MuonPlus);
+  return settings;
+}
+
+TurboMuon::TurboMuon(std::vector<NamedParam> params, const TurboMuonSettings& settings)
+    : Muon("turbo_muon", std::move(params), settings, settings, ns_schedule(settings, true), false) {}
 
 }  // namespace ml

@@ -4,10 +4,18 @@
 
 namespace ml {
 
-// 4 iterations with the last four "Muon+" triples unless the spec says otherwise.
+class TurboMuon;
+
+// Muon's settings less `renormalize`; members start at zero, the defaults are the table's.
+struct TurboMuonSettings : MatrixOptimizerSettings, MomentumSettings, NewtonSchulzSettings {
+  using Optimizer = TurboMuon;
+  static constexpr const char* kind = "turbo_muon";
+  static const SettingList<TurboMuonSettings>& settings();
+};
+
 class TurboMuon : public Muon {
  public:
-  TurboMuon(std::vector<NamedParam> params, const OptimizerSpec& spec);
+  TurboMuon(std::vector<NamedParam> params, const TurboMuonSettings& settings);
 };
 
 }  // namespace ml

@@ -433,11 +433,11 @@ struct StepsOutcome {
   int64_t device_to_host_copies = 0;  // made inside step() calls
 };
 
-StepsOutcome run_steps(const OptimizerSpec& spec, Device device) {
+StepsOutcome run_steps(const OptimizerSettings& settings, Device device) {
   std::vector<NamedParam> params = toy_parameters(device);
   std::vector<Tensor> initial;
   for (const NamedParam& p : params) initial.push_back(p.param.to(cpu()).clone());
-  const auto optimizer = make_optimizer(spec, params);
+  const auto optimizer = make_optimizer(settings, params, 11);
   StepsOutcome outcome;
   for (int step = 0; step < 2; ++step) {
     for (size_t i = 0; i < params.size(); ++i)
@@ -506,17 +506,25 @@ TEST_F(CudaParity, OptimizerStepsMakeNoHostCopiesAndMatchTheCpu) {
       {"dion2", "l1"},     {"dion2", "random"}, {"rmnp", "l1"}, {"normuon", "l1"}};
   for (const auto& [kind, selection] : cases) {
     SCOPED_TRACE(kind + " " + selection);
-    OptimizerSpec spec;
-    spec.kind = kind;
-    // Updates well above float32 rounding of the weights (the non-matrix default lr 3e-4 is not),
-    // so that comparing them is meaningful.
-    spec.lr = 0.05;
-    spec.non_matrix.lr = 0.05;
-    spec.weight_decay = 0.1;
-    spec.selection = selection;
-    spec.seed = 11;
-    const StepsOutcome want = run_steps(spec, cpu());
-    const StepsOutcome got = run_steps(spec, cuda());
+    OptimizerSettings settings = default_optimizer_settings(kind);
+    std::visit(
+        [](auto& s) {
+          // Updates well above float32 rounding of the weights (the non-matrix default lr 3e-4 is
+          // not), so that comparing them is meaningful.
+          s.lr = 0.05;
+          s.weight_decay = 0.1;
+          if constexpr (std::is_base_of_v<MatrixOptimizerSettings, std::decay_t<decltype(s)>>)
+            std::get<AdamWSettings>(s.non_matrix).lr = 0.05;
+        },
+        settings);
+    if (auto* sgd = std::get_if<SgdSettings>(&settings)) {  // the momentum the former spec defaulted to
+      sgd->momentum = 0.95;
+      sgd->nesterov = true;
+    }
+    if (auto* dion2 = std::get_if<Dion2Settings>(&settings))
+      dion2->selection = value_named(slice_selection_names(), selection);
+    const StepsOutcome want = run_steps(settings, cpu());
+    const StepsOutcome got = run_steps(settings, cuda());
     EXPECT_EQ(got.device_to_host_copies, 0);
     // Float32 Newton–Schulz on these shapes lands within 5e-6 of float64 (the elementwise
     // optimizers within 1e-6), so two float32 backends stay far inside 1e-4; a wrong slice choice

@@ -13,6 +13,7 @@
 #include "experiments/config.h"
 #include "framework/ops.h"
 #include "models/cnn.h"
+#include "models/factory.h"
 #include "models/gpt.h"
 #include "models/mlp.h"
 #include "models/model.h"
@@ -22,7 +23,7 @@ namespace ml {
 namespace {
 
 GptOptions spec_gpt_options() {
-  GptOptions options;  // SPEC.md gpt_nanogpt_cpu
+  GptOptions options = with_defaults(GptOptions::settings());  // SPEC.md gpt_nanogpt_cpu
   options.vocab_size = 65;
   options.block_size = 64;
   options.n_layer = 4;
@@ -32,7 +33,7 @@ GptOptions spec_gpt_options() {
 }
 
 GptOptions tiny_gpt_options() {
-  GptOptions options;
+  GptOptions options = with_defaults(GptOptions::settings());
   options.vocab_size = 11;
   options.block_size = 8;
   options.n_layer = 2;
@@ -86,9 +87,9 @@ TEST(ModelsGpt, ParameterNamesFollowTheOptimizerGroupingConvention) {
 
 TEST(ModelsGpt, RotaryRmsnormReluSquaredWithoutBiasHasNoPositionTableOrBiases) {
   GptOptions options = tiny_gpt_options();
-  options.rotary = true;
-  options.rmsnorm = true;
-  options.relu2 = true;
+  options.position = PositionKind::Rotary;
+  options.norm = NormKind::RmsNorm;
+  options.activation = GptActivation::Relu2;
   options.bias = false;
   Generator gen(0);
   Gpt model(options, gen);
@@ -105,7 +106,7 @@ TEST(ModelsGpt, LogitsHaveOneRowPerPositionAndDependOnlyOnThePast) {
     for (AttentionImpl attention : {AttentionImpl::Composed, AttentionImpl::Fused}) {
       SCOPED_TRACE(attention == AttentionImpl::Fused ? "fused attention" : "composed attention");
       GptOptions options = tiny_gpt_options();
-      options.rotary = rotary;
+      options.position = rotary ? PositionKind::Rotary : PositionKind::Learned;
       options.attention = attention;
       Generator gen(3);
       Gpt model(options, gen);
@@ -183,8 +184,16 @@ TEST(ModelsGpt, RejectsSequencesLongerThanTheBlock) {
 
 // ------------------------------------------------------------------ CNN
 
+// CnnOptions with their defaults, for 3-channel images and 10 classes.
+CnnOptions cnn_options() {
+  CnnOptions options = with_defaults(CnnOptions::settings());
+  options.in_channels = 3;
+  options.num_classes = 10;
+  return options;
+}
+
 CnnOptions spec_cnn_options() {
-  CnnOptions options;  // SPEC.md cnn_airbench_small
+  CnnOptions options = cnn_options();  // SPEC.md cnn_airbench_small
   options.widths = {32, 64, 128};
   options.logit_divisor = 9.0;
   return options;
@@ -211,7 +220,7 @@ TEST(ModelsCnn, SpecShapeHasTheReferenceParameterCount) {
 }
 
 TEST(ModelsCnn, LogitsAreTheHeadOutputDividedByTheDivisor) {
-  CnnOptions options;
+  CnnOptions options = cnn_options();
   options.widths = {8, 16};
   options.stem_width = 4;
   Generator gen_a(5), gen_b(5);
@@ -230,7 +239,7 @@ TEST(ModelsCnn, LogitsAreTheHeadOutputDividedByTheDivisor) {
 }
 
 TEST(ModelsCnn, RejectsImagesTooSmallForItsPoolings) {
-  CnnOptions options;
+  CnnOptions options = cnn_options();
   options.widths = {8, 16, 32};
   Generator gen(0);
   Cnn model(options, gen);
@@ -260,7 +269,7 @@ TEST(ModelsCnn, WhiteningFiltersGiveThePatchesOfTheSampleIdentityCovariance) {
 }
 
 TEST(ModelsCnn, Airbench94OptionsFreezeTheStemFiltersAndNormScalesAndInitTheConvsAndHead) {
-  CnnOptions options;
+  CnnOptions options = cnn_options();
   options.widths = {8, 16};
   options.whiten = true;
   options.whiten_bias_epochs = 2;
@@ -309,7 +318,8 @@ TEST(ModelsCnn, Airbench94OptionsFreezeTheStemFiltersAndNormScalesAndInitTheConv
 // ------------------------------------------------------------------ MLP
 
 TEST(ModelsMlp, FlattensExamplesAndCountsParameters) {
-  MlpOptions options;
+  MlpOptions options = with_defaults(MlpOptions::settings());
+  options.hidden = {};
   options.in_features = 2 * 3 * 3;
   options.hidden = {7, 5};
   options.num_classes = 4;
@@ -322,7 +332,8 @@ TEST(ModelsMlp, FlattensExamplesAndCountsParameters) {
 }
 
 TEST(ModelsMlp, NoHiddenLayersIsALinearClassifier) {
-  MlpOptions options;
+  MlpOptions options = with_defaults(MlpOptions::settings());
+  options.hidden = {};
   options.in_features = 5;
   options.num_classes = 3;
   Generator gen(0);
@@ -332,7 +343,7 @@ TEST(ModelsMlp, NoHiddenLayersIsALinearClassifier) {
 
 // ------------------------------------------------------------------ all models
 
-ModelConfig model_config(const std::string& model_yaml, const std::string& data_yaml) {
+ModelSettings model_config(const std::string& model_yaml, const std::string& data_yaml) {
   return parse_config("name: t\ndata: " + data_yaml + "\nmodel: " + model_yaml +
                           "\noptimizer: {kind: sgd, lr: 0.1}\ntrain: {steps: 1}\n",
                       "test.yaml")
@@ -340,36 +351,36 @@ ModelConfig model_config(const std::string& model_yaml, const std::string& data_
 }
 
 TEST(ModelsFactory, BuildsEachKindFromItsConfigAndTheData) {
-  const ModelConfig gpt = model_config("{kind: gpt, n_layer: 1, n_head: 2, n_embd: 8, position: rotary}",
+  const ModelSettings gpt = model_config("{kind: gpt, n_layer: 1, n_head: 2, n_embd: 8, position: rotary}",
                                        "{kind: text_char, path: x.txt, batch_size: 2, block_size: 6}");
   const std::shared_ptr<Model> lm = make_model(gpt, {{6}, 0, 13}, 0);
   EXPECT_EQ(lm->forward(zeros({2, 6}, DType::Int64)).shape(), (Shape{2, 6, 13}));
   EXPECT_NE(lm->summary().find("rotary"), std::string::npos);
   EXPECT_EQ(lm->summary().find("fused attention"), std::string::npos);  // composed by default
-  const ModelConfig fused_gpt = model_config("{kind: gpt, n_layer: 1, n_head: 2, n_embd: 8, attention: fused}",
+  const ModelSettings fused_gpt = model_config("{kind: gpt, n_layer: 1, n_head: 2, n_embd: 8, attention: fused}",
                                              "{kind: text_char, path: x.txt, batch_size: 2, block_size: 6}");
   EXPECT_NE(make_model(fused_gpt, {{6}, 0, 13}, 0)->summary().find("fused attention"), std::string::npos);
 
-  const ModelConfig cnn =
+  const ModelSettings cnn =
       model_config("{kind: cnn, widths: [8], stem_width: 4}", "{kind: fashion_mnist, batch_size: 2}");
   EXPECT_EQ(make_model(cnn, {{1, 28, 28}, 10, 0}, 0)->forward(zeros({2, 1, 28, 28})).shape(), (Shape{2, 10}));
 
-  const ModelConfig mlp = model_config("{kind: mlp, hidden: [4], num_classes: 6}", "{kind: synthetic, batch_size: 2}");
+  const ModelSettings mlp = model_config("{kind: mlp, hidden: [4], num_classes: 6}", "{kind: synthetic, batch_size: 2}");
   EXPECT_EQ(make_model(mlp, {{16}, 4, 0}, 0)->forward(zeros({2, 16})).shape(), (Shape{2, 6}));
 }
 
 TEST(ModelsFactory, SameSeedSameWeightsDifferentSeedDifferentWeights) {
-  const ModelConfig mlp = model_config("{kind: mlp, hidden: [4]}", "{kind: synthetic, batch_size: 2}");
+  const ModelSettings mlp = model_config("{kind: mlp, hidden: [4]}", "{kind: synthetic, batch_size: 2}");
   const auto a = make_model(mlp, {{16}, 4, 0}, 7), b = make_model(mlp, {{16}, 4, 0}, 7), c = make_model(mlp, {{16}, 4, 0}, 8);
   EXPECT_EQ(a->parameters()[0].to_vector<float>(), b->parameters()[0].to_vector<float>());
   EXPECT_NE(a->parameters()[0].to_vector<float>(), c->parameters()[0].to_vector<float>());
 }
 
 TEST(ModelsFactory, ConfigThatDoesNotFitTheDataIsRejected) {
-  const ModelConfig gpt = model_config("{kind: gpt, n_layer: 1, n_head: 2, n_embd: 8, vocab_size: 5}",
+  const ModelSettings gpt = model_config("{kind: gpt, n_layer: 1, n_head: 2, n_embd: 8, vocab_size: 5}",
                                        "{kind: text_char, path: x.txt, batch_size: 2, block_size: 6}");
   EXPECT_THROW(make_model(gpt, {{6}, 0, 13}, 0), std::invalid_argument);  // vocabulary too small
-  const ModelConfig cnn = model_config("{kind: cnn, widths: [8, 8, 8, 8, 8]}", "{kind: fashion_mnist, batch_size: 2}");
+  const ModelSettings cnn = model_config("{kind: cnn, widths: [8, 8, 8, 8, 8]}", "{kind: fashion_mnist, batch_size: 2}");
   EXPECT_THROW(make_model(cnn, {{1, 28, 28}, 10, 0}, 0), std::invalid_argument);  // 28x28 too small for 5 poolings
 }
 
@@ -377,17 +388,17 @@ TEST(ModelsFactory, EveryParameterReceivesAGradient) {
   GptOptions gpt_options = tiny_gpt_options();
   gpt_options.tie_weights = false;
   gpt_options.dropout = 0.1;
-  CnnOptions cnn_options;
-  cnn_options.widths = {4, 8};
-  cnn_options.stem_width = 4;
-  MlpOptions mlp_options;
+  CnnOptions cnn_settings = cnn_options();
+  cnn_settings.widths = {4, 8};
+  cnn_settings.stem_width = 4;
+  MlpOptions mlp_options = with_defaults(MlpOptions::settings());
   mlp_options.in_features = 6;
   mlp_options.hidden = {5, 5};
   mlp_options.num_classes = 3;
   Generator gen(9);
   const std::vector<std::pair<std::shared_ptr<Model>, Tensor>> cases{
       {std::make_shared<Gpt>(gpt_options, gen), token_ids({1, 2, 3, 4, 5, 6, 7, 8}, 1, 8)},
-      {std::make_shared<Cnn>(cnn_options, gen), randn({2, 3, 9, 9}, DType::Float32, cpu(), gen)},
+      {std::make_shared<Cnn>(cnn_settings, gen), randn({2, 3, 9, 9}, DType::Float32, cpu(), gen)},
       {std::make_shared<Mlp>(mlp_options, gen), randn({2, 6}, DType::Float32, cpu(), gen)},
   };
   for (const auto& [model, inputs] : cases) {

@@ -225,12 +225,29 @@ void set_grad(Tensor& p, const Mat& g) { p.set_grad(to_tensor(g, p.dtype(), p.sh
 
 double keller_scale(int64_t m, int64_t n) { return std::sqrt(std::max(1.0, static_cast<double>(m) / n)); }
 
-OptimizerSpec spec_of(const std::string& kind) {
-  OptimizerSpec spec;
-  spec.kind = kind;
-  spec.lr = 0.05;
-  spec.weight_decay = 0.1;
-  return spec;
+// The settings of kind S with its defaults, lr 0.05 and weight decay 0.1.
+template <typename S>
+S settings_of() {
+  S settings = with_defaults(S::settings());
+  settings.lr = 0.05;
+  settings.weight_decay = 0.1;
+  return settings;
+}
+
+// The same for a kind given by name.
+OptimizerSettings spec_of(const std::string& kind) {
+  OptimizerSettings settings = default_optimizer_settings(kind);
+  std::visit(
+      [](auto& s) {
+        s.lr = 0.05;
+        s.weight_decay = 0.1;
+      },
+      settings);
+  return settings;
+}
+
+SgdSettings sgd_settings(double lr, double momentum = 0.0, bool nesterov = false, double weight_decay = 0.0) {
+  return {lr, weight_decay, momentum, nesterov};
 }
 
 // ================================================================== SGD and AdamW
@@ -239,7 +256,7 @@ TEST(OptimSGD, MatchesPyTorchFormulas) {
     const double lr = 0.1, mu = 0.9, wd = 0.01;
     Mat w = random_mat(3, 4, 1), buffer(3, 4);
     Tensor p = make_param(w);
-    SGD sgd({{"w", p}}, lr, mu, nesterov, wd);
+    SGD sgd({{"w", p}}, sgd_settings(lr, mu, nesterov, wd));
     for (int step = 0; step < 3; ++step) {
       const Mat g = random_mat(3, 4, 10 + step);
       set_grad(p, g);
@@ -256,21 +273,21 @@ TEST(OptimSGD, MatchesPyTorchFormulas) {
 TEST(OptimSGD, NoMomentumIsPlainGradientDescentAndSkipsParamsWithoutGrad) {
   Mat w = random_mat(2, 2, 2), b = random_mat(1, 3, 3);
   Tensor pw = make_param(w), pb = make_param(b, {3});
-  SGD sgd({{"w", pw}, {"b", pb}}, 0.5);
+  SGD sgd({{"w", pw}, {"b", pb}}, sgd_settings(0.5));
   const Mat g = random_mat(2, 2, 4);
   set_grad(pw, g);
   sgd.step();
   EXPECT_LT(max_abs_diff(to_mat(pw), lincomb(1.0, w, -0.5, g)), 1e-15);
   EXPECT_EQ(to_mat(pb.reshape({1, 3})).v, b.v);
   EXPECT_TRUE(sgd.state_dict().empty());
-  EXPECT_THROW(SGD({{"w", pw}}, 0.1, 0.0, true), std::invalid_argument);
+  EXPECT_THROW(SGD({{"w", pw}}, sgd_settings(0.1, 0.0, true)), std::invalid_argument);
 }
 
 TEST(OptimAdamW, MatchesPyTorchFormulasWithPerParameterStepCounts) {
   const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
   Mat w = random_mat(2, 3, 5), v_bias = random_mat(1, 3, 6);
   Tensor pw = make_param(w), pb = make_param(v_bias, {3});
-  AdamW adam({{"w", pw}, {"b", pb}}, lr, {b1, b2}, eps, wd);
+  AdamW adam({{"w", pw}, {"b", pb}}, AdamWSettings{lr, wd, {b1, b2}, eps});
   Mat m_w(2, 3), v_w(2, 3), m_b(1, 3), v_b(1, 3);
   int t_w = 0, t_b = 0;
   auto reference = [&](Mat& param, Mat& m, Mat& v, int& t, const Mat& g) {
@@ -306,7 +323,7 @@ TEST(OptimAdamW, MatchesPyTorchFormulasWithPerParameterStepCounts) {
 TEST(OptimOptimizer, StepRecordsNoHistoryAndLrScaleMultiplies) {
   Mat w = random_mat(2, 2, 7);
   Tensor p = make_param(w);
-  SGD sgd({{"w", p}}, 1.0);
+  SGD sgd({{"w", p}}, sgd_settings(1.0));
   sgd.set_lr_scale(0.25);
   const Mat g = random_mat(2, 2, 8);
   set_grad(p, g);
@@ -314,7 +331,7 @@ TEST(OptimOptimizer, StepRecordsNoHistoryAndLrScaleMultiplies) {
   EXPECT_TRUE(p.is_leaf());
   EXPECT_LT(max_abs_diff(to_mat(p), lincomb(1.0, w, -0.25, g)), 1e-15);
   EXPECT_THROW(sgd.set_lr_scale(-1.0), std::invalid_argument);
-  EXPECT_THROW(SGD({{"w", p}, {"again", p}}, 0.1), std::invalid_argument);
+  EXPECT_THROW(SGD({{"w", p}, {"again", p}}, sgd_settings(0.1)), std::invalid_argument);
 }
 
 // ================================================================== Newton–Schulz
@@ -327,7 +344,7 @@ TEST(OptimNewtonSchulz, KellerSingularValuesLandInTheDocumentedBand) {
   for (int i = 0; i < 24; ++i) sigma.push_back(std::pow(10.0, -i / 23.0));
   inputs.push_back(with_spectrum(24, 40, sigma, 14));
   for (const Mat& g : inputs) {
-    const Tensor out = newton_schulz(to_tensor(g, DType::Float32), ns_schedule("keller", 5));
+    const Tensor out = newton_schulz(to_tensor(g, DType::Float32), ns_schedule(NsCoefficients::Keller, 5));
     ASSERT_EQ(out.shape(), (Shape{g.rows, g.cols}));
     const std::vector<double> sv = singular_values(to_mat(out));
     EXPECT_GE(*std::min_element(sv.begin(), sv.end()), 0.68) << g.rows << "x" << g.cols;
@@ -356,7 +373,7 @@ TEST(OptimNewtonSchulz, SchedulesHoldThePaperTriples) {
       {"polar_express", 4, true, {Triples(kPolarExpress.begin() + 1, kPolarExpress.end()), 1.02, 1e-6, true}},
       {"polar_express", 7, false, polar_express_7}};
   for (const Case& c : cases) {
-    const NsSchedule got = ns_schedule(c.coefficients, c.steps, c.aol);
+    const NsSchedule got = ns_schedule(value_named(ns_coefficient_names(), c.coefficients), c.steps, c.aol);
     const std::string label = std::string(c.coefficients) + " steps " + std::to_string(c.steps) + " aol " + std::to_string(c.aol);
     ASSERT_EQ(got.triples.size(), c.expected.triples.size()) << label;
     for (size_t i = 0; i < got.triples.size(); ++i) {
@@ -368,8 +385,7 @@ TEST(OptimNewtonSchulz, SchedulesHoldThePaperTriples) {
     EXPECT_EQ(got.norm_eps, c.expected.norm_eps) << label;
     EXPECT_EQ(got.aol, c.expected.aol) << label;
   }
-  EXPECT_THROW(ns_schedule("quintic", 5), std::invalid_argument);
-  EXPECT_THROW(ns_schedule("keller", 0), std::invalid_argument);
+  EXPECT_THROW(ns_schedule(NsCoefficients::Keller, 0), std::invalid_argument);
 }
 
 // Shapes for holding the fast Newton–Schulz to the textbook one: wide and tall matrices with
@@ -390,7 +406,7 @@ std::vector<std::pair<std::string, NsSchedule>> every_schedule() {
     for (const bool aol : {false, true})
       for (const int64_t steps : {1, 4, 5})
         out.push_back({std::string(coefficients) + " steps " + std::to_string(steps) + (aol ? " aol" : ""),
-                       ns_schedule(coefficients, steps, aol)});
+                       ns_schedule(value_named(ns_coefficient_names(), coefficients), steps, aol)});
   return out;
 }
 
@@ -412,7 +428,7 @@ TEST(OptimNewtonSchulz, FastMatchesTheTextbookIterationForEveryScheduleAndShape)
       EXPECT_EQ(fast32.dtype(), DType::Float32) << where;
       EXPECT_LT(max_abs_diff(to_mat(fast32.contiguous()), expected), 1e-4) << where;
     }
-  EXPECT_THROW(newton_schulz_reference(zeros({2, 3, 4}), ns_schedule("keller", 5)), std::invalid_argument);
+  EXPECT_THROW(newton_schulz_reference(zeros({2, 3, 4}), ns_schedule(NsCoefficients::Keller, 5)), std::invalid_argument);
 }
 
 TEST(OptimNewtonSchulz, TransformMapsTheNormalizedInputToTheResult) {
@@ -446,8 +462,8 @@ TEST(OptimTurboMuon, FourAolStepsAtLeastAsCloseToThePolarFactorAsNs5) {
   for (const Mat& g : inputs) {
     const Mat polar = exact_polar(g);
     const Tensor input = to_tensor(g, DType::Float32);
-    const double ns5 = relative_error(to_mat(newton_schulz(input, ns_schedule("keller", 5)).contiguous()), polar);
-    const double turbo = relative_error(to_mat(newton_schulz(input, ns_schedule("muon_plus", 4, true)).contiguous()), polar);
+    const double ns5 = relative_error(to_mat(newton_schulz(input, ns_schedule(NsCoefficients::Keller, 5)).contiguous()), polar);
+    const double turbo = relative_error(to_mat(newton_schulz(input, ns_schedule(NsCoefficients::MuonPlus, 4, true)).contiguous()), polar);
     EXPECT_LE(turbo, ns5) << g.rows << "x" << g.cols << ": turbo " << turbo << " ns5 " << ns5;
   }
 }
@@ -456,7 +472,8 @@ TEST(OptimTurboMuon, FourAolStepsAtLeastAsCloseToThePolarFactorAsNs5) {
 // Muon's reference: lerp momentum, Nesterov, Newton–Schulz, scaled decoupled update.
 struct RefMuon {
   Mat w, m;
-  void step(const Mat& g, const OptimizerSpec& s, const NsSchedule& ns, double scale) {
+  template <typename S>
+  void step(const Mat& g, const S& s, const NsSchedule& ns, double scale) {
     m = lincomb(s.momentum, m, 1 - s.momentum, g);
     const Mat u = s.nesterov ? lincomb(1 - s.momentum, g, s.momentum, m) : m;
     w = lincomb(1 - s.lr * s.weight_decay, w, -s.lr * scale, ref_newton_schulz(u, ns));
@@ -465,45 +482,44 @@ struct RefMuon {
 
 TEST(OptimMuon, ThreeStepsMatchTheReferenceForMatricesAndConvFilters) {
   struct Case {
-    std::string scaling;
+    UpdateScaling scaling;
     bool nesterov;
     Shape shape;
   };
-  const std::vector<Case> cases{{"keller", true, {6, 10}},     {"keller", true, {10, 6}},
-                                {"moonlight", false, {10, 6}}, {"spectral", true, {10, 6}},
-                                {"keller", true, {4, 2, 3, 3}}};
+  const std::vector<Case> cases{{UpdateScaling::Keller, true, {6, 10}},
+                                {UpdateScaling::Keller, true, {10, 6}},
+                                {UpdateScaling::Moonlight, false, {10, 6}},
+                                {UpdateScaling::Spectral, true, {10, 6}},
+                                {UpdateScaling::Keller, true, {4, 2, 3, 3}}};
   for (const Case& c : cases) {
-    OptimizerSpec spec = spec_of("muon");
+    MuonSettings spec = settings_of<MuonSettings>();
     spec.scaling = c.scaling;
     spec.nesterov = c.nesterov;
     const int64_t rows = c.shape[0], cols = numel_of(c.shape) / rows;
     RefMuon ref{random_mat(rows, cols, 40), Mat(rows, cols)};
     Tensor p = make_param(ref.w, c.shape);
     Muon muon({{"layer.weight", p}}, spec);
-    const double scale = c.scaling == "keller"      ? keller_scale(rows, cols)
-                         : c.scaling == "moonlight" ? 0.2 * std::sqrt(static_cast<double>(std::max(rows, cols)))
-                                                    : std::sqrt(static_cast<double>(rows) / cols);
+    const double scale = c.scaling == UpdateScaling::Keller      ? keller_scale(rows, cols)
+                         : c.scaling == UpdateScaling::Moonlight ? 0.2 * std::sqrt(static_cast<double>(std::max(rows, cols)))
+                                                                 : std::sqrt(static_cast<double>(rows) / cols);
     for (int step = 0; step < 3; ++step) {
       const Mat g = random_mat(rows, cols, 50 + step);
       set_grad(p, g);
       muon.step();
       ref.step(g, spec, paper_keller(), scale);
       ASSERT_EQ(p.shape(), c.shape);
-      EXPECT_LT(max_abs_diff(to_mat(p), ref.w), 1e-10) << c.scaling << " " << shape_str(c.shape) << " step " << step;
+      EXPECT_LT(max_abs_diff(to_mat(p), ref.w), 1e-10)
+          << name_of(update_scaling_names(), c.scaling) << " " << shape_str(c.shape) << " step " << step;
     }
   }
-  OptimizerSpec spec = spec_of("muon");
   Tensor bias = make_param(random_mat(1, 4, 1), {4});
-  EXPECT_THROW(Muon({{"bias", bias}}, spec), std::invalid_argument);
-  spec.scaling = "unit";
-  Tensor w = make_param(random_mat(2, 2, 1));
-  EXPECT_THROW(Muon({{"w", w}}, spec), std::invalid_argument);
+  EXPECT_THROW(Muon({{"bias", bias}}, settings_of<MuonSettings>()), std::invalid_argument);
 }
 
 TEST(OptimMuon, RenormalizeRescalesEachFilterTensorBeforeTheUpdateAsAirbench94Muon) {
   // airbench94_muon.py's Muon step, literally, in float64: accumulating Nesterov momentum
   // (B <- mu B + G, U = G + mu B), then W <- W sqrt(out) / ||W||_F, then W <- W - lr NS3(U).
-  OptimizerSpec spec = spec_of("muon");
+  MuonSettings spec = settings_of<MuonSettings>();
   spec.lr = 0.24;
   spec.momentum = 0.6;
   spec.weight_decay = 0.0;
@@ -529,7 +545,7 @@ TEST(OptimMuon, RenormalizeRescalesEachFilterTensorBeforeTheUpdateAsAirbench94Mu
 }
 
 TEST(OptimTurboMuon, ThreeStepsMatchTheReference) {
-  const OptimizerSpec spec = spec_of("turbo_muon");
+  const TurboMuonSettings spec = settings_of<TurboMuonSettings>();
   RefMuon ref{random_mat(12, 7, 41), Mat(12, 7)};
   Tensor p = make_param(ref.w);
   TurboMuon turbo({{"w", p}}, spec);
@@ -543,7 +559,7 @@ TEST(OptimTurboMuon, ThreeStepsMatchTheReference) {
 }
 
 TEST(OptimRMNP, ThreeStepsMatchTheReference) {
-  const OptimizerSpec spec = spec_of("rmnp");
+  const RmnpSettings spec = settings_of<RmnpSettings>();
   for (const Shape& shape : {Shape{5, 9}, Shape{9, 5}, Shape{3, 2, 2, 2}}) {
     const int64_t rows = shape[0], cols = numel_of(shape) / rows;
     Mat w = random_mat(rows, cols, 42), m(rows, cols);
@@ -567,7 +583,7 @@ TEST(OptimRMNP, ThreeStepsMatchTheReference) {
 }
 
 TEST(OptimRMNP, RowsOfTheUpdateHaveTheScaledUnitNorm) {
-  OptimizerSpec spec = spec_of("rmnp");
+  RmnpSettings spec = settings_of<RmnpSettings>();
   spec.weight_decay = 0.0;
   const Mat w = random_mat(12, 4, 43);
   Tensor p = make_param(w, {}, DType::Float32);
@@ -585,7 +601,7 @@ TEST(OptimRMNP, RowsOfTheUpdateHaveTheScaledUnitNorm) {
 }
 
 TEST(OptimNorMuon, ThreeStepsMatchTheReference) {
-  const OptimizerSpec spec = spec_of("normuon");
+  const NorMuonSettings spec = settings_of<NorMuonSettings>();
   for (const Shape& shape : {Shape{6, 11}, Shape{11, 6}}) {
     const int64_t rows = shape[0], cols = shape[1];
     Mat w = random_mat(rows, cols, 45), m(rows, cols);
@@ -614,7 +630,7 @@ TEST(OptimNorMuon, ThreeStepsMatchTheReference) {
 }
 
 TEST(OptimNorMuon, ZeroGradientLeavesTheWeightFinite) {
-  OptimizerSpec spec = spec_of("normuon");
+  NorMuonSettings spec = settings_of<NorMuonSettings>();
   spec.weight_decay = 0.0;
   const Mat w = random_mat(4, 6, 46);
   Tensor p = make_param(w, {}, DType::Float32);
@@ -626,7 +642,7 @@ TEST(OptimNorMuon, ZeroGradientLeavesTheWeightFinite) {
 
 // Dion2's reference: error feedback, L1 top-k along the shorter side, sparse update.
 TEST(OptimDion2, ThreeStepsMatchTheReference) {
-  const OptimizerSpec spec = spec_of("dion2");
+  const Dion2Settings spec = settings_of<Dion2Settings>();
   for (const Shape& shape : {Shape{8, 14}, Shape{14, 8}}) {
     const int64_t rows = shape[0], cols = shape[1];
     const bool by_rows = rows <= cols;
@@ -668,17 +684,16 @@ TEST(OptimDion2, ThreeStepsMatchTheReference) {
 
 TEST(OptimDion2, ChangesExactlyKSlicesAlongTheShorterSide) {
   for (const std::string selection : {"l1", "random"}) {
-    OptimizerSpec spec = spec_of("dion2");
+    Dion2Settings spec = settings_of<Dion2Settings>();
     spec.weight_decay = 0.0;
-    spec.selection = selection;
-    spec.seed = 7;
+    spec.selection = value_named(slice_selection_names(), selection);
     for (const auto& [rows, cols, fraction, k] :
          std::vector<std::tuple<int64_t, int64_t, double, int64_t>>{{16, 40, 0.25, 4}, {40, 16, 0.25, 4}, {10, 30, 0.3, 3},
                                                                    {10, 30, 0.01, 1}}) {
       spec.fraction = fraction;
       const Mat w = random_mat(rows, cols, 48);
       Tensor p = make_param(w, {}, DType::Float32);
-      Dion2 dion({{"w", p}}, spec);
+      Dion2 dion({{"w", p}}, spec, 7);
       set_grad(p, random_mat(rows, cols, 49));
       dion.step();
       const Mat now = to_mat(p);
@@ -692,12 +707,9 @@ TEST(OptimDion2, ChangesExactlyKSlicesAlongTheShorterSide) {
       EXPECT_EQ(static_cast<int64_t>((by_rows ? changed_cols : changed_rows).size()), by_rows ? cols : rows);
     }
   }
-  OptimizerSpec spec = spec_of("dion2");
+  Dion2Settings spec = settings_of<Dion2Settings>();
   Tensor w = make_param(random_mat(2, 2, 1));
   spec.fraction = 0.0;
-  EXPECT_THROW(Dion2({{"w", w}}, spec), std::invalid_argument);
-  spec.fraction = 0.5;
-  spec.selection = "top";
   EXPECT_THROW(Dion2({{"w", w}}, spec), std::invalid_argument);
 }
 
@@ -715,7 +727,7 @@ TEST(OptimDion2, TopKIndicesAscendWithTiesToTheLowerIndex) {
 
 // CacheMuon against a reference that keeps its own transform and residuals.
 TEST(OptimCacheMuon, HitsAndMissesFollowTheThresholdAndForcedRefresh) {
-  OptimizerSpec spec = spec_of("cache_muon");
+  CacheMuonSettings spec = settings_of<CacheMuonSettings>();
   spec.gamma = 0.1;
   spec.k_max = 3;
   const int64_t rows = 10, cols = 16;
@@ -834,36 +846,35 @@ TEST(OptimFactory, BuildsEveryKindAndSplitsTheMuonFamily) {
     EXPECT_EQ(opt->params().size(), 3u);
   }
   for (const std::string kind : {"muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"}) {
-    OptimizerSpec spec = spec_of(kind);
-    spec.non_matrix.kind = kind == "rmnp" ? "sgd" : "adamw";
+    OptimizerSettings spec = spec_of(kind);
+    const std::string non_matrix_kind = kind == "rmnp" ? "sgd" : "adamw";
+    std::visit(
+        [&](auto& s) {
+          if constexpr (std::is_base_of_v<MatrixOptimizerSettings, std::decay_t<decltype(s)>>)
+            if (non_matrix_kind == "sgd") s.non_matrix = with_defaults(non_matrix_settings<SgdSettings>());
+        },
+        spec);
     const auto opt = make_optimizer(spec, params());
     auto* combined = dynamic_cast<CombinedOptimizer*>(opt.get());
     ASSERT_NE(combined, nullptr) << kind;
     EXPECT_EQ(combined->matrix_optimizer().kind(), kind);
-    EXPECT_EQ(combined->other_optimizer().kind(), spec.non_matrix.kind);
+    EXPECT_EQ(combined->other_optimizer().kind(), non_matrix_kind);
     ASSERT_EQ(combined->matrix_optimizer().params().size(), 1u);
     EXPECT_EQ(combined->matrix_optimizer().params()[0].name, "fc.weight");
     EXPECT_EQ(combined->other_optimizer().params().size(), 2u);
   }
-  OptimizerSpec spec = spec_of("lion");
   try {
-    make_optimizer(spec, params());
+    default_optimizer_settings("lion");
     FAIL() << "unknown kind accepted";
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("lion"), std::string::npos);
   }
-  spec = spec_of("muon");
-  spec.non_matrix.kind = "lamb";
-  EXPECT_THROW(make_optimizer(spec, params()), std::invalid_argument);
 }
 
 TEST(OptimFactory, CombinedStepUpdatesBothGroupsWithTheScheduledLr) {
-  OptimizerSpec spec = spec_of("muon");
+  MuonSettings spec = settings_of<MuonSettings>();
   spec.weight_decay = 0.0;
-  spec.non_matrix.kind = "sgd";
-  spec.non_matrix.momentum = 0.0;
-  spec.non_matrix.nesterov = false;
-  spec.non_matrix.lr = 0.5;
+  spec.non_matrix = sgd_settings(0.5);
   const Mat w = random_mat(6, 4, 53), b = random_mat(1, 6, 54);
   Tensor pw = make_param(w), pb = make_param(b, {6});
   const auto opt = make_optimizer(spec, {{"fc.weight", pw}, {"fc.bias", pb}});
@@ -873,7 +884,7 @@ TEST(OptimFactory, CombinedStepUpdatesBothGroupsWithTheScheduledLr) {
   set_grad(pb, gb);
   opt->step();
   RefMuon ref{w, Mat(6, 4)};
-  OptimizerSpec scaled_spec = spec;
+  MuonSettings scaled_spec = spec;
   scaled_spec.lr *= 0.5;
   ref.step(gw, scaled_spec, paper_keller(), keller_scale(6, 4));
   EXPECT_LT(max_abs_diff(to_mat(pw), ref.w), 1e-10);
@@ -901,11 +912,21 @@ void set_toy_grads(std::vector<NamedParam>& params, uint64_t seed) {
 
 TEST(OptimState, ResumedOptimizerContinuesIdentically) {
   for (const std::string kind : {"sgd", "adamw", "muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"}) {
-    OptimizerSpec spec = spec_of(kind);
-    spec.momentum = 0.9;
-    spec.gamma = 0.5;
-    spec.k_max = 2;
-    spec.selection = kind == "dion2" ? "random" : "l1";
+    OptimizerSettings spec = spec_of(kind);
+    std::visit(
+        [](auto& s) {
+          using S = std::decay_t<decltype(s)>;
+          if constexpr (std::is_base_of_v<MomentumSettings, S> || std::is_same_v<S, SgdSettings>) {
+            s.momentum = 0.9;
+            s.nesterov = true;
+          }
+        },
+        spec);
+    if (auto* cache = std::get_if<CacheMuonSettings>(&spec)) {
+      cache->gamma = 0.5;
+      cache->k_max = 2;
+    }
+    if (auto* dion2 = std::get_if<Dion2Settings>(&spec)) dion2->selection = SliceSelection::Random;
     std::vector<NamedParam> model = toy_model(60);
     auto original = make_optimizer(spec, model);
     for (int step = 0; step < 2; ++step) {
@@ -934,7 +955,7 @@ TEST(OptimState, ResumedOptimizerContinuesIdentically) {
 }
 
 TEST(OptimState, StateDictNamesBuffersAndCounters) {
-  OptimizerSpec spec = spec_of("cache_muon");
+  const CacheMuonSettings spec = settings_of<CacheMuonSettings>();
   std::vector<NamedParam> model = toy_model(61);
   const auto opt = make_optimizer(spec, model);
   const StateDict state = opt->state_dict();
@@ -948,7 +969,7 @@ TEST(OptimState, StateDictNamesBuffersAndCounters) {
 }
 
 TEST(OptimState, LoadRejectsMissingUnexpectedAndMismatchedEntriesWithoutChangingAnything) {
-  const OptimizerSpec spec = spec_of("muon");
+  const MuonSettings spec = settings_of<MuonSettings>();
   std::vector<NamedParam> model = toy_model(62);
   const auto opt = make_optimizer(spec, model);
   set_toy_grads(model, 400);
@@ -1029,7 +1050,7 @@ TEST(OptimOrtho, EveryMethodGivesItsDocumentedOutput) {
   }
   // turbo is Turbo-Muon's schedule; rmnp gives unit rows; dion2 keeps 6 of the 24 rows.
   EXPECT_EQ(orthogonalize("turbo", input).contiguous().to_vector<float>(),
-            newton_schulz(input, ns_schedule("muon_plus", 4, true)).contiguous().to_vector<float>());
+            newton_schulz(input, ns_schedule(NsCoefficients::MuonPlus, 4, true)).contiguous().to_vector<float>());
   const Mat rows_normalized = to_mat(orthogonalize("rmnp", input));
   for (int64_t i = 0; i < 24; ++i) {
     double n = 0.0;
@@ -1117,7 +1138,7 @@ TEST(OptimOrtho, RunOrthoReadsAndWritesNpy) {
   EXPECT_NE(log.str().find("12x7"), std::string::npos) << log.str();
   const Tensor written = load_npy(out_path);
   EXPECT_EQ(written.dtype(), DType::Float32);
-  const Tensor expected = newton_schulz(to_tensor(g, DType::Float32), ns_schedule("polar_express", 7));
+  const Tensor expected = newton_schulz(to_tensor(g, DType::Float32), ns_schedule(NsCoefficients::PolarExpress, 7));
   EXPECT_EQ(written.to_vector<float>(), expected.contiguous().to_vector<float>());
   save_npy(in, zeros({2, 3, 4}));
   try {

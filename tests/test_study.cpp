@@ -70,12 +70,12 @@ TEST(SweepExpansion, EachBlockCrossesItsGridWithTheSweepsGrid) {
                                                        "adamw-lr0.01-seed2", "m-seed1", "m-seed2"}));
   const SweepPoint& point = sweep.points[3];
   EXPECT_EQ(point.overrides, (std::vector<std::string>{"threads=1", "train.steps=6", "optimizer.lr=0.01", "seed=2"}));
-  EXPECT_EQ(point.config.optimizer.lr, 0.01);
+  EXPECT_EQ(ml::learning_rate(point.config.optimizer), 0.01);
   EXPECT_EQ(point.config.seed, 2);
   EXPECT_EQ(point.config.threads, 1);
   EXPECT_EQ(point.config.train.steps, 6);
   EXPECT_EQ(point.label, "adamw");
-  EXPECT_EQ(sweep.points[5].config.optimizer.kind, "muon");
+  EXPECT_EQ(ml::kind_of(sweep.points[5].config.optimizer), "muon");
   EXPECT_EQ(sweep.points[5].label, "m");
 }
 
@@ -167,7 +167,7 @@ TEST(SweepRun, SkipsFinishedPointsResumesInterruptedOnesAndRecordsDivergence) {
   // A kept result made with another config is reported, not silently reused or overwritten.
   const std::string kept_config = sweep.keep + "/" + good.name + "/config.yaml";
   RunConfig changed = load_config(kept_config);
-  changed.optimizer.lr = 0.5;
+  ml::set_learning_rate(changed.optimizer, 0.5);
   write_file_atomic(kept_config, to_yaml(changed));
   const PointStatus stale = point_status(sweep, good);
   EXPECT_EQ(stale.state, PointState::Stale);

@@ -126,16 +126,16 @@ TrainResult run_quietly(const RunConfig& config, const std::string& out_dir, int
 TEST(TrainerSchedule, LinearWarmupThenDecayToTheFloor) {
   ScheduleConfig schedule;
   schedule.warmup_steps = 4;
-  schedule.decay = "none";
+  schedule.decay = LrDecay::None;
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 0, 100), 0.25);
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 3, 100), 1.0);
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 99, 100), 1.0);
-  schedule.decay = "linear";
+  schedule.decay = LrDecay::Linear;
   schedule.min_lr_ratio = 0.1;
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 4, 104), 1.0);
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 54, 104), 0.55);
   EXPECT_NEAR(lr_scale_at(schedule, 103, 104), 0.1 + 0.9 / 100, 1e-12);
-  schedule.decay = "cosine";
+  schedule.decay = LrDecay::Cosine;
   EXPECT_DOUBLE_EQ(lr_scale_at(schedule, 4, 104), 1.0);
   EXPECT_NEAR(lr_scale_at(schedule, 54, 104), 0.55, 1e-12);  // halfway: the midpoint
   EXPECT_GT(lr_scale_at(schedule, 20, 104), lr_scale_at(schedule, 4 + 80, 104));
@@ -154,14 +154,14 @@ void expect_run_lowers_the_loss(const RunConfig& config, const TempDir& dir) {
   const std::vector<double> train_losses = values_of(metrics, "train_loss");
   ASSERT_EQ(train_losses.size(), 20u);  // log_every 1
   const double first = (train_losses[0] + train_losses[1]) / 2, last = (train_losses[18] + train_losses[19]) / 2;
-  EXPECT_LT(last, 0.8 * first) << config.model.kind;
+  EXPECT_LT(last, 0.8 * first) << kind_of(config.model);
   for (const char* key : {"step", "epoch", "train_loss", "lr", "elapsed_s", "optimizer_s", "samples_per_s"})
     EXPECT_TRUE(metrics.front().contains(key)) << key;
 
   const Json summary = Json::parse(read_file(result.run_dir + "/summary.json"));
   EXPECT_EQ(summary, result.summary);
   EXPECT_EQ(summary.at("steps").as_int(), 20);
-  EXPECT_LT(summary.at("val_loss").as_number(), std::log(static_cast<double>(config.model.kind == "gpt" ? 20 : 3)));
+  EXPECT_LT(summary.at("val_loss").as_number(), std::log(static_cast<double>(std::holds_alternative<GptOptions>(config.model) ? 20 : 3)));
   EXPECT_GT(summary.at("optimizer_s").as_number(), 0.0);
   EXPECT_LE(summary.at("optimizer_s").as_number(), summary.at("total_s").as_number());
   EXPECT_GT(summary.at("peak_rss_mb").as_number(), 0.0);
@@ -220,7 +220,7 @@ TEST(TrainerSmoke, ShippedTinyConfigsTrainOnTheRealData) {
   for (const char* name : {"tiny_mlp_smoke", "tiny_gpt_smoke", "tiny_cnn_smoke"}) {
     SCOPED_TRACE(name);
     RunConfig config = load_config(MUONLAB_SOURCE_DIR "/configs/" + std::string(name) + ".yaml");
-    if (config.data.kind != "synthetic") {
+    if (config.data.kind != DataKind::Synthetic) {
       config.data.path = MUONLAB_SOURCE_DIR "/" + config.data.path;
       if (!fs::exists(config.data.path)) {
         std::cout << "skipping " << name << ": no " << config.data.path << "\n";
@@ -251,7 +251,7 @@ TEST(TrainerWhitening, StemFiltersComeFromTheDataAndNeverTrainWhileItsBiasTrains
   const RunData data = load_run_data(config);
   const HostBatch sample = dynamic_cast<const ImageBatcher&>(*data.batcher).train_examples(100);
   const std::vector<float> filters =
-      patch_whitening_filters(Tensor::from_vector(sample.inputs, sample.input_shape), 2, config.model.whiten_eps)
+      patch_whitening_filters(Tensor::from_vector(sample.inputs, sample.input_shape), 2, std::get<CnnOptions>(config.model).whiten_eps)
           .to_vector<float>();
   const auto initial = std::dynamic_pointer_cast<Cnn>(
       make_model(config.model, {data.example_shape, data.num_classes, data.vocab_size}, config.seed));
@@ -353,7 +353,7 @@ TEST(TrainerResume, ALongerRunMayContinueButADifferentConfigIsRefused) {
   const std::string metrics_before = read_file(first.run_dir + "/metrics.jsonl");
 
   RunConfig changed = config;
-  changed.optimizer.lr = 0.02;
+  ml::set_learning_rate(changed.optimizer, 0.02);
   try {
     run_quietly(changed, "", 0, first.run_dir);
     FAIL() << "a resume with another learning rate was accepted";
@@ -610,7 +610,7 @@ TEST(TrainerDiverged, InfiniteBatchNormStatisticsStopTheRunNamingTheTensor) {
   // while the running variances overflow.
   TempDir dir;
   RunConfig config = cnn_config(write_idx_dataset(dir));
-  config.optimizer.lr = 1e6;
+  ml::set_learning_rate(config.optimizer, 1e6);
   config.train.checkpoint_every = 1;
   config.train.max_loss_ratio = 0;  // the point is the buffers, whatever the loss does
   try {
@@ -824,7 +824,7 @@ TEST(TrainerEval, CheckpointEvaluationReproducesTheRunsFinalEvaluation) {
   }
   // A checkpoint of another architecture is refused by name.
   RunConfig other = config;
-  other.model.widths = {8, 8};
+  std::get<CnnOptions>(other.model).widths = {8, 8};
   EXPECT_THROW(evaluate_checkpoint(other, result.run_dir), std::runtime_error);
 }
 
@@ -849,8 +849,8 @@ TEST(TrainerEval, AConfigWithAnotherModelOrDataIsRefusedListingTheKeys) {
   const RunConfig config = gpt_config(write_text(dir));
   const TrainResult result = run_quietly(config, dir.file("run"));
   RunConfig changed = config;
-  changed.model.n_head = 4;
-  changed.model.activation = "relu2";
+  std::get<GptOptions>(changed.model).n_head = 4;
+  std::get<GptOptions>(changed.model).activation = GptActivation::Relu2;
   changed.data.val_fraction = 0.2;
   try {
     evaluate_checkpoint(changed, result.run_dir);
@@ -862,8 +862,8 @@ TEST(TrainerEval, AConfigWithAnotherModelOrDataIsRefusedListingTheKeys) {
   }
   // What only training or the evaluation itself uses may differ.
   RunConfig evaluation = config;
-  evaluation.optimizer.lr = 1;
-  evaluation.model.dropout = 0;
+  ml::set_learning_rate(evaluation.optimizer, 1);
+  std::get<GptOptions>(evaluation.model).dropout = 0;
   evaluation.data.val_batch_size = 4;
   EXPECT_NO_THROW(evaluate_checkpoint(evaluation, result.run_dir));
 }
@@ -984,10 +984,10 @@ TEST(TrainerProgress, PlainLinesEveryLogIntervalAndNotesInQuietModeAreDropped) {
 TEST(TrainerDemo, ComparesAdamWWithMuonOnFashionMnist) {
   const std::vector<RunConfig> configs = demo_configs(true, "/some/idx/folder");
   ASSERT_EQ(configs.size(), 2u);
-  EXPECT_EQ(configs[0].optimizer.kind, "adamw");
-  EXPECT_EQ(configs[1].optimizer.kind, "muon");
+  EXPECT_EQ(ml::kind_of(configs[0].optimizer), "adamw");
+  EXPECT_EQ(ml::kind_of(configs[1].optimizer), "muon");
   for (const RunConfig& config : configs) {
-    EXPECT_EQ(config.data.kind, "fashion_mnist");
+    EXPECT_EQ(config.data.kind, DataKind::FashionMnist);
     EXPECT_EQ(config.data.path, "/some/idx/folder");
   }
   EXPECT_EQ(demo_configs(false)[0].data.limit_train, 0);  // the full run trains on all 60000 images

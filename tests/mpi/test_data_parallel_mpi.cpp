@@ -82,12 +82,20 @@ std::pair<Tensor, Tensor> global_batch(int64_t step, DType dtype) {
   return {Tensor::from_vector(x, {kBatch, 6}).to(dtype), Tensor::from_vector(y, {kBatch})};
 }
 
-OptimizerSpec spec_of(const std::string& kind) {
-  OptimizerSpec spec;
-  spec.kind = kind;
-  spec.lr = kind == "adamw" ? 1e-2 : 0.02;
-  spec.weight_decay = 0.01;
-  return spec;
+OptimizerSettings spec_of(const std::string& kind) {
+  OptimizerSettings settings = default_optimizer_settings(kind);
+  std::visit(
+      [&](auto& s) {
+        s.lr = kind == "adamw" ? 1e-2 : 0.02;
+        s.weight_decay = 0.01;
+      },
+      settings);
+  // SGD with Nesterov momentum, so that the momentum buffers are exercised too.
+  if (auto* sgd = std::get_if<SgdSettings>(&settings)) {
+    sgd->momentum = 0.95;
+    sgd->nesterov = true;
+  }
+  return settings;
 }
 
 // Trains TinyNet for `steps` steps on `comm`'s part of every global batch, the way the trainer

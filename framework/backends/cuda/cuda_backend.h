@@ -15,11 +15,7 @@ Backend& cuda_backend();
 // The device allocator's byte counts (live, peak, cached).
 MemoryStats cuda_memory_stats();
 
-// The arithmetic of float32 matrix products (the config's matmul_precision). Float32: exact;
-// Tf32: TF32 tensor cores; Bf16: both operands rounded to bfloat16 (nearest, ties to even),
-// products accumulated and stored in float32. Convolutions use TF32 tensor cores under Tf32 and
-// Bf16. float64 and sums (GemmMath::Exact) always stay exact.
-enum class MatmulPrecision { Float32, Tf32, Bf16 };
+// The arithmetic of float32 matrix products (MatmulPrecision, framework/backend.h).
 void cuda_set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision cuda_matmul_precision();
 
