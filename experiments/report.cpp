@@ -49,6 +49,17 @@ bool finished_or_diverged(const fs::path& dir) {
   return fs::exists(status) && Json::parse(read_file(status.string())).at("status").as_string() == "diverged";
 }
 
+// A sweep point's method name: its block's label, plus the grid values it ran at other than the
+// learning rate (chosen per method) and the seed (aggregated over), so that a grid over another
+// key (CacheMuon's gamma) gives one method per value: "cache_muon-gamma3.0".
+std::string configuration_label(const Json& point) {
+  std::string label = point.at("label").as_string();
+  if (!point.contains("grid")) return label;
+  for (const auto& [key, value] : point.at("grid").as_object())
+    if (key != "optimizer.lr" && key != "seed") label += "-" + key.substr(key.rfind('.') + 1) + value.as_string();
+  return label;
+}
+
 Run read_run(const fs::path& dir) {
   Run run;
   run.dir = dir.string();
@@ -56,7 +67,7 @@ Run read_run(const fs::path& dir) {
     run.config = load_run_config((dir / "config.yaml").string());
     run.label = run.config.name;
     if (fs::exists(dir / kSweepPointFile))
-      run.label = Json::parse(read_file((dir / kSweepPointFile).string())).at("label").as_string();
+      run.label = configuration_label(Json::parse(read_file((dir / kSweepPointFile).string())));
     if (run_completed(dir.string()))
       run.summary = Json::parse(read_file((dir / "summary.json").string()));
     else

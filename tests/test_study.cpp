@@ -10,6 +10,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "experiments/config.h"
@@ -399,6 +400,30 @@ TEST(Report, AggregatesSeedsChoosesTheLearningRateAndFindsTargetCrossings) {
     const std::string svg = read_file(dir.file("report/" + std::string(figure) + ".svg"));
     EXPECT_NE(svg.find("<svg"), std::string::npos) << figure;
     EXPECT_NE(svg.find("</svg>"), std::string::npos) << figure;
+  }
+}
+
+// A block's grid over a key other than the learning rate and the seed (CacheMuon's threshold):
+// each value is a method of its own, named by the label and the value as in the point's name.
+TEST(Report, GridValuesOtherThanTheRateAndSeedNameTheirOwnMethods) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  for (const auto& [name, gamma, losses] : std::vector<std::tuple<std::string, std::string, std::vector<double>>>{
+           {"g1", "1.0", {2.0, 1.9}}, {"g3", "3.0", {2.0, 1.7}}}) {
+    write_fixture_run(dir, base, name, 0.01, 1, losses);
+    write_file_atomic(dir.file("runs/" + name + "/sweep_point.json"),
+                      Json::object({{"label", "m"}, {"grid", Json::object({{"optimizer.gamma", gamma}, {"seed", "1"}})}})
+                          .dump());
+  }
+  std::ostringstream out, err;
+  ASSERT_EQ(run_report({{dir.file("runs")}, dir.file("report"), {}, "fixture"}, out, err), 0) << err.str();
+  const std::string csv = read_file(dir.file("report/report.csv"));
+  const std::vector<std::string> header = csv_row(csv, "label,");
+  const size_t headline = std::find(header.begin(), header.end(), "headline") - header.begin();
+  for (const char* label : {"m-gamma1.0,0.01,", "m-gamma3.0,0.01,"}) {
+    const std::vector<std::string> row = csv_row(csv, label);
+    ASSERT_GT(row.size(), headline) << label << "\n" << csv;
+    EXPECT_EQ(row[headline], "1") << label;
   }
 }
 
