@@ -55,8 +55,10 @@ bool finished_or_diverged(const fs::path& dir) {
 std::string configuration_label(const Json& point) {
   std::string label = point.at("label").as_string();
   if (!point.contains("grid")) return label;
+  std::vector<std::string> keys;
+  for (const auto& entry : point.at("grid").as_object()) keys.push_back(entry.first);
   for (const auto& [key, value] : point.at("grid").as_object())
-    if (key != "optimizer.lr" && key != "seed") label += "-" + key.substr(key.rfind('.') + 1) + value.as_string();
+    if (key != "optimizer.lr" && key != "seed") label += "-" + grid_key_label(key, keys) + value.as_string();
   return label;
 }
 

@@ -48,13 +48,6 @@ std::string value_label(const YAML::Node& value) {
   return text;
 }
 
-// "optimizer.lr" reads as "lr" in a point's name unless another grid key of the point ends the same.
-std::string key_label(const std::string& key, const std::vector<std::string>& keys) {
-  const auto last = [](const std::string& path) { return path.substr(path.rfind('.') + 1); };
-  const auto same_last = std::count_if(keys.begin(), keys.end(), [&](const std::string& other) { return last(other) == last(key); });
-  return same_last > 1 ? key : last(key);
-}
-
 std::string utc_stamp() {
   const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   std::tm parts{};
@@ -124,6 +117,12 @@ std::string summary_text(const std::string& dir) {
 
 }  // namespace
 
+std::string grid_key_label(const std::string& key, const std::vector<std::string>& keys) {
+  const auto last = [](const std::string& path) { return path.substr(path.rfind('.') + 1); };
+  const auto same_last = std::count_if(keys.begin(), keys.end(), [&](const std::string& other) { return last(other) == last(key); });
+  return same_last > 1 ? key : last(key);
+}
+
 Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name) {
   const YamlFileReader reader(source_name);
   const YAML::Node root = reader.load(yaml_text);
@@ -184,7 +183,7 @@ Sweep parse_sweep(const std::string& yaml_text, const std::string& source_name) 
         const YAML::Node& value = axes[a].second[choice[a]];
         point.overrides.push_back(axes[a].first + "=" + YamlFileReader::yaml_text(value));
         point.grid_values.emplace_back(axes[a].first, YamlFileReader::yaml_text(value));
-        suffix += "-" + key_label(axes[a].first, keys) + value_label(value);
+        suffix += "-" + grid_key_label(axes[a].first, keys) + value_label(value);
       }
       try {
         point.config = load_config(base, point.overrides);

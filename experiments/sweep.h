@@ -84,6 +84,10 @@ struct SweepOptions {
 // completed nor diverged); rethrows TrainingInterrupted.
 int run_sweep(const Sweep& sweep, const SweepOptions& options, std::ostream& out);
 
+// A grid key as it reads in a point's name: "optimizer.lr" as "lr", unless another of the point's
+// grid keys `keys` ends the same.
+std::string grid_key_label(const std::string& key, const std::vector<std::string>& keys);
+
 // The file each run folder of a sweep holds to say which point it is: {"sweep", "point",
 // "label", "base", "overrides", "grid"}. The report reads it to name the method.
 extern const char* const kSweepPointFile;

@@ -25,7 +25,7 @@ const SettingList<AdamWSettings>& AdamWSettings::settings() {
 }
 
 AdamW::AdamW(std::vector<NamedParam> params, const AdamWSettings& settings)
-    : Optimizer("adamw", std::move(params), settings.lr),
+    : Optimizer(AdamWSettings::kind, std::move(params), settings.lr),
       beta1_(settings.betas[0]),
       beta2_(settings.betas[1]),
       eps_(settings.eps),

@@ -50,7 +50,7 @@ const SettingList<CacheMuonSettings>& CacheMuonSettings::settings() {
 }
 
 CacheMuon::CacheMuon(std::vector<NamedParam> params, const CacheMuonSettings& settings)
-    : MatrixOptimizer("cache_muon", std::move(params), settings),
+    : MatrixOptimizer(CacheMuonSettings::kind, std::move(params), settings),
       schedule_(ns_schedule(settings)),
       momentum_(settings),
       gamma_(settings.gamma),

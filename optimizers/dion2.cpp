@@ -52,7 +52,7 @@ const SettingList<Dion2Settings>& Dion2Settings::settings() {
 }
 
 Dion2::Dion2(std::vector<NamedParam> params, const Dion2Settings& settings, uint64_t seed)
-    : MatrixOptimizer("dion2", std::move(params), settings),
+    : MatrixOptimizer(Dion2Settings::kind, std::move(params), settings),
       schedule_(ns_schedule(settings)),
       fraction_(settings.fraction),
       ef_decay_(settings.ef_decay),

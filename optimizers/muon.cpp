@@ -30,7 +30,7 @@ const SettingList<MuonSettings>& MuonSettings::settings() {
 }
 
 Muon::Muon(std::vector<NamedParam> params, const MuonSettings& settings)
-    : Muon("muon", std::move(params), settings, settings, ns_schedule(settings), settings.renormalize) {}
+    : Muon(MuonSettings::kind, std::move(params), settings, settings, ns_schedule(settings), settings.renormalize) {}
 
 Muon::Muon(std::string kind, std::vector<NamedParam> params, const MatrixOptimizerSettings& settings,
            const MomentumSettings& momentum, NsSchedule schedule, bool renormalize)

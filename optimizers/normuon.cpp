@@ -24,7 +24,7 @@ const SettingList<NorMuonSettings>& NorMuonSettings::settings() {
 }
 
 NorMuon::NorMuon(std::vector<NamedParam> params, const NorMuonSettings& settings)
-    : MatrixOptimizer("normuon", std::move(params), settings),
+    : MatrixOptimizer(NorMuonSettings::kind, std::move(params), settings),
       schedule_(ns_schedule(settings)),
       momentum_(settings),
       beta2_(settings.beta2) {

@@ -29,7 +29,7 @@ const SettingList<RmnpSettings>& RmnpSettings::settings() {
 }
 
 RMNP::RMNP(std::vector<NamedParam> params, const RmnpSettings& settings)
-    : MatrixOptimizer("rmnp", std::move(params), settings),
+    : MatrixOptimizer(RmnpSettings::kind, std::move(params), settings),
       momentum_(settings) {
   for (size_t i = 0; i < this->params().size(); ++i) momentum_buffers_.push_back(add_matrix_buffer(i, "momentum"));
 }

@@ -24,7 +24,7 @@ const SettingList<SgdSettings>& SgdSettings::settings() {
 }
 
 SGD::SGD(std::vector<NamedParam> params, const SgdSettings& settings)
-    : Optimizer("sgd", std::move(params), settings.lr),
+    : Optimizer(SgdSettings::kind, std::move(params), settings.lr),
       momentum_(settings.momentum),
       nesterov_(settings.nesterov),
       weight_decay_(settings.weight_decay) {

@@ -15,6 +15,6 @@ const SettingList<TurboMuonSettings>& TurboMuonSettings::settings() {
 }
 
 TurboMuon::TurboMuon(std::vector<NamedParam> params, const TurboMuonSettings& settings)
-    : Muon("turbo_muon", std::move(params), settings, settings, ns_schedule(settings, true), false) {}
+    : Muon(TurboMuonSettings::kind, std::move(params), settings, settings, ns_schedule(settings, true), false) {}
 
 }  // namespace ml
