@@ -5,9 +5,9 @@
 #include "optimizers/adamw.h"
 
 #include <cmath>
-#include <stdexcept>
 
 #include "framework/ops.h"
+#include "optimizers/momentum.h"
 
 namespace ml {
 
@@ -16,9 +16,8 @@ const SettingList<AdamWSettings>& AdamWSettings::settings() {
   using S = AdamWSettings;
   static const SettingList<S> settings{
       learning_rate_setting<S>(),
-      weight_decay_setting<S>("decoupled weight decay wd: W <- W (1 - lr wd) before the step"),
-      number_pair<S>("betas", &S::betas, closed_open(0, 1), std::array<double, 2>{0.9, 0.999},
-                     "decay rates b1, b2 of the first and second moment averages m and v"),
+      decoupled_weight_decay_setting<S>(),
+      betas_setting<S>({0.9, 0.999}, "decay rates b1, b2 of the first and second moment averages m and v"),
       number<S>("eps", &S::eps, greater_than(0), 1e-8, "added to sqrt(v) so that the step stays finite"),
   };
   return settings;
@@ -30,8 +29,7 @@ AdamW::AdamW(std::vector<NamedParam> params, const AdamWSettings& settings)
       beta2_(settings.betas[1]),
       eps_(settings.eps),
       weight_decay_(settings.weight_decay) {
-  if (!(beta1_ >= 0.0 && beta1_ < 1.0 && beta2_ >= 0.0 && beta2_ < 1.0))
-    throw std::invalid_argument("adamw: betas must lie in [0, 1), got " + std::to_string(beta1_) + ", " + std::to_string(beta2_));
+  check_betas(kind(), settings.betas);
   for (const NamedParam& p : this->params())
     slots_.push_back({add_buffer(p.name, "exp_avg", zeros_like(p.param)), add_buffer(p.name, "exp_avg_sq", zeros_like(p.param)),
                       &add_counter(p.name + ".step")});
@@ -44,9 +42,8 @@ void AdamW::step_impl() {
     if (!grad.defined()) continue;
     Slot& s = slots_[i];
     const int64_t t = ++*s.step;
-    if (weight_decay_ != 0.0) mul_(param, 1.0 - lr() * weight_decay_);
-    mul_(s.exp_avg, beta1_);
-    add_(s.exp_avg, grad, 1.0 - beta1_);
+    decay_weight(param, weight_decay_);
+    lerp_momentum(s.exp_avg, grad, beta1_, /*nesterov=*/false);
     mul_(s.exp_avg_sq, beta2_);
     add_(s.exp_avg_sq, mul(grad, grad), 1.0 - beta2_);
     const double bias_correction1 = 1.0 - std::pow(beta1_, static_cast<double>(t));

@@ -9,6 +9,7 @@
 #include "optimizers/adamw.h"
 #include "optimizers/cache_muon.h"
 #include "optimizers/dion2.h"
+#include "optimizers/lion.h"
 #include "optimizers/muon.h"
 #include "optimizers/normuon.h"
 #include "optimizers/optimizer.h"
@@ -22,10 +23,10 @@ namespace ml {
 // optimizer's update (optimizers/<name>.h): it names its kind, lists its settings with their
 // defaults, bounds and meaning, and the config's `optimizer:` section is read into it
 // (experiments/config.cpp). Adding an optimizer adds its struct here.
-using OptimizerSettings = std::variant<SgdSettings, AdamWSettings, MuonSettings, TurboMuonSettings, CacheMuonSettings,
-                                       Dion2Settings, RmnpSettings, NorMuonSettings>;
+using OptimizerSettings = std::variant<SgdSettings, AdamWSettings, LionSettings, MuonSettings, TurboMuonSettings,
+                                       CacheMuonSettings, Dion2Settings, RmnpSettings, NorMuonSettings>;
 
-// sgd and adamw update every parameter. A Muon-family kind (one whose settings derive from
+// sgd, adamw and lion update every parameter. A Muon-family kind (one whose settings derive from
 // MatrixOptimizerSettings) updates the matrix parameters of split_parameters(params) and hands the
 // rest to its non_matrix optimizer, combined into one CombinedOptimizer. `seed` is the run's:
 // optimizers that draw random numbers (Dion2's random selection) start from it. Throws

@@ -29,6 +29,7 @@ const std::vector<std::pair<std::string, OtherDefaults>>& non_matrix_defaults() 
   static const std::vector<std::pair<std::string, OtherDefaults>> defaults{
       {AdamWSettings::kind, {{"lr", 3e-4}, {"betas", std::array<double, 2>{0.9, 0.95}}}},
       {SgdSettings::kind, {{"lr", 3e-4}, {"momentum", 0.9}, {"nesterov", true}}},
+      {LionSettings::kind, {{"lr", 1e-4}}},
   };
   return defaults;
 }
@@ -79,10 +80,6 @@ Shape MatrixOptimizer::matrix_shape(size_t index) const {
 Tensor MatrixOptimizer::add_matrix_buffer(size_t index, const std::string& buffer) {
   const Tensor& p = params()[index].param;
   return add_buffer(params()[index].name, buffer, zeros(matrix_shape(index), p.dtype(), p.device()));
-}
-
-void MatrixOptimizer::decay_weight(Tensor& weight) const {
-  if (weight_decay_ != 0.0) mul_(weight, 1.0 - lr() * weight_decay_);
 }
 
 void MatrixOptimizer::step_impl() {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "optimizers/adamw.h"
+#include "optimizers/lion.h"
 #include "optimizers/momentum.h"
 #include "optimizers/newton_schulz.h"
 #include "optimizers/optimizer.h"
@@ -26,9 +27,10 @@ double update_scale(UpdateScaling scaling, int64_t rows, int64_t cols);
 
 // The optimizer of the parameters a Muon-family optimizer does not handle (embeddings, output
 // head, first conv, biases, norm gains): the first alternative is the default.
-using NonMatrixSettings = std::variant<AdamWSettings, SgdSettings>;
+using NonMatrixSettings = std::variant<AdamWSettings, SgdSettings, LionSettings>;
 // Its defaults in that role, by kind, where they differ from the optimizer's own: the AdamW of
-// the Muon README example, and SGD with Nesterov momentum.
+// the Muon README example, SGD with Nesterov momentum, and Lion at a third of that AdamW's rate
+// (the paper's advice: 3-10x smaller than AdamW's; 1e-4 is also the reference code's default).
 const std::vector<std::pair<std::string, OtherDefaults>>& non_matrix_defaults();
 // The settings table of the non-matrix kind S in that role.
 template <typename S>
@@ -61,10 +63,6 @@ NsSchedule ns_schedule(const NewtonSchulzSettings& settings, bool aol = false);
 
 // The rows of the Muon family's settings tables (framework/settings.h), for a struct S derived
 // from the structs above. The defaults that differ by method are arguments.
-template <typename S>
-Setting<S> decoupled_weight_decay_setting() {
-  return weight_decay_setting<S>("decoupled weight decay wd: W <- W (1 - lr wd) before the step");
-}
 template <typename S>
 Setting<S> momentum_setting(std::string meaning) {
   return number<S>("momentum", &S::momentum, closed_open(0, 1), 0.95, std::move(meaning));
@@ -131,8 +129,8 @@ class MatrixOptimizer : public Optimizer {
   // false: every rank orthogonalizes every matrix itself (cheap methods, whose results would
   // cost more to exchange than to compute, and stateful ones).
   virtual bool shards_orthogonalization() const { return true; }
-  // W <- W (1 - lr wd): decoupled weight decay (Loshchilov & Hutter), as every Muon variant uses.
-  void decay_weight(Tensor& weight) const;
+  // Optimizer::decay_weight with the configured weight decay, as every Muon variant uses it.
+  void decay_weight(Tensor& weight) const { Optimizer::decay_weight(weight, weight_decay_); }
   // The configured scaling of a rows x cols update.
   double scale_of(int64_t rows, int64_t cols) const { return update_scale(scaling_, rows, cols); }
   // The parameter's matrix shape (rows, cols).

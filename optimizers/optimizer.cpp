@@ -20,6 +20,12 @@ Optimizer::Optimizer(std::string kind, std::vector<NamedParam> params, double lr
   }
 }
 
+void check_betas(const std::string& kind, const std::array<double, 2>& betas) {
+  if (!(betas[0] >= 0.0 && betas[0] < 1.0 && betas[1] >= 0.0 && betas[1] < 1.0))
+    throw std::invalid_argument(kind + ": betas must lie in [0, 1), got " + std::to_string(betas[0]) + ", " +
+                                std::to_string(betas[1]));
+}
+
 void Optimizer::step() {
   NoGradGuard no_grad;
   step_impl();
@@ -32,6 +38,10 @@ void Optimizer::zero_grad() {
 void Optimizer::set_lr_scale(double scale) {
   if (!(scale >= 0.0)) throw std::invalid_argument(kind_ + ": lr scale must be >= 0, got " + std::to_string(scale));
   lr_scale_ = scale;
+}
+
+void Optimizer::decay_weight(Tensor& weight, double weight_decay) const {
+  if (weight_decay != 0.0) mul_(weight, 1.0 - lr() * weight_decay);
 }
 
 Tensor Optimizer::add_buffer(const std::string& owner, const std::string& buffer, const Tensor& initial) {

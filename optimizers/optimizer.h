@@ -6,6 +6,7 @@
 // All state is created when the optimizer is constructed (zeros), not at the first step: the
 // set of state entries is then fixed, and load_state_dict can check a checkpoint strictly.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -25,6 +26,19 @@ template <typename S>
 Setting<S> weight_decay_setting(std::string meaning) {
   return number<S>("weight_decay", &S::weight_decay, at_least(0), 0.0, std::move(meaning));
 }
+// The weight decay of the optimizers that apply it with Optimizer::decay_weight (all but SGD).
+template <typename S>
+Setting<S> decoupled_weight_decay_setting() {
+  return weight_decay_setting<S>("decoupled weight decay wd: W <- W (1 - lr wd) before the step");
+}
+// The two decay rates `betas` (b1, b2) of AdamW and Lion; `meaning` says what each one weighs.
+template <typename S>
+Setting<S> betas_setting(std::array<double, 2> fallback, std::string meaning) {
+  return number_pair<S>("betas", &S::betas, closed_open(0, 1), fallback, std::move(meaning));
+}
+// Throws std::invalid_argument unless both rates lie in betas_setting's bounds, [0, 1): settings
+// built in code skip the config reader's check.
+void check_betas(const std::string& kind, const std::array<double, 2>& betas);
 
 class Communicator;
 
@@ -74,6 +88,8 @@ class Optimizer {
  protected:
   virtual void step_impl() = 0;
   double lr() const { return base_lr_ * lr_scale_; }
+  // W <- W (1 - lr wd): decoupled weight decay (Loshchilov & Hutter), applied before the step.
+  void decay_weight(Tensor& weight, double weight_decay) const;
 
   // Registers a buffer under "<owner>.<buffer>" and returns it (a handle sharing its storage:
   // load_state_dict writes into it in place).

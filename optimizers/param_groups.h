@@ -2,7 +2,8 @@
 // (and conv filters, as (out, in*kh*kw) matrices): an embedding is a lookup table and the output
 // head maps to logits, and neither behaves like a hidden linear map, while vectors (biases, norm
 // gains) have no matrix structure at all (Keller Jordan, "Muon", 2024; same split in
-// modded-nanogpt and the CIFAR-10 airbench). Those go to a second optimizer (AdamW or SGD).
+// modded-nanogpt and the CIFAR-10 airbench). Those go to a second optimizer, one of the kinds of
+// NonMatrixSettings (optimizers/matrix_optimizer.h).
 #pragma once
 #include <string>
 #include <vector>

@@ -178,6 +178,21 @@ TEST(ConfigDefaults, MuonFamilyDefaultsDependOnKind) {
   EXPECT_TRUE(sgd_non_matrix.nesterov);
 }
 
+TEST(ConfigDefaults, LionTakesThePapersBetasAndServesAsTheNonMatrixOptimizer) {
+  const auto lion = std::get<ml::LionSettings>(load_text(kMinimal, {"optimizer={kind: lion, lr: 3.0e-4}"}).optimizer);
+  EXPECT_EQ(lion.lr, 3e-4);
+  EXPECT_EQ(lion.weight_decay, 0.0);
+  EXPECT_EQ(lion.betas, (std::array<double, 2>{0.9, 0.99}));
+
+  const auto non_matrix = std::get<ml::LionSettings>(
+      std::get<ml::MuonSettings>(
+          load_text(kMinimal, {"optimizer={kind: muon, lr: 0.02, non_matrix: {kind: lion}}"}).optimizer)
+          .non_matrix);
+  EXPECT_EQ(non_matrix.lr, 1e-4);  // a third of the non-matrix AdamW's 3e-4
+  EXPECT_EQ(non_matrix.weight_decay, 0.0);
+  EXPECT_EQ(non_matrix.betas, (std::array<double, 2>{0.9, 0.99}));
+}
+
 TEST(ConfigDefaults, ModelAndDataDefaultsDependOnKind) {
   const ml::RunConfig cnn = load_text(kMinimal, {"data={kind: fashion_mnist, batch_size: 4}", "model={kind: cnn, widths: [8]}"});
   EXPECT_EQ(cnn.data.path, "/usr/share/datasets/fashion-mnist");
@@ -348,6 +363,30 @@ TEST(ConfigErrors, KeyForAnotherKindIsRejected) {
   // Changing the kind by --set makes the file's kind-specific keys invalid, reported at their line.
   EXPECT_EQ(config_error(file, {"optimizer.kind=dion2"}),
             "x.yaml:8: optimizer.gamma is only valid for kind cache_muon, not dion2");
+}
+
+TEST(ConfigErrors, LionRefusesTheKeysOfOtherKindsAndNeedsARate) {
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: lion}"}),
+            "--set optimizer={kind: lion}: optimizer.lr: required key is missing (expected a number > 0)");
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: lion, lr: 1.0e-4, eps: 1.0e-8}"}),
+            "--set optimizer={kind: lion, lr: 1.0e-4, eps: 1.0e-8}: optimizer.eps is only valid for kind adamw, not "
+            "lion");
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: lion, lr: 1.0e-4, momentum: 0.9}"}),
+            "--set optimizer={kind: lion, lr: 1.0e-4, momentum: 0.9}: optimizer.momentum is only valid for kind sgd, "
+            "muon, turbo_muon, cache_muon, rmnp or normuon, not lion");
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: lion, lr: 1.0e-4}", "optimizer.beta=[0.9, 0.99]"}),
+            "--set optimizer.beta=[0.9, 0.99]: optimizer.beta: unknown key; did you mean optimizer.betas?");
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: lion, lr: 1.0e-4}", "optimizer.foo=1"}),
+            "--set optimizer.foo=1: optimizer.foo: unknown key; valid keys for kind lion: kind, lr, weight_decay, betas");
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: lion, lr: 1.0e-4, betas: [0.9, 1]}"}),
+            "--set optimizer={kind: lion, lr: 1.0e-4, betas: [0.9, 1]}: optimizer.betas[1]: expected a number in "
+            "[0, 1), got \"1\"");
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: muon, lr: 0.02, non_matrix: {kind: lion, nesterov: true}}"}),
+            "--set optimizer={kind: muon, lr: 0.02, non_matrix: {kind: lion, nesterov: true}}: "
+            "optimizer.non_matrix.nesterov is only valid for kind sgd, not lion");
+  EXPECT_EQ(config_error(kMinimal, {"optimizer={kind: lion, lr: 1.0e-4, non_matrix: {kind: adamw}}"}),
+            "--set optimizer={kind: lion, lr: 1.0e-4, non_matrix: {kind: adamw}}: optimizer.non_matrix is only valid "
+            "for kind muon, turbo_muon, cache_muon, dion2, rmnp or normuon, not lion");
 }
 
 TEST(ConfigErrors, KeysAKindDoesNotUseAreRejectedSayingWhichKindsUseThem) {
@@ -566,6 +605,8 @@ TEST(ConfigRoundTrip, ToYamlReloadsToAnEqualConfigForEveryKind) {
       {"optimizer={kind: rmnp, lr: 0.01}", "schedule={warmup_steps: 7, decay: linear, min_lr_ratio: 0.05}"},
       {"optimizer={kind: normuon, lr: 0.01, beta2: 0.99}"},
       {"optimizer={kind: sgd, lr: 0.1, momentum: 0.9, nesterov: true}"},
+      {"optimizer={kind: lion, lr: 3e-4, betas: [0.95, 0.98], weight_decay: 1}"},
+      {"optimizer={kind: normuon, lr: 0.01, non_matrix: {kind: lion, lr: 5e-5}}"},
       {"data={kind: cifar10, path: ../shared/data/cifar-10-batches-bin, batch_size: 64, flip: true}",
        "model={kind: cnn, widths: [8, 16], logit_divisor: 9}"},
       {"data={kind: image_folder, path: 'a folder', val_path: v, batch_size: 2, image_size: 24}"},
@@ -655,6 +696,12 @@ TEST(ConfigFiles, ShippedConfigsHoldTheDocumentedSettings) {
   EXPECT_EQ(shakespeare.train.eval_every, 250);
   EXPECT_EQ(shakespeare.train.eval_batches, 20);
   EXPECT_EQ(shakespeare.train.grad_clip, 1.0);
+
+  const ml::RunConfig shakespeare_lion = ml::load_config((configs / "shakespeare_char_lion.yaml").string());
+  const auto& lion = std::get<ml::LionSettings>(shakespeare_lion.optimizer);
+  EXPECT_EQ(lion.lr, 1e-3);
+  EXPECT_EQ(lion.betas, (std::array<double, 2>{0.9, 0.99}));
+  EXPECT_EQ(lion.weight_decay, 0.1);
 
   const ml::RunConfig cifar = ml::load_config((configs / "cifar10_small_sgd.yaml").string());
   EXPECT_EQ(cifar.data.path, "../shared/data/cifar-10-batches-bin");

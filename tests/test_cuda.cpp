@@ -502,8 +502,8 @@ TEST_F(CudaParity, Float64ProductsAndSumsStayExactUnderReducedPrecision) {
 TEST_F(CudaParity, OptimizerStepsMakeNoHostCopiesAndMatchTheCpu) {
   // CacheMuon is left out on purpose: its cache hit test reads one residual per matrix on the host.
   const std::vector<std::pair<std::string, std::string>> cases{
-      {"sgd", "l1"},       {"adamw", "l1"},    {"muon", "l1"}, {"turbo_muon", "l1"},
-      {"dion2", "l1"},     {"dion2", "random"}, {"rmnp", "l1"}, {"normuon", "l1"}};
+      {"sgd", "l1"},   {"adamw", "l1"},     {"lion", "l1"}, {"muon", "l1"},    {"turbo_muon", "l1"},
+      {"dion2", "l1"}, {"dion2", "random"}, {"rmnp", "l1"}, {"normuon", "l1"}};
   for (const auto& [kind, selection] : cases) {
     SCOPED_TRACE(kind + " " + selection);
     OptimizerSettings settings = default_optimizer_settings(kind);

@@ -9,10 +9,13 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <sstream>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "experiments/exact_polar.h"
@@ -24,6 +27,7 @@
 #include "optimizers/combined.h"
 #include "optimizers/dion2.h"
 #include "optimizers/factory.h"
+#include "optimizers/lion.h"
 #include "optimizers/muon.h"
 #include "optimizers/newton_schulz.h"
 #include "optimizers/normuon.h"
@@ -250,7 +254,18 @@ SgdSettings sgd_settings(double lr, double momentum = 0.0, bool nesterov = false
   return {lr, weight_decay, momentum, nesterov};
 }
 
-// ================================================================== SGD and AdamW
+// The non-matrix optimizer named `kind` with its defaults in that role.
+NonMatrixSettings non_matrix_spec_of(const std::string& kind) {
+  std::optional<NonMatrixSettings> settings;
+  for_each_kind<NonMatrixSettings>([&](auto index) {
+    using S = std::variant_alternative_t<decltype(index)::value, NonMatrixSettings>;
+    if (kind == S::kind) settings = with_defaults(non_matrix_settings<S>());
+  });
+  if (!settings) throw std::invalid_argument("no non-matrix kind '" + kind + "'");
+  return *settings;
+}
+
+// ================================================================== SGD, AdamW and Lion
 TEST(OptimSGD, MatchesPyTorchFormulas) {
   for (const bool nesterov : {false, true}) {
     const double lr = 0.1, mu = 0.9, wd = 0.01;
@@ -318,6 +333,43 @@ TEST(OptimAdamW, MatchesPyTorchFormulasWithPerParameterStepCounts) {
   EXPECT_EQ(state.at("w.step").item(), 3.0);
   EXPECT_EQ(state.at("b.step").item(), 2.0);
   EXPECT_LT(max_abs_diff(to_mat(state.at("w.exp_avg_sq")), v_w), 1e-15);
+}
+
+TEST(OptimLion, ThreeStepsMatchThePapersAlgorithm) {
+  const double lr = 1e-2, b1 = 0.9, b2 = 0.99, wd = 0.1;
+  Mat w = random_mat(2, 3, 7), v_bias = random_mat(1, 3, 8);
+  Tensor pw = make_param(w), pb = make_param(v_bias, {3});
+  Lion lion({{"w", pw}, {"b", pb}}, LionSettings{lr, wd, {b1, b2}});
+  Mat m_w(2, 3), m_b(1, 3);
+  auto sign = [](double x) { return static_cast<double>((x > 0) - (x < 0)); };
+  // Chen et al. 2023, Algorithm 2, coordinate by coordinate.
+  auto reference = [&](Mat& param, Mat& m, const Mat& g) {
+    for (size_t i = 0; i < g.v.size(); ++i) {
+      const double c = b1 * m.v[i] + (1 - b1) * g.v[i];
+      param.v[i] -= lr * (sign(c) + wd * param.v[i]);
+      m.v[i] = b2 * m.v[i] + (1 - b2) * g.v[i];
+    }
+  };
+  for (int step = 0; step < 3; ++step) {
+    Mat gw = random_mat(2, 3, 40 + step);
+    const Mat gb = random_mat(1, 3, 50 + step);
+    if (step == 0) gw(0, 1) = 0.0;  // c = 0 there: no step but the decay
+    set_grad(pw, gw);
+    reference(w, m_w, gw);
+    if (step != 1) {  // the bias has no gradient at step 1: its state must not move
+      set_grad(pb, gb);
+      reference(v_bias, m_b, gb);
+    }
+    lion.step();
+    lion.zero_grad();
+    EXPECT_LT(max_abs_diff(to_mat(pw), w), 1e-12) << "step " << step;
+    EXPECT_LT(max_abs_diff(to_mat(pb.reshape({1, 3})), v_bias), 1e-12) << "step " << step;
+  }
+  const StateDict state = lion.state_dict();
+  EXPECT_EQ(state.size(), 2u);  // one buffer per parameter
+  EXPECT_LT(max_abs_diff(to_mat(state.at("w.exp_avg")), m_w), 1e-15);
+  EXPECT_LT(max_abs_diff(to_mat(state.at("b.exp_avg").reshape({1, 3})), m_b), 1e-15);
+  EXPECT_THROW(Lion({{"w", pw}}, LionSettings{lr, wd, {0.9, 1.0}}), std::invalid_argument);
 }
 
 TEST(OptimOptimizer, StepRecordsNoHistoryAndLrScaleMultiplies) {
@@ -840,34 +892,36 @@ TEST(OptimFactory, BuildsEveryKindAndSplitsTheMuonFamily) {
                                    {"fc.weight", zeros({6, 4}).requires_grad_()},
                                    {"fc.bias", zeros({6}).requires_grad_()}};
   };
-  for (const std::string kind : {"sgd", "adamw"}) {
+  for (const std::string kind : {"sgd", "adamw", "lion"}) {
     const auto opt = make_optimizer(spec_of(kind), params());
     EXPECT_EQ(opt->kind(), kind);
     EXPECT_EQ(opt->params().size(), 3u);
   }
-  for (const std::string kind : {"muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"}) {
-    OptimizerSettings spec = spec_of(kind);
-    const std::string non_matrix_kind = kind == "rmnp" ? "sgd" : "adamw";
-    std::visit(
-        [&](auto& s) {
-          if constexpr (std::is_base_of_v<MatrixOptimizerSettings, std::decay_t<decltype(s)>>)
-            if (non_matrix_kind == "sgd") s.non_matrix = with_defaults(non_matrix_settings<SgdSettings>());
-        },
-        spec);
-    const auto opt = make_optimizer(spec, params());
-    auto* combined = dynamic_cast<CombinedOptimizer*>(opt.get());
-    ASSERT_NE(combined, nullptr) << kind;
-    EXPECT_EQ(combined->matrix_optimizer().kind(), kind);
-    EXPECT_EQ(combined->other_optimizer().kind(), non_matrix_kind);
-    ASSERT_EQ(combined->matrix_optimizer().params().size(), 1u);
-    EXPECT_EQ(combined->matrix_optimizer().params()[0].name, "fc.weight");
-    EXPECT_EQ(combined->other_optimizer().params().size(), 2u);
-  }
+  for (const std::string kind : {"muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"})
+    for (const std::string& non_matrix_kind : kind_names<NonMatrixSettings>()) {
+      SCOPED_TRACE(kind + " with " + non_matrix_kind);
+      OptimizerSettings spec = spec_of(kind);
+      std::visit(
+          [&](auto& s) {
+            if constexpr (std::is_base_of_v<MatrixOptimizerSettings, std::decay_t<decltype(s)>>)
+              s.non_matrix = non_matrix_spec_of(non_matrix_kind);
+          },
+          spec);
+      const auto opt = make_optimizer(spec, params());
+      auto* combined = dynamic_cast<CombinedOptimizer*>(opt.get());
+      ASSERT_NE(combined, nullptr);
+      EXPECT_EQ(combined->matrix_optimizer().kind(), kind);
+      EXPECT_EQ(combined->other_optimizer().kind(), non_matrix_kind);
+      ASSERT_EQ(combined->matrix_optimizer().params().size(), 1u);
+      EXPECT_EQ(combined->matrix_optimizer().params()[0].name, "fc.weight");
+      EXPECT_EQ(combined->other_optimizer().params().size(), 2u);
+    }
   try {
-    default_optimizer_settings("lion");
+    default_optimizer_settings("adam");
     FAIL() << "unknown kind accepted";
   } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("lion"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("'adam'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("adamw, lion, muon"), std::string::npos) << e.what();
   }
 }
 
@@ -911,15 +965,22 @@ void set_toy_grads(std::vector<NamedParam>& params, uint64_t seed) {
 }
 
 TEST(OptimState, ResumedOptimizerContinuesIdentically) {
-  for (const std::string kind : {"sgd", "adamw", "muon", "turbo_muon", "cache_muon", "dion2", "rmnp", "normuon"}) {
+  // (kind, non-matrix kind): every kind, and Lion also as the non-matrix optimizer.
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"sgd", ""},       {"adamw", ""},           {"lion", ""},            {"muon", "adamw"},
+      {"muon", "lion"},  {"turbo_muon", "adamw"}, {"cache_muon", "adamw"}, {"dion2", "adamw"},
+      {"rmnp", "adamw"}, {"normuon", "adamw"}};
+  for (const auto& [kind, non_matrix_kind] : cases) {
+    SCOPED_TRACE(kind + " " + non_matrix_kind);
     OptimizerSettings spec = spec_of(kind);
     std::visit(
-        [](auto& s) {
+        [&non_matrix_kind = non_matrix_kind](auto& s) {
           using S = std::decay_t<decltype(s)>;
           if constexpr (std::is_base_of_v<MomentumSettings, S> || std::is_same_v<S, SgdSettings>) {
             s.momentum = 0.9;
             s.nesterov = true;
           }
+          if constexpr (std::is_base_of_v<MatrixOptimizerSettings, S>) s.non_matrix = non_matrix_spec_of(non_matrix_kind);
         },
         spec);
     if (auto* cache = std::get_if<CacheMuonSettings>(&spec)) {

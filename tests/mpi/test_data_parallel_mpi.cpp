@@ -173,7 +173,7 @@ TEST_P(TwoRanksMatchOneProcess, AfterTwentySteps) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Optimizers, TwoRanksMatchOneProcess,
-                         ::testing::Values("sgd", "adamw", "muon", "turbo_muon", "dion2", "rmnp", "normuon",
+                         ::testing::Values("sgd", "adamw", "lion", "muon", "turbo_muon", "dion2", "rmnp", "normuon",
                                            "cache_muon"));
 
 TEST(DataParallel, ParameterWithoutGradientOnOneRankDoesNotHang) {
