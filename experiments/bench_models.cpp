@@ -68,17 +68,17 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
     const Tensor ids = random_ids({batch, options.block_size}, options.vocab_size, gen, device);
     const Tensor targets = random_ids({batch, options.block_size}, options.vocab_size, gen, device);
     const double ms = median_ms_per_call(train_step(model, *optimizer, ids, targets, 0.0), args.repeats, backend_for(device));
-    out << Json::object({{"bench", "gpt_nanogpt_cpu"},
-                         {"vocab", options.vocab_size},
-                         {"block", options.block_size},
-                         {"layers", options.n_layer},
-                         {"heads", options.n_head},
-                         {"d", options.n_embd},
-                         {"batch", batch},
-                         {"threads", num_threads()},
-                         {"ms_per_step", rounded(ms, 3)},
-                         {"tokens_per_s", rounded(static_cast<double>(batch * options.block_size) / ms * 1000.0, 1)}})
-               .dump()
+    out << dump_json(Json::object(
+               {{"bench", "gpt_nanogpt_cpu"},
+                {"vocab", options.vocab_size},
+                {"block", options.block_size},
+                {"layers", options.n_layer},
+                {"heads", options.n_head},
+                {"d", options.n_embd},
+                {"batch", batch},
+                {"threads", num_threads()},
+                {"ms_per_step", rounded(ms, 3)},
+                {"tokens_per_s", rounded(static_cast<double>(batch * options.block_size) / ms * 1000.0, 1)}}))
         << "\n"
         << std::flush;
   }
@@ -99,13 +99,12 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
     const Tensor images = randn({batch, 3, 32, 32}, DType::Float32, cpu(), gen).to(device);
     const Tensor labels = random_ids({batch}, options.num_classes, gen, device);
     const double ms = median_ms_per_call(train_step(model, *optimizer, images, labels, 0.2), args.repeats, backend_for(device));
-    out << Json::object({{"bench", "cnn_airbench_small"},
-                         {"widths", Json::array({32, 64, 128})},
-                         {"batch", batch},
-                         {"threads", num_threads()},
-                         {"ms_per_step", rounded(ms, 3)},
-                         {"images_per_s", rounded(static_cast<double>(batch) / ms * 1000.0, 1)}})
-               .dump()
+    out << dump_json(Json::object({{"bench", "cnn_airbench_small"},
+                                   {"widths", Json::array({32, 64, 128})},
+                                   {"batch", batch},
+                                   {"threads", num_threads()},
+                                   {"ms_per_step", rounded(ms, 3)},
+                                   {"images_per_s", rounded(static_cast<double>(batch) / ms * 1000.0, 1)}}))
         << "\n"
         << std::flush;
   }

@@ -421,7 +421,7 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
   for (const OpCase& c : model_cases(inputs)) add_row(measure(c, args.repeats, backend));
 
   out << "\n";
-  for (const Row& row : rows) out << json_row(row, peaks, device, args.repeats).dump() << "\n";
+  for (const Row& row : rows) out << dump_json(json_row(row, peaks, device, args.repeats)) << "\n";
   out << std::flush;
   return 0;
 }

@@ -56,12 +56,11 @@ std::string relative_dir(const std::string& run_dir, const CheckpointRef& checkp
 }
 
 void write_manifest(const std::string& run_dir, const std::vector<CheckpointRef>& checkpoints) {
-  Json::Array entries;
+  Json entries = Json::array();
   for (const CheckpointRef& checkpoint : checkpoints) {
     Json entry = Json::object({{"step", checkpoint.step}, {"dir", relative_dir(run_dir, checkpoint)}});
     if (checkpoint.crc32.empty()) {  // written before checksums: its names only, as it was listed
-      Json::Array names(checkpoint.files.begin(), checkpoint.files.end());
-      entry["files"] = Json(std::move(names));
+      entry["files"] = checkpoint.files;
     } else {
       Json files = Json::object();
       for (const std::string& name : checkpoint.files) files[name] = crc_text(checkpoint.crc32.at(name));
@@ -70,8 +69,8 @@ void write_manifest(const std::string& run_dir, const std::vector<CheckpointRef>
     entries.push_back(entry);
   }
   const Json manifest =
-      Json::object({{"format", kManifestFormat}, {"version", kManifestVersion}, {"checkpoints", Json(std::move(entries))}});
-  write_file_atomic(manifest_path(run_dir), manifest.dump() + "\n");
+      Json::object({{"format", kManifestFormat}, {"version", kManifestVersion}, {"checkpoints", std::move(entries)}});
+  write_file_atomic(manifest_path(run_dir), dump_json(manifest) + "\n");
 }
 
 // What the manifest names stays inside the run: a folder of checkpoints/ and plain file names
@@ -94,19 +93,23 @@ uint32_t parse_crc(const std::string& text) {
 
 CheckpointRef parse_entry(const std::string& run_dir, const Json& entry) {
   CheckpointRef checkpoint;
-  checkpoint.step = entry.at("step").as_int();
-  const std::string& dir = entry.at("dir").as_string();
+  checkpoint.step = entry.at("step").get<int64_t>();
+  const std::string dir = entry.at("dir").get<std::string>();
   const std::string prefix = std::string(kCheckpointsFolder) + "/";
   if (dir.rfind(prefix, 0) != 0 || !is_plain_name(dir.substr(prefix.size())))
     throw std::runtime_error("checkpoint folder \"" + dir + "\" is not a folder of " + kCheckpointsFolder + "/");
   checkpoint.dir = run_dir + "/" + dir;
-  if (const Json* names = entry.find("files")) {  // version 1: names only
-    for (const Json& name : names->as_array()) checkpoint.files.push_back(checked_file_name(name.as_string()));
+  if (entry.contains("files")) {  // version 1: names only
+    for (const std::string& name : entry.at("files").get<std::vector<std::string>>())
+      checkpoint.files.push_back(checked_file_name(name));
     return checkpoint;
   }
-  for (const auto& [name, crc] : entry.at("crc32").as_object()) {
+  const Json& checksums = entry.at("crc32");
+  if (!checksums.is_object())
+    throw std::runtime_error(std::string("crc32: expected an object, got ") + checksums.type_name());
+  for (const auto& [name, crc] : checksums.items()) {
     checkpoint.files.push_back(checked_file_name(name));
-    checkpoint.crc32[name] = parse_crc(crc.as_string());
+    checkpoint.crc32[name] = parse_crc(crc.get<std::string>());
   }
   return checkpoint;
 }
@@ -160,10 +163,12 @@ std::vector<CheckpointRef> listed_checkpoints(const std::string& run_dir) {
   if (!fs::exists(path)) return {};
   std::vector<CheckpointRef> checkpoints;
   try {
-    const Json manifest = Json::parse(read_file(path));
-    if (manifest.at("format").as_string() != kManifestFormat) throw std::runtime_error("not a muonlab checkpoint manifest");
-    if (const Json* entries = manifest.find("checkpoints")) {
-      for (const Json& entry : entries->as_array()) checkpoints.push_back(parse_entry(run_dir, entry));
+    const Json manifest = parse_json(read_file(path));
+    if (manifest.at("format").get<std::string>() != kManifestFormat)
+      throw std::runtime_error("not a muonlab checkpoint manifest");
+    if (manifest.contains("checkpoints")) {
+      for (const Json& entry : manifest.at("checkpoints").get<std::vector<Json>>())
+        checkpoints.push_back(parse_entry(run_dir, entry));
     } else {
       checkpoints.push_back(parse_entry(run_dir, manifest));
     }

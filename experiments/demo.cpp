@@ -53,7 +53,7 @@ const std::vector<DemoOptimizer>& demo_optimizers() {
 std::string cell(const Json& value, const char* format) {
   if (!value.is_number()) return "-";
   char text[32];
-  std::snprintf(text, sizeof text, format, value.as_number());
+  std::snprintf(text, sizeof text, format, value.get<double>());
   return text;
 }
 

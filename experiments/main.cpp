@@ -33,7 +33,7 @@ constexpr int kExitDiverged = 3;
 std::string number_text(const Json& value, const char* format) {
   if (!value.is_number()) return "-";
   char text[32];
-  std::snprintf(text, sizeof text, format, value.as_number());
+  std::snprintf(text, sizeof text, format, value.get<double>());
   return text;
 }
 
@@ -54,7 +54,7 @@ int run(const TrainArgs& args) {
   if (options.communicator->rank() != 0) return 0;
   const Json& summary = result.summary;
   std::cout << "run: " << result.run_dir << "\n"
-            << "steps " << summary.at("steps").as_int() << "  val_loss " << number_text(summary.at("val_loss"), "%.4f")
+            << "steps " << summary.at("steps").get<int64_t>() << "  val_loss " << number_text(summary.at("val_loss"), "%.4f")
             << (summary.at("val_acc").is_number() ? "  val_acc " + number_text(summary.at("val_acc"), "%.4f") : "")
             << "  best_val_loss " << number_text(summary.at("best_val_loss"), "%.4f") << "\n"
             << "total " << number_text(summary.at("total_s"), "%.1f") << " s  optimizer "
@@ -66,7 +66,7 @@ int run(const TrainArgs& args) {
 
 int run(const EvalArgs& args) {
   const RunConfig config = load_config(args.config_path, args.overrides);
-  std::cout << evaluate_checkpoint(config, args.checkpoint_path).dump() << "\n";
+  std::cout << dump_json(evaluate_checkpoint(config, args.checkpoint_path)) << "\n";
   return 0;
 }
 

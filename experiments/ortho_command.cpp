@@ -218,7 +218,7 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
                                    {"speedup_vs_ns5", rounded(ns5_ms / ms[i], 3)}}));
     }
   }
-  for (const Json& row : rows) out << row.dump() << "\n";
+  for (const Json& row : rows) out << dump_json(row) << "\n";
   return 0;
 }
 

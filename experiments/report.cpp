@@ -46,19 +46,19 @@ bool is_run_dir(const fs::path& dir) {
 bool finished_or_diverged(const fs::path& dir) {
   if (run_completed(dir.string())) return true;
   const fs::path status = dir / kSweepStatusFile;
-  return fs::exists(status) && Json::parse(read_file(status.string())).at("status").as_string() == "diverged";
+  return fs::exists(status) && parse_json(read_file(status.string())).at("status").get<std::string>() == "diverged";
 }
 
 // A sweep point's method name: its block's label, plus the grid values it ran at other than the
 // learning rate (chosen per method) and the seed (aggregated over), so that a grid over another
 // key (CacheMuon's gamma) gives one method per value: "cache_muon-gamma3.0".
 std::string configuration_label(const Json& point) {
-  std::string label = point.at("label").as_string();
+  std::string label = point.at("label").get<std::string>();
   if (!point.contains("grid")) return label;
   std::vector<std::string> keys;
-  for (const auto& entry : point.at("grid").as_object()) keys.push_back(entry.first);
-  for (const auto& [key, value] : point.at("grid").as_object())
-    if (key != "optimizer.lr" && key != "seed") label += "-" + grid_key_label(key, keys) + value.as_string();
+  for (const auto& entry : point.at("grid").items()) keys.push_back(entry.key());
+  for (const auto& [key, value] : point.at("grid").items())
+    if (key != "optimizer.lr" && key != "seed") label += "-" + grid_key_label(key, keys) + value.get<std::string>();
   return label;
 }
 
@@ -69,15 +69,15 @@ Run read_run(const fs::path& dir) {
     run.config = load_run_config((dir / "config.yaml").string());
     run.label = run.config.name;
     if (fs::exists(dir / kSweepPointFile))
-      run.label = configuration_label(Json::parse(read_file((dir / kSweepPointFile).string())));
+      run.label = configuration_label(parse_json(read_file((dir / kSweepPointFile).string())));
     if (run_completed(dir.string()))
-      run.summary = Json::parse(read_file((dir / "summary.json").string()));
+      run.summary = parse_json(read_file((dir / "summary.json").string()));
     else
       run.diverged = true;
     std::istringstream lines(read_file((dir / "metrics.jsonl").string()));
     for (std::string line; std::getline(lines, line);) {
       if (line.empty()) continue;
-      Json entry = Json::parse(line);
+      Json entry = parse_json(line);
       if (entry.contains("val_loss")) run.evals.push_back(std::move(entry));
     }
     if (fs::exists(dir / kSampleFile)) run.sample = read_file((dir / kSampleFile).string());
@@ -135,8 +135,7 @@ Target parse_target(const std::string& text) {
 }
 
 double number_or_nan(const Json& object, const std::string& key) {
-  const Json* value = object.find(key);
-  return value && value->is_number() ? value->as_number() : std::nan("");
+  return object.contains(key) && object.at(key).is_number() ? object.at(key).get<double>() : std::nan("");
 }
 
 struct Configuration {
@@ -161,7 +160,8 @@ struct Configuration {
   Stats optimizer_metric(const std::string& key) const {
     std::vector<double> values;
     for (const Run* run : finished)
-      if (const Json* metrics = run->summary.find("optimizer_metrics")) values.push_back(number_or_nan(*metrics, key));
+      if (run->summary.contains("optimizer_metrics"))
+        values.push_back(number_or_nan(run->summary.at("optimizer_metrics"), key));
     return Stats::of(values);
   }
   // The first evaluation reaching the target, per run: its step and its training seconds.
@@ -173,7 +173,7 @@ struct Configuration {
         const double value = number_or_nan(eval, target.metric);
         if (std::isnan(value) || !target.reached(value)) continue;
         ++reached;
-        steps.push_back(eval.at("step").as_number());
+        steps.push_back(eval.at("step").get<double>());
         seconds.push_back(number_or_nan(eval, "train_s"));
         break;
       }
@@ -195,7 +195,7 @@ class Report {
   Report(std::vector<Run> runs, const ReportOptions& options) : runs_(std::move(runs)), options_(options) {
     for (const std::string& text : options.targets) targets_.push_back(parse_target(text));
     classifier_ = std::all_of(runs_.begin(), runs_.end(), [](const Run& run) {
-      return run.diverged || (run.summary.find("val_acc") && run.summary.at("val_acc").is_number());
+      return run.diverged || (run.summary.contains("val_acc") && run.summary.at("val_acc").is_number());
     });
     metric_ = classifier_ ? "val_acc" : "val_loss";
     group();
@@ -236,14 +236,14 @@ class Report {
         c.family = configuration_key(run, true);
         c.label = run.label;
         c.lr = learning_rate(run.config.optimizer);
-        c.steps = run.summary.is_null() ? 0 : run.summary.at("steps").as_int();
+        c.steps = run.summary.is_null() ? 0 : run.summary.at("steps").get<int64_t>();
         configurations_.push_back(c);
       }
       Configuration& c = configurations_[it->second];
       c.runs.push_back(&run);
       if (!run.diverged) {
         c.finished.push_back(&run);
-        c.steps = run.summary.at("steps").as_int();
+        c.steps = run.summary.at("steps").get<int64_t>();
       }
     }
     std::map<std::string, size_t> family_index;
@@ -424,7 +424,7 @@ Json Report::plot_data() const {
     std::map<double, std::vector<std::pair<double, double>>> at_step;  // step -> (value, train_s) per seed
     for (const Run* run : c->finished)
       for (const Json& eval : run->evals)
-        at_step[eval.at("step").as_number()].push_back({number_or_nan(eval, metric_), number_or_nan(eval, "train_s")});
+        at_step[eval.at("step").get<double>()].push_back({number_or_nan(eval, metric_), number_or_nan(eval, "train_s")});
     Json steps = Json::array(), seconds = Json::array(), mean = Json::array(), low = Json::array(), high = Json::array();
     for (const auto& [step, values] : at_step) {
       if (values.size() != c->finished.size()) continue;
@@ -485,7 +485,7 @@ int write_report(const Report& report, int incomplete, const std::string& dir, s
   const std::string data_path = dir + "/report_data.json";
   write_file_atomic(dir + "/report.md", report.markdown(incomplete));
   write_file_atomic(dir + "/report.csv", report.csv());
-  write_file_atomic(data_path, report.plot_data().dump() + "\n");
+  write_file_atomic(data_path, dump_json(report.plot_data()) + "\n");
   out << "report: " << dir << "/report.md\n";
 
   // Debian's python3 is the one setup-deps.sh gives matplotlib; another python3 may come first on PATH.

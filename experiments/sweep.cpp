@@ -66,8 +66,8 @@ std::string kept_dir_of(const Sweep& sweep, const SweepPoint& point) {
 std::pair<std::string, std::string> recorded_status(const std::string& dir) {
   const std::string path = dir + "/" + kSweepStatusFile;
   if (!fs::exists(path)) return {"", ""};
-  const Json status = Json::parse(read_file(path));
-  return {status.at("status").as_string(), status.at("message").as_string()};
+  const Json status = parse_json(read_file(path));
+  return {status.at("status").get<std::string>(), status.at("message").get<std::string>()};
 }
 
 // "" when the run in `dir` was made with the point's config (threads aside: they change the speed,
@@ -87,31 +87,31 @@ void copy_kept_files(const std::string& run_dir, const std::string& kept_dir) {
 
 void write_status(const std::string& run_dir, const std::string& status, const std::string& message) {
   write_file_atomic(run_dir + "/" + kSweepStatusFile,
-                    Json::object({{"status", status}, {"message", message}}).dump() + "\n");
+                    dump_json(Json::object({{"status", status}, {"message", message}})) + "\n");
 }
 
 Json point_json(const Sweep& sweep, const SweepPoint& point) {
-  Json overrides = Json::array();
-  for (const std::string& text : point.overrides) overrides.push_back(text);
   Json grid = Json::object();
   for (const auto& [key, value] : point.grid_values) grid[key] = value;
   return Json::object({{"sweep", sweep.name},
                        {"point", point.name},
                        {"label", point.label},
                        {"base", point.base},
-                       {"overrides", overrides},
+                       {"overrides", point.overrides},
                        {"grid", grid}});
 }
 
 std::string summary_text(const std::string& dir) {
   const std::string path = dir + "/summary.json";
   if (!fs::exists(path)) return "";
-  const Json summary = Json::parse(read_file(path));
+  const Json summary = parse_json(read_file(path));
   std::ostringstream text;
   text << std::fixed;
-  if (summary.at("val_loss").is_number()) text << "val_loss " << std::setprecision(4) << summary.at("val_loss").as_number();
-  if (summary.at("val_acc").is_number()) text << "  val_acc " << std::setprecision(4) << summary.at("val_acc").as_number();
-  text << "  " << std::setprecision(0) << summary.at("total_s").as_number() << " s";
+  if (summary.at("val_loss").is_number())
+    text << "val_loss " << std::setprecision(4) << summary.at("val_loss").get<double>();
+  if (summary.at("val_acc").is_number())
+    text << "  val_acc " << std::setprecision(4) << summary.at("val_acc").get<double>();
+  text << "  " << std::setprecision(0) << summary.at("total_s").get<double>() << " s";
   return text.str();
 }
 
@@ -294,7 +294,7 @@ int run_sweep(const Sweep& sweep, const SweepOptions& options, std::ostream& out
     try {
       fs::create_directories(run_dir);
       fs::remove(run_dir + "/" + kSweepStatusFile);
-      write_file_atomic(run_dir + "/" + kSweepPointFile, point_json(sweep, *point).dump() + "\n");
+      write_file_atomic(run_dir + "/" + kSweepPointFile, dump_json(point_json(sweep, *point)) + "\n");
       TrainOptions train_options;
       (resume ? train_options.resume_dir : train_options.out_dir) = run_dir;
       train_options.quiet = options.quiet;

@@ -255,7 +255,7 @@ void truncate_metrics(const std::string& path, int64_t step) {
   for (std::string line; std::getline(lines, line);) {
     if (line.empty()) continue;
     try {
-      if (Json::parse(line).at("step").as_int() > step) continue;
+      if (parse_json(line).at("step").get<int64_t>() > step) continue;
     } catch (const std::exception&) {
       continue;  // a line cut short by the crash
     }
@@ -284,15 +284,13 @@ struct LoopState {
   std::optional<double> best_val_acc;
 
   Json to_json() const {
-    // Seeds are full 64-bit values, beyond JSON's exact integers: stored as decimal strings.
     Json json = Json::object({{"step", step},
                               {"elapsed_s", elapsed_s},
                               {"optimizer_s", optimizer_s},
                               {"eval_s", eval_s},
                               {"samples", samples},
                               {"threads", threads},
-                              {"dropout_rng", Json::object({{"seed", std::to_string(dropout_seed)},
-                                                            {"offset", std::to_string(dropout_offset)}})},
+                              {"dropout_rng", Json::object({{"seed", dropout_seed}, {"offset", dropout_offset}})},
                               {"window_loss_sum", window_loss_sum},
                               {"window_steps", window_steps},
                               {"last_train_loss", last_train_loss}});
@@ -308,31 +306,40 @@ struct LoopState {
   }
 
   static LoopState from_json(const Json& json) {
+    const auto optional_number = [](const Json& object, const char* key) {
+      return object.contains(key) ? std::optional<double>(object.at(key).get<double>()) : std::nullopt;
+    };
+    // Checkpoints written before JSON numbers held 64-bit integers exactly store the generator
+    // state as decimal strings.
+    const auto generator_word = [](const Json& value) {
+      return value.is_string() ? std::stoull(value.get<std::string>()) : value.get<uint64_t>();
+    };
     LoopState state;
-    state.step = json.at("step").as_int();
-    state.elapsed_s = json.at("elapsed_s").as_number();
-    state.optimizer_s = json.at("optimizer_s").as_number();
+    state.step = json.at("step").get<int64_t>();
+    state.elapsed_s = json.at("elapsed_s").get<double>();
+    state.optimizer_s = json.at("optimizer_s").get<double>();
     // Checkpoints written before evaluation time was tracked have none.
-    if (const Json* eval_s = json.find("eval_s")) state.eval_s = eval_s->as_number();
-    state.samples = json.at("samples").as_int();
-    state.threads = json.at("threads").as_int();
-    state.dropout_seed = std::stoull(json.at("dropout_rng").at("seed").as_string());
-    state.dropout_offset = std::stoull(json.at("dropout_rng").at("offset").as_string());
-    state.window_loss_sum = json.at("window_loss_sum").as_number();
-    state.window_steps = json.at("window_steps").as_int();
-    state.last_train_loss = json.at("last_train_loss").as_number();
-    if (const Json* eval = json.find("last_eval")) {
+    state.eval_s = optional_number(json, "eval_s").value_or(0.0);
+    state.samples = json.at("samples").get<int64_t>();
+    state.threads = json.at("threads").get<int64_t>();
+    state.dropout_seed = generator_word(json.at("dropout_rng").at("seed"));
+    state.dropout_offset = generator_word(json.at("dropout_rng").at("offset"));
+    state.window_loss_sum = json.at("window_loss_sum").get<double>();
+    state.window_steps = json.at("window_steps").get<int64_t>();
+    state.last_train_loss = json.at("last_train_loss").get<double>();
+    if (json.contains("last_eval")) {
+      const Json& eval = json.at("last_eval");
       EvalResult result;
-      result.loss = eval->at("loss").as_number();
-      result.targets = eval->at("targets").as_int();
-      result.batches = eval->at("batches").as_int();
-      if (const Json* accuracy = eval->find("accuracy")) result.accuracy = accuracy->as_number();
+      result.loss = eval.at("loss").get<double>();
+      result.targets = eval.at("targets").get<int64_t>();
+      result.batches = eval.at("batches").get<int64_t>();
+      result.accuracy = optional_number(eval, "accuracy");
       state.last_eval = result;
     }
-    if (const Json* best = json.find("best_val_loss")) state.best_val_loss = best->as_number();
-    if (const Json* best = json.find("best_val_acc")) state.best_val_acc = best->as_number();
+    state.best_val_loss = optional_number(json, "best_val_loss");
+    state.best_val_acc = optional_number(json, "best_val_acc");
     // Checkpoints written before the loss bound existed have none: this session's first step sets it.
-    if (const Json* first = json.find("first_loss")) state.first_loss = first->as_number();
+    state.first_loss = optional_number(json, "first_loss");
     return state;
   }
 };
@@ -342,7 +349,7 @@ struct LoopState {
 LoopState read_loop_state(const std::string& path) {
   const std::string text = read_file(path);
   try {
-    return LoopState::from_json(Json::parse(text));
+    return LoopState::from_json(parse_json(text));
   } catch (const std::exception& error) {
     throw std::runtime_error(path + ": not a valid trainer state: " + error.what());
   }
@@ -563,7 +570,7 @@ class Trainer {
     result.completed = state_.step == total_steps_;
     if (result.completed) {
       result.summary = summary("completed");
-      if (writer()) write_file_atomic(run_dir_ + "/" + kSummaryFile, result.summary.dump() + "\n");
+      if (writer()) write_file_atomic(run_dir_ + "/" + kSummaryFile, dump_json(result.summary) + "\n");
     }
     return result;
   }
@@ -604,7 +611,7 @@ class Trainer {
       save_checkpoint(progress);
     }
     progress.finish();
-    if (writer()) write_file_atomic(run_dir_ + "/" + kSummaryFile, summary("interrupted").dump() + "\n");
+    if (writer()) write_file_atomic(run_dir_ + "/" + kSummaryFile, dump_json(summary("interrupted")) + "\n");
     throw TrainingInterrupted(std::string(signal_number == SIGINT ? "SIGINT" : "SIGTERM") + " at step " +
                                   std::to_string(state_.step) + " of " + std::to_string(total_steps_) +
                                   ": checkpoint " + last_checkpoint_->dir + " written; continue with --resume " +
@@ -622,7 +629,7 @@ class Trainer {
 
   void write_metrics(const Json& line) {
     if (!writer()) return;
-    metrics_ << line.dump() << "\n" << std::flush;
+    metrics_ << dump_json(line) << "\n" << std::flush;
     // A full disk (or a file size limit) must stop the run, not silently drop lines.
     if (!metrics_) throw std::runtime_error(run_dir_ + "/" + kMetricsFile + ": write failed (disk full?)");
   }
@@ -704,7 +711,7 @@ class Trainer {
            const StateDict state = optimizer_->state_dict();
            save_safetensors(path, NamedTensors(state.begin(), state.end()), {{"optimizer", optimizer_->kind()}});
          }},
-        {kTrainerFile, [&](const std::string& path) { write_file_atomic(path, state_.to_json().dump() + "\n"); }}};
+        {kTrainerFile, [&](const std::string& path) { write_file_atomic(path, dump_json(state_.to_json()) + "\n"); }}};
     if (data_.vocab) files.push_back({kVocabFile, [&](const std::string& path) { data_.vocab->save(path); }});
     last_checkpoint_ = write_checkpoint(run_dir_, state_.step, files, config_.train.keep_checkpoints);
     comm_.broadcast_text(last_checkpoint_->dir, 0);
@@ -877,9 +884,9 @@ TrainResult train(const RunConfig& config, const TrainOptions& options) { return
 bool run_completed(const std::string& run_dir) {
   const std::string path = run_dir + "/" + kSummaryFile;
   if (!fs::exists(path)) return false;
-  const Json summary = Json::parse(read_file(path));
-  const Json* status = summary.find("status");
-  return !status || status->as_string() != "interrupted";  // summaries from before "status" are of finished runs
+  const Json summary = parse_json(read_file(path));
+  // Summaries from before "status" are of finished runs.
+  return !summary.contains("status") || summary.at("status").get<std::string>() != "interrupted";
 }
 
 std::vector<NamedParam> optimizer_params(const Module& model) {

@@ -120,14 +120,14 @@ std::string results_of(const std::string& run_dir) {
   std::ostringstream text;
   std::istringstream lines(read_file(run_dir + "/metrics.jsonl"));
   for (std::string line; std::getline(lines, line);) {
-    const Json entry = Json::parse(line);
+    const Json entry = parse_json(line);
     for (const char* key : {"step", "train_loss", "lr", "val_loss", "val_acc"})
-      if (const Json* value = entry.find(key)) text << key << "=" << value->dump() << " ";
+      if (entry.contains(key)) text << key << "=" << dump_json(entry.at(key)) << " ";
     text << "\n";
   }
-  const Json summary = Json::parse(read_file(run_dir + "/summary.json"));
+  const Json summary = parse_json(read_file(run_dir + "/summary.json"));
   for (const char* key : {"steps", "samples", "final_train_loss", "val_loss", "val_acc", "best_val_loss", "status"})
-    text << key << "=" << summary.at(key).dump() << " ";
+    text << key << "=" << dump_json(summary.at(key)) << " ";
   return text.str();
 }
 
@@ -185,7 +185,7 @@ TEST(FaultSignal, SigintAndSigtermSaveExitWith130And143AndTheRunResumesExactly) 
     run.signal(signal_number);
     ASSERT_EQ(run.wait(), 128 + signal_number) << run.output();
     EXPECT_NE(run.output().find("continue with --resume " + run_dir), std::string::npos) << run.output();
-    EXPECT_EQ(Json::parse(read_file(run_dir + "/summary.json")).at("status").as_string(), "interrupted");
+    EXPECT_EQ(parse_json(read_file(run_dir + "/summary.json")).at("status").get<std::string>(), "interrupted");
     Muonlab resumed({"train", config, "--resume", run_dir, "--quiet"}, dir.file("resumed.txt"));
     ASSERT_EQ(resumed.wait(), 0) << resumed.output();
     EXPECT_EQ(results_of(run_dir), results_of(dir.file("straight")));

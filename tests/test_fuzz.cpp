@@ -290,7 +290,7 @@ FuzzTarget json_target() {
            R"({"format":"muonlab-checkpoint","version":2,"checkpoints":[{"step":3,"dir":"checkpoints/step-000003","crc32":{"model.safetensors":"0badf00d"}}]})",
            R"([1,-2.5e-3,"\u00e9\n",{},[],false])"},
           {"\\u", "\\ud800", "[", "]", "{", "}", "\"", ":", ",", "1e999", "-0", "9007199254740993", "null", "true"},
-          [](const std::string& bytes, const std::string&) { Json::parse(bytes); }};
+          [](const std::string& bytes, const std::string&) { parse_json(bytes); }};
 }
 
 FuzzTarget manifest_target() {

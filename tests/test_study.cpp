@@ -111,7 +111,7 @@ TEST(SweepValidation, ErrorsNameTheFileTheLineAndTheKey) {
             std::string::npos);
 }
 
-Json summary_of(const std::string& dir) { return Json::parse(read_file(dir + "/summary.json")); }
+Json summary_of(const std::string& dir) { return parse_json(read_file(dir + "/summary.json")); }
 
 TEST(SweepRun, SkipsFinishedPointsResumesInterruptedOnesAndRecordsDivergence) {
   TempDir dir;
@@ -144,14 +144,14 @@ TEST(SweepRun, SkipsFinishedPointsResumesInterruptedOnesAndRecordsDivergence) {
   std::ostringstream first;
   EXPECT_EQ(run_sweep(sweep, options, first), 0) << first.str();
   EXPECT_NE(first.str().find("resuming"), std::string::npos) << first.str();
-  EXPECT_EQ(summary_of(good_dir).at("val_loss").as_number(), reference.summary.at("val_loss").as_number());
+  EXPECT_EQ(summary_of(good_dir).at("val_loss").get<double>(), reference.summary.at("val_loss").get<double>());
   EXPECT_EQ(point_status(sweep, good).state, PointState::Kept);
   EXPECT_EQ(point_status(sweep, sweep.points[1]).state, PointState::Diverged);
   for (const char* file : {"config.yaml", "metrics.jsonl", "summary.json", "sweep_point.json", "sample.txt"})
     EXPECT_TRUE(fs::exists(sweep.keep + "/" + good.name + "/" + file)) << file;
   EXPECT_FALSE(fs::exists(sweep.keep + "/" + good.name + "/checkpoint.json"));
-  EXPECT_EQ(Json::parse(read_file(sweep.keep + "/" + sweep.points[1].name + "/sweep_status.json")).at("status").as_string(),
-            "diverged");
+  const Json status = parse_json(read_file(sweep.keep + "/" + sweep.points[1].name + "/sweep_status.json"));
+  EXPECT_EQ(status.at("status").get<std::string>(), "diverged");
 
   // Run again: nothing trains.
   const std::string metrics_before = read_file(good_dir + "/metrics.jsonl");
@@ -213,9 +213,9 @@ TEST(SweepRun, AFailedPointIsRecordedAndTheSweepGoesOn) {
   std::ostringstream out;
   EXPECT_EQ(run_sweep(sweep, options, out), 1);
   EXPECT_NE(out.str().find("missing: FAILED"), std::string::npos) << out.str();
-  const Json status = Json::parse(read_file(sweep.out + "/missing/sweep_status.json"));
-  EXPECT_EQ(status.at("status").as_string(), "failed");
-  EXPECT_NE(status.at("message").as_string().find("nothing.txt"), std::string::npos);
+  const Json status = parse_json(read_file(sweep.out + "/missing/sweep_status.json"));
+  EXPECT_EQ(status.at("status").get<std::string>(), "failed");
+  EXPECT_NE(status.at("message").get<std::string>().find("nothing.txt"), std::string::npos);
   EXPECT_TRUE(fs::exists(sweep.out + "/adamw/summary.json"));
   // A failed point is tried again next time.
   EXPECT_EQ(point_status(sweep, sweep.points[0]).state, PointState::Pending);
@@ -286,22 +286,25 @@ void write_fixture_run(const TempDir& dir, const std::string& base, const std::s
   fs::create_directories(run);
   RunConfig config = load_config(base, {"optimizer.lr=" + std::to_string(lr), "seed=" + std::to_string(seed)});
   write_file_atomic(run + "/config.yaml", to_yaml(config));
-  write_file_atomic(run + "/sweep_point.json", Json::object({{"label", label}}).dump());
+  write_file_atomic(run + "/sweep_point.json", dump_json(Json::object({{"label", label}})));
   std::string metrics;
   for (size_t i = 0; i < val_losses.size(); ++i)
-    metrics += Json::object({{"step", 10 * (i + 1)}, {"val_loss", val_losses[i]}, {"train_s", 5.0 * (i + 1)}}).dump() + "\n";
+    metrics +=
+        dump_json(Json::object({{"step", 10 * (i + 1)}, {"val_loss", val_losses[i]}, {"train_s", 5.0 * (i + 1)}})) + "\n";
   write_file_atomic(run + "/metrics.jsonl", metrics);
   if (diverged) {
-    write_file_atomic(run + "/sweep_status.json", Json::object({{"status", "diverged"}, {"message", "x"}}).dump());
+    write_file_atomic(run + "/sweep_status.json", dump_json(Json::object({{"status", "diverged"}, {"message", "x"}})));
     return;
   }
   write_file_atomic(run + "/summary.json",
-                    Json::object({{"steps", 10 * static_cast<int64_t>(val_losses.size())},
-                                  {"val_loss", val_losses.back()}, {"val_acc", Json()},
-                                  {"best_val_loss", *std::min_element(val_losses.begin(), val_losses.end())},
-                                  {"train_s", 5.0 * val_losses.size()}, {"optimizer_s", 1.0 * val_losses.size()},
-                                  {"samples", 100}, {"peak_rss_mb", 50.0}})
-                        .dump());
+                    dump_json(Json::object({{"steps", 10 * static_cast<int64_t>(val_losses.size())},
+                                            {"val_loss", val_losses.back()},
+                                            {"val_acc", Json()},
+                                            {"best_val_loss", *std::min_element(val_losses.begin(), val_losses.end())},
+                                            {"train_s", 5.0 * val_losses.size()},
+                                            {"optimizer_s", 1.0 * val_losses.size()},
+                                            {"samples", 100},
+                                            {"peak_rss_mb", 50.0}})));
 }
 
 // A kept run written before keys a kind ignores were refused (issue 10, item 11): its config.yaml
@@ -330,12 +333,13 @@ TEST(SweepRun, AKeptRunWhoseConfigListsKeysTheSchemaDroppedIsNeitherStaleNorUnre
   const std::string kept = sweep.keep + "/" + point.name;
   fs::create_directories(kept);
   write_file_atomic(kept + "/config.yaml", old_config);
-  write_file_atomic(kept + "/sweep_point.json", Json::object({{"label", "dion2"}}).dump());
-  write_file_atomic(kept + "/metrics.jsonl", Json::object({{"step", 12}, {"val_loss", 2.5}, {"train_s", 1.0}}).dump() + "\n");
+  write_file_atomic(kept + "/sweep_point.json", dump_json(Json::object({{"label", "dion2"}})));
+  write_file_atomic(kept + "/metrics.jsonl",
+                    dump_json(Json::object({{"step", 12}, {"val_loss", 2.5}, {"train_s", 1.0}})) + "\n");
   write_file_atomic(kept + "/summary.json",
-                    Json::object({{"steps", 12}, {"val_loss", 2.5}, {"val_acc", Json()}, {"best_val_loss", 2.5},
-                                  {"train_s", 1.0}, {"optimizer_s", 0.5}, {"samples", 48}, {"peak_rss_mb", 50.0}})
-                        .dump());
+                    dump_json(Json::object({{"steps", 12}, {"val_loss", 2.5}, {"val_acc", Json()},
+                                            {"best_val_loss", 2.5}, {"train_s", 1.0}, {"optimizer_s", 0.5},
+                                            {"samples", 48}, {"peak_rss_mb", 50.0}})));
   EXPECT_THROW(load_config(kept + "/config.yaml"), ConfigError);  // as a config of one's own: refused
   const PointStatus status = point_status(sweep, point);
   EXPECT_EQ(status.state, PointState::Kept) << status.detail;
@@ -412,8 +416,8 @@ TEST(Report, GridValuesOtherThanTheRateAndSeedNameTheirOwnMethods) {
            {"g1", "1.0", {2.0, 1.9}}, {"g3", "3.0", {2.0, 1.7}}}) {
     write_fixture_run(dir, base, name, 0.01, 1, losses);
     write_file_atomic(dir.file("runs/" + name + "/sweep_point.json"),
-                      Json::object({{"label", "m"}, {"grid", Json::object({{"optimizer.gamma", gamma}, {"seed", "1"}})}})
-                          .dump());
+                      dump_json(Json::object(
+                          {{"label", "m"}, {"grid", Json::object({{"optimizer.gamma", gamma}, {"seed", "1"}})}})));
   }
   std::ostringstream out, err;
   ASSERT_EQ(run_report({{dir.file("runs")}, dir.file("report"), {}, "fixture"}, out, err), 0) << err.str();

@@ -48,14 +48,14 @@ namespace fs = std::filesystem;
 std::vector<Json> read_metrics(const std::string& run_dir) {
   std::vector<Json> lines;
   std::istringstream text(read_file(run_dir + "/metrics.jsonl"));
-  for (std::string line; std::getline(text, line);) lines.push_back(Json::parse(line));
+  for (std::string line; std::getline(text, line);) lines.push_back(parse_json(line));
   return lines;
 }
 
 std::vector<double> values_of(const std::vector<Json>& lines, const std::string& key) {
   std::vector<double> values;
   for (const Json& line : lines)
-    if (const Json* value = line.find(key)) values.push_back(value->as_number());
+    if (line.contains(key)) values.push_back(line.at(key).get<double>());
   return values;
 }
 
@@ -158,14 +158,14 @@ void expect_run_lowers_the_loss(const RunConfig& config, const TempDir& dir) {
   for (const char* key : {"step", "epoch", "train_loss", "lr", "elapsed_s", "optimizer_s", "samples_per_s"})
     EXPECT_TRUE(metrics.front().contains(key)) << key;
 
-  const Json summary = Json::parse(read_file(result.run_dir + "/summary.json"));
+  const Json summary = parse_json(read_file(result.run_dir + "/summary.json"));
   EXPECT_EQ(summary, result.summary);
-  EXPECT_EQ(summary.at("steps").as_int(), 20);
-  EXPECT_LT(summary.at("val_loss").as_number(), std::log(static_cast<double>(std::holds_alternative<GptOptions>(config.model) ? 20 : 3)));
-  EXPECT_GT(summary.at("optimizer_s").as_number(), 0.0);
-  EXPECT_LE(summary.at("optimizer_s").as_number(), summary.at("total_s").as_number());
-  EXPECT_GT(summary.at("peak_rss_mb").as_number(), 0.0);
-  EXPECT_EQ(values_of(metrics, "val_loss").back(), summary.at("val_loss").as_number());
+  EXPECT_EQ(summary.at("steps").get<int64_t>(), 20);
+  EXPECT_LT(summary.at("val_loss").get<double>(), std::log(static_cast<double>(std::holds_alternative<GptOptions>(config.model) ? 20 : 3)));
+  EXPECT_GT(summary.at("optimizer_s").get<double>(), 0.0);
+  EXPECT_LE(summary.at("optimizer_s").get<double>(), summary.at("total_s").get<double>());
+  EXPECT_GT(summary.at("peak_rss_mb").get<double>(), 0.0);
+  EXPECT_EQ(values_of(metrics, "val_loss").back(), summary.at("val_loss").get<double>());
 }
 
 TEST(TrainerSmoke, MlpOnSyntheticDataLowersTheLoss) {
@@ -179,7 +179,7 @@ TEST(TrainerSmoke, TheConfiguredThreadCountAppliesForTheRunOnly) {
   RunConfig config = mlp_config();
   config.threads = before + 1;
   const TrainResult result = run_quietly(config, dir.file("run"));
-  EXPECT_EQ(result.summary.at("threads").as_int(), before + 1);
+  EXPECT_EQ(result.summary.at("threads").get<int64_t>(), before + 1);
   EXPECT_EQ(num_threads(), before);
 }
 
@@ -187,8 +187,8 @@ TEST(TrainerSmoke, CnnOnImagesLowersTheLoss) {
   TempDir dir;
   const RunConfig config = cnn_config(write_idx_dataset(dir));
   expect_run_lowers_the_loss(config, dir);
-  const Json summary = Json::parse(read_file(dir.file("run/summary.json")));
-  EXPECT_GT(summary.at("val_acc").as_number(), 0.5);  // four classes: chance is 0.25
+  const Json summary = parse_json(read_file(dir.file("run/summary.json")));
+  EXPECT_GT(summary.at("val_acc").get<double>(), 0.5);  // four classes: chance is 0.25
 }
 
 TEST(TrainerSmoke, GptOnTextLowersTheLoss) {
@@ -296,7 +296,7 @@ TEST(TrainerSmoke, Airbench94MuonRecipeInMiniatureTrainsOnCifar10) {
   const std::vector<double> losses = values_of(read_metrics(result.run_dir), "train_loss");
   ASSERT_EQ(losses.size(), 12u);
   EXPECT_LT(losses[10] + losses[11], losses[0] + losses[1]);
-  EXPECT_GT(result.summary.at("val_acc").as_number(), 0.15);  // ten classes: chance is 0.1
+  EXPECT_GT(result.summary.at("val_acc").get<double>(), 0.15);  // ten classes: chance is 0.1
 }
 
 // ------------------------------------------------------------------ resume
@@ -366,7 +366,7 @@ TEST(TrainerResume, ALongerRunMayContinueButADifferentConfigIsRefused) {
   RunConfig longer = config;
   longer.train.steps = 25;
   const TrainResult continued = run_quietly(longer, "", 0, first.run_dir);
-  EXPECT_EQ(continued.summary.at("steps").as_int(), 25);
+  EXPECT_EQ(continued.summary.at("steps").get<int64_t>(), 25);
   EXPECT_EQ(values_of(read_metrics(first.run_dir), "train_loss").size(), 25u);
 }
 
@@ -439,6 +439,29 @@ TEST(TrainerCheckpoint, ARunCheckpointedBeforeChecksumsResumesAndKeepsItsCheckpo
   EXPECT_EQ(listed[1].step, 10);
   EXPECT_TRUE(listed[1].crc32.empty());
   EXPECT_EQ(listed[1].files.size(), 3u);
+}
+
+// trainer.json holds the dropout generator's 64-bit seed and offset as exact JSON integers; checkpoints
+// written before JSON numbers held them exactly have them as decimal strings, and resume the same.
+TEST(TrainerCheckpoint, ATrainerStateWithTheGeneratorStateAsStringsResumesExactly) {
+  TempDir dir;
+  const RunConfig config = mlp_config();  // with dropout: a wrong generator state changes the losses
+  const TrainResult first = run_quietly(config, dir.file("run"), 10);
+  const std::string state_path = first.run_dir + "/checkpoints/step-000010/trainer.json";
+  Json state = parse_json(read_file(state_path));
+  Json& generator = state.at("dropout_rng");
+  for (const char* key : {"seed", "offset"}) {
+    ASSERT_TRUE(generator.at(key).is_number_unsigned()) << key;
+    generator[key] = std::to_string(generator.at(key).get<uint64_t>());
+  }
+  write_file_atomic(state_path, dump_json(state) + "\n");
+  // Listed as before checksums, so that the edited file is not refused as corrupt.
+  write_file_atomic(first.run_dir + "/checkpoint.json",
+                    R"({"format":"muonlab-checkpoint","version":1,"step":10,"dir":"checkpoints/step-000010",)"
+                    R"("files":["model.safetensors","optimizer.safetensors","trainer.json"]})");
+  const TrainResult resumed = run_quietly(config, "", 0, first.run_dir);
+  const TrainResult straight = run_quietly(config, dir.file("straight"));
+  EXPECT_EQ(values_of(read_metrics(resumed.run_dir), "train_loss"), values_of(read_metrics(straight.run_dir), "train_loss"));
 }
 
 // A checkpoint listed without checksums (written before them) whose trainer.json or vocab.txt is
@@ -759,9 +782,9 @@ TEST(TrainerInterrupt, ASignalFinishesTheStepCheckpointsMarksTheSummaryAndTheRun
     sigaction(signal_number, nullptr, &disposition);
     EXPECT_EQ(disposition.sa_handler, SIG_DFL) << "the handler outlived the run";
     EXPECT_EQ(latest_checkpoint(run_dir)->step, 7);
-    const Json summary = Json::parse(read_file(run_dir + "/summary.json"));
-    EXPECT_EQ(summary.at("status").as_string(), "interrupted");
-    EXPECT_EQ(summary.at("steps").as_int(), 7);
+    const Json summary = parse_json(read_file(run_dir + "/summary.json"));
+    EXPECT_EQ(summary.at("status").get<std::string>(), "interrupted");
+    EXPECT_EQ(summary.at("steps").get<int64_t>(), 7);
     EXPECT_FALSE(run_completed(run_dir));
 
     ASSERT_TRUE(run_quietly(config, "", 0, run_dir).completed);
@@ -816,11 +839,11 @@ TEST(TrainerEval, CheckpointEvaluationReproducesTheRunsFinalEvaluation) {
   const TrainResult result = run_quietly(config, dir.file("run"));
   for (const std::string& path : {result.run_dir, result.run_dir + "/checkpoints/step-000020/model.safetensors"}) {
     const Json json = evaluate_checkpoint(config, path);
-    EXPECT_EQ(json.at("step").as_int(), 20);
-    EXPECT_EQ(json.at("val_loss").as_number(), result.summary.at("val_loss").as_number());
-    EXPECT_EQ(json.at("val_acc").as_number(), result.summary.at("val_acc").as_number());
-    EXPECT_EQ(json.at("targets").as_int(), 64);
-    EXPECT_EQ(Json::parse(json.dump()), json);
+    EXPECT_EQ(json.at("step").get<int64_t>(), 20);
+    EXPECT_EQ(json.at("val_loss").get<double>(), result.summary.at("val_loss").get<double>());
+    EXPECT_EQ(json.at("val_acc").get<double>(), result.summary.at("val_acc").get<double>());
+    EXPECT_EQ(json.at("targets").get<int64_t>(), 64);
+    EXPECT_EQ(parse_json(dump_json(json)), json);
   }
   // A checkpoint of another architecture is refused by name.
   RunConfig other = config;
@@ -935,9 +958,9 @@ TEST(TrainerEval, MirrorAndTranslateEvaluationsAverageTheLogitsOfTheirViews) {
     config.data.eval_translate = c.eval_translate;
     const Json evaluated = evaluate_checkpoint(config, result.run_dir);
     const auto [loss, accuracy] = host_view_evaluation(config, result.run_dir, c.views);
-    EXPECT_NEAR(evaluated.at("val_loss").as_number(), loss, 1e-6);
-    EXPECT_NEAR(evaluated.at("val_acc").as_number(), accuracy, 1.5 / 64);  // a near-tie may round either way
-    EXPECT_NE(evaluated.at("val_loss").as_number(), result.summary.at("val_loss").as_number());
+    EXPECT_NEAR(evaluated.at("val_loss").get<double>(), loss, 1e-6);
+    EXPECT_NEAR(evaluated.at("val_acc").get<double>(), accuracy, 1.5 / 64);  // a near-tie may round either way
+    EXPECT_NE(evaluated.at("val_loss").get<double>(), result.summary.at("val_loss").get<double>());
   }
 }
 
@@ -947,8 +970,8 @@ TEST(TrainerEval, LanguageModelsReportLossButNoAccuracy) {
   const TrainResult result = run_quietly(config, dir.file("run"));
   const Json json = evaluate_checkpoint(config, result.run_dir);
   EXPECT_FALSE(json.contains("val_acc"));
-  EXPECT_EQ(json.at("val_loss").as_number(), result.summary.at("val_loss").as_number());
-  EXPECT_EQ(json.at("targets").as_int(), 4 * 8 * 16);  // eval_batches x batch x block
+  EXPECT_EQ(json.at("val_loss").get<double>(), result.summary.at("val_loss").get<double>());
+  EXPECT_EQ(json.at("targets").get<int64_t>(), 4 * 8 * 16);  // eval_batches x batch x block
 }
 
 // ------------------------------------------------------------------ progress and demo

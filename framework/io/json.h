@@ -1,95 +1,92 @@
-// A small JSON value with a strict parser and a compact serializer.
-// Used for metrics.jsonl lines, summary.json, safetensors headers and benchmark output.
+// JSON values are nlohmann::json's, with object keys in insertion order (written files read in
+// the order they were built) and numbers read exactly (ExactNumbers). Used for metrics.jsonl
+// lines, summary.json, checkpoint manifests, safetensors headers and benchmark output.
+//
+// Parse with parse_json and write with dump_json, not nlohmann's parse and dump: parse_json also
+// rejects duplicate keys (a safetensors header naming a tensor twice) and deep nesting, and
+// dump_json writes numbers the way every earlier muonlab file has them.
 #pragma once
-#include <cstddef>
+#include <cmath>
 #include <cstdint>
-#include <initializer_list>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 namespace ml {
 
-class Json {
- public:
-  enum class Type { Null, Bool, Number, String, Array, Object };
-  using Array = std::vector<Json>;
-  // Keys keep insertion order so written files read in the order they were built.
-  using Object = std::vector<std::pair<std::string, Json>>;
+template <typename T, typename = void>
+struct ExactNumbers;
 
-  Json() = default;
-  Json(std::nullptr_t) {}
-  Json(bool value) : type_(Type::Bool), bool_(value) {}
-  // Numbers are doubles; integers beyond 2^53 would silently lose digits, so they are rejected.
-  template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T> && !std::is_same_v<T, bool>>>
-  Json(T value) : type_(Type::Number), number_(static_cast<double>(value)) {
-    if constexpr (std::is_integral_v<T>) check_exact_integer(value);
+using Json = nlohmann::basic_json<nlohmann::ordered_map, std::vector, std::string, bool, std::int64_t, std::uint64_t,
+                                  double, std::allocator, ExactNumbers>;
+
+// Strict RFC 8259 parsing of one value, with no duplicate keys and at most 512 levels of nesting;
+// errors (std::runtime_error) give line and column.
+Json parse_json(const std::string& text);
+
+// Compact form (no whitespace). Integers, and doubles that hold one below 1e17, print without a
+// fraction (975, where nlohmann writes 975.0); other doubles in their shortest exact form (3e-04,
+// where nlohmann writes 0.0003). Throws on NaN/Inf and on strings that are not valid UTF-8, naming
+// the path.
+std::string dump_json(const Json& value);
+
+// Everything but numbers converts as nlohmann converts it.
+template <typename T, typename>
+struct ExactNumbers : nlohmann::adl_serializer<T> {};
+
+// nlohmann's get<int64_t>() would truncate 2.5 to 2, wrap 2^64 - 1 to -1 and read true as 1: here a
+// number read is the number in the file, or a std::runtime_error. A double that holds an integer
+// within +-2^53 (where doubles are exact) still reads as that integer, as it always has ("1e3").
+template <typename T>
+struct ExactNumbers<T, std::enable_if_t<std::is_arithmetic_v<T> && !std::is_same_v<T, bool>>>
+    : nlohmann::adl_serializer<T> {
+  static void from_json(const Json& json, T& value) {
+    // Unsigned first: nlohmann's get_ptr for signed integers also points into unsigned ones.
+    if (const auto* natural = json.get_ptr<const Json::number_unsigned_t*>())
+      value = exact(*natural);
+    else if (const auto* integer = json.get_ptr<const Json::number_integer_t*>())
+      value = exact(*integer);
+    else if (const auto* floating = json.get_ptr<const Json::number_float_t*>())
+      value = exact(*floating, json);
+    else
+      throw std::runtime_error(std::string("JSON: expected a number, got ") + json.type_name());
   }
-  Json(const char* value) : type_(Type::String), string_(value) {}
-  Json(std::string value) : type_(Type::String), string_(std::move(value)) {}
-  Json(Array values) : type_(Type::Array), array_(std::move(values)) {}
-  Json(Object members) : type_(Type::Object), object_(std::move(members)) {}
-  static Json array(std::initializer_list<Json> values = {}) { return Json(Array(values)); }
-  static Json object(std::initializer_list<std::pair<std::string, Json>> members = {});
-
-  Type type() const { return type_; }
-  bool is_null() const { return type_ == Type::Null; }
-  bool is_bool() const { return type_ == Type::Bool; }
-  bool is_number() const { return type_ == Type::Number; }
-  bool is_string() const { return type_ == Type::String; }
-  bool is_array() const { return type_ == Type::Array; }
-  bool is_object() const { return type_ == Type::Object; }
-
-  // Typed access; each throws std::runtime_error naming the expected and actual type.
-  bool as_bool() const;
-  double as_number() const;
-  int64_t as_int() const;  // also throws unless the number is an integer within +-2^53
-  const std::string& as_string() const;
-  const Array& as_array() const;
-  Array& as_array();
-  const Object& as_object() const;
-  Object& as_object();
-
-  // Object access. `at` throws naming the missing key; `find` returns null when absent;
-  // operator[] turns a null value into an object and appends the key when missing.
-  bool contains(const std::string& key) const { return find(key) != nullptr; }
-  const Json* find(const std::string& key) const;
-  const Json& at(const std::string& key) const;
-  Json& operator[](const std::string& key);
-  // Array access.
-  const Json& at(size_t index) const;
-  void push_back(Json value);  // turns a null value into an array
-  size_t size() const;         // elements of an array or members of an object
-
-  // Compact form (no whitespace). Throws on NaN/Inf and on strings that are not valid UTF-8.
-  std::string dump() const;
-  // Strict RFC 8259 parsing of one value; errors give line and column.
-  static Json parse(const std::string& text);
-
-  // Objects compare member by member, in order.
-  bool operator==(const Json& other) const;
-  bool operator!=(const Json& other) const { return !(*this == other); }
 
  private:
-  template <typename T>
-  static void check_exact_integer(T value) {
-    constexpr long long limit = 1LL << 53;
-    if (std::is_signed_v<T> ? static_cast<long long>(value) > limit || static_cast<long long>(value) < -limit
-                            : static_cast<unsigned long long>(value) > static_cast<unsigned long long>(limit))
-      throw_inexact_integer(std::to_string(value));
+  static T exact(int64_t integer) {
+    if constexpr (std::is_integral_v<T>) {
+      if (integer < 0 ? !std::is_signed_v<T> || integer < static_cast<int64_t>(std::numeric_limits<T>::min())
+                      : static_cast<uint64_t>(integer) > static_cast<uint64_t>(std::numeric_limits<T>::max()))
+        throw_out_of_range(std::to_string(integer));
+    }
+    return static_cast<T>(integer);
   }
-  [[noreturn]] static void throw_inexact_integer(const std::string& text);
-  void dump_to(std::string& out) const;
 
-  Type type_ = Type::Null;
-  bool bool_ = false;
-  double number_ = 0;
-  std::string string_;
-  Array array_;
-  Object object_;
+  static T exact(uint64_t natural) {
+    if constexpr (std::is_integral_v<T>) {
+      if (natural > static_cast<uint64_t>(std::numeric_limits<T>::max())) throw_out_of_range(std::to_string(natural));
+    }
+    return static_cast<T>(natural);
+  }
+
+  static T exact(double floating, const Json& json) {
+    if constexpr (std::is_floating_point_v<T>) {
+      return static_cast<T>(floating);
+    } else {
+      if (floating != std::trunc(floating) || std::fabs(floating) > 9007199254740992.0)  // 2^53
+        throw std::runtime_error("JSON: expected an integer, got " + dump_json(json));
+      return exact(static_cast<int64_t>(floating));
+    }
+  }
+
+  [[noreturn]] static void throw_out_of_range(const std::string& integer) {
+    throw std::runtime_error("JSON: integer " + integer + " is out of range [" +
+                             std::to_string(std::numeric_limits<T>::min()) + ", " +
+                             std::to_string(std::numeric_limits<T>::max()) + "]");
+  }
 };
-
-const char* json_type_name(Json::Type type);
 
 }  // namespace ml

@@ -40,11 +40,10 @@ struct Entry {
 };
 
 Entry parse_entry(const std::string& name, const Json& info, uint64_t data_size) {
-  Entry entry{name, parse_dtype_code(info.at("dtype").as_string()), {}, 0, 0};
-  for (const Json& dim : info.at("shape").as_array()) entry.shape.push_back(dim.as_int());
-  const Json& offsets = info.at("data_offsets");
+  Entry entry{name, parse_dtype_code(info.at("dtype").get<std::string>()), info.at("shape").get<Shape>(), 0, 0};
+  const auto offsets = info.at("data_offsets").get<std::vector<int64_t>>();
   if (offsets.size() != 2) throw std::runtime_error("data_offsets must be [begin, end]");
-  int64_t begin = offsets.at(0).as_int(), end = offsets.at(1).as_int();
+  int64_t begin = offsets[0], end = offsets[1];
   if (begin < 0 || begin > end)
     throw std::runtime_error("invalid data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "]");
   entry.begin = static_cast<uint64_t>(begin);
@@ -61,12 +60,14 @@ Entry parse_entry(const std::string& name, const Json& info, uint64_t data_size)
 }
 
 std::map<std::string, std::string> parse_metadata(const Json& metadata) {
+  if (!metadata.is_object())
+    throw std::runtime_error(std::string("__metadata__ must be an object, got ") + metadata.type_name());
   std::map<std::string, std::string> result;
-  for (const auto& [key, value] : metadata.as_object()) {
+  for (const auto& [key, value] : metadata.items()) {
     if (!value.is_string())
       throw std::runtime_error("__metadata__ must map strings to strings, but \"" + key + "\" holds a " +
-                               json_type_name(value.type()));
-    result[key] = value.as_string();
+                               value.type_name());
+    result[key] = value.get<std::string>();
   }
   return result;
 }
@@ -108,10 +109,7 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
                       const std::map<std::string, std::string>& metadata) {
   auto fail = [&](const std::string& what) { return std::invalid_argument("safetensors '" + path + "': " + what); };
   Json header = Json::object();
-  if (!metadata.empty()) {
-    Json& entries = header[kMetadataKey] = Json::object();
-    for (const auto& [key, value] : metadata) entries.as_object().emplace_back(key, value);
-  }
+  if (!metadata.empty()) header[kMetadataKey] = metadata;
   std::set<std::string> names;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
@@ -119,14 +117,12 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     if (!names.insert(name).second) throw fail("duplicate tensor name '" + name + "'");
     if (!tensor.defined()) throw fail("tensor '" + name + "' is undefined");
     uint64_t nbytes = tensor_byte_size(tensor.shape(), tensor.dtype());
-    Json shape = Json::array();
-    for (int64_t d : tensor.shape()) shape.push_back(d);
-    header.as_object().emplace_back(name, Json::object({{"dtype", dtype_code(tensor.dtype())},
-                                                        {"shape", std::move(shape)},
-                                                        {"data_offsets", Json::array({offset, offset + nbytes})}}));
+    header[name] = Json::object({{"dtype", dtype_code(tensor.dtype())},
+                                 {"shape", tensor.shape()},
+                                 {"data_offsets", Json::array({offset, offset + nbytes})}});
     offset += nbytes;
   }
-  std::string text = header.dump();
+  std::string text = dump_json(header);
   // Spaces pad the header so that the data section starts 8-byte aligned.
   text.append((8 - text.size() % 8) % 8, ' ');
   write_file_atomic(path, [&](std::ostream& out) {
@@ -150,18 +146,19 @@ SafetensorsFile load_safetensors(const std::string& path) {
                " bytes after the length field");
   Json header;
   try {
-    header = Json::parse(bytes.substr(sizeof header_length, header_length));
-    header.as_object();
+    header = parse_json(bytes.substr(sizeof header_length, header_length));
   } catch (const std::exception& e) {
     throw fail(std::string("malformed JSON header: ") + e.what());
   }
+  if (!header.is_object())
+    throw fail(std::string("malformed JSON header: expected an object, got ") + header.type_name());
   const char* data = bytes.data() + sizeof header_length + header_length;
   uint64_t data_size = available - header_length;
 
   SafetensorsFile file;
   file.path = path;
   std::vector<Entry> entries;
-  for (const auto& [name, info] : header.as_object()) {
+  for (const auto& [name, info] : header.items()) {
     try {
       if (name == kMetadataKey)
         file.metadata = parse_metadata(info);
