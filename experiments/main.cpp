@@ -21,6 +21,7 @@
 #include "experiments/sweep.h"
 #include "experiments/trainer.h"
 #include "framework/distributed/communicator.h"
+#include "framework/io/json.h"
 #include "framework/parallel.h"
 
 namespace ml {
@@ -128,7 +129,7 @@ int dispatch(int argc, const char* const argv[]) {
     std::cerr << "training interrupted: " << error.what() << "\n";
     return 128 + error.signal_number();
   } catch (const std::exception& error) {
-    std::cerr << "error: " << error.what() << "\n";
+    std::cerr << "error: " << without_json_error_ids(error.what()) << "\n";
     return kExitError;
   }
 }

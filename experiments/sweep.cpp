@@ -318,8 +318,9 @@ int run_sweep(const Sweep& sweep, const SweepOptions& options, std::ostream& out
       copy_kept_files(run_dir, kept_dir_of(sweep, *point));
       out << prefix << ": diverged: " << error.what() << "\n";
     } catch (const std::exception& error) {
-      if (fs::is_directory(run_dir)) write_status(run_dir, "failed", error.what());
-      out << prefix << ": FAILED: " << error.what() << "\n";
+      const std::string message = without_json_error_ids(error.what());
+      if (fs::is_directory(run_dir)) write_status(run_dir, "failed", message);
+      out << prefix << ": FAILED: " << message << "\n";
       ++failures;
     }
     out << std::flush;

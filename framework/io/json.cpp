@@ -1,6 +1,7 @@
 #include "framework/io/json.h"
 
 #include <charconv>
+#include <regex>
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -161,6 +162,11 @@ std::string dump_json(const Json& value) {
     throw std::runtime_error("JSON: " + error.what + " at $" + error.path);
   }
   return out;
+}
+
+std::string without_json_error_ids(const std::string& message) {
+  static const std::regex error_id(R"(\[json\.exception\.[a-z_]+\.[0-9]+\] )");
+  return std::regex_replace(message, error_id, "");
 }
 
 }  // namespace ml

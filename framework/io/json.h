@@ -33,6 +33,11 @@ Json parse_json(const std::string& text);
 // the path.
 std::string dump_json(const Json& value);
 
+// `message` without the ids nlohmann puts in front of its errors ("[json.exception.type_error.302]
+// type must be array, but is string" -> "type must be array, but is string"): they name a line of
+// nlohmann's documentation, which is for programmers; a message for people names the file and key.
+std::string without_json_error_ids(const std::string& message);
+
 // Everything but numbers converts as nlohmann converts it.
 template <typename T, typename>
 struct ExactNumbers : nlohmann::adl_serializer<T> {};

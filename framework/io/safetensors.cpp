@@ -165,7 +165,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
       else
         entries.push_back(parse_entry(name, info, data_size));
     } catch (const std::exception& e) {
-      throw fail((name == kMetadataKey ? name : "tensor '" + name + "'") + ": " + e.what());
+      throw fail((name == kMetadataKey ? name : "tensor '" + name + "'") + ": " + without_json_error_ids(e.what()));
     }
   }
   try {
