@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "experiments/run_dir.h"
 #include "experiments/trainer.h"
 #include "optimizers/factory.h"
 

@@ -15,6 +15,7 @@
 #include "experiments/cli_args.h"
 #include "experiments/config.h"
 #include "experiments/demo.h"
+#include "experiments/evaluation.h"
 #include "experiments/ortho_command.h"
 #include "experiments/report.h"
 #include "experiments/sample.h"

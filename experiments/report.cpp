@@ -16,8 +16,8 @@
 
 #include "experiments/config.h"
 #include "experiments/report_stats.h"
+#include "experiments/run_dir.h"
 #include "experiments/sweep.h"
-#include "experiments/trainer.h"
 #include "experiments/yaml_file_reader.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/json.h"

@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "experiments/run_dir.h"
 #include "experiments/sample.h"
 #include "experiments/trainer.h"
 #include "experiments/yaml_file_reader.h"

@@ -1,9 +1,5 @@
 #include "experiments/trainer.h"
 
-#ifdef MUONLAB_WITH_CUDA
-#include "framework/backends/cuda/cuda_backend.h"
-#endif
-
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -11,7 +7,6 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -22,8 +17,11 @@
 #include "datasets/image_batcher.h"
 #include "datasets/prefetch.h"
 #include "experiments/checkpoint.h"
+#include "experiments/evaluation.h"
 #include "experiments/progress.h"
 #include "experiments/run_data.h"
+#include "experiments/run_device.h"
+#include "experiments/run_dir.h"
 #include "experiments/run_lock.h"
 #include "framework/backend.h"
 #include "framework/distributed/data_parallel.h"
@@ -39,14 +37,6 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-constexpr const char* kModelFile = "model.safetensors";
-constexpr const char* kOptimizerFile = "optimizer.safetensors";
-constexpr const char* kTrainerFile = "trainer.json";
-constexpr const char* kVocabFile = "vocab.txt";
-constexpr const char* kConfigFile = "config.yaml";
-constexpr const char* kMetricsFile = "metrics.jsonl";
-constexpr const char* kSummaryFile = "summary.json";
 
 // Dropout draws from the default generator; its seed is derived from the run's seed so that the
 // masks are not correlated with the initial weights (which are drawn from the seed itself).
@@ -65,19 +55,6 @@ double peak_rss_mb() {
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
-
-// Applies the config's thread count for the lifetime of a run and restores the previous one, so
-// that a run inside a longer-lived process (tests, the demo) leaves the process as it found it.
-class ThreadCountScope {
- public:
-  explicit ThreadCountScope(int64_t threads) : previous_(num_threads()) { set_num_threads(static_cast<int>(threads)); }
-  ~ThreadCountScope() { set_num_threads(previous_); }
-  ThreadCountScope(const ThreadCountScope&) = delete;
-  ThreadCountScope& operator=(const ThreadCountScope&) = delete;
-
- private:
-  int previous_;
-};
 
 // The signal that asked the running training loop to stop (0: none).
 volatile std::sig_atomic_t stop_signal = 0;
@@ -108,63 +85,6 @@ class StopSignalScope {
  private:
   struct sigaction previous_int_ {}, previous_term_ {};
 };
-
-Device run_device(const RunConfig& config) {
-  const Device device{config.device, 0};
-  if (device.is_cuda() && !cuda_available())
-    throw std::runtime_error("device: cuda was requested, but no CUDA device is usable (built without CUDA, or no GPU)");
-#ifdef MUONLAB_WITH_CUDA
-  // float32 products and convolutions stay exact unless the config allows TF32 or bf16.
-  if (device.is_cuda()) {
-    cuda_set_matmul_precision(config.matmul_precision);
-    cuda_set_deterministic(config.deterministic);
-  }
-#endif
-  return device;
-}
-
-// Host batch -> (inputs, targets) tensors on `device`.
-std::pair<Tensor, Tensor> batch_tensors(const HostBatch& batch, Device device) {
-  const Tensor inputs = batch.input_ids.empty() ? Tensor::from_vector(batch.inputs, batch.input_shape, device)
-                                                : Tensor::from_vector(batch.input_ids, batch.input_shape, device);
-  return {inputs, Tensor::from_vector(batch.targets, batch.target_shape, device)};
-}
-
-// The images [B, C, H, W] mirrored left to right.
-Tensor mirror_width(const Tensor& images) {
-  const int64_t width = images.size(3);
-  return index_select(images, 3, arange(static_cast<double>(width - 1), -1.0, -1.0, DType::Int64, images.device()));
-}
-
-// The images [B, C, H, W] with output(y, x) = input(y + shift, x + shift), borders reflected.
-Tensor shift_diagonally(const Tensor& images, int64_t shift) {
-  Tensor shifted = images;
-  for (const int64_t dim : {2, 3}) {
-    std::vector<int64_t> sources(static_cast<size_t>(images.size(dim)));
-    for (int64_t i = 0; i < images.size(dim); ++i) sources[i] = reflect_index(i + shift, images.size(dim));
-    shifted = index_select(shifted, dim, Tensor::from_vector(sources, {images.size(dim)}, images.device()));
-  }
-  return shifted;
-}
-
-Tensor mirror_averaged_logits(Model& model, const Tensor& images, bool mirror) {
-  const Tensor logits = model.forward(images);
-  return mirror ? (logits + model.forward(mirror_width(images))) * 0.5 : logits;
-}
-
-// airbench94_muon.py's infer_mirror_translate when both options are on.
-Tensor test_time_augmented_logits(Model& model, const Tensor& images, const EvalOptions& options) {
-  const Tensor centred = mirror_averaged_logits(model, images, options.mirror);
-  if (!options.translate) return centred;
-  const Tensor shifted = (mirror_averaged_logits(model, shift_diagonally(images, -1), options.mirror) +
-                          mirror_averaged_logits(model, shift_diagonally(images, 1), options.mirror)) *
-                         0.5;
-  return (centred + shifted) * 0.5;
-}
-
-EvalOptions eval_options(const RunConfig& config, const RunData& data) {
-  return {config.train.eval_batches, !data.is_text, config.data.eval_flip, config.data.eval_translate};
-}
 
 // Models that initialize from the data (the CNN's whitening stem) get the first training images,
 // normalized and not augmented, as airbench94_muon.py's init_whiten gets train_images[:5000].
@@ -212,153 +132,15 @@ void scale_grads(const std::vector<Tensor>& params, double factor) {
   }
 }
 
-void check_holds_no_run(const std::string& out_dir) {
-  if (fs::exists(out_dir + "/" + kMetricsFile) || fs::exists(out_dir + "/checkpoint.json"))
-    throw std::runtime_error("--out " + out_dir + " already holds a run; continue it with --resume, or choose another folder");
-}
-
-// The keys that may change when a run is resumed: how long it trains, how often it reports, and
-// the thread count (a resumed session on another machine; the loop notes that the curve then
-// differs by rounding).
-RunConfig with_resumable_keys_of(RunConfig saved, const RunConfig& given) {
-  saved.threads = given.threads;
-  saved.train.steps = given.train.steps;
-  saved.train.epochs = given.train.epochs;
-  saved.train.eval_every = given.train.eval_every;
-  saved.train.log_every = given.train.log_every;
-  saved.train.checkpoint_every = given.train.checkpoint_every;
-  saved.train.checkpoint_minutes = given.train.checkpoint_minutes;
-  saved.train.keep_checkpoints = given.train.keep_checkpoints;
-  saved.train.max_loss_ratio = given.train.max_loss_ratio;
-  saved.data.workers_prefetch = given.data.workers_prefetch;
-  return saved;
-}
-
-void check_same_run(const RunConfig& given, const std::string& run_dir) {
-  const std::string saved_path = run_dir + "/" + kConfigFile;
-  if (!fs::exists(saved_path)) throw std::runtime_error("--resume " + run_dir + ": no " + kConfigFile + " (not a run directory)");
-  const RunConfig saved = with_resumable_keys_of(load_run_config(saved_path), given);
-  const std::string difference = first_difference(saved, given);
-  if (difference.empty()) return;
-  throw std::runtime_error("--resume " + run_dir + ": the config differs from the run's " + kConfigFile + " (run vs given: " +
-                           difference +
-                           "); only train.steps/epochs/eval_every/log_every/checkpoint_every/checkpoint_minutes/"
-                           "keep_checkpoints/max_loss_ratio, threads and data.workers_prefetch may change. Resume with " +
-                           saved_path);
-}
-
-// Drops the metrics lines logged after `step` (from a session that died after its last checkpoint).
-void truncate_metrics(const std::string& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::istringstream lines(read_file(path));
-  std::string kept;
-  for (std::string line; std::getline(lines, line);) {
-    if (line.empty()) continue;
-    try {
-      if (parse_json(line).at("step").get<int64_t>() > step) continue;
-    } catch (const std::exception&) {
-      continue;  // a line cut short by the crash
-    }
-    kept += line + "\n";
-  }
-  write_file_atomic(path, kept);
-}
-
-// The state of the loop that is not in the model or the optimizer.
-struct LoopState {
-  int64_t step = 0;  // optimizer steps done
-  double elapsed_s = 0.0;
-  double optimizer_s = 0.0;
-  double eval_s = 0.0;  // of elapsed_s, the time spent evaluating
-  int64_t samples = 0;
-  int64_t threads = 0;  // of the session that wrote the checkpoint: reductions sum in a per-thread-count order
-  uint64_t dropout_seed = 0;
-  uint64_t dropout_offset = 0;
-  // Train losses of the steps since the last metrics line (their mean is what gets logged).
-  double window_loss_sum = 0.0;
-  int64_t window_steps = 0;
-  double last_train_loss = 0.0;
-  std::optional<double> first_loss;  // of the run's first step: the yardstick of train.max_loss_ratio
-  std::optional<EvalResult> last_eval;
-  std::optional<double> best_val_loss;
-  std::optional<double> best_val_acc;
-
-  Json to_json() const {
-    Json json = Json::object({{"step", step},
-                              {"elapsed_s", elapsed_s},
-                              {"optimizer_s", optimizer_s},
-                              {"eval_s", eval_s},
-                              {"samples", samples},
-                              {"threads", threads},
-                              {"dropout_rng", Json::object({{"seed", dropout_seed}, {"offset", dropout_offset}})},
-                              {"window_loss_sum", window_loss_sum},
-                              {"window_steps", window_steps},
-                              {"last_train_loss", last_train_loss}});
-    if (last_eval) {
-      Json eval = Json::object({{"loss", last_eval->loss}, {"targets", last_eval->targets}, {"batches", last_eval->batches}});
-      if (last_eval->accuracy) eval["accuracy"] = *last_eval->accuracy;
-      json["last_eval"] = eval;
-    }
-    if (best_val_loss) json["best_val_loss"] = *best_val_loss;
-    if (best_val_acc) json["best_val_acc"] = *best_val_acc;
-    if (first_loss) json["first_loss"] = *first_loss;
-    return json;
-  }
-
-  static LoopState from_json(const Json& json) {
-    const auto optional_number = [](const Json& object, const char* key) {
-      return object.contains(key) ? std::optional<double>(object.at(key).get<double>()) : std::nullopt;
-    };
-    // Checkpoints written before JSON numbers held 64-bit integers exactly store the generator
-    // state as decimal strings.
-    const auto generator_word = [](const Json& value) {
-      return value.is_string() ? std::stoull(value.get<std::string>()) : value.get<uint64_t>();
-    };
-    LoopState state;
-    state.step = json.at("step").get<int64_t>();
-    state.elapsed_s = json.at("elapsed_s").get<double>();
-    state.optimizer_s = json.at("optimizer_s").get<double>();
-    // Checkpoints written before evaluation time was tracked have none.
-    state.eval_s = optional_number(json, "eval_s").value_or(0.0);
-    state.samples = json.at("samples").get<int64_t>();
-    state.threads = json.at("threads").get<int64_t>();
-    state.dropout_seed = generator_word(json.at("dropout_rng").at("seed"));
-    state.dropout_offset = generator_word(json.at("dropout_rng").at("offset"));
-    state.window_loss_sum = json.at("window_loss_sum").get<double>();
-    state.window_steps = json.at("window_steps").get<int64_t>();
-    state.last_train_loss = json.at("last_train_loss").get<double>();
-    if (json.contains("last_eval")) {
-      const Json& eval = json.at("last_eval");
-      EvalResult result;
-      result.loss = eval.at("loss").get<double>();
-      result.targets = eval.at("targets").get<int64_t>();
-      result.batches = eval.at("batches").get<int64_t>();
-      result.accuracy = optional_number(eval, "accuracy");
-      state.last_eval = result;
-    }
-    state.best_val_loss = optional_number(json, "best_val_loss");
-    state.best_val_acc = optional_number(json, "best_val_acc");
-    // Checkpoints written before the loss bound existed have none: this session's first step sets it.
-    state.first_loss = optional_number(json, "first_loss");
-    return state;
-  }
-};
-
-// A checkpoint's trainer.json, with errors naming it: one that passes its checksum may still be
-// damaged (written before checksums, or edited together with the manifest).
-LoopState read_loop_state(const std::string& path) {
-  const std::string text = read_file(path);
-  try {
-    return LoopState::from_json(parse_json(text));
-  } catch (const std::exception& error) {
-    throw std::runtime_error(path + ": not a valid trainer state: " + error.what());
-  }
-}
-
-StateDict read_optimizer_state(const std::string& path) {
-  StateDict state;
-  for (const auto& [name, tensor] : load_safetensors(path).tensors) state[name] = tensor;
-  return state;
+// Optimizer steps of the run: train.steps, or train.epochs passes over the training data.
+int64_t total_steps_of(const RunConfig& config, const Batcher& batcher) {
+  if (config.train.steps > 0) return config.train.steps;
+  const int64_t steps_per_epoch = batcher.steps_per_epoch() / config.train.grad_accum;
+  if (steps_per_epoch == 0)
+    fail_config_key(config, "train.grad_accum", std::to_string(config.train.grad_accum) + " is more than the " +
+                                                    std::to_string(batcher.steps_per_epoch()) +
+                                                    " batches of one epoch");
+  return config.train.epochs * steps_per_epoch;
 }
 
 class Trainer {
@@ -455,24 +237,15 @@ class Trainer {
   }
 
   TrainResult loop() {
-    std::ostream& out = options_.progress ? *options_.progress : std::cerr;
     const int64_t accum = config_.train.grad_accum;
     const int64_t first_step = state_.step;
     const int64_t end_step = options_.max_session_steps > 0
                                  ? std::min(total_steps_, first_step + options_.max_session_steps)
                                  : total_steps_;
-    // A stream handed in (tests, the demo) is not a terminal.
-    const bool quiet = options_.quiet || !writer();  // the ranks of a job report through rank 0
-    const ProgressStyle style = options_.progress ? (quiet ? ProgressStyle::Quiet : ProgressStyle::Lines)
-                                                  : choose_progress_style(quiet, fileno(stderr));
+    std::ostream& out = options_.progress ? *options_.progress : std::cerr;
     if (writer()) out << fallback_warning_;  // even when quiet: the run continues from an older state than asked
-    ProgressReporter progress(out, style, first_step, total_steps_, config_.train.log_every);
-    if (first_step > 0 && state_.threads != num_threads())
-      progress.note("note: the checkpoint was written with " + std::to_string(state_.threads) + " threads, this session uses " +
-                    std::to_string(num_threads()) + "; the loss curve will differ slightly from an uninterrupted run");
-    progress.note((first_step > 0 ? "resuming " : "training ") + model_->summary() + " for " +
-                  std::to_string(total_steps_) + " steps" +
-                  (first_step > 0 ? " from step " + std::to_string(first_step) : "") + " -> " + run_dir_);
+    ProgressReporter progress(out, progress_style(), first_step, total_steps_, config_.train.log_every);
+    announce_session(progress, first_step);
 
     const Clock::time_point session_start = Clock::now();
     const double elapsed_before = state_.elapsed_s;
@@ -486,55 +259,15 @@ class Trainer {
     last_checkpoint_time_ = session_start;
     window_comm_ = comm_.stats();
     while (state_.step < end_step) {
-      const int64_t step = state_.step;
-      optimizer_->set_lr_scale(lr_scale_at(config_.schedule, step, total_steps_));
-      optimizer_->zero_grad();
-      model_->begin_training_step(epoch());
-      double loss_sum = 0.0;
-      int64_t step_samples = 0;
-      for (int64_t micro = 0; micro < accum; ++micro) {
-        // Each rank trains on its part of the global batch; its loss counts with its share of the
-        // examples, so that the gradients summed over ranks are the global batch's (share 1 alone).
-        const HostBatch global_batch = loader->next();
-        const HostBatch batch = batch_part(global_batch, comm_.rank(), comm_.size());
-        const double share = static_cast<double>(batch.size()) / static_cast<double>(global_batch.size());
-        step_samples += global_batch.size();
-        if (batch.size() == 0) continue;  // a short last batch of an epoch left this rank nothing
-        const auto [inputs, targets] = batch_tensors(batch, device_);
-        const Tensor loss = cross_entropy(model_->forward(inputs), targets, -100, config_.train.label_smoothing);
-        const double loss_value = loss.item();
-        if (!std::isfinite(loss_value)) diverged("non-finite training loss (" + non_finite_text(loss_value) + ")", step + 1);
-        const double loss_weight = share / static_cast<double>(accum);
-        (loss_weight != 1.0 ? loss * loss_weight : loss).backward();
-        loss_sum += share * loss_value;
-      }
-      reduce_gradients(comm_, params_);
-      loss_sum = all_reduce_values(comm_, {loss_sum}).front();
-      check_loss_bound(loss_sum / static_cast<double>(accum), step + 1);
-      // The gradient norm, computed every step anyway, checks every gradient at once.
-      const double grad_norm = global_grad_norm(params_);
-      if (!std::isfinite(grad_norm))
-        diverged("non-finite gradient norm (" + non_finite_text(grad_norm) + "; first in the gradient of " +
-                     first_non_finite(named_gradients()) + ")",
-                 step + 1);
-      if (config_.train.grad_clip > 0 && grad_norm > config_.train.grad_clip)
-        scale_grads(params_, config_.train.grad_clip / (grad_norm + 1e-6));
-      // Device work is asynchronous: drain the queue around the step so that its time is its own.
-      Backend& backend = backend_for(device_);
-      backend.synchronize();
-      const Clock::time_point optimizer_start = Clock::now();
-      optimizer_->step();
-      backend.synchronize();
-      state_.optimizer_s += seconds_since(optimizer_start);
-      broadcast_buffers();
-
-      state_.step = step + 1;
-      state_.samples += step_samples;
-      state_.last_train_loss = loss_sum / static_cast<double>(accum);
+      const StepResult step = train_step(*loader);
+      state_.step += 1;
+      state_.samples += step.samples;
+      state_.optimizer_s += step.optimizer_s;
+      state_.last_train_loss = step.loss;
       state_.window_loss_sum += state_.last_train_loss;
       state_.window_steps += 1;
       state_.elapsed_s = elapsed_before + seconds_since(session_start);
-      window_samples += step_samples;
+      window_samples += step.samples;
       const double session_s = seconds_since(session_start);
       // The mean since the last metrics line: at a logging step, the value the line records.
       progress.step({state_.step, state_.window_loss_sum / static_cast<double>(state_.window_steps),
@@ -546,7 +279,7 @@ class Trainer {
       const bool eval_now = every(config_.train.eval_every) || last;
       const bool checkpoint_now =
           every(config_.train.checkpoint_every) || last || state_.step == end_step || checkpoint_due();
-      // The loss and the gradient norm are checked every step above. Parameters and buffers
+      // The loss and the gradient norm are checked every step (train_step). Parameters and buffers
       // (BatchNorm's running statistics can overflow while the loss stays finite) would need a
       // pass over every tensor, so they are checked where a non-finite value would do harm or be
       // recorded: before a metrics line, an evaluation or a checkpoint. That bounds how late a
@@ -564,7 +297,86 @@ class Trainer {
       if (stop != 0 && state_.step < total_steps_) interrupted(progress, stop);
     }
     progress.finish();
+    return session_result();
+  }
 
+  // What one optimizer step leaves for the loop to record.
+  struct StepResult {
+    double loss = 0.0;         // the mean training loss of the step's batches, over all ranks
+    int64_t samples = 0;       // examples in the step's global batches
+    double optimizer_s = 0.0;  // the wall-clock of the optimizer's update
+  };
+
+  // The optimizer step after state_.step: train.grad_accum batches from `loader`, forward and
+  // backward on this rank's part of each, the gradients summed over the ranks, checked and
+  // clipped, then the update. A non-finite loss or gradient, or a loss beyond
+  // train.max_loss_ratio, stops the run (diverged).
+  StepResult train_step(PrefetchLoader& loader) {
+    const int64_t step = state_.step;
+    const int64_t accum = config_.train.grad_accum;
+    optimizer_->set_lr_scale(lr_scale_at(config_.schedule, step, total_steps_));
+    optimizer_->zero_grad();
+    model_->begin_training_step(epoch());
+    StepResult result;
+    double loss_sum = 0.0;
+    for (int64_t micro = 0; micro < accum; ++micro) {
+      // Each rank trains on its part of the global batch; its loss counts with its share of the
+      // examples, so that the gradients summed over ranks are the global batch's (share 1 alone).
+      const HostBatch global_batch = loader.next();
+      const HostBatch batch = batch_part(global_batch, comm_.rank(), comm_.size());
+      const double share = static_cast<double>(batch.size()) / static_cast<double>(global_batch.size());
+      result.samples += global_batch.size();
+      if (batch.size() == 0) continue;  // a short last batch of an epoch left this rank nothing
+      const auto [inputs, targets] = batch_tensors(batch, device_);
+      const Tensor loss = cross_entropy(model_->forward(inputs), targets, -100, config_.train.label_smoothing);
+      const double loss_value = loss.item();
+      if (!std::isfinite(loss_value)) diverged("non-finite training loss (" + non_finite_text(loss_value) + ")", step + 1);
+      const double loss_weight = share / static_cast<double>(accum);
+      (loss_weight != 1.0 ? loss * loss_weight : loss).backward();
+      loss_sum += share * loss_value;
+    }
+    reduce_gradients(comm_, params_);
+    loss_sum = all_reduce_values(comm_, {loss_sum}).front();
+    result.loss = loss_sum / static_cast<double>(accum);
+    check_loss_bound(result.loss, step + 1);
+    // The gradient norm, computed every step anyway, checks every gradient at once.
+    const double grad_norm = global_grad_norm(params_);
+    if (!std::isfinite(grad_norm))
+      diverged("non-finite gradient norm (" + non_finite_text(grad_norm) + "; first in the gradient of " +
+                   first_non_finite(named_gradients()) + ")",
+               step + 1);
+    if (config_.train.grad_clip > 0 && grad_norm > config_.train.grad_clip)
+      scale_grads(params_, config_.train.grad_clip / (grad_norm + 1e-6));
+    // Device work is asynchronous: drain the queue around the step so that its time is its own.
+    Backend& backend = backend_for(device_);
+    backend.synchronize();
+    const Clock::time_point optimizer_start = Clock::now();
+    optimizer_->step();
+    backend.synchronize();
+    result.optimizer_s = seconds_since(optimizer_start);
+    broadcast_buffers();
+    return result;
+  }
+
+  ProgressStyle progress_style() const {
+    // A stream handed in (tests, the demo) is not a terminal.
+    const bool quiet = options_.quiet || !writer();  // the ranks of a job report through rank 0
+    return options_.progress ? (quiet ? ProgressStyle::Quiet : ProgressStyle::Lines)
+                             : choose_progress_style(quiet, fileno(stderr));
+  }
+
+  // What the session trains, from where, into which run directory.
+  void announce_session(ProgressReporter& progress, int64_t first_step) {
+    if (first_step > 0 && state_.threads != num_threads())
+      progress.note("note: the checkpoint was written with " + std::to_string(state_.threads) + " threads, this session uses " +
+                    std::to_string(num_threads()) + "; the loss curve will differ slightly from an uninterrupted run");
+    progress.note((first_step > 0 ? "resuming " : "training ") + model_->summary() + " for " +
+                  std::to_string(total_steps_) + " steps" +
+                  (first_step > 0 ? " from step " + std::to_string(first_step) : "") + " -> " + run_dir_);
+  }
+
+  // The session ended at end_step: a completed run writes its summary.
+  TrainResult session_result() {
     TrainResult result;
     result.run_dir = run_dir_;
     result.completed = state_.step == total_steps_;
@@ -831,142 +643,13 @@ double lr_scale_at(const ScheduleConfig& schedule, int64_t step, int64_t total_s
   throw std::logic_error("lr_scale_at: an unknown decay");
 }
 
-int64_t total_steps_of(const RunConfig& config, const Batcher& batcher) {
-  if (config.train.steps > 0) return config.train.steps;
-  const int64_t steps_per_epoch = batcher.steps_per_epoch() / config.train.grad_accum;
-  if (steps_per_epoch == 0)
-    fail_config_key(config, "train.grad_accum", std::to_string(config.train.grad_accum) + " is more than the " +
-                                                    std::to_string(batcher.steps_per_epoch()) +
-                                                    " batches of one epoch");
-  return config.train.epochs * steps_per_epoch;
-}
-
-EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& options, Device device,
-                    Communicator* comm) {
-  const bool was_training = model.is_training();
-  model.eval();
-  NoGradGuard no_grad;
-  const int64_t available = batcher.num_val_batches();
-  const int64_t batches = options.max_batches > 0 ? std::min(options.max_batches, available) : available;
-  const bool classifier = options.classifier;
-  double loss_sum = 0.0;
-  int64_t correct = 0;
-  EvalResult result;
-  // The ranks of a job share the batches (rank r takes r, r + N, ...) and add up their sums.
-  const int rank = comm ? comm->rank() : 0, ranks = comm ? comm->size() : 1;
-  for (int64_t index = rank; index < batches; index += ranks) {
-    const HostBatch batch = batcher.val_batch(index);
-    const auto [inputs, targets] = batch_tensors(batch, device);
-    const Tensor logits = test_time_augmented_logits(model, inputs, options);
-    loss_sum += cross_entropy(logits, targets, -100, 0.0, Reduction::Sum).item();
-    if (classifier) {
-      const std::vector<int64_t> predicted = argmax(logits, -1).to_vector<int64_t>();
-      for (size_t i = 0; i < predicted.size(); ++i) correct += predicted[i] == batch.targets[i];
-    }
-    result.targets += static_cast<int64_t>(batch.targets.size());
-  }
-  if (ranks > 1) {
-    const std::vector<double> summed =
-        all_reduce_values(*comm, {loss_sum, static_cast<double>(correct), static_cast<double>(result.targets)});
-    loss_sum = summed[0];
-    correct = static_cast<int64_t>(summed[1]);
-    result.targets = static_cast<int64_t>(summed[2]);
-  }
-  model.train(was_training);
-  result.batches = batches;
-  result.loss = result.targets > 0 ? loss_sum / static_cast<double>(result.targets) : 0.0;
-  if (classifier && result.targets > 0) result.accuracy = static_cast<double>(correct) / static_cast<double>(result.targets);
-  return result;
-}
-
 TrainResult train(const RunConfig& config, const TrainOptions& options) { return Trainer(config, options).run(); }
-
-bool run_completed(const std::string& run_dir) {
-  const std::string path = run_dir + "/" + kSummaryFile;
-  if (!fs::exists(path)) return false;
-  const Json summary = parse_json(read_file(path));
-  // Summaries from before "status" are of finished runs.
-  return !summary.contains("status") || summary.at("status").get<std::string>() != "interrupted";
-}
 
 std::vector<NamedParam> optimizer_params(const Module& model) {
   std::vector<NamedParam> params;
   for (const auto& [name, tensor] : model.named_parameters())
     if (tensor.requires_grad()) params.push_back({name, tensor});
   return params;
-}
-
-std::string new_run_dir(const std::string& parent, const std::string& name) {
-  const std::time_t now = std::time(nullptr);
-  std::tm local{};
-  localtime_r(&now, &local);
-  char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &local);
-  const std::string base = parent + "/" + name + "-" + stamp;
-  std::string dir = base;
-  for (int suffix = 2; fs::exists(dir); ++suffix) dir = base + "-" + std::to_string(suffix);
-  return dir;
-}
-
-namespace {
-
-// Keys of the model and data sections that do not change what a checkpoint computes on the
-// validation split: training-only settings, evaluation options and where the files are.
-const std::vector<std::string> kKeysEvalMayChange{
-    "model.dropout",                                                            // training only
-    "data.flip", "data.alternating_flip", "data.crop_padding", "data.translate",  // training augmentation
-    "data.batch_size", "data.workers_prefetch",                                 // training batches
-    "data.val_batch_size", "data.limit_val", "data.eval_flip", "data.eval_translate",  // evaluation options
-    "data.path", "data.val_path"};                                              // where the files are
-
-// `muonlab eval` with a config whose model or data differ from the run's would load the weights
-// into another model, or score other data, and print a wrong number: refuse it.
-void check_eval_config(const RunConfig& given, const CheckpointRef& checkpoint) {
-  const fs::path run_dir = fs::path(checkpoint.dir).lexically_normal().parent_path().parent_path();
-  const std::string saved_path = (run_dir / kConfigFile).string();
-  if (!fs::exists(saved_path)) return;  // a checkpoint folder outside a run: nothing to compare with
-  std::string listed;
-  for (const std::string& difference : config_differences(load_run_config(saved_path), given)) {
-    const std::string key = difference.substr(0, difference.find(':'));
-    const bool defining = key == "seed" || key.rfind("model.", 0) == 0 || key.rfind("data.", 0) == 0;
-    if (defining && std::find(kKeysEvalMayChange.begin(), kKeysEvalMayChange.end(), key) == kKeysEvalMayChange.end())
-      listed += "\n  " + difference;
-  }
-  if (!listed.empty())
-    throw std::runtime_error("eval: the config differs from the run's " + saved_path +
-                             " in keys that define the model or the data (run vs given):" + listed +
-                             "\nevaluate with " + saved_path);
-}
-
-}  // namespace
-
-Json evaluate_checkpoint(const RunConfig& config, const std::string& checkpoint_path) {
-  const ThreadCountScope threads(config.threads);
-  const Device device = run_device(config);
-  const CheckpointRef checkpoint = resolve_checkpoint(checkpoint_path);
-  verify_checkpoint(checkpoint);
-  check_eval_config(config, checkpoint);
-  const std::string& dir = checkpoint.dir;
-  const std::string model_path = dir + "/" + kModelFile;
-  if (!fs::exists(model_path)) throw std::runtime_error(checkpoint_path + ": no " + kModelFile + " in " + dir);
-  // Every file of the checkpoint is read before the (long) evaluation, so that a damaged one fails at once.
-  std::optional<int64_t> step;
-  if (fs::exists(dir + "/" + kTrainerFile)) step = read_loop_state(dir + "/" + kTrainerFile).step;
-  std::optional<CharVocab> stored_vocab;
-  if (fs::exists(dir + "/" + kVocabFile)) stored_vocab = CharVocab::load(dir + "/" + kVocabFile);
-  const RunData data = load_run_data(config, stored_vocab);
-  const std::shared_ptr<Model> model = make_model(
-      config.model, {data.example_shape, data.num_classes, data.vocab_size}, static_cast<uint64_t>(config.seed));
-  load_weights(*model, model_path);
-  model->to(device);
-  const EvalResult result = evaluate(*model, *data.batcher, eval_options(config, data), device);
-  Json json = Json::object({{"checkpoint", dir}});
-  if (step) json["step"] = *step;
-  json["val_loss"] = result.loss;
-  if (result.accuracy) json["val_acc"] = *result.accuracy;
-  json["targets"] = result.targets;
-  json["batches"] = result.batches;
-  return json;
 }
 
 }  // namespace ml

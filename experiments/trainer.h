@@ -1,4 +1,5 @@
-// The YAML-driven training loop behind `muonlab train` and `muonlab eval`.
+// The YAML-driven training loop behind `muonlab train`. Its evaluation (and `muonlab eval`) is in
+// experiments/evaluation.h; the run directory's files, checks and loop state in experiments/run_dir.h.
 //
 // A run directory holds: config.yaml (the resolved config), metrics.jsonl (one JSON object per
 // logged step and per evaluation), summary.json (written when the run completes, with "status":
@@ -11,17 +12,14 @@
 #pragma once
 #include <cstdint>
 #include <iosfwd>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "datasets/batch.h"
 #include "experiments/config.h"
 #include "framework/distributed/communicator.h"
 #include "framework/io/json.h"
-#include "framework/tensor.h"
-#include "models/model.h"
+#include "framework/nn/module.h"
 #include "optimizers/optimizer.h"
 
 namespace ml {
@@ -74,50 +72,13 @@ struct TrainResult {
 // before the run directory is created or modified. Throws TrainingDiverged as described above.
 TrainResult train(const RunConfig& config, const TrainOptions& options = {});
 
-// Whether the run in `run_dir` finished: its summary.json exists and is not marked interrupted.
-bool run_completed(const std::string& run_dir);
-
 // The model's trainable parameters with their dotted names, as the optimizers take them. Frozen
 // parameters (requires_grad false, e.g. the CNN's whitening filters) are left out: no optimizer
 // state, no update, no weight decay.
 std::vector<NamedParam> optimizer_params(const Module& model);
 
-// "<parent>/<name>-<YYYYmmdd-HHMMSS>", with "-2", "-3", ... appended when that already exists.
-std::string new_run_dir(const std::string& parent, const std::string& name);
-
 // The learning-rate multiplier for the (0-based) step about to be taken: linear warmup over
 // warmup_steps, then the decay down to min_lr_ratio at the end of the run.
 double lr_scale_at(const ScheduleConfig& schedule, int64_t step, int64_t total_steps);
-
-// Optimizer steps of the run: train.steps, or train.epochs passes over the training data.
-int64_t total_steps_of(const RunConfig& config, const Batcher& batcher);
-
-struct EvalResult {
-  double loss = 0.0;                // mean cross-entropy per predicted target (no label smoothing)
-  std::optional<double> accuracy;   // classifiers only
-  int64_t targets = 0;              // examples (classifiers) or tokens (language models) scored
-  int64_t batches = 0;
-};
-
-struct EvalOptions {
-  int64_t max_batches = 0;  // the first max_batches validation batches; 0: all
-  bool classifier = false;  // also count correct predictions
-  bool mirror = false;      // average the logits of each image [B, C, H, W] and its horizontal mirror
-  // Also the logits of the image shifted by one pixel down-right and up-left (reflected border),
-  // mirrored too when `mirror`: 1/2 on the unshifted view(s), 1/4 on each shift (airbench's
-  // tta_level 2 with `mirror`).
-  bool translate = false;
-};
-
-// Evaluates `model` in eval mode on the validation batches of `batcher`; the ranks of `comm`
-// (which hold the same model) share the batches out and agree on the result.
-EvalResult evaluate(Model& model, const Batcher& batcher, const EvalOptions& options, Device device,
-                    Communicator* comm = nullptr);
-
-// `muonlab eval`: loads the checkpoint at `checkpoint_path` (a run directory, a checkpoint
-// folder or a file in one) into the model of `config` and evaluates it on the validation split
-// (train.eval_batches of them; 0: all). Returns {"checkpoint", "step", "val_loss", "val_acc"
-// (classifiers), "targets", "batches"}.
-Json evaluate_checkpoint(const RunConfig& config, const std::string& checkpoint_path);
 
 }  // namespace ml

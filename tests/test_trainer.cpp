@@ -23,8 +23,10 @@
 
 #include "experiments/checkpoint.h"
 #include "experiments/demo.h"
+#include "experiments/evaluation.h"
 #include "experiments/progress.h"
 #include "experiments/run_data.h"
+#include "experiments/run_dir.h"
 #include "experiments/trainer.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/json.h"
