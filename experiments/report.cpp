@@ -339,7 +339,7 @@ std::string Report::markdown(int incomplete, const std::string& h1, const std::s
     }
     const Stats cache = c->optimizer_metric("cache_hit_rate");
     md << " | " << cell(c->stat("train_s"), 1) << " | " << cell(c->ratio("optimizer_s", "train_s"), 3) << " | "
-       << cell(c->ratio("samples", "train_s"), 0) << " | " << cell(c->stat("peak_rss_mb"), 0) << " | "
+       << cell(c->ratio("samples", "train_s"), 1) << " | " << cell(c->stat("peak_rss_mb"), 0) << " | "
        << (cache.n ? cell(cache, 3) : "") << " |\n";
   }
 
