@@ -48,10 +48,8 @@ std::function<void()> train_step(Model& model, Optimizer& optimizer, const Tenso
 
 }  // namespace
 
-int run_bench_models(const BenchArgs& args, std::ostream& out) {
-  set_num_threads(static_cast<int>(args.threads));
-  const Device device = bench_device(args);
-  Generator gen(0);
+std::vector<BenchmarkTask> benchmark_tasks(Device device, Generator& gen) {
+  std::vector<BenchmarkTask> tasks;
   {
     GptOptions options = with_defaults(GptOptions::settings());
     options.vocab_size = 65;
@@ -60,27 +58,24 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
     options.n_head = 4;
     options.n_embd = 128;
     const int64_t batch = 12;
-    Gpt model(options, gen);
-    model.to(device);
+    BenchmarkTask task;
+    task.shape = Json::object({{"bench", "gpt_nanogpt_cpu"},
+                               {"vocab", options.vocab_size},
+                               {"block", options.block_size},
+                               {"layers", options.n_layer},
+                               {"heads", options.n_head},
+                               {"d", options.n_embd},
+                               {"batch", batch}});
+    task.model = std::make_shared<Gpt>(options, gen);
+    task.model->to(device);
     AdamWSettings settings = with_defaults(AdamWSettings::settings());
     settings.lr = 1e-3;
-    const auto optimizer = make_optimizer(settings, optimizer_params(model));
-    const Tensor ids = random_ids({batch, options.block_size}, options.vocab_size, gen, device);
-    const Tensor targets = random_ids({batch, options.block_size}, options.vocab_size, gen, device);
-    const double ms = median_ms_per_call(train_step(model, *optimizer, ids, targets, 0.0), args.repeats, backend_for(device));
-    out << dump_json(Json::object(
-               {{"bench", "gpt_nanogpt_cpu"},
-                {"vocab", options.vocab_size},
-                {"block", options.block_size},
-                {"layers", options.n_layer},
-                {"heads", options.n_head},
-                {"d", options.n_embd},
-                {"batch", batch},
-                {"threads", num_threads()},
-                {"ms_per_step", rounded(ms, 3)},
-                {"tokens_per_s", rounded(static_cast<double>(batch * options.block_size) / ms * 1000.0, 1)}}))
-        << "\n"
-        << std::flush;
+    task.optimizer = settings;
+    task.inputs = random_ids({batch, options.block_size}, options.vocab_size, gen, device);
+    task.targets = random_ids({batch, options.block_size}, options.vocab_size, gen, device);
+    task.throughput_name = "tokens_per_s";
+    task.items_per_step = batch * options.block_size;
+    tasks.push_back(std::move(task));
   }
   {
     CnnOptions options = with_defaults(CnnOptions::settings());
@@ -89,24 +84,39 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
     options.widths = {32, 64, 128};
     options.logit_divisor = 9.0;
     const int64_t batch = 256;
-    Cnn model(options, gen);
-    model.to(device);
+    BenchmarkTask task;
+    task.shape = Json::object({{"bench", "cnn_airbench_small"}, {"widths", Json::array({32, 64, 128})}, {"batch", batch}});
+    task.model = std::make_shared<Cnn>(options, gen);
+    task.model->to(device);
     SgdSettings settings = with_defaults(SgdSettings::settings());
     settings.lr = 0.01;
     settings.momentum = 0.9;
     settings.nesterov = true;
-    const auto optimizer = make_optimizer(settings, optimizer_params(model));
-    const Tensor images = randn({batch, 3, 32, 32}, DType::Float32, cpu(), gen).to(device);
-    const Tensor labels = random_ids({batch}, options.num_classes, gen, device);
-    const double ms = median_ms_per_call(train_step(model, *optimizer, images, labels, 0.2), args.repeats, backend_for(device));
-    out << dump_json(Json::object({{"bench", "cnn_airbench_small"},
-                                   {"widths", Json::array({32, 64, 128})},
-                                   {"batch", batch},
-                                   {"threads", num_threads()},
-                                   {"ms_per_step", rounded(ms, 3)},
-                                   {"images_per_s", rounded(static_cast<double>(batch) / ms * 1000.0, 1)}}))
-        << "\n"
-        << std::flush;
+    task.optimizer = settings;
+    task.inputs = randn({batch, 3, 32, 32}, DType::Float32, cpu(), gen).to(device);
+    task.targets = random_ids({batch}, options.num_classes, gen, device);
+    task.label_smoothing = 0.2;
+    task.throughput_name = "images_per_s";
+    task.items_per_step = batch;
+    tasks.push_back(std::move(task));
+  }
+  return tasks;
+}
+
+int run_bench_models(const BenchArgs& args, std::ostream& out) {
+  set_num_threads(static_cast<int>(args.threads));
+  const Device device = bench_device(args);
+  Generator gen(0);
+  for (BenchmarkTask& task : benchmark_tasks(device, gen)) {
+    const auto optimizer = make_optimizer(task.optimizer, optimizer_params(*task.model));
+    const double ms = median_ms_per_call(
+        train_step(*task.model, *optimizer, task.inputs, task.targets, task.label_smoothing), args.repeats,
+        backend_for(device));
+    Json line = task.shape;
+    line["threads"] = num_threads();
+    line["ms_per_step"] = rounded(ms, 3);
+    line[task.throughput_name] = rounded(static_cast<double>(task.items_per_step) / ms * 1000.0, 1);
+    out << dump_json(line) << "\n" << std::flush;
   }
   return 0;
 }

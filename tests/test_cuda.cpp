@@ -9,11 +9,14 @@
 #include <functional>
 #include <ios>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "experiments/bench_models.h"
+#include "experiments/trainer.h"
 #include "framework/backend.h"
 #include "framework/backends/bfloat16.h"
 #include "framework/ops.h"
@@ -570,3 +573,57 @@ TEST_F(CudaParity, IndexOpsWithManyCollisionsAreDeterministic) {
 
 #endif
 
+
+namespace {
+
+struct TrainingOutcome {
+  std::vector<double> losses;                              // of each step, before its update
+  std::vector<std::pair<std::string, Tensor>> parameters;  // after the last step, on the CPU
+};
+
+// Three training steps of one benchmark task of SPEC.md on `device`, with the task's optimizer or
+// `optimizer` when given.
+TrainingOutcome three_training_steps(size_t task_index, Device device,
+                                     const std::optional<OptimizerSettings>& optimizer) {
+  Generator gen(0);
+  BenchmarkTask task = std::move(benchmark_tasks(device, gen)[task_index]);
+  const auto step_optimizer = make_optimizer(optimizer.value_or(task.optimizer), optimizer_params(*task.model), 0);
+  TrainingOutcome outcome;
+  for (int step = 0; step < 3; ++step) {
+    const Tensor loss = cross_entropy(task.model->forward(task.inputs), task.targets, -100, task.label_smoothing);
+    outcome.losses.push_back(loss.item());
+    step_optimizer->zero_grad();
+    loss.backward();
+    step_optimizer->step();
+  }
+  for (const auto& [name, param] : task.model->named_parameters()) outcome.parameters.push_back({name, param.to(cpu())});
+  return outcome;
+}
+
+// Losses agree to `loss_tol` relative; parameters to `parameter_tol` (norm of the difference over the
+// norm): looser, since an update divides by a running second moment that rounding moves most where
+// it is near zero.
+void expect_training_parity(size_t task_index, const std::optional<OptimizerSettings>& optimizer,
+                            double loss_tol = 1e-4, double parameter_tol = 1e-3) {
+  const TrainingOutcome want = three_training_steps(task_index, cpu(), optimizer);
+  const TrainingOutcome got = three_training_steps(task_index, cuda(), optimizer);
+  for (size_t step = 0; step < want.losses.size(); ++step)
+    EXPECT_NEAR(got.losses[step], want.losses[step], loss_tol * std::abs(want.losses[step])) << "loss of step " << step;
+  ASSERT_EQ(got.parameters.size(), want.parameters.size());
+  for (size_t i = 0; i < want.parameters.size(); ++i)
+    EXPECT_LE(relative_error(got.parameters[i].second, want.parameters[i].second), parameter_tol)
+        << want.parameters[i].first;
+}
+
+}  // namespace
+
+// The benchmark models end to end: the GPT (embedding, attention, layer norm, GELU, tied head)
+// with AdamW and with Muon, the CNN (whitening, convolutions, batch norm, pooling) with Nesterov
+// SGD, three steps each on the same data from the same initial weights.
+TEST_F(CudaParity, BenchmarkModelsTrainAlikeForThreeSteps) {
+  expect_training_parity(0, std::nullopt);
+  MuonSettings muon = with_defaults(MuonSettings::settings());
+  muon.lr = 0.02;
+  expect_training_parity(0, muon);
+  expect_training_parity(1, std::nullopt);
+}
