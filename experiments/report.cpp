@@ -44,9 +44,7 @@ bool is_run_dir(const fs::path& dir) {
 }
 
 bool finished_or_diverged(const fs::path& dir) {
-  if (run_completed(dir.string())) return true;
-  const fs::path status = dir / kSweepStatusFile;
-  return fs::exists(status) && parse_json(read_file(status.string())).at("status").get<std::string>() == "diverged";
+  return run_completed(dir.string()) || recorded_status(dir.string()).first == "diverged";
 }
 
 // A sweep point's method name: its block's label, plus the grid values it ran at other than the

@@ -63,13 +63,6 @@ std::string kept_dir_of(const Sweep& sweep, const SweepPoint& point) {
   return sweep.keep.empty() ? "" : sweep.keep + "/" + point.name;
 }
 
-// The recorded outcome in `dir` ("" when none).
-std::pair<std::string, std::string> recorded_status(const std::string& dir) {
-  const std::string path = dir + "/" + kSweepStatusFile;
-  if (!fs::exists(path)) return {"", ""};
-  const Json status = parse_json(read_file(path));
-  return {status.at("status").get<std::string>(), status.at("message").get<std::string>()};
-}
 
 // "" when the run in `dir` was made with the point's config (threads aside: they change the speed,
 // not what is computed beyond rounding), else what differs.
@@ -117,6 +110,13 @@ std::string summary_text(const std::string& dir) {
 }
 
 }  // namespace
+
+std::pair<std::string, std::string> recorded_status(const std::string& dir) {
+  const std::string path = dir + "/" + kSweepStatusFile;
+  if (!fs::exists(path)) return {"", ""};
+  const Json status = parse_json(read_file(path));
+  return {status.at("status").get<std::string>(), status.at("message").get<std::string>()};
+}
 
 std::string grid_key_label(const std::string& key, const std::vector<std::string>& keys) {
   const auto last = [](const std::string& path) { return path.substr(path.rfind('.') + 1); };

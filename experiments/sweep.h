@@ -28,6 +28,7 @@
 #include <iosfwd>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "experiments/config.h"
@@ -96,5 +97,7 @@ extern const char* const kSweepPointFile;
 extern const char* const kSampleFile;
 // The outcome of a point that did not complete: {"status": "diverged" | "failed", "message"}.
 extern const char* const kSweepStatusFile;
+// The status and message kSweepStatusFile records in the run folder `dir`; {"", ""} when it has none.
+std::pair<std::string, std::string> recorded_status(const std::string& dir);
 
 }  // namespace ml
