@@ -384,6 +384,7 @@ TEST(Report, AggregatesSeedsChoosesTheLearningRateAndFindsTargetCrossings) {
   EXPECT_NEAR(std::stod(column(chosen, "val_loss_std")), std::sqrt(0.02), 1e-6);
   EXPECT_NEAR(std::stod(column(chosen, "best_val_loss_mean")), 1.6, 1e-9);
   EXPECT_NEAR(std::stod(column(chosen, "optimizer_share")), 0.2, 1e-9);
+  EXPECT_NEAR(std::stod(column(chosen, "optimizer_ms_per_step")), 100.0, 1e-9);  // 2 s over 20 steps
   // Seed 1 crosses 1.8 at its second evaluation (step 20, 10 s), seed 2 at its first (10, 5 s).
   EXPECT_NEAR(std::stod(column(chosen, "steps_to_val_loss_1.8")), 15.0, 1e-9);
   EXPECT_NEAR(std::stod(column(chosen, "s_to_val_loss_1.8")), 7.5, 1e-9);
@@ -396,6 +397,8 @@ TEST(Report, AggregatesSeedsChoosesTheLearningRateAndFindsTargetCrossings) {
   const std::string md = read_file(dir.file("report/report.md"));
   EXPECT_NE(md.find("5 runs (1 diverged), 3 configurations"), std::string::npos) << md;
   EXPECT_NE(md.find("| m | 0.02 | 20 | 2 | 1.6000 ± 0.1414 |"), std::string::npos) << md;
+  // train s, optimizer share, optimizer ms/step, samples/s, peak MB
+  EXPECT_NE(md.find("| 10.0 ± 0.0 | 0.200 ± 0.000 | 100.0 ± 0.0 | 10.0 ± 0.0 | 50 ± 0 |"), std::string::npos) << md;
   EXPECT_NE(md.find("0.01: 2.1000 (n=2), **0.02: 1.6000 (n=2)**, 0.04: div"), std::string::npos) << md;
 
   for (const char* figure : {"curves_step", "curves_time", "lr_grid", "optimizer_share"}) {
