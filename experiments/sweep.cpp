@@ -63,7 +63,6 @@ std::string kept_dir_of(const Sweep& sweep, const SweepPoint& point) {
   return sweep.keep.empty() ? "" : sweep.keep + "/" + point.name;
 }
 
-
 // "" when the run in `dir` was made with the point's config (threads aside: they change the speed,
 // not what is computed beyond rounding), else what differs.
 std::string config_mismatch(const std::string& dir, const SweepPoint& point) {

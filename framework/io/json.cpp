@@ -1,9 +1,8 @@
 #include "framework/io/json.h"
 
 #include <charconv>
-#include <regex>
 #include <cmath>
-#include <cstring>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <unordered_set>
@@ -17,11 +16,7 @@ namespace {
 constexpr int kMaxDepth = 512;
 
 // nlohmann's messages start with "[json.exception.<kind>.<id>] ", which says nothing to a reader.
-std::string message_of(const Json::exception& error) {
-  const char* text = error.what();
-  const char* end_of_id = std::strstr(text, "] ");
-  return end_of_id ? end_of_id + 2 : text;
-}
+std::string message_of(const Json::exception& error) { return without_json_error_ids(error.what()); }
 
 // "line L, column C" of the last of the first `read` characters of `text` (nlohmann's convention).
 std::string line_and_column(const std::string& text, size_t read) {
