@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "framework/backend.h"
 #include "framework/backends/dispatch.h"
@@ -61,6 +62,43 @@ void launch_rows(int64_t rows, const char* where, Launch launch) {
                                 " rows exceed the CUDA grid's 2^31 - 1 blocks");
   launch(static_cast<unsigned>(rows));
   ML_CUDA_LAUNCHED(where);
+}
+
+// The type row kernels (softmax, layer/RMS norm, cross-entropy) accumulate a row's sums and maxima
+// in: the tensor's own type. Double arithmetic, exp and log above all, runs 10-30x slower than
+// float on consumer GPUs, and a float32 row summed per thread and then in a warp-shuffle tree
+// loses only a few float roundings (far below the parity suite's tolerance against the CPU's
+// double sums). Float64 tensors keep double.
+template <typename T>
+struct RowAccumulatorOf {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "row kernels take float32 or float64");
+  using type = T;
+};
+template <typename T>
+using RowAccumulator = typename RowAccumulatorOf<T>::type;
+
+// Combines one value per thread over the block (blockDim.x a multiple of 32, at most 1024) and
+// gives every thread the result: a butterfly of warp shuffles, then each thread combines the
+// warps' results from `scratch` (one entry per warp) in warp order. Both steps combine in a fixed
+// order, so the result is the same on every run.
+template <typename Acc, typename Combine>
+__device__ Acc block_reduce(Acc v, Acc* scratch, Combine combine) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = combine(v, __shfl_xor_sync(0xffffffff, v, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  Acc total = scratch[0];
+  for (int w = 1; w < blockDim.x / 32; ++w) total = combine(total, scratch[w]);
+  return total;
+}
+template <typename Acc>
+__device__ Acc block_sum(Acc v, Acc* scratch) {
+  return block_reduce(v, scratch, [](Acc a, Acc b) { return a + b; });
+}
+template <typename Acc>
+__device__ Acc block_max(Acc v, Acc* scratch) {
+  return block_reduce(v, scratch, [](Acc a, Acc b) { return fmax(a, b); });
 }
 
 constexpr int kMaxDims = 8;

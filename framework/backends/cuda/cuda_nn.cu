@@ -11,29 +11,10 @@ using namespace cuda_detail;
 namespace {
 
 constexpr int kRowThreads = 128;
+constexpr int kRowWarps = kRowThreads / 32;
 
-// Sum over the block (all threads get the result); `scratch` holds one double per warp.
-__device__ double block_sum(double v, double* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  double total = 0.0;
-  for (int w = 0; w < blockDim.x / 32; ++w) total += scratch[w];
-  return total;
-}
-
-__device__ double block_max(double v, double* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffff, v, o));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  double m = scratch[0];
-  for (int w = 1; w < blockDim.x / 32; ++w) m = fmax(m, scratch[w]);
-  return m;
-}
+// The kernels below accumulate in RowAccumulator<T> (cuda_common.cuh): float for float32 rows,
+// double for float64.
 
 template <typename T>
 constexpr T minus_inf() {
@@ -43,57 +24,61 @@ constexpr T minus_inf() {
 // Causal: row r is query r % T of its [T, T] slice and sees columns 0..r % T; r is the global row.
 template <typename T>
 __global__ void softmax_kernel(const T* x, T* y, int64_t n, int64_t seq_len, bool log, bool causal) {
-  __shared__ double scratch[kRowThreads / 32];
+  using Acc = RowAccumulator<T>;
+  __shared__ Acc scratch[kRowWarps];
   const int64_t row = blockIdx.x;
   const T* xi = x + row * n;
   T* yi = y + row * n;
   const int64_t visible = causal ? row % seq_len + 1 : n;
-  double m = -INFINITY;
-  for (int64_t j = threadIdx.x; j < visible; j += blockDim.x) m = fmax(m, double(xi[j]));
+  Acc m = minus_inf<Acc>();
+  for (int64_t j = threadIdx.x; j < visible; j += blockDim.x) m = fmax(m, Acc(xi[j]));
   m = block_max(m, scratch);
-  double total = 0.0;
-  for (int64_t j = threadIdx.x; j < visible; j += blockDim.x) total += exp(double(xi[j]) - m);
+  Acc total = 0;
+  for (int64_t j = threadIdx.x; j < visible; j += blockDim.x) total += exp(Acc(xi[j]) - m);
   total = block_sum(total, scratch);
-  const double log_total = ::log(total);
+  const Acc log_total = ::log(total);
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
     if (j >= visible) yi[j] = log ? minus_inf<T>() : T(0);
-    else yi[j] = log ? T(double(xi[j]) - m - log_total) : T(exp(double(xi[j]) - m) / total);
+    else yi[j] = log ? T(Acc(xi[j]) - m - log_total) : T(exp(Acc(xi[j]) - m) / total);
   }
 }
 
 template <typename T>
 __global__ void softmax_backward_kernel(const T* g, const T* y, T* dx, int64_t n, bool log) {
-  __shared__ double scratch[kRowThreads / 32];
+  using Acc = RowAccumulator<T>;
+  __shared__ Acc scratch[kRowWarps];
   const int64_t row = blockIdx.x;
   const T *gi = g + row * n, *yi = y + row * n;
   T* dxi = dx + row * n;
-  double acc = 0.0;
+  Acc acc = 0;
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    if (!log) acc += double(gi[j]) * double(yi[j]);
+    if (!log) acc += Acc(gi[j]) * Acc(yi[j]);
     else if (yi[j] != minus_inf<T>()) acc += gi[j];
   acc = block_sum(acc, scratch);
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    if (log) dxi[j] = yi[j] == minus_inf<T>() ? T(0) : T(gi[j] - exp(double(yi[j])) * acc);
-    else dxi[j] = T(double(yi[j]) * (double(gi[j]) - acc));
+    if (log) dxi[j] = yi[j] == minus_inf<T>() ? T(0) : T(gi[j] - exp(Acc(yi[j])) * acc);
+    else dxi[j] = T(Acc(yi[j]) * (Acc(gi[j]) - acc));
 }
 
-// mean may be null (RMS norm). Row statistics in double, in two passes over the row.
+// mean may be null (RMS norm). Row statistics in two passes over the row (the variance around
+// the mean, which avoids the cancellation of E[x^2] - E[x]^2).
 template <typename T>
 __global__ void norm_kernel(const T* x, const T* w, const T* b, T* y, T* mean, T* rstd, int64_t n, double eps,
                             bool centered) {
-  __shared__ double scratch[kRowThreads / 32];
+  using Acc = RowAccumulator<T>;
+  __shared__ Acc scratch[kRowWarps];
   const int64_t row = blockIdx.x;
   const T* xi = x + row * n;
   T* yi = y + row * n;
-  double mu = 0.0;
+  Acc mu = 0;
   if (centered) {
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mu += xi[j];
-    mu = block_sum(mu, scratch) / double(n);
+    mu = block_sum(mu, scratch) / Acc(n);
   }
-  double var = 0.0;
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) var += (double(xi[j]) - mu) * (double(xi[j]) - mu);
-  var = block_sum(var, scratch) / double(n);
-  const T m = T(mu), s = T(1.0 / sqrt(var + eps));
+  Acc var = 0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) var += (Acc(xi[j]) - mu) * (Acc(xi[j]) - mu);
+  var = block_sum(var, scratch) / Acc(n);
+  const T m = T(mu), s = T(Acc(1) / sqrt(var + Acc(eps)));
   if (threadIdx.x == 0) {
     if (mean) mean[row] = m;
     rstd[row] = s;
@@ -105,21 +90,22 @@ __global__ void norm_kernel(const T* x, const T* w, const T* b, T* y, T* mean, T
 template <typename T>
 __global__ void norm_backward_kernel(const T* g, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
                                      int64_t n) {
-  __shared__ double scratch[kRowThreads / 32];
+  using Acc = RowAccumulator<T>;
+  __shared__ Acc scratch[kRowWarps];
   const int64_t row = blockIdx.x;
   const T *gi = g + row * n, *xi = x + row * n;
   T* dxi = dx + row * n;
   const T m = mean ? mean[row] : T(0), s = rstd[row];
-  double h_sum = 0.0, h_xhat = 0.0;
+  Acc h_sum = 0, h_xhat = 0;
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-    const double h = double(gi[j]) * (w ? double(w[j]) : 1.0);
+    const Acc h = Acc(gi[j]) * (w ? Acc(w[j]) : Acc(1));
     h_sum += h;
-    h_xhat += h * double((xi[j] - m) * s);
+    h_xhat += h * Acc((xi[j] - m) * s);
   }
-  h_sum = mean ? block_sum(h_sum, scratch) / double(n) : 0.0;
-  h_xhat = block_sum(h_xhat, scratch) / double(n);
+  h_sum = mean ? block_sum(h_sum, scratch) / Acc(n) : Acc(0);
+  h_xhat = block_sum(h_xhat, scratch) / Acc(n);
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    dxi[j] = T(double(s) * (double(gi[j]) * (w ? double(w[j]) : 1.0) - h_sum - double((xi[j] - m) * s) * h_xhat));
+    dxi[j] = T(Acc(s) * (Acc(gi[j]) * (w ? Acc(w[j]) : Acc(1)) - h_sum - Acc((xi[j] - m) * s) * h_xhat));
 }
 
 // Column sums over rows, one thread per column (consecutive threads read consecutive columns).
@@ -142,7 +128,8 @@ template <typename T>
 __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, int64_t n, int64_t ignore_index,
                                      double smoothing, T* losses, const T* grad_losses, T* grad_logits,
                                      BadIndexSlot bad) {
-  __shared__ double scratch[kRowThreads / 32];
+  using Acc = RowAccumulator<T>;
+  __shared__ Acc scratch[kRowWarps];
   const int64_t row = blockIdx.x;
   const T* xi = logits + row * n;
   const int64_t t = targets[row];
@@ -156,25 +143,26 @@ __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, in
       for (int64_t j = threadIdx.x; j < n; j += blockDim.x) grad_logits[row * n + j] = fill;
     return;
   }
-  double m = -INFINITY, sum_x = 0.0;
+  const Acc smooth = Acc(smoothing);
+  Acc m = minus_inf<Acc>(), sum_x = 0;
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-    m = fmax(m, double(xi[j]));
+    m = fmax(m, Acc(xi[j]));
     sum_x += xi[j];
   }
   m = block_max(m, scratch);
   sum_x = block_sum(sum_x, scratch);
-  double total = 0.0;
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) total += exp(double(xi[j]) - m);
+  Acc total = 0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) total += exp(Acc(xi[j]) - m);
   total = block_sum(total, scratch);
   if (losses) {
     if (threadIdx.x == 0)
-      losses[row] = T(m + ::log(total) - (1.0 - smoothing) * double(xi[t]) - smoothing * sum_x / double(n));
+      losses[row] = T(m + log(total) - (Acc(1) - smooth) * Acc(xi[t]) - smooth * sum_x / Acc(n));
     return;
   }
-  const double g = grad_losses[row];
+  const Acc g = grad_losses[row];
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
     grad_logits[row * n + j] =
-        T(g * (exp(double(xi[j]) - m) / total - smoothing / double(n) - (j == t ? 1.0 - smoothing : 0.0)));
+        T(g * (exp(Acc(xi[j]) - m) / total - smooth / Acc(n) - (j == t ? Acc(1) - smooth : Acc(0))));
 }
 
 int64_t last_dim(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(-1); }
