@@ -316,6 +316,20 @@ TEST_F(CudaParity, RowKernelsWithLongOddRows) {
   }
 }
 
+// Layer/RMS-norm weight and bias gradients are column sums computed per row tile and then added
+// tile by tile: fewer rows than one tile (64), several tiles with a partial last one, and so many
+// rows that the tile count is capped (256) and tiles grow taller; widths with a partial tile of
+// 32 columns.
+TEST_F(CudaParity, NormParameterGradientsOverManyRows) {
+  for (const Shape& shape : {Shape{37, 50}, Shape{2500, 96}, Shape{20000, 40}}) {
+    SCOPED_TRACE(shape_str(shape));
+    const int64_t n = shape[1];
+    expect_parity([](auto& in) { return layer_norm(in[0], in[1], in[2]); },
+                  {float_input(shape, 122), float_input({n}, 123), float_input({n}, 124)});
+    expect_parity([](auto& in) { return rms_norm(in[0], in[1]); }, {float_input(shape, 125), float_input({n}, 126)});
+  }
+}
+
 // Degenerate products: an empty inner dimension (cuBLAS rejects its leading dimension 0) gives
 // zeros; expanded operands (stride 0) are copied rather than read as dense matrices.
 TEST_F(CudaParity, MatmulWithEmptyInnerDimensionAndExpandedOperands) {

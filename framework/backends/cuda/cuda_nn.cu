@@ -1,6 +1,8 @@
 // Softmax, layer/RMS normalization and cross-entropy: one block per row, the same formulas and
 // contracts as backends/cpu/cpu_nn.cpp (see the derivations there).
+#include <algorithm>
 #include <cuda/std/limits>
+#include <string>
 
 #include "framework/backends/cuda/cuda_backend_impl.cuh"
 #include "framework/backends/cuda/cuda_common.cuh"
@@ -108,20 +110,58 @@ __global__ void norm_backward_kernel(const T* g, const T* x, const T* w, const T
     dxi[j] = T(Acc(s) * (Acc(gi[j]) * (w ? Acc(w[j]) : Acc(1)) - h_sum - Acc((xi[j] - m) * s) * h_xhat));
 }
 
-// Column sums over rows, one thread per column (consecutive threads read consecutive columns).
+// The weight and bias gradients are column sums over every row: grad_weight[c] = sum_i g[i, c] *
+// xhat[i, c], grad_bias[c] = sum_i g[i, c]. One thread per column walking all rows would leave
+// the GPU idle (a 768-wide norm is 768 threads), so the rows are cut into at most kMaxRowTiles
+// tiles: a block of kTileColumns x kTileRowLanes threads sums one tile's rows for kTileColumns
+// columns into a partial sum per tile, then affine_grad_totals_kernel adds each column's
+// partials in tile order. No atomics, and the tiling depends only on the shape, so the sums are
+// the same on every run.
+constexpr int kTileColumns = 32, kTileRowLanes = 8;
+constexpr int64_t kMinTileRows = 64, kMaxRowTiles = 256;
+
+// Block (tile, column tile): lane y of column c sums rows first + y, first + y + kTileRowLanes,
+// ... of the tile, then lane 0 adds the lanes in order. Partials are [tiles, n] for the weight,
+// then [tiles, n] for the bias.
 template <typename T>
-__global__ void affine_grads_kernel(const T* g, const T* x, const T* mean, const T* rstd, int64_t rows, int64_t n,
-                                    T* grad_weight, T* grad_bias) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= n) return;
-  double acc_w = 0.0, acc_b = 0.0;
-  for (int64_t i = 0; i < rows; ++i) {
-    const T gv = g[i * n + c];
-    acc_w += double(gv) * double((x[i * n + c] - (mean ? mean[i] : T(0))) * rstd[i]);
-    acc_b += gv;
+__global__ void affine_grad_partials_kernel(const T* g, const T* x, const T* mean, const T* rstd, int64_t rows,
+                                            int64_t n, int64_t tile_rows, RowAccumulator<T>* partial_w,
+                                            RowAccumulator<T>* partial_b) {
+  using Acc = RowAccumulator<T>;
+  __shared__ Acc lane_w[kTileRowLanes][kTileColumns], lane_b[kTileRowLanes][kTileColumns];
+  const int64_t c = blockIdx.y * int64_t(kTileColumns) + threadIdx.x;
+  const int64_t first = blockIdx.x * tile_rows, last = min(rows, first + tile_rows);
+  Acc acc_w = 0, acc_b = 0;
+  if (c < n)
+    for (int64_t i = first + threadIdx.y; i < last; i += kTileRowLanes) {
+      const T gv = g[i * n + c];
+      acc_w += Acc(gv) * Acc((x[i * n + c] - (mean ? mean[i] : T(0))) * rstd[i]);
+      acc_b += gv;
+    }
+  lane_w[threadIdx.y][threadIdx.x] = acc_w;
+  lane_b[threadIdx.y][threadIdx.x] = acc_b;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= n) return;
+  for (int lane = 1; lane < kTileRowLanes; ++lane) {
+    acc_w += lane_w[lane][threadIdx.x];
+    acc_b += lane_b[lane][threadIdx.x];
   }
-  if (grad_weight) grad_weight[c] = T(acc_w);
-  if (grad_bias) grad_bias[c] = T(acc_b);
+  partial_w[blockIdx.x * n + c] = acc_w;
+  partial_b[blockIdx.x * n + c] = acc_b;
+}
+
+template <typename T>
+__global__ void affine_grad_totals_kernel(const RowAccumulator<T>* partial_w, const RowAccumulator<T>* partial_b,
+                                          int64_t tiles, int64_t n, T* grad_weight, T* grad_bias) {
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < n; c += int64_t(gridDim.x) * blockDim.x) {
+    RowAccumulator<T> acc_w = 0, acc_b = 0;
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      acc_w += partial_w[tile * n + c];
+      acc_b += partial_b[tile * n + c];
+    }
+    if (grad_weight) grad_weight[c] = T(acc_w);
+    if (grad_bias) grad_bias[c] = T(acc_b);
+  }
 }
 
 template <typename T>
@@ -234,10 +274,27 @@ void norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, 
                                                                     opt<T>(weight), opt<T>(mean), ptr<const T>(rstd),
                                                                     ptr<T>(grad_x), n);
     });
-  if (grad_weight.defined() || grad_bias.defined()) {
-    affine_grads_kernel<T><<<blocks_for(n), kThreads, 0, stream()>>>(ptr<const T>(grad_y), ptr<const T>(x), opt<T>(mean),
-                                                                     ptr<const T>(rstd), rows, n, opt_mut<T>(grad_weight),
-                                                                     opt_mut<T>(grad_bias));
+  if ((grad_weight.defined() || grad_bias.defined()) && n > 0) {
+    using Acc = RowAccumulator<T>;
+    const int64_t column_tiles = (n + kTileColumns - 1) / kTileColumns;
+    if (column_tiles > 65535)
+      throw std::invalid_argument("norm_backward: " + std::to_string(n) +
+                                  " columns exceed the CUDA grid's 65,535 column tiles of " +
+                                  std::to_string(kTileColumns));
+    // At least one tile, so that rows == 0 still writes zero gradients.
+    const int64_t row_tiles = std::max<int64_t>(std::min((rows + kMinTileRows - 1) / kMinTileRows, kMaxRowTiles), 1);
+    const int64_t tile_rows = (rows + row_tiles - 1) / row_tiles;
+    const Tensor partials = workspace(2 * row_tiles * n * sizeof(Acc), x.device());
+    Acc* partial_w = static_cast<Acc*>(partials.raw_data());
+    Acc* partial_b = partial_w + row_tiles * n;
+    affine_grad_partials_kernel<T>
+        <<<dim3(static_cast<unsigned>(row_tiles), static_cast<unsigned>(column_tiles)), dim3(kTileColumns, kTileRowLanes),
+           0, stream()>>>(ptr<const T>(grad_y), ptr<const T>(x), opt<T>(mean), ptr<const T>(rstd), rows, n, tile_rows,
+                          partial_w, partial_b);
+    ML_CUDA_LAUNCHED("norm_backward");
+    affine_grad_totals_kernel<T><<<blocks_for(n), kThreads, 0, stream()>>>(partial_w, partial_b, row_tiles, n,
+                                                                           opt_mut<T>(grad_weight),
+                                                                           opt_mut<T>(grad_bias));
     ML_CUDA_LAUNCHED("norm_backward");
   }
 }
