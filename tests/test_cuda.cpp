@@ -88,6 +88,12 @@ void expect_parity(const Fn& f, const std::vector<Tensor>& inputs, double tol = 
   expect_cuda_matches_cpu(f, f, inputs, tol);
 }
 
+// Equal element by element, a NaN equal to a NaN.
+bool same_values(const std::vector<float>& a, const std::vector<float>& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                    [](float x, float y) { return (std::isnan(x) && std::isnan(y)) || x == y; });
+}
+
 }  // namespace
 
 TEST(CudaAvailability, ReportsOrSkipsCleanly) {
@@ -257,10 +263,6 @@ TEST_F(CudaParity, TopkMatchesTheCpuIncludingTiesAndNans) {
   std::mt19937_64 rng(17);
   std::uniform_int_distribution<int> small(-3, 3);
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  const auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
-    return std::equal(a.begin(), a.end(), b.begin(), b.end(),
-                      [](float x, float y) { return (std::isnan(x) && std::isnan(y)) || x == y; });
-  };
   // Few distinct values (many ties) plus NaNs; a 1 x 8192 row is the largest slice count Dion2 ranks.
   for (const Shape& shape : {Shape{1, 50}, Shape{7, 33}, Shape{2, 3000}, Shape{1, 8192}}) {
     const int64_t n = shape[1];
@@ -276,7 +278,7 @@ TEST_F(CudaParity, TopkMatchesTheCpuIncludingTiesAndNans) {
         const auto [got_values, got_indices] = topk(x_gpu, k, -1, order);
         ASSERT_EQ(got_values.device(), cuda());
         EXPECT_EQ(got_indices.to_vector<int64_t>(), want_indices.to_vector<int64_t>());
-        EXPECT_TRUE(same(got_values.to_vector<float>(), want_values.to_vector<float>()));
+        EXPECT_TRUE(same_values(got_values.to_vector<float>(), want_values.to_vector<float>()));
       }
   }
   // Distinct values along a middle dim, and the gradient of the values.
@@ -300,9 +302,11 @@ TEST_F(CudaParity, CausalAttentionAtRealisticShapesAndPast65535Rows) {
     }
 }
 
-// Row kernels with row lengths that are not multiples of a warp and longer than a block's threads.
+// Row kernels with row lengths that are not multiples of a warp and longer than a block's threads;
+// 5000 is also longer than one block's chunk of a row reduction (4096), so sums and maxima add up
+// two chunks, the second partial.
 TEST_F(CudaParity, RowKernelsWithLongOddRows) {
-  for (int64_t n : {33, 1025, 1500, 2049}) {
+  for (int64_t n : {33, 1025, 1500, 2049, 5000}) {
     SCOPED_TRACE("row length " + std::to_string(n));
     expect_parity([](auto& in) { return softmax(in[0]); }, {float_input({7, n}, 70)});
     expect_parity([](auto& in) { return log_softmax(in[0]); }, {float_input({5, n}, 71)});
@@ -313,6 +317,32 @@ TEST_F(CudaParity, RowKernelsWithLongOddRows) {
     expect_parity([](auto& in) { return rms_norm(in[0], in[1]); }, {float_input({6, n}, 77), float_input({n}, 78)});
     const Tensor targets = Tensor::from_vector<int64_t>({0, n - 1, 5, -100}, {4});
     expect_parity([](auto& in) { return cross_entropy(in[0], in[1], -100, 0.1); }, {float_input({4, n}, 79), targets});
+  }
+}
+
+// Full reductions over more than a million elements run as many blocks' partial results (the
+// last chunk partial) combined by a second pass; so do long rows. The extremes' positions must
+// still be the row's first extreme: with few distinct values every chunk holds ties, row 1's
+// first extremes lie in its second chunk (its first 5000 entries are all 2), and row 2's NaN in
+// a late chunk wins over every number before it.
+TEST_F(CudaParity, FullReductionsOverMillionsOfElements) {
+  const Tensor big = float_input({1031, 1025}, 120);  // 1,056,775 elements: 258 chunks of 4096
+  expect_parity([](auto& in) { return sum(in[0]); }, {big});
+  expect_parity([](auto& in) { return sum_of_squares(in[0]); }, {big});
+  expect_parity([](auto& in) { return amax(in[0]); }, {big});
+  expect_parity([](auto& in) { return amin(in[0]); }, {big});
+  expect_parity([](auto& in) { return sum(in[0], {1}); }, {float_input({3, 300000}, 121)});
+  std::vector<float> data(3 * 10000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i * 7919 % 5);
+  std::fill(data.begin() + 10000, data.begin() + 15000, 2.0f);
+  data[2 * 10000 + 9000] = data[2 * 10000 + 9500] = std::numeric_limits<float>::quiet_NaN();
+  const Tensor x = Tensor::from_vector(data, {3, 10000});
+  using AlongDim = std::pair<Tensor, Tensor> (*)(const Tensor&, int64_t, bool);
+  for (const AlongDim along : {AlongDim(max), AlongDim(min)}) {
+    const auto [want_values, want_indices] = along(x, 1, false);
+    const auto [got_values, got_indices] = along(x.to(cuda()), 1, false);
+    EXPECT_EQ(got_indices.to_vector<int64_t>(), want_indices.to_vector<int64_t>());
+    EXPECT_TRUE(same_values(got_values.to_vector<float>(), want_values.to_vector<float>()));
   }
 }
 

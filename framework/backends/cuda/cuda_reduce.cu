@@ -1,5 +1,11 @@
-// Row reductions: one block per row, a shared-memory tree inside the block. Sums accumulate in
-// double so float32 results match the CPU backend closely. Top-k along rows counts ranks instead.
+// Row reductions and top-k along rows. A row of up to kChunk elements is one block's work. A
+// longer row (a full reduction is one row of every element) would leave all but one block idle,
+// so it runs in two passes: one block per chunk of kChunk elements writes a partial result, then
+// one block per row combines its chunks' partials. The split depends only on the row length and
+// every block combines in a fixed order, so results are the same on every run. Sums accumulate
+// in double: they are bound by memory traffic, so the double adds cost next to nothing, and
+// float32 sums of millions of elements stay as close to the CPU's double sums as one rounding.
+// Top-k along rows counts ranks instead.
 #include <cuda/std/limits>
 
 #include "framework/backends/cuda/cuda_backend_impl.cuh"
@@ -11,20 +17,22 @@ using namespace cuda_detail;
 
 namespace {
 
-// Squares: sums row[j] * row[j], squared in T (ReduceOp::SumOfSquares).
-template <typename T, bool Squares>
-__global__ void sum_rows_kernel(const T* x, T* out, int64_t n) {
-  __shared__ double partial[kThreads];
-  const T* row = x + blockIdx.x * n;
+constexpr int64_t kChunk = 4096;  // elements per block: 16 per thread
+constexpr int kWarps = kThreads / 32;
+
+// Block b sums chunk b % chunks (of `chunk` elements) of row b / chunks of x (rows of n
+// elements), squared in In when `squares`, and writes out[b]. One pass with chunk = n and chunks
+// = 1 sums whole rows.
+template <typename In, typename Out>
+__global__ void sum_chunks_kernel(const In* x, Out* out, int64_t n, int64_t chunk, int64_t chunks, bool squares) {
+  __shared__ double scratch[kWarps];
+  const In* row = x + blockIdx.x / chunks * n;
+  const int64_t begin = blockIdx.x % chunks * chunk, end = min(n, begin + chunk);
   double acc = 0.0;
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) acc += static_cast<double>(Squares ? row[j] * row[j] : row[j]);
-  partial[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<T>(partial[0]);
+  for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x)
+    acc += static_cast<double>(squares ? row[j] * row[j] : row[j]);
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<Out>(acc);
 }
 
 // Whether (v, j) beats (best, best_j): NaN wins, then the extreme value, then the lower index
@@ -37,15 +45,22 @@ __device__ bool better(T v, int64_t j, T best, int64_t best_j, bool is_max) {
   return is_max ? v > best : v < best;
 }
 
+// Block b finds the extreme of chunk b % chunks of row b / chunks, like sum_chunks_kernel, and
+// its position in the row: j itself, or positions[j] when x holds a first pass's partials (whose
+// positions are in the whole row, so ties still go to the first extreme of the row).
 template <typename T>
-__global__ void extreme_rows_kernel(const T* x, T* out, int64_t* indices, int64_t n, bool is_max) {
+__global__ void extreme_chunks_kernel(const T* x, const int64_t* positions, T* out, int64_t* out_positions, int64_t n,
+                                      int64_t chunk, int64_t chunks, bool is_max) {
   __shared__ T best_v[kThreads];
   __shared__ int64_t best_i[kThreads];
-  const T* row = x + blockIdx.x * n;
+  const int64_t row_start = blockIdx.x / chunks * n;
+  const int64_t begin = blockIdx.x % chunks * chunk, end = min(n, begin + chunk);
   T best = is_max ? -cuda::std::numeric_limits<T>::infinity() : cuda::std::numeric_limits<T>::infinity();
-  int64_t best_j = n;
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    if (better(row[j], j, best, best_j, is_max)) best = row[j], best_j = j;
+  int64_t best_j = cuda::std::numeric_limits<int64_t>::max();  // after every real position
+  for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+    const int64_t position = positions ? positions[row_start + j] : j;
+    if (better(x[row_start + j], position, best, best_j, is_max)) best = x[row_start + j], best_j = position;
+  }
   best_v[threadIdx.x] = best;
   best_i[threadIdx.x] = best_j;
   __syncthreads();
@@ -59,7 +74,7 @@ __global__ void extreme_rows_kernel(const T* x, T* out, int64_t* indices, int64_
   }
   if (threadIdx.x == 0) {
     out[blockIdx.x] = best_v[0];
-    if (indices) indices[blockIdx.x] = best_i[0] == n ? 0 : best_i[0];
+    if (out_positions) out_positions[blockIdx.x] = best_i[0];
   }
 }
 
@@ -121,17 +136,44 @@ void CudaBackend::reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, c
   const int64_t rows = out.numel();
   if (rows == 0) return;
   const int64_t n = x.numel() / rows;
+  const int64_t chunks = n > kChunk ? (n + kChunk - 1) / kChunk : 1;
   int64_t* opt_indices = indices.defined() ? ptr<int64_t>(indices) : nullptr;
+  const bool is_sum = op == ReduceOp::Sum || op == ReduceOp::SumOfSquares;
+  const bool squares = op == ReduceOp::SumOfSquares, is_max = op == ReduceOp::Max;
   dispatch_floating(x.dtype(), "reduce_rows", [&](auto tag) {
     using T = decltype(tag);
+    if (chunks == 1) {
+      launch_rows(rows, "reduce_rows", [&](unsigned blocks) {
+        if (is_sum)
+          sum_chunks_kernel<T, T><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), n, n, 1, squares);
+        else
+          extreme_chunks_kernel<T><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), nullptr, ptr<T>(out),
+                                                                      opt_indices, n, n, 1, is_max);
+      });
+      return;
+    }
+    // Two passes: the chunks' partials (device scratch, stream-ordered), then one block per row.
+    if (is_sum) {
+      const Tensor partials = Tensor::empty({rows * chunks}, DType::Float64, x.device());
+      launch_rows(rows * chunks, "reduce_rows", [&](unsigned blocks) {
+        sum_chunks_kernel<T, double><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<double>(partials), n,
+                                                                        kChunk, chunks, squares);
+      });
+      launch_rows(rows, "reduce_rows", [&](unsigned blocks) {
+        sum_chunks_kernel<double, T><<<blocks, kThreads, 0, stream()>>>(ptr<const double>(partials), ptr<T>(out),
+                                                                        chunks, chunks, 1, false);
+      });
+      return;
+    }
+    const Tensor partials = Tensor::empty({rows * chunks}, x.dtype(), x.device());
+    const Tensor positions = Tensor::empty({rows * chunks}, DType::Int64, x.device());
+    launch_rows(rows * chunks, "reduce_rows", [&](unsigned blocks) {
+      extreme_chunks_kernel<T><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), nullptr, ptr<T>(partials),
+                                                                  ptr<int64_t>(positions), n, kChunk, chunks, is_max);
+    });
     launch_rows(rows, "reduce_rows", [&](unsigned blocks) {
-      if (op == ReduceOp::Sum)
-        sum_rows_kernel<T, false><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), n);
-      else if (op == ReduceOp::SumOfSquares)
-        sum_rows_kernel<T, true><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), n);
-      else
-        extreme_rows_kernel<T><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(out), opt_indices, n,
-                                                                  op == ReduceOp::Max);
+      extreme_chunks_kernel<T><<<blocks, kThreads, 0, stream()>>>(ptr<const T>(partials), ptr<const int64_t>(positions),
+                                                                  ptr<T>(out), opt_indices, chunks, chunks, 1, is_max);
     });
   });
 }
