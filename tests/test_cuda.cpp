@@ -360,6 +360,17 @@ TEST_F(CudaParity, NormParameterGradientsOverManyRows) {
   }
 }
 
+// Average-pool backward visits exactly the windows that cover each input element: overlapping
+// windows with padding, gaps between windows (elements no window covers get 0), and unequal
+// kernel, stride and padding along the two axes.
+TEST_F(CudaParity, AveragePoolBackwardWithStridesAndPadding) {
+  expect_parity([](auto& in) { return avg_pool2d(in[0], 3, 1, 1); }, {float_input({2, 3, 10, 11}, 127)});
+  expect_parity([](auto& in) { return avg_pool2d(in[0], 2, 3, 0); }, {float_input({2, 2, 11, 10}, 128)});
+  Pool2dParams uneven;
+  uneven.kernel_h = 4, uneven.kernel_w = 2, uneven.stride_h = 3, uneven.stride_w = 1, uneven.pad_h = 2, uneven.pad_w = 1;
+  expect_parity([uneven](auto& in) { return avg_pool2d(in[0], uneven); }, {float_input({1, 2, 9, 7}, 129)});
+}
+
 // Degenerate products: an empty inner dimension (cuBLAS rejects its leading dimension 0) gives
 // zeros; expanded operands (stride 0) are copied rather than read as dense matrices.
 TEST_F(CudaParity, MatmulWithEmptyInnerDimensionAndExpandedOperands) {

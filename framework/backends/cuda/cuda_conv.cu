@@ -232,22 +232,27 @@ __global__ void pool_forward_kernel(const T* x, T* y, int64_t* indices, PoolGeom
   }
 }
 
-// One thread per input element gathers from the windows that cover it (no atomics needed).
+// The first of the windows (along one axis, stride apart) that covers input position `padded`
+// (its index plus the padding): window o covers it when o * stride <= padded < o * stride +
+// kernel. The last one is padded / stride (col2im's bounds).
+__device__ inline int64_t first_covering_window(int64_t padded, int64_t kernel, int64_t stride) {
+  return padded < kernel ? 0 : (padded - kernel) / stride + 1;
+}
+
+// One thread per input element gathers from exactly the windows that cover it (no atomics
+// needed, and no scan over a whole output row), in increasing output position.
 template <typename T>
 __global__ void avg_pool_backward_kernel(const T* gy, T* gx, PoolGeometry g) {
   const int64_t n = g.planes * g.height * g.width;
   const double scale = 1.0 / double(g.p.kernel_h * g.p.kernel_w);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t iw = i % g.width, ih = (i / g.width) % g.height, plane = i / (g.width * g.height);
+    const int64_t padded_h = ih + g.p.pad_h, padded_w = iw + g.p.pad_w;
+    const int64_t oh_end = min(padded_h / g.p.stride_h + 1, g.out_h), ow_end = min(padded_w / g.p.stride_w + 1, g.out_w);
+    const int64_t ow_begin = first_covering_window(padded_w, g.p.kernel_w, g.p.stride_w);
     double acc = 0.0;
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      const int64_t hs = oh * g.p.stride_h - g.p.pad_h;
-      if (ih < hs || ih >= hs + g.p.kernel_h) continue;
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const int64_t ws = ow * g.p.stride_w - g.p.pad_w;
-        if (iw >= ws && iw < ws + g.p.kernel_w) acc += gy[(plane * g.out_h + oh) * g.out_w + ow];
-      }
-    }
+    for (int64_t oh = first_covering_window(padded_h, g.p.kernel_h, g.p.stride_h); oh < oh_end; ++oh)
+      for (int64_t ow = ow_begin; ow < ow_end; ++ow) acc += gy[(plane * g.out_h + oh) * g.out_w + ow];
     gx[i] = T(acc * scale);
   }
 }
