@@ -371,6 +371,24 @@ TEST_F(CudaParity, AveragePoolBackwardWithStridesAndPadding) {
   expect_parity([uneven](auto& in) { return avg_pool2d(in[0], uneven); }, {float_input({1, 2, 9, 7}, 129)});
 }
 
+// Copies to the device do not wait for the stream: each copies its source into pinned staging
+// before it returns. Overwriting the source at once must not change what arrives, also when the
+// copies are larger than one staging buffer (4 MiB) and outnumber the buffers (16).
+TEST_F(CudaParity, CopiesToTheDeviceTakeTheirSourceBeforeReturning) {
+  std::vector<float> host(1500000);  // 6 MB: two pieces, the second partial
+  std::vector<Tensor> copies;
+  for (int round = 0; round < 20; ++round) {
+    std::fill(host.begin(), host.end(), static_cast<float>(round));
+    copies.push_back(Tensor::from_vector(host, {static_cast<int64_t>(host.size())}, cuda()));
+  }
+  for (int round = 0; round < 20; ++round) {
+    EXPECT_EQ(amin(copies[round]).item(), round);
+    EXPECT_EQ(amax(copies[round]).item(), round);
+  }
+  const Tensor x = float_input({1500000}, 130);
+  EXPECT_EQ(x.to(cuda()).to(cpu()).to_vector<float>(), x.to_vector<float>());
+}
+
 // Degenerate products: an empty inner dimension (cuBLAS rejects its leading dimension 0) gives
 // zeros; expanded operands (stride 0) are copied rather than read as dense matrices.
 TEST_F(CudaParity, MatmulWithEmptyInnerDimensionAndExpandedOperands) {

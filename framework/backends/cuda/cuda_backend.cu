@@ -1,5 +1,8 @@
 // Device memory (a caching allocator), host<->device copies, the stream and library handles.
+#include <algorithm>
 #include <atomic>
+#include <cstring>
+#include <mutex>
 #include <new>
 #include <string>
 
@@ -117,16 +120,62 @@ void synchronize_stream(const char* where) {
 
 std::atomic<int64_t> g_device_to_host_copies{0};
 
+// Host-to-device copies in stream order, without waiting for the stream. The caller may free or
+// overwrite its (pageable) buffer as soon as copy_from_host returns, but CUDA documents a pageable
+// source as read by then only for the synchronous cudaMemcpy (which would order the copy on the
+// legacy stream, not ours): of cudaMemcpyAsync it says only that it "might be synchronous" and
+// "may" stage through pinned memory (older releases: on a worker thread). So the bytes are first
+// copied into a page-locked staging buffer here, on the host, and cudaMemcpyAsync from that
+// pinned memory, which is fully asynchronous, takes them to the device when the stream gets
+// there. An event recorded after each copy tells when its buffer may be refilled: the buffers
+// are used round robin, so refilling one waits only for the copy issued kSlots copies earlier,
+// and a copy larger than a buffer goes in pieces. At most kSlots x kSlotBytes stay pinned.
+class StagedHostToDevice {
+ public:
+  void copy(char* dst, const char* src, size_t nbytes) {
+    const std::lock_guard<std::mutex> lock(mutex_);  // the slots are shared by every caller
+    for (size_t done = 0; done < nbytes; done += kSlotBytes) {
+      const size_t piece = std::min(kSlotBytes, nbytes - done);
+      Slot& slot = slots_[next_];
+      next_ = (next_ + 1) % kSlots;
+      if (!slot.buffer) {
+        ML_CUDA_CHECK(cudaHostAlloc(&slot.buffer, kSlotBytes, cudaHostAllocDefault), "copy_from_host");
+        ML_CUDA_CHECK(cudaEventCreateWithFlags(&slot.copied, cudaEventDisableTiming), "copy_from_host");
+      } else {
+        ML_CUDA_CHECK(cudaEventSynchronize(slot.copied), "copy_from_host");  // its last copy has read it
+      }
+      std::memcpy(slot.buffer, src + done, piece);
+      ML_CUDA_CHECK(cudaMemcpyAsync(dst + done, slot.buffer, piece, cudaMemcpyHostToDevice, stream()),
+                    "copy_from_host");
+      ML_CUDA_CHECK(cudaEventRecord(slot.copied, stream()), "copy_from_host");
+    }
+  }
+
+ private:
+  static constexpr size_t kSlotBytes = size_t{4} << 20;
+  static constexpr int kSlots = 16;
+  struct Slot {
+    void* buffer = nullptr;  // pinned, allocated at first use
+    cudaEvent_t copied = nullptr;
+  };
+  std::mutex mutex_;
+  Slot slots_[kSlots];
+  int next_ = 0;
+};
+
+// Never destroyed, like the allocator: copies may still read its buffers when main() returns.
+StagedHostToDevice& staged_host_to_device() {
+  static StagedHostToDevice* staging = new StagedHostToDevice();
+  return *staging;
+}
+
 }  // namespace
 
 void* CudaBackend::allocate(size_t nbytes) { return allocator().allocate(nbytes); }
 void CudaBackend::deallocate(void* p, size_t nbytes) { allocator().deallocate(p, nbytes); }
 
 void CudaBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
-  if (!nbytes) return;
-  ML_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream()), "copy_from_host");
-  // The host buffer may be freed as soon as we return (pageable memory is staged anyway).
-  synchronize_stream("copy_from_host");
+  staged_host_to_device().copy(static_cast<char*>(dst), static_cast<const char*>(src), nbytes);
 }
 
 void CudaBackend::copy_to_host(void* dst, const void* src, size_t nbytes) {

@@ -140,9 +140,9 @@ StridedLayout<N> layout_of(const std::array<const Tensor*, N>& tensors) {
 // Index checks without a host round trip. Kernels that read indices check each one on the
 // device; a bad one is skipped (what it would read is 0, what it would write is dropped) and the
 // first of them is recorded in page-locked host memory mapped into the device's address space.
-// Every stream synchronization (copy_to_host, copy_from_host, synchronize) then reads the record,
-// with no copy of its own, and throws: like CUDA's own execution errors, a bad index or label
-// surfaces at the next synchronizing call, not at the op that used it.
+// Every stream synchronization (copy_to_host, synchronize; copies to the device do not wait)
+// then reads the record, with no copy of its own, and throws: like CUDA's own execution errors,
+// a bad index or label surfaces at the next synchronizing call, not at the op that used it.
 enum class IndexUse : int64_t { None, IndexSelect, IndexAdd, Gather, ScatterAdd, CrossEntropyTarget };
 struct BadIndex {
   IndexUse use;  // None until a kernel records a bad index
