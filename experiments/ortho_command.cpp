@@ -59,13 +59,18 @@ NsSchedule schedule_for(const std::string& method, int64_t steps) {
 }
 
 // Median wall time in ms of each of `calls` over `repeats` rounds. The calls alternate within a
-// round, so a change in machine load during the measurement affects every method alike.
+// round, so a change in machine load during the measurement affects every method alike. Each timed
+// run follows an untimed run of the same call, so that its operands are in cache as in
+// torch_reference.py's back-to-back timing: otherwise a cheap method (RMNP: a fraction of a
+// millisecond) timed right after a Newton-Schulz run of another is charged for refilling the caches.
 std::vector<double> interleaved_median_ms(const std::vector<std::function<void()>>& calls, int64_t repeats, Device device) {
   std::vector<std::vector<double>> times(calls.size());
   for (const auto& call : calls) call();  // warm-up: first-touch allocations, BLAS thread start
   backend_for(device).synchronize();
   for (int64_t round = 0; round < repeats; ++round)
     for (size_t i = 0; i < calls.size(); ++i) {
+      calls[i]();
+      backend_for(device).synchronize();
       const auto start = std::chrono::steady_clock::now();
       calls[i]();
       backend_for(device).synchronize();
@@ -197,7 +202,12 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
     std::vector<Tensor> results(methods.size());
     std::vector<std::function<void()>> calls;
     for (size_t i = 0; i < methods.size(); ++i)
-      calls.push_back([&, i] { results[i] = orthogonalize(methods[i], g_device); });
+      calls.push_back([&, i] {
+        // Dropped first, as torch_reference.py drops each result before the next call: the new
+        // result may then reuse its memory, still in cache from the untimed run before.
+        results[i] = Tensor();
+        results[i] = orthogonalize(methods[i], g_device);
+      });
     const std::vector<double> ms = interleaved_median_ms(calls, repeats, device);
     const double ns5_ms = ms[0];  // ortho_methods() starts with ns5
     for (size_t i = 0; i < methods.size(); ++i) {

@@ -211,7 +211,7 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
   const T* pb = bias.defined() ? bias.data<T>() : nullptr;
   T* py = y.data<T>();
   const int64_t G = plan.images_per_group;
-  blas_loop(plan.teams, plan.teams > 1, [&](int64_t team) {
+  parallel_for(plan.teams, plan.teams > 1, [&](int64_t team) {
     Unroller<T> unroller(s);
     auto col = scratch<T>(s.patch() * G * s.plane());
     // A group of several images gets its product [Cout, G*Ho*Wo] here, then is scattered into NCHW.
@@ -260,7 +260,7 @@ void conv2d_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& w
   // Each team sums its images' weight gradient into its own partial; the partials are added in
   // team order afterwards, so the result does not depend on scheduling.
   std::vector<std::unique_ptr<T[]>> partial_grad_w(plan.teams);
-  blas_loop(plan.teams, plan.teams > 1, [&](int64_t team) {
+  parallel_for(plan.teams, plan.teams > 1, [&](int64_t team) {
     Unroller<T> unroller(s);
     auto col = scratch<T>(s.patch() * G * s.plane());
     auto grad_y_group = scratch<T>(G > 1 ? s.out_channels * G * s.plane() : 0);

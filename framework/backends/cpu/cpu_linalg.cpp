@@ -44,7 +44,7 @@ void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double 
     // Tiny batches are not worth waking the thread team for.
     const int64_t work = batch * M * N * K;
     const bool per_thread = batch > 1 && M * N * K <= (1 << 21) && work >= (1 << 15);
-    blas_loop(batch, per_thread, [&](int64_t i) {
+    parallel_for(batch, per_thread, [&](int64_t i) {
       gemm_one<T>(oa, ob, M, N, K, static_cast<T>(alpha), pa + i * oa.batch_stride, pb + i * ob.batch_stride,
                   static_cast<T>(beta), pc + i * M * N);
     });

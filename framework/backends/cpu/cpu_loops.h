@@ -16,19 +16,26 @@ namespace ml::cpu_loops {
 // Below this many elements a loop runs on one thread: spawning costs more than it saves.
 constexpr int64_t kParallelGrain = 32768;
 
-// body(i) for i in [0, n), for loops whose body calls BLAS: spread over the thread team (one
-// BLAS call per thread, each single-threaded) when `parallel`, else run on the calling thread
-// outside any OpenMP region, so that OpenBLAS can use every thread inside each call. Not
-// `#pragma omp parallel if (parallel)`: OpenBLAS's own region would then be nested in an inactive
-// one, and libgomp starts and joins fresh threads for every such call (thousands per training
-// step, at several microseconds each).
+// Whether a loop that is worth splitting (`parallel`) has more than one thread to split over.
+// When not, loops run outside OpenMP: libgomp enters a region even for `if (false)` or a team of
+// one, which on this project's VMs costs about 2.8 us per call (it makes futex system calls),
+// some thirty times a small op's whole work (a clamp of 256 floats takes 0.1 us).
+inline bool use_threads(bool parallel) { return parallel && omp_get_max_threads() > 1; }
+
+// body(i) for i in [0, n): spread over the thread team with a static schedule when
+// use_threads(parallel), else a plain loop on the calling thread. Each i is handled alike either
+// way, so results are the same. A body may call BLAS: inside the team each call runs
+// single-threaded (the OpenMP build of OpenBLAS does not spawn threads in an active region), and
+// outside it OpenBLAS can use every thread. (Within `#pragma omp parallel if (false)`, OpenBLAS's
+// region would be nested in an inactive one, and libgomp starts and joins fresh threads for every
+// such call: thousands per training step, at several microseconds each.)
 template <typename Body>
-void blas_loop(int64_t n, bool parallel, Body&& body) {
-  if (!parallel) {
+void parallel_for(int64_t n, bool parallel, Body&& body) {
+  if (!use_threads(parallel)) {
     for (int64_t i = 0; i < n; ++i) body(i);
     return;
   }
-#pragma omp parallel for schedule(static, 1)
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) body(i);
 }
 
@@ -63,8 +70,7 @@ void for_each_row(const Shape& shape, const std::array<const Shape*, N>& strides
   std::array<int64_t, N> inner_stride;
   for (size_t k = 0; k < N; ++k) inner_stride[k] = st[k].back();
   const int ndims = static_cast<int>(dims.size());
-#pragma omp parallel for schedule(static) if (rows * inner >= kParallelGrain && rows > 1)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * inner >= kParallelGrain && rows > 1, [&](int64_t r) {
     std::array<int64_t, N> off{};
     int64_t rem = r;
     for (int d = ndims - 2; d >= 0; --d) {
@@ -73,7 +79,7 @@ void for_each_row(const Shape& shape, const std::array<const Shape*, N>& strides
       for (size_t k = 0; k < N; ++k) off[k] += i * st[k][d];
     }
     row_body(off, inner, inner_stride);
-  }
+  });
 }
 
 // body(offsets) for every element of N same-shaped views, as for_each_row walks them.
@@ -117,14 +123,26 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
   const std::array<const T*, sizeof...(in)> src{static_cast<const T*>(in.raw_data())...};
   const int64_t n = out.numel();
   if ((out.is_contiguous() && ... && in.is_contiguous())) {
-#pragma omp parallel if (n >= kParallelGrain)
-    {
-      // Thread-private copies of the pointers: read through the shared ones, every iteration
-      // would reload them (the stores might alias), which blocks vectorization.
+    // One contiguous range per thread (see use_threads for why the serial case stays outside
+    // OpenMP), each a vectorized loop over local copies of the pointers: read through shared
+    // ones, every iteration would reload them (the stores might alias), which blocks vectorization.
+    auto map_range = [&](int64_t begin, int64_t end) {
       T* const dst = o;
       const std::array<const T*, sizeof...(in)> from = src;
-#pragma omp for simd schedule(static)
-      for (int64_t i = 0; i < n; ++i) dst[i] = f(from[I][i]...);
+#pragma omp simd
+      for (int64_t i = begin; i < end; ++i) dst[i] = f(from[I][i]...);
+    };
+    if (!use_threads(n >= kParallelGrain)) {
+      map_range(0, n);
+      return;
+    }
+#pragma omp parallel
+    {
+      // Ranges in whole cache lines, so that no two threads write to one line.
+      constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+      const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
+      const int64_t per_thread = ((n + threads - 1) / threads + kLine - 1) / kLine * kLine;
+      map_range(std::min(n, thread * per_thread), std::min(n, (thread + 1) * per_thread));
     }
     return;
   }

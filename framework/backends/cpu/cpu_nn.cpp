@@ -75,8 +75,7 @@ void CpuBackend::softmax(const Tensor& x, const Tensor& y, bool log, bool causal
     using T = decltype(tag);
     const T* px = x.data<T>();
     T* py = y.data<T>();
-#pragma omp parallel for schedule(static) if (r.parallel())
-    for (int64_t i = 0; i < r.rows; ++i) {
+    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
       const T* xi = px + i * r.n;
       T* yi = py + i * r.n;
       const int64_t visible = causal ? i % slice_rows + 1 : r.n;
@@ -96,7 +95,7 @@ void CpuBackend::softmax(const Tensor& x, const Tensor& y, bool log, bool causal
         for (int64_t j = 0; j < visible; ++j) yi[j] *= inv_total;
         std::fill(yi + visible, yi + r.n, T(0));
       }
-    }
+    });
   });
 }
 
@@ -112,8 +111,7 @@ void CpuBackend::softmax_backward(const Tensor& grad_y, const Tensor& y, const T
     const T* py = y.data<T>();
     T* pdx = grad_x.data<T>();
     constexpr T minus_inf = -std::numeric_limits<T>::infinity();
-#pragma omp parallel for schedule(static) if (r.parallel())
-    for (int64_t i = 0; i < r.rows; ++i) {
+    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
       const T* gi = pg + i * r.n;
       const T* yi = py + i * r.n;
       T* dxi = pdx + i * r.n;
@@ -128,7 +126,7 @@ void CpuBackend::softmax_backward(const Tensor& grad_y, const Tensor& y, const T
 #pragma omp simd
         for (int64_t j = 0; j < r.n; ++j) dxi[j] = yi[j] * (gi[j] - dot);
       }
-    }
+    });
   });
 }
 
@@ -144,8 +142,7 @@ template <typename T>
 void affine_grads(const T* g, const T* x, const T* mean, const T* rstd, Rows r, T* grad_weight, T* grad_bias) {
   constexpr int64_t kTile = 16;
   const int64_t tiles = (r.n + kTile - 1) / kTile;
-#pragma omp parallel for schedule(static) if (r.parallel() && tiles > 1)
-  for (int64_t tile = 0; tile < tiles; ++tile) {
+  parallel_for(tiles, r.parallel() && tiles > 1, [&](int64_t tile) {
     const int64_t c0 = tile * kTile, width = std::min(kTile, r.n - c0);
     double acc_w[kTile] = {}, acc_b[kTile] = {};
     for (int64_t i = 0; i < r.rows; ++i) {
@@ -161,7 +158,7 @@ void affine_grads(const T* g, const T* x, const T* mean, const T* rstd, Rows r, 
       if (grad_weight) grad_weight[c0 + c] = static_cast<T>(acc_w[c]);
       if (grad_bias) grad_bias[c0 + c] = static_cast<T>(acc_b[c]);
     }
-  }
+  });
 }
 
 template <typename T>
@@ -189,8 +186,7 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor&
     T* py = y.data<T>();
     T* pmean = mean.data<T>();
     T* prstd = rstd.data<T>();
-#pragma omp parallel for schedule(static) if (r.parallel())
-    for (int64_t i = 0; i < r.rows; ++i) {
+    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
       const T* xi = px + i * r.n;
       T* yi = py + i * r.n;
       const double mu = row_sum(xi, r.n) / double(r.n);
@@ -202,7 +198,7 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor&
       prstd[i] = s;
 #pragma omp simd
       for (int64_t j = 0; j < r.n; ++j) yi[j] = (xi[j] - m) * s * (w ? w[j] : T(1)) + (b ? b[j] : T(0));
-    }
+    });
   });
 }
 
@@ -221,8 +217,7 @@ void CpuBackend::layer_norm_backward(const Tensor& grad_y, const Tensor& x, cons
     const T* pmean = mean.data<T>();
     const T* prstd = rstd.data<T>();
     if (T* pdx = mutable_data_or_null<T>(grad_x)) {
-#pragma omp parallel for schedule(static) if (r.parallel())
-      for (int64_t i = 0; i < r.rows; ++i) {
+      parallel_for(r.rows, r.parallel(), [&](int64_t i) {
         const T* gi = pg + i * r.n;
         const T* xi = px + i * r.n;
         T* dxi = pdx + i * r.n;
@@ -238,7 +233,7 @@ void CpuBackend::layer_norm_backward(const Tensor& grad_y, const Tensor& x, cons
 #pragma omp simd
         for (int64_t j = 0; j < r.n; ++j)
           dxi[j] = s * (gi[j] * (w ? w[j] : T(1)) - h_mean - (xi[j] - m) * s * h_xhat_mean);
-      }
+      });
     }
     if (grad_weight.defined() || grad_bias.defined())
       affine_grads(pg, px, pmean, prstd, r, mutable_data_or_null<T>(grad_weight), mutable_data_or_null<T>(grad_bias));
@@ -254,15 +249,14 @@ void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, double eps, con
     const T* w = data_or_null<T>(weight);
     T* py = y.data<T>();
     T* prstd = rstd.data<T>();
-#pragma omp parallel for schedule(static) if (r.parallel())
-    for (int64_t i = 0; i < r.rows; ++i) {
+    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
       const T* xi = px + i * r.n;
       T* yi = py + i * r.n;
       const T s = static_cast<T>(1.0 / std::sqrt(row_dot(xi, xi, r.n) / double(r.n) + eps));
       prstd[i] = s;
 #pragma omp simd
       for (int64_t j = 0; j < r.n; ++j) yi[j] = xi[j] * s * (w ? w[j] : T(1));
-    }
+    });
   });
 }
 
@@ -277,8 +271,7 @@ void CpuBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const 
     const T* w = data_or_null<T>(weight);
     const T* prstd = rstd.data<T>();
     if (T* pdx = mutable_data_or_null<T>(grad_x)) {
-#pragma omp parallel for schedule(static) if (r.parallel())
-      for (int64_t i = 0; i < r.rows; ++i) {
+      parallel_for(r.rows, r.parallel(), [&](int64_t i) {
         const T* gi = pg + i * r.n;
         const T* xi = px + i * r.n;
         T* dxi = pdx + i * r.n;
@@ -289,7 +282,7 @@ void CpuBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const 
         const T h_xhat_mean = static_cast<T>(h_xhat_sum / double(r.n));
 #pragma omp simd
         for (int64_t j = 0; j < r.n; ++j) dxi[j] = s * (gi[j] * (w ? w[j] : T(1)) - xi[j] * s * h_xhat_mean);
-      }
+      });
     }
     if (grad_weight.defined()) affine_grads<T>(pg, px, nullptr, prstd, r, grad_weight.data<T>(), nullptr);
   });
@@ -321,18 +314,17 @@ void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int6
     using T = decltype(tag);
     const T* px = logits.data<T>();
     T* pl = losses.data<T>();
-#pragma omp parallel for schedule(static) if (r.parallel())
-    for (int64_t i = 0; i < r.rows; ++i) {
+    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
       if (pt[i] == ignore_index) {
         pl[i] = T(0);
-        continue;
+        return;
       }
       const T* xi = px + i * r.n;
       const T shift = row_max(xi, r.n);
       const double lse = double(shift) + std::log(sum_exp_shifted(xi, r.n, shift));
       const double smooth = label_smoothing > 0 ? label_smoothing * row_sum(xi, r.n) / double(r.n) : 0.0;
       pl[i] = static_cast<T>(lse - (1.0 - label_smoothing) * double(xi[pt[i]]) - smooth);
-    }
+    });
   });
 }
 
@@ -349,13 +341,12 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
     const T* px = logits.data<T>();
     const T* pgl = grad_losses.data<T>();
     T* pdx = grad_logits.data<T>();
-#pragma omp parallel for schedule(static) if (r.parallel())
-    for (int64_t i = 0; i < r.rows; ++i) {
+    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
       const T* xi = px + i * r.n;
       T* dxi = pdx + i * r.n;
       if (pt[i] == ignore_index) {
         std::fill(dxi, dxi + r.n, T(0));
-        continue;
+        return;
       }
       const T shift = row_max(xi, r.n);
       const T g = pgl[i];
@@ -363,7 +354,7 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
       const T g_smooth = static_cast<T>(double(g) * label_smoothing / double(r.n));
       for (int64_t j = 0; j < r.n; ++j) dxi[j] = std::exp(xi[j] - shift) * g_over_total - g_smooth;
       dxi[pt[i]] -= static_cast<T>(double(g) * (1.0 - label_smoothing));
-    }
+    });
   });
 }
 

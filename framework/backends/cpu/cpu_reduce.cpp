@@ -20,8 +20,7 @@ void CpuBackend::reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, co
     const T* src = x.data<T>();
     T* dst = out.data<T>();
     int64_t* idx = indices.defined() ? indices.data<int64_t>() : nullptr;
-#pragma omp parallel for schedule(static) if (rows * n >= kParallelGrain && rows > 1)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, rows * n >= kParallelGrain && rows > 1, [&](int64_t r) {
       const T* row = src + r * n;
       if (op == ReduceOp::Sum || op == ReduceOp::SumOfSquares) {
         double acc = 0.0;
@@ -33,7 +32,7 @@ void CpuBackend::reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, co
           for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(row[j] * row[j]);
         }
         dst[r] = static_cast<T>(acc);
-        continue;
+        return;
       }
       // Max/Min: the first extreme wins ties, as in PyTorch; NaN propagates.
       const bool is_max = op == ReduceOp::Max;
@@ -45,7 +44,7 @@ void CpuBackend::reduce_rows(ReduceOp op, const Tensor& x, const Tensor& out, co
       }
       dst[r] = best;
       if (idx) idx[r] = best_j;
-    }
+    });
   });
 }
 

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The orthogonalizers beside PyTorch (issue 9, item 6): `muonlab bench ortho --threads 1` and
+# `../shared/bench/torch_reference.py ortho --threads 1` in alternating rounds, so that both sides
+# share whatever load the machine has. Both take the median of 7 timed calls per case after
+# warm-up, each call with its operands in cache. Writes
+# experiments/results/ortho-vs-torch-<date>-<N>vcpu[-<tag>].md: per shape and method the median
+# over the rounds of each side's median, and their ratio (muonlab / PyTorch: below 1 is faster).
+# A timing measurement: the quieter the machine, the better.
+#   scripts/measure-ortho-vs-torch.sh [ROUNDS] [TAG]     (default 3 rounds, no tag)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+tag=${2:+-$2}
+bin=build/bin/muonlab
+reference=../shared/bench/torch_reference.py
+[[ -x $bin ]] || { echo "build first: cmake -S . -B build && cmake --build build" >&2; exit 1; }
+[[ -f $reference ]] || { echo "$reference not found (the shared/ folder beside the checkout)" >&2; exit 1; }
+/usr/bin/python3 -c "import torch" 2>/dev/null || { echo "PyTorch not found: apt-get install python3-torch" >&2; exit 1; }
+log=$(mktemp /tmp/muonlab-ortho.XXXXXX)
+trap 'rm -f "$log"' EXIT
+result=experiments/results/ortho-vs-torch-$(date -u +%Y-%m-%d)-$(nproc)vcpu$tag.md
+
+for round in $(seq "$rounds"); do
+  echo "measure: round $round of $rounds" >&2
+  "$bin" bench ortho --threads 1 --repeats 7 | grep '^{' | sed 's/^/muonlab /' >>"$log"
+  /usr/bin/python3 "$reference" ortho --threads 1 --repeats 7 | grep '^{' | sed 's/^/torch /' >>"$log"
+done
+
+machine="$(date -u +%Y-%m-%d), $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'))"
+python3 - "$log" "$result" "$rounds" "$(git rev-parse --short HEAD)" "$machine" <<'EOF'
+import json, statistics, sys
+log, result, rounds, commit, machine = sys.argv[1:]
+ours, theirs, shapes = {}, {}, []
+for line in open(log):
+    side, _, text = line.partition(" ")
+    row = json.loads(text)
+    shape = "x".join(map(str, row["shape"]))
+    if shape not in shapes:
+        shapes.append(shape)
+    if side == "muonlab":
+        ours.setdefault((shape, row["method"]), []).append(row["ms"])
+    else:  # one row per shape, a column per method
+        for method in ("ns5", "turbo", "dion2", "rmnp"):
+            theirs.setdefault((shape, method), []).append(row[method + "_ms"])
+with open(result, "w") as out:
+    out.write(f"# Orthogonalizers beside PyTorch: {machine}\n\n")
+    out.write(f"`scripts/measure-ortho-vs-torch.sh {rounds}` at commit {commit}: {rounds} rounds, each running "
+              "`muonlab bench ortho --threads 1 --repeats 7` then `torch_reference.py ortho --threads 1 --repeats 7` "
+              "(median of 7 timed calls per case, operands in cache). The table gives the median over the rounds of "
+              "each side's median, in ms, and ratio = muonlab / PyTorch (below 1 is faster). muonlab's Dion2 runs "
+              "Polar Express coefficients and scatters its k orthogonalized slices back into a full-size matrix; "
+              "PyTorch's runs NS5 on the selected slices only.\n\n")
+    out.write("| shape | method | muonlab ms | PyTorch ms | ratio |\n| --- | --- | --- | --- | --- |\n")
+    for shape in shapes:
+        for method in ("ns5", "turbo", "dion2", "rmnp"):
+            a, b = statistics.median(ours[(shape, method)]), statistics.median(theirs[(shape, method)])
+            out.write(f"| {shape} | {method} | {a:.3g} | {b:.3g} | {a / b:.2f} |\n")
+print(result)
+EOF
