@@ -65,11 +65,9 @@ NsSchedule schedule_for(const std::string& method, int64_t steps) {
 // millisecond) timed right after a Newton-Schulz run of another is charged for refilling the caches.
 std::vector<double> interleaved_median_ms(const std::vector<std::function<void()>>& calls, int64_t repeats, Device device) {
   std::vector<std::vector<double>> times(calls.size());
-  for (const auto& call : calls) call();  // warm-up: first-touch allocations, BLAS thread start
-  backend_for(device).synchronize();
   for (int64_t round = 0; round < repeats; ++round)
     for (size_t i = 0; i < calls.size(); ++i) {
-      calls[i]();
+      calls[i]();  // untimed; the first round's also makes first-touch allocations, starts BLAS threads
       backend_for(device).synchronize();
       const auto start = std::chrono::steady_clock::now();
       calls[i]();

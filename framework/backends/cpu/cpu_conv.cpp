@@ -240,15 +240,14 @@ void conv2d_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& w
   const T* pgy = grad_y.data<T>();
   if (grad_bias.defined()) {
     T* pgb = grad_bias.data<T>();
-#pragma omp parallel for schedule(static) if (s.batch * s.output_size() >= kParallelGrain)
-    for (int64_t co = 0; co < s.out_channels; ++co) {
+    parallel_for(s.out_channels, s.batch * s.output_size() >= kParallelGrain, [&](int64_t co) {
       double acc = 0.0;
       for (int64_t n = 0; n < s.batch; ++n) {
         const T* src = pgy + n * s.output_size() + co * s.plane();
         for (int64_t i = 0; i < s.plane(); ++i) acc += static_cast<double>(src[i]);
       }
       pgb[co] = static_cast<T>(acc);
-    }
+    });
   }
   if (!grad_x.defined() && !grad_w.defined()) return;
 
@@ -344,8 +343,7 @@ void max_pool2d_forward(const Tensor& x, const Tensor& y, const Tensor& indices,
   // which the compiler vectorizes, runs several times faster than the general one below.
   const bool two_by_two = p.kernel_h == 2 && p.kernel_w == 2 && p.stride_h == 2 && p.stride_w == 2 && p.pad_h == 0 &&
                           p.pad_w == 0;
-#pragma omp parallel for schedule(static) if (s.planes * s.in_plane() >= kParallelGrain)
-  for (int64_t plane = 0; plane < s.planes; ++plane) {
+  parallel_for(s.planes, s.planes * s.in_plane() >= kParallelGrain, [&](int64_t plane) {
     const T* in = px + plane * s.in_plane();
     if (two_by_two) {
       const int64_t width = s.width, out_w = s.out_w;
@@ -370,7 +368,7 @@ void max_pool2d_forward(const Tensor& x, const Tensor& y, const Tensor& indices,
           index_row[ow] = best_at;
         }
       }
-      continue;
+      return;
     }
     for (int64_t oh = 0; oh < s.out_h; ++oh) {
       const auto [h0, h1] = window(oh, p.stride_h, p.pad_h, p.kernel_h, s.height);
@@ -390,7 +388,7 @@ void max_pool2d_forward(const Tensor& x, const Tensor& y, const Tensor& indices,
         pi[o] = best_at;
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -399,12 +397,11 @@ void max_pool2d_backward_impl(const Tensor& grad_y, const Tensor& indices, const
   const T* pgy = grad_y.data<T>();
   const int64_t* pi = indices.data<int64_t>();
   T* pgx = grad_x.data<T>();
-#pragma omp parallel for schedule(static) if (s.planes * s.in_plane() >= kParallelGrain)
-  for (int64_t plane = 0; plane < s.planes; ++plane) {
+  parallel_for(s.planes, s.planes * s.in_plane() >= kParallelGrain, [&](int64_t plane) {
     T* out = pgx + plane * s.in_plane();
     std::fill(out, out + s.in_plane(), T(0));
     for (int64_t o = plane * s.out_plane(); o < (plane + 1) * s.out_plane(); ++o) out[pi[o]] += pgy[o];
-  }
+  });
 }
 
 template <typename T>
@@ -413,8 +410,7 @@ void avg_pool2d_forward(const Tensor& x, const Tensor& y, Pool2dParams p) {
   const T* px = x.data<T>();
   T* py = y.data<T>();
   const double scale = 1.0 / static_cast<double>(p.kernel_h * p.kernel_w);
-#pragma omp parallel for schedule(static) if (s.planes * s.in_plane() >= kParallelGrain)
-  for (int64_t plane = 0; plane < s.planes; ++plane) {
+  parallel_for(s.planes, s.planes * s.in_plane() >= kParallelGrain, [&](int64_t plane) {
     const T* in = px + plane * s.in_plane();
     for (int64_t oh = 0; oh < s.out_h; ++oh) {
       const auto [h0, h1] = window(oh, p.stride_h, p.pad_h, p.kernel_h, s.height);
@@ -426,7 +422,7 @@ void avg_pool2d_forward(const Tensor& x, const Tensor& y, Pool2dParams p) {
         py[plane * s.out_plane() + oh * s.out_w + ow] = static_cast<T>(acc * scale);
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -435,8 +431,7 @@ void avg_pool2d_backward_impl(const Tensor& grad_y, const Tensor& grad_x, Pool2d
   const T* pgy = grad_y.data<T>();
   T* pgx = grad_x.data<T>();
   const T scale = static_cast<T>(1.0 / static_cast<double>(p.kernel_h * p.kernel_w));
-#pragma omp parallel for schedule(static) if (s.planes * s.in_plane() >= kParallelGrain)
-  for (int64_t plane = 0; plane < s.planes; ++plane) {
+  parallel_for(s.planes, s.planes * s.in_plane() >= kParallelGrain, [&](int64_t plane) {
     T* out = pgx + plane * s.in_plane();
     std::fill(out, out + s.in_plane(), T(0));
     for (int64_t oh = 0; oh < s.out_h; ++oh) {
@@ -448,7 +443,7 @@ void avg_pool2d_backward_impl(const Tensor& grad_y, const Tensor& grad_x, Pool2d
           for (int64_t iw = w0; iw < w1; ++iw) out[ih * s.width + iw] += g;
       }
     }
-  }
+  });
 }
 
 // ===================================================================== batch normalization
@@ -470,8 +465,7 @@ void batch_norm_stats_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   T* pm = mean.data<T>();
   T* pv = var.data<T>();
   // Two passes (mean, then squared deviations) avoid the cancellation of E[x^2] - E[x]^2.
-#pragma omp parallel for schedule(static) if (x.numel() >= kParallelGrain)
-  for (int64_t c = 0; c < L.channels; ++c) {
+  parallel_for(L.channels, x.numel() >= kParallelGrain, [&](int64_t c) {
     double sum = 0.0;
     for (int64_t n = 0; n < L.batch; ++n) {
       const T* in = px + L.run(n, c);
@@ -488,7 +482,7 @@ void batch_norm_stats_impl(const Tensor& x, const Tensor& mean, const Tensor& va
     }
     pm[c] = static_cast<T>(mu);
     pv[c] = static_cast<T>(squares / static_cast<double>(L.count()));
-  }
+  });
 }
 
 template <typename T>
@@ -506,14 +500,13 @@ void batch_norm_apply_impl(const Tensor& x, const Tensor& mean, const Tensor& in
   }
   const T* px = x.data<T>();
   T* py = y.data<T>();
-#pragma omp parallel for schedule(static) if (x.numel() >= kParallelGrain)
-  for (int64_t nc = 0; nc < L.batch * L.channels; ++nc) {
+  parallel_for(L.batch * L.channels, x.numel() >= kParallelGrain, [&](int64_t nc) {
     const int64_t c = nc % L.channels;
     const T m = pm[c], a = scale[c], b = offset[c];
     const T* in = px + nc * L.plane;
     T* out = py + nc * L.plane;
     for (int64_t i = 0; i < L.plane; ++i) out[i] = (in[i] - m) * a + b;
-  }
+  });
 }
 
 // With xhat = (x - mean) * invstd and M values per channel:
@@ -533,8 +526,7 @@ void batch_norm_backward_impl(const Tensor& grad_y, const Tensor& x, const Tenso
   T* pgw = grad_weight.defined() ? grad_weight.data<T>() : nullptr;
   T* pgb = grad_bias.defined() ? grad_bias.data<T>() : nullptr;
   const double inv_count = 1.0 / static_cast<double>(L.count());
-#pragma omp parallel for schedule(static) if (x.numel() >= kParallelGrain)
-  for (int64_t c = 0; c < L.channels; ++c) {
+  parallel_for(L.channels, x.numel() >= kParallelGrain, [&](int64_t c) {
     const double mu = static_cast<double>(pm[c]), rstd = static_cast<double>(ps[c]);
     double sum_gy = 0.0, sum_gy_centered = 0.0;
     for (int64_t n = 0; n < L.batch; ++n) {
@@ -548,7 +540,7 @@ void batch_norm_backward_impl(const Tensor& grad_y, const Tensor& x, const Tenso
     const double sum_gy_xhat = sum_gy_centered * rstd;
     if (pgb) pgb[c] = static_cast<T>(sum_gy);
     if (pgw) pgw[c] = static_cast<T>(sum_gy_xhat);
-    if (!pgx) continue;
+    if (!pgx) return;
     // grad_x = a * gy + b * (x - mean) + d: the formula above with its per-channel factors folded.
     const double gain = (pw ? static_cast<double>(pw[c]) : 1.0) * rstd;
     const T a = static_cast<T>(gain), b = static_cast<T>(-gain * sum_gy_xhat * inv_count * rstd);
@@ -559,7 +551,7 @@ void batch_norm_backward_impl(const Tensor& grad_y, const Tensor& x, const Tenso
       T* out = pgx + L.run(n, c);
       for (int64_t i = 0; i < L.plane; ++i) out[i] = a * gy[i] + b * (in[i] - m) + d;
     }
-  }
+  });
 }
 
 }  // namespace

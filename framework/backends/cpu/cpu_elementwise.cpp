@@ -102,15 +102,14 @@ void CpuBackend::random(const Tensor& out, RandomDist dist, uint64_t seed, uint6
     using T = decltype(tag);
     T* o = out.data<T>();
     const int64_t n = out.numel();
-#pragma omp parallel for schedule(static) if (n >= kParallelGrain)
-    for (int64_t i = 0; i < n; ++i) {
+    parallel_for(n, n >= kParallelGrain, [&](int64_t i) {
       const uint64_t counter = offset + static_cast<uint64_t>(i);
       switch (dist) {
         case RandomDist::Uniform: o[i] = static_cast<T>(a + (b - a) * random_uniform(seed, counter)); break;
         case RandomDist::Normal: o[i] = static_cast<T>(a + b * random_normal(seed, offset + 2 * uint64_t(i))); break;
         case RandomDist::Bernoulli: o[i] = random_uniform(seed, counter) < a ? T(1) : T(0); break;
       }
-    }
+    });
   });
 }
 

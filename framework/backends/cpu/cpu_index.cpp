@@ -80,8 +80,7 @@ void CpuBackend::gather(const Tensor& x, int64_t dim, const Tensor& index, const
     T* dst = static_cast<T*>(out.raw_data());
     // index may be smaller than x in the non-gathered dims, so address x by its own strides.
     const Shape& is = index.shape();
-#pragma omp parallel for schedule(static) if (out.numel() >= kParallelGrain)
-    for (int64_t flat = 0; flat < out.numel(); ++flat) {
+    parallel_for(out.numel(), out.numel() >= kParallelGrain, [&](int64_t flat) {
       int64_t rem = flat, offset = 0;
       for (int64_t d = index.dim() - 1; d >= 0; --d) {
         const int64_t i = rem % is[d];
@@ -89,7 +88,7 @@ void CpuBackend::gather(const Tensor& x, int64_t dim, const Tensor& index, const
         offset += (d == dim ? idx[flat] : i) * xs[d];
       }
       dst[flat] = src[offset];
-    }
+    });
   });
 }
 

@@ -58,8 +58,7 @@ void CpuBackend::topk(const Tensor& x, int64_t k, TopkOrder order, const Tensor&
     const T* src = x.data<T>();
     T* out_values = values.data<T>();
     int64_t* out_indices = indices.data<int64_t>();
-#pragma omp parallel for schedule(static) if (rows * n >= kParallelGrain && rows > 1)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, rows * n >= kParallelGrain && rows > 1, [&](int64_t r) {
       const T* row = src + r * n;
       std::vector<int64_t> positions(static_cast<size_t>(n));
       std::iota(positions.begin(), positions.end(), int64_t{0});
@@ -70,7 +69,7 @@ void CpuBackend::topk(const Tensor& x, int64_t k, TopkOrder order, const Tensor&
         out_indices[r * k + j] = positions[static_cast<size_t>(j)];
         out_values[r * k + j] = row[positions[static_cast<size_t>(j)]];
       }
-    }
+    });
   });
 }
 
