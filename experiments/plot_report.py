@@ -46,7 +46,8 @@ def curves(data, colour, out_dir, x_key, name, x_label):
             continue
         x, mean, low, high = zip(*points)
         label = f'{curve["label"]} (n={curve["seeds"]})'
-        axes.plot(x, mean, color=colour[curve["label"]], label=label, linewidth=1.6)
+        # A run evaluated once (airbench94: only at the end) is a point, which a bare line would not show.
+        axes.plot(x, mean, color=colour[curve["label"]], label=label, linewidth=1.6, marker="o" if len(x) == 1 else None)
         if curve["seeds"] > 1:
             axes.fill_between(x, low, high, color=colour[curve["label"]], alpha=0.18, linewidth=0)
     metric = data["metric"]
