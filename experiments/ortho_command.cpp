@@ -18,7 +18,6 @@
 #include "framework/parallel.h"
 #include "optimizers/dion2.h"
 #include "optimizers/newton_schulz.h"
-#include "optimizers/rmnp.h"
 #include "optimizers/selection.h"
 
 namespace ml {
@@ -139,7 +138,7 @@ Tensor orthogonalize(const std::string& method, const Tensor& matrix, int64_t st
   NoGradGuard no_grad;
   // Nothing to orthogonalize (and Dion2 would have nothing to select).
   if (matrix.numel() == 0) return matrix.clone();
-  if (method == "rmnp") return row_normalize(matrix);
+  if (method == "rmnp") return normalize_rows(matrix);
   if (method == "dion2") {
     const Dion2Selection selection = dion2_select(matrix, kDion2Fraction, false, nullptr);
     Tensor result = zeros_like(matrix);

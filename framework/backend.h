@@ -137,6 +137,9 @@ class Backend {
   virtual void rms_norm(const Tensor& x, const Tensor& weight, double eps, const Tensor& y, const Tensor& rstd) { unsupported(__func__); }
   virtual void rms_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
                                  const Tensor& rstd, const Tensor& grad_x, const Tensor& grad_weight) { unsupported(__func__); }
+  // y_i = scale * x_i / max(||x_i||_2, eps) for every row i of the last dim, in one pass over
+  // each row for its norm and one to write it (an optimizer's update: no backward).
+  virtual void normalize_rows(const Tensor& x, double scale, double eps, const Tensor& y) { unsupported(__func__); }
   // logits [N,C], targets Int64 [N]; losses [N] (0 where target == ignore_index).
   virtual void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                              double label_smoothing, const Tensor& losses) { unsupported(__func__); }

@@ -5,16 +5,9 @@
 //   W <- W (1 - lr wd) - lr max(1, m/n)^0.5 R.
 #include "optimizers/rmnp.h"
 
-#include <limits>
-
 #include "framework/ops.h"
 
 namespace ml {
-
-Tensor row_normalize(const Tensor& matrix, double scale, double eps) {
-  const Tensor row_norms = norm(matrix, {1}, true);
-  return mul(matrix, rdiv(scale, clamp(row_norms, eps, std::numeric_limits<double>::infinity())));
-}
 
 const SettingList<RmnpSettings>& RmnpSettings::settings() {
   using S = RmnpSettings;
@@ -40,7 +33,8 @@ Tensor RMNP::begin_update(size_t index, const Tensor& grad) {
 
 Tensor RMNP::orthogonalize(size_t index, const Tensor& input) {
   const Shape shape = matrix_shape(index);
-  return row_normalize(input, -lr() * scale_of(shape[0], shape[1]));
+  // R scaled by -lr max(1, m/n)^0.5 on the way: one fused pass (normalize_rows).
+  return normalize_rows(input, -lr() * scale_of(shape[0], shape[1]));
 }
 
 void RMNP::finish_update(size_t, Tensor& weight, const Tensor& ortho) {

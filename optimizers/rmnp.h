@@ -4,10 +4,6 @@
 
 namespace ml {
 
-// R_i = scale * U_i / max(||U_i||_2, eps) for every row i of a 2-D matrix (the scale rides on the
-// per-row factor, so it costs no extra pass).
-Tensor row_normalize(const Tensor& matrix, double scale = 1.0, double eps = 1e-12);
-
 class RMNP;
 
 // Muon's settings less Newton–Schulz's; members start at zero, the defaults are the table's.

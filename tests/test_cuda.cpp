@@ -315,6 +315,13 @@ TEST_F(CudaParity, RowKernelsWithLongOddRows) {
     expect_parity([](auto& in) { return layer_norm(in[0], in[1], in[2]); },
                   {float_input({6, n}, 74), float_input({n}, 75), float_input({n}, 76)});
     expect_parity([](auto& in) { return rms_norm(in[0], in[1]); }, {float_input({6, n}, 77), float_input({n}, 78)});
+    // RMNP's update, with row 2 all zeros (it must stay zeros, not NaN).
+    expect_parity(
+        [](auto& in) {
+          NoGradGuard no_grad;
+          return normalize_rows(in[0], -0.3);
+        },
+        {mul(float_input({5, n}, 80), Tensor::from_vector<float>({1, 1, 0, 1, 1}, {5, 1}))});
     const Tensor targets = Tensor::from_vector<int64_t>({0, n - 1, 5, -100}, {4});
     expect_parity([](auto& in) { return cross_entropy(in[0], in[1], -100, 0.1); }, {float_input({4, n}, 79), targets});
   }

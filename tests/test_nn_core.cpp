@@ -194,6 +194,30 @@ TEST(NnCore, LayerNormAndRmsNormForwardByHand) {
   expect_close(rms_norm(tiny), Tensor::from_vector<double>({3e-4 * tiny_scale, 4e-4 * tiny_scale}, {2}), 1e-5);
 }
 
+// RMNP's row normalization: by hand (a zero row stays zero, a row shorter than eps is divided by
+// eps), then against the same formula composed from norm, clamp and rdiv at a size that takes the
+// parallel path, contiguous and transposed, float64 and float32.
+TEST(NnCore, NormalizeRowsByHandAndAgainstComposedOps) {
+  expect_values_near(normalize_rows(f64({3, 4, 0, 0, 0, -2}, {3, 2}), -0.5), {-0.3, -0.4, 0, 0, 0, 1});
+  expect_values_near(normalize_rows(f64({1e-13, 0}, {2})), {0.1, 0});
+
+  const auto composed = [](const Tensor& x, double scale) {
+    return x * rdiv(scale, clamp(norm(x, {-1}, true), 1e-12, std::numeric_limits<double>::infinity()));
+  };
+  NoGradGuard no_grad;
+  const Tensor x = random_input({300, 130}, 12);
+  expect_close(normalize_rows(x, 0.7), composed(x, 0.7), 1e-12, "float64");
+  expect_close(normalize_rows(x.t(), -2.0), composed(x.t(), -2.0), 1e-12, "transposed");
+  const Tensor single = normalize_rows(x.to(DType::Float32), 0.7);
+  EXPECT_EQ(single.dtype(), DType::Float32);
+  expect_close(single, composed(x, 0.7), 1e-6, "float32");
+}
+
+TEST(NnCore, NormalizeRowsRefusesAnInputThatNeedsAGradient) {
+  expect_error_mentions([] { normalize_rows(random_input({3, 4}, 13)); },
+                        {"normalize_rows", "[3, 4]", "requires a gradient"});
+}
+
 TEST(NnCore, CrossEntropyByHand) {
   const Tensor logits = f64({1, 2, 3, 0.5, -1, 2}, {2, 3});
   const Tensor targets = ids({2, 0}, {2});

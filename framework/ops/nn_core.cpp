@@ -167,6 +167,17 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, std::optional<double> eps
   return y;
 }
 
+Tensor normalize_rows(const Tensor& x, double scale, double eps) {
+  check_has_dims("normalize_rows", x, 1);
+  if (needs_grad(x))
+    throw std::invalid_argument("normalize_rows: has no backward, but its input " + shape_str(x.shape()) +
+                                " requires a gradient (run it under NoGradGuard)");
+  const Tensor xc = contiguous_data(x);
+  Tensor y = empty_like(xc);
+  backend_of(xc).normalize_rows(xc, scale, eps, y);
+  return y;
+}
+
 // ---------------------------------------------------------------------------------- softmax, losses
 
 Tensor softmax(const Tensor& x, int64_t dim) { return softmax_along("softmax", x, dim, false); }

@@ -26,6 +26,11 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight = Tensor(), const Tensor
 // F.rms_norm, eps defaults to the machine epsilon of x's dtype (1.19e-7 for float32).
 Tensor rms_norm(const Tensor& x, const Tensor& weight = Tensor(), std::optional<double> eps = std::nullopt);
 
+// scale * x / max(||x||_2, eps) over the last dim, as F.normalize(x, dim=-1, eps=eps) * scale, in
+// one fused kernel: RMNP's row normalization. It has no backward (it serves optimizer updates,
+// which run without gradients) and throws if x requires a gradient.
+Tensor normalize_rows(const Tensor& x, double scale = 1.0, double eps = 1e-12);
+
 // Numerically stable (max-shifted) softmax / log-softmax along dim. For dim other than the last
 // the result is a transposed view.
 Tensor softmax(const Tensor& x, int64_t dim = -1);

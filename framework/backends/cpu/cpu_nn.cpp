@@ -288,6 +288,22 @@ void CpuBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const 
   });
 }
 
+void CpuBackend::normalize_rows(const Tensor& x, double scale, double eps, const Tensor& y) {
+  const Rows r = rows_of(x);
+  dispatch_floating(x.dtype(), "normalize_rows", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
+      const T* xi = px + i * r.n;
+      T* yi = py + i * r.n;
+      const T s = static_cast<T>(scale / std::max(std::sqrt(row_dot(xi, xi, r.n)), eps));
+#pragma omp simd
+      for (int64_t j = 0; j < r.n; ++j) yi[j] = xi[j] * s;
+    });
+  });
+}
+
 // ---------------------------------------------------------------------------------- cross-entropy
 
 namespace {

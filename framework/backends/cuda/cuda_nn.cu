@@ -89,6 +89,21 @@ __global__ void norm_kernel(const T* x, const T* w, const T* b, T* y, T* mean, T
     yi[j] = (xi[j] - m) * s * (w ? w[j] : T(1)) + (b ? b[j] : T(0));
 }
 
+// One block a row: the row's sum of squares, then the row scaled by scale / max(norm, eps).
+template <typename T>
+__global__ void normalize_rows_kernel(const T* x, T* y, int64_t n, double scale, double eps) {
+  using Acc = RowAccumulator<T>;
+  __shared__ Acc scratch[kRowWarps];
+  const int64_t row = blockIdx.x;
+  const T* xi = x + row * n;
+  T* yi = y + row * n;
+  Acc squares = 0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) squares += Acc(xi[j]) * Acc(xi[j]);
+  squares = block_sum(squares, scratch);
+  const T s = T(Acc(scale) / fmax(sqrt(squares), Acc(eps)));
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) yi[j] = xi[j] * s;
+}
+
 template <typename T>
 __global__ void norm_backward_kernel(const T* g, const T* x, const T* w, const T* mean, const T* rstd, T* dx,
                                      int64_t n) {
@@ -312,6 +327,16 @@ void CudaBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const
                                     const Tensor& grad_x, const Tensor& grad_weight) {
   dispatch_floating(x.dtype(), "rms_norm_backward", [&](auto tag) {
     norm_backward<decltype(tag)>(grad_y, x, weight, Tensor(), rstd, grad_x, grad_weight, Tensor());
+  });
+}
+
+void CudaBackend::normalize_rows(const Tensor& x, double scale, double eps, const Tensor& y) {
+  const int64_t n = last_dim(x);
+  dispatch_floating(x.dtype(), "normalize_rows", [&](auto tag) {
+    using T = decltype(tag);
+    launch_rows(rows_of(x), "normalize_rows", [&](unsigned rows) {
+      normalize_rows_kernel<T><<<rows, kRowThreads, 0, stream()>>>(ptr<const T>(x), ptr<T>(y), n, scale, eps);
+    });
   });
 }
 
