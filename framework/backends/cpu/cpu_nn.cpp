@@ -8,6 +8,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "framework/backends/cpu/cpu_backend.h"
 #include "framework/backends/cpu/cpu_loops.h"
@@ -81,39 +82,45 @@ double sum_exp_shifted(const T* x, int64_t n, T shift) {
 
 }  // namespace
 
+// row_body(xi, yi, n, i) for every row i of x (its last dim, n long) and the same row of y, in x's
+// floating dtype (T = the pointee of yi), in parallel when the work is large enough.
+template <typename RowBody>
+void map_rows(const char* op, const Tensor& x, const Tensor& y, RowBody&& row_body) {
+  const Rows r = rows_of(x);
+  dispatch_floating(x.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+    parallel_for(r.rows, r.parallel(), [&](int64_t i) { row_body(px + i * r.n, py + i * r.n, r.n, i); });
+  });
+}
+
 // ---------------------------------------------------------------------------------- softmax
 
 // y = softmax(x) or log_softmax(x) per row. Causal: row i of each [T,T] slice keeps columns
 // 0..i; the masked columns are written directly (probability 0, log-probability -inf) instead
 // of adding -inf to the logits, so no infinity enters the arithmetic.
 void CpuBackend::softmax(const Tensor& x, const Tensor& y, bool log, bool causal) {
-  const Rows r = rows_of(x);
   const int64_t slice_rows = causal ? x.size(-2) : 1;
-  dispatch_floating(x.dtype(), "softmax", [&](auto tag) {
-    using T = decltype(tag);
-    const T* px = x.data<T>();
-    T* py = y.data<T>();
-    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
-      const T* xi = px + i * r.n;
-      T* yi = py + i * r.n;
-      const int64_t visible = causal ? i % slice_rows + 1 : r.n;
-      const T shift = row_max(xi, visible);
-      if (log) {
-        const T log_total = static_cast<T>(std::log(sum_exp_shifted(xi, visible, shift)));
-        for (int64_t j = 0; j < visible; ++j) yi[j] = xi[j] - shift - log_total;
-        std::fill(yi + visible, yi + r.n, -std::numeric_limits<T>::infinity());
-      } else {
-        double total = 0.0;
-        for (int64_t j = 0; j < visible; ++j) {
-          yi[j] = std::exp(xi[j] - shift);
-          total += yi[j];
-        }
-        const T inv_total = static_cast<T>(1.0 / total);
-#pragma omp simd
-        for (int64_t j = 0; j < visible; ++j) yi[j] *= inv_total;
-        std::fill(yi + visible, yi + r.n, T(0));
+  map_rows("softmax", x, y, [&](const auto* xi, auto* yi, int64_t n, int64_t i) {
+    using T = std::remove_pointer_t<decltype(yi)>;
+    const int64_t visible = causal ? i % slice_rows + 1 : n;
+    const T shift = row_max(xi, visible);
+    if (log) {
+      const T log_total = static_cast<T>(std::log(sum_exp_shifted(xi, visible, shift)));
+      for (int64_t j = 0; j < visible; ++j) yi[j] = xi[j] - shift - log_total;
+      std::fill(yi + visible, yi + n, -std::numeric_limits<T>::infinity());
+    } else {
+      double total = 0.0;
+      for (int64_t j = 0; j < visible; ++j) {
+        yi[j] = std::exp(xi[j] - shift);
+        total += yi[j];
       }
-    });
+      const T inv_total = static_cast<T>(1.0 / total);
+#pragma omp simd
+      for (int64_t j = 0; j < visible; ++j) yi[j] *= inv_total;
+      std::fill(yi + visible, yi + n, T(0));
+    }
   });
 }
 
@@ -307,18 +314,11 @@ void CpuBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const 
 }
 
 void CpuBackend::normalize_rows(const Tensor& x, double scale, double eps, const Tensor& y) {
-  const Rows r = rows_of(x);
-  dispatch_floating(x.dtype(), "normalize_rows", [&](auto tag) {
-    using T = decltype(tag);
-    const T* px = x.data<T>();
-    T* py = y.data<T>();
-    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
-      const T* xi = px + i * r.n;
-      T* yi = py + i * r.n;
-      const T s = static_cast<T>(scale / std::max(std::sqrt(row_sum_of_squares(xi, r.n)), eps));
+  map_rows("normalize_rows", x, y, [&](const auto* xi, auto* yi, int64_t n, int64_t) {
+    using T = std::remove_pointer_t<decltype(yi)>;
+    const T s = static_cast<T>(scale / std::max(std::sqrt(row_sum_of_squares(xi, n)), eps));
 #pragma omp simd
-      for (int64_t j = 0; j < r.n; ++j) yi[j] = xi[j] * s;
-    });
+    for (int64_t j = 0; j < n; ++j) yi[j] = xi[j] * s;
   });
 }
 
