@@ -66,6 +66,22 @@ TEST(BlockCache, AFreedBlockServesTheNextRequestOfItsBin) {
   EXPECT_EQ(cache.stats().current_bytes, 0u);
 }
 
+TEST(BlockCache, ServesTheMostRecentlyFreedBlockOfABinFirst) {
+  CountingMemory::Counts counts;
+  BlockCache<CountingMemory> cache(CountingMemory{&counts});
+  void* older = cache.allocate(3000);
+  void* newer = cache.allocate(3000);
+  void* newest = cache.allocate(3000);
+  cache.deallocate(older, 3000);
+  cache.deallocate(newer, 3000);
+  cache.deallocate(newest, 3000);
+  EXPECT_EQ(cache.allocate(3000), newest);  // still in the processor's cache, the others may not be
+  EXPECT_EQ(cache.allocate(3000), newer);
+  EXPECT_EQ(cache.allocate(3000), older);
+  EXPECT_EQ(counts.allocations, 3);
+  for (void* p : {older, newer, newest}) cache.deallocate(p, 3000);
+}
+
 TEST(BlockCache, KeepsNoMoreThanThePeakOfLiveBytes) {
   CountingMemory::Counts counts;
   BlockCache<CountingMemory> cache(CountingMemory{&counts});

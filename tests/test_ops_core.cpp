@@ -450,6 +450,35 @@ TEST(Matmul, EmptyInnerDimensionGivesZeros) {
   EXPECT_EQ(b.grad().shape(), (Shape{2, 0, 4}));
 }
 
+// syrk is matmul(x, x.t()) (scaled, plus beta * c) with half the products: values against the
+// product, in float64 where both are exact on small integers, for plain, transposed and expanded
+// views, exact symmetry in float32 where matmul's two triangles may round apart, and gradients.
+TEST(Syrk, MatchesTheProductWithItsTransposeAndIsExactlySymmetric) {
+  const Tensor x = arange(0, 12, 1, DType::Float64).reshape({3, 4});
+  EXPECT_EQ(values(syrk(x)), values(matmul(x, x.t())));
+  EXPECT_EQ(values(syrk(x.t())), values(matmul(x.t(), x)));  // a transposed view, read as it is
+  const Tensor c = add(matmul(x, x.t()), ones({3, 3}, DType::Float64));
+  EXPECT_EQ(values(syrk(x, 2.0, c, -0.5)), values(sub(mul(matmul(x, x.t()), 2.0), mul(c, 0.5))));
+  const Tensor repeated = arange(0, 3, 1, DType::Float64).reshape({1, 3}).expand({2, 3});
+  EXPECT_EQ(values(syrk(repeated)), V(4, 5.0));
+  EXPECT_EQ(values(syrk(ones({2, 0}, DType::Float64), 1.0, c.narrow(0, 0, 2).narrow(1, 0, 2), 3.0)),
+            values(mul(c.narrow(0, 0, 2).narrow(1, 0, 2), 3.0)));  // an empty sum: beta * c
+  Generator gen(7);
+  const Tensor y = randn({65, 130}, DType::Float32, cpu(), gen);  // more than one 64-row mirror tile
+  const V s = values(syrk(y)), reference = values(matmul(y.to(DType::Float64), y.t().to(DType::Float64)));
+  for (int64_t i = 0; i < 65; ++i)
+    for (int64_t j = 0; j < 65; ++j) {
+      EXPECT_EQ(s[i * 65 + j], s[j * 65 + i]);
+      EXPECT_NEAR(s[i * 65 + j], reference[i * 65 + j], 1e-4 * std::abs(reference[i * 65 + i]) + 1e-4);
+    }
+  expect_error_mentions([&] { syrk(ones({2, 2, 2})); }, {"syrk", "matrix", "[2, 2, 2]"});
+  expect_error_mentions([&] { syrk(ones({2, 3}), 1.0, ones({3, 3}), 1.0); }, {"syrk", "[3, 3]", "[2, 2]"});
+  expect_error_mentions([&] { syrk(ones({2, 3}), 1.0, Tensor(), 1.0); }, {"syrk", "no matrix c"});
+  expect_gradients_match([](auto& in) { return syrk(in[0], 1.5); }, {random_input({3, 4}, 19)});
+  expect_gradients_match([](auto& in) { return syrk(in[0].t(), 0.5, add(in[1], in[1].t()), 2.0); },
+                         {random_input({4, 3}, 20), random_input({3, 3}, 21)});
+}
+
 TEST(MatmulGrad, PlainBatchedBroadcastAndTransposed) {
   auto mm = [](auto& in) { return matmul(in[0], in[1]); };
   expect_gradients_match(mm, {random_input({3, 4}, 1), random_input({4, 2}, 2)});

@@ -11,6 +11,7 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
+#include <iterator>
 #include <map>
 #include <mutex>
 
@@ -43,8 +44,11 @@ class BlockCache {
     const size_t size = round_size(nbytes);
     std::lock_guard<std::mutex> lock(mutex_);
     void* p = nullptr;
-    auto it = free_.find(size);
-    if (it != free_.end()) {
+    // The most recently freed block of this size (a multimap keeps equal keys in insertion order):
+    // its lines are the likeliest to be still in the processor's cache.
+    const auto same_size = free_.equal_range(size);
+    if (same_size.first != same_size.second) {
+      const auto it = std::prev(same_size.second);
       p = it->second;
       free_.erase(it);
       stats_.cached_bytes -= size;

@@ -1,6 +1,7 @@
 #include "framework/ops/linalg.h"
 
 #include "framework/backends/gemm_layout.h"
+#include "framework/ops/elementwise.h"
 #include "framework/ops/op_utils.h"
 
 namespace ml {
@@ -83,6 +84,32 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
     });
   if (a_in.dim() == 1) out = out.squeeze(-2);
   if (b_in.dim() == 1) out = out.squeeze(-1);
+  return out;
+}
+
+Tensor syrk(const Tensor& x_in, double alpha, const Tensor& c, double beta) {
+  detail::check_floating("syrk", x_in);
+  if (x_in.dim() != 2) op_error("syrk", "expected a matrix, got shape " + shape_str(x_in.shape()));
+  const int64_t k = x_in.size(0), l = x_in.size(1);
+  if (beta != 0.0) {
+    if (!c.defined()) op_error("syrk", "beta is " + std::to_string(beta) + " but no matrix c was given");
+    detail::check_compatible("syrk", x_in, c);
+    if (c.shape() != Shape{k, k})
+      op_error("syrk", "c has shape " + shape_str(c.shape()) + "; x of shape " + shape_str(x_in.shape()) +
+                           " needs [" + std::to_string(k) + ", " + std::to_string(k) + "]");
+  }
+  const Tensor x = blas_layout(k, l, x_in.strides()[0], x_in.strides()[1], 0) ? x_in : x_in.contiguous();
+  Tensor out = beta != 0.0 ? c.contiguous().clone() : Tensor::empty({k, k}, x.dtype(), x.device());
+  backend_of(x).syrk(x, out, alpha, beta, GemmMath::Configured);
+  const Tensor given_c = beta != 0.0 ? c : Tensor();
+  if (needs_grad(x, given_c))
+    record(out, "syrk", {x, given_c}, [x, given_c, alpha, beta](const Tensor& g) {
+      // d(alpha x x^T) = alpha (dx x^T + x dx^T), so x's gradient is alpha (g + g^T) x.
+      Tensor gx, gc;
+      if (x.requires_grad()) gx = matmul_forward(mul(add(g, g.t()), alpha), x);
+      if (given_c.defined() && given_c.requires_grad()) gc = mul(g, beta);
+      return Grads{gx, gc};
+    });
   return out;
 }
 

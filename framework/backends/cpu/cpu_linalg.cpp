@@ -2,6 +2,8 @@
 // operands rather than copied.
 #include <cblas.h>
 
+#include <algorithm>
+
 #include "framework/backends/cpu/cpu_backend.h"
 #include "framework/backends/cpu/cpu_loops.h"
 #include "framework/backends/gemm_layout.h"
@@ -23,6 +25,34 @@ void gemm_one(const BlasMatrix& oa, const BlasMatrix& ob, int64_t M, int64_t N, 
     cblas_dgemm(CblasRowMajor, trans(oa), trans(ob), M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N);
 }
 
+template <typename T>
+void syrk_upper(const BlasMatrix& oa, int64_t n, int64_t k, T alpha, const T* a, T beta, T* c) {
+  if constexpr (std::is_same_v<T, float>)
+    cblas_ssyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
+  else
+    cblas_dsyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
+}
+
+// Copies the upper triangle of the n x n row-major matrix c onto its lower one, a tile of rows at
+// a time so that the column reads of the upper triangle stay in cache.
+template <typename T>
+void mirror_upper_to_lower(T* c, int64_t n) {
+  constexpr int64_t tile = 64;
+  const int64_t tiles = (n + tile - 1) / tile;
+  parallel_for(tiles, n * n >= (1 << 16), [&](int64_t t) {
+    const int64_t first = t * tile, last = std::min(n, first + tile);
+    for (int64_t j0 = 0; j0 < last; j0 += tile)
+      for (int64_t i = first; i < last; ++i)
+        for (int64_t j = j0; j < std::min(j0 + tile, i); ++j) c[i * n + j] = c[j * n + i];
+  });
+}
+
+// An empty sum: BLAS leaves C untouched for K == 0, the product is zero, so C = beta * C.
+template <typename T>
+void scale_by_beta(T* c, int64_t count, double beta) {
+  for (int64_t i = 0; i < count; ++i) c[i] = beta == 0.0 ? T(0) : static_cast<T>(beta) * c[i];
+}
+
 }  // namespace
 
 // Always exact: like PyTorch's allow_tf32 on the CPU, the run's matmul precision has no effect here.
@@ -35,10 +65,7 @@ void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double 
     const T* pa = a.data<T>();
     const T* pb = b.data<T>();
     T* pc = c.data<T>();
-    if (K == 0) {  // BLAS leaves C untouched for K == 0; the product is empty, so C = beta * C
-      for (int64_t i = 0; i < c.numel(); ++i) pc[i] = beta == 0.0 ? T(0) : static_cast<T>(beta) * pc[i];
-      return;
-    }
+    if (K == 0) return scale_by_beta(pc, c.numel(), beta);
     // Many small products (attention heads) run one per thread with single-threaded BLAS; a few
     // large ones let OpenBLAS use every thread inside each product.
     // Tiny batches are not worth waking the thread team for.
@@ -48,6 +75,19 @@ void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double 
       gemm_one<T>(oa, ob, M, N, K, static_cast<T>(alpha), pa + i * oa.batch_stride, pb + i * ob.batch_stride,
                   static_cast<T>(beta), pc + i * M * N);
     });
+  });
+}
+
+void CpuBackend::syrk(const Tensor& a, const Tensor& c, double alpha, double beta, GemmMath) {
+  const int64_t n = a.size(0), k = a.size(1);
+  if (n == 0) return;
+  const BlasMatrix oa = blas_matrix(a.unsqueeze(0), "a");
+  dispatch_floating(c.dtype(), "syrk", [&](auto tag) {
+    using T = decltype(tag);
+    T* pc = c.data<T>();
+    if (k == 0) return scale_by_beta(pc, c.numel(), beta);
+    syrk_upper<T>(oa, n, k, static_cast<T>(alpha), a.data<T>(), static_cast<T>(beta), pc);
+    mirror_upper_to_lower(pc, n);
   });
 }
 
