@@ -7,11 +7,12 @@
 # over the rounds of each side's median, and their ratio (muonlab / PyTorch: below 1 is faster).
 # A timing measurement: the quieter the machine, the better.
 #   scripts/measure-ortho-vs-torch.sh [ROUNDS] [TAG]     (default 3 rounds, no tag)
+# MUONLAB_BIN names another muonlab binary (default build/bin/muonlab), e.g. a CPU-only build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 tag=${2:+-$2}
-bin=build/bin/muonlab
+bin=${MUONLAB_BIN:-build/bin/muonlab}
 reference=../shared/bench/torch_reference.py
 [[ -x $bin ]] || { echo "build first: cmake -S . -B build && cmake --build build" >&2; exit 1; }
 [[ -f $reference ]] || { echo "$reference not found (the shared/ folder beside the checkout)" >&2; exit 1; }
