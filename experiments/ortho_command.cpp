@@ -57,26 +57,26 @@ NsSchedule schedule_for(const std::string& method, int64_t steps) {
   return ns_schedule(m.coefficients, steps > 0 ? steps : m.default_steps, m.aol);
 }
 
-// Median wall time in ms of each of `calls` over `repeats` rounds. The calls alternate within a
-// round, so a change in machine load during the measurement affects every method alike. Each timed
-// run follows an untimed run of the same call, so that its operands are in cache as in
-// torch_reference.py's back-to-back timing: otherwise a cheap method (RMNP: a fraction of a
-// millisecond) timed right after a Newton-Schulz run of another is charged for refilling the caches.
-std::vector<double> interleaved_median_ms(const std::vector<std::function<void()>>& calls, int64_t repeats, Device device) {
-  std::vector<std::vector<double>> times(calls.size());
-  for (int64_t round = 0; round < repeats; ++round)
-    for (size_t i = 0; i < calls.size(); ++i) {
-      calls[i]();  // untimed; the first round's also makes first-touch allocations, starts BLAS threads
+// Median wall time in ms of each of `calls`, timed as torch_reference.py's timeit times them, the
+// peer these numbers are compared with: two untimed calls, then `repeats` timed calls back to back.
+// (Alternating the methods within rounds instead left a memory-bound method timed after another's
+// Newton-Schulz run: RMNP's 0.5 ms row normalization of 3072x768 took 0.1-0.2 ms longer right after
+// a Turbo-Muon call, even with an untimed call of its own in between.) Machine load is shared with
+// the peer by alternating whole runs of both (scripts/measure-ortho-vs-torch.sh).
+std::vector<double> median_ms(const std::vector<std::function<void()>>& calls, int64_t repeats, Device device) {
+  std::vector<double> medians;
+  for (const std::function<void()>& call : calls) {
+    for (int warm_up = 0; warm_up < 2; ++warm_up) call();  // also first-touch allocations, BLAS threads
+    std::vector<double> times;
+    for (int64_t i = 0; i < repeats; ++i) {
       backend_for(device).synchronize();
       const auto start = std::chrono::steady_clock::now();
-      calls[i]();
+      call();
       backend_for(device).synchronize();
-      times[i].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
     }
-  std::vector<double> medians;
-  for (std::vector<double>& t : times) {
-    std::sort(t.begin(), t.end());
-    medians.push_back(t[t.size() / 2]);
+    std::sort(times.begin(), times.end());
+    medians.push_back(times[times.size() / 2]);
   }
   return medians;
 }
@@ -201,11 +201,11 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
     for (size_t i = 0; i < methods.size(); ++i)
       calls.push_back([&, i] {
         // Dropped first, as torch_reference.py drops each result before the next call: the new
-        // result may then reuse its memory, still in cache from the untimed run before.
+        // result may then reuse its memory, still in cache from the call before.
         results[i] = Tensor();
         results[i] = orthogonalize(methods[i], g_device);
       });
-    const std::vector<double> ms = interleaved_median_ms(calls, repeats, device);
+    const std::vector<double> ms = median_ms(calls, repeats, device);
     const double ns5_ms = ms[0];  // ortho_methods() starts with ns5
     for (size_t i = 0; i < methods.size(); ++i) {
       const double gflops = ortho_flops(methods[i], m, n) / (ms[i] * 1e6);

@@ -35,8 +35,8 @@ double ortho_flops(const std::string& method, int64_t rows, int64_t cols, int64_
 int run_ortho(const std::string& method, const std::string& in_path, const std::string& out_path, int64_t steps,
               std::ostream& out = std::cout);
 
-// For each benchmark shape and method: median time per call over `repeats` timed calls (after a
-// warm-up call; the methods alternate within each round), GFLOP/s and the relative Frobenius
+// For each benchmark shape and method: median time per call over `repeats` timed calls back to
+// back (after two untimed ones, as torch_reference.py times), GFLOP/s and the relative Frobenius
 // error against the exact float64 polar factor; printed as a table, then one JSON object per
 // row. device: "cpu" or "cuda".
 int run_bench_ortho(const std::string& device, int64_t repeats, std::ostream& out = std::cout);

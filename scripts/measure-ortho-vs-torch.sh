@@ -28,9 +28,9 @@ for round in $(seq "$rounds"); do
 done
 
 machine="$(date -u +%Y-%m-%d), $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'))"
-python3 - "$log" "$result" "$rounds" "$(git rev-parse --short HEAD)" "$machine" <<'EOF'
+python3 - "$log" "$result" "$rounds" "$(git rev-parse --short HEAD)" "$machine" "$bin" <<'EOF'
 import json, statistics, sys
-log, result, rounds, commit, machine = sys.argv[1:]
+log, result, rounds, commit, machine, binary = sys.argv[1:]
 ours, theirs, shapes = {}, {}, []
 for line in open(log):
     side, _, text = line.partition(" ")
@@ -45,7 +45,7 @@ for line in open(log):
             theirs.setdefault((shape, method), []).append(row[method + "_ms"])
 with open(result, "w") as out:
     out.write(f"# Orthogonalizers beside PyTorch: {machine}\n\n")
-    out.write(f"`scripts/measure-ortho-vs-torch.sh {rounds}` at commit {commit}: {rounds} rounds, each running "
+    out.write(f"`scripts/measure-ortho-vs-torch.sh {rounds}` at commit {commit} ({binary}): {rounds} rounds, each running "
               "`muonlab bench ortho --threads 1 --repeats 7` then `torch_reference.py ortho --threads 1 --repeats 7` "
               "(median of 7 timed calls per case, operands in cache). The table gives the median over the rounds of "
               "each side's median, in ms, and ratio = muonlab / PyTorch (below 1 is faster). muonlab's Dion2 runs "
