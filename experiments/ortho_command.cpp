@@ -62,8 +62,11 @@ NsSchedule schedule_for(const std::string& method, int64_t steps) {
 // (Alternating the methods within rounds instead left a memory-bound method timed after another's
 // Newton-Schulz run: RMNP's 0.5 ms row normalization of 3072x768 took 0.1-0.2 ms longer right after
 // a Turbo-Muon call, even with an untimed call of its own in between.) Machine load is shared with
-// the peer by alternating whole runs of both (scripts/measure-ortho-vs-torch.sh).
+// the peer by alternating whole runs of both (scripts/measure-ortho-vs-torch.sh). One untimed call of
+// every method comes first, so that the first method timed does not also pay for the shape's first
+// allocations (NS5, first, read up to 18% slower than its equal-work Polar Express without it).
 std::vector<double> median_ms(const std::vector<std::function<void()>>& calls, int64_t repeats, Device device) {
+  for (const std::function<void()>& call : calls) call();
   std::vector<double> medians;
   for (const std::function<void()>& call : calls) {
     for (int warm_up = 0; warm_up < 2; ++warm_up) call();  // also first-touch allocations, BLAS threads
