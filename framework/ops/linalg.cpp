@@ -99,7 +99,7 @@ Tensor syrk(const Tensor& x_in, double alpha, const Tensor& c, double beta) {
                            " needs [" + std::to_string(k) + ", " + std::to_string(k) + "]");
   }
   const Tensor x = blas_layout(k, l, x_in.strides()[0], x_in.strides()[1], 0) ? x_in : x_in.contiguous();
-  Tensor out = beta != 0.0 ? c.contiguous().clone() : Tensor::empty({k, k}, x.dtype(), x.device());
+  Tensor out = beta != 0.0 ? c.clone() : Tensor::empty({k, k}, x.dtype(), x.device());
   backend_of(x).syrk(x, out, alpha, beta, GemmMath::Configured);
   const Tensor given_c = beta != 0.0 ? c : Tensor();
   if (needs_grad(x, given_c))

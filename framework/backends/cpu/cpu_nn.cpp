@@ -55,10 +55,9 @@ double row_dot(const T* a, const T* b, int64_t n) {
 
 // sum_j x[j]^2 in kLanes independent partial sums of T, added up in double. One running sum (as
 // in row_dot) waits on each add before the next; the lanes pipeline, and float lanes skip the
-// conversions: 0.65-0.75x row_dot's time on rows of 768-3072 already in cache. (Right after large
-// matrix products, a 3072x768 matrix is memory-bound and row_dot's slower sum came out faster:
-// experiments/results/ortho-vs-torch-2026-12-03-2vcpu.md, docs/optimizers.md RMNP.) Each lane adds
-// n / 32 terms, so the float32 sum stays within about 1e-6 of the exact one.
+// conversions: 0.65-0.75x row_dot's time on rows of 768-3072 already in cache. (A 3072x768 matrix
+// is memory-bound, and its time varies with what ran before: docs/optimizers.md, RMNP.) Each lane
+// adds n / 32 terms, so the float32 sum stays within about 1e-6 of the exact one.
 template <typename T>
 double row_sum_of_squares(const T* x, int64_t n) {
   constexpr int64_t kLanes = 32;
