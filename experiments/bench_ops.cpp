@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "framework/backends/cpu/blas_kernels.h"
 #include "framework/io/json.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
@@ -328,6 +329,7 @@ Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats
   return Json::object({{"bench", "op"},
                        {"device", device.str()},
                        {"threads", num_threads()},
+                       {"blas", blas_kernel_name()},
                        {"repeats", repeats},
                        {"op", row.op},
                        {"shape", row.shape},

@@ -21,6 +21,7 @@
 #include "experiments/sample.h"
 #include "experiments/sweep.h"
 #include "experiments/trainer.h"
+#include "framework/backends/cpu/blas_kernels.h"
 #include "framework/distributed/communicator.h"
 #include "framework/io/json.h"
 #include "framework/parallel.h"
@@ -138,19 +139,31 @@ int dispatch(int argc, const char* const argv[]) {
 }  // namespace
 }  // namespace ml
 
-// libgomp reads its wait policy once, when it is loaded, and by default lets idle threads spin
-// for ~300k iterations after every parallel region. On two vCPUs that are hyperthreads of one
-// core the spinning sibling starves the serial work between regions (measured: GPT benchmark
-// step 205 ms with two threads against 69 ms with one). Unless the user chose a policy, restart
-// once with a short spin; if the restart fails, run on with the default.
-static void restart_with_short_omp_spin(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
-  setenv("GOMP_SPINCOUNT", "10000", 1);
-  execv("/proc/self/exe", argv);
+// Two libraries read a setting from the environment once, when they are loaded, so it must be
+// there before this process starts; unless the user chose one, restart once with each that is
+// needed (if the restart fails, run on with the defaults):
+// - libgomp by default lets idle threads spin for ~300k iterations after every parallel region.
+//   On two vCPUs that are hyperthreads of one core the spinning sibling starves the serial work
+//   between regions (measured: GPT benchmark step 205 ms with two threads against 69 ms with
+//   one): ask for a short spin.
+// - OpenBLAS falls back to SSE3 kernels on a processor newer than its release
+//   (framework/backends/cpu/blas_kernels.h): ask for the kernels the processor's features allow.
+static void restart_with_library_settings(char** argv) {
+  bool restart = false;
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
+    setenv("GOMP_SPINCOUNT", "10000", 1);
+    restart = true;
+  }
+  const std::string blas_kernels = ml::blas_kernels_to_request();
+  if (!blas_kernels.empty()) {
+    setenv("OPENBLAS_CORETYPE", blas_kernels.c_str(), 1);
+    restart = true;
+  }
+  if (restart) execv("/proc/self/exe", argv);
 }
 
 int main(int argc, char** argv) {
-  restart_with_short_omp_spin(argv);
+  restart_with_library_settings(argv);
   const int code = ml::dispatch(argc, argv);
   // Under mpirun, a rank that failed ends the whole job: the others may be waiting for it in a
   // collective. (A stop by signal happens on every rank at the same step: they end normally.)

@@ -12,6 +12,7 @@
 
 #include "experiments/exact_polar.h"
 #include "framework/backend.h"
+#include "framework/backends/cpu/blas_kernels.h"
 #include "framework/io/json.h"
 #include "framework/io/npy.h"
 #include "framework/ops.h"
@@ -222,6 +223,7 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
                                    {"method", methods[i]},
                                    {"device", device.str()},
                                    {"threads", num_threads()},
+                                   {"blas", blas_kernel_name()},
                                    {"ms", rounded(ms[i], 3)},
                                    {"gflops", rounded(gflops, 2)},
                                    {"polar_err", rounded(error, 5)},

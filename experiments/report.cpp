@@ -226,6 +226,26 @@ class Report {
     return c.finished.size() < c.runs.size() ? std::nan("") : c.stat(metric_).mean;
   }
 
+  // Which machines the finished runs ran on (summary.json's `host`), most runs first, as a
+  // paragraph; empty when no run records one (runs written before muonlab recorded it).
+  std::string machines() const {
+    std::map<std::string, int> runs_on;
+    bool any_recorded = false;
+    for (const Run& run : runs_) {
+      if (run.diverged) continue;
+      const bool recorded = run.summary.contains("host") && run.summary.at("host").is_string();
+      any_recorded = any_recorded || recorded;
+      ++runs_on[recorded ? run.summary.at("host").get<std::string>() : "not recorded"];
+    }
+    if (!any_recorded) return "";
+    std::vector<std::pair<std::string, int>> hosts(runs_on.begin(), runs_on.end());
+    std::stable_sort(hosts.begin(), hosts.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    std::string text = "Machines (`host` in summary.json; wall-clock compares only within one):";
+    for (size_t i = 0; i < hosts.size(); ++i)
+      text += (i ? "; " : " ") + hosts[i].first + " (" + std::to_string(hosts[i].second) + (hosts[i].second == 1 ? " run)" : " runs)");
+    return text + ".\n\n";
+  }
+
   void group() {
     std::map<std::string, size_t> index;
     for (const Run& run : runs_) {
@@ -308,6 +328,7 @@ std::string Report::markdown(int incomplete, const std::string& h1, const std::s
   md << runs_.size() << " runs (" << diverged << " diverged), " << configurations_.size() << " configurations, from";
   for (const std::string& path : options_.run_paths) md << " `" << path << "`";
   md << (incomplete ? "; " + std::to_string(incomplete) + " unfinished runs left out" : "") << ".\n\n";
+  md << machines();
   const std::string direction = classifier_ ? "higher is better" : "lower is better";
   md << "Values are mean ± sample standard deviation over seeds (n = seeds). Learning rates are chosen by the final "
      << metric_ << " (" << direction << ") on the validation split, which is also the split reported here (there is "

@@ -18,6 +18,7 @@
 #include "datasets/prefetch.h"
 #include "experiments/checkpoint.h"
 #include "experiments/evaluation.h"
+#include "experiments/host.h"
 #include "experiments/progress.h"
 #include "experiments/run_data.h"
 #include "experiments/run_device.h"
@@ -594,6 +595,7 @@ class Trainer {
         {"peak_rss_mb", peak_rss_mb()},
         {"threads", num_threads()},
         {"device", name_of(device_type_names(), config_.device)},
+        {"host", host_description()},
         {"optimizer_metrics", optimizer_metrics},
         {"status", status},
     });

@@ -24,10 +24,14 @@ result=experiments/results/ortho-vs-torch-$(date -u +%Y-%m-%d)-$(nproc)vcpu$tag.
 for round in $(seq "$rounds"); do
   echo "measure: round $round of $rounds" >&2
   "$bin" bench ortho --threads 1 --repeats 7 | grep '^{' | sed 's/^/muonlab /' >>"$log"
-  /usr/bin/python3 "$reference" ortho --threads 1 --repeats 7 | grep '^{' | sed 's/^/torch /' >>"$log"
+  # PyTorch's matrix products run on the same OpenBLAS (Debian's libblas alternative): give it the
+  # kernels muonlab runs, which muonlab may have chosen over OpenBLAS's fallback for a processor
+  # model it does not know (framework/backends/cpu/blas_kernels.h).
+  blas=$(grep -m1 -o '"blas":"[^"]*"' "$log" | cut -d'"' -f4)
+  OPENBLAS_CORETYPE=$blas /usr/bin/python3 "$reference" ortho --threads 1 --repeats 7 | grep '^{' | sed 's/^/torch /' >>"$log"
 done
 
-machine="$(date -u +%Y-%m-%d), $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'))"
+machine="$(date -u +%Y-%m-%d), $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); OpenBLAS $blas kernels on both sides)"
 python3 - "$log" "$result" "$rounds" "$(git rev-parse --short HEAD)" "$machine" "$bin" <<'EOF'
 import json, statistics, sys
 log, result, rounds, commit, machine, binary = sys.argv[1:]

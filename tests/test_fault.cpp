@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "framework/backends/cpu/blas_kernels.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/json.h"
 #include "tests/temp_dir.h"
@@ -44,7 +45,8 @@ class Muonlab {
     std::vector<char*> argv;
     for (std::string& word : words) argv.push_back(word.data());
     argv.push_back(nullptr);
-    // A wait policy given keeps muonlab from re-executing itself, so that the pid stays the trainer's.
+    // A wait policy given keeps muonlab from re-executing itself for libgomp (it still does for
+    // OpenBLAS's kernels where the library does not know the processor; the pid stays the same).
     std::string wait_policy = "OMP_WAIT_POLICY=PASSIVE";
     std::vector<char*> envp{wait_policy.data(), nullptr};
     const int log = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -163,6 +165,22 @@ TEST(FaultKill, KilledAtRandomMomentsAndResumedGivesTheUninterruptedNumbers) {
     ASSERT_EQ(straight.wait(), 0) << straight.output();
     train_through_kills(config, dir.file("killed"), dir, 4, 20261202);
     EXPECT_EQ(results_of(dir.file("killed")), results_of(dir.file("straight")));
+  }
+}
+
+// On a processor OpenBLAS's release does not know (it then runs SSE3 kernels, 3x slower here),
+// muonlab restarts itself with the kernels the processor allows; the summary names them.
+TEST(LibrarySettings, TrainingRunsOpenBlasKernelsTheProcessorAllows) {
+  TempDir dir;
+  Muonlab run({"train", gpt_config(dir, 6), "--out", dir.file("run"), "--quiet"}, dir.file("run.txt"));
+  ASSERT_EQ(run.wait(), 0) << run.output();
+  const std::string host = parse_json(read_file(dir.file("run/summary.json"))).at("host").get<std::string>();
+  const X86Features features = this_processor_features();
+  if (features.avx2_fma) {
+    EXPECT_EQ(host.find("OpenBLAS Prescott kernels"), std::string::npos) << host;
+  }
+  if (blas_kernel_name() == "Prescott" && features.avx512) {
+    EXPECT_NE(host.find("OpenBLAS SkylakeX kernels"), std::string::npos) << host;
   }
 }
 

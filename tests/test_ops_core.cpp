@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 
+#include "framework/backends/cpu/blas_kernels.h"
 #include "framework/ops.h"
 #include "tests/gradcheck.h"
 
@@ -448,6 +449,18 @@ TEST(Matmul, EmptyInnerDimensionGivesZeros) {
   sum(c).backward();
   EXPECT_EQ(a.grad().shape(), (Shape{3, 0}));
   EXPECT_EQ(b.grad().shape(), (Shape{2, 0, 4}));
+}
+
+// Only OpenBLAS's fallback for a processor model it does not know (Prescott's SSE3 kernels) is
+// overruled, with the best kernels the features allow; its deliberate choices and the user's stand.
+TEST(BlasKernels, OnlyTheUnknownModelFallbackIsOverruled) {
+  const X86Features avx512{true, true}, avx2{true, false}, neither{false, false};
+  EXPECT_EQ(better_blas_kernels("Prescott", avx512, false), "SkylakeX");
+  EXPECT_EQ(better_blas_kernels("Prescott", avx2, false), "Haswell");
+  EXPECT_EQ(better_blas_kernels("Prescott", neither, false), "");
+  EXPECT_EQ(better_blas_kernels("Prescott", avx512, true), "");
+  EXPECT_EQ(better_blas_kernels("Zen", avx512, false), "");
+  EXPECT_EQ(better_blas_kernels("Haswell", avx512, false), "");
 }
 
 // syrk is matmul(x, x.t()) (scaled, plus beta * c) with half the products: values against the

@@ -410,6 +410,32 @@ TEST(Report, AggregatesSeedsChoosesTheLearningRateAndFindsTargetCrossings) {
   }
 }
 
+// Wall-clock is comparable only between runs on the same machine: the report says which hosts the
+// finished runs name (diverged runs have no summary), and nothing for runs that name none.
+TEST(Report, SaysWhichMachinesTheRunsRanOn) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  write_fixture_run(dir, base, "a1", 0.01, 1, {2.5});
+  write_fixture_run(dir, base, "a2", 0.01, 2, {2.4});
+  write_fixture_run(dir, base, "b1", 0.02, 1, {1.9});
+  write_fixture_run(dir, base, "c1", 0.04, 1, {3.0}, true);
+  std::ostringstream out, err;
+  ASSERT_EQ(run_report({{dir.file("runs")}, dir.file("unrecorded"), {}, "fixture"}, out, err), 0) << err.str();
+  EXPECT_EQ(read_file(dir.file("unrecorded/report.md")).find("Machines"), std::string::npos);
+
+  for (const auto& [run, host] : {std::pair{"a1", "CPU A, 2 logical CPUs"}, std::pair{"a2", "CPU A, 2 logical CPUs"}}) {
+    Json summary = parse_json(read_file(dir.file("runs/" + std::string(run) + "/summary.json")));
+    summary["host"] = host;
+    write_file_atomic(dir.file("runs/" + std::string(run) + "/summary.json"), dump_json(summary));
+  }
+  ASSERT_EQ(run_report({{dir.file("runs")}, dir.file("recorded"), {}, "fixture"}, out, err), 0) << err.str();
+  const std::string md = read_file(dir.file("recorded/report.md"));
+  EXPECT_NE(md.find("Machines (`host` in summary.json; wall-clock compares only within one): CPU A, 2 logical CPUs "
+                    "(2 runs); not recorded (1 run).\n"),
+            std::string::npos)
+      << md;
+}
+
 // A block's grid over a key other than the learning rate and the seed (CacheMuon's threshold):
 // each value is a method of its own, named by the label and the value as in the point's name.
 TEST(Report, GridValuesOtherThanTheRateAndSeedNameTheirOwnMethods) {

@@ -167,6 +167,7 @@ void expect_run_lowers_the_loss(const RunConfig& config, const TempDir& dir) {
   EXPECT_GT(summary.at("optimizer_s").get<double>(), 0.0);
   EXPECT_LE(summary.at("optimizer_s").get<double>(), summary.at("total_s").get<double>());
   EXPECT_GT(summary.at("peak_rss_mb").get<double>(), 0.0);
+  EXPECT_NE(summary.at("host").get<std::string>().find(" logical CPUs"), std::string::npos) << summary.at("host");
   EXPECT_EQ(values_of(metrics, "val_loss").back(), summary.at("val_loss").get<double>());
 }
 
