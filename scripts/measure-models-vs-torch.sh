@@ -7,18 +7,8 @@
 # is faster). A timing measurement: the quieter the machine, the better (about 35 s a round here).
 #   scripts/measure-models-vs-torch.sh [ROUNDS] [TAG]     (default 3 rounds, no tag)
 # MUONLAB_BIN names another muonlab binary (default build/bin/muonlab), e.g. a CPU-only build.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-rounds=${1:-3}
-tag=${2:+-$2}
-bin=${MUONLAB_BIN:-build/bin/muonlab}
-reference=../shared/bench/torch_reference.py
-[[ -x $bin ]] || { echo "build first: cmake -S . -B build && cmake --build build" >&2; exit 1; }
-[[ -f $reference ]] || { echo "$reference not found (the shared/ folder beside the checkout)" >&2; exit 1; }
-/usr/bin/python3 -c "import torch" 2>/dev/null || { echo "PyTorch not found: apt-get install python3-torch" >&2; exit 1; }
-log=$(mktemp /tmp/muonlab-models.XXXXXX)
-trap 'rm -f "$log"' EXIT
-result=experiments/results/models-vs-torch-$(date -u +%Y-%m-%d)-$(nproc)vcpu$tag.md
+comparison=models
+source "$(dirname "$0")/vs-torch-common.sh"
 
 for round in $(seq "$rounds"); do
   echo "measure: round $round of $rounds" >&2

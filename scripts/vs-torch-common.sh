@@ -1,0 +1,17 @@
+# Sourced by the scripts that time muonlab beside ../shared/bench/torch_reference.py
+# (measure-ortho-vs-torch.sh, measure-models-vs-torch.sh) with their arguments [ROUNDS] [TAG]
+# and the name of what they compare ($comparison: ortho, models). Checks the tools and sets:
+# rounds, bin (MUONLAB_BIN, default build/bin/muonlab), reference, log (a temporary file, removed
+# at exit) and result (experiments/results/<comparison>-vs-torch-<date>-<N>vcpu[-<tag>].md).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+rounds=${1:-3}
+tag=${2:+-$2}
+bin=${MUONLAB_BIN:-build/bin/muonlab}
+reference=../shared/bench/torch_reference.py
+[[ -x $bin ]] || { echo "build first: cmake -S . -B build && cmake --build build" >&2; exit 1; }
+[[ -f $reference ]] || { echo "$reference not found (the shared/ folder beside the checkout)" >&2; exit 1; }
+/usr/bin/python3 -c "import torch" 2>/dev/null || { echo "PyTorch not found: apt-get install python3-torch" >&2; exit 1; }
+log=$(mktemp "/tmp/muonlab-$comparison.XXXXXX")
+trap 'rm -f "$log"' EXIT
+result=experiments/results/$comparison-vs-torch-$(date -u +%Y-%m-%d)-$(nproc)vcpu$tag.md
