@@ -14,17 +14,14 @@ for round in $(seq "$rounds"); do
   echo "measure: round $round of $rounds" >&2
   for threads in 1 2; do
     "$bin" bench models --threads "$threads" --repeats 10 | grep '^{' | sed "s/^/muonlab $threads /" >>"$log"
-    # PyTorch's matrix products run on the same OpenBLAS: give it the kernels muonlab runs
-    # (framework/backends/cpu/blas_kernels.h); its convolutions run on oneDNN.
-    blas=$(grep -m1 -o '"blas":"[^"]*"' "$log" | cut -d'"' -f4)
-    for model in gpt cnn; do
-      OPENBLAS_CORETYPE=$blas /usr/bin/python3 "$reference" --threads "$threads" "$model" | grep '^{' |
+    for model in gpt cnn; do  # PyTorch's convolutions run on oneDNN, its matrix products on OpenBLAS
+      OPENBLAS_CORETYPE=$(muonlab_blas_kernels) /usr/bin/python3 "$reference" --threads "$threads" "$model" | grep '^{' |
         sed "s/^/torch $threads /" >>"$log"
     done
   done
 done
 
-machine="$(date -u +%Y-%m-%d), $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); OpenBLAS $blas kernels on both sides)"
+machine=$(machine_description)
 python3 - "$log" "$result" "$rounds" "$(git rev-parse --short HEAD)" "$machine" "$bin" <<'PY'
 import json, statistics, sys
 log, result, rounds, commit, machine, binary = sys.argv[1:]

@@ -14,14 +14,10 @@ source "$(dirname "$0")/vs-torch-common.sh"
 for round in $(seq "$rounds"); do
   echo "measure: round $round of $rounds" >&2
   "$bin" bench ortho --threads 1 --repeats 7 | grep '^{' | sed 's/^/muonlab /' >>"$log"
-  # PyTorch's matrix products run on the same OpenBLAS (Debian's libblas alternative): give it the
-  # kernels muonlab runs, which muonlab may have chosen over OpenBLAS's fallback for a processor
-  # model it does not know (framework/backends/cpu/blas_kernels.h).
-  blas=$(grep -m1 -o '"blas":"[^"]*"' "$log" | cut -d'"' -f4)
-  OPENBLAS_CORETYPE=$blas /usr/bin/python3 "$reference" ortho --threads 1 --repeats 7 | grep '^{' | sed 's/^/torch /' >>"$log"
+  OPENBLAS_CORETYPE=$(muonlab_blas_kernels) /usr/bin/python3 "$reference" ortho --threads 1 --repeats 7 | grep '^{' | sed 's/^/torch /' >>"$log"
 done
 
-machine="$(date -u +%Y-%m-%d), $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); OpenBLAS $blas kernels on both sides)"
+machine=$(machine_description)
 python3 - "$log" "$result" "$rounds" "$(git rev-parse --short HEAD)" "$machine" "$bin" <<'EOF'
 import json, statistics, sys
 log, result, rounds, commit, machine, binary = sys.argv[1:]

@@ -2,7 +2,8 @@
 # (measure-ortho-vs-torch.sh, measure-models-vs-torch.sh) with their arguments [ROUNDS] [TAG]
 # and the name of what they compare ($comparison: ortho, models). Checks the tools and sets:
 # rounds, bin (MUONLAB_BIN, default build/bin/muonlab), reference, log (a temporary file, removed
-# at exit) and result (experiments/results/<comparison>-vs-torch-<date>-<N>vcpu[-<tag>].md).
+# at exit) and result (experiments/results/<comparison>-vs-torch-<date>-<N>vcpu[-<tag>].md); defines
+# muonlab_blas_kernels and machine_description below.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-3}
@@ -15,3 +16,15 @@ reference=../shared/bench/torch_reference.py
 log=$(mktemp "/tmp/muonlab-$comparison.XXXXXX")
 trap 'rm -f "$log"' EXIT
 result=experiments/results/$comparison-vs-torch-$(date -u +%Y-%m-%d)-$(nproc)vcpu$tag.md
+
+# The OpenBLAS kernels muonlab ran (the `blas` of its first row in $log). PyTorch is given the same:
+# its matrix products run on that OpenBLAS too (Debian's libblas alternative), and muonlab may have
+# chosen them over OpenBLAS's fallback for a processor model it does not know
+# (framework/backends/cpu/blas_kernels.h).
+muonlab_blas_kernels() { grep -m1 -o '"blas":"[^"]*"' "$log" | cut -d'"' -f4; }
+
+# The result's machine: date, vCPUs, processor and the kernels both sides ran.
+machine_description() {
+  echo "$(date -u +%Y-%m-%d), $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //');" \
+    "OpenBLAS $(muonlab_blas_kernels) kernels on both sides)"
+}
