@@ -1,8 +1,8 @@
 // CPU kernels for softmax, layer/RMS normalization and cross-entropy, each forward beside its
 // backward. Every kernel sees a contiguous tensor as rows of its last dim (the op moved the
 // normalized dim last) and runs one row per loop iteration, rows spread over OpenMP threads.
-// Row sums accumulate in double: float32 rows then lose no precision to long sums, and the
-// extra cost is nothing next to the exp() calls and memory traffic.
+// Row sums accumulate in double, or in 32 float partial sums added up in double (sum_in_lanes)
+// where the loop must vectorize: float32 rows then lose no precision to long sums.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -12,9 +12,11 @@
 
 #include "framework/backends/cpu/cpu_backend.h"
 #include "framework/backends/cpu/cpu_loops.h"
+#include "framework/backends/elementwise_math.h"
 
 namespace ml {
 using namespace cpu_loops;
+using elementwise::exp_approx;
 
 namespace {
 
@@ -53,32 +55,37 @@ double row_dot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
-// sum_j x[j]^2 in kLanes independent partial sums of T, added up in double. One running sum (as
-// in row_dot) waits on each add before the next; the lanes pipeline, and float lanes skip the
-// conversions: 0.65-0.75x row_dot's time on rows of 768-3072 already in cache. (A 3072x768 matrix
-// is memory-bound, and its time varies with what ran before: docs/optimizers.md, RMNP.) Each lane
-// adds n / 32 terms, so the float32 sum stays within about 1e-6 of the exact one.
-template <typename T>
-double row_sum_of_squares(const T* x, int64_t n) {
+// sum_j term(j) over j < n in kLanes independent partial sums of T, added up in double. One
+// running sum (as in row_dot) waits on each add before the next; the lanes pipeline and vectorize,
+// and float lanes skip the conversions: 0.65-0.75x row_dot's time for sums of squares on rows of
+// 768-3072 already in cache. Each lane adds n / 32 terms, so a float32 sum of terms of one sign
+// stays within about 1e-6 (relative) of the exact one.
+template <typename T, typename Term>
+double sum_in_lanes(int64_t n, Term&& term) {
   constexpr int64_t kLanes = 32;
   T partial[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
 #pragma omp simd
-    for (int64_t lane = 0; lane < kLanes; ++lane) partial[lane] += x[j + lane] * x[j + lane];
+    for (int64_t lane = 0; lane < kLanes; ++lane) partial[lane] += term(j + lane);
   double sum = 0.0;
-  for (; j < n; ++j) sum += double(x[j]) * double(x[j]);
+  for (; j < n; ++j) sum += term(j);
   for (int64_t lane = 0; lane < kLanes; ++lane) sum += partial[lane];
   return sum;
 }
 
+// sum_j x[j]^2. (A 3072x768 matrix is memory-bound, and its time varies with what ran before:
+// docs/optimizers.md, RMNP.)
+template <typename T>
+double row_sum_of_squares(const T* x, int64_t n) {
+  return sum_in_lanes<T>(n, [x](int64_t j) { return x[j] * x[j]; });
+}
+
 // sum_j exp(x[j] - shift): the normalizer of a max-shifted softmax (each term is at most 1, so
-// nothing overflows).
+// nothing overflows). exp_approx, not libm's opaque expf, so that the loop vectorizes.
 template <typename T>
 double sum_exp_shifted(const T* x, int64_t n, T shift) {
-  double s = 0.0;
-  for (int64_t j = 0; j < n; ++j) s += std::exp(x[j] - shift);
-  return s;
+  return sum_in_lanes<T>(n, [x, shift](int64_t j) { return exp_approx(x[j] - shift); });
 }
 
 }  // namespace
@@ -112,12 +119,9 @@ void CpuBackend::softmax(const Tensor& x, const Tensor& y, bool log, bool causal
       for (int64_t j = 0; j < visible; ++j) yi[j] = xi[j] - shift - log_total;
       std::fill(yi + visible, yi + n, -std::numeric_limits<T>::infinity());
     } else {
-      double total = 0.0;
-      for (int64_t j = 0; j < visible; ++j) {
-        yi[j] = std::exp(xi[j] - shift);
-        total += yi[j];
-      }
-      const T inv_total = static_cast<T>(1.0 / total);
+#pragma omp simd
+      for (int64_t j = 0; j < visible; ++j) yi[j] = exp_approx(xi[j] - shift);
+      const T inv_total = static_cast<T>(1.0 / sum_in_lanes<T>(visible, [yi](int64_t j) { return yi[j]; }));
 #pragma omp simd
       for (int64_t j = 0; j < visible; ++j) yi[j] *= inv_total;
       std::fill(yi + visible, yi + n, T(0));
@@ -146,7 +150,7 @@ void CpuBackend::softmax_backward(const Tensor& grad_y, const Tensor& y, const T
         for (int64_t j = 0; j < r.n; ++j)
           if (yi[j] != minus_inf) g_total += gi[j];
         const T gt = static_cast<T>(g_total);
-        for (int64_t j = 0; j < r.n; ++j) dxi[j] = yi[j] == minus_inf ? T(0) : gi[j] - std::exp(yi[j]) * gt;
+        for (int64_t j = 0; j < r.n; ++j) dxi[j] = yi[j] == minus_inf ? T(0) : gi[j] - exp_approx(yi[j]) * gt;
       } else {
         const T dot = static_cast<T>(row_dot(gi, yi, r.n));
 #pragma omp simd
@@ -387,7 +391,8 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
       const T g = pgl[i];
       const T g_over_total = static_cast<T>(double(g) / sum_exp_shifted(xi, r.n, shift));
       const T g_smooth = static_cast<T>(double(g) * label_smoothing / double(r.n));
-      for (int64_t j = 0; j < r.n; ++j) dxi[j] = std::exp(xi[j] - shift) * g_over_total - g_smooth;
+#pragma omp simd
+      for (int64_t j = 0; j < r.n; ++j) dxi[j] = exp_approx(xi[j] - shift) * g_over_total - g_smooth;
       dxi[pt[i]] -= static_cast<T>(double(g) * (1.0 - label_smoothing));
     });
   });
