@@ -97,9 +97,9 @@ namespace detail {
 
 // One row of map_elements whose output is contiguous and whose inputs each step by 1 (bit I of
 // Contiguous set) or 0 (a broadcast value): with the steps known at compile time the loop
-// vectorizes like the all-contiguous case.
+// vectorizes like the all-contiguous case. (flatten: see map_elements_impl.)
 template <int Contiguous, typename T, typename F, size_t... I>
-void map_row(T* dst, const std::array<const T*, sizeof...(I)>& from, int64_t length, F& f, std::index_sequence<I...>) {
+__attribute__((flatten)) void map_row(T* dst, const std::array<const T*, sizeof...(I)>& from, int64_t length, F& f, std::index_sequence<I...>) {
 #pragma omp simd
   for (int64_t j = 0; j < length; ++j) dst[j] = f(from[I][((Contiguous >> I) & 1) ? j : 0]...);
 }
@@ -126,7 +126,9 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
     // One contiguous range per thread (see use_threads for why the serial case stays outside
     // OpenMP), each a vectorized loop over local copies of the pointers: read through shared
     // ones, every iteration would reload them (the stores might alias), which blocks vectorization.
-    auto map_range = [&](int64_t begin, int64_t end) {
+    // flatten inlines f and all it calls into the loop: GCC's inliner gave up on GELU's element
+    // math once it grew, and a call per element does not vectorize (the CNN step then slowed).
+    auto map_range = [&](int64_t begin, int64_t end) __attribute__((flatten)) {
       T* const dst = o;
       const std::array<const T*, sizeof...(in)> from = src;
 #pragma omp simd
