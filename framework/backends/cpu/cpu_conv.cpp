@@ -244,6 +244,7 @@ void conv2d_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& w
       double acc = 0.0;
       for (int64_t n = 0; n < s.batch; ++n) {
         const T* src = pgy + n * s.output_size() + co * s.plane();
+#pragma omp simd reduction(+ : acc)
         for (int64_t i = 0; i < s.plane(); ++i) acc += static_cast<double>(src[i]);
       }
       pgb[co] = static_cast<T>(acc);
@@ -464,17 +465,21 @@ void batch_norm_stats_impl(const Tensor& x, const Tensor& mean, const Tensor& va
   const T* px = x.data<T>();
   T* pm = mean.data<T>();
   T* pv = var.data<T>();
-  // Two passes (mean, then squared deviations) avoid the cancellation of E[x^2] - E[x]^2.
+  // Two passes (mean, then squared deviations) avoid the cancellation of E[x^2] - E[x]^2. The
+  // double sums here, in batch_norm_backward and in the bias gradient run in SIMD lanes (one add
+  // chain waits on every add); the order changes only double rounding.
   parallel_for(L.channels, x.numel() >= kParallelGrain, [&](int64_t c) {
     double sum = 0.0;
     for (int64_t n = 0; n < L.batch; ++n) {
       const T* in = px + L.run(n, c);
+#pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < L.plane; ++i) sum += static_cast<double>(in[i]);
     }
     const double mu = sum / static_cast<double>(L.count());
     double squares = 0.0;
     for (int64_t n = 0; n < L.batch; ++n) {
       const T* in = px + L.run(n, c);
+#pragma omp simd reduction(+ : squares)
       for (int64_t i = 0; i < L.plane; ++i) {
         const double d = static_cast<double>(in[i]) - mu;
         squares += d * d;
@@ -532,6 +537,7 @@ void batch_norm_backward_impl(const Tensor& grad_y, const Tensor& x, const Tenso
     for (int64_t n = 0; n < L.batch; ++n) {
       const T* gy = pgy + L.run(n, c);
       const T* in = px + L.run(n, c);
+#pragma omp simd reduction(+ : sum_gy, sum_gy_centered)
       for (int64_t i = 0; i < L.plane; ++i) {
         sum_gy += static_cast<double>(gy[i]);
         sum_gy_centered += static_cast<double>(gy[i]) * (static_cast<double>(in[i]) - mu);
