@@ -3,8 +3,8 @@
 
 usage: plot_report.py REPORT_DATA.json OUT_DIR
 
-Writes curves_step, curves_time, lr_grid and optimizer_share, each as .png and .svg. Every number
-comes from the JSON file; this script only draws.
+Writes curves_step, curves_time, lr_grid (when some method has a learning-rate grid) and optimizer_share,
+each as .png and .svg. Every number comes from the JSON file; this script only draws.
 """
 import json
 import os
@@ -67,6 +67,12 @@ def curves(data, colour, out_dir, x_key, name, x_label):
 
 
 def lr_grid(data, colour, out_dir):
+    if not data["lr_grids"]:  # every method at one rate: no figure (and none left from an earlier report)
+        for extension in ("png", "svg"):
+            stale = os.path.join(out_dir, "lr_grid." + extension)
+            if os.path.exists(stale):
+                os.remove(stale)
+        return
     figure, axes = plt.subplots(figsize=(8, 5))
     for grid in data["lr_grids"]:
         if not grid["lr"]:
@@ -78,10 +84,7 @@ def lr_grid(data, colour, out_dir):
     axes.set_ylabel(f"final {METRIC_NAMES.get(metric, metric)}")
     title(axes, f'{data["title"]}: final {METRIC_NAMES.get(metric, metric)} against learning rate')
     axes.grid(alpha=0.3, which="both")
-    if data["lr_grids"]:
-        axes.legend(fontsize=8, ncol=2)
-    else:
-        axes.text(0.5, 0.5, "no learning-rate grid in these runs", transform=axes.transAxes, ha="center")
+    axes.legend(fontsize=8, ncol=2)
     save(figure, out_dir, "lr_grid")
 
 

@@ -302,6 +302,14 @@ class Report {
     return widest;
   }
 
+  // Whether the learning-rate figure shows this family: a method's widest grid of two or more rates.
+  bool plots_grid(const Family& family) const {
+    return family.configurations.size() >= 2 && grid_of(family.label) == &family;
+  }
+  bool plots_any_grid() const {
+    return std::any_of(families_.begin(), families_.end(), [this](const Family& f) { return plots_grid(f); });
+  }
+
   std::vector<Run> runs_;
   ReportOptions options_;
   std::vector<Target> targets_;
@@ -386,11 +394,15 @@ std::string Report::markdown(int incomplete, const std::string& h1, const std::s
   md << "- `curves_step.png`: " << metric_name << " against training step, each method at its chosen rate "
      << "(line: mean over seeds, band: min to max).\n";
   md << "- `curves_time.png`: the same against wall-clock seconds of training (evaluations excluded).\n";
-  md << "- `lr_grid.png`: final " << metric_ << " against learning rate, one line per method (diverged rates left out).\n";
-  md << "- `optimizer_share.png`: the optimizer step's share of training time, each method at its chosen rate.\n\n";
-  md << "![validation against step](" << figures << "curves_step.png)\n![validation against time](" << figures
-     << "curves_time.png)\n![learning-rate grid](" << figures << "lr_grid.png)\n![optimizer share](" << figures
-     << "optimizer_share.png)\n";
+  const bool any_grid = plots_any_grid();
+  if (any_grid)
+    md << "- `lr_grid.png`: final " << metric_ << " against learning rate, one line per method (diverged rates left out).\n";
+  md << "- `optimizer_share.png`: the optimizer step's share of training time, each method at its chosen rate.\n";
+  if (!any_grid) md << "- No learning-rate figure: every method ran at a single rate here.\n";
+  md << "\n![validation against step](" << figures << "curves_step.png)\n![validation against time](" << figures
+     << "curves_time.png)\n";
+  if (any_grid) md << "![learning-rate grid](" << figures << "lr_grid.png)\n";
+  md << "![optimizer share](" << figures << "optimizer_share.png)\n";
 
   bool any_sample = false;
   for (const Configuration* c : headline_) any_sample = any_sample || (!c->finished.empty() && !c->finished.front()->sample.empty());
@@ -471,7 +483,7 @@ Json Report::plot_data() const {
   }
   Json grids = Json::array();
   for (const Family& family : families_) {
-    if (family.configurations.size() < 2 || grid_of(family.label) != &family) continue;
+    if (!plots_grid(family)) continue;
     Json lrs = Json::array(), mean = Json::array(), low = Json::array(), high = Json::array();
     for (const Configuration* c : family.configurations) {
       if (c->finished.size() < c->runs.size()) continue;

@@ -436,6 +436,24 @@ TEST(Report, SaysWhichMachinesTheRunsRanOn) {
       << md;
 }
 
+// Runs at one learning rate per method (seeds of chosen rates): no learning-rate figure, neither
+// drawn empty nor left over from an earlier report in the same folder.
+TEST(Report, LeavesOutTheLearningRateFigureWhenNoMethodHasAGrid) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  write_fixture_run(dir, base, "a1", 0.01, 1, {2.5});
+  write_fixture_run(dir, base, "a2", 0.01, 2, {2.4});
+  std::ostringstream out, err;
+  std::filesystem::create_directories(dir.file("report"));
+  write_file_atomic(dir.file("report/lr_grid.png"), "from an earlier report");
+  ASSERT_EQ(run_report({{dir.file("runs")}, dir.file("report"), {}, "fixture"}, out, err), 0) << err.str();
+  const std::string md = read_file(dir.file("report/report.md"));
+  EXPECT_EQ(md.find("lr_grid"), std::string::npos) << md;
+  EXPECT_NE(md.find("No learning-rate figure: every method ran at a single rate here."), std::string::npos) << md;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("report/lr_grid.png")));
+  EXPECT_TRUE(std::filesystem::exists(dir.file("report/curves_step.png")));
+}
+
 // A block's grid over a key other than the learning rate and the seed (CacheMuon's threshold):
 // each value is a method of its own, named by the label and the value as in the point's name.
 TEST(Report, GridValuesOtherThanTheRateAndSeedNameTheirOwnMethods) {
