@@ -462,6 +462,26 @@ TEST(Matmul, ExpandedOperandsAreNotReadAsDenseMatrices) {
                          {random_input({1, 1, 3}, 17), random_input({3, 1}, 18)});
 }
 
+// Attention's heads: q and k are views [B, H, T, D] of one packed [B, T, 3HD] activation, whose
+// batch dims do not merge into one stride. The product runs per batch index on the views in place
+// and equals the product of contiguous copies; so do the gradients, and a batch broadcast along
+// the first dim only (strides 0 then K*N) takes the same path.
+TEST(Matmul, HeadViewsOfAPackedActivationMultiplyInPlace) {
+  const auto heads = [](const Tensor& packed, int64_t part) {
+    return packed.narrow(2, part * 12, 12).reshape({2, 5, 3, 4}).transpose(1, 2);  // [2, 3, 5, 4]
+  };
+  const Tensor packed = random_input({2, 5, 36}, 19);
+  const Tensor q = heads(packed, 0), k = heads(packed, 1);
+  const std::vector<double> expected = values(matmul(q.contiguous(), k.contiguous().transpose(-1, -2)));
+  const std::vector<double> got = values(matmul(q, k.transpose(-1, -2)));
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expected[i], 1e-12) << i;
+  expect_gradients_match([&](auto& in) { return matmul(heads(in[0], 0), heads(in[0], 2).transpose(-1, -2)); },
+                         {random_input({2, 5, 36}, 20)});
+  expect_gradients_match([](auto& in) { return matmul(in[0], in[1].expand({2, 3, 4, 2})); },
+                         {random_input({2, 3, 5, 4}, 21), random_input({1, 3, 4, 2}, 22)});
+}
+
 // An empty inner dimension sums nothing: zeros, and zero gradients of the empty shapes.
 TEST(Matmul, EmptyInnerDimensionGivesZeros) {
   const Tensor a = ones({3, 0}, DType::Float64).requires_grad_(), b = ones({2, 0, 4}, DType::Float64).requires_grad_();

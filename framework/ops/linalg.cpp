@@ -9,20 +9,27 @@ using detail::op_error;
 
 namespace {
 
+// Whether BLAS can read t's last two dims as matrices in place (gemm_layout.h: not an expanded view).
+bool matrices_readable(const Tensor& t) {
+  const int64_t nd = t.dim();
+  return blas_layout(t.size(-2), t.size(-1), t.strides()[nd - 2], t.strides()[nd - 1], 0).has_value();
+}
+
+// Whether t's batch dims (all but its last two) merge into one stride, as one gemm call needs.
+bool batch_dims_merge(const Tensor& t) {
+  for (int64_t d = 0; d + 1 < t.dim() - 2; ++d)
+    if (t.size(d + 1) != 1 && t.strides()[d] != t.strides()[d + 1] * t.size(d + 1) && t.size(d) != 1) return false;
+  return true;
+}
+
 // Views [..., R, C] as [B, R, C] without copying when the batch dims merge into one stride and
-// BLAS can read the matrices as they are (gemm_layout.h: not an expanded view); otherwise copies
-// to contiguous.
+// BLAS can read the matrices as they are; otherwise copies to contiguous.
 Tensor as_batched_matrices(const Tensor& t) {
+  if (!matrices_readable(t) || !batch_dims_merge(t)) return as_batched_matrices(t.contiguous());
   const int64_t nd = t.dim();
   const int64_t rows = t.size(-2), cols = t.size(-1);
   int64_t batch = 1;
-  bool mergeable = blas_layout(rows, cols, t.strides()[nd - 2], t.strides()[nd - 1], 0).has_value();
-  for (int64_t d = 0; d < nd - 2; ++d) {
-    batch *= t.size(d);
-    if (d + 1 < nd - 2 && t.size(d + 1) != 1 && t.strides()[d] != t.strides()[d + 1] * t.size(d + 1) && t.size(d) != 1)
-      mergeable = false;
-  }
-  if (!mergeable) return as_batched_matrices(t.contiguous());
+  for (int64_t d = 0; d < nd - 2; ++d) batch *= t.size(d);
   int64_t batch_stride = rows * cols;
   for (int64_t d = nd - 3; d >= 0; --d)
     if (t.size(d) != 1) {
@@ -30,6 +37,27 @@ Tensor as_batched_matrices(const Tensor& t) {
       break;
     }
   return Tensor::view_of(t, {batch, rows, cols}, {batch_stride, t.strides()[nd - 2], t.strides()[nd - 1]}, t.offset());
+}
+
+// t[i] along its first dim, as a view one dim shorter.
+Tensor index_first(const Tensor& t, int64_t i) {
+  return Tensor::view_of(t, Shape(t.shape().begin() + 1, t.shape().end()), Shape(t.strides().begin() + 1, t.strides().end()),
+                         t.offset() + i * t.strides()[0]);
+}
+
+// out = a @ b for a [..., M, K] and b [..., K, N] of out's batch shape, out contiguous. When an
+// operand's batch dims do not merge into one stride but its matrices are readable (the heads of a
+// [B, T, H, D] activation seen as [B, H, T, D], as attention does), the product runs once per
+// index of the first batch dim instead of copying the operand: those copies were 5% of a
+// Shakespeare GPT step.
+void batched_product(const Tensor& a, const Tensor& b, const Tensor& out) {
+  if (out.dim() > 3 && (!batch_dims_merge(a) || !batch_dims_merge(b)) && matrices_readable(a) && matrices_readable(b)) {
+    for (int64_t i = 0; i < out.size(0); ++i) batched_product(index_first(a, i), index_first(b, i), index_first(out, i));
+    return;
+  }
+  const int64_t M = out.size(-2), N = out.size(-1);
+  const Tensor out3 = Tensor::view_of(out, {out.numel() / std::max<int64_t>(M * N, 1), M, N}, {M * N, N, 1}, out.offset());
+  backend_of(a).gemm(as_batched_matrices(a), as_batched_matrices(b), out3, 1.0, 0.0, GemmMath::Configured);
 }
 
 // The forward product of validated operands (a [..., M, K], b [..., K, N]); no history.
@@ -40,8 +68,6 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b) {
   out_shape.push_back(M);
   out_shape.push_back(N);
   Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
-  const Tensor out3 = Tensor::view_of(out, {numel_of(out_shape) / std::max<int64_t>(M * N, 1), M, N},
-                                      {M * N, N, 1}, 0);
   if (b.dim() == 2 && a.is_contiguous()) {
     // x @ W: fold a's batch into its rows, one large product instead of many small ones.
     const Tensor a3 = Tensor::view_of(a, {1, a.numel() / std::max<int64_t>(K, 1), K}, {0, K, 1}, a.offset());
@@ -52,9 +78,7 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b) {
   Shape full_a = out_shape, full_b = out_shape;
   full_a[full_a.size() - 1] = K;
   full_b[full_b.size() - 2] = K;
-  Tensor a3 = as_batched_matrices(detail::broadcast_view(a, full_a));
-  Tensor b3 = as_batched_matrices(detail::broadcast_view(b, full_b));
-  backend_of(a).gemm(a3, b3, out3, 1.0, 0.0, GemmMath::Configured);
+  batched_product(detail::broadcast_view(a, full_a), detail::broadcast_view(b, full_b), out);
   return out;
 }
 
