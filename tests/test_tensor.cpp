@@ -46,6 +46,31 @@ TEST(Tensor, ViewOfNonContiguousThrowsButReshapeCopies) {
   EXPECT_EQ(t.reshape({6}).to_vector<float>(), (std::vector<float>{0, 3, 1, 4, 2, 5}));
 }
 
+// As in PyTorch, reshape returns a view when the new shape only regroups dims that are contiguous
+// with each other (attention splits a narrowed [B, T, C] activation into heads this way), and a
+// copy when it would merge across a gap.
+TEST(Tensor, ReshapeRegroupsContiguousChunksInPlace) {
+  const Tensor packed = arange(0, 24).reshape({2, 12});
+  const Tensor part = packed.narrow(1, 4, 6);  // two rows of 6, 12 apart
+  const std::vector<float> expected{4, 5, 6, 7, 8, 9, 16, 17, 18, 19, 20, 21};
+  const Tensor split = part.reshape({2, 2, 3});
+  EXPECT_EQ(split.storage(), packed.storage());
+  EXPECT_EQ(split.strides(), (Shape{12, 3, 1}));
+  EXPECT_EQ(split.to_vector<float>(), expected);
+  EXPECT_EQ(part.reshape({1, 2, 1, 6, 1}).storage(), packed.storage());
+  const Tensor merged = part.reshape({12});
+  EXPECT_NE(merged.storage(), packed.storage());
+  EXPECT_EQ(merged.to_vector<float>(), expected);
+
+  Tensor x = arange(0, 24).reshape({2, 12});
+  x.requires_grad_();
+  sum(mul(x.narrow(1, 4, 6).reshape({2, 2, 3}), 2.0)).backward();
+  std::vector<float> grad(24, 0.0f);
+  for (int row = 0; row < 2; ++row)
+    for (int col = 4; col < 10; ++col) grad[row * 12 + col] = 2.0f;
+  EXPECT_EQ(x.grad().to_vector<float>(), grad);
+}
+
 TEST(Tensor, DtypeAndShapeErrorsNameTheOp) {
   Tensor a = ones({2, 3});
   Tensor b = ones({4});

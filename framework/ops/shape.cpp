@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 
 #include "framework/ops/creation.h"
 #include "framework/ops/elementwise.h"
@@ -60,6 +61,36 @@ Tensor copy_to_new(const Tensor& x, DType dtype, Device device) {
   return out;
 }
 
+// The strides under which `to` reads the same elements as a view of shape `from` with strides
+// `strides` read in row-major order, or nothing when no strides can (the view would need a copy).
+// `from` splits into chunks of dims that are contiguous with each other (each dim's stride is the
+// next one's stride times its size); a chunk can be regrouped into any run of `to`'s dims with the
+// same element count, each new dim stepping over the chunk's innermost stride times the dims after
+// it. PyTorch's reshape follows the same rule (computeStride).
+std::optional<Shape> strides_for_view(const Shape& from, const Shape& strides, const Shape& to) {
+  if (from.empty() || numel_of(from) == 0) return contiguous_strides(to);
+  Shape to_strides(to.size());
+  int64_t to_dim = static_cast<int64_t>(to.size()) - 1;
+  int64_t chunk_elements = 1, regrouped = 1, inner_stride = strides.back();
+  for (int64_t d = static_cast<int64_t>(from.size()) - 1; d >= 0; --d) {
+    chunk_elements *= from[d];
+    const bool chunk_ends = d == 0 || (from[d - 1] != 1 && strides[d - 1] != chunk_elements * inner_stride);
+    if (!chunk_ends) continue;
+    while (to_dim >= 0 && (regrouped < chunk_elements || to[to_dim] == 1)) {
+      to_strides[to_dim] = regrouped * inner_stride;
+      regrouped *= to[to_dim];
+      --to_dim;
+    }
+    if (regrouped != chunk_elements) return std::nullopt;
+    if (d > 0) {
+      inner_stride = strides[d - 1];
+      chunk_elements = regrouped = 1;
+    }
+  }
+  if (to_dim != -1) return std::nullopt;
+  return to_strides;
+}
+
 }  // namespace
 
 Tensor Tensor::view(const Shape& shape) const {
@@ -70,7 +101,16 @@ Tensor Tensor::view(const Shape& shape) const {
                    [from = this->shape()](const Tensor& g) { return Grads{g.reshape(from)}; });
 }
 
-Tensor Tensor::reshape(const Shape& shape) const { return contiguous().view(shape); }
+// A view when the elements can be regrouped in place (a contiguous tensor, or a narrowed one split
+// along a contiguous chunk, as attention's heads are), else a contiguous copy: as in PyTorch, the
+// result may or may not share memory with the input.
+Tensor Tensor::reshape(const Shape& shape) const {
+  const Shape to = infer_shape("reshape", this->shape(), shape);
+  const std::optional<Shape> strides = strides_for_view(this->shape(), this->strides(), to);
+  if (!strides) return contiguous().view(to);
+  return make_view("reshape", *this, to, *strides, offset(),
+                   [from = this->shape()](const Tensor& g) { return Grads{g.reshape(from)}; });
+}
 
 Tensor Tensor::permute(const std::vector<int64_t>& dims) const {
   if (static_cast<int64_t>(dims.size()) != dim())
