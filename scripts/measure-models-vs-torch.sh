@@ -34,7 +34,7 @@ for line in open(log):
     steps.setdefault((row["bench"], int(threads), side), []).append(row["ms_per_step"])
 with open(result, "w") as out:
     out.write(f"# Benchmark models beside PyTorch: {machine}\n\n")
-    out.write(f"`scripts/measure-models-vs-torch.sh {rounds}` at commit {commit} ({binary}): {rounds} rounds, each running, "
+    out.write(f"`scripts/measure-models-vs-torch.sh {rounds}` with {binary} (checkout at commit {commit}; the binary may be an older build): {rounds} rounds, each running, "
               "for 1 and 2 threads, `muonlab bench models --threads T --repeats 10` then `torch_reference.py --threads T "
               "gpt` and `cnn` (ms per training step: forward, backward, optimizer; shapes in ../shared/bench/SPEC.md). "
               "The table gives the median over the rounds, the range in brackets, and ratio = muonlab / PyTorch "

@@ -35,7 +35,7 @@ for line in open(log):
             theirs.setdefault((shape, method), []).append(row[method + "_ms"])
 with open(result, "w") as out:
     out.write(f"# Orthogonalizers beside PyTorch: {machine}\n\n")
-    out.write(f"`scripts/measure-ortho-vs-torch.sh {rounds}` at commit {commit} ({binary}): {rounds} rounds, each running "
+    out.write(f"`scripts/measure-ortho-vs-torch.sh {rounds}` with {binary} (checkout at commit {commit}; the binary may be an older build): {rounds} rounds, each running "
               "`muonlab bench ortho --threads 1 --repeats 7` then `torch_reference.py ortho --threads 1 --repeats 7` "
               "(median of 7 timed calls per case, operands in cache). The table gives the median over the rounds of "
               "each side's median, in ms, and ratio = muonlab / PyTorch (below 1 is faster). muonlab's Dion2 runs "
