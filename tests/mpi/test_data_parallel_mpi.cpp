@@ -146,14 +146,18 @@ struct Check {
 // values (by the product of its first coefficients: about 500 for Keller's quintic, 1000 for
 // Polar Express, Dion2's default), compounding over the steps. Measured after 20 steps (largest
 // relative difference of any parameter): SGD, AdamW 0, RMNP 1e-6, Turbo-Muon 7e-6 (AMD EPYC, OpenBLAS's
-// Zen kernels) to 1.1e-5 (Intel Xeon, its Prescott kernels: this binary keeps OpenBLAS's own choice),
-// Muon and NorMuon 3e-5, Dion2 1.5e-4 (already 9e-5 after one step). CacheMuon follows Muon until a hit
-// test lands on the other side of gamma (here after step 10: then 3e-2): its float32 check stops at 10.
+// Zen kernels) to 1.2e-5 (Intel Xeon, its Prescott kernels: this binary keeps OpenBLAS's own choice),
+// Muon and NorMuon 3e-5, Dion2 1.5e-4 (already 9e-5 after one step). How much Newton–Schulz amplifies
+// depends on the trajectory: since cross-entropy uses the vectorized exp (2026-12-03; values within
+// 2e-7 of libm's), Muon reads 1.6e-5 after one step and 9.4e-5 after 20, NorMuon 1.3e-5 and 1.3e-4,
+// hence 3e-4 for these three. (A real fault, such as gradients summed but not averaged, is off by
+// O(1).) CacheMuon follows Muon until a hit test lands on the other side of gamma (here after step
+// 10: then 3e-2): its float32 check stops at 10.
 std::vector<Check> checks_of(const std::string& kind) {
   const bool amplifies = kind == "muon" || kind == "normuon" || kind == "turbo_muon";
   const Check float32 = kind == "dion2"        ? Check{DType::Float32, 20, 1e-3}
                         : kind == "cache_muon" ? Check{DType::Float32, 10, 1e-4}
-                        : amplifies            ? Check{DType::Float32, 20, 1e-4}
+                        : amplifies            ? Check{DType::Float32, 20, 3e-4}
                                                : Check{DType::Float32, 20, 1e-5};
   return {{DType::Float64, 20, 1e-10}, float32};
 }
