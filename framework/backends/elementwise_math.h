@@ -46,7 +46,8 @@ ML_ELEMENT_MATH float exp_approx(float x) {
   int32_t n_int, shift_int;
   std::memcpy(&n_int, &shifted, 4);
   std::memcpy(&shift_int, &round_shift, 4);
-  const int32_t scale_bits = (n_int - shift_int + 127) << 23;
+  // Shifted as unsigned: for a NaN x the exponent field is garbage, and a signed shift would overflow.
+  const uint32_t scale_bits = static_cast<uint32_t>(n_int - shift_int + 127) << 23;
   float scale;
   std::memcpy(&scale, &scale_bits, 4);
   return underflows ? 0.0f : poly * scale;
