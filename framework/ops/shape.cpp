@@ -91,14 +91,19 @@ std::optional<Shape> strides_for_view(const Shape& from, const Shape& strides, c
   return to_strides;
 }
 
+// x's elements in row-major order as shape `to` with `strides` (view and reshape); the gradient
+// flows back reshaped to x's shape.
+Tensor regrouped_view(const char* op, const Tensor& x, const Shape& to, const Shape& strides) {
+  return make_view(op, x, to, strides, x.offset(), [from = x.shape()](const Tensor& g) { return Grads{g.reshape(from)}; });
+}
+
 }  // namespace
 
 Tensor Tensor::view(const Shape& shape) const {
   if (!is_contiguous())
     op_error("view", "tensor of shape " + shape_str(this->shape()) + " is not contiguous; use reshape()");
   const Shape to = infer_shape("view", this->shape(), shape);
-  return make_view("view", *this, to, contiguous_strides(to), offset(),
-                   [from = this->shape()](const Tensor& g) { return Grads{g.reshape(from)}; });
+  return regrouped_view("view", *this, to, contiguous_strides(to));
 }
 
 // A view when the elements can be regrouped in place (a contiguous tensor, or a narrowed one split
@@ -108,8 +113,7 @@ Tensor Tensor::reshape(const Shape& shape) const {
   const Shape to = infer_shape("reshape", this->shape(), shape);
   const std::optional<Shape> strides = strides_for_view(this->shape(), this->strides(), to);
   if (!strides) return contiguous().view(to);
-  return make_view("reshape", *this, to, *strides, offset(),
-                   [from = this->shape()](const Tensor& g) { return Grads{g.reshape(from)}; });
+  return regrouped_view("reshape", *this, to, *strides);
 }
 
 Tensor Tensor::permute(const std::vector<int64_t>& dims) const {
