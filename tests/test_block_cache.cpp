@@ -82,16 +82,26 @@ TEST(BlockCache, ServesTheMostRecentlyFreedBlockOfABinFirst) {
   for (void* p : {older, newer, newest}) cache.deallocate(p, 3000);
 }
 
-TEST(BlockCache, KeepsNoMoreThanThePeakOfLiveBytes) {
+TEST(BlockCache, KeepsNoMoreThanThePeakOfLiveBytesReleasingTheOldestFreedFirst) {
   CountingMemory::Counts counts;
   BlockCache<CountingMemory> cache(CountingMemory{&counts});
-  void* big = cache.allocate(4096);
-  cache.deallocate(big, 4096);  // peak 4096, cached 4096
-  void* other = cache.allocate(1024);  // a new block: live 1024 + cached 4096
-  cache.deallocate(other, 1024);       // caching it would exceed the peak: released instead
-  EXPECT_EQ(counts.releases, 1);
-  EXPECT_EQ(counts.live.count(other), 0u);
-  EXPECT_EQ(cache.stats().cached_bytes, 4096u);
+  void* first = cache.allocate(1024);
+  void* second = cache.allocate(1024);
+  void* third = cache.allocate(2048);
+  cache.deallocate(first, 1024);
+  cache.deallocate(second, 1024);
+  cache.deallocate(third, 2048);  // peak 4096, all cached
+  void* other = cache.allocate(1536);  // a new bin: live 1536 + cached 4096
+  cache.deallocate(other, 1536);       // kept; the two blocks freed first make room for it
+  EXPECT_EQ(counts.releases, 2);
+  EXPECT_EQ(counts.live.count(first), 0u);
+  EXPECT_EQ(counts.live.count(second), 0u);
+  EXPECT_EQ(cache.stats().cached_bytes, 2048u + 1536u);
+  EXPECT_EQ(cache.allocate(2048), third);
+  EXPECT_EQ(cache.allocate(1536), other);
+  EXPECT_EQ(counts.allocations, 4);
+  cache.deallocate(third, 2048);
+  cache.deallocate(other, 1536);
 }
 
 TEST(BlockCache, OutOfMemoryReleasesTheCacheAndRetriesOnce) {
