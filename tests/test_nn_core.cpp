@@ -8,6 +8,7 @@
 
 #include "framework/backend.h"
 #include "framework/ops.h"
+#include "framework/parallel.h"
 #include "tests/gradcheck.h"
 
 using namespace ml;
@@ -362,6 +363,39 @@ TEST(NnCoreGrad, RmsNormWithAndWithoutWeight) {
   expect_gradients_match([](auto& in) { return rms_norm(in[0]); }, {random_input({2, 3, 4}, 3)});
   expect_gradients_match([](auto& in) { return rms_norm(in[0].t(), in[1], 0.1); },
                          {random_input({6, 2}, 4), random_input({6}, 5)});
+}
+
+// The CPU kernels sum the affine gradients over rows in chunks (framework/backends/cpu/cpu_nn.cpp):
+// with more rows than chunks, in float32, the gradients match float64 and do not depend on the
+// thread count.
+TEST(NnCoreGrad, NormGradientsOverManyRowsMatchFloat64OnAnyThreadCount) {
+  const int saved = num_threads();
+  const auto float32_grads = [](const Tensor& x64, const Tensor& w64, const Tensor& b64, bool rms, int threads) {
+    set_num_threads(threads);
+    Tensor x = x64.detach().to(DType::Float32).requires_grad_(), w = w64.detach().to(DType::Float32).requires_grad_(),
+           b = b64.detach().to(DType::Float32).requires_grad_();
+    Generator gen(9);
+    const Tensor g = randn(x.shape(), DType::Float32, cpu(), gen);
+    (rms ? rms_norm(x, w, 1e-6) : layer_norm(x, w, b)).backward(g);
+    return std::vector<Tensor>{x.grad(), w.grad(), rms ? Tensor() : b.grad()};
+  };
+  for (bool rms : {false, true}) {
+    SCOPED_TRACE(rms ? "rms_norm" : "layer_norm");
+    const Tensor x = random_input({1001, 40}, 1, 0.5), w = random_input({40}, 2), b = random_input({40}, 3);
+    Generator gen(9);
+    const Tensor g = randn(x.shape(), DType::Float32, cpu(), gen).to(DType::Float64);
+    (rms ? rms_norm(x, w, 1e-6) : layer_norm(x, w, b)).backward(g);
+    const std::vector<Tensor> expected{x.grad(), w.grad(), rms ? Tensor() : b.grad()};
+    const std::vector<Tensor> one = float32_grads(x, w, b, rms, 1), two = float32_grads(x, w, b, rms, 2);
+    for (size_t k = 0; k < expected.size(); ++k) {
+      if (!expected[k].defined()) continue;
+      SCOPED_TRACE(k);
+      EXPECT_EQ(one[k].to_vector<float>(), two[k].to_vector<float>());
+      const double scale = amax(abs(expected[k])).item();
+      EXPECT_LT(amax(abs(sub(one[k].to(DType::Float64), expected[k]))).item(), 1e-5 * scale);
+    }
+  }
+  set_num_threads(saved);
 }
 
 TEST(NnCoreGrad, CrossEntropyWithIgnoreIndexAndLabelSmoothing) {
