@@ -32,11 +32,13 @@ Rows rows_of(const Tensor& t) {
   return {n == 0 ? 0 : t.numel() / n, n};
 }
 
+// Written as a comparison, which GCC turns into vmaxps (a NaN x[j] is skipped either way): with
+// std::max it left the loop scalar, one dependent vmaxss per element, 40% of softmax's time.
 template <typename T>
 T row_max(const T* x, int64_t n) {
   T m = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
   return m;
 }
 
