@@ -482,6 +482,24 @@ TEST(Matmul, HeadViewsOfAPackedActivationMultiplyInPlace) {
                          {random_input({2, 3, 5, 4}, 21), random_input({1, 3, 4, 2}, 22)});
 }
 
+// matmul(a, b, alpha) is alpha * (a @ b) on every path (one product, the batch folded into rows,
+// per-head views), and its gradients carry the factor.
+TEST(Matmul, AScaleFactorRidesInTheProduct) {
+  const Tensor a = random_input({2, 3, 4}, 23), b = random_input({2, 4, 5}, 24), w = random_input({4, 5}, 25);
+  const Tensor packed = random_input({2, 5, 36}, 26);
+  const Tensor q = packed.narrow(2, 0, 12).reshape({2, 5, 3, 4}).transpose(1, 2);
+  const Tensor k = packed.narrow(2, 12, 12).reshape({2, 5, 3, 4}).transpose(1, 2);
+  for (const auto& [x, y] : std::vector<std::pair<Tensor, Tensor>>{{a, b}, {a, w}, {q, k.transpose(-1, -2)}}) {
+    const std::vector<double> expected = values(mul(matmul(x, y), -0.75)), got = values(matmul(x, y, -0.75));
+    ASSERT_EQ(got.size(), expected.size());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expected[i], 1e-12) << i;
+  }
+  expect_gradients_match([](auto& in) { return matmul(in[0], in[1], 0.5); },
+                         {random_input({2, 3, 4}, 27), random_input({2, 4, 5}, 28)});
+  expect_gradients_match([](auto& in) { return matmul(in[0], in[1], -2.0); },
+                         {random_input({2, 3, 4}, 29), random_input({4, 5}, 30)});
+}
+
 // An empty inner dimension sums nothing: zeros, and zero gradients of the empty shapes.
 TEST(Matmul, EmptyInnerDimensionGivesZeros) {
   const Tensor a = ones({3, 0}, DType::Float64).requires_grad_(), b = ones({2, 0, 4}, DType::Float64).requires_grad_();

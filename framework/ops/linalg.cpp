@@ -50,18 +50,19 @@ Tensor index_first(const Tensor& t, int64_t i) {
 // [B, T, H, D] activation seen as [B, H, T, D], as attention does), the product runs once per
 // index of the first batch dim instead of copying the operand: those copies were 5% of a
 // Shakespeare GPT step.
-void batched_product(const Tensor& a, const Tensor& b, const Tensor& out) {
+void batched_product(const Tensor& a, const Tensor& b, const Tensor& out, double alpha) {
   if (out.dim() > 3 && (!batch_dims_merge(a) || !batch_dims_merge(b)) && matrices_readable(a) && matrices_readable(b)) {
-    for (int64_t i = 0; i < out.size(0); ++i) batched_product(index_first(a, i), index_first(b, i), index_first(out, i));
+    for (int64_t i = 0; i < out.size(0); ++i)
+      batched_product(index_first(a, i), index_first(b, i), index_first(out, i), alpha);
     return;
   }
   const int64_t M = out.size(-2), N = out.size(-1);
   const Tensor out3 = Tensor::view_of(out, {out.numel() / std::max<int64_t>(M * N, 1), M, N}, {M * N, N, 1}, out.offset());
-  backend_of(a).gemm(as_batched_matrices(a), as_batched_matrices(b), out3, 1.0, 0.0, GemmMath::Configured);
+  backend_of(a).gemm(as_batched_matrices(a), as_batched_matrices(b), out3, alpha, 0.0, GemmMath::Configured);
 }
 
-// The forward product of validated operands (a [..., M, K], b [..., K, N]); no history.
-Tensor matmul_forward(const Tensor& a, const Tensor& b) {
+// The forward product alpha * a @ b of validated operands (a [..., M, K], b [..., K, N]); no history.
+Tensor matmul_forward(const Tensor& a, const Tensor& b, double alpha) {
   const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
   Shape out_shape = detail::broadcast_shapes("matmul", batch_a, batch_b);
@@ -72,19 +73,19 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b) {
     // x @ W: fold a's batch into its rows, one large product instead of many small ones.
     const Tensor a3 = Tensor::view_of(a, {1, a.numel() / std::max<int64_t>(K, 1), K}, {0, K, 1}, a.offset());
     const Tensor c3 = Tensor::view_of(out, {1, out.numel() / std::max<int64_t>(N, 1), N}, {0, N, 1}, 0);
-    backend_of(a).gemm(a3, as_batched_matrices(b), c3, 1.0, 0.0, GemmMath::Configured);
+    backend_of(a).gemm(a3, as_batched_matrices(b), c3, alpha, 0.0, GemmMath::Configured);
     return out;
   }
   Shape full_a = out_shape, full_b = out_shape;
   full_a[full_a.size() - 1] = K;
   full_b[full_b.size() - 2] = K;
-  batched_product(detail::broadcast_view(a, full_a), detail::broadcast_view(b, full_b), out);
+  batched_product(detail::broadcast_view(a, full_a), detail::broadcast_view(b, full_b), out, alpha);
   return out;
 }
 
 }  // namespace
 
-Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+Tensor matmul(const Tensor& a_in, const Tensor& b_in, double alpha) {
   detail::check_compatible("matmul", a_in, b_in);
   detail::check_floating("matmul", a_in);
   if (a_in.dim() == 0 || b_in.dim() == 0) op_error("matmul", "both arguments need at least one dimension");
@@ -93,16 +94,16 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   if (a.size(-1) != b.size(-2))
     op_error("matmul", "shapes " + shape_str(a_in.shape()) + " and " + shape_str(b_in.shape()) +
                            " cannot be multiplied (" + std::to_string(a.size(-1)) + " vs " + std::to_string(b.size(-2)) + ")");
-  Tensor out = matmul_forward(a, b);
+  Tensor out = matmul_forward(a, b, alpha);
   if (needs_grad(a, b))
-    record(out, "matmul", {a, b}, [a, b](const Tensor& g) {
+    record(out, "matmul", {a, b}, [a, b, alpha](const Tensor& g) {
       Tensor ga, gb;
-      if (a.requires_grad()) ga = matmul_forward(g, b.transpose(-1, -2));
+      if (a.requires_grad()) ga = matmul_forward(g, b.transpose(-1, -2), alpha);
       if (b.requires_grad()) {
         if (b.dim() == 2 && a.dim() > 2)  // sum over a's batch inside one product
-          gb = matmul_forward(a.reshape({-1, a.size(-1)}).t(), g.reshape({-1, g.size(-1)}));
+          gb = matmul_forward(a.reshape({-1, a.size(-1)}).t(), g.reshape({-1, g.size(-1)}), alpha);
         else
-          gb = matmul_forward(a.transpose(-1, -2), g);
+          gb = matmul_forward(a.transpose(-1, -2), g, alpha);
       }
       return Grads{ga, gb};
     });
@@ -130,7 +131,7 @@ Tensor syrk(const Tensor& x_in, double alpha, const Tensor& c, double beta) {
     record(out, "syrk", {x, given_c}, [x, given_c, alpha, beta](const Tensor& g) {
       // d(alpha x x^T) = alpha (dx x^T + x dx^T), so x's gradient is alpha (g + g^T) x.
       Tensor gx, gc;
-      if (x.requires_grad()) gx = matmul_forward(mul(add(g, g.t()), alpha), x);
+      if (x.requires_grad()) gx = matmul_forward(add(g, g.t()), x, alpha);
       if (given_c.defined() && given_c.requires_grad()) gc = mul(g, beta);
       return Grads{gx, gc};
     });

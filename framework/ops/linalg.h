@@ -4,8 +4,10 @@
 
 namespace ml {
 
-// torch.matmul: 1-D operands are promoted to matrices; leading (batch) dims broadcast.
-Tensor matmul(const Tensor& a, const Tensor& b);
+// torch.matmul, times alpha: 1-D operands are promoted to matrices; leading (batch) dims
+// broadcast. The factor rides in the product (BLAS's alpha), so a scaled product, such as
+// attention's scores, costs no extra pass over its result.
+Tensor matmul(const Tensor& a, const Tensor& b, double alpha = 1.0);
 
 // alpha * x @ x^T + beta * c for a matrix x [k, l] and, where beta != 0, a symmetric c [k, k]
 // (its upper triangle is read): BLAS's symmetric rank-k update. It computes one triangle, half the

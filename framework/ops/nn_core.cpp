@@ -243,8 +243,7 @@ Tensor composed_attention(const char* op, const Tensor& q, const Tensor& k, cons
   Tensor probs, out;
   {
     NoGradGuard no_grad;
-    Tensor scores = matmul(q, k.transpose(-1, -2));  // [..., T, S], one small GEMM per head
-    mul_(scores, scale);
+    const Tensor scores = matmul(q, k.transpose(-1, -2), scale);  // [..., T, S], one small GEMM per head
     probs = empty_like(scores);
     backend_of(q).softmax(scores, probs, /*log=*/false, causal);
     out = matmul(probs, v);
@@ -254,13 +253,12 @@ Tensor composed_attention(const char* op, const Tensor& q, const Tensor& k, cons
            [q = q.detach(), k = k.detach(), v = v.detach(), probs, scale, need_q = q.requires_grad(),
             need_k = k.requires_grad(), need_v = v.requires_grad()](const Tensor& g) {
              // out = P v with P = softmax(S), S = scale * q k^T:
-             //   dv = P^T g,  dP = g v^T,  dS = softmax'(dP) * scale,  dq = dS k,  dk = dS^T q
+             //   dv = P^T g,  dP = g v^T,  dS = softmax'(dP),  dq = scale dS k,  dk = scale dS^T q
              const Tensor grad_probs = matmul(g, v.transpose(-1, -2));
              Tensor grad_scores = empty_like(probs);
              backend_of(probs).softmax_backward(grad_probs, probs, grad_scores, /*log=*/false);
-             mul_(grad_scores, scale);
-             return Grads{need_q ? matmul(grad_scores, k) : Tensor(),
-                          need_k ? matmul(grad_scores.transpose(-1, -2), q) : Tensor(),
+             return Grads{need_q ? matmul(grad_scores, k, scale) : Tensor(),
+                          need_k ? matmul(grad_scores.transpose(-1, -2), q, scale) : Tensor(),
                           need_v ? matmul(probs.transpose(-1, -2), g) : Tensor()};
            });
   return out;
