@@ -15,8 +15,8 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
-#include <iterator>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <mutex>
 
