@@ -115,6 +115,38 @@ TEST(NnConv, Conv2dFloat32MatchesFloat64) {
   expect_all_near(values(b32.grad()), values(b64.grad()), 1e-4);
 }
 
+// im2col and col2im copy and add rows of out_w values in whole vectors (8 floats, 4 doubles) with
+// an overlapping last one, or in pieces of 4, 2 and 1: every width from 1 to 20, and 31 (the CNN's
+// largest plane), in both types and with and without padding.
+TEST(NnConv, Conv2dRowsOfEveryWidthMatchDirectDefinitionAndFloat64) {
+  std::vector<int64_t> widths(20);
+  std::iota(widths.begin(), widths.end(), 1);
+  widths.push_back(31);
+  for (const int64_t width : widths)
+    for (const int64_t pad : {0, 1}) {
+      SCOPED_TRACE("width " + std::to_string(width) + " pad " + std::to_string(pad));
+      const Conv2dParams p{1, 1, pad, pad};
+      const Tensor x64 = random_input({2, 2, 3, width + 2 - 2 * pad}, 40), w64 = random_input({3, 2, 3, 3}, 41);
+      const Tensor y64 = conv2d(x64, w64, Tensor(), p);
+      expect_all_near(values(y64), direct_conv2d(x64, w64, Tensor(), p), 1e-12);
+      const Tensor x32 = x64.detach().to(DType::Float32).requires_grad_();
+      const Tensor w32 = w64.detach().to(DType::Float32).requires_grad_();
+      const Tensor y32 = conv2d(x32, w32, Tensor(), p);
+      expect_all_near(values(y32), values(y64), 1e-5);
+      const Tensor g = random_input(y64.shape(), 42).detach();
+      y64.backward(g);
+      y32.backward(g.to(DType::Float32));
+      expect_all_near(values(x32.grad()), values(x64.grad()), 1e-5);
+      expect_all_near(values(w32.grad()), values(w64.grad()), 1e-5);
+    }
+  // The float64 gradients themselves, at widths that take the vector path with a partial tail.
+  for (const int64_t width : {6, 9}) {
+    SCOPED_TRACE("gradcheck width " + std::to_string(width));
+    expect_gradients_match([](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], Tensor(), 1, 1); },
+                           {random_input({2, 2, 3, width}, 43), random_input({2, 2, 3, 3}, 44)});
+  }
+}
+
 TEST(NnConv, EmptyBatch) {
   Tensor x = zeros({0, 2, 5, 5}), w = ones({3, 2, 3, 3}), b = ones({3});
   x.requires_grad_();
