@@ -174,9 +174,14 @@ class Unroller {
     if (has_padding_ && !padded_grad_) padded_grad_ = scratch<T>(s_.in_channels * padded_h_ * padded_w_);
     T* target = has_padding_ ? padded_grad_.get() : image;
     std::fill(target, target + s_.in_channels * padded_h_ * padded_w_, T(0));
-    for (int64_t c = 0; c < s_.in_channels; ++c)
-      for (int64_t i = 0; i < s_.kernel_h; ++i)
-        for (int64_t j = 0; j < s_.kernel_w; ++j) {
+    // Channels innermost: the window of tap (i, j + 1) overlaps that of (i, j) one element to the
+    // right, and adding into it while the previous tap's stores to the same rows are still in
+    // flight stalls every load (a store-forwarding failure): on 7x7 planes this loop ran at a
+    // fraction of its speed with c outermost. Each element still receives its taps in (i, j)
+    // order, so the sums are the same.
+    for (int64_t i = 0; i < s_.kernel_h; ++i)
+      for (int64_t j = 0; j < s_.kernel_w; ++j)
+        for (int64_t c = 0; c < s_.in_channels; ++c) {
           T* window = target + (c * padded_h_ + i) * padded_w_ + j;
           const T* row = col + ((c * s_.kernel_h + i) * s_.kernel_w + j) * ld;
           for (int64_t oh = 0; oh < s_.out_h; ++oh) {
