@@ -3,6 +3,7 @@
 // float32 against float64, dropout statistics and error messages.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -169,6 +170,29 @@ TEST(NnCore, CausalLogSoftmaxKernelMasksWithMinusInfinity) {
       }
       EXPECT_NEAR(row_total, 1.0, 1e-14);
     }
+}
+
+// The float32 kernel computes each causal row over its visible entries rounded up to whole
+// vectors, zeroing the masked ones among them: rows of every visible length from 1 to 21 (past
+// two vectors), against the float64 softmax of the visible entries alone.
+TEST(NnCore, CausalSoftmaxFloat32MatchesFloat64AtEveryVisibleLength) {
+  const int64_t t = 21;
+  const Tensor x64 = random_input({2, t, t}, 5, 0.0).detach() * 4.0;
+  Tensor probs = Tensor::empty(x64.shape(), DType::Float32);
+  backend_of(x64).softmax(x64.to(DType::Float32), probs, false, true);
+  const V x = values(x64), p = values(probs);
+  for (int64_t row = 0; row < 2 * t; ++row) {
+    const int64_t visible = row % t + 1;
+    const double* xr = x.data() + row * t;
+    const double shift = *std::max_element(xr, xr + visible);
+    double total = 0;
+    for (int64_t j = 0; j < visible; ++j) total += std::exp(xr[j] - shift);
+    for (int64_t j = 0; j < t; ++j) {
+      const double expected = j < visible ? std::exp(xr[j] - shift) / total : 0.0;
+      if (j < visible) EXPECT_NEAR(p[row * t + j], expected, 1e-6) << "row " << row << " column " << j;
+      else EXPECT_EQ(p[row * t + j], 0.0) << "row " << row << " column " << j;
+    }
+  }
 }
 
 TEST(NnCore, LayerNormAndRmsNormForwardByHand) {
