@@ -125,8 +125,14 @@ TEST(ElementMath, ExpAndErfApproximationsStayWithinTheirBounds) {
   }
   for (float x = -6.0f; x <= 6.0f; x += 1.0f / 4096)
     worst_erf = std::max(worst_erf, std::fabs(double(elementwise::erf_approx(x)) - std::erf(double(x))));
+  // GELU's derivative shares one exp between erf and the normal density.
+  double worst_gelu_derivative = 0.0;
+  for (float x = -9.0f; x <= 9.0f; x += 1.0f / 4096)
+    worst_gelu_derivative = std::max(worst_gelu_derivative, std::fabs(double(elementwise::gelu_erf_derivative(x)) -
+                                                                       elementwise::gelu_erf_derivative(double(x))));
   EXPECT_LT(worst_exp, 2.5e-7);  // float's own rounding is 6e-8 relative
   EXPECT_LT(worst_erf, 5e-7);  // Abramowitz & Stegun's 1.5e-7, plus float rounding (4.6e-7 measured)
+  EXPECT_LT(worst_gelu_derivative, 1e-6);
   const float inf = std::numeric_limits<float>::infinity();
   EXPECT_EQ(elementwise::exp_approx(-inf), 0.0f);
   EXPECT_EQ(elementwise::exp_approx(-87.5f), 0.0f);
