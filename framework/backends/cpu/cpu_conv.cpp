@@ -301,8 +301,8 @@ void conv2d_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& w
       if (count > 1) {
         for (int64_t k = 0; k < count; ++k)
           for (int64_t co = 0; co < s.out_channels; ++co)
-            std::copy_n(gy + k * s.output_size() + co * s.plane(), s.plane(),
-                        grad_y_group.get() + co * cols + k * s.plane());
+            copy_row(gy + k * s.output_size() + co * s.plane(), s.plane(),
+                     grad_y_group.get() + co * cols + k * s.plane());
         gy = grad_y_group.get();
       }
       if (partial) {  // grad_w^T += col @ grad_y^T
