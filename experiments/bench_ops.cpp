@@ -231,8 +231,9 @@ OpCase copy_case(Inputs& in, int64_t elements) {
 }
 
 // The ops of the GPT and CNN in ../shared/bench/SPEC.md at their shapes other than the GPT's matrix
-// products (gpt_matmul_cases), plus large elementwise, softmax and layer-norm cases whose rates show
-// the kernels' bandwidth (the GPT's own shapes are too small to leave launch latency behind on a GPU).
+// products (gpt_matmul_cases), plus large elementwise, softmax, layer-norm and cross-entropy cases
+// whose rates show the kernels' bandwidth (the GPT's own shapes are too small to leave launch
+// latency behind on a GPU).
 std::vector<OpCase> model_cases(Inputs& in) {
   std::vector<OpCase> cases;
   // CNN at batch 256: the 2x2 stem takes 32x32 to 31x31; each group's 3x3 convolutions keep the size
@@ -253,6 +254,7 @@ std::vector<OpCase> model_cases(Inputs& in) {
   cases.push_back(softmax_case(in, {12, 4, 64, 64}));
   cases.push_back(softmax_case(in, {16384, 1024}));
   cases.push_back(cross_entropy_case(in, 768, 65));
+  cases.push_back(cross_entropy_case(in, 2048, 8192));  // rows of a vocabulary's width, 64 MiB like softmax's
   cases.push_back(add_case(in, kElementwiseElements));
   cases.push_back(gelu_case(in, kElementwiseElements));
   return cases;

@@ -27,11 +27,15 @@ bool needs_grad(std::initializer_list<const Tensor*> inputs) {
   return false;
 }
 
-void record(Tensor& output, const char* op, std::vector<Tensor> inputs, BackwardFn backward) {
+void record(Tensor& output, const char* op, std::vector<Tensor> inputs, BackwardFn backward,
+            AccumulateFn accumulate) {
+  if (accumulate && inputs.size() != 1)
+    throw std::logic_error(std::string("record: ") + op + " has an accumulate function but not exactly one input");
   auto node = std::make_shared<Node>();
   node->op = op;
   node->inputs = std::move(inputs);
   node->backward = std::move(backward);
+  node->accumulate = std::move(accumulate);
   output.impl()->grad_fn = std::move(node);
   output.impl()->requires_grad = true;
 }
@@ -45,11 +49,17 @@ Tensor sum_to_shape(const Tensor& grad, const Shape& shape) {
   return sum(grad, axes, /*keepdim=*/true).reshape(shape);
 }
 
+// Whether `grad` is the only handle on its memory, so that it may be added into in place: no other
+// tensor (a gradient handed to two inputs, a view) sees the change.
+static bool owns_its_memory(const Tensor& grad) {
+  return grad.impl_ptr().use_count() == 1 && grad.storage().use_count() == 1 && grad.is_contiguous();
+}
+
 static const std::shared_ptr<Node>& freed_marker() {
   static const auto marker = std::make_shared<Node>(Node{"freed", {}, [](const Tensor&) -> Grads {
     throw std::runtime_error("backward: trying to backward through a graph a second time (it was freed by the first "
                              "backward; recompute the forward pass)");
-  }});
+  }, nullptr});
   return marker;
 }
 
@@ -99,15 +109,21 @@ void Tensor::backward(const Tensor& grad_output) const {
     if (!impl->grad_fn) {  // a leaf: accumulate into .grad
       // A gradient handed straight through (add's backward returns the same tensor twice) may share
       // storage with another leaf's; clone it so optimizers can modify .grad in place.
-      const bool exclusive =
-          grad.impl_ptr().use_count() == 1 && grad.storage().use_count() == 1 && grad.is_contiguous();
       impl->grad = impl->grad ? add(Tensor(impl->grad), grad).impl_ptr()
-                              : (exclusive ? grad : grad.clone()).impl_ptr();
+                              : (owns_its_memory(grad) ? grad : grad.clone()).impl_ptr();
       continue;
     }
     // Swapping in the "freed" marker releases this node's saved tensors as we go, and makes a
     // second backward through the same graph fail loudly instead of silently stopping here.
     std::shared_ptr<Node> node = std::exchange(impl->grad_fn, freed_marker());
+    if (node->accumulate && node->inputs[0].requires_grad()) {
+      const auto collected = grads.find(node->inputs[0].impl());
+      if (collected != grads.end() && owns_its_memory(collected->second) &&
+          collected->second.dtype() == grad.dtype()) {
+        node->accumulate(grad, collected->second);
+        continue;
+      }
+    }
     Grads input_grads = node->backward(grad);
     if (input_grads.size() != node->inputs.size())
       throw std::logic_error(std::string("backward of ") + node->op + " returned the wrong number of gradients");
@@ -116,7 +132,11 @@ void Tensor::backward(const Tensor& grad_output) const {
       if (!input.defined() || !input.requires_grad() || !input_grads[i].defined()) continue;
       Tensor g = sum_to_shape(input_grads[i], input.shape());
       auto [slot, inserted] = grads.try_emplace(input.impl(), g);
-      if (!inserted) slot->second = add(slot->second, g);
+      if (inserted) continue;
+      if (owns_its_memory(slot->second) && slot->second.dtype() == g.dtype())
+        add_(slot->second, g);  // no new tensor: the sum lands in memory that is already warm
+      else
+        slot->second = add(slot->second, g);
     }
   }
 }

@@ -13,11 +13,17 @@ namespace ml {
 
 using Grads = std::vector<Tensor>;  // one entry per input; an undefined Tensor means "no gradient"
 using BackwardFn = std::function<Grads(const Tensor& grad_output)>;
+// Adds a one-input node's gradient contribution into the gradient its input has already
+// collected, in place. For views that cover part of their input (narrow): the backward pass
+// would build an input-sized zero tensor holding grad_output in the view's place and then sum it
+// with the collected one, where this writes only the view's part.
+using AccumulateFn = std::function<void(const Tensor& grad_output, const Tensor& input_grad)>;
 
 struct Node {
   const char* op;              // for error messages and graph dumps
   std::vector<Tensor> inputs;  // the edges of the graph
   BackwardFn backward;
+  AccumulateFn accumulate;     // optional, one-input nodes only: used when the input's gradient exists
 };
 
 // Whether ops record history on this thread (torch.is_grad_enabled()).
@@ -43,7 +49,9 @@ inline bool needs_grad(const Tensor& a, const Tensor& b, const Tensor& c) { retu
 
 // Attaches a backward Node to `output`. A closure that needs the output itself must capture
 // output.detach(), never `output`, or the node would keep itself alive.
-void record(Tensor& output, const char* op, std::vector<Tensor> inputs, BackwardFn backward);
+// `accumulate` (optional, one input only): see AccumulateFn.
+void record(Tensor& output, const char* op, std::vector<Tensor> inputs, BackwardFn backward,
+            AccumulateFn accumulate = nullptr);
 
 // Sums a broadcast gradient back down to `shape` (the reverse of NumPy broadcasting).
 Tensor sum_to_shape(const Tensor& grad, const Shape& shape);

@@ -150,6 +150,41 @@ TEST(Autograd, InPlaceOnTensorRequiringGradIsRefused) {
   expect_error_mentions([&] { mul_(x, 2.0); }, {"mul_", "NoGradGuard"});
 }
 
+// Several uses of one tensor: the engine sums their gradients in place while it holds the only
+// handle on the sum, and a narrowed part adds into its own range of it (attention's q, k and v
+// narrowed out of one projection). Overlapping and disjoint ranges, the whole tensor used too,
+// in both orders.
+TEST(Autograd, NarrowedPartsAddIntoTheirRangesOfOneGradient) {
+  for (bool whole_first : {true, false}) {
+    Tensor p = zeros({2, 6});
+    p.requires_grad_();
+    const Tensor x = mul(p, 1.0);  // not a leaf: the engine collects its gradient
+    const Tensor whole = sum(mul(x, 10.0));
+    const Tensor parts =
+        add(add(sum(mul(x.narrow(1, 0, 2), 1.0)), sum(mul(x.narrow(1, 2, 2), 2.0))), sum(mul(x.narrow(1, 1, 3), 4.0)));
+    (whole_first ? add(whole, parts) : add(parts, whole)).backward();
+    EXPECT_EQ(p.grad().to_vector<float>(), (std::vector<float>{11, 15, 16, 16, 10, 10, 11, 15, 16, 16, 10, 10}))
+        << "whole tensor used first: " << whole_first;
+  }
+}
+
+// add hands one gradient tensor to both its inputs: a later use of one input must not add into it
+// in place, or the other input's gradient would change too.
+TEST(Autograd, AGradientSharedByTwoTensorsIsNotAddedIntoInPlace) {
+  for (bool part_first : {true, false}) {
+    Tensor p = zeros({2, 3}), q = zeros({2, 3});
+    p.requires_grad_();
+    q.requires_grad_();
+    const Tensor x = mul(p, 1.0), y = mul(q, 1.0);
+    const Tensor both = sum(mul(add(x, y), full({2, 3}, 2.0)));  // add's gradient: one fresh tensor of 2s
+    // y used here too, so that (part first) the engine reaches x and y only after add's node.
+    const Tensor part = sum(mul(x.narrow(0, 0, 1), 5.0)) + sum(mul(x, 3.0)) + sum(mul(y, 7.0));
+    (part_first ? add(part, both) : add(both, part)).backward();
+    EXPECT_EQ(p.grad().to_vector<float>(), (std::vector<float>{10, 10, 10, 5, 5, 5})) << "part first: " << part_first;
+    EXPECT_EQ(q.grad().to_vector<float>(), (std::vector<float>{9, 9, 9, 9, 9, 9})) << "part first: " << part_first;
+  }
+}
+
 TEST(Random, SameSeedSameNumbersAnyThreadCount) {
   const int saved = num_threads();
   Generator g1(7), g2(7);

@@ -33,11 +33,11 @@ Shape infer_shape(const char* op, const Shape& from, Shape to) {
   return to;
 }
 
-// A view of x with a new layout, recording `backward` when needed.
+// A view of x with a new layout, recording `backward` (and `accumulate`, see AccumulateFn) when needed.
 Tensor make_view(const char* op, const Tensor& x, const Shape& shape, const Shape& strides, int64_t offset,
-                 BackwardFn backward) {
+                 BackwardFn backward, AccumulateFn accumulate = nullptr) {
   Tensor out = Tensor::view_of(x, shape, strides, offset);
-  if (needs_grad(x)) record(out, op, {x}, std::move(backward));
+  if (needs_grad(x)) record(out, op, {x}, std::move(backward), std::move(accumulate));
   return out;
 }
 
@@ -146,13 +146,20 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
                            ") out of bounds for dim " + std::to_string(d) + " of " + shape_str(shape()));
   Shape shape = this->shape();
   shape[d] = length;
-  return make_view("narrow", *this, shape, strides(), offset() + start * strides()[d],
-                   [x = detach(), d, start, length](const Tensor& g) {
-                     Tensor gx = zeros_like(x);
-                     Tensor slot = gx.narrow(d, start, length);
-                     copy_(slot, g);
-                     return Grads{gx};
-                   });
+  // Backward: x's gradient is zero but for g in the narrowed range. When x already has a gradient
+  // (q, k and v narrowed out of one projection), g is added into that range alone.
+  return make_view(
+      "narrow", *this, shape, strides(), offset() + start * strides()[d],
+      [x = detach(), d, start, length](const Tensor& g) {
+        Tensor gx = zeros_like(x);
+        Tensor slot = gx.narrow(d, start, length);
+        copy_(slot, g);
+        return Grads{gx};
+      },
+      [d, start, length](const Tensor& g, const Tensor& x_grad) {
+        Tensor slot = x_grad.narrow(d, start, length);
+        add_(slot, g);
+      });
 }
 
 Tensor Tensor::unsqueeze(int64_t d) const {
