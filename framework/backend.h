@@ -54,6 +54,12 @@ struct Pool2dParams {
   int64_t stride_h = 2, stride_w = 2;
   int64_t pad_h = 0, pad_w = 0;
 };
+// One AdamW step's settings (optimizers/adamw.cpp), with the bias corrections 1 - beta^t of the
+// parameter's step count t.
+struct AdamWStep {
+  double lr = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  double bias_correction1 = 1.0, bias_correction2 = 1.0;
+};
 
 class Backend {
  public:
@@ -174,6 +180,12 @@ class Backend {
   virtual void batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean,
                                    const Tensor& invstd, const Tensor& weight, const Tensor& grad_x,
                                    const Tensor& grad_weight, const Tensor& grad_bias) { unsupported(__func__); }
+
+  // ---------------------------------------------------------------- optimizer steps
+  // AdamW in place in one pass over contiguous param, grad, exp_avg and exp_avg_sq of one shape and
+  // dtype (elementwise::adamw_element; optimizers/adamw.cpp writes the same step one op per term).
+  virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                            const Tensor& exp_avg_sq, const AdamWStep& step) { unsupported(__func__); }
 
 #pragma GCC diagnostic pop
 

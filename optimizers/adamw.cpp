@@ -35,21 +35,27 @@ AdamW::AdamW(std::vector<NamedParam> params, const AdamWSettings& settings)
                       &add_counter(p.name + ".step")});
 }
 
+void adamw_update_by_ops(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& step) {
+  if (step.weight_decay != 0.0) mul_(param, 1.0 - step.lr * step.weight_decay);
+  lerp_momentum(exp_avg, grad, step.beta1, /*nesterov=*/false);
+  mul_(exp_avg_sq, step.beta2);
+  add_(exp_avg_sq, mul(grad, grad), 1.0 - step.beta2);
+  const Tensor denom = add(mul(sqrt(exp_avg_sq), 1.0 / std::sqrt(step.bias_correction2)), step.eps);
+  add_(param, div(exp_avg, denom), -step.lr / step.bias_correction1);
+}
+
 void AdamW::step_impl() {
   for (size_t i = 0; i < params().size(); ++i) {
     Tensor param = params()[i].param;
     const Tensor grad = param.grad();
     if (!grad.defined()) continue;
     Slot& s = slots_[i];
-    const int64_t t = ++*s.step;
-    decay_weight(param, weight_decay_);
-    lerp_momentum(s.exp_avg, grad, beta1_, /*nesterov=*/false);
-    mul_(s.exp_avg_sq, beta2_);
-    add_(s.exp_avg_sq, mul(grad, grad), 1.0 - beta2_);
-    const double bias_correction1 = 1.0 - std::pow(beta1_, static_cast<double>(t));
-    const double bias_correction2 = 1.0 - std::pow(beta2_, static_cast<double>(t));
-    const Tensor denom = add(mul(sqrt(s.exp_avg_sq), 1.0 / std::sqrt(bias_correction2)), eps_);
-    add_(param, div(s.exp_avg, denom), -lr() / bias_correction1);
+    const double t = static_cast<double>(++*s.step);
+    const AdamWStep step{lr(), beta1_, beta2_, eps_, weight_decay_, 1.0 - std::pow(beta1_, t), 1.0 - std::pow(beta2_, t)};
+    if (grad.is_contiguous() && grad.dtype() == param.dtype() && param.is_contiguous())
+      adamw_update_(param, grad, s.exp_avg, s.exp_avg_sq, step);
+    else
+      adamw_update_by_ops(param, grad, s.exp_avg, s.exp_avg_sq, step);
   }
 }
 

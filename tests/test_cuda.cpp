@@ -582,6 +582,20 @@ TEST_F(CudaParity, Float64ProductsAndSumsStayExactUnderReducedPrecision) {
   }
 }
 
+// The fused AdamW step (adamw_update_) over more elements than one grid covers, two steps.
+TEST_F(CudaParity, AdamWUpdateMatchesTheCpuOverMillionsOfElements) {
+  const int64_t n = 3'000'017;
+  Tensor on_cpu[3] = {float_input({n}, 1), zeros({n}), zeros({n})};
+  Tensor on_gpu[3] = {on_cpu[0].to(cuda()), zeros({n}, DType::Float32, cuda()), zeros({n}, DType::Float32, cuda())};
+  for (int t = 1; t <= 2; ++t) {
+    const Tensor grad = float_input({n}, 10 + t);
+    const AdamWStep step{1e-2, 0.9, 0.95, 1e-8, 0.1, 1.0 - std::pow(0.9, t), 1.0 - std::pow(0.95, t)};
+    adamw_update_(on_cpu[0], grad, on_cpu[1], on_cpu[2], step);
+    adamw_update_(on_gpu[0], grad.to(cuda()), on_gpu[1], on_gpu[2], step);
+  }
+  for (int k = 0; k < 3; ++k) EXPECT_LE(relative_error(on_gpu[k].to(cpu()), on_cpu[k]), 1e-6) << "tensor " << k;
+}
+
 TEST_F(CudaParity, OptimizerStepsMakeNoHostCopiesAndMatchTheCpu) {
   // CacheMuon is left out on purpose: its cache hit test reads one residual per matrix on the host.
   const std::vector<std::pair<std::string, std::string>> cases{

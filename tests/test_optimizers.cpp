@@ -37,6 +37,7 @@
 #include "optimizers/sgd.h"
 #include "optimizers/turbo_muon.h"
 
+#include "tests/gradcheck.h"
 #include "tests/temp_dir.h"
 
 namespace ml {
@@ -333,6 +334,55 @@ TEST(OptimAdamW, MatchesPyTorchFormulasWithPerParameterStepCounts) {
   EXPECT_EQ(state.at("w.step").item(), 3.0);
   EXPECT_EQ(state.at("b.step").item(), 2.0);
   EXPECT_LT(max_abs_diff(to_mat(state.at("w.exp_avg_sq")), v_w), 1e-15);
+}
+
+// adamw_update_ (one pass) against the step written one op per term, on copies of the same tensors:
+// both dtypes, with and without weight decay, sizes around the CPU kernel's chunks and vectors and
+// large enough for several threads; three steps, so the moments carry over.
+TEST(OptimAdamW, FusedUpdateMatchesTheStepWrittenAsOps) {
+  for (DType dtype : {DType::Float32, DType::Float64}) {
+    const double tolerance = dtype == DType::Float32 ? 2e-6 : 1e-14;
+    for (double weight_decay : {0.0, 0.1}) {
+      for (int64_t n : {int64_t{1}, int64_t{37}, int64_t{4096 + 13}, int64_t{70001}}) {
+        Generator gen(static_cast<uint64_t>(n));
+        Tensor fused[3] = {randn({n}, dtype, cpu(), gen), zeros({n}, dtype), zeros({n}, dtype)};
+        Tensor by_ops[3] = {fused[0].clone(), fused[1].clone(), fused[2].clone()};
+        for (int t = 1; t <= 3; ++t) {
+          const Tensor grad = randn({n}, dtype, cpu(), gen);
+          const AdamWStep step{1e-2, 0.9, 0.95, 1e-8, weight_decay, 1.0 - std::pow(0.9, t), 1.0 - std::pow(0.95, t)};
+          adamw_update_(fused[0], grad, fused[1], fused[2], step);
+          adamw_update_by_ops(by_ops[0], grad, by_ops[1], by_ops[2], step);
+        }
+        for (int k = 0; k < 3; ++k) {
+          const std::vector<double> a = fused[k].to(DType::Float64).to_vector<double>();
+          const std::vector<double> b = by_ops[k].to(DType::Float64).to_vector<double>();
+          double worst = 0;
+          for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]) / (1.0 + std::abs(b[i])));
+          EXPECT_LT(worst, tolerance) << dtype_name(dtype) << " n " << n << " weight decay " << weight_decay
+                                      << " tensor " << k << " (param, exp_avg, exp_avg_sq)";
+        }
+      }
+    }
+  }
+  Tensor param = zeros({2, 3}), moment = zeros({2, 3}), moment_sq = zeros({2, 3});
+  const auto update_with = [&](const Tensor& grad) { adamw_update_(param, grad, moment, moment_sq, AdamWStep{}); };
+  ml::testing::expect_error_mentions([&] { update_with(zeros({3, 2}).t()); }, {"adamw_update_", "contiguous"});
+  ml::testing::expect_error_mentions([&] { update_with(zeros({3, 2})); }, {"adamw_update_", "one shape and dtype"});
+  ml::testing::expect_error_mentions([&] { update_with(zeros({2, 3}, DType::Float64)); }, {"adamw_update_", "dtype"});
+}
+
+// A gradient adamw_update_ does not take (a transposed view) goes through the step written as ops.
+TEST(OptimAdamW, TransposedGradientTakesTheStepWrittenAsOps) {
+  Generator gen(3);
+  Tensor p = randn({3, 2}, DType::Float64, cpu(), gen), reference = p.clone();
+  p.requires_grad_();
+  const Tensor grad_t = randn({2, 3}, DType::Float64, cpu(), gen);
+  p.set_grad(grad_t.t());
+  AdamW adam({{"w", p}}, AdamWSettings{1e-2, 0.1, {0.9, 0.95}, 1e-8});
+  adam.step();
+  Tensor m = zeros({3, 2}, DType::Float64), v = zeros({3, 2}, DType::Float64);
+  adamw_update_by_ops(reference, grad_t.t().contiguous(), m, v, AdamWStep{1e-2, 0.9, 0.95, 1e-8, 0.1, 1.0 - std::pow(0.9, 1.0), 1.0 - std::pow(0.95, 1.0)});
+  EXPECT_EQ(p.detach().to_vector<double>(), reference.to_vector<double>());
 }
 
 TEST(OptimLion, ThreeStepsMatchThePapersAlgorithm) {

@@ -162,6 +162,28 @@ ML_HOST_DEVICE inline T binary_forward(BinaryOp op, T a, T b) {
   return a;
 }
 
+// AdamW's per-step scalars in the element type, worked out once per tensor.
+template <typename T>
+struct AdamWCoefficients {
+  T decay, beta1, one_minus_beta1, beta2, one_minus_beta2, inv_sqrt_bias_correction2, eps, step_size;
+};
+
+template <typename T>
+AdamWCoefficients<T> adamw_coefficients(const AdamWStep& s) {
+  return {T(1.0 - s.lr * s.weight_decay), T(s.beta1),  T(1.0 - s.beta1), T(s.beta2), T(1.0 - s.beta2),
+          T(1.0 / std::sqrt(s.bias_correction2)), T(s.eps), T(s.lr / s.bias_correction1)};
+}
+
+// One element of AdamW, in the order of optimizers/adamw.cpp's ops: decay, the two moments, then
+// the step m / (sqrt(v) / sqrt(1 - b2^t) + eps) scaled by lr / (1 - b1^t).
+template <typename T>
+ML_ELEMENT_MATH void adamw_element(T& param, T grad, T& exp_avg, T& exp_avg_sq, const AdamWCoefficients<T>& c) {
+  param *= c.decay;
+  exp_avg = exp_avg * c.beta1 + c.one_minus_beta1 * grad;
+  exp_avg_sq = exp_avg_sq * c.beta2 + c.one_minus_beta2 * (grad * grad);
+  param -= c.step_size * (exp_avg / (std::sqrt(exp_avg_sq) * c.inv_sqrt_bias_correction2 + c.eps));
+}
+
 }  // namespace elementwise
 
 }  // namespace ml

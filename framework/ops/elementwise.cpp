@@ -161,6 +161,22 @@ Tensor& mul_(Tensor& self, double s) {
   backend_of(self).unary(UnaryOp::MulScalar, self, self, {s, 0.0});
   return self;
 }
+void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& step) {
+  detail::check_inplace("adamw_update_", param);
+  detail::check_inplace("adamw_update_", exp_avg);
+  detail::check_inplace("adamw_update_", exp_avg_sq);
+  const std::initializer_list<const Tensor*> all{&param, &grad, &exp_avg, &exp_avg_sq};
+  for (const Tensor* t : all) {
+    detail::check_compatible("adamw_update_", param, *t);
+    if (t->shape() != param.shape() || t->dtype() != param.dtype())
+      detail::op_error("adamw_update_", "param " + shape_str(param.shape()) + " " + dtype_name(param.dtype()) +
+                                            " with a tensor " + shape_str(t->shape()) + " " + dtype_name(t->dtype()) +
+                                            ": all four need one shape and dtype");
+  }
+  for (const Tensor* t : all)
+    if (!t->is_contiguous()) detail::op_error("adamw_update_", "all four tensors must be contiguous");
+  backend_of(param).adamw_update(param, grad, exp_avg, exp_avg_sq, step);
+}
 Tensor& div_(Tensor& self, const Tensor& other) { return binary_inplace(BinaryOp::Div, "div_", self, other); }
 Tensor& copy_(Tensor& self, const Tensor& src) {
   detail::check_inplace("copy_", self);

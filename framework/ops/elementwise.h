@@ -1,5 +1,6 @@
 // Elementwise ops with NumPy broadcasting, differentiable unless noted.
 #pragma once
+#include "framework/backend.h"  // AdamWStep
 #include "framework/tensor.h"
 
 namespace ml {
@@ -48,6 +49,10 @@ Tensor& add_(Tensor& self, const Tensor& other, double alpha = 1.0);
 Tensor& add_(Tensor& self, double s);
 Tensor& mul_(Tensor& self, const Tensor& other);
 Tensor& mul_(Tensor& self, double s);
+// One AdamW step in place, in one pass (Backend::adamw_update; optimizers/adamw.cpp has the same
+// step one op per term): param, grad and the moments exp_avg, exp_avg_sq contiguous, of one shape,
+// dtype and device.
+void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& step);
 Tensor& div_(Tensor& self, const Tensor& other);
 Tensor& copy_(Tensor& self, const Tensor& src);
 Tensor& fill_(Tensor& self, double value);

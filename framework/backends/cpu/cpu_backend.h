@@ -76,6 +76,8 @@ class CpuBackend final : public Backend {
   void batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
                            const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
                            const Tensor& grad_bias) override;
+  void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                    const AdamWStep& step) override;
 };
 
 CpuBackend& cpu_backend();

@@ -113,6 +113,27 @@ void CpuBackend::random(const Tensor& out, RandomDist dist, uint64_t seed, uint6
   });
 }
 
+// Chunks of whole cache lines spread over the threads; each chunk a vectorized loop over local
+// pointers (stores through shared ones could alias the loads, which blocks vectorization).
+void CpuBackend::adamw_update(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                              const Tensor& exp_avg_sq, const AdamWStep& step) {
+  dispatch_floating(param.dtype(), "adamw_update", [&](auto tag) {
+    using T = decltype(tag);
+    const AdamWCoefficients<T> c = adamw_coefficients<T>(step);
+    const int64_t n = param.numel();
+    constexpr int64_t kChunk = 4096;
+    parallel_for((n + kChunk - 1) / kChunk, n >= kParallelGrain, [&](int64_t chunk) {
+      T* __restrict p = param.data<T>();
+      const T* __restrict g = grad.data<T>();
+      T* __restrict m = exp_avg.data<T>();
+      T* __restrict v = exp_avg_sq.data<T>();
+      const int64_t end = std::min(n, (chunk + 1) * kChunk);
+#pragma omp simd
+      for (int64_t i = chunk * kChunk; i < end; ++i) adamw_element(p[i], g[i], m[i], v[i], c);
+    });
+  });
+}
+
 void CpuBackend::arange(const Tensor& out, double start, double step) {
   dispatch_all(out.dtype(), [&](auto tag) {
     using T = decltype(tag);

@@ -151,4 +151,26 @@ void CudaBackend::arange(const Tensor& out, double start, double step) {
   });
 }
 
+namespace {
+template <typename T>
+__global__ void adamw_kernel(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n,
+                             elementwise::AdamWCoefficients<T> c) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    elementwise::adamw_element(param[i], grad[i], exp_avg[i], exp_avg_sq[i], c);
+}
+}  // namespace
+
+void CudaBackend::adamw_update(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                               const Tensor& exp_avg_sq, const AdamWStep& step) {
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  dispatch_floating(param.dtype(), "adamw_update", [&](auto tag) {
+    using T = decltype(tag);
+    adamw_kernel<T><<<blocks_for(n), kThreads, 0, stream()>>>(ptr<T>(param), ptr<const T>(grad), ptr<T>(exp_avg),
+                                                              ptr<T>(exp_avg_sq), n,
+                                                              elementwise::adamw_coefficients<T>(step));
+    ML_CUDA_LAUNCHED("adamw_update");
+  });
+}
+
 }  // namespace ml
