@@ -5,6 +5,7 @@
 #include "optimizers/adamw.h"
 
 #include <cmath>
+#include <initializer_list>
 
 #include "framework/ops.h"
 #include "optimizers/momentum.h"
@@ -52,7 +53,10 @@ void AdamW::step_impl() {
     Slot& s = slots_[i];
     const double t = static_cast<double>(++*s.step);
     const AdamWStep step{lr(), beta1_, beta2_, eps_, weight_decay_, 1.0 - std::pow(beta1_, t), 1.0 - std::pow(beta2_, t)};
-    if (grad.is_contiguous() && grad.dtype() == param.dtype() && param.is_contiguous())
+    bool one_pass = true;  // adamw_update_ takes four contiguous tensors of one dtype
+    for (const Tensor* tensor : std::initializer_list<const Tensor*>{&param, &grad, &s.exp_avg, &s.exp_avg_sq})
+      one_pass = one_pass && tensor->is_contiguous() && tensor->dtype() == param.dtype();
+    if (one_pass)
       adamw_update_(param, grad, s.exp_avg, s.exp_avg_sq, step);
     else
       adamw_update_by_ops(param, grad, s.exp_avg, s.exp_avg_sq, step);

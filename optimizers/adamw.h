@@ -21,8 +21,8 @@ struct AdamWSettings {
 };
 
 // The step written one op per term, as the paper gives it: the reference that adamw_update_ (one
-// pass per tensor) is tested against, and the path for a gradient that op does not take (not
-// contiguous, or of another dtype than the parameter).
+// pass per tensor) is tested against, and the path for tensors that op does not take (a gradient
+// that is not contiguous, or of another dtype than the parameter).
 void adamw_update_by_ops(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWStep& step);
 
 class AdamW : public Optimizer {
