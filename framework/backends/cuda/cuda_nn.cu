@@ -181,7 +181,7 @@ __global__ void affine_grad_totals_kernel(const RowAccumulator<T>* partial_w, co
 
 template <typename T>
 __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, int64_t n, int64_t ignore_index,
-                                     double smoothing, T* losses, const T* grad_losses, T* grad_logits,
+                                     double smoothing, T* losses, T* lse, const T* grad_losses, T* grad_logits,
                                      BadIndexSlot bad) {
   using Acc = RowAccumulator<T>;
   __shared__ Acc scratch[kRowWarps];
@@ -193,12 +193,19 @@ __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, in
   // before the error is reported.
   if (t == ignore_index || !index_in_range(t, n, IndexUse::CrossEntropyTarget, bad)) {
     const T fill = t == ignore_index ? T(0) : T(NAN);
-    if (losses && threadIdx.x == 0) losses[row] = fill;
+    if (losses && threadIdx.x == 0) losses[row] = lse[row] = fill;
     if (grad_logits)
       for (int64_t j = threadIdx.x; j < n; j += blockDim.x) grad_logits[row * n + j] = fill;
     return;
   }
   const Acc smooth = Acc(smoothing);
+  if (grad_logits) {  // backward: softmax from the forward's log-sum-exp, one pass over the row
+    const Acc g = grad_losses[row], row_lse = lse[row];
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
+      grad_logits[row * n + j] =
+          T(g * (exp(Acc(xi[j]) - row_lse) - smooth / Acc(n) - (j == t ? Acc(1) - smooth : Acc(0))));
+    return;
+  }
   Acc m = minus_inf<Acc>(), sum_x = 0;
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
     m = fmax(m, Acc(xi[j]));
@@ -209,15 +216,11 @@ __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, in
   Acc total = 0;
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) total += exp(Acc(xi[j]) - m);
   total = block_sum(total, scratch);
-  if (losses) {
-    if (threadIdx.x == 0)
-      losses[row] = T(m + log(total) - (Acc(1) - smooth) * Acc(xi[t]) - smooth * sum_x / Acc(n));
-    return;
+  if (threadIdx.x == 0) {
+    const Acc row_lse = m + log(total);
+    lse[row] = T(row_lse);
+    losses[row] = T(row_lse - (Acc(1) - smooth) * Acc(xi[t]) - smooth * sum_x / Acc(n));
   }
-  const Acc g = grad_losses[row];
-  for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
-    grad_logits[row * n + j] =
-        T(g * (exp(Acc(xi[j]) - m) / total - smooth / Acc(n) - (j == t ? Acc(1) - smooth : Acc(0))));
 }
 
 int64_t last_dim(const Tensor& t) { return t.dim() == 0 ? 1 : t.size(-1); }
@@ -341,27 +344,27 @@ void CudaBackend::normalize_rows(const Tensor& x, double scale, double eps, cons
 }
 
 void CudaBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
-                                double label_smoothing, const Tensor& losses) {
+                                double label_smoothing, const Tensor& losses, const Tensor& lse) {
   const int64_t n = last_dim(logits);
   dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
     launch_rows(rows_of(logits), "cross_entropy", [&](unsigned rows) {
       cross_entropy_kernel<T><<<rows, kRowThreads, 0, stream()>>>(ptr<const T>(logits), ptr<const int64_t>(targets), n,
                                                                   ignore_index, label_smoothing, ptr<T>(losses),
-                                                                  nullptr, nullptr, bad_index_slot());
+                                                                  ptr<T>(lse), nullptr, nullptr, bad_index_slot());
     });
   });
 }
 
-void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
-                                         double label_smoothing, const Tensor& grad_losses,
+void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                                         int64_t ignore_index, double label_smoothing, const Tensor& grad_losses,
                                          const Tensor& grad_logits) {
   const int64_t n = last_dim(logits);
   dispatch_floating(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
     launch_rows(rows_of(logits), "cross_entropy_backward", [&](unsigned rows) {
       cross_entropy_kernel<T><<<rows, kRowThreads, 0, stream()>>>(
-          ptr<const T>(logits), ptr<const int64_t>(targets), n, ignore_index, label_smoothing, nullptr,
+          ptr<const T>(logits), ptr<const int64_t>(targets), n, ignore_index, label_smoothing, nullptr, ptr<T>(lse),
           ptr<const T>(grad_losses), ptr<T>(grad_logits), bad_index_slot());
     });
   });
