@@ -154,13 +154,15 @@ class Backend {
   // y_i = scale * x_i / max(||x_i||_2, eps) for every row i of the last dim, in one pass over
   // each row for its norm and one to write it (an optimizer's update: no backward).
   virtual void normalize_rows(const Tensor& x, double scale, double eps, const Tensor& y) { unsupported(__func__); }
-  // logits [N,C], targets Int64 [N]; losses [N] (0 where target == ignore_index) and lse [N], each
-  // row's log-sum-exp log sum_c exp(logits[i, c]) (0 where ignored), which the backward reuses.
+  // logits [N,C], targets Int64 [N]; losses [N] (0 where target == ignore_index) and row_stats
+  // Float64 [N, 2]: each row's max m and sum of exp(logits[i, c] - m) (0, 0 where ignored), which
+  // the backward reuses.
   virtual void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
-                             double label_smoothing, const Tensor& losses, const Tensor& lse) { unsupported(__func__); }
-  // grad_logits[i] = grad_losses[i] * d losses[i] / d logits[i], given the forward's lse: one pass
-  // over each row (softmax_c = exp(logits[i, c] - lse[i])).
-  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                             double label_smoothing, const Tensor& losses, const Tensor& row_stats) { unsupported(__func__); }
+  // grad_logits[i] = grad_losses[i] * d losses[i] / d logits[i], given the forward's row_stats: one
+  // pass over each row (softmax_c = exp(logits[i, c] - m) / sum), the same arithmetic as finding
+  // m and the sum again.
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& row_stats,
                                       int64_t ignore_index, double label_smoothing, const Tensor& grad_losses,
                                       const Tensor& grad_logits) { unsupported(__func__); }
   // x [N,Cin,H,W], w [Cout,Cin,kh,kw], bias [Cout] or undefined, y [N,Cout,Ho,Wo].

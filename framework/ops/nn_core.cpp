@@ -203,15 +203,16 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   const Tensor logits_data = contiguous_data(rows);
   const Tensor target_rows = contiguous_data(targets).reshape({-1});
   Tensor losses = Tensor::empty({target_rows.numel()}, logits.dtype(), logits.device());
-  const Tensor lse = Tensor::empty({target_rows.numel()}, logits.dtype(), logits.device());  // kept for the backward
-  backend_of(logits).cross_entropy(logits_data, target_rows, ignore_index, label_smoothing, losses, lse);
+  // Each row's max and sum of exponentials, kept for the backward.
+  const Tensor row_stats = Tensor::empty({target_rows.numel(), 2}, DType::Float64, logits.device());
+  backend_of(logits).cross_entropy(logits_data, target_rows, ignore_index, label_smoothing, losses, row_stats);
   if (needs_grad(rows))
     record(losses, "cross_entropy", {rows},
-           [logits_data, target_rows, lse, ignore_index, label_smoothing](const Tensor& g) {
+           [logits_data, target_rows, row_stats, ignore_index, label_smoothing](const Tensor& g) {
              Tensor grad_logits = empty_like(logits_data);
              backend_of(logits_data)
-                 .cross_entropy_backward(logits_data, target_rows, lse, ignore_index, label_smoothing, g.contiguous(),
-                                         grad_logits);
+                 .cross_entropy_backward(logits_data, target_rows, row_stats, ignore_index, label_smoothing,
+                                         g.contiguous(), grad_logits);
              return Grads{grad_logits};
            });
 

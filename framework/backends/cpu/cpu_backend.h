@@ -51,8 +51,8 @@ class CpuBackend final : public Backend {
                          const Tensor& grad_x, const Tensor& grad_weight) override;
   void normalize_rows(const Tensor& x, double scale, double eps, const Tensor& y) override;
   void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, double label_smoothing,
-                     const Tensor& losses, const Tensor& lse) override;
-  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, int64_t ignore_index,
+                     const Tensor& losses, const Tensor& row_stats) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& row_stats, int64_t ignore_index,
                               double label_smoothing, const Tensor& grad_losses, const Tensor& grad_logits) override;
 
   // cpu_attention.cpp: fused (FlashAttention-style) attention

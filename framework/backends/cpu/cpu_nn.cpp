@@ -401,7 +401,7 @@ void check_targets(const int64_t* targets, int64_t rows, int64_t classes, int64_
 // With lse = log sum_c exp(x_c) and smoothing e over C classes (PyTorch's definition):
 //   loss = (1 - e) * (lse - x_t) + e * mean_c(lse - x_c) = lse - (1 - e) x_t - e mean_c(x_c)
 void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
-                               double label_smoothing, const Tensor& losses, const Tensor& lse) {
+                               double label_smoothing, const Tensor& losses, const Tensor& row_stats) {
   const Rows r = rows_of(logits);
   const int64_t* pt = targets.data<int64_t>();
   check_targets(pt, r.rows, r.n, ignore_index);
@@ -409,26 +409,29 @@ void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int6
     using T = decltype(tag);
     const T* px = logits.data<T>();
     T* pl = losses.data<T>();
-    T* plse = lse.data<T>();
+    double* stats = row_stats.data<double>();
     parallel_for(r.rows, r.parallel(), [&](int64_t i) {
       if (pt[i] == ignore_index) {
-        pl[i] = plse[i] = T(0);
+        pl[i] = T(0);
+        stats[2 * i] = stats[2 * i + 1] = 0.0;
         return;
       }
       const T* xi = px + i * r.n;
       const T shift = row_max(xi, r.n);
-      const double row_lse = double(shift) + std::log(sum_exp_shifted(xi, r.n, shift));
+      const double total = sum_exp_shifted(xi, r.n, shift);
+      const double lse = double(shift) + std::log(total);
       const double smooth = label_smoothing > 0 ? label_smoothing * row_sum(xi, r.n) / double(r.n) : 0.0;
-      pl[i] = static_cast<T>(row_lse - (1.0 - label_smoothing) * double(xi[pt[i]]) - smooth);
-      plse[i] = static_cast<T>(row_lse);
+      pl[i] = static_cast<T>(lse - (1.0 - label_smoothing) * double(xi[pt[i]]) - smooth);
+      stats[2 * i] = double(shift);
+      stats[2 * i + 1] = total;
     });
   });
 }
 
 // d loss / d x_c = softmax_c - (1 - e) [c == t] - e / C, scaled by the row's incoming gradient.
-// softmax_c = exp(x_c - lse) with the forward's log-sum-exp: one pass of exp() over the row, and
-// no [N, C] probability tensor kept alive between the passes.
-void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+// softmax_c = exp(x_c - m) / sum with the forward's row max m and sum: one pass of exp() over the
+// row, and no [N, C] probability tensor kept alive between the passes.
+void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& row_stats,
                                         int64_t ignore_index, double label_smoothing, const Tensor& grad_losses,
                                         const Tensor& grad_logits) {
   const Rows r = rows_of(logits);
@@ -436,7 +439,7 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
   dispatch_floating(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
     const T* px = logits.data<T>();
-    const T* plse = lse.data<T>();
+    const double* stats = row_stats.data<double>();
     const T* pgl = grad_losses.data<T>();
     T* pdx = grad_logits.data<T>();
     parallel_for(r.rows, r.parallel(), [&](int64_t i) {
@@ -446,10 +449,12 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
         std::fill(dxi, dxi + r.n, T(0));
         return;
       }
-      const T row_lse = plse[i], g = pgl[i];
+      const T shift = static_cast<T>(stats[2 * i]);  // the row's max, a T value
+      const T g = pgl[i];
+      const T g_over_total = static_cast<T>(double(g) / stats[2 * i + 1]);
       const T g_smooth = static_cast<T>(double(g) * label_smoothing / double(r.n));
 #pragma omp simd
-      for (int64_t j = 0; j < r.n; ++j) dxi[j] = exp_approx(xi[j] - row_lse) * g - g_smooth;
+      for (int64_t j = 0; j < r.n; ++j) dxi[j] = exp_approx(xi[j] - shift) * g_over_total - g_smooth;
       dxi[pt[i]] -= static_cast<T>(double(g) * (1.0 - label_smoothing));
     });
   });

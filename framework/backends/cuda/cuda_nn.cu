@@ -181,8 +181,8 @@ __global__ void affine_grad_totals_kernel(const RowAccumulator<T>* partial_w, co
 
 template <typename T>
 __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, int64_t n, int64_t ignore_index,
-                                     double smoothing, T* losses, T* lse, const T* grad_losses, T* grad_logits,
-                                     BadIndexSlot bad) {
+                                     double smoothing, T* losses, double* row_stats, const T* grad_losses,
+                                     T* grad_logits, BadIndexSlot bad) {
   using Acc = RowAccumulator<T>;
   __shared__ Acc scratch[kRowWarps];
   const int64_t row = blockIdx.x;
@@ -193,17 +193,20 @@ __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, in
   // before the error is reported.
   if (t == ignore_index || !index_in_range(t, n, IndexUse::CrossEntropyTarget, bad)) {
     const T fill = t == ignore_index ? T(0) : T(NAN);
-    if (losses && threadIdx.x == 0) losses[row] = lse[row] = fill;
+    if (losses && threadIdx.x == 0) {
+      losses[row] = fill;
+      row_stats[2 * row] = row_stats[2 * row + 1] = double(fill);
+    }
     if (grad_logits)
       for (int64_t j = threadIdx.x; j < n; j += blockDim.x) grad_logits[row * n + j] = fill;
     return;
   }
   const Acc smooth = Acc(smoothing);
-  if (grad_logits) {  // backward: softmax from the forward's log-sum-exp, one pass over the row
-    const Acc g = grad_losses[row], row_lse = lse[row];
+  if (grad_logits) {  // backward: softmax from the forward's row max and sum, one pass over the row
+    const Acc g = grad_losses[row], m = Acc(row_stats[2 * row]), total = Acc(row_stats[2 * row + 1]);
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
       grad_logits[row * n + j] =
-          T(g * (exp(Acc(xi[j]) - row_lse) - smooth / Acc(n) - (j == t ? Acc(1) - smooth : Acc(0))));
+          T(g * (exp(Acc(xi[j]) - m) / total - smooth / Acc(n) - (j == t ? Acc(1) - smooth : Acc(0))));
     return;
   }
   Acc m = minus_inf<Acc>(), sum_x = 0;
@@ -217,9 +220,9 @@ __global__ void cross_entropy_kernel(const T* logits, const int64_t* targets, in
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) total += exp(Acc(xi[j]) - m);
   total = block_sum(total, scratch);
   if (threadIdx.x == 0) {
-    const Acc row_lse = m + log(total);
-    lse[row] = T(row_lse);
-    losses[row] = T(row_lse - (Acc(1) - smooth) * Acc(xi[t]) - smooth * sum_x / Acc(n));
+    losses[row] = T(m + log(total) - (Acc(1) - smooth) * Acc(xi[t]) - smooth * sum_x / Acc(n));
+    row_stats[2 * row] = double(m);
+    row_stats[2 * row + 1] = double(total);
   }
 }
 
@@ -344,19 +347,20 @@ void CudaBackend::normalize_rows(const Tensor& x, double scale, double eps, cons
 }
 
 void CudaBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
-                                double label_smoothing, const Tensor& losses, const Tensor& lse) {
+                                double label_smoothing, const Tensor& losses, const Tensor& row_stats) {
   const int64_t n = last_dim(logits);
   dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
     launch_rows(rows_of(logits), "cross_entropy", [&](unsigned rows) {
       cross_entropy_kernel<T><<<rows, kRowThreads, 0, stream()>>>(ptr<const T>(logits), ptr<const int64_t>(targets), n,
                                                                   ignore_index, label_smoothing, ptr<T>(losses),
-                                                                  ptr<T>(lse), nullptr, nullptr, bad_index_slot());
+                                                                  ptr<double>(row_stats), nullptr, nullptr,
+                                                                  bad_index_slot());
     });
   });
 }
 
-void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& row_stats,
                                          int64_t ignore_index, double label_smoothing, const Tensor& grad_losses,
                                          const Tensor& grad_logits) {
   const int64_t n = last_dim(logits);
@@ -364,8 +368,8 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     using T = decltype(tag);
     launch_rows(rows_of(logits), "cross_entropy_backward", [&](unsigned rows) {
       cross_entropy_kernel<T><<<rows, kRowThreads, 0, stream()>>>(
-          ptr<const T>(logits), ptr<const int64_t>(targets), n, ignore_index, label_smoothing, nullptr, ptr<T>(lse),
-          ptr<const T>(grad_losses), ptr<T>(grad_logits), bad_index_slot());
+          ptr<const T>(logits), ptr<const int64_t>(targets), n, ignore_index, label_smoothing, nullptr,
+          ptr<double>(row_stats), ptr<const T>(grad_losses), ptr<T>(grad_logits), bad_index_slot());
     });
   });
 }
