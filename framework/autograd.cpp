@@ -55,6 +55,12 @@ static bool owns_its_memory(const Tensor& grad) {
   return grad.impl_ptr().use_count() == 1 && grad.storage().use_count() == 1 && grad.is_contiguous();
 }
 
+// Whether `term` may be added into the collected gradient `sum` in place: sum is the only handle
+// on its memory, and of term's dtype (an in-place add keeps sum's dtype where add() would promote).
+static bool can_add_in_place(const Tensor& sum, const Tensor& term) {
+  return owns_its_memory(sum) && sum.dtype() == term.dtype();
+}
+
 static const std::shared_ptr<Node>& freed_marker() {
   static const auto marker = std::make_shared<Node>(Node{"freed", {}, [](const Tensor&) -> Grads {
     throw std::runtime_error("backward: trying to backward through a graph a second time (it was freed by the first "
@@ -118,8 +124,7 @@ void Tensor::backward(const Tensor& grad_output) const {
     std::shared_ptr<Node> node = std::exchange(impl->grad_fn, freed_marker());
     if (node->accumulate && node->inputs[0].requires_grad()) {
       const auto collected = grads.find(node->inputs[0].impl());
-      if (collected != grads.end() && owns_its_memory(collected->second) &&
-          collected->second.dtype() == grad.dtype()) {
+      if (collected != grads.end() && can_add_in_place(collected->second, grad)) {
         node->accumulate(grad, collected->second);
         continue;
       }
@@ -133,7 +138,7 @@ void Tensor::backward(const Tensor& grad_output) const {
       Tensor g = sum_to_shape(input_grads[i], input.shape());
       auto [slot, inserted] = grads.try_emplace(input.impl(), g);
       if (inserted) continue;
-      if (owns_its_memory(slot->second) && slot->second.dtype() == g.dtype())
+      if (can_add_in_place(slot->second, g))
         add_(slot->second, g);  // no new tensor: the sum lands in memory that is already warm
       else
         slot->second = add(slot->second, g);
