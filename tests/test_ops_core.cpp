@@ -518,24 +518,26 @@ TEST(Matmul, EmptyInnerDimensionGivesZeros) {
   EXPECT_EQ(b.grad().shape(), (Shape{2, 0, 4}));
 }
 
-// A product large enough to be split across threads, one block of C's rows (or columns, when C is
-// wider than tall) per thread (framework/backends/cpu/cpu_linalg.cpp): in float32, with plain and
-// transposed operands, sides that are not a multiple of the block unit, a scale factor and a batch
-// of such products, it matches float64 and gives the same bits on one thread and on two.
+// A product large enough to be split across threads, one block of C's rows per thread
+// (framework/backends/cpu/cpu_linalg.cpp): in float32, with plain and transposed operands, a row
+// count that is not a multiple of the block unit, a scale factor and a batch of such products, it
+// matches float64 and gives the same bits on one thread and on two. A product wider than tall,
+// which OpenBLAS threads itself (and rounds apart from its one-thread result), matches float64.
 TEST(Matmul, AProductSplitAcrossThreadsMatchesFloat64AndOneThread) {
   const int saved = num_threads();
   Generator gen(31);
   const auto float32 = [&](const Shape& shape) { return randn(shape, DType::Float32, cpu(), gen); };
   struct Case {
     Tensor a, b;
+    bool split;
     const char* what;
   };
   const std::vector<Case> cases{
-      {float32({200, 40}), float32({40, 72}), "by rows"},
-      {float32({40, 200}).t(), float32({72, 40}).t(), "by rows, both transposed"},
-      {float32({40, 50}), float32({50, 333}), "by columns"},
-      {float32({50, 40}).t(), float32({333, 50}).t(), "by columns, both transposed"},
-      {float32({2, 300, 80}), float32({80, 100}), "a batch of two, by rows"},
+      {float32({200, 100}), float32({100, 72}), true, "by rows"},
+      {float32({100, 200}).t(), float32({72, 100}).t(), true, "by rows, both transposed"},
+      {float32({2, 300, 80}), float32({80, 100}), true, "a batch of two, by rows"},
+      {float32({40, 50}), float32({50, 333}), false, "wider than tall"},
+      {float32({50, 40}).t(), float32({333, 50}).t(), false, "wider than tall, both transposed"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
@@ -543,7 +545,9 @@ TEST(Matmul, AProductSplitAcrossThreadsMatchesFloat64AndOneThread) {
     const Tensor one = matmul(c.a, c.b, -0.5);
     set_num_threads(2);
     const Tensor two = matmul(c.a, c.b, -0.5);
-    EXPECT_EQ(one.to_vector<float>(), two.to_vector<float>());
+    if (c.split) {
+      EXPECT_EQ(one.to_vector<float>(), two.to_vector<float>());
+    }
     const Tensor expected = matmul(c.a.to(DType::Float64), c.b.to(DType::Float64), -0.5);
     EXPECT_LT(amax(abs(sub(two.to(DType::Float64), expected))).item(), 1e-4 * amax(abs(expected)).item());
   }

@@ -16,47 +16,43 @@ namespace {
 
 CBLAS_TRANSPOSE trans(const BlasMatrix& m) { return m.transposed ? CblasTrans : CblasNoTrans; }
 
-// C (M x N, row stride ldc) = alpha op(A) op(B) + beta C.
 template <typename T>
 void gemm_one(const BlasMatrix& oa, const BlasMatrix& ob, int64_t M, int64_t N, int64_t K, T alpha, const T* a,
-              const T* b, T beta, T* c, int64_t ldc) {
+              const T* b, T beta, T* c) {
   if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, trans(oa), trans(ob), M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, ldc);
+    cblas_sgemm(CblasRowMajor, trans(oa), trans(ob), M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N);
   else
-    cblas_dgemm(CblasRowMajor, trans(oa), trans(ob), M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, ldc);
+    cblas_dgemm(CblasRowMajor, trans(oa), trans(ob), M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N);
 }
 
-// Blocks of C are split in multiples of this many rows or columns, a multiple of OpenBLAS's
-// register tile on x86 (16 x 4 for float, 16 x 2 for double on SkylakeX): only the last block can
-// end in a partial tile.
+// Blocks of rows start at multiples of this many, a multiple of OpenBLAS's register tile on x86
+// (16 rows for float and double on SkylakeX): only the last block can end in a partial tile.
 constexpr int64_t kBlasTile = 16;
 
-// Whether one product should be split by split_across_threads rather than threaded by OpenBLAS.
-// At the sizes of the GPT's layers (C 768 x 65..512, K 128..768) OpenBLAS's own threads gain
-// 1.3-1.8x on two cores, these blocks 1.7-2.0x (experiments/results/gemm-threads-2026-12-04-2vcpu-xeon.md).
-// When K is much longer than both sides of C, every block would pack most of the other operand
-// again, and OpenBLAS, whose threads share the packed panels, does as well or better.
-bool split_across_threads_pays(int64_t M, int64_t N, int64_t K) {
-  const int64_t longer_side = std::max(M, N);
-  return use_threads(true) && !omp_in_parallel() && M * N * K >= (int64_t{1} << 18) &&
-         longer_side >= 2 * kBlasTile && K <= 2 * longer_side;
+// Whether one product should be split by rows across the threads (split_rows_across_threads)
+// rather than threaded by OpenBLAS. Measured on two cores
+// (experiments/results/gemm-threads-2026-12-04-2vcpu-xeon.md): where C is at least as tall as wide (the GPT's layers: C 768 x 65..512, K 128..768; 128^3 to
+// 256^3), OpenBLAS's own threads gain 1.0-1.8x and blocks of rows 1.3-2.1x. Elsewhere OpenBLAS is
+// level or ahead: C wider than tall; K much longer than C's rows, where every block packs most of
+// the other operand again while OpenBLAS's threads share the packed panels; Newton-Schulz's sizes
+// (768 x 768 x 768 and up); and tiny products, which OpenBLAS keeps on one thread.
+bool split_rows_pays(int64_t M, int64_t N, int64_t K) {
+  const int64_t multiply_adds = M * N * K;
+  return use_threads(true) && !omp_in_parallel() && M >= N && M >= 2 * kBlasTile && K <= 2 * M &&
+         multiply_adds >= (int64_t{1} << 20) && multiply_adds <= (int64_t{1} << 27);
 }
 
-// One product as one single-threaded BLAS call per thread, each computing a block of C's rows (or
-// of its columns, when C is wider than tall) over all of K.
+// One product as one single-threaded BLAS call per thread, each computing a block of C's rows over
+// all of K.
 template <typename T>
-void split_across_threads(const BlasMatrix& oa, const BlasMatrix& ob, int64_t M, int64_t N, int64_t K, T alpha,
-                          const T* a, const T* b, T beta, T* c) {
-  const bool by_rows = M >= N;
-  const int64_t extent = by_rows ? M : N;
-  const int64_t parts = std::min<int64_t>(omp_get_max_threads(), extent / kBlasTile);
-  const auto block_start = [&](int64_t p) { return p == parts ? extent : p * extent / parts / kBlasTile * kBlasTile; };
+void split_rows_across_threads(const BlasMatrix& oa, const BlasMatrix& ob, int64_t M, int64_t N, int64_t K, T alpha,
+                               const T* a, const T* b, T beta, T* c) {
+  const int64_t parts = std::min<int64_t>(omp_get_max_threads(), M / kBlasTile);
+  const auto block_start = [&](int64_t p) { return p == parts ? M : p * M / parts / kBlasTile * kBlasTile; };
   parallel_for(parts, true, [&](int64_t p) {
-    const int64_t first = block_start(p), count = block_start(p + 1) - first;
-    if (by_rows)  // rows of A: consecutive rows in memory, or consecutive columns of a transposed A
-      gemm_one<T>(oa, ob, count, N, K, alpha, a + first * (oa.transposed ? 1 : oa.ld), b, beta, c + first * N, N);
-    else
-      gemm_one<T>(oa, ob, M, count, K, alpha, a, b + first * (ob.transposed ? ob.ld : 1), beta, c + first, N);
+    const int64_t first = block_start(p), rows = block_start(p + 1) - first;
+    // Row `first` of A: a row in memory, or a column of the transposed matrix memory holds.
+    gemm_one<T>(oa, ob, rows, N, K, alpha, a + first * (oa.transposed ? 1 : oa.ld), b, beta, c + first * N);
   });
 }
 
@@ -102,19 +98,19 @@ void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double 
     T* pc = c.data<T>();
     if (K == 0) return scale_by_beta(pc, c.numel(), beta);
     // Many small products (attention heads) run one per thread with single-threaded BLAS; a few
-    // large ones are each split across the threads, or threaded by OpenBLAS inside the product.
+    // large ones are each split by rows across the threads, or threaded by OpenBLAS inside the product.
     // Tiny batches are not worth waking the thread team for.
     const int64_t work = batch * M * N * K;
     const bool per_thread = batch > 1 && M * N * K <= (1 << 21) && work >= (1 << 15);
-    const bool split = !per_thread && split_across_threads_pays(M, N, K);
+    const bool split = !per_thread && split_rows_pays(M, N, K);
     parallel_for(batch, per_thread, [&](int64_t i) {
       const T* ai = pa + i * oa.batch_stride;
       const T* bi = pb + i * ob.batch_stride;
       T* ci = pc + i * M * N;
       if (split)
-        split_across_threads<T>(oa, ob, M, N, K, static_cast<T>(alpha), ai, bi, static_cast<T>(beta), ci);
+        split_rows_across_threads<T>(oa, ob, M, N, K, static_cast<T>(alpha), ai, bi, static_cast<T>(beta), ci);
       else
-        gemm_one<T>(oa, ob, M, N, K, static_cast<T>(alpha), ai, bi, static_cast<T>(beta), ci, N);
+        gemm_one<T>(oa, ob, M, N, K, static_cast<T>(alpha), ai, bi, static_cast<T>(beta), ci);
     });
   });
 }
