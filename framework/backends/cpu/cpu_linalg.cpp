@@ -32,7 +32,7 @@ constexpr int64_t kBlasTile = 16;
 // Whether one product should be split by rows across the threads (split_rows_across_threads)
 // rather than threaded by OpenBLAS. Measured on two cores
 // (experiments/results/gemm-threads-2026-12-04-2vcpu-xeon.md): where C is at least as tall as wide (the GPT's layers: C 768 x 65..512, K 128..768; 128^3 to
-// 256^3), OpenBLAS's own threads gain 1.0-1.8x and blocks of rows 1.3-2.1x. Elsewhere OpenBLAS is
+// 256^3), OpenBLAS's own threads gain 0.95-1.9x and blocks of rows 1.45-2.0x. Elsewhere OpenBLAS is
 // level or ahead: C wider than tall; K much longer than C's rows, where every block packs most of
 // the other operand again while OpenBLAS's threads share the packed panels; Newton-Schulz's sizes
 // (768 x 768 x 768 and up); and tiny products, which OpenBLAS keeps on one thread.
