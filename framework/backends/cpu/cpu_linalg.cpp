@@ -31,11 +31,12 @@ constexpr int64_t kBlasTile = 16;
 
 // Whether one product should be split by rows across the threads (split_rows_across_threads)
 // rather than threaded by OpenBLAS. Measured on two cores
-// (experiments/results/gemm-threads-2026-12-04-2vcpu-xeon.md): where C is at least as tall as wide (the GPT's layers: C 768 x 65..512, K 128..768; 128^3 to
-// 256^3), OpenBLAS's own threads gain 0.95-1.9x and blocks of rows 1.45-2.0x. Elsewhere OpenBLAS is
-// level or ahead: C wider than tall; K much longer than C's rows, where every block packs most of
-// the other operand again while OpenBLAS's threads share the packed panels; Newton-Schulz's sizes
-// (768 x 768 x 768 and up); and tiny products, which OpenBLAS keeps on one thread.
+// (experiments/results/gemm-threads-2026-12-04-2vcpu-xeon.md): where C is at least as tall as wide
+// (the GPT's layers: C 768 x 65..512, K 128..768; 128^3 to 256^3), OpenBLAS's own threads gain
+// 0.95-1.9x and blocks of rows 1.45-2.0x. Elsewhere OpenBLAS is level or ahead: C wider than tall;
+// K much longer than C's rows, where every block packs most of the other operand again while
+// OpenBLAS's threads share the packed panels; Newton-Schulz's sizes (768 x 768 x 768 and up); and
+// tiny products, which OpenBLAS keeps on one thread.
 bool split_rows_pays(int64_t M, int64_t N, int64_t K) {
   const int64_t multiply_adds = M * N * K;
   return use_threads(true) && !omp_in_parallel() && M >= N && M >= 2 * kBlasTile && K <= 2 * M &&
