@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "framework/backends/cpu/blas_kernels.h"
+#include "framework/backends/cpu/cpu_capability.h"
 
 namespace ml {
 
@@ -26,7 +27,8 @@ std::string processor_name() {
 std::string host_description() {
   const unsigned cpus = std::thread::hardware_concurrency();
   return processor_name() + ", " + (cpus ? std::to_string(cpus) : std::string("unknown number of")) +
-         " logical CPUs, OpenBLAS " + blas_kernel_name() + " kernels";
+         " logical CPUs, OpenBLAS " + blas_kernel_name() + " kernels" +
+         (cpu_capability() == CpuCapability::Avx512 ? ", AVX-512 loops" : "");
 }
 
 }  // namespace ml

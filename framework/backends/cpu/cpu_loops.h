@@ -2,12 +2,14 @@
 #pragma once
 #include <omp.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
+#include "framework/backends/cpu/cpu_capability.h"
 #include "framework/backends/dispatch.h"
 #include "framework/tensor.h"
 
@@ -37,6 +39,52 @@ void parallel_for(int64_t n, bool parallel, Body&& body) {
   }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+// ---- The widest vectors the processor has (cpu_capability.h)
+
+// Whether run_widest should take the AVX-512 copy. Read it before a parallel region: the first
+// call may throw (a bad MUONLAB_CPU_CAPABILITY), and an exception must not escape the region.
+inline bool widest_is_avx512() { return cpu_capability() == CpuCapability::Avx512; }
+
+#if defined(__x86_64__) && !defined(__AVX512F__)
+// loop(args...) compiled for x86-64-v4: flatten inlines the loop and everything it calls into
+// this copy, so all of it is AVX-512 code, while the loop's own instantiation (and every shared
+// inline function) stays at the build's level: nothing AVX-512 can run where it is not chosen.
+template <typename Loop, typename... Args>
+__attribute__((flatten, target("arch=x86-64-v4"))) void run_avx512(Loop& loop, Args... args) {
+  loop(args...);
+}
+#endif
+
+// loop(args...), in its AVX-512 copy when `avx512` (from widest_is_avx512()). The two copies do the
+// same arithmetic in the same order per element; only sums whose order follows the vector width
+// (an `omp simd` reduction) can round apart in the last bits.
+template <typename Loop, typename... Args>
+void run_widest(bool avx512, Loop& loop, Args... args) {
+#if defined(__x86_64__) && !defined(__AVX512F__)
+  if (avx512) return run_avx512(loop, args...);
+#else
+  (void)avx512;
+#endif
+  loop(args...);
+}
+
+// parallel_for whose bodies run in run_widest's copy: for loops whose cost is arithmetic per
+// element. Each thread takes one contiguous block of [0, n).
+template <typename Body>
+void parallel_for_widest(int64_t n, bool parallel, Body&& body) {
+  const bool avx512 = widest_is_avx512();
+  auto range = [&](int64_t begin, int64_t end) __attribute__((flatten)) {
+    for (int64_t i = begin; i < end; ++i) body(i);
+  };
+  if (!use_threads(parallel)) return run_widest(avx512, range, int64_t{0}, n);
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
+    const int64_t per_thread = (n + threads - 1) / threads;
+    run_widest(avx512, range, std::min(n, thread * per_thread), std::min(n, (thread + 1) * per_thread));
+  }
 }
 
 // Iterates N same-shaped views (strides may be 0 for broadcast operands) one innermost row at a
@@ -122,6 +170,7 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
   T* o = static_cast<T*>(out.raw_data());
   const std::array<const T*, sizeof...(in)> src{static_cast<const T*>(in.raw_data())...};
   const int64_t n = out.numel();
+  const bool avx512 = widest_is_avx512();
   if ((out.is_contiguous() && ... && in.is_contiguous())) {
     // One contiguous range per thread (see use_threads for why the serial case stays outside
     // OpenMP), each a vectorized loop over local copies of the pointers: read through shared
@@ -135,7 +184,7 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
       for (int64_t i = begin; i < end; ++i) dst[i] = f(from[I][i]...);
     };
     if (!use_threads(n >= kParallelGrain)) {
-      map_range(0, n);
+      run_widest(avx512, map_range, int64_t{0}, n);
       return;
     }
 #pragma omp parallel
@@ -144,7 +193,7 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
       constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
       const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
       const int64_t per_thread = ((n + threads - 1) / threads + kLine - 1) / kLine * kLine;
-      map_range(std::min(n, thread * per_thread), std::min(n, (thread + 1) * per_thread));
+      run_widest(avx512, map_range, std::min(n, thread * per_thread), std::min(n, (thread + 1) * per_thread));
     }
     return;
   }
@@ -161,7 +210,8 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
     }
     if (unit_or_broadcast) {
       const std::array<const T*, inputs> from{(src[I] + off[I + 1])...};
-      detail::map_row_dispatch<0>(contiguous, o + off[0], from, length, f, std::index_sequence<I...>{});
+      auto row = [&] { detail::map_row_dispatch<0>(contiguous, o + off[0], from, length, f, std::index_sequence<I...>{}); };
+      run_widest(avx512, row);
       return;
     }
     for (int64_t j = 0; j < length; ++j) o[off[0] + j * steps[0]] = f(src[I][off[I + 1] + j * steps[I + 1]]...);

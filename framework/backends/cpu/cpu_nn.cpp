@@ -104,7 +104,8 @@ double sum_exp_shifted(const T* x, int64_t n, T shift) {
 }  // namespace
 
 // row_body(xi, yi, n, i) for every row i of x (its last dim, n long) and the same row of y, in x's
-// floating dtype (T = the pointee of yi), in parallel when the work is large enough.
+// floating dtype (T = the pointee of yi), in parallel when the work is large enough, in the widest
+// vectors the processor has (softmax's exponentials, a row norm's squares).
 template <typename RowBody>
 void map_rows(const char* op, const Tensor& x, const Tensor& y, RowBody&& row_body) {
   const Rows r = rows_of(x);
@@ -112,7 +113,7 @@ void map_rows(const char* op, const Tensor& x, const Tensor& y, RowBody&& row_bo
     using T = decltype(tag);
     const T* px = x.data<T>();
     T* py = y.data<T>();
-    parallel_for(r.rows, r.parallel(), [&](int64_t i) { row_body(px + i * r.n, py + i * r.n, r.n, i); });
+    parallel_for_widest(r.rows, r.parallel(), [&](int64_t i) { row_body(px + i * r.n, py + i * r.n, r.n, i); });
   });
 }
 
@@ -161,7 +162,7 @@ void CpuBackend::softmax_backward(const Tensor& grad_y, const Tensor& y, const T
     const T* py = y.data<T>();
     T* pdx = grad_x.data<T>();
     constexpr T minus_inf = -std::numeric_limits<T>::infinity();
-    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
+    parallel_for_widest(r.rows, r.parallel(), [&](int64_t i) {
       const T* gi = pg + i * r.n;
       const T* yi = py + i * r.n;
       T* dxi = pdx + i * r.n;
@@ -410,7 +411,7 @@ void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int6
     const T* px = logits.data<T>();
     T* pl = losses.data<T>();
     double* stats = row_stats.data<double>();
-    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
+    parallel_for_widest(r.rows, r.parallel(), [&](int64_t i) {
       if (pt[i] == ignore_index) {
         pl[i] = T(0);
         stats[2 * i] = stats[2 * i + 1] = 0.0;
@@ -442,7 +443,7 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
     const double* stats = row_stats.data<double>();
     const T* pgl = grad_losses.data<T>();
     T* pdx = grad_logits.data<T>();
-    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
+    parallel_for_widest(r.rows, r.parallel(), [&](int64_t i) {
       const T* xi = px + i * r.n;
       T* dxi = pdx + i * r.n;
       if (pt[i] == ignore_index) {
