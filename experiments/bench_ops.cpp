@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "framework/backends/cpu/blas_kernels.h"
+#include "framework/backends/cpu/cpu_capability.h"
 #include "framework/io/json.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
@@ -332,6 +333,7 @@ Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats
                        {"device", device.str()},
                        {"threads", num_threads()},
                        {"blas", blas_kernel_name()},
+                       {"cpu_capability", cpu_capability_name()},
                        {"repeats", repeats},
                        {"op", row.op},
                        {"shape", row.shape},
@@ -379,7 +381,8 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
   Backend& backend = backend_for(device);
   Inputs inputs(device);
 
-  out << "muonlab bench ops: device " << device.str() << ", " << num_threads() << " CPU threads, median of "
+  out << "muonlab bench ops: device " << device.str() << ", " << num_threads() << " CPU threads ("
+      << cpu_capability_name() << " loops), median of "
       << args.repeats << " samples; rates are float32 (TF32 off) unless the op says otherwise\n\n";
   print_table_header(out);
   std::vector<Row> rows;
