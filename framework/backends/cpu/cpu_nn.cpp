@@ -296,13 +296,11 @@ void CpuBackend::layer_norm_backward(const Tensor& grad_y, const Tensor& x, cons
           const T m = pmean[i], s = prstd[i];
           if (pdx) {
             T* dxi = pdx + i * r.n;
-            double h_sum = 0.0, h_xhat_sum = 0.0;
-#pragma omp simd reduction(+ : h_sum, h_xhat_sum)
-            for (int64_t j = 0; j < r.n; ++j) {
-              const T h = gi[j] * w[j];
-              h_sum += h;
-              h_xhat_sum += double(h) * double((xi[j] - m) * s);
-            }
+            // In lanes: one double sum of float terms did not vectorize (GCC left it scalar: 60%
+            // of the backward's time at the GPT's [768, 128]).
+            const double h_sum = sum_in_lanes<T>(r.n, [&](int64_t j) { return gi[j] * w[j]; });
+            const double h_xhat_sum =
+                sum_in_lanes<T>(r.n, [&](int64_t j) { return gi[j] * w[j] * ((xi[j] - m) * s); });
             const T h_mean = static_cast<T>(h_sum / double(r.n)),
                     h_xhat_mean = static_cast<T>(h_xhat_sum / double(r.n));
 #pragma omp simd
@@ -360,9 +358,7 @@ void CpuBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const 
           const T s = prstd[i];
           if (pdx) {
             T* dxi = pdx + i * r.n;
-            double h_xhat_sum = 0.0;
-#pragma omp simd reduction(+ : h_xhat_sum)
-            for (int64_t j = 0; j < r.n; ++j) h_xhat_sum += double(gi[j] * w[j]) * double(xi[j] * s);
+            const double h_xhat_sum = sum_in_lanes<T>(r.n, [&](int64_t j) { return gi[j] * w[j] * (xi[j] * s); });
             const T h_xhat_mean = static_cast<T>(h_xhat_sum / double(r.n));
 #pragma omp simd
             for (int64_t j = 0; j < r.n; ++j) dxi[j] = s * (gi[j] * w[j] - xi[j] * s * h_xhat_mean);
