@@ -88,7 +88,8 @@ TEST(CpuCapability, Avx512ElementwiseLoopsGiveTheSameBits) {
   if (!avx512_loops_available()) GTEST_SKIP() << "this processor (or build) has no AVX-512 loops to compare";
   const CpuCapability saved = cpu_capability();
   Generator gen(12);
-  const Tensor x = mul(randn({100003}, DType::Float32, cpu(), gen), 4.0), g = randn({100003}, DType::Float32, cpu(), gen);
+  const Tensor x = mul(randn({100003}, DType::Float32, cpu(), gen), 4.0);
+  const Tensor g = randn({100003}, DType::Float32, cpu(), gen);
   const auto gelu_and_gradient = [&] {
     const Tensor leaf = x.detach().requires_grad_();
     const Tensor y = gelu(leaf, GeluApprox::Tanh);

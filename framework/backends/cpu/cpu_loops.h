@@ -210,7 +210,9 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
     }
     if (unit_or_broadcast) {
       const std::array<const T*, inputs> from{(src[I] + off[I + 1])...};
-      auto row = [&] { detail::map_row_dispatch<0>(contiguous, o + off[0], from, length, f, std::index_sequence<I...>{}); };
+      auto row = [&] {
+        detail::map_row_dispatch<0>(contiguous, o + off[0], from, length, f, std::index_sequence<I...>{});
+      };
       run_widest(avx512, row);
       return;
     }
