@@ -70,21 +70,28 @@ void run_widest(bool avx512, Loop& loop, Args... args) {
   loop(args...);
 }
 
-// parallel_for whose bodies run in run_widest's copy: for loops whose cost is arithmetic per
-// element. Each thread takes one contiguous block of [0, n).
-template <typename Body>
-void parallel_for_widest(int64_t n, bool parallel, Body&& body) {
+// range(begin, end) over [0, n) in run_widest's copy: one contiguous block per thread, its start a
+// multiple of `unit` elements, when use_threads(parallel); else one call on the calling thread.
+template <typename Range>
+void widest_block_per_thread(int64_t n, int64_t unit, bool parallel, Range& range) {
   const bool avx512 = widest_is_avx512();
-  auto range = [&](int64_t begin, int64_t end) __attribute__((flatten)) {
-    for (int64_t i = begin; i < end; ++i) body(i);
-  };
   if (!use_threads(parallel)) return run_widest(avx512, range, int64_t{0}, n);
 #pragma omp parallel
   {
     const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
-    const int64_t per_thread = (n + threads - 1) / threads;
+    const int64_t per_thread = ((n + threads - 1) / threads + unit - 1) / unit * unit;
     run_widest(avx512, range, std::min(n, thread * per_thread), std::min(n, (thread + 1) * per_thread));
   }
+}
+
+// parallel_for whose bodies run in run_widest's copy: for loops whose cost is arithmetic per
+// element. Each thread takes one contiguous block of [0, n).
+template <typename Body>
+void parallel_for_widest(int64_t n, bool parallel, Body&& body) {
+  auto range = [&](int64_t begin, int64_t end) __attribute__((flatten)) {
+    for (int64_t i = begin; i < end; ++i) body(i);
+  };
+  widest_block_per_thread(n, 1, parallel, range);
 }
 
 // Iterates N same-shaped views (strides may be 0 for broadcast operands) one innermost row at a
@@ -170,7 +177,6 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
   T* o = static_cast<T*>(out.raw_data());
   const std::array<const T*, sizeof...(in)> src{static_cast<const T*>(in.raw_data())...};
   const int64_t n = out.numel();
-  const bool avx512 = widest_is_avx512();
   if ((out.is_contiguous() && ... && in.is_contiguous())) {
     // One contiguous range per thread (see use_threads for why the serial case stays outside
     // OpenMP), each a vectorized loop over local copies of the pointers: read through shared
@@ -183,20 +189,11 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
 #pragma omp simd
       for (int64_t i = begin; i < end; ++i) dst[i] = f(from[I][i]...);
     };
-    if (!use_threads(n >= kParallelGrain)) {
-      run_widest(avx512, map_range, int64_t{0}, n);
-      return;
-    }
-#pragma omp parallel
-    {
-      // Ranges in whole cache lines, so that no two threads write to one line.
-      constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
-      const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
-      const int64_t per_thread = ((n + threads - 1) / threads + kLine - 1) / kLine * kLine;
-      run_widest(avx512, map_range, std::min(n, thread * per_thread), std::min(n, (thread + 1) * per_thread));
-    }
+    // Blocks of whole cache lines, so that no two threads write to one line.
+    widest_block_per_thread(n, 64 / static_cast<int64_t>(sizeof(T)), n >= kParallelGrain, map_range);
     return;
   }
+  const bool avx512 = widest_is_avx512();
   const std::array<const Shape*, 1 + sizeof...(in)> strides{&out.strides(), &in.strides()...};
   constexpr size_t inputs = sizeof...(in);
   for_each_row(out.shape(), strides, [&](const auto& off, int64_t length, const auto& steps) {
