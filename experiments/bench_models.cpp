@@ -115,6 +115,7 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
         train_step(*task.model, *optimizer, task.inputs, task.targets, task.label_smoothing), args.repeats,
         backend_for(device));
     Json line = task.shape;
+    line["device"] = device.str();
     line["threads"] = num_threads();
     line["blas"] = blas_kernel_name();
     line["cpu_capability"] = cpu_capability_name();

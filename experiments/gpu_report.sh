@@ -3,14 +3,18 @@
 # CUDA backend, runs the CUDA parity tests and the whole unit suite, runs `muonlab bench ops` on cuda
 # and on cpu, and writes experiments/results/gpu-report-<date>-<gpu>.md (copied to $OUT when set).
 #
-#   experiments/gpu_report.sh [all|build|test|bench|report]
+#   experiments/gpu_report.sh [all|build|machine|test|bench|report]
 #
 # The stages can run one at a time (e.g. where one command may run only ten minutes); each keeps
 # its outputs in the log directory, and `report` writes the report from whatever is there, so a
-# report can also be rewritten from saved logs. `all` (the default) runs every stage.
+# report can also be rewritten from saved logs. `all` (the default) runs every stage. `machine`
+# records the machine and toolkit without building: for binaries built elsewhere and carried in
+# $BUILD_DIR/bin (experiments/gpu_bundle.sh), where the GPU machine lacks the dependencies.
 #
 # Environment: BUILD_DIR (default build-gpu), LOG_DIR (default $BUILD_DIR/gpu-report-logs),
-# RESULTS_DIR (default experiments/results), JOBS (default: all cores), REPEATS (bench, default 5).
+# RESULTS_DIR (default experiments/results), JOBS (default: all cores), REPEATS (bench, default 5),
+# COMMIT (the commit the report names, where the tree has no .git), STEP_TIMEOUT (seconds each test
+# or benchmark command may run; default no limit).
 #
 # Exit status: 0 when everything passed; 1 when a stage could not run, a test failed or crashed,
 # no CUDA test passed on the device (the GPU was not usable), or a benchmark failed.
@@ -71,18 +75,24 @@ record_machine() {
   [[ -s $log_dir/gpu.csv ]] || die "nvidia-smi lists no GPU"
   "$1" --version >"$log_dir/nvcc.txt" || die "$1 --version failed"
   date -u +%Y-%m-%d >"$log_dir/date.txt"
+  # A copy of the tree without its .git names its commit in COMMIT.
   {
-    git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "unknown (no git checkout)"
+    [[ -n ${COMMIT:-} ]] && echo "$COMMIT" || git -C "$root" rev-parse --short HEAD 2>/dev/null ||
+      echo "unknown (no git checkout)"
   } >"$log_dir/commit.txt"
   grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //' >"$log_dir/cpu.txt" || echo unknown >"$log_dir/cpu.txt"
   nproc >>"$log_dir/cpu.txt"
 }
 
-stage_build() {
+stage_machine() {
   mkdir -p "$log_dir"
+  record_machine "$(find_nvcc)"
+}
+
+stage_build() {
+  stage_machine
   local nvcc
   nvcc=$(find_nvcc)
-  record_machine "$nvcc"
   if apt_usable; then
     note "apt works: scripts/setup-deps.sh installs any missing dependency"
     bash "$root/scripts/setup-deps.sh" || die "scripts/setup-deps.sh failed"
@@ -111,24 +121,33 @@ require_built() {
 }
 
 # run_logged NAME COMMAND...: stdout and stderr to NAME.log (one stream, so a crash's last words
-# stay next to what it was doing), the exit status to NAME.rc.
+# stay next to what it was doing), the exit status to NAME.rc; stopped after STEP_TIMEOUT seconds
+# when that is set (the test it was in then shows as crashed).
 run_logged() {
   local name=$1
   shift
-  local rc=0
-  "$@" >"$log_dir/$name.log" 2>&1 || rc=$?
+  local rc=0 limit=()
+  [[ -z ${STEP_TIMEOUT:-} ]] || limit=(timeout --kill-after=10 "$STEP_TIMEOUT")
+  "${limit[@]}" "$@" >"$log_dir/$name.log" 2>&1 || rc=$?
+  [[ $rc != 124 && $rc != 137 ]] || echo "gpu_report: stopped after STEP_TIMEOUT=$STEP_TIMEOUT s" >>"$log_dir/$name.log"
   echo "$rc" >"$log_dir/$name.rc"
   return "$rc"
 }
 
+# The unit suite leaves out the CUDA tests (run on their own just before) and the long ones.
+readonly unit_filter='-Long*:Cuda*'
+
 stage_test() {
   require_built muonlab_tests
   mkdir -p "$log_dir"
-  local failed=0
+  local failed=0 unit_pid
+  # Both are checks of correctness, not timings: the CPU suite runs beside the GPU's.
+  note "running the unit suite ($unit_filter) in the background"
+  run_logged tests-unit "$build_dir/bin/muonlab_tests" --gtest_filter="$unit_filter" &
+  unit_pid=$!
   note "running the CUDA tests"
   run_logged tests-cuda "$build_dir/bin/muonlab_tests" --gtest_filter='Cuda*' || failed=1
-  note "running the unit suite (every test but Long*)"
-  run_logged tests-unit "$build_dir/bin/muonlab_tests" --gtest_filter='-Long*' || failed=1
+  wait "$unit_pid" || failed=1
   return "$failed"
 }
 
@@ -274,7 +293,7 @@ stage_report() {
       echo "Not run."
     fi
     echo
-    echo "## Unit suite (\`muonlab_tests --gtest_filter='-Long*'\`)"
+    echo "## Unit suite (\`muonlab_tests --gtest_filter='$unit_filter'\`)"
     echo
     if [[ -f $log_dir/tests-unit.log ]]; then test_section "$log_dir/tests-unit.log"; else echo "Not run."; fi
     local device
@@ -295,8 +314,9 @@ stage_report() {
   if [[ -n ${OUT:-} ]]; then
     mkdir -p "$OUT"
     cp "$report" "$OUT/"
-    cp -r "$log_dir" "$OUT/gpu-report-logs"
-    note "report and logs copied to $OUT"
+    # One archive: what comes back from a lent machine is limited to a few files.
+    tar -C "$(dirname "$log_dir")" -czf "$OUT/gpu-report-logs.tar.gz" "$(basename "$log_dir")"
+    note "report and logs (gpu-report-logs.tar.gz) copied to $OUT"
   fi
 }
 
@@ -304,6 +324,7 @@ stage=${1:-all}
 case $stage in
   -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' ;;
   build) stage_build ;;
+  machine) stage_machine ;;
   test) stage_test || die "a test failed or crashed: see $log_dir/tests-cuda.log and tests-unit.log" ;;
   bench) stage_bench || die "a benchmark failed: see $log_dir/bench-cuda.log and bench-cpu.log" ;;
   report)

@@ -527,12 +527,17 @@ int write_report(const Report& report, int incomplete, const std::string& dir, s
   out << "report: " << dir << "/report.md\n";
 
   // Debian's python3 is the one setup-deps.sh gives matplotlib; another python3 may come first on PATH.
-  const std::string python = fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+  // MUONLAB_PYTHON names another (a virtual environment's, where matplotlib lives there).
+  const char* chosen_python = std::getenv("MUONLAB_PYTHON");
+  const std::string python = chosen_python && *chosen_python ? shell_quoted(chosen_python)
+                             : fs::exists("/usr/bin/python3") ? "/usr/bin/python3"
+                                                              : "python3";
   const std::string script = (fs::read_symlink("/proc/self/exe").parent_path() / "plot_report.py").string();
   const std::string command = python + " " + shell_quoted(script) + " " + shell_quoted(data_path) + " " + shell_quoted(dir);
   if (std::system(command.c_str()) != 0) {
     err << "error: the figures were not drawn (`" << command << "` failed; it needs python3 with matplotlib, "
-        << "which scripts/setup-deps.sh installs). The tables were written.\n";
+        << "which scripts/setup-deps.sh installs, or MUONLAB_PYTHON naming a python that has it). The tables were "
+        << "written.\n";
     return 1;
   }
   return 0;

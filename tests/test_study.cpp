@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -434,6 +435,23 @@ TEST(Report, SaysWhichMachinesTheRunsRanOn) {
                     "(2 runs); not recorded (1 run).\n"),
             std::string::npos)
       << md;
+}
+
+// MUONLAB_PYTHON replaces Debian's python3 for the figures (a virtual environment's, say): one that
+// does not exist fails the figures with its name in the message, after the tables were written.
+TEST(Report, DrawsTheFiguresWithThePythonMuonlabPythonNames) {
+  TempDir dir;
+  const std::string base = write_tiny_gpt_config(dir);
+  write_fixture_run(dir, base, "a1", 0.01, 1, {2.5});
+  std::ostringstream out, err;
+  const std::string missing_python = dir.file("no-such-python3");
+  setenv("MUONLAB_PYTHON", missing_python.c_str(), 1);
+  const int status = run_report({{dir.file("runs")}, dir.file("report"), {}, "fixture"}, out, err);
+  unsetenv("MUONLAB_PYTHON");
+  EXPECT_EQ(status, 1);
+  EXPECT_NE(err.str().find(missing_python), std::string::npos) << err.str();
+  EXPECT_TRUE(std::filesystem::exists(dir.file("report/report.md")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("report/curves_step.png")));
 }
 
 // Runs at one learning rate per method (seeds of chosen rates): no learning-rate figure, neither

@@ -4,6 +4,11 @@
 // this scale. Pooling and batch normalization are own kernels (same contracts as cpu_conv.cpp).
 #include <cudnn.h>
 
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
 #include "framework/backends/cuda/cuda_backend.h"
 #include "framework/backends/cuda/cuda_backend_impl.cuh"
 #include "framework/backends/cuda/cuda_common.cuh"
@@ -30,15 +35,22 @@ cudnnHandle_t cudnn() {
 }
 
 // The descriptors of one convolution, created per call (cheap host-side objects) and destroyed
-// with the scope.
+// with the scope, and the key under which its algorithms are remembered: everything that decides
+// which algorithms cuDNN offers and may be used (device, shapes, padding, stride, type, math mode,
+// determinism).
 struct ConvDescriptors {
   cudnnTensorDescriptor_t x{}, y{}, bias{};
   cudnnFilterDescriptor_t w{};
   cudnnConvolutionDescriptor_t conv{};
   cudnnDataType_t type;
+  std::string key;
 
   ConvDescriptors(const Tensor& x_t, const Tensor& w_t, const Tensor& y_t, Conv2dParams p)
       : type(x_t.dtype() == DType::Float64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT) {
+    key = x_t.device().str() + " x" + shape_str(x_t.shape()) + " w" + shape_str(w_t.shape()) + " y" +
+          shape_str(y_t.shape()) + " pad " + std::to_string(p.pad_h) + "," + std::to_string(p.pad_w) + " stride " +
+          std::to_string(p.stride_h) + "," + std::to_string(p.stride_w) + " " + dtype_name(x_t.dtype()) + " math " +
+          std::to_string(int(cuda_matmul_precision())) + (cuda_deterministic() ? " deterministic" : "");
     auto dim = [](const Tensor& t, int d) { return checked_int(t.size(d), "a tensor dim", "conv2d"); };
     ML_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x), "conv2d");
     ML_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y), "conv2d");
@@ -94,34 +106,91 @@ size_t workspace_budget() {
   return std::min<size_t>(free_bytes / 2, size_t(1) << 30);
 }
 
-// Runs one convolution call with the algorithms cuDNN's heuristics rank first: the first that
-// works, needs a workspace within the budget and, when cuda_deterministic(), is deterministic.
-// Falls back to the next one when the workspace cannot be allocated or the call fails.
+// The algorithm that last worked for a convolution call, by ConvDescriptors::key and direction.
+// cuDNN 9's heuristics query costs far more than the small convolutions it ranks (bench ops on an
+// H200: 1.1-1.7 ms per 3x3 convolution of the airbench CNN with the query on every call), so it
+// runs once per key, like PyTorch's cache of cuDNN algorithms.
+struct ChosenAlgorithm {
+  int algo;
+  size_t workspace_bytes;
+};
+
+class ChosenAlgorithms {
+ public:
+  std::optional<ChosenAlgorithm> find(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = chosen_.find(key);
+    if (it == chosen_.end()) return std::nullopt;
+    return it->second;
+  }
+  void remember(const std::string& key, ChosenAlgorithm chosen) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    chosen_[key] = chosen;
+  }
+  void forget(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    chosen_.erase(key);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<std::string, ChosenAlgorithm> chosen_;
+};
+
+ChosenAlgorithms& chosen_algorithms() {
+  static ChosenAlgorithms chosen;
+  return chosen;
+}
+
+// Runs `run(algo, workspace, bytes)` with a workspace of `bytes` allocated here; false (and the
+// CUDA error cleared) when the workspace cannot be had, else whether cuDNN's call succeeded. The
+// failure's reason is appended to `failures`.
+template <typename Algo, typename Run>
+bool try_algorithm(Algo algo, size_t bytes, Run& run, Device device, std::string& failures) {
+  Tensor ws;
+  try {
+    ws = workspace(bytes, device);
+  } catch (const std::exception&) {
+    cudaGetLastError();  // clear the allocation failure, so that later checks do not report it
+    failures += "; algorithm " + std::to_string(int(algo)) + ": no memory for its workspace";
+    return false;
+  }
+  const cudnnStatus_t status = run(algo, ws.raw_data(), bytes);
+  if (status == CUDNN_STATUS_SUCCESS) return true;
+  failures += "; algorithm " + std::to_string(int(algo)) + ": " + cudnnGetErrorString(status);
+  return false;
+}
+
+// Runs one convolution call with the algorithm remembered for its key when there is one, else
+// with the algorithms cuDNN's heuristics rank first: the first that works, needs a workspace
+// within the budget and, when cuda_deterministic(), is deterministic, which is then remembered.
+// Falls back to the next one when the workspace cannot be allocated or the call fails (a
+// remembered algorithm that fails is forgotten and the heuristics asked again).
 // `bytes_of(algo, &bytes)` gives an algorithm's workspace; `run(algo, workspace, bytes)` runs it.
 template <typename Perf, typename Query, typename Bytes, typename Run>
-void run_with_algorithm(Query query, Bytes bytes_of, Run run, Device device, const char* where) {
+void run_with_algorithm(Query query, Bytes bytes_of, Run run, Device device, const std::string& key,
+                        const char* where) {
+  using Algo = decltype(Perf::algo);
+  const std::string direction_key = key + " " + where;
+  std::string failures;
+  if (const auto chosen = chosen_algorithms().find(direction_key)) {
+    if (try_algorithm(static_cast<Algo>(chosen->algo), chosen->workspace_bytes, run, device, failures)) return;
+    chosen_algorithms().forget(direction_key);
+  }
   Perf results[16];
   int returned = 0;
   ML_CUDNN_CHECK(query(16, &returned, results), where);
   const size_t budget = workspace_budget();
   const bool deterministic = cuda_deterministic();
-  std::string failures;
   for (int i = 0; i < returned; ++i) {
     const Perf& r = results[i];
     if (r.status != CUDNN_STATUS_SUCCESS || (deterministic && r.determinism != CUDNN_DETERMINISTIC)) continue;
     size_t bytes = 0;
     if (bytes_of(r.algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > budget) continue;
-    Tensor ws;
-    try {
-      ws = workspace(bytes, device);
-    } catch (const std::exception&) {
-      cudaGetLastError();  // clear the allocation failure, so that later checks do not report it
-      failures += "; algorithm " + std::to_string(int(r.algo)) + ": no memory for its workspace";
-      continue;
+    if (try_algorithm(r.algo, bytes, run, device, failures)) {
+      chosen_algorithms().remember(direction_key, {int(r.algo), bytes});
+      return;
     }
-    const cudnnStatus_t status = run(r.algo, ws.raw_data(), bytes);
-    if (status == CUDNN_STATUS_SUCCESS) return;
-    failures += "; algorithm " + std::to_string(int(r.algo)) + ": " + cudnnGetErrorString(status);
   }
   throw std::runtime_error(std::string("cuDNN found no usable algorithm for ") + where + " within a workspace of " +
                            std::to_string(budget >> 20) + " MiB" + (deterministic ? " among deterministic ones" : "") +
@@ -146,7 +215,7 @@ void CudaBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, c
         return cudnnConvolutionForward(cudnn(), alpha, d.x, x.raw_data(), d.w, w.raw_data(), d.conv, algo, ws, bytes,
                                        beta, d.y, y.raw_data());
       },
-      x.device(), "conv2d");
+      x.device(), d.key, "conv2d");
   if (bias.defined())
     ML_CUDNN_CHECK(cudnnAddTensor(cudnn(), alpha, d.bias, bias.raw_data(), alpha, d.y, y.raw_data()), "conv2d");
 }
@@ -174,7 +243,7 @@ void CudaBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const T
           return cudnnConvolutionBackwardData(cudnn(), alpha, d.w, w.raw_data(), d.y, grad_y.raw_data(), d.conv, algo,
                                               ws, bytes, beta, d.x, grad_x.raw_data());
         },
-        x.device(), "conv2d_backward (data)");
+        x.device(), d.key, "conv2d_backward (data)");
   if (grad_w.defined())
     run_with_algorithm<cudnnConvolutionBwdFilterAlgoPerf_t>(
         [&](int n, int* got, cudnnConvolutionBwdFilterAlgoPerf_t* r) {
@@ -187,7 +256,7 @@ void CudaBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const T
           return cudnnConvolutionBackwardFilter(cudnn(), alpha, d.x, x.raw_data(), d.y, grad_y.raw_data(), d.conv,
                                                 algo, ws, bytes, beta, d.w, grad_w.raw_data());
         },
-        x.device(), "conv2d_backward (filter)");
+        x.device(), d.key, "conv2d_backward (filter)");
   if (grad_bias.defined())
     ML_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn(), alpha, d.y, grad_y.raw_data(), beta, d.bias, grad_bias.raw_data()),
                    "conv2d_backward");

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Carries a CUDA build made on this machine to a bare GPU machine (one without network or the
+# project's dependencies, like the lent GPU machines), so that the GPU's time goes to tests and
+# measurements rather than to installing and compiling.
+#
+#   experiments/gpu_bundle.sh pack BUILD_DIR ARCHIVE      # here: bin/ + the libraries to bring
+#   eval "$(experiments/gpu_bundle.sh unpack ARCHIVE DIR)" # there: unpacks, prints the exports
+#
+# pack keeps muonlab and muonlab_tests from BUILD_DIR/bin and the shared libraries they load that are
+# neither the C runtime nor CUDA's (OpenBLAS, yaml-cpp and what they load; CUDA, cuBLAS and cuDNN
+# come with the GPU machine's toolkit), in an xz archive. unpack extracts it into DIR and prints
+# `export BUILD_DIR=DIR/build LD_LIBRARY_PATH=...`: the carried libraries, then the folders holding
+# the GPU machine's own libcudnn and libcublas (looked up under /usr and /opt). Libraries of the
+# compiler's runtime (libstdc++, libgomp, ...) are carried apart and used only where the GPU machine
+# lacks them, since an older copy would shadow the newer one that its CUDA libraries may need.
+set -euo pipefail
+
+die() {
+  echo "gpu_bundle: error: $*" >&2
+  exit 1
+}
+
+# Libraries every Linux machine has (the C runtime), or that must be the GPU machine's own (CUDA's).
+is_system_library() {
+  case $(basename "$1") in
+    libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | ld-linux* | linux-vdso*) return 0 ;;
+    libcuda.so* | libcudart* | libcublas* | libcudnn* | libnccl* | libnvrtc* | libnvJitLink*) return 0 ;;
+  esac
+  return 1
+}
+
+# The compiler's runtime: carried, used only where missing.
+is_compiler_runtime() {
+  case $(basename "$1") in
+    libstdc++.so* | libgcc_s.so* | libgomp.so* | libz.so*) return 0 ;;
+  esac
+  return 1
+}
+
+pack() {
+  local build=$1 archive=$2 staging binary library
+  [[ -x $build/bin/muonlab && -x $build/bin/muonlab_tests ]] || die "$build/bin has no muonlab and muonlab_tests: build first"
+  staging=$(mktemp -d)
+  trap "rm -rf '$staging'" EXIT
+  mkdir -p "$staging/build/bin" "$staging/lib" "$staging/lib-fallback"
+  for binary in muonlab muonlab_tests; do
+    cp "$build/bin/$binary" "$staging/build/bin/"
+  done
+  cp "$build"/bin/*.py "$staging/build/bin/" 2>/dev/null || true
+  # ldd lists every library loaded, directly or not, as "name => path (address)".
+  ldd "$build/bin/muonlab_tests" "$build/bin/muonlab" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
+    while read -r library; do
+      is_system_library "$library" && continue
+      if is_compiler_runtime "$library"; then
+        cp -L "$library" "$staging/lib-fallback/"
+      else
+        cp -L "$library" "$staging/lib/"
+      fi
+    done
+  tar -C "$staging" -cJf "$archive" build lib lib-fallback
+  echo "gpu_bundle: wrote $archive ($(du -h "$archive" | cut -f1)): $(ls "$staging/lib" "$staging/lib-fallback" | grep -c '\.so')" \
+    "libraries carried" >&2
+}
+
+# The folder of the first file named $1 under /usr and /opt (the toolkit's, or a Python wheel's).
+library_folder() {
+  local found
+  found=$(find /usr/local/cuda/lib64/ /usr/local/cuda/ /usr/lib/ /opt/ -name "$1" -print -quit 2>/dev/null || true)
+  [[ -n $found ]] && dirname "$found"
+}
+
+unpack() {
+  local archive=$1 dir=$2 path folder name
+  mkdir -p "$dir"
+  tar -C "$dir" -xJf "$archive"
+  dir=$(cd "$dir" && pwd)
+  path=$dir/lib
+  for name in 'libcudnn.so.9*' 'libcublas.so.*' 'libcudart.so.*'; do
+    folder=$(library_folder "$name") || die "no $name under /usr or /opt: this machine lacks CUDA's libraries"
+    [[ :$path: == *:$folder:* ]] || path=$path:$folder
+  done
+  # The compiler's runtime libraries that this machine cannot find on its own.
+  if LD_LIBRARY_PATH=$path ldd "$dir/build/bin/muonlab_tests" | grep -q 'not found'; then
+    path=$path:$dir/lib-fallback
+  fi
+  if LD_LIBRARY_PATH=$path ldd "$dir/build/bin/muonlab_tests" | grep 'not found' >&2; then
+    die "libraries still missing (above)"
+  fi
+  printf 'export BUILD_DIR=%q LD_LIBRARY_PATH=%q\n' "$dir/build" "$path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+}
+
+case ${1:-} in
+  pack) [[ $# -eq 3 ]] || die "usage: $0 pack BUILD_DIR ARCHIVE"; pack "$2" "$3" ;;
+  unpack) [[ $# -eq 3 ]] || die "usage: $0 unpack ARCHIVE DIR"; unpack "$2" "$3" ;;
+  *) die "usage: $0 pack BUILD_DIR ARCHIVE | unpack ARCHIVE DIR" ;;
+esac
