@@ -4,15 +4,17 @@
 # measurements rather than to installing and compiling.
 #
 #   experiments/gpu_bundle.sh pack BUILD_DIR ARCHIVE      # here: bin/ + the libraries to bring
-#   eval "$(experiments/gpu_bundle.sh unpack ARCHIVE DIR)" # there: unpacks, prints the exports
+#   eval "$(experiments/gpu_bundle.sh unpack ARCHIVE DIR)" # there: unpacks, prints BUILD_DIR's export
 #
 # pack keeps muonlab and muonlab_tests from BUILD_DIR/bin and the shared libraries they load that are
 # neither the C runtime nor CUDA's (OpenBLAS, yaml-cpp and what they load; CUDA, cuBLAS and cuDNN
-# come with the GPU machine's toolkit), in an xz archive. unpack extracts it into DIR and prints
-# `export BUILD_DIR=DIR/build LD_LIBRARY_PATH=...`: the carried libraries, then the folders holding
-# the GPU machine's own libcudnn and libcublas (looked up under /usr and /opt). Libraries of the
-# compiler's runtime (libstdc++, libgomp, ...) are carried apart and used only where the GPU machine
-# lacks them, since an older copy would shadow the newer one that its CUDA libraries may need.
+# come with the GPU machine's toolkit), in an xz archive, and gives the binaries an RPATH of the
+# archive's lib/ (patchelf), so that they also run from processes that pass no environment (the
+# fault tests start muonlab so). unpack extracts it into DIR, links the GPU machine's own cuDNN,
+# cuBLAS and CUDA runtime libraries (looked up under /usr and /opt) into lib/, and prints
+# `export BUILD_DIR=DIR/build`. Libraries of the compiler's runtime (libstdc++, libgomp, ...) are
+# carried apart and linked in only where the GPU machine lacks them, since an older copy would shadow
+# the newer one that its CUDA libraries may need.
 set -euo pipefail
 
 die() {
@@ -43,8 +45,11 @@ pack() {
   staging=$(mktemp -d)
   trap "rm -rf '$staging'" EXIT
   mkdir -p "$staging/build/bin" "$staging/lib" "$staging/lib-fallback"
+  command -v patchelf >/dev/null || die "patchelf not found (apt-get install patchelf)"
   for binary in muonlab muonlab_tests; do
     cp "$build/bin/$binary" "$staging/build/bin/"
+    # DT_RPATH rather than RUNPATH: it also serves the libraries' own needs (OpenBLAS's libgfortran).
+    patchelf --force-rpath --set-rpath '$ORIGIN/../../lib' "$staging/build/bin/$binary"
   done
   cp "$build"/bin/*.py "$staging/build/bin/" 2>/dev/null || true
   # ldd lists every library loaded, directly or not, as "name => path (address)".
@@ -70,23 +75,23 @@ library_folder() {
 }
 
 unpack() {
-  local archive=$1 dir=$2 path folder name
+  local archive=$1 dir=$2 folder name
   mkdir -p "$dir"
   tar -C "$dir" -xJf "$archive"
   dir=$(cd "$dir" && pwd)
-  path=$dir/lib
-  for name in 'libcudnn.so.9*' 'libcublas.so.*' 'libcudart.so.*'; do
-    folder=$(library_folder "$name") || die "no $name under /usr or /opt: this machine lacks CUDA's libraries"
-    [[ :$path: == *:$folder:* ]] || path=$path:$folder
+  # Every file of the family (cuDNN loads its engine libraries from beside libcudnn.so.9).
+  for name in libcudnn libcublas libcudart; do
+    folder=$(library_folder "$name.so.*") || die "no $name under /usr or /opt: this machine lacks CUDA's libraries"
+    ln -sf "$folder/$name"*.so* "$dir/lib/"
   done
   # The compiler's runtime libraries that this machine cannot find on its own.
-  if LD_LIBRARY_PATH=$path ldd "$dir/build/bin/muonlab_tests" | grep -q 'not found'; then
-    path=$path:$dir/lib-fallback
+  if ldd "$dir/build/bin/muonlab_tests" | grep -q 'not found'; then
+    ln -sf "$dir"/lib-fallback/* "$dir/lib/"
   fi
-  if LD_LIBRARY_PATH=$path ldd "$dir/build/bin/muonlab_tests" | grep 'not found' >&2; then
+  if ldd "$dir/build/bin/muonlab_tests" | grep 'not found' >&2; then
     die "libraries still missing (above)"
   fi
-  printf 'export BUILD_DIR=%q LD_LIBRARY_PATH=%q\n' "$dir/build" "$path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  printf 'export BUILD_DIR=%q\n' "$dir/build"
 }
 
 case ${1:-} in

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -445,9 +446,13 @@ TEST(Report, DrawsTheFiguresWithThePythonMuonlabPythonNames) {
   write_fixture_run(dir, base, "a1", 0.01, 1, {2.5});
   std::ostringstream out, err;
   const std::string missing_python = dir.file("no-such-python3");
+  // The caller's own choice (a GPU machine's virtual environment) is put back for the tests after.
+  const char* callers_python = std::getenv("MUONLAB_PYTHON");
+  const std::optional<std::string> saved = callers_python ? std::optional<std::string>(callers_python) : std::nullopt;
   setenv("MUONLAB_PYTHON", missing_python.c_str(), 1);
   const int status = run_report({{dir.file("runs")}, dir.file("report"), {}, "fixture"}, out, err);
-  unsetenv("MUONLAB_PYTHON");
+  if (saved) setenv("MUONLAB_PYTHON", saved->c_str(), 1);
+  else unsetenv("MUONLAB_PYTHON");
   EXPECT_EQ(status, 1);
   EXPECT_NE(err.str().find(missing_python), std::string::npos) << err.str();
   EXPECT_TRUE(std::filesystem::exists(dir.file("report/report.md")));
