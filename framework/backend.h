@@ -138,6 +138,8 @@ class Backend {
   // (needs S == T) lets query i see keys 0..i.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
                          const Tensor& out, const Tensor& lse) { unsupported(__func__); }
+  // Whether attention() runs q/k of head size head_dim and v of value_dim in this dtype.
+  virtual bool can_fuse_attention(DType dtype, int64_t head_dim, int64_t value_dim) const { return true; }
   // Recomputes the probabilities from q, k and lse and writes all of grad_q, grad_k, grad_v.
   virtual void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& out, const Tensor& lse, bool causal, double scale,

@@ -35,7 +35,8 @@ const SettingList<GptOptions>& GptOptions::settings() {
   static const EnumNames<GptActivation> activations{{GptActivation::Gelu, "gelu"}, {GptActivation::Relu2, "relu2"}};
   static const EnumNames<NormKind> norms{{NormKind::LayerNorm, "layernorm"}, {NormKind::RmsNorm, "rmsnorm"}};
   static const EnumNames<PositionKind> positions{{PositionKind::Learned, "learned"}, {PositionKind::Rotary, "rotary"}};
-  static const EnumNames<AttentionImpl> attentions{{AttentionImpl::Composed, "composed"}, {AttentionImpl::Fused, "fused"}};
+  static const EnumNames<AttentionImpl> attentions{
+      {AttentionImpl::Auto, "auto"}, {AttentionImpl::Composed, "composed"}, {AttentionImpl::Fused, "fused"}};
   static const SettingList<S> settings{
       dropout_setting<S>("on the embeddings and on each residual branch"),
       integer<S>("vocab_size", &S::vocab_size, at_least(0), 0, "token embeddings and logits; 0: the data's vocabulary"),
@@ -47,8 +48,8 @@ const SettingList<GptOptions>& GptOptions::settings() {
       choice<S>("activation", &S::activation, activations, GptActivation::Gelu, "the MLP's activation"),
       choice<S>("norm", &S::norm, norms, NormKind::LayerNorm, "LayerNorm or RMSNorm before each sublayer"),
       choice<S>("position", &S::position, positions, PositionKind::Learned, "how a token's position enters"),
-      choice<S>("attention", &S::attention, attentions, AttentionImpl::Composed,
-                "composed ops or the fused kernel (framework/ops/nn_core.h)"),
+      choice<S>("attention", &S::attention, attentions, AttentionImpl::Auto,
+                "composed ops, the fused kernel, or auto: fused where the device runs it (framework/ops/nn_core.h)"),
       boolean<S>("tie_weights", &S::tie_weights, true, "the head multiplies by the token embeddings"),
       boolean<S>("bias", &S::bias, true, "biases in the linear layers and the LayerNorms"),
   };

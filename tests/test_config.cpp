@@ -217,7 +217,7 @@ TEST(ConfigDefaults, ModelAndDataDefaultsDependOnKind) {
   EXPECT_EQ(gpt_model.activation, ml::GptActivation::Gelu);
   EXPECT_EQ(gpt_model.norm, ml::NormKind::LayerNorm);
   EXPECT_EQ(gpt_model.position, ml::PositionKind::Learned);
-  EXPECT_EQ(gpt_model.attention, ml::AttentionImpl::Composed);
+  EXPECT_EQ(gpt_model.attention, ml::AttentionImpl::Auto);
   EXPECT_TRUE(gpt_model.tie_weights);
   EXPECT_TRUE(gpt_model.bias);
 
@@ -341,7 +341,7 @@ TEST(ConfigErrors, ValueNotInChoicesSuggestsTheClosest) {
             "you mean cosine?)");
   EXPECT_EQ(config_error(kMinimal, {"model={kind: gpt, n_layer: 1, n_head: 1, n_embd: 8, attention: flash}"}),
             "--set model={kind: gpt, n_layer: 1, n_head: 1, n_embd: 8, attention: flash}: model.attention: expected "
-            "one of composed or fused, got \"flash\"");
+            "one of auto, composed or fused, got \"flash\"");
   EXPECT_EQ(config_error(kMinimal, {"name=has space"}),
             "--set name=has space: name: expected a name of letters, digits, '_', '.' and '-', got \"has space\"");
 }

@@ -228,6 +228,25 @@ TEST_F(CudaParity, FusedAttentionRejectsWhatItCannotRun) {
   ml::testing::expect_error_mentions([&] { fused({1, 2, 4, 8}, DType::Float64); }, {"attention", "float32", "float64"});
 }
 
+// Auto (the default) takes the composed path where the fused kernels cannot run (head size 129,
+// float64), so it runs and matches the CPU where Fused is refused; float32 at 64 takes the fused one.
+TEST_F(CudaParity, AutoAttentionRunsComposedWhereTheFusedKernelsCannot) {
+  EXPECT_FALSE(backend_for(cuda()).can_fuse_attention(DType::Float32, 129, 129));
+  EXPECT_FALSE(backend_for(cuda()).can_fuse_attention(DType::Float64, 64, 64));
+  EXPECT_TRUE(backend_for(cuda()).can_fuse_attention(DType::Float32, 128, 128));
+  uint64_t seed = 300;
+  for (const auto& [shape, dtype] : {std::pair{Shape{1, 2, 16, 129}, DType::Float32},
+                                     std::pair{Shape{1, 2, 16, 8}, DType::Float64},
+                                     std::pair{Shape{2, 2, 16, 64}, DType::Float32}}) {
+    SCOPED_TRACE(shape_str(shape) + " " + dtype_name(dtype));
+    const auto input = [&] { return float_input(shape, seed++).to(dtype); };
+    expect_cuda_matches_cpu(
+        [](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], true, AttentionImpl::Auto); },
+        [](auto& in) { return scaled_dot_product_attention(in[0], in[1], in[2], true, AttentionImpl::Composed); },
+        {input(), input(), input()}, 1e-4);
+  }
+}
+
 // Runs everywhere: the rounding the CUDA backend applies to bf16 GEMM operands. bf16 keeps 7
 // mantissa bits, so next to 1 its spacing is 2^-7 and 1 + 2^-8 lies halfway between two values.
 TEST(Bfloat16Rounding, RoundsToNearestWithTiesToEven) {

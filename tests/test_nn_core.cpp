@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "framework/backend.h"
+#include "framework/backends/cpu/cpu_attention.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
 #include "tests/gradcheck.h"
@@ -572,6 +573,69 @@ TEST(NnCoreFusedAttention, RowsWithoutKeysGiveZeros) {
   EXPECT_EQ(values(e.grads[0]), V(24, 0.0));
   expect_fused_matches_composed(
       fused, [](auto& in) { return attention_with(in, false, AttentionImpl::Composed); }, inputs);
+}
+
+// Auto, the default, runs the fused kernel on the CPU, which takes every dtype and head size.
+TEST(NnCoreFusedAttention, AutoRunsTheFusedKernelOnTheCpu) {
+  EXPECT_TRUE(backend_for(cpu()).can_fuse_attention(DType::Float32, 300, 7));
+  const std::vector<Tensor> inputs{random_input({2, 3, 9, 5}, 60), random_input({2, 3, 9, 5}, 61),
+                                   random_input({2, 3, 9, 6}, 62)};
+  const Evaluation automatic = evaluate([](auto& in) { return attention_with(in, true, AttentionImpl::Auto); }, inputs);
+  const Evaluation fused = evaluate([](auto& in) { return attention_with(in, true, AttentionImpl::Fused); }, inputs);
+  EXPECT_EQ(values(automatic.out), values(fused.out));
+  for (size_t i = 0; i < inputs.size(); ++i) EXPECT_EQ(values(automatic.grads[i]), values(fused.grads[i])) << i;
+}
+
+// The blocked CPU path (cpu_attention.h) called directly against the reference loops it stands in
+// for: float32 (whose exponentials are exp_approx there, libm's in the reference) and float64, the
+// GPT's heads and sizes that leave partial row blocks and partial cache lines, forward and backward.
+TEST(NnCoreFusedAttention, BlockedPathMatchesTheReferenceLoops) {
+  struct Case {
+    const char* name;
+    int64_t heads, queries, keys, head_dim, value_dim;
+    bool causal;
+  };
+  const std::vector<Case> cases{
+      {"the GPT's heads", 48, 64, 64, 32, 32, true},
+      {"odd sizes, causal", 3, 37, 37, 5, 7, true},
+      {"more keys than queries, full", 2, 9, 70, 20, 12, false},
+      {"fewer keys than queries, causal", 2, 40, 3, 4, 17, true},
+      {"more keys than queries, causal, a short last row block", 3, 10, 23, 8, 8, true},
+      {"one query and key", 1, 1, 1, 3, 3, true},
+  };
+  for (DType dtype : {DType::Float32, DType::Float64})
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(c.name) + (dtype == DType::Float32 ? ", float32" : ", float64"));
+      Generator gen(7);
+      const auto input = [&](int64_t rows, int64_t width) { return randn({c.heads, rows, width}, dtype, cpu(), gen); };
+      const Tensor q = input(c.queries, c.head_dim), k = input(c.keys, c.head_dim), v = input(c.keys, c.value_dim),
+                   g = input(c.queries, c.value_dim);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+      ASSERT_TRUE(cpu_attention::blocked_applies(q, k));
+      struct Result {
+        Tensor out, lse, grad_q, grad_k, grad_v;
+      };
+      const auto empty = [&](const Shape& shape) { return Tensor::empty(shape, dtype, cpu()); };
+      const auto run = [&](bool blocked) {
+        Result r{empty({c.heads, c.queries, c.value_dim}), empty({c.heads, c.queries}), empty(q.shape()),
+                 empty(k.shape()), empty(v.shape())};
+        if (blocked) {
+          cpu_attention::blocked_forward(q, k, v, c.causal, scale, r.out, r.lse);
+          cpu_attention::blocked_backward(g, q, k, v, r.out, r.lse, c.causal, scale, r.grad_q, r.grad_k, r.grad_v);
+        } else {
+          cpu_attention::reference_forward(q, k, v, c.causal, scale, r.out, r.lse);
+          cpu_attention::reference_backward(g, q, k, v, r.out, r.lse, c.causal, scale, r.grad_q, r.grad_k, r.grad_v);
+        }
+        return r;
+      };
+      const Result blocked = run(true), reference = run(false);
+      const double tol = dtype == DType::Float32 ? 2e-5 : 1e-12;
+      expect_close(blocked.out, reference.out, tol, "out");
+      expect_close(blocked.lse, reference.lse, tol, "lse");
+      expect_close(blocked.grad_q, reference.grad_q, tol, "grad_q");
+      expect_close(blocked.grad_k, reference.grad_k, tol, "grad_k");
+      expect_close(blocked.grad_v, reference.grad_v, tol, "grad_v");
+    }
 }
 
 // ------------------------------------------------------------------------------ larger shapes

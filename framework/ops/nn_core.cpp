@@ -312,8 +312,10 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     op_error(op, "causal attention needs as many keys as queries, got q " + shape_str(q.shape()) + " and k " +
                      shape_str(k.shape()));
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  return impl == AttentionImpl::Fused ? fused_attention(op, q, k, v, causal, scale)
-                                      : composed_attention(op, q, k, v, causal, scale);
+  const bool fused =
+      impl == AttentionImpl::Fused ||
+      (impl == AttentionImpl::Auto && backend_of(q).can_fuse_attention(q.dtype(), q.size(-1), v.size(-1)));
+  return fused ? fused_attention(op, q, k, v, causal, scale) : composed_attention(op, q, k, v, causal, scale);
 }
 
 }  // namespace ml

@@ -54,13 +54,15 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen = defaul
 // How scaled_dot_product_attention runs. Composed: two batched matrix products around a fused
 // softmax kernel, keeping the [T, S] probabilities for the backward. Fused: one FlashAttention-style
 // kernel each way (Backend::attention), which keeps only a log-sum-exp per query row; on CUDA it
-// takes float32 and head sizes up to 128.
-enum class AttentionImpl { Composed, Fused };
+// takes float32 and head sizes up to 128. Auto: Fused where the tensors' backend runs it
+// (Backend::can_fuse_attention), else Composed, like PyTorch's choice of an SDPA kernel; the
+// fused kernels are the faster ones at the GPT's shapes on both backends (bench ops, 2026-12-04).
+enum class AttentionImpl { Auto, Composed, Fused };
 
 // softmax(q k^T / sqrt(D) + mask) v for q [..., T, D], k [..., S, D], v [..., S, Dv] (in practice
 // [B, H, T, D]); the leading dims must match. Causal (the default here, unlike PyTorch's
 // is_causal=False) lets query i attend to keys 0..i and needs S == T.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal = true,
-                                    AttentionImpl impl = AttentionImpl::Composed);
+                                    AttentionImpl impl = AttentionImpl::Auto);
 
 }  // namespace ml

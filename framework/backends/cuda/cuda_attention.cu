@@ -283,16 +283,21 @@ __global__ void __launch_bounds__(kBlockThreads)
   store_columns(grad_v + (head * p.keys + j) * p.value_dim, dv, 1.f, lane, p.value_dim);
 }
 
+// Why the fused kernels cannot run this dtype and these head sizes, or "" when they can.
+std::string unfusable(DType dtype, int64_t head_dim, int64_t value_dim) {
+  if (dtype != DType::Float32) return std::string("the fused CUDA kernels take float32, got ") + dtype_name(dtype);
+  if (head_dim > kMaxHeadDim || value_dim > kMaxHeadDim)
+    return "the fused CUDA kernels take head sizes up to " + std::to_string(kMaxHeadDim) + ", got q/k " +
+           std::to_string(head_dim) + " and v " + std::to_string(value_dim);
+  return "";
+}
+
 AttentionParams params_of(const char* kernel, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                           double scale) {
-  if (q.dtype() != DType::Float32)
-    throw std::invalid_argument(std::string(kernel) + ": the fused CUDA kernels take float32, got " +
-                                dtype_name(q.dtype()) + " (use the composed attention)");
   const int64_t head_dim = q.size(2), value_dim = v.size(2);
-  if (head_dim > kMaxHeadDim || value_dim > kMaxHeadDim)
-    throw std::invalid_argument(std::string(kernel) + ": the fused CUDA kernels take head sizes up to " +
-                                std::to_string(kMaxHeadDim) + ", got q/k " + std::to_string(head_dim) + " and v " +
-                                std::to_string(value_dim) + " (use the composed attention)");
+  const std::string problem = unfusable(q.dtype(), head_dim, value_dim);
+  if (!problem.empty())
+    throw std::invalid_argument(std::string(kernel) + ": " + problem + " (use the composed attention)");
   if (q.size(1) > INT_MAX / 2 || k.size(1) > INT_MAX / 2)
     throw std::invalid_argument(std::string(kernel) + ": sequence too long for the fused CUDA kernels: " +
                                 shape_str(q.shape()) + ", " + shape_str(k.shape()));
@@ -315,6 +320,10 @@ unsigned blocks_for_rows(const char* kernel, int64_t batch_heads, int64_t blocks
 }
 
 }  // namespace
+
+bool CudaBackend::can_fuse_attention(DType dtype, int64_t head_dim, int64_t value_dim) const {
+  return unfusable(dtype, head_dim, value_dim).empty();
+}
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
                             const Tensor& out, const Tensor& lse) {

@@ -55,6 +55,7 @@ class CudaBackend final : public Backend {
                               double label_smoothing, const Tensor& grad_losses, const Tensor& grad_logits) override;
 
   // cuda_attention.cu: fused (FlashAttention-style) attention
+  bool can_fuse_attention(DType dtype, int64_t head_dim, int64_t value_dim) const override;
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, const Tensor& out,
                  const Tensor& lse) override;
   void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
