@@ -267,17 +267,19 @@ const T* block_padded(const T* src, int64_t rows, int64_t cols, std::vector<T>& 
   return storage.data();
 }
 
-// body(h, scratch) for every head h < heads, in run_widest's copy, over threads when `parallel`;
-// each thread makes its scratch once (make()) for all its heads. Scratch written for one head
-// is read for the next only where that head writes it first, or where no head writes it.
+// body(h, scratch) for every head h of d, in run_widest's copy, over threads when the heads'
+// work is large enough; each thread makes its scratch once (make()) for all its heads. Scratch
+// written for one head is read for the next only where that head writes it first, or where no
+// head writes it.
 template <typename Make, typename Body>
-void for_each_head(int64_t heads, bool parallel, Make make, Body body) {
+void for_each_head(const AttentionDims& d, Make make, Body body) {
+  const int64_t head_work = d.queries * d.keys * (d.head_dim + d.value_dim);
   auto range = [&](int64_t begin, int64_t end) __attribute__((flatten)) {
     if (begin == end) return;
     auto scratch = make();
     for (int64_t h = begin; h < end; ++h) body(h, scratch);
   };
-  widest_block_per_thread(heads, 1, parallel, range);
+  widest_block_per_thread(d.batch_heads, 1, d.batch_heads > 1 && d.batch_heads * head_work >= kParallelGrain, range);
 }
 
 // The block of query rows [i0, i0 + rows): its scaled scores, masked entries (causal) at -inf, into
@@ -321,15 +323,13 @@ void blocked_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool cau
     using T = decltype(tag);
     const int64_t keys_padded = padded(d.keys, block_columns<T>());
     const T s = static_cast<T>(scale);
-    const int64_t head_work = d.queries * d.keys * (d.head_dim + d.value_dim);
     struct Scratch {
       std::vector<T> kt, v_storage, scores;  // kt [D][Sp] (padding zero), v padded if need be, one block's rows
     };
     const auto make = [&] {
       return Scratch{std::vector<T>(d.head_dim * keys_padded, T(0)), {}, std::vector<T>(kRowBlock * keys_padded)};
     };
-    for_each_head(d.batch_heads, d.batch_heads > 1 && d.batch_heads * head_work >= kParallelGrain, make,
-                  [&](int64_t h, Scratch& scratch) {
+    for_each_head(d, make, [&](int64_t h, Scratch& scratch) {
       const T* q_head = q.data<T>() + h * d.queries * d.head_dim;
       transpose_into(k.data<T>() + h * d.keys * d.head_dim, d.keys, d.head_dim, scratch.kt.data(), keys_padded);
       int64_t v_ld = 0;
@@ -375,7 +375,6 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
     using T = decltype(tag);
     const int64_t keys_padded = padded(d.keys, block_columns<T>());
     const T s = static_cast<T>(scale);
-    const int64_t head_work = d.queries * d.keys * (d.head_dim + d.value_dim);
     struct Scratch {
       std::vector<T> kt, vt, p, ds, dp, k_storage, q_storage, g_storage;
     };
@@ -391,8 +390,7 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
                      {},
                      {}};
     };
-    for_each_head(d.batch_heads, d.batch_heads > 1 && d.batch_heads * head_work >= kParallelGrain, make,
-                  [&](int64_t h, Scratch& scratch) {
+    for_each_head(d, make, [&](int64_t h, Scratch& scratch) {
       const T* q_head = q.data<T>() + h * d.queries * d.head_dim;
       const T* k_head = k.data<T>() + h * d.keys * d.head_dim;
       const T* v_head = v.data<T>() + h * d.keys * d.value_dim;
