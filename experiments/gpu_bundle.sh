@@ -52,6 +52,9 @@ pack() {
     patchelf --force-rpath --set-rpath '$ORIGIN/../../lib' "$staging/build/bin/$binary"
   done
   cp "$build"/bin/*.py "$staging/build/bin/" 2>/dev/null || true
+  # The build's settings, for the GPU report (gpu_report.sh machine).
+  sed -nE 's/^(CMAKE_BUILD_TYPE|MUONLAB_CUDA|MUONLAB_MPI|MUONLAB_MARCH|CMAKE_CUDA_ARCHITECTURES):[A-Z]+=(.*)/-D\1=\2/p' \
+    "$build/CMakeCache.txt" | tr '\n' ' ' | sed 's/ $//' >"$staging/build/cmake-flags.txt"
   # ldd lists every library loaded, directly or not, as "name => path (address)".
   ldd "$build/bin/muonlab_tests" "$build/bin/muonlab" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
     while read -r library; do
@@ -84,10 +87,14 @@ unpack() {
     folder=$(library_folder "$name.so.*") || die "no $name under /usr or /opt: this machine lacks CUDA's libraries"
     ln -sf "$folder/$name"*.so* "$dir/lib/"
   done
-  # The compiler's runtime libraries that this machine cannot find on its own.
-  if ldd "$dir/build/bin/muonlab_tests" | grep -q 'not found'; then
-    ln -sf "$dir"/lib-fallback/* "$dir/lib/"
-  fi
+  # The compiler's runtime libraries that this machine lacks ("libgomp.so.1 => not found") or has
+  # too old ("libstdc++.so.6: version `GLIBCXX_3.4.30' not found"), and only those.
+  local missing
+  missing=$(ldd "$dir/build/bin/muonlab_tests" "$dir/build/bin/muonlab" 2>&1 |
+    sed -nE 's/^\s*(lib[^ ]+) => not found.*/\1/p; s/.*[ /](lib[^ /:]+): version .* not found.*/\1/p' | sort -u)
+  for name in $missing; do
+    [[ -e $dir/lib-fallback/$name ]] && ln -sf "$dir/lib-fallback/$name" "$dir/lib/"
+  done
   if ldd "$dir/build/bin/muonlab_tests" | grep 'not found' >&2; then
     die "libraries still missing (above)"
   fi

@@ -87,6 +87,8 @@ record_machine() {
 stage_machine() {
   mkdir -p "$log_dir"
   record_machine "$(find_nvcc)"
+  # A carried build names its settings (experiments/gpu_bundle.sh).
+  if [[ -s $build_dir/cmake-flags.txt ]]; then cp "$build_dir/cmake-flags.txt" "$log_dir/cmake-flags.txt"; fi
 }
 
 stage_build() {
