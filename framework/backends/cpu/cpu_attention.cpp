@@ -300,6 +300,37 @@ int64_t block_scores(const AttentionDims& d, const T* q_head, const T* kt, int64
   return visible;
 }
 
+// combine(term(0), ..., term(n - 1)) (a max, a sum), first in one vector's lanes and then across
+// them in halves: with an `omp simd` reduction GCC made the step across the lanes a chain of scalar
+// operations through the stack, which on rows of 1-64 scores cost more than the row itself.
+template <typename T, typename Term, typename Combine>
+T reduce_in_lanes(int64_t n, T identity, Term term, Combine combine) {
+  constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(T));
+  T lanes[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = identity;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = combine(lanes[l], term(j + l));
+  const int64_t rest = n - j;
+#pragma omp simd
+  for (int64_t l = 0; l < rest; ++l) lanes[l] = combine(lanes[l], term(j + l));
+  for (int64_t width = kLanes / 2; width > 0; width /= 2)
+#pragma omp simd
+    for (int64_t l = 0; l < width; ++l) lanes[l] = combine(lanes[l], lanes[l + width]);
+  return lanes[0];
+}
+
+template <typename T>
+T plus(T a, T b) {
+  return a + b;
+}
+
+template <typename T>
+T larger(T a, T b) {
+  return b > a ? b : a;
+}
+
 // p_j = exp(s_j - shift) over a row of n scores, in place (exp_approx(-inf) = 0 for the masked ones).
 template <typename T>
 void exponentials(T* row, int64_t n, T shift) {
@@ -343,13 +374,10 @@ void blocked_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool cau
         const int64_t visible = block_scores(d, q_head, scratch.kt.data(), keys_padded, i0, rows, s, scores);
         for (int64_t r = 0; r < rows; ++r) {
           T* row = scores + r * keys_padded;
-          T max = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : max)
-          for (int64_t j = 0; j < visible; ++j) max = row[j] > max ? row[j] : max;
+          const auto entry = [row](int64_t j) { return row[j]; };
+          const T max = reduce_in_lanes(visible, -std::numeric_limits<T>::infinity(), entry, larger<T>);
           exponentials(row, visible, max);
-          T sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < visible; ++j) sum += row[j];
+          const T sum = reduce_in_lanes(visible, T(0), entry, plus<T>);
           lse_head[i0 + r] = max + std::log(sum);
           const T inv_sum = T(1) / sum;
 #pragma omp simd
@@ -415,7 +443,10 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
           T* p_row = p_block + r * keys_padded;
           T* ds_row = ds_block + r * keys_padded;
           const T* dp_row = scratch.dp.data() + r * keys_padded;
-          const T row_dot = dot(g_head + (i0 + r) * d.value_dim, o_head + (i0 + r) * d.value_dim, d.value_dim);
+          const T* g_row = g_head + (i0 + r) * d.value_dim;
+          const T* o_row = o_head + (i0 + r) * d.value_dim;
+          const T row_dot = reduce_in_lanes(d.value_dim, T(0), [g_row, o_row](int64_t c) { return g_row[c] * o_row[c]; },
+                                            plus<T>);
           exponentials(p_row, visible, lse_head[i0 + r]);
 #pragma omp simd
           for (int64_t j = 0; j < visible; ++j) ds_row[j] = s * p_row[j] * (dp_row[j] - row_dot);
