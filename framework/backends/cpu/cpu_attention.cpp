@@ -1,10 +1,12 @@
-// Fused attention on the CPU: FlashAttention (Dao et al. 2022, "FlashAttention: Fast and
-// Memory-Efficient Exact Attention with IO-Awareness", Algorithm 1 forward, Algorithm 2 backward)
-// written as plain loops. It is the reference that backends/cuda/cuda_attention.cu follows, loop
-// for loop: one query row (forward, grad_q) or one key row (grad_k, grad_v) per iteration, rows
-// spread over OpenMP threads. No [T, S] matrix is ever stored: the forward keeps a running max
-// and sum per row (the online softmax) and the backward recomputes each probability from q, k and
-// the row's log-sum-exp.
+// Fused attention on the CPU, two ways (cpu_attention.h). The reference: FlashAttention (Dao et al.
+// 2022, "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness", Algorithm 1
+// forward, Algorithm 2 backward) written as plain loops, which backends/cuda/cuda_attention.cu
+// follows loop for loop: one query row (forward, grad_q) or one key row (grad_k, grad_v) per
+// iteration, rows spread over OpenMP threads. It never stores a [T, S] matrix: the forward keeps a
+// running max and sum per row (the online softmax) and the backward recomputes each probability
+// from q, k and the row's log-sum-exp. The blocked path (further down), which CpuBackend runs
+// where it applies, computes the same with small register-blocked products and keeps one head's
+// [T, S] probabilities and their gradients in per-thread scratch during the backward.
 //
 // Notation, per head: s_ij = scale * q_i . k_j, p_ij = exp(s_ij - lse_i), o_i = sum_j p_ij v_j.
 // With g_i = dL/do_i the backward is
