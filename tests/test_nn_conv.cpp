@@ -5,7 +5,9 @@
 #include <cmath>
 #include <numeric>
 
+#include "framework/backends/cpu/cpu_conv.h"
 #include "framework/ops.h"
+#include "framework/parallel.h"
 #include "tests/gradcheck.h"
 
 using namespace ml;
@@ -183,6 +185,70 @@ TEST(NnConvGrad, Conv2dNonContiguousInput) {
   expect_gradients_match(
       [](const std::vector<Tensor>& in) { return conv2d(in[0].permute({0, 1, 3, 2}), in[1], Tensor(), 1, 1); },
       {random_input({2, 2, 5, 4}, 16), random_input({2, 2, 3, 3}, 17)});
+}
+
+// Winograd's F(2x2, 3x3) path (cpu_conv.h) called directly against the im2col path it stands in for,
+// forward and every gradient, in both types: the CNN's layers (at a smaller batch), odd and even
+// planes (the last tiles hanging over the output or not), paddings 0, 1 and 2 on each side (the
+// backward pads grad_y by 2 - pad), one input channel, a one-pixel output, and batches of small
+// planes that put several images into a group, on one thread and on several.
+TEST(NnConvWinograd, MatchesTheIm2colPath) {
+  struct Case {
+    Shape x;
+    int64_t outs;
+    Conv2dParams p;
+  };
+  const std::vector<Case> cases{
+      {{2, 24, 31, 31}, 32, {1, 1, 1, 1}}, {{3, 32, 15, 15}, 64, {1, 1, 1, 1}}, {{5, 64, 7, 7}, 128, {1, 1, 1, 1}},
+      {{4, 128, 3, 3}, 16, {1, 1, 1, 1}},  {{2, 3, 8, 10}, 5, {1, 1, 0, 0}},    {{2, 3, 9, 6}, 4, {1, 1, 2, 2}},
+      {{1, 1, 5, 4}, 2, {1, 1, 0, 2}},     {{2, 2, 4, 7}, 3, {1, 1, 2, 1}},     {{1, 3, 1, 1}, 2, {1, 1, 1, 1}},
+      {{37, 5, 3, 3}, 6, {1, 1, 1, 1}},    {{9, 4, 2, 5}, 3, {1, 1, 1, 0}},
+  };
+  const int threads = num_threads();
+  for (const int run_threads : {1, 2})
+    for (DType dtype : {DType::Float32, DType::Float64})
+      for (const Case& c : cases) {
+        set_num_threads(run_threads);
+        const Shape w_shape{c.outs, c.x[1], 3, 3};
+        SCOPED_TRACE("x " + shape_str(c.x) + " w " + shape_str(w_shape) + " pad " + std::to_string(c.p.pad_h) + "x" +
+                     std::to_string(c.p.pad_w) + (dtype == DType::Float32 ? ", float32" : ", float64") + ", " +
+                     std::to_string(run_threads) + " threads");
+        const Tensor x = random_input(c.x, 50).detach().to(dtype), w = random_input(w_shape, 51).detach().to(dtype);
+        const Tensor b = random_input({c.outs}, 52).detach().to(dtype);
+        const int64_t out_h = c.x[2] + 2 * c.p.pad_h - 2, out_w = c.x[3] + 2 * c.p.pad_w - 2;
+        const Tensor g = random_input({c.x[0], c.outs, out_h, out_w}, 53).detach().to(dtype);
+        ASSERT_TRUE(cpu_conv::winograd_applies(x, w, c.p));
+        struct Result {
+          Tensor y, grad_x, grad_w, grad_b;
+        };
+        const auto run = [&](bool winograd) {
+          const auto empty = [&](const Shape& shape) { return Tensor::empty(shape, dtype, cpu()); };
+          Result r{empty(g.shape()), empty(x.shape()), empty(w.shape()), empty(b.shape())};
+          if (winograd) {
+            cpu_conv::winograd_forward(x, w, b, r.y, c.p);
+            cpu_conv::winograd_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, c.p);
+          } else {
+            cpu_conv::im2col_forward(x, w, b, r.y, c.p);
+            cpu_conv::im2col_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, c.p);
+          }
+          return r;
+        };
+        const Result winograd = run(true), reference = run(false);
+        // Rounding scales with the largest values: sums of 9 * Cin products (and of the batch's tiles).
+        const double tol = dtype == DType::Float32 ? 2e-6 : 1e-14;
+        const auto expect_close = [&](const Tensor& actual, const Tensor& expected, const char* what) {
+          const std::vector<double> a = values(actual), e = values(expected);
+          double scale = 1.0;
+          for (double v : e) scale = std::max(scale, std::abs(v));
+          ASSERT_EQ(a.size(), e.size());
+          for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], e[i], tol * scale) << what << " element " << i;
+        };
+        expect_close(winograd.y, reference.y, "y");
+        expect_close(winograd.grad_x, reference.grad_x, "grad_x");
+        expect_close(winograd.grad_w, reference.grad_w, "grad_w");
+        expect_close(winograd.grad_b, reference.grad_b, "grad_bias");
+      }
+  set_num_threads(threads);
 }
 
 // ===================================================================== pooling

@@ -1,9 +1,6 @@
 // Convolution, pooling and batch normalization on the CPU, each forward beside its backward.
 // All tensors are contiguous NCHW (the ops guarantee it). Every result is computed in a fixed
 // order for a given thread count, so runs are reproducible.
-#include <cblas.h>
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -14,10 +11,15 @@
 #include <vector>
 
 #include "framework/backends/cpu/cpu_backend.h"
+#include "framework/backends/cpu/cpu_conv.h"
 #include "framework/backends/cpu/cpu_loops.h"
 
 namespace ml {
 using namespace cpu_loops;
+using cpu_conv::ConvPlan;
+using cpu_conv::copy_row;
+using cpu_conv::gemm;
+using cpu_conv::scratch;
 
 namespace {
 
@@ -26,32 +28,12 @@ namespace {
 // im2col + GEMM: the receptive fields of a group of images are unrolled into a column matrix
 // col [Cin*kh*kw, G*Ho*Wo], so the convolution of the whole group is one product
 // weight [Cout, Cin*kh*kw] @ col. Small feature maps (7x7, 3x3) are grouped so that BLAS still
-// gets a wide product; large ones are convolved one image at a time.
-//
-// Groups are split into `teams` contiguous blocks that run in parallel, each with its own
-// buffers and single-threaded BLAS (the OpenMP build of OpenBLAS does not spawn threads inside an
-// active parallel region). With fewer groups than threads (small batches) there is one team and
-// BLAS uses all the threads inside each product instead.
+// gets a wide product; large ones are convolved one image at a time (cpu_conv::plan_groups).
+// This path runs every shape; CpuBackend takes Winograd's (cpu_winograd.cpp) where it applies.
 
 // Columns (output positions of the group's images) per GEMM: enough for BLAS to run at full
 // speed, few enough for the column buffer to stay in the L2 cache.
 constexpr int64_t kTargetGemmColumns = 256;
-
-template <typename T>
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-          int64_t ldb, T beta, T* c, int64_t ldc) {
-  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
-  else
-    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
-}
-
-// An uninitialized scratch buffer (the kernels overwrite every element they read).
-template <typename T>
-std::unique_ptr<T[]> scratch(int64_t n) {
-  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
-}
 
 struct ConvShape {
   int64_t batch, in_channels, height, width;
@@ -70,27 +52,7 @@ struct ConvShape {
   int64_t output_size() const { return out_channels * plane(); }
 };
 
-// How the batch is cut into groups of images and the groups into parallel teams.
-struct ConvPlan {
-  int64_t images_per_group = 1;
-  int64_t groups = 0;
-  int64_t teams = 1;
-  int64_t group_begin(int64_t team) const { return groups * team / teams; }
-  int64_t group_end(int64_t team) const { return groups * (team + 1) / teams; }
-};
-
-ConvPlan plan_conv(const ConvShape& s) {
-  ConvPlan plan;
-  if (s.batch == 0) return plan;
-  const int64_t threads = std::max(1, omp_get_max_threads());
-  const int64_t wanted = (s.batch * s.plane() + kTargetGemmColumns - 1) / kTargetGemmColumns;
-  // A multiple of the thread count balances the teams; never more groups than images.
-  const int64_t groups = std::min(s.batch, std::max(threads, (wanted + threads - 1) / threads * threads));
-  plan.images_per_group = (s.batch + groups - 1) / groups;
-  plan.groups = (s.batch + plan.images_per_group - 1) / plan.images_per_group;
-  plan.teams = plan.groups >= threads ? threads : 1;
-  return plan;
-}
+ConvPlan plan_conv(const ConvShape& s) { return cpu_conv::plan_groups(s.batch, s.plane(), kTargetGemmColumns); }
 
 // Unrolls images into column matrices (im2col) and folds column gradients back (col2im).
 //
@@ -98,24 +60,6 @@ ConvPlan plan_conv(const ConvShape& s) {
 // ow*stride_w - pad_w + j], or 0 in the padding. Reading from a copy of the image inside a zero
 // border turns every row into plain strided copies without bounds checks; the bounds-checked
 // version spent more time in branches and short fills than the GEMM spent on 7x7 and 3x3 maps.
-
-// Copies a row of n values with fixed-size moves instead of a memcpy call, which costs more than
-// the copy itself for the rows im2col copies (3 to 31 values, thousands of them per image): rows
-// of at least a vector go in whole vectors, the last one overlapping the one before it; shorter
-// rows in pieces of 4, 2 and 1 values. (A plain loop would be compiled into a memmove call.)
-template <typename T>
-void copy_row(const T* in, int64_t n, T* out) {
-  constexpr int64_t kVector = 32 / sizeof(T);  // one AVX register
-  if (n >= kVector) {
-    for (int64_t i = 0; i + kVector < n; i += kVector) std::memcpy(out + i, in + i, 32);
-    std::memcpy(out + n - kVector, in + n - kVector, 32);
-    return;
-  }
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) std::memcpy(out + i, in + i, 4 * sizeof(T));
-  if (i + 2 <= n) std::memcpy(out + i, in + i, 2 * sizeof(T)), i += 2;
-  if (i < n) out[i] = in[i];
-}
 
 // out[i] += in[i] for a row of n values, in whole vectors and then pieces of 4, 2 and 1 values:
 // col2im adds thousands of rows of 3 to 31 values per image, where the compiler's own vector loop
@@ -256,22 +200,27 @@ void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
 }
 
 template <typename T>
+void bias_gradient_impl(const Tensor& grad_y, const Tensor& grad_bias) {
+  const int64_t batch = grad_y.size(0), channels = grad_y.size(1), plane = grad_y.size(2) * grad_y.size(3);
+  const T* pgy = grad_y.data<T>();
+  T* pgb = grad_bias.data<T>();
+  parallel_for(channels, grad_y.numel() >= kParallelGrain, [&](int64_t co) {
+    double acc = 0.0;
+    for (int64_t n = 0; n < batch; ++n) {
+      const T* src = pgy + (n * channels + co) * plane;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t i = 0; i < plane; ++i) acc += static_cast<double>(src[i]);
+    }
+    pgb[co] = static_cast<T>(acc);
+  });
+}
+
+template <typename T>
 void conv2d_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                           const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams params) {
   const ConvShape s(x, w, params);
   const T* pgy = grad_y.data<T>();
-  if (grad_bias.defined()) {
-    T* pgb = grad_bias.data<T>();
-    parallel_for(s.out_channels, s.batch * s.output_size() >= kParallelGrain, [&](int64_t co) {
-      double acc = 0.0;
-      for (int64_t n = 0; n < s.batch; ++n) {
-        const T* src = pgy + n * s.output_size() + co * s.plane();
-#pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < s.plane(); ++i) acc += static_cast<double>(src[i]);
-      }
-      pgb[co] = static_cast<T>(acc);
-    });
-  }
+  if (grad_bias.defined()) bias_gradient_impl<T>(grad_y, grad_bias);
   if (!grad_x.defined() && !grad_w.defined()) return;
 
   const ConvPlan plan = plan_conv(s);
@@ -591,15 +540,43 @@ void batch_norm_backward_impl(const Tensor& grad_y, const Tensor& x, const Tenso
 
 }  // namespace
 
-void CpuBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
+void cpu_conv::im2col_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
   dispatch_floating(x.dtype(), "conv2d", [&](auto tag) { conv2d_forward<decltype(tag)>(x, w, bias, y, p); });
+}
+
+void cpu_conv::im2col_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                               const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
+  dispatch_floating(x.dtype(), "conv2d_backward", [&](auto tag) {
+    conv2d_backward_impl<decltype(tag)>(grad_y, x, w, grad_x, grad_w, grad_bias, p);
+  });
+}
+
+void cpu_conv::bias_gradient(const Tensor& grad_y, const Tensor& grad_bias) {
+  dispatch_floating(grad_y.dtype(), "conv2d_backward",
+                    [&](auto tag) { bias_gradient_impl<decltype(tag)>(grad_y, grad_bias); });
+}
+
+void CpuBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
+  if (cpu_conv::winograd_use(x, w, p).forward)
+    cpu_conv::winograd_forward(x, w, bias, y, p);
+  else
+    cpu_conv::im2col_forward(x, w, bias, y, p);
 }
 
 void CpuBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                                  const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
-  dispatch_floating(x.dtype(), "conv2d_backward", [&](auto tag) {
-    conv2d_backward_impl<decltype(tag)>(grad_y, x, w, grad_x, grad_w, grad_bias, p);
-  });
+  // grad_x and grad_w each from the path chosen for it; grad_bias from neither (a sum of grad_y).
+  if (grad_bias.defined()) cpu_conv::bias_gradient(grad_y, grad_bias);
+  const cpu_conv::WinogradUse use = cpu_conv::winograd_use(x, w, p);
+  const Tensor none;
+  const Tensor& winograd_grad_x = use.grad_x ? grad_x : none;
+  const Tensor& winograd_grad_w = use.grad_w ? grad_w : none;
+  if (winograd_grad_x.defined() || winograd_grad_w.defined())
+    cpu_conv::winograd_backward(grad_y, x, w, winograd_grad_x, winograd_grad_w, none, p);
+  const Tensor& im2col_grad_x = use.grad_x ? none : grad_x;
+  const Tensor& im2col_grad_w = use.grad_w ? none : grad_w;
+  if (im2col_grad_x.defined() || im2col_grad_w.defined())
+    cpu_conv::im2col_backward(grad_y, x, w, im2col_grad_x, im2col_grad_w, none, p);
 }
 
 void CpuBackend::max_pool2d(const Tensor& x, const Tensor& y, const Tensor& indices, Pool2dParams p) {

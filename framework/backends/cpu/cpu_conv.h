@@ -1,0 +1,109 @@
+// Convolution on the CPU: the im2col + GEMM path (cpu_conv.cpp), which runs every shape and is the
+// reference, and Winograd's F(2x2, 3x3) (cpu_winograd.cpp), which CpuBackend takes for the 3x3
+// convolutions of stride 1 where it applies. Both are exposed so that tests can hold them
+// together; the helpers below are the pieces the two share. Tensors are contiguous NCHW.
+#pragma once
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+
+#include "framework/backend.h"
+#include "framework/tensor.h"
+
+namespace ml::cpu_conv {
+
+void im2col_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p);
+void im2col_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                     const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);
+
+// Whether Winograd's path runs this convolution: a 3x3 kernel, stride 1, padding of at most 2 on
+// each side (the backward convolves grad_y with padding 2 - pad), float32 or float64.
+bool winograd_applies(const Tensor& x, const Tensor& w, Conv2dParams p);
+// Where CpuBackend takes Winograd's path, by pass: measured on the CNN's layers (bench ops and a
+// per-pass driver, one thread), it is the faster one where at most a third more outputs are
+// computed than kept (the tiles hang over odd sizes: 3x3 outputs take 16 per 9, 2.25x / 1.78 of
+// the work saved) and, for grad_w, where there are at least 32 input channels (with 24 the
+// gradient's two transforms cost more than its products save).
+struct WinogradUse {
+  bool forward = false, grad_x = false, grad_w = false;
+};
+WinogradUse winograd_use(const Tensor& x, const Tensor& w, Conv2dParams p);
+
+void winograd_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p);
+void winograd_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                       const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);
+
+// ---- Shared by the two paths
+
+// grad_bias[co] = the sum of grad_y over the batch and plane of channel co (double accumulators).
+void bias_gradient(const Tensor& grad_y, const Tensor& grad_bias);
+
+// c = op(a) @ op(b) + beta c, row-major, on the calling thread's BLAS.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+          int64_t ldb, T beta, T* c, int64_t ldc) {
+  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  else
+    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
+}
+
+// An uninitialized scratch buffer (the kernels overwrite every element they read).
+template <typename T>
+std::unique_ptr<T[]> scratch(int64_t n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(std::max<int64_t>(n, 1))]);
+}
+
+// Copies a row of n values with fixed-size moves instead of a memcpy call, which costs more than
+// the copy itself for the rows the convolutions copy (3 to 31 values, thousands of them per
+// image): rows of at least a vector go in whole vectors, the last one overlapping the one before
+// it; shorter rows in pieces of 4, 2 and 1 values. (A plain loop would be compiled into a memmove
+// call.)
+template <typename T>
+void copy_row(const T* in, int64_t n, T* out) {
+  constexpr int64_t kVector = 32 / sizeof(T);  // one AVX register
+  if (n >= kVector) {
+    for (int64_t i = 0; i + kVector < n; i += kVector) std::memcpy(out + i, in + i, 32);
+    std::memcpy(out + n - kVector, in + n - kVector, 32);
+    return;
+  }
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) std::memcpy(out + i, in + i, 4 * sizeof(T));
+  if (i + 2 <= n) std::memcpy(out + i, in + i, 2 * sizeof(T)), i += 2;
+  if (i < n) out[i] = in[i];
+}
+
+// How a batch is cut into groups of whole images, each one product, and the groups into parallel
+// teams. Teams run their groups with their own buffers and single-threaded BLAS (the OpenMP build
+// of OpenBLAS does not spawn threads inside an active parallel region); with fewer groups than
+// threads (small batches) there is one team and BLAS uses all the threads inside each product.
+struct ConvPlan {
+  int64_t images_per_group = 1;
+  int64_t groups = 0;
+  int64_t teams = 1;
+  int64_t group_begin(int64_t team) const { return groups * team / teams; }
+  int64_t group_end(int64_t team) const { return groups * (team + 1) / teams; }
+};
+
+// Groups of about target_columns product columns, of which each image brings columns_per_image.
+inline ConvPlan plan_groups(int64_t batch, int64_t columns_per_image, int64_t target_columns) {
+  ConvPlan plan;
+  if (batch == 0) return plan;
+  const int64_t threads = std::max(1, omp_get_max_threads());
+  const int64_t wanted = (batch * columns_per_image + target_columns - 1) / target_columns;
+  // A multiple of the thread count balances the teams; never more groups than images.
+  const int64_t groups = std::min(batch, std::max(threads, (wanted + threads - 1) / threads * threads));
+  plan.images_per_group = (batch + groups - 1) / groups;
+  plan.groups = (batch + plan.images_per_group - 1) / plan.images_per_group;
+  plan.teams = plan.groups >= threads ? threads : 1;
+  return plan;
+}
+
+}  // namespace ml::cpu_conv
