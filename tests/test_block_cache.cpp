@@ -82,7 +82,7 @@ TEST(BlockCache, ServesTheMostRecentlyFreedBlockOfABinFirst) {
   for (void* p : {older, newer, newest}) cache.deallocate(p, 3000);
 }
 
-TEST(BlockCache, KeepsNoMoreThanThePeakOfLiveBytesReleasingTheOldestFreedFirst) {
+TEST(BlockCache, KeepsLiveAndCachedBytesWithinTwiceThePeakReleasingTheOldestFreedFirst) {
   CountingMemory::Counts counts;
   BlockCache<CountingMemory> cache(CountingMemory{&counts});
   void* first = cache.allocate(1024);
@@ -91,17 +91,22 @@ TEST(BlockCache, KeepsNoMoreThanThePeakOfLiveBytesReleasingTheOldestFreedFirst) 
   cache.deallocate(first, 1024);
   cache.deallocate(second, 1024);
   cache.deallocate(third, 2048);  // peak 4096, all cached
-  void* other = cache.allocate(1536);  // a new bin: live 1536 + cached 4096
-  cache.deallocate(other, 1536);       // kept; the two blocks freed first make room for it
+  void* larger = cache.allocate(3584);  // a new bin, under the peak
+  cache.deallocate(larger, 3584);       // kept: cached 7680 of at most 8192
+  EXPECT_EQ(counts.releases, 0);
+  void* other = cache.allocate(2560);  // another new bin: live 2560 + cached 7680
+  cache.deallocate(other, 2560);       // kept; the two blocks freed first make room for it
   EXPECT_EQ(counts.releases, 2);
   EXPECT_EQ(counts.live.count(first), 0u);
   EXPECT_EQ(counts.live.count(second), 0u);
-  EXPECT_EQ(cache.stats().cached_bytes, 2048u + 1536u);
+  EXPECT_EQ(cache.stats().cached_bytes, 2048u + 3584u + 2560u);
   EXPECT_EQ(cache.allocate(2048), third);
-  EXPECT_EQ(cache.allocate(1536), other);
-  EXPECT_EQ(counts.allocations, 4);
+  EXPECT_EQ(cache.allocate(3584), larger);
+  EXPECT_EQ(cache.allocate(2560), other);
+  EXPECT_EQ(counts.allocations, 5);
   cache.deallocate(third, 2048);
-  cache.deallocate(other, 1536);
+  cache.deallocate(larger, 3584);
+  cache.deallocate(other, 2560);
 }
 
 TEST(BlockCache, OutOfMemoryReleasesTheCacheAndRetriesOnce) {
