@@ -173,6 +173,13 @@ TEST(NnConvGrad, Conv2d) {
   }
 }
 
+// The float64 gradients through the ops on a shape the CPU backend convolves with Winograd's path.
+TEST(NnConvGrad, Conv2dOnWinogradsPath) {
+  const Tensor x = random_input({2, 2, 8, 7}, 18), w = random_input({3, 2, 3, 3}, 19), b = random_input({3}, 20);
+  ASSERT_TRUE(cpu_conv::winograd_pays_off(x, w, {1, 1, 1, 1}));
+  expect_gradients_match([](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], in[2], 1, 1); }, {x, w, b});
+}
+
 TEST(NnConvGrad, Conv2dOnlyWeightOrOnlyInput) {
   const Tensor x = random_input({2, 2, 4, 4}, 14), w = random_input({3, 2, 3, 3}, 15);
   expect_gradients_match([&](const std::vector<Tensor>& in) { return conv2d(x.detach(), in[0], Tensor(), 1, 1); },

@@ -557,7 +557,7 @@ void cpu_conv::bias_gradient(const Tensor& grad_y, const Tensor& grad_bias) {
 }
 
 void CpuBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
-  if (cpu_conv::winograd_use(x, w, p).forward)
+  if (cpu_conv::winograd_pays_off(x, w, p))
     cpu_conv::winograd_forward(x, w, bias, y, p);
   else
     cpu_conv::im2col_forward(x, w, bias, y, p);
@@ -565,18 +565,10 @@ void CpuBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
 
 void CpuBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                                  const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
-  // grad_x and grad_w each from the path chosen for it; grad_bias from neither (a sum of grad_y).
-  if (grad_bias.defined()) cpu_conv::bias_gradient(grad_y, grad_bias);
-  const cpu_conv::WinogradUse use = cpu_conv::winograd_use(x, w, p);
-  const Tensor none;
-  const Tensor& winograd_grad_x = use.grad_x ? grad_x : none;
-  const Tensor& winograd_grad_w = use.grad_w ? grad_w : none;
-  if (winograd_grad_x.defined() || winograd_grad_w.defined())
-    cpu_conv::winograd_backward(grad_y, x, w, winograd_grad_x, winograd_grad_w, none, p);
-  const Tensor& im2col_grad_x = use.grad_x ? none : grad_x;
-  const Tensor& im2col_grad_w = use.grad_w ? none : grad_w;
-  if (im2col_grad_x.defined() || im2col_grad_w.defined())
-    cpu_conv::im2col_backward(grad_y, x, w, im2col_grad_x, im2col_grad_w, none, p);
+  if (cpu_conv::winograd_pays_off(x, w, p))
+    cpu_conv::winograd_backward(grad_y, x, w, grad_x, grad_w, grad_bias, p);
+  else
+    cpu_conv::im2col_backward(grad_y, x, w, grad_x, grad_w, grad_bias, p);
 }
 
 void CpuBackend::max_pool2d(const Tensor& x, const Tensor& y, const Tensor& indices, Pool2dParams p) {

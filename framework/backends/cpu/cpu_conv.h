@@ -25,16 +25,11 @@ void im2col_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
 // Whether Winograd's path runs this convolution: a 3x3 kernel, stride 1, padding of at most 2 on
 // each side (the backward convolves grad_y with padding 2 - pad), float32 or float64.
 bool winograd_applies(const Tensor& x, const Tensor& w, Conv2dParams p);
-// Where CpuBackend takes Winograd's path, by pass: measured on the CNN's layers (bench ops and a
-// per-pass driver, one thread), it is the faster one where at most a third more outputs are
-// computed than kept (the tiles hang over odd sizes: 3x3 outputs take 16 per 9, 2.25x / 1.78 of
-// the work saved) and, for grad_w, where there are at least 32 input channels (with 24 the
-// gradient's two transforms cost more than its products save).
-struct WinogradUse {
-  bool forward = false, grad_x = false, grad_w = false;
-};
-WinogradUse winograd_use(const Tensor& x, const Tensor& w, Conv2dParams p);
-
+// Whether CpuBackend takes Winograd's path: where it applies and at most a third more outputs are
+// computed than kept (the tiles hang over odd sizes: 3x3 outputs take 16 per 9, and the 2.25x
+// fewer products become 1.27x). Measured on the CNN's layers, one thread: Winograd 1.3-1.6x
+// faster in each pass at 31x31, 15x15 and 7x7 outputs, 5% slower at 3x3.
+bool winograd_pays_off(const Tensor& x, const Tensor& w, Conv2dParams p);
 void winograd_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p);
 void winograd_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                        const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);

@@ -73,65 +73,76 @@ struct TileGrid {
   int64_t padded_width() const { return 2 * tiles_w + 2; }
 };
 
-// Each transform runs in two passes of short loops over a row of tiles, one tile per vector lane:
-// first every row of the tiles times the right-hand matrix, into a scratch of rows in the L1
-// cache, then the left-hand matrix across those rows. (One loop doing both kept 24 pointers live,
-// more than the registers, and ran at a quarter of this speed.)
+// Each transform runs in passes of short loops, one tile per vector lane: first each row of the
+// tiles times the right-hand matrix, into scratch arrays in the L1 cache, then the left-hand
+// matrix across those rows. (One loop doing both kept 24 pointers live, more than the registers,
+// and ran at a quarter of this speed.) The scratch arrays hold a plane's tiles in the order of V's
+// and M's columns (row of tiles th, then tile t), so the passes after the first run over all of
+// the plane's tiles in one loop, not over rows of 4 or 8 tiles (7x7 and 15x15 outputs).
 
 // V = B^T d B for the tiles of input planes.
 template <typename T>
 class InputTransform {
  public:
   explicit InputTransform(const TileGrid& g)
-      : g_(g), row_(scratch<T>(g.padded_width())), rows_b_(scratch<T>(g.padded_rows() * 4 * g.tiles_w)) {}
+      : g_(g), row_(scratch<T>(g.padded_width())), rows_b_(scratch<T>(4 * g.padded_rows() * g.tiles_w)) {}
 
   // Writes position xi of the plane's tile t (row-major over the grid) to v[xi * stride + t].
   void operator()(const T* plane, T* v, int64_t stride) {
-    const int64_t tiles_w = g_.tiles_w;
     times_b(plane);
-    for (int64_t th = 0; th < g_.tiles_h; ++th)
-      for (int64_t j = 0; j < 4; ++j) {
-        // B^T (d B), column j: the tile's rows d0..d3 (padded rows 2 th .. 2 th + 3) become
-        // d0 - d2, d1 + d2, d2 - d1, d1 - d3.
-        const T* __restrict d0 = rows_b_.get() + (2 * th * 4 + j) * tiles_w;
-        const T* __restrict d1 = d0 + 4 * tiles_w;
-        const T* __restrict d2 = d1 + 4 * tiles_w;
-        const T* __restrict d3 = d2 + 4 * tiles_w;
-        T* __restrict v0 = v + j * stride + th * tiles_w;
-        T* __restrict v1 = v0 + 4 * stride;
-        T* __restrict v2 = v1 + 4 * stride;
-        T* __restrict v3 = v2 + 4 * stride;
-        for (int64_t t = 0; t < tiles_w; ++t) {
-          v0[t] = d0[t] - d2[t];
-          v1[t] = d1[t] + d2[t];
-          v2[t] = d2[t] - d1[t];
-          v3[t] = d1[t] - d3[t];
-        }
+    const int64_t tiles = g_.tiles();
+    for (int64_t j = 0; j < 4; ++j) {
+      // B^T (d B), column j: tile (th, t)'s rows d0..d3 (padded rows 2 th .. 2 th + 3) become
+      // d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+      const T* __restrict d0 = even_rows(j);
+      const T* __restrict d1 = odd_rows(j);
+      const T* __restrict d2 = d0 + g_.tiles_w;
+      const T* __restrict d3 = d1 + g_.tiles_w;
+      T* __restrict v0 = v + j * stride;
+      T* __restrict v1 = v0 + 4 * stride;
+      T* __restrict v2 = v1 + 4 * stride;
+      T* __restrict v3 = v2 + 4 * stride;
+      for (int64_t k = 0; k < tiles; ++k) {
+        v0[k] = d0[k] - d2[k];
+        v1[k] = d1[k] + d2[k];
+        v2[k] = d2[k] - d1[k];
+        v3[k] = d1[k] - d3[k];
       }
+    }
   }
 
  private:
-  // rows_b_[r][j][t] = (d B)[j] of tile t's part of padded row r, whose columns 2t .. 2t + 3 are
-  // (a, b, c, e): B's columns make a - c, b + c, c - b, b - e.
+  // Column j of (d B) for the tiles' parts of the padded rows 2q (even) or 2q + 1 (odd), at
+  // q * tiles_w + t: row 2 th + 2 of tile (th, t) is row 2 (th + 1) of tile (th + 1, t).
+  T* even_rows(int64_t j) { return rows_b_.get() + 2 * j * half_rows(); }
+  T* odd_rows(int64_t j) { return even_rows(j) + half_rows(); }
+  int64_t half_rows() const { return (g_.tiles_h + 1) * g_.tiles_w; }
+
+  // Each padded row's tile parts, columns 2t .. 2t + 3 = (a, b, c, e), times B's columns:
+  // a - c, b + c, c - b, b - e.
   void times_b(const T* plane) {
     const int64_t tiles_w = g_.tiles_w;
     T* row = row_.get();  // one padded row: pad_w zeros, the plane's row, zeros
     std::fill(row, row + g_.padded_width(), T(0));
     for (int64_t r = 0; r < g_.padded_rows(); ++r) {
-      T* __restrict out = rows_b_.get() + r * 4 * tiles_w;
+      const int64_t at = r / 2 * tiles_w;
+      T* __restrict out0 = (r % 2 ? odd_rows(0) : even_rows(0)) + at;
+      T* __restrict out1 = (r % 2 ? odd_rows(1) : even_rows(1)) + at;
+      T* __restrict out2 = (r % 2 ? odd_rows(2) : even_rows(2)) + at;
+      T* __restrict out3 = (r % 2 ? odd_rows(3) : even_rows(3)) + at;
       const int64_t ih = r - g_.pad_h;
       if (ih < 0 || ih >= g_.height) {
-        std::fill(out, out + 4 * tiles_w, T(0));
+        for (T* out : {out0, out1, out2, out3}) std::fill(out, out + tiles_w, T(0));
         continue;
       }
       copy_row(plane + ih * g_.width, g_.width, row + g_.pad_w);
       const T* __restrict in = row;
       for (int64_t t = 0; t < tiles_w; ++t) {
         const T a = in[2 * t], b = in[2 * t + 1], c = in[2 * t + 2], e = in[2 * t + 3];
-        out[t] = a - c;
-        out[tiles_w + t] = b + c;
-        out[2 * tiles_w + t] = c - b;
-        out[3 * tiles_w + t] = b - e;
+        out0[t] = a - c;
+        out1[t] = b + c;
+        out2[t] = c - b;
+        out3[t] = b - e;
       }
     }
   }
@@ -144,45 +155,54 @@ class InputTransform {
 template <typename T>
 class OutputTransform {
  public:
-  explicit OutputTransform(const TileGrid& g)
-      : g_(g), rows_a_(scratch<T>(8 * g.tiles_w)), top_(scratch<T>(2 * g.tiles_w)), bottom_(scratch<T>(2 * g.tiles_w)) {}
+  explicit OutputTransform(const TileGrid& g) : g_(g), rows_a_(scratch<T>(8 * g.tiles())), y_(scratch<T>(4 * g.tiles())) {}
 
   // Reads position xi of tile t from m[xi * stride + t]; writes the plane (out_h x out_w).
   void operator()(const T* m, int64_t stride, T bias, T* plane) {
-    const int64_t tiles_w = g_.tiles_w;
+    const int64_t tiles = g_.tiles();
+    for (int64_t i = 0; i < 4; ++i) {
+      // M A, row i: (m0, m1, m2, m3) times A's columns makes m0 + m1 + m2 and m1 - m2 - m3.
+      const T* __restrict m0 = m + 4 * i * stride;
+      const T* __restrict m1 = m0 + stride;
+      const T* __restrict m2 = m1 + stride;
+      const T* __restrict m3 = m2 + stride;
+      T* __restrict left = rows_a_.get() + 2 * i * tiles;
+      T* __restrict right = left + tiles;
+      for (int64_t k = 0; k < tiles; ++k) {
+        left[k] = m0[k] + m1[k] + m2[k];
+        right[k] = m1[k] - m2[k] - m3[k];
+      }
+    }
+    // A^T (M A): rows r0 + r1 + r2 and r1 - r2 - r3 of the (left, right) pairs: the 2x2 outputs.
+    const T* __restrict r = rows_a_.get();
+    T* __restrict y = y_.get();  // [top left | top right | bottom left | bottom right], tiles each
+    const int64_t n = tiles;
+    for (int64_t k = 0; k < tiles; ++k) {
+      y[k] = r[k] + r[2 * n + k] + r[4 * n + k] + bias;
+      y[n + k] = r[n + k] + r[3 * n + k] + r[5 * n + k] + bias;
+      y[2 * n + k] = r[2 * n + k] - r[4 * n + k] - r[6 * n + k] + bias;
+      y[3 * n + k] = r[3 * n + k] - r[5 * n + k] - r[7 * n + k] + bias;
+    }
     for (int64_t th = 0; th < g_.tiles_h; ++th) {
-      for (int64_t i = 0; i < 4; ++i) {
-        // M A, row i: (m0, m1, m2, m3) times A's columns makes m0 + m1 + m2 and m1 - m2 - m3.
-        const T* __restrict m0 = m + 4 * i * stride + th * tiles_w;
-        const T* __restrict m1 = m0 + stride;
-        const T* __restrict m2 = m1 + stride;
-        const T* __restrict m3 = m2 + stride;
-        T* __restrict left = rows_a_.get() + 2 * i * tiles_w;
-        T* __restrict right = left + tiles_w;
-        for (int64_t t = 0; t < tiles_w; ++t) {
-          left[t] = m0[t] + m1[t] + m2[t];
-          right[t] = m1[t] - m2[t] - m3[t];
-        }
-      }
-      // A^T (M A): rows r0 + r1 + r2 and r1 - r2 - r3, each a (left, right) pair of outputs.
-      const T* __restrict r = rows_a_.get();
-      T* __restrict top = top_.get();
-      T* __restrict bottom = bottom_.get();
-      const int64_t w = tiles_w;
-      for (int64_t t = 0; t < tiles_w; ++t) {
-        top[2 * t] = r[t] + r[2 * w + t] + r[4 * w + t] + bias;
-        top[2 * t + 1] = r[w + t] + r[3 * w + t] + r[5 * w + t] + bias;
-        bottom[2 * t] = r[2 * w + t] - r[4 * w + t] - r[6 * w + t] + bias;
-        bottom[2 * t + 1] = r[3 * w + t] - r[5 * w + t] - r[7 * w + t] + bias;
-      }
-      copy_row(top, g_.out_w, plane + 2 * th * g_.out_w);
-      if (2 * th + 1 < g_.out_h) copy_row(bottom, g_.out_w, plane + (2 * th + 1) * g_.out_w);
+      interleave(y + th * g_.tiles_w, y + n + th * g_.tiles_w, plane + 2 * th * g_.out_w);
+      if (2 * th + 1 < g_.out_h)
+        interleave(y + 2 * n + th * g_.tiles_w, y + 3 * n + th * g_.tiles_w, plane + (2 * th + 1) * g_.out_w);
     }
   }
 
  private:
+  // An output row from its tiles' left and right columns (the last right one dropped at an odd width).
+  void interleave(const T* __restrict left, const T* __restrict right, T* __restrict row) const {
+    const int64_t pairs = g_.out_w / 2;
+    for (int64_t t = 0; t < pairs; ++t) {
+      row[2 * t] = left[t];
+      row[2 * t + 1] = right[t];
+    }
+    if (g_.out_w % 2) row[g_.out_w - 1] = left[pairs];
+  }
+
   const TileGrid& g_;
-  std::unique_ptr<T[]> rows_a_, top_, bottom_;
+  std::unique_ptr<T[]> rows_a_, y_;
 };
 
 // dZ = A dY A^T for the 2x2 blocks of grad_y's planes (zeros past an odd last row or column: the
@@ -191,20 +211,57 @@ template <typename T>
 class GradientTransform {
  public:
   explicit GradientTransform(const TileGrid& g)
-      : g_(g), row_(scratch<T>(2 * g.tiles_w)), split_(scratch<T>(4 * g.tiles_w)), rows_a_(scratch<T>(8 * g.tiles_w)) {}
+      : g_(g), row_(scratch<T>(2 * g.tiles_w)), blocks_(scratch<T>(4 * g.tiles())), rows_a_(scratch<T>(8 * g.tiles())) {}
 
   // Writes position xi of tile t to z[xi * stride + t].
   void operator()(const T* plane, T* z, int64_t stride) {
-    const int64_t tiles_w = g_.tiles_w, w = tiles_w;
-    T* row = row_.get();
+    const int64_t tiles = g_.tiles(), n = tiles;
+    split(plane);
+    // A dY: each block's rows dY0 = (e0, o0) and dY1 = (e1, o1) become the rows dY0, dY0 + dY1,
+    // dY0 - dY1, -dY1, each an (even, odd) pair.
+    const T* __restrict s = blocks_.get();
+    T* __restrict r = rows_a_.get();
+    for (int64_t k = 0; k < tiles; ++k) {
+      r[k] = s[k];
+      r[n + k] = s[n + k];
+      r[2 * n + k] = s[k] + s[2 * n + k];
+      r[3 * n + k] = s[n + k] + s[3 * n + k];
+      r[4 * n + k] = s[k] - s[2 * n + k];
+      r[5 * n + k] = s[n + k] - s[3 * n + k];
+      r[6 * n + k] = -s[2 * n + k];
+      r[7 * n + k] = -s[3 * n + k];
+    }
+    for (int64_t i = 0; i < 4; ++i) {
+      // Row i, (a, b), times A^T: a, a + b, a - b, -b.
+      const T* __restrict a = rows_a_.get() + 2 * i * n;
+      const T* __restrict b = a + n;
+      T* __restrict z0 = z + 4 * i * stride;
+      T* __restrict z1 = z0 + stride;
+      T* __restrict z2 = z1 + stride;
+      T* __restrict z3 = z2 + stride;
+      for (int64_t k = 0; k < tiles; ++k) {
+        z0[k] = a[k];
+        z1[k] = a[k] + b[k];
+        z2[k] = a[k] - b[k];
+        z3[k] = -b[k];
+      }
+    }
+  }
+
+ private:
+  // blocks_ = [e0 | o0 | e1 | o1], tiles each: the even and odd columns of the blocks' first (0)
+  // and second (1) rows, tile (th, t) at th * tiles_w + t.
+  void split(const T* plane) {
+    const int64_t tiles_w = g_.tiles_w, n = g_.tiles();
+    T* row = row_.get();  // an output row and, at an odd width, one zero
     std::fill(row, row + 2 * tiles_w, T(0));
-    for (int64_t th = 0; th < g_.tiles_h; ++th) {
-      // The block rows' even and odd columns: split_ = [e0 | o0 | e1 | o1].
+    for (int64_t th = 0; th < g_.tiles_h; ++th)
       for (int64_t k = 0; k < 2; ++k) {
-        T* __restrict even = split_.get() + 2 * k * tiles_w;
-        T* __restrict odd = even + tiles_w;
+        T* __restrict even = blocks_.get() + 2 * k * n + th * tiles_w;
+        T* __restrict odd = even + n;
         if (2 * th + k >= g_.out_h) {
-          std::fill(even, even + 2 * tiles_w, T(0));  // and odd, which follows it
+          std::fill(even, even + tiles_w, T(0));
+          std::fill(odd, odd + tiles_w, T(0));
           continue;
         }
         copy_row(plane + (2 * th + k) * g_.out_w, g_.out_w, row);
@@ -213,41 +270,10 @@ class GradientTransform {
           odd[t] = row[2 * t + 1];
         }
       }
-      // A dY: the block's rows dY0 = (e0, o0) and dY1 = (e1, o1) become rows_a_ = dY0, dY0 + dY1,
-      // dY0 - dY1, -dY1, each an (even, odd) pair.
-      const T* __restrict s = split_.get();
-      T* __restrict r = rows_a_.get();
-      for (int64_t t = 0; t < tiles_w; ++t) {
-        r[t] = s[t];
-        r[w + t] = s[w + t];
-        r[2 * w + t] = s[t] + s[2 * w + t];
-        r[3 * w + t] = s[w + t] + s[3 * w + t];
-        r[4 * w + t] = s[t] - s[2 * w + t];
-        r[5 * w + t] = s[w + t] - s[3 * w + t];
-        r[6 * w + t] = -s[2 * w + t];
-        r[7 * w + t] = -s[3 * w + t];
-      }
-      for (int64_t i = 0; i < 4; ++i) {
-        // Row i, (a, b), times A^T: a, a + b, a - b, -b.
-        const T* __restrict a = rows_a_.get() + 2 * i * w;
-        const T* __restrict b = a + w;
-        T* __restrict z0 = z + 4 * i * stride + th * tiles_w;
-        T* __restrict z1 = z0 + stride;
-        T* __restrict z2 = z1 + stride;
-        T* __restrict z3 = z2 + stride;
-        for (int64_t t = 0; t < tiles_w; ++t) {
-          z0[t] = a[t];
-          z1[t] = a[t] + b[t];
-          z2[t] = a[t] - b[t];
-          z3[t] = -b[t];
-        }
-      }
-    }
   }
 
- private:
   const TileGrid& g_;
-  std::unique_ptr<T[]> row_, split_, rows_a_;
+  std::unique_ptr<T[]> row_, blocks_, rows_a_;
 };
 
 // u[xi][o][i] = (G g G^T)[xi] for the 3x3 filter g = filter(o, i) (row-major) of every pair.
@@ -394,11 +420,10 @@ bool winograd_applies(const Tensor& x, const Tensor& w, Conv2dParams p) {
          x.size(2) + 2 * p.pad_h >= 3 && x.size(3) + 2 * p.pad_w >= 3;
 }
 
-WinogradUse winograd_use(const Tensor& x, const Tensor& w, Conv2dParams p) {
-  if (!winograd_applies(x, w, p)) return {};
+bool winograd_pays_off(const Tensor& x, const Tensor& w, Conv2dParams p) {
+  if (!winograd_applies(x, w, p)) return false;
   const TileGrid g(x.size(2), x.size(3), p.pad_h, p.pad_w);
-  const bool few_outputs_dropped = 3 * 4 * g.tiles() <= 4 * g.out_plane();
-  return {few_outputs_dropped, few_outputs_dropped, few_outputs_dropped && x.size(1) >= 32};
+  return 3 * 4 * g.tiles() <= 4 * g.out_plane();
 }
 
 void winograd_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
