@@ -134,12 +134,15 @@ TEST(NnConv, Conv2dRowsOfEveryWidthMatchDirectDefinitionAndFloat64) {
       const Tensor x32 = x64.detach().to(DType::Float32).requires_grad_();
       const Tensor w32 = w64.detach().to(DType::Float32).requires_grad_();
       const Tensor y32 = conv2d(x32, w32, Tensor(), p);
-      expect_all_near(values(y32), values(y64), 1e-5);
+      // float32 within 3e-5: the padded 3-row outputs of widths 4k take Winograd's F(4x4, 3x3), whose
+      // rounding reaches 1.5e-5 here (im2col's stays under 1e-5).
+      const double tol32 = 3e-5;
+      expect_all_near(values(y32), values(y64), tol32);
       const Tensor g = random_input(y64.shape(), 42).detach();
       y64.backward(g);
       y32.backward(g.to(DType::Float32));
-      expect_all_near(values(x32.grad()), values(x64.grad()), 1e-5);
-      expect_all_near(values(w32.grad()), values(w64.grad()), 1e-5);
+      expect_all_near(values(x32.grad()), values(x64.grad()), tol32);
+      expect_all_near(values(w32.grad()), values(w64.grad()), tol32);
     }
   // The float64 gradients themselves, at widths that take the vector path with a partial tail.
   for (const int64_t width : {6, 9}) {
@@ -194,7 +197,7 @@ TEST(NnConvGrad, Conv2dNonContiguousInput) {
       {random_input({2, 2, 5, 4}, 16), random_input({2, 2, 3, 3}, 17)});
 }
 
-// Winograd's F(2x2, 3x3) path (cpu_conv.h) called directly against the im2col path it stands in for,
+// Winograd's F(4x4, 3x3) path (cpu_conv.h) called directly against the im2col path it stands in for,
 // forward and every gradient, in both types: the CNN's layers (at a smaller batch), odd and even
 // planes (the last tiles hanging over the output or not), paddings 0, 1 and 2 on each side (the
 // backward pads grad_y by 2 - pad), one input channel, a one-pixel output, and batches of small
@@ -241,8 +244,9 @@ TEST(NnConvWinograd, MatchesTheIm2colPath) {
           return r;
         };
         const Result winograd = run(true), reference = run(false);
-        // Rounding scales with the largest values: sums of 9 * Cin products (and of the batch's tiles).
-        const double tol = dtype == DType::Float32 ? 2e-6 : 1e-14;
+        // Rounding scales with the largest values: sums of 9 * Cin products (and of the batch's tiles),
+        // here through F(4x4, 3x3)'s matrices (up to 2.5e-6 and 6e-14 of the scale measured).
+        const double tol = dtype == DType::Float32 ? 1e-5 : 2e-13;
         const auto expect_close = [&](const Tensor& actual, const Tensor& expected, const char* what) {
           const std::vector<double> a = values(actual), e = values(expected);
           double scale = 1.0;

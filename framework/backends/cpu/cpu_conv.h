@@ -1,5 +1,5 @@
 // Convolution on the CPU: the im2col + GEMM path (cpu_conv.cpp), which runs every shape and is the
-// reference, and Winograd's F(2x2, 3x3) (cpu_winograd.cpp), which CpuBackend takes for the 3x3
+// reference, and Winograd's F(4x4, 3x3) (cpu_winograd.cpp), which CpuBackend takes for the 3x3
 // convolutions of stride 1 where it applies. Both are exposed so that tests can hold them
 // together; the helpers below are the pieces the two share. Tensors are contiguous NCHW.
 #pragma once
@@ -25,10 +25,9 @@ void im2col_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
 // Whether Winograd's path runs this convolution: a 3x3 kernel, stride 1, padding of at most 2 on
 // each side (the backward convolves grad_y with padding 2 - pad), float32 or float64.
 bool winograd_applies(const Tensor& x, const Tensor& w, Conv2dParams p);
-// Whether CpuBackend takes Winograd's path: where it applies and at most a third more outputs are
-// computed than kept (the tiles hang over odd sizes: 3x3 outputs take 16 per 9, and the 2.25x
-// fewer products become 1.27x). Measured on the CNN's layers, one thread: Winograd 1.3-1.6x
-// faster in each pass at 31x31, 15x15 and 7x7 outputs, 5% slower at 3x3.
+// Whether CpuBackend takes Winograd's path: where it applies and its products take at most 3.5
+// multiply-adds per output (im2col: 9), counting the outputs computed past an output size that 4
+// does not divide (3x3 outputs take 36 per 9).
 bool winograd_pays_off(const Tensor& x, const Tensor& w, Conv2dParams p);
 void winograd_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p);
 void winograd_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
