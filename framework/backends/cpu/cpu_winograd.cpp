@@ -48,10 +48,12 @@ constexpr Matrix<Cols, Rows> transposed(const Matrix<Rows, Cols>& m) {
   return t;
 }
 
-// F(4x4, 3x3)'s matrices: 6x6 input tiles, B^T [6, 6], G [6, 3], A^T [4, 6].
+// F(4x4, 3x3): output tiles of 4x4 from input tiles of 6x6, which transform into 36 positions.
+constexpr int kOut = 4, kTile = 6;
+constexpr int64_t kPositions = kTile * kTile;
+
+// Its matrices: B^T [6, 6], G [6, 3], A^T [4, 6] (and A).
 struct Minimal {
-  static constexpr int kOut = 4;   // outputs per tile side
-  static constexpr int kTile = 6;  // inputs per tile side
   static constexpr Matrix<6, 6> BT{{{4, 0, -5, 0, 1, 0},
                                      {0, -4, -4, 1, 1, 0},
                                      {0, 4, -4, -1, 1, 0},
@@ -64,12 +66,12 @@ struct Minimal {
                                    {1.0 / 24, 1.0 / 12, 1.0 / 6},
                                    {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                    {0, 0, 1}}};
-  static constexpr Matrix<4, 6> AT{{{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}}};
+  static constexpr Matrix<4, 6> AT{{{1, 1, 1, 1, 1, 0},  //
+                                    {0, 1, -1, 2, -2, 0},
+                                    {0, 1, 1, 4, 4, 0},
+                                    {0, 1, -1, 8, -8, 1}}};
   static constexpr Matrix<6, 4> A = transposed<4, 6>(AT);
 };
-constexpr int M = Minimal::kOut, kA = Minimal::kTile;
-constexpr int64_t kPositions = kA * kA;
-using F = Minimal;
 
 // fn(i) for i = 0 .. N-1 as compile-time constants (std::integral_constant<int, i>), written out:
 // the transforms' coefficients are then constants the compiler folds into the arithmetic.
@@ -108,7 +110,7 @@ __attribute__((always_inline)) inline T combine(const T (&in)[N]) {
   return sum;
 }
 
-// A group's transformed tiles (V and M, or V and dZ: a^2 (Cin + Cout) values per tile) should stay
+// A group's transformed tiles (V and M, or V and dZ: 36 (Cin + Cout) values per tile) should stay
 // in the L2 cache between their transform, the products and the transform back.
 constexpr int64_t kGroupBytes = 512 * 1024;
 
@@ -122,7 +124,7 @@ int64_t target_tiles(int64_t positions, int64_t channels, int64_t element_size) 
 // 12 bits, which the processor takes for a dependence (4K aliasing): the input transform ran 2.4x
 // slower. Rounded up to 1 KiB and then one cache line further, positions k apart lie at least a
 // cache line from a multiple of 1 KiB unless k is a multiple of 16, a distance the transforms
-// never touch at once (1 to a - 1 positions, or multiples of a below a^2).
+// never touch at once (1 to 5 positions, or multiples of 6 below 36).
 template <typename T>
 int64_t position_stride(int64_t size) {
   constexpr int64_t kKiB = 1024 / sizeof(T), kLine = 64 / sizeof(T);
@@ -137,11 +139,11 @@ struct TileGrid {
   int64_t out_h, out_w, tiles_h, tiles_w;
   TileGrid(int64_t height, int64_t width, int64_t pad_h, int64_t pad_w)
       : height(height), width(width), pad_h(pad_h), pad_w(pad_w), out_h(height + 2 * pad_h - 2),
-        out_w(width + 2 * pad_w - 2), tiles_h((out_h + M - 1) / M), tiles_w((out_w + M - 1) / M) {}
+        out_w(width + 2 * pad_w - 2), tiles_h((out_h + kOut - 1) / kOut), tiles_w((out_w + kOut - 1) / kOut) {}
   int64_t tiles() const { return tiles_h * tiles_w; }
   int64_t in_plane() const { return height * width; }
   int64_t out_plane() const { return out_h * out_w; }
-  int64_t padded_rows() const { return M * tiles_h + 2; }  // of the padded input, that the tiles read
+  int64_t padded_rows() const { return kOut * tiles_h + 2; }  // of the padded input, that the tiles read
   // Multiply-adds per output that the products take, against im2col's 9.
   double products_per_output() const {
     return static_cast<double>(kPositions * tiles()) / static_cast<double>(out_plane());
@@ -161,59 +163,59 @@ class InputTransform {
 
  public:
   explicit InputTransform(const TileGrid& g)
-      : g_(g), row_(scratch<T>(M * (g.tiles_w + 1))), phases_(scratch<T>(M * (g.tiles_w + 1))),
-        rows_b_(scratch<T>(kA * M * phase_rows())) {}
+      : g_(g), row_(scratch<T>(kOut * (g.tiles_w + 1))), phases_(scratch<T>(kOut * (g.tiles_w + 1))),
+        rows_b_(scratch<T>(kTile * kOut * phase_rows())) {}
 
   // Writes position xi of the plane's tile t (row-major over the grid) to v[xi * stride + t].
   void operator()(const T* plane, T* v, int64_t stride) {
     times_b(plane);
     const int64_t tiles = g_.tiles();
-    for (int j = 0; j < kA; ++j) {
-      // B^T (d B), column j: tile (th, t)'s rows are the padded rows M th + r, r < a.
-      const T* rows[kA];
-      T* out[kA];
-      for (int r = 0; r < kA; ++r) rows[r] = rows_b(j, r % M) + r / M * g_.tiles_w;
-      for (int i = 0; i < kA; ++i) out[i] = v + (i * kA + j) * stride;
+    for (int j = 0; j < kTile; ++j) {
+      // B^T (d B), column j: tile (th, t)'s rows are the padded rows 4 th + r, r < 6.
+      const T* rows[kTile];
+      T* out[kTile];
+      for (int r = 0; r < kTile; ++r) rows[r] = rows_b(j, r % kOut) + r / kOut * g_.tiles_w;
+      for (int i = 0; i < kTile; ++i) out[i] = v + (i * kTile + j) * stride;
 #pragma omp simd
       for (int64_t k = 0; k < tiles; ++k) {
-        T in[kA];
-        unrolled<kA>([&](auto r) { in[r] = rows[r][k]; });
-        unrolled<kA>([&](auto i) { out[i][k] = combine<F::BT, i>(in); });
+        T in[kTile];
+        unrolled<kTile>([&](auto r) { in[r] = rows[r][k]; });
+        unrolled<kTile>([&](auto i) { out[i][k] = combine<Minimal::BT, i>(in); });
       }
     }
   }
 
  private:
-  // Column j of (d B) for the tiles' parts of the padded rows M q + phase, at q * tiles_w + t:
-  // row M th + r of tile (th, t) is found at phase r % M, q = th + r / M.
+  // Column j of (d B) for the tiles' parts of the padded rows 4 q + phase, at q * tiles_w + t:
+  // row 4 th + r of tile (th, t) is found at phase r % 4, q = th + r / 4.
   int64_t phase_rows() const { return (g_.tiles_h + 1) * g_.tiles_w; }
-  T* rows_b(int j, int64_t phase) { return rows_b_.get() + (j * M + phase) * phase_rows(); }
+  T* rows_b(int j, int64_t phase) { return rows_b_.get() + (j * kOut + phase) * phase_rows(); }
 
-  // Each padded row's tile parts times B: tile t reads columns M t + c, c < a.
+  // Each padded row's tile parts times B: tile t reads columns 4 t + c, c < 6.
   void times_b(const T* plane) {
     const int64_t tiles_w = g_.tiles_w, split = tiles_w + 1;
     T* row = row_.get();  // one padded row: pad_w zeros, the plane's row, zeros
-    std::fill(row, row + M * split, T(0));
+    std::fill(row, row + kOut * split, T(0));
     for (int64_t r = 0; r < g_.padded_rows(); ++r) {
-      T* out[kA];
-      for (int j = 0; j < kA; ++j) out[j] = rows_b(j, r % M) + r / M * tiles_w;
+      T* out[kTile];
+      for (int j = 0; j < kTile; ++j) out[j] = rows_b(j, r % kOut) + r / kOut * tiles_w;
       const int64_t ih = r - g_.pad_h;
       if (ih < 0 || ih >= g_.height) {
         for (T* o : out) std::fill(o, o + tiles_w, T(0));
         continue;
       }
       copy_row(plane + ih * g_.width, g_.width, row + g_.pad_w);
-      // The row's columns by phase: column M u + c at phases_[c * split + u].
+      // The row's columns by phase: column 4 u + c at phases_[c * split + u].
       T* __restrict phases = phases_.get();
       for (int64_t u = 0; u < split; ++u)
-        for (int c = 0; c < M; ++c) phases[c * split + u] = row[M * u + c];
-      const T* columns[kA];  // column M t + c of tile t is phase c % M at u = t + c / M
-      for (int c = 0; c < kA; ++c) columns[c] = phases + (c % M) * split + c / M;
+        for (int c = 0; c < kOut; ++c) phases[c * split + u] = row[kOut * u + c];
+      const T* columns[kTile];  // column 4 t + c of tile t is phase c % 4 at u = t + c / 4
+      for (int c = 0; c < kTile; ++c) columns[c] = phases + (c % kOut) * split + c / kOut;
 #pragma omp simd
       for (int64_t t = 0; t < tiles_w; ++t) {
-        T in[kA];
-        unrolled<kA>([&](auto c) { in[c] = columns[c][t]; });
-        unrolled<kA>([&](auto j) { out[j][t] = combine<F::BT, j>(in); });
+        T in[kTile];
+        unrolled<kTile>([&](auto c) { in[c] = columns[c][t]; });
+        unrolled<kTile>([&](auto j) { out[j][t] = combine<Minimal::BT, j>(in); });
       }
     }
   }
@@ -228,52 +230,53 @@ class OutputTransform {
 
  public:
   explicit OutputTransform(const TileGrid& g)
-      : g_(g), rows_a_(scratch<T>(kA * M * g.tiles())), y_(scratch<T>(M * M * g.tiles())) {}
+      : g_(g), rows_a_(scratch<T>(kTile * kOut * g.tiles())), y_(scratch<T>(kOut * kOut * g.tiles())) {}
 
   // Reads position xi of tile t from m[xi * stride + t]; writes the plane (out_h x out_w).
   void operator()(const T* m, int64_t stride, T bias, T* plane) {
     const int64_t tiles = g_.tiles();
-    for (int i = 0; i < kA; ++i) {  // M A, row i
-      const T* in_rows[kA];
-      T* out[M];
-      for (int c = 0; c < kA; ++c) in_rows[c] = m + (i * kA + c) * stride;
-      for (int j = 0; j < M; ++j) out[j] = rows_a(i, j);
+    for (int i = 0; i < kTile; ++i) {  // M A, row i
+      const T* in_rows[kTile];
+      T* out[kOut];
+      for (int c = 0; c < kTile; ++c) in_rows[c] = m + (i * kTile + c) * stride;
+      for (int j = 0; j < kOut; ++j) out[j] = rows_a(i, j);
 #pragma omp simd
       for (int64_t k = 0; k < tiles; ++k) {
-        T in[kA];
-        unrolled<kA>([&](auto c) { in[c] = in_rows[c][k]; });
-        unrolled<M>([&](auto j) { out[j][k] = combine<F::AT, j>(in); });
+        T in[kTile];
+        unrolled<kTile>([&](auto c) { in[c] = in_rows[c][k]; });
+        unrolled<kOut>([&](auto j) { out[j][k] = combine<Minimal::AT, j>(in); });
       }
     }
-    for (int j = 0; j < M; ++j) {  // A^T (M A), column j
-      const T* in_rows[kA];
-      T* out[M];
-      for (int r = 0; r < kA; ++r) in_rows[r] = rows_a(r, j);
-      for (int i = 0; i < M; ++i) out[i] = y(i, j);
+    for (int j = 0; j < kOut; ++j) {  // A^T (M A), column j
+      const T* in_rows[kTile];
+      T* out[kOut];
+      for (int r = 0; r < kTile; ++r) in_rows[r] = rows_a(r, j);
+      for (int i = 0; i < kOut; ++i) out[i] = y(i, j);
 #pragma omp simd
       for (int64_t k = 0; k < tiles; ++k) {
-        T in[kA];
-        unrolled<kA>([&](auto r) { in[r] = in_rows[r][k]; });
-        unrolled<M>([&](auto i) { out[i][k] = combine<F::AT, i>(in) + bias; });
+        T in[kTile];
+        unrolled<kTile>([&](auto r) { in[r] = in_rows[r][k]; });
+        unrolled<kOut>([&](auto i) { out[i][k] = combine<Minimal::AT, i>(in) + bias; });
       }
     }
     for (int64_t th = 0; th < g_.tiles_h; ++th)
-      for (int i = 0; i < M && M * th + i < g_.out_h; ++i) write_row(i, th * g_.tiles_w, plane + (M * th + i) * g_.out_w);
+      for (int i = 0; i < kOut && kOut * th + i < g_.out_h; ++i)
+        write_row(i, th * g_.tiles_w, plane + (kOut * th + i) * g_.out_w);
   }
 
  private:
-  T* rows_a(int i, int j) { return rows_a_.get() + (i * M + j) * g_.tiles(); }  // (M A)[i][j]
-  T* y(int i, int j) { return y_.get() + (i * M + j) * g_.tiles(); }            // Y[i][j]
+  T* rows_a(int i, int j) { return rows_a_.get() + (i * kOut + j) * g_.tiles(); }  // (M A)[i][j]
+  T* y(int i, int j) { return y_.get() + (i * kOut + j) * g_.tiles(); }            // Y[i][j]
 
-  // Output row i of a row of tiles (its first tile at `first`): tile t's Y[i][j] at column M t + j,
+  // Output row i of a row of tiles (its first tile at `first`): tile t's Y[i][j] at column 4 t + j,
   // the last tile's cut at out_w.
   void write_row(int i, int64_t first, T* __restrict row) {
-    const T* columns[M];
-    for (int j = 0; j < M; ++j) columns[j] = y(i, j) + first;
-    const int64_t whole = g_.out_w / M;
+    const T* columns[kOut];
+    for (int j = 0; j < kOut; ++j) columns[j] = y(i, j) + first;
+    const int64_t whole = g_.out_w / kOut;
     for (int64_t t = 0; t < whole; ++t)
-      for (int j = 0; j < M; ++j) row[M * t + j] = columns[j][t];
-    for (int j = 0; M * whole + j < g_.out_w; ++j) row[M * whole + j] = columns[j][whole];
+      for (int j = 0; j < kOut; ++j) row[kOut * t + j] = columns[j][t];
+    for (int j = 0; kOut * whole + j < g_.out_w; ++j) row[kOut * whole + j] = columns[j][whole];
   }
 
   const TileGrid& g_;
@@ -287,59 +290,59 @@ class GradientTransform {
 
  public:
   explicit GradientTransform(const TileGrid& g)
-      : g_(g), row_(scratch<T>(M * g.tiles_w)), blocks_(scratch<T>(M * M * g.tiles())),
-        rows_a_(scratch<T>(kA * M * g.tiles())) {}
+      : g_(g), row_(scratch<T>(kOut * g.tiles_w)), blocks_(scratch<T>(kOut * kOut * g.tiles())),
+        rows_a_(scratch<T>(kTile * kOut * g.tiles())) {}
 
   // Writes position xi of tile t to z[xi * stride + t].
   void operator()(const T* plane, T* z, int64_t stride) {
     split(plane);
     const int64_t tiles = g_.tiles();
-    for (int j = 0; j < M; ++j) {  // A dY, column j
-      const T* in_rows[M];
-      T* out[kA];
-      for (int r = 0; r < M; ++r) in_rows[r] = block(r, j);
-      for (int i = 0; i < kA; ++i) out[i] = rows_a(i, j);
+    for (int j = 0; j < kOut; ++j) {  // A dY, column j
+      const T* in_rows[kOut];
+      T* out[kTile];
+      for (int r = 0; r < kOut; ++r) in_rows[r] = block(r, j);
+      for (int i = 0; i < kTile; ++i) out[i] = rows_a(i, j);
 #pragma omp simd
       for (int64_t k = 0; k < tiles; ++k) {
-        T in[M];
-        unrolled<M>([&](auto r) { in[r] = in_rows[r][k]; });
-        unrolled<kA>([&](auto i) { out[i][k] = combine<F::A, i>(in); });
+        T in[kOut];
+        unrolled<kOut>([&](auto r) { in[r] = in_rows[r][k]; });
+        unrolled<kTile>([&](auto i) { out[i][k] = combine<Minimal::A, i>(in); });
       }
     }
-    for (int i = 0; i < kA; ++i) {  // (A dY) A^T, row i
-      const T* in_rows[M];
-      T* out[kA];
-      for (int c = 0; c < M; ++c) in_rows[c] = rows_a(i, c);
-      for (int j = 0; j < kA; ++j) out[j] = z + (i * kA + j) * stride;
+    for (int i = 0; i < kTile; ++i) {  // (A dY) A^T, row i
+      const T* in_rows[kOut];
+      T* out[kTile];
+      for (int c = 0; c < kOut; ++c) in_rows[c] = rows_a(i, c);
+      for (int j = 0; j < kTile; ++j) out[j] = z + (i * kTile + j) * stride;
 #pragma omp simd
       for (int64_t k = 0; k < tiles; ++k) {
-        T in[M];
-        unrolled<M>([&](auto c) { in[c] = in_rows[c][k]; });
-        unrolled<kA>([&](auto j) { out[j][k] = combine<F::A, j>(in); });
+        T in[kOut];
+        unrolled<kOut>([&](auto c) { in[c] = in_rows[c][k]; });
+        unrolled<kTile>([&](auto j) { out[j][k] = combine<Minimal::A, j>(in); });
       }
     }
   }
 
  private:
-  T* block(int r, int c) { return blocks_.get() + (r * M + c) * g_.tiles(); }  // dY[r][c]
-  T* rows_a(int i, int c) { return rows_a_.get() + (i * M + c) * g_.tiles(); }  // (A dY)[i][c]
+  T* block(int r, int c) { return blocks_.get() + (r * kOut + c) * g_.tiles(); }  // dY[r][c]
+  T* rows_a(int i, int c) { return rows_a_.get() + (i * kOut + c) * g_.tiles(); }  // (A dY)[i][c]
 
   // The blocks' values by position: dY[r][c] of tile (th, t) at block(r, c)[th * tiles_w + t].
   void split(const T* plane) {
     const int64_t tiles_w = g_.tiles_w;
-    T* row = row_.get();  // an output row and zeros up to M tiles_w
-    std::fill(row, row + M * tiles_w, T(0));
+    T* row = row_.get();  // an output row and zeros up to 4 tiles_w
+    std::fill(row, row + kOut * tiles_w, T(0));
     for (int64_t th = 0; th < g_.tiles_h; ++th)
-      for (int r = 0; r < M; ++r) {
-        const int64_t oh = M * th + r;
+      for (int r = 0; r < kOut; ++r) {
+        const int64_t oh = kOut * th + r;
         if (oh < g_.out_h) copy_row(plane + oh * g_.out_w, g_.out_w, row);
-        for (int c = 0; c < M; ++c) {
+        for (int c = 0; c < kOut; ++c) {
           T* __restrict out = block(r, c) + th * tiles_w;
           if (oh >= g_.out_h) {
             std::fill(out, out + tiles_w, T(0));
             continue;
           }
-          for (int64_t t = 0; t < tiles_w; ++t) out[t] = row[M * t + c];
+          for (int64_t t = 0; t < tiles_w; ++t) out[t] = row[kOut * t + c];
         }
       }
   }
@@ -354,18 +357,19 @@ void transform_filters(int64_t outs, int64_t ins, Filter filter, T* u) {
   for (int64_t o = 0; o < outs; ++o)
     for (int64_t i = 0; i < ins; ++i) {
       const std::array<T, 9> g = filter(o, i);
-      double gg[kA][3];  // G g
-      for (int r = 0; r < kA; ++r)
-        for (int c = 0; c < 3; ++c) gg[r][c] = F::G[r][0] * g[c] + F::G[r][1] * g[3 + c] + F::G[r][2] * g[6 + c];
-      for (int r = 0; r < kA; ++r)
-        for (int c = 0; c < kA; ++c)  // (G g) G^T
-          u[((r * kA + c) * outs + o) * ins + i] =
-              static_cast<T>(gg[r][0] * F::G[c][0] + gg[r][1] * F::G[c][1] + gg[r][2] * F::G[c][2]);
+      const auto& G = Minimal::G;
+      double gg[kTile][3];  // G g
+      for (int r = 0; r < kTile; ++r)
+        for (int c = 0; c < 3; ++c) gg[r][c] = G[r][0] * g[c] + G[r][1] * g[3 + c] + G[r][2] * g[6 + c];
+      for (int r = 0; r < kTile; ++r)
+        for (int c = 0; c < kTile; ++c)  // (G g) G^T
+          u[((r * kTile + c) * outs + o) * ins + i] =
+              static_cast<T>(gg[r][0] * G[c][0] + gg[r][1] * G[c][1] + gg[r][2] * G[c][2]);
     }
 }
 
 // y [batch, outs, out_h, out_w] = the convolution of x [batch, ins, height, width] with the
-// filters transformed in u [a^2, outs, ins], plus bias (or none).
+// filters transformed in u [36, outs, ins], plus bias (or none).
 template <typename T>
 void convolve(const T* x, int64_t batch, int64_t ins, const TileGrid& g, const T* u, int64_t outs, const T* bias,
               T* y) {
@@ -425,17 +429,17 @@ void filter_gradient(const T* x, const T* grad_y, int64_t batch, int64_t ins, in
     }
   });
   for (int64_t p = 0; p < positions_size; ++p) {  // grad_w = G^T dU G
-    double du[kA][kA];
+    double du[kTile][kTile];
     for (int64_t xi = 0; xi < kPositions; ++xi) {
       T sum = partial[0][xi * positions_size + p];
       for (int64_t team = 1; team < plan.teams; ++team) sum += partial[team][xi * positions_size + p];
-      du[xi / kA][xi % kA] = sum;
+      du[xi / kTile][xi % kTile] = sum;
     }
     for (int r = 0; r < 3; ++r)
       for (int c = 0; c < 3; ++c) {
         double sum = 0;
-        for (int a = 0; a < kA; ++a)
-          for (int b = 0; b < kA; ++b) sum += F::G[a][r] * du[a][b] * F::G[b][c];
+        for (int a = 0; a < kTile; ++a)
+          for (int b = 0; b < kTile; ++b) sum += Minimal::G[a][r] * du[a][b] * Minimal::G[b][c];
         grad_w[p * 9 + 3 * r + c] = static_cast<T>(sum);
       }
   }
@@ -455,7 +459,7 @@ void forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor&
       },
       u.get());
   convolve<T>(x.data<T>(), x.size(0), ins, TileGrid(x.size(2), x.size(3), p.pad_h, p.pad_w), u.get(), outs,
-                 bias.defined() ? bias.data<T>() : nullptr, y.data<T>());
+              bias.defined() ? bias.data<T>() : nullptr, y.data<T>());
 }
 
 template <typename T>
