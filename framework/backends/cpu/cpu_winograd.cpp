@@ -11,10 +11,10 @@
 // multiply-adds than im2col's product (fewer where the last tiles hang over the output), for
 // transforms of a few multiply-adds per value. The matrices are the paper's (struct Minimal
 // below, interpolation points 0, 1, -1, 2, -2 and infinity). F(2x2, 3x3), with 4x4 tiles and
-// additions only, saves 2.25x; on the CNN's layers it ran 1.2-1.6x slower than F(4x4) (more
-// transformed values per output to move, 16 per 4 against 36 per 16), so only F(4x4) is kept. Its
-// price is rounding: the matrices' entries (5, 8, 1/24) make float32 results about 10x further
-// from exact than im2col's (about 1e-5 of the outputs' scale).
+// additions only, saves 2.25x; on the CNN's layers it ran 1.15-1.8x slower than F(4x4) at four
+// and even at the fifth (more transformed values per output to move: 16 per 4 against 36 per
+// 16), so only F(4x4) is kept. Its price is rounding: the matrices' entries (5, 8, 1/24) make
+// float32 results about 10x further from exact than im2col's (about 1e-5 of the outputs' scale).
 //
 // The backward passes take the same form. grad_x is the convolution of grad_y, padded by 2 - pad,
 // with each filter flipped and its channels swapped. For grad_w: Y = A^T Z A with Z = U (.) V has
@@ -488,7 +488,7 @@ void backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tens
 
 // Winograd's path pays off at up to 3.5 multiply-adds per output (im2col: 9). Measured on the
 // CNN's layers, one thread: 1.1-2.1x faster in each pass at 31x31, 15x15 and 7x7 outputs (2.4,
-// 2.6 and 2.9 per output), 15-30% slower at 3x3 (4.0: one tile per image, most of it padding).
+// 2.6 and 2.9 per output), 10-30% slower at 3x3 (4.0: one tile per image, most of it padding).
 constexpr double kMostProductsPerOutput = 3.5;
 
 }  // namespace
