@@ -110,6 +110,25 @@ __attribute__((always_inline)) inline T combine(const T (&in)[N]) {
   return sum;
 }
 
+// out[i][k] = sum over n of Mat[i][n] * in[n][k] (+ shift) for every row i of the constant matrix
+// and the tiles k < count, one tile per vector lane: the transforms' passes.
+template <const auto& Mat, bool kShifted = false, typename T, size_t kRows, size_t kCols>
+__attribute__((always_inline)) inline void apply_matrix(const T* const (&in)[kCols], T* const (&out)[kRows],
+                                                        int64_t count, T shift = T(0)) {
+  static_assert(Mat.size() == kRows && Mat[0].size() == kCols);
+#pragma omp simd
+  for (int64_t k = 0; k < count; ++k) {
+    T values[kCols];
+    unrolled<kCols>([&](auto n) { values[n] = in[n][k]; });
+    unrolled<kRows>([&](auto i) {
+      if constexpr (kShifted)
+        out[i][k] = combine<Mat, i>(values) + shift;
+      else
+        out[i][k] = combine<Mat, i>(values);
+    });
+  }
+}
+
 // A group's transformed tiles (V and M, or V and dZ: 36 (Cin + Cout) values per tile) should stay
 // in the L2 cache between their transform, the products and the transform back.
 constexpr int64_t kGroupBytes = 512 * 1024;
@@ -160,7 +179,6 @@ struct TileGrid {
 // V = B^T d B for the tiles of input planes.
 template <typename T>
 class InputTransform {
-
  public:
   explicit InputTransform(const TileGrid& g)
       : g_(g), row_(scratch<T>(kOut * (g.tiles_w + 1))), phases_(scratch<T>(kOut * (g.tiles_w + 1))),
@@ -176,12 +194,7 @@ class InputTransform {
       T* out[kTile];
       for (int r = 0; r < kTile; ++r) rows[r] = rows_b(j, r % kOut) + r / kOut * g_.tiles_w;
       for (int i = 0; i < kTile; ++i) out[i] = v + (i * kTile + j) * stride;
-#pragma omp simd
-      for (int64_t k = 0; k < tiles; ++k) {
-        T in[kTile];
-        unrolled<kTile>([&](auto r) { in[r] = rows[r][k]; });
-        unrolled<kTile>([&](auto i) { out[i][k] = combine<Minimal::BT, i>(in); });
-      }
+      apply_matrix<Minimal::BT>(rows, out, tiles);
     }
   }
 
@@ -211,12 +224,7 @@ class InputTransform {
         for (int c = 0; c < kOut; ++c) phases[c * split + u] = row[kOut * u + c];
       const T* columns[kTile];  // column 4 t + c of tile t is phase c % 4 at u = t + c / 4
       for (int c = 0; c < kTile; ++c) columns[c] = phases + (c % kOut) * split + c / kOut;
-#pragma omp simd
-      for (int64_t t = 0; t < tiles_w; ++t) {
-        T in[kTile];
-        unrolled<kTile>([&](auto c) { in[c] = columns[c][t]; });
-        unrolled<kTile>([&](auto j) { out[j][t] = combine<Minimal::BT, j>(in); });
-      }
+      apply_matrix<Minimal::BT>(columns, out, tiles_w);
     }
   }
 
@@ -227,7 +235,6 @@ class InputTransform {
 // Y = A^T M A + bias for the tiles of output planes.
 template <typename T>
 class OutputTransform {
-
  public:
   explicit OutputTransform(const TileGrid& g)
       : g_(g), rows_a_(scratch<T>(kTile * kOut * g.tiles())), y_(scratch<T>(kOut * kOut * g.tiles())) {}
@@ -240,24 +247,14 @@ class OutputTransform {
       T* out[kOut];
       for (int c = 0; c < kTile; ++c) in_rows[c] = m + (i * kTile + c) * stride;
       for (int j = 0; j < kOut; ++j) out[j] = rows_a(i, j);
-#pragma omp simd
-      for (int64_t k = 0; k < tiles; ++k) {
-        T in[kTile];
-        unrolled<kTile>([&](auto c) { in[c] = in_rows[c][k]; });
-        unrolled<kOut>([&](auto j) { out[j][k] = combine<Minimal::AT, j>(in); });
-      }
+      apply_matrix<Minimal::AT>(in_rows, out, tiles);
     }
     for (int j = 0; j < kOut; ++j) {  // A^T (M A), column j
       const T* in_rows[kTile];
       T* out[kOut];
       for (int r = 0; r < kTile; ++r) in_rows[r] = rows_a(r, j);
       for (int i = 0; i < kOut; ++i) out[i] = y(i, j);
-#pragma omp simd
-      for (int64_t k = 0; k < tiles; ++k) {
-        T in[kTile];
-        unrolled<kTile>([&](auto r) { in[r] = in_rows[r][k]; });
-        unrolled<kOut>([&](auto i) { out[i][k] = combine<Minimal::AT, i>(in) + bias; });
-      }
+      apply_matrix<Minimal::AT, true>(in_rows, out, tiles, bias);
     }
     for (int64_t th = 0; th < g_.tiles_h; ++th)
       for (int i = 0; i < kOut && kOut * th + i < g_.out_h; ++i)
@@ -287,7 +284,6 @@ class OutputTransform {
 // hang over it: the forward computed those outputs and dropped them).
 template <typename T>
 class GradientTransform {
-
  public:
   explicit GradientTransform(const TileGrid& g)
       : g_(g), row_(scratch<T>(kOut * g.tiles_w)), blocks_(scratch<T>(kOut * kOut * g.tiles())),
@@ -302,24 +298,14 @@ class GradientTransform {
       T* out[kTile];
       for (int r = 0; r < kOut; ++r) in_rows[r] = block(r, j);
       for (int i = 0; i < kTile; ++i) out[i] = rows_a(i, j);
-#pragma omp simd
-      for (int64_t k = 0; k < tiles; ++k) {
-        T in[kOut];
-        unrolled<kOut>([&](auto r) { in[r] = in_rows[r][k]; });
-        unrolled<kTile>([&](auto i) { out[i][k] = combine<Minimal::A, i>(in); });
-      }
+      apply_matrix<Minimal::A>(in_rows, out, tiles);
     }
     for (int i = 0; i < kTile; ++i) {  // (A dY) A^T, row i
       const T* in_rows[kOut];
       T* out[kTile];
       for (int c = 0; c < kOut; ++c) in_rows[c] = rows_a(i, c);
       for (int j = 0; j < kTile; ++j) out[j] = z + (i * kTile + j) * stride;
-#pragma omp simd
-      for (int64_t k = 0; k < tiles; ++k) {
-        T in[kOut];
-        unrolled<kOut>([&](auto c) { in[c] = in_rows[c][k]; });
-        unrolled<kTile>([&](auto j) { out[j][k] = combine<Minimal::A, j>(in); });
-      }
+      apply_matrix<Minimal::A>(in_rows, out, tiles);
     }
   }
 
