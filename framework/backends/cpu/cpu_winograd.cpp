@@ -337,13 +337,23 @@ class GradientTransform {
   std::unique_ptr<T[]> row_, blocks_, rows_a_;
 };
 
-// u[xi][o][i] = (G g G^T)[xi] for the 3x3 filter g = filter(o, i) (row-major) of every pair.
-template <typename T, typename Filter>
-void transform_filters(int64_t outs, int64_t ins, Filter filter, T* u) {
+// u [36, outs, ins]: u[xi][o][i] = (G g G^T)[xi] for each 3x3 filter g of w [Cout, Cin, 3, 3]:
+// g = w[o][i] for the forward convolution (outs = Cout, ins = Cin), or for grad_x's (`flipped`:
+// outs = Cin, ins = Cout) w[i][o] turned by 180 degrees.
+template <typename T>
+std::unique_ptr<T[]> transformed_filters(const Tensor& w, bool flipped) {
+  const int64_t cout = w.size(0), cin = w.size(1), outs = flipped ? cin : cout, ins = flipped ? cout : cin;
+  const T* pw = w.data<T>();
+  const auto& G = Minimal::G;
+  auto u = scratch<T>(kPositions * outs * ins);
   for (int64_t o = 0; o < outs; ++o)
     for (int64_t i = 0; i < ins; ++i) {
-      const std::array<T, 9> g = filter(o, i);
-      const auto& G = Minimal::G;
+      const T* filter = pw + (flipped ? i * cin + o : o * cin + i) * 9;
+      std::array<T, 9> g;
+      if (flipped)
+        std::reverse_copy(filter, filter + 9, g.begin());
+      else
+        std::copy(filter, filter + 9, g.begin());
       double gg[kTile][3];  // G g
       for (int r = 0; r < kTile; ++r)
         for (int c = 0; c < 3; ++c) gg[r][c] = G[r][0] * g[c] + G[r][1] * g[3 + c] + G[r][2] * g[6 + c];
@@ -352,6 +362,18 @@ void transform_filters(int64_t outs, int64_t ins, Filter filter, T* u) {
           u[((r * kTile + c) * outs + o) * ins + i] =
               static_cast<T>(gg[r][0] * G[c][0] + gg[r][1] * G[c][1] + gg[r][2] * G[c][2]);
     }
+  return u;
+}
+
+// The tiles of `count` images' planes (`channels` planes of `plane` values each, from `images`)
+// transformed into the columns of positions' matrices: plane c of image k goes to columns
+// [k tiles, (k + 1) tiles) of row c, dst[xi * stride + c * count * tiles + k * tiles + t].
+template <typename T, typename Transform>
+void transform_planes(Transform& transform, const T* images, int64_t count, int64_t channels, int64_t plane,
+                      int64_t tiles, T* dst, int64_t stride) {
+  for (int64_t k = 0; k < count; ++k)
+    for (int64_t c = 0; c < channels; ++c)
+      transform(images + (k * channels + c) * plane, dst + c * count * tiles + k * tiles, stride);
 }
 
 // y [batch, outs, out_h, out_w] = the convolution of x [batch, ins, height, width] with the
@@ -369,9 +391,7 @@ void convolve(const T* x, int64_t batch, int64_t ins, const TileGrid& g, const T
     for (int64_t group = plan.group_begin(team); group < plan.group_end(team); ++group) {
       const int64_t first = group * plan.images_per_group;
       const int64_t count = std::min(plan.images_per_group, batch - first), n = count * tiles;
-      for (int64_t k = 0; k < count; ++k)
-        for (int64_t c = 0; c < ins; ++c)
-          input(x + ((first + k) * ins + c) * g.in_plane(), v.get() + c * n + k * tiles, v_stride);
+      transform_planes(input, x + first * ins * g.in_plane(), count, ins, g.in_plane(), tiles, v.get(), v_stride);
       for (int64_t xi = 0; xi < kPositions; ++xi)
         gemm<T>(false, false, outs, n, ins, u + xi * outs * ins, ins, v.get() + xi * v_stride, n, T(0),
                 m.get() + xi * m_stride, n);
@@ -403,12 +423,9 @@ void filter_gradient(const T* x, const T* grad_y, int64_t batch, int64_t ins, in
     for (int64_t group = plan.group_begin(team); group < plan.group_end(team); ++group) {
       const int64_t first = group * plan.images_per_group;
       const int64_t count = std::min(plan.images_per_group, batch - first), n = count * tiles;
-      for (int64_t k = 0; k < count; ++k) {
-        for (int64_t c = 0; c < ins; ++c)
-          input(x + ((first + k) * ins + c) * g.in_plane(), v.get() + c * n + k * tiles, v_stride);
-        for (int64_t c = 0; c < outs; ++c)
-          gradient(grad_y + ((first + k) * outs + c) * g.out_plane(), dz.get() + c * n + k * tiles, dz_stride);
-      }
+      transform_planes(input, x + first * ins * g.in_plane(), count, ins, g.in_plane(), tiles, v.get(), v_stride);
+      transform_planes(gradient, grad_y + first * outs * g.out_plane(), count, outs, g.out_plane(), tiles, dz.get(),
+                       dz_stride);
       for (int64_t xi = 0; xi < kPositions; ++xi)  // dU_xi += dZ_xi @ V_xi^T
         gemm<T>(false, true, outs, ins, n, dz.get() + xi * dz_stride, n, v.get() + xi * v_stride, n, T(1),
                 du + xi * positions_size, ins);
@@ -433,19 +450,9 @@ void filter_gradient(const T* x, const T* grad_y, int64_t batch, int64_t ins, in
 
 template <typename T>
 void forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
-  const int64_t outs = w.size(0), ins = w.size(1);
-  const T* pw = w.data<T>();
-  auto u = scratch<T>(kPositions * outs * ins);
-  transform_filters<T>(
-      outs, ins,
-      [&](int64_t o, int64_t i) {
-        std::array<T, 9> g;
-        std::copy(pw + (o * ins + i) * 9, pw + (o * ins + i + 1) * 9, g.begin());
-        return g;
-      },
-      u.get());
-  convolve<T>(x.data<T>(), x.size(0), ins, TileGrid(x.size(2), x.size(3), p.pad_h, p.pad_w), u.get(), outs,
-              bias.defined() ? bias.data<T>() : nullptr, y.data<T>());
+  const auto u = transformed_filters<T>(w, false);
+  convolve<T>(x.data<T>(), x.size(0), w.size(1), TileGrid(x.size(2), x.size(3), p.pad_h, p.pad_w), u.get(),
+              w.size(0), bias.defined() ? bias.data<T>() : nullptr, y.data<T>());
 }
 
 template <typename T>
@@ -455,16 +462,7 @@ void backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tens
   const TileGrid forward_grid(x.size(2), x.size(3), p.pad_h, p.pad_w);
   if (grad_x.defined()) {
     // grad_x[i] = sum over o of grad_y[o] convolved with filter (o, i) turned by 180 degrees, padded 2 - pad.
-    const T* pw = w.data<T>();
-    auto u = scratch<T>(kPositions * ins * outs);
-    transform_filters<T>(
-        ins, outs,
-        [&](int64_t i, int64_t o) {
-          std::array<T, 9> g;
-          std::reverse_copy(pw + (o * ins + i) * 9, pw + (o * ins + i + 1) * 9, g.begin());
-          return g;
-        },
-        u.get());
+    const auto u = transformed_filters<T>(w, true);
     const TileGrid grid(forward_grid.out_h, forward_grid.out_w, 2 - p.pad_h, 2 - p.pad_w);
     convolve<T>(grad_y.data<T>(), batch, outs, grid, u.get(), ins, nullptr, grad_x.data<T>());
   }
