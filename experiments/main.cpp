@@ -146,9 +146,8 @@ int dispatch(int argc, const char* const argv[]) {
 //   On two vCPUs that are hyperthreads of one core the spinning sibling starves the serial work
 //   between regions (measured: GPT benchmark step 205 ms with two threads against 69 ms with
 //   one): ask for a short spin.
-// - OpenBLAS falls back to SSE3 kernels on a processor newer than its release, and runs AVX2
-//   kernels on AMD processors with AVX-512 (framework/backends/cpu/blas_kernels.h): ask for the
-//   kernels the processor's features allow.
+// - OpenBLAS falls back to SSE3 kernels on a processor newer than its release
+//   (framework/backends/cpu/blas_kernels.h): ask for the kernels the processor's features allow.
 static void restart_with_library_settings(char** argv) {
   bool restart = false;
   if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {

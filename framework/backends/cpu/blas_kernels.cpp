@@ -24,13 +24,11 @@ X86Features this_processor_features() {
 }
 
 std::string better_blas_kernels(const std::string& current, const X86Features& features, bool user_chose) {
-  if (user_chose) return "";
-  if (current == "Prescott") {
-    if (features.avx512) return "SkylakeX";
-    if (features.avx2_fma) return "Haswell";
-    return "";
-  }
-  if ((current == "Haswell" || current == "Zen") && features.avx512) return "SkylakeX";
+  // Only the unknown-model fallback is overruled: any other choice OpenBLAS made on purpose
+  // (AMD's Zen kernels on an AVX-512 Zen 4, say).
+  if (user_chose || current != "Prescott") return "";
+  if (features.avx512) return "SkylakeX";
+  if (features.avx2_fma) return "Haswell";
   return "";
 }
 
