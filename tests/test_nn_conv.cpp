@@ -200,8 +200,8 @@ TEST(NnConvGrad, Conv2dNonContiguousInput) {
 // Winograd's F(4x4, 3x3) path (cpu_conv.h) called directly against the im2col path it stands in for,
 // forward and every gradient, in both types: the CNN's layers (at a smaller batch), odd and even
 // planes (the last tiles hanging over the output or not), paddings 0, 1 and 2 on each side (the
-// backward pads grad_y by 2 - pad), one input channel, a one-pixel output, and batches of small
-// planes that put several images into a group, on one thread and on several.
+// backward pads grad_y by 2 - pad), one input channel, a one-pixel output, batches of small
+// planes that put several images into a group, and an empty batch, on one thread and on several.
 TEST(NnConvWinograd, MatchesTheIm2colPath) {
   struct Case {
     Shape x;
@@ -212,7 +212,7 @@ TEST(NnConvWinograd, MatchesTheIm2colPath) {
       {{2, 24, 31, 31}, 32, {1, 1, 1, 1}}, {{3, 32, 15, 15}, 64, {1, 1, 1, 1}}, {{5, 64, 7, 7}, 128, {1, 1, 1, 1}},
       {{4, 128, 3, 3}, 16, {1, 1, 1, 1}},  {{2, 3, 8, 10}, 5, {1, 1, 0, 0}},    {{2, 3, 9, 6}, 4, {1, 1, 2, 2}},
       {{1, 1, 5, 4}, 2, {1, 1, 0, 2}},     {{2, 2, 4, 7}, 3, {1, 1, 2, 1}},     {{1, 3, 1, 1}, 2, {1, 1, 1, 1}},
-      {{37, 5, 3, 3}, 6, {1, 1, 1, 1}},    {{9, 4, 2, 5}, 3, {1, 1, 1, 0}},
+      {{37, 5, 3, 3}, 6, {1, 1, 1, 1}},    {{9, 4, 2, 5}, 3, {1, 1, 1, 0}},     {{0, 2, 8, 8}, 3, {1, 1, 1, 1}},
   };
   const int threads = num_threads();
   for (const int run_threads : {1, 2})
