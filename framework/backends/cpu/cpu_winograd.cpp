@@ -280,7 +280,7 @@ class OutputTransform {
   std::unique_ptr<T[]> rows_a_, y_;
 };
 
-// dZ = A dY A^T for the m x m blocks of grad_y's planes (zeros past the plane where the last tiles
+// dZ = A dY A^T for the 4x4 blocks of grad_y's planes (zeros past the plane where the last tiles
 // hang over it: the forward computed those outputs and dropped them).
 template <typename T>
 class GradientTransform {
