@@ -37,14 +37,17 @@ class CudaParity : public ::testing::Test {
   }
 };
 
-double relative_error(const Tensor& got, const Tensor& want) {
+// The norm of got - want over want's norm, or over an RMS of `floor_rms` per element where that is
+// larger.
+double relative_error(const Tensor& got, const Tensor& want, double floor_rms = 0.0) {
   const auto g = got.to_vector<double>(), w = want.to_vector<double>();
   double diff = 0, norm = 0;
   for (size_t i = 0; i < w.size(); ++i) {
     diff += (g[i] - w[i]) * (g[i] - w[i]);
     norm += w[i] * w[i];
   }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
+  const double floor = floor_rms * std::sqrt(static_cast<double>(w.size()));
+  return std::sqrt(diff) / std::max({std::sqrt(norm), floor, 1e-30});
 }
 
 Tensor float_input(const Shape& shape, uint64_t seed, double shift = 0.0) {
@@ -715,16 +718,22 @@ TrainingOutcome three_training_steps(size_t task_index, Device device,
 
 // Losses agree to `loss_tol` relative; parameters to `parameter_tol` (norm of the difference over the
 // norm): looser, since an update divides by a running second moment that rounding moves most where
-// it is near zero.
+// it is near zero. A parameter smaller than an RMS of 0.003 is measured against that instead: the
+// CNN's batch-norm biases start at zero and after three steps hold sums of gradients over the batch
+// and the image that nearly cancel (1e-4 of the weights' norms), where float32 rounding, of the
+// order of the sums' terms rather than of their result, reads as a percent of the value (the CPU's
+// Winograd and im2col convolutions differ there by 0.7-1%, an RMS of up to 8e-7). Held so, their
+// differences must still stay under 3e-6 RMS, 3-17% of their values (RMS 2e-5 to 9e-5).
 void expect_training_parity(size_t task_index, const std::optional<OptimizerSettings>& optimizer,
                             double loss_tol = 1e-4, double parameter_tol = 1e-3) {
+  constexpr double kParameterFloorRms = 0.003;
   const TrainingOutcome want = three_training_steps(task_index, cpu(), optimizer);
   const TrainingOutcome got = three_training_steps(task_index, cuda(), optimizer);
   for (size_t step = 0; step < want.losses.size(); ++step)
     EXPECT_NEAR(got.losses[step], want.losses[step], loss_tol * std::abs(want.losses[step])) << "loss of step " << step;
   ASSERT_EQ(got.parameters.size(), want.parameters.size());
   for (size_t i = 0; i < want.parameters.size(); ++i)
-    EXPECT_LE(relative_error(got.parameters[i].second, want.parameters[i].second), parameter_tol)
+    EXPECT_LE(relative_error(got.parameters[i].second, want.parameters[i].second, kParameterFloorRms), parameter_tol)
         << want.parameters[i].first;
 }
 
