@@ -50,6 +50,15 @@ std::vector<std::pair<std::string, Tensor>> widest_loop_results(DType dtype) {
   forward_and_backward("causal attention", q, ones({2, 3, 40, 16}, dtype), [&](const Tensor& t) {
     return scaled_dot_product_attention(t, k, v, true, AttentionImpl::Composed);
   });
+  // The norms' backward passes also sum their affine gradients over the rows.
+  const Tensor ln_weight = randn({301}, dtype, cpu(), gen).requires_grad_(),
+               ln_bias = randn({301}, dtype, cpu(), gen).requires_grad_(),
+               rms_weight = randn({301}, dtype, cpu(), gen).requires_grad_();
+  forward_and_backward("layer_norm", x, g, [&](const Tensor& t) { return layer_norm(t, ln_weight, ln_bias); });
+  results.emplace_back("layer_norm weight gradient", ln_weight.grad());
+  results.emplace_back("layer_norm bias gradient", ln_bias.grad());
+  forward_and_backward("rms_norm", x, g, [&](const Tensor& t) { return rms_norm(t, rms_weight); });
+  results.emplace_back("rms_norm weight gradient", rms_weight.grad());
   {
     NoGradGuard no_grad;  // an optimizer's tool (NorMuon, RMNP): it has no backward
     results.emplace_back("normalize_rows", normalize_rows(x));

@@ -101,6 +101,24 @@ double sum_exp_shifted(const T* x, int64_t n, T shift) {
   return sum_in_lanes<T>(n, [x, shift](int64_t j) { return exp_approx(x[j] - shift); });
 }
 
+// sum_exp_shifted, while asking the memory for `next` (n elements, or nothing when null) a part at a
+// time. A long row's max is the pass that reads it from memory, its exponentials then run from
+// cache, computing while the memory waits: the next row's lines requested meanwhile are in cache
+// when its max pass comes (cross-entropy's forward at [2048, 8192], one thread: 4.7-5.0 -> 4.3-4.6 ms).
+template <typename T>
+double sum_exp_shifted_fetching(const T* x, int64_t n, T shift, const T* next) {
+  constexpr int64_t kPart = 1024;  // elements per part: 64 cache lines of float
+  constexpr int64_t kLine = 64 / sizeof(T);
+  double sum = 0.0;
+  for (int64_t start = 0; start < n; start += kPart) {
+    const int64_t length = std::min(kPart, n - start);
+    if (next)
+      for (int64_t j = 0; j < length; j += kLine) __builtin_prefetch(next + start + j, 0, 3);
+    sum += sum_exp_shifted(x + start, length, shift);
+  }
+  return sum;
+}
+
 }  // namespace
 
 // row_body(xi, yi, n, i) for every row i of x (its last dim, n long) and the same row of y, in x's
@@ -199,7 +217,7 @@ void for_rows_with_column_sums(Rows r, T* grad_weight, T* grad_bias, RowBody&& r
   const int64_t chunks = (r.rows + rows_per_chunk - 1) / rows_per_chunk;
   const bool summing = grad_weight || grad_bias;
   std::vector<double> partial(summing ? static_cast<size_t>(2 * chunks * r.n) : 0, 0.0);  // [chunk][w, b][n]
-  parallel_for(chunks, r.parallel() && chunks > 1, [&](int64_t chunk) {
+  parallel_for_widest(chunks, r.parallel() && chunks > 1, [&](int64_t chunk) {
     double* sum_w = summing ? partial.data() + 2 * chunk * r.n : nullptr;
     double* sum_b = summing ? sum_w + r.n : nullptr;
     const int64_t end = std::min(r.rows, (chunk + 1) * rows_per_chunk);
@@ -256,7 +274,7 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor&
     T* py = y.data<T>();
     T* pmean = mean.data<T>();
     T* prstd = rstd.data<T>();
-    parallel_for(r.rows, r.parallel(), [&](int64_t i) {
+    parallel_for_widest(r.rows, r.parallel(), [&](int64_t i) {
       const T* xi = px + i * r.n;
       T* yi = py + i * r.n;
       const double mu = row_sum(xi, r.n) / double(r.n);
@@ -415,7 +433,7 @@ void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, int6
       }
       const T* xi = px + i * r.n;
       const T shift = row_max(xi, r.n);
-      const double total = sum_exp_shifted(xi, r.n, shift);
+      const double total = sum_exp_shifted_fetching(xi, r.n, shift, i + 1 < r.rows ? xi + r.n : nullptr);
       const double lse = double(shift) + std::log(total);
       const double smooth = label_smoothing > 0 ? label_smoothing * row_sum(xi, r.n) / double(r.n) : 0.0;
       pl[i] = static_cast<T>(lse - (1.0 - label_smoothing) * double(xi[pt[i]]) - smooth);
