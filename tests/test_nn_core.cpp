@@ -278,6 +278,13 @@ TEST(NnCore, LinearAndEmbeddingForwardByHand) {
   expect_values_near(linear(f64({1, 2}, {2}), w, b), {11, 22, 33});
   EXPECT_EQ(linear(ones({4, 5, 2}, DType::Float64), w, b).shape(), (Shape{4, 5, 3}));
   expect_values_near(linear(f64({1, 2, 3, 4}, {2, 2}).t(), w), {1, 3, 4, 2, 4, 6});
+  // The bias rides in the product (BLAS's beta): also where x's rows are not contiguous (a
+  // transposed matrix) or its batch dims do not merge (one product per leading index).
+  expect_values_near(linear(f64({1, 2, 3, 4}, {2, 2}).t(), w, b), {11, 23, 34, 12, 24, 36});
+  const Tensor unmerged = ones({2, 3, 2}, DType::Float64).transpose(0, 1);
+  const Tensor unmerged_y = linear(unmerged, w, b);
+  EXPECT_EQ(unmerged_y.shape(), (Shape{3, 2, 3}));
+  expect_values_near(unmerged_y, {11, 21, 32, 11, 21, 32, 11, 21, 32, 11, 21, 32, 11, 21, 32, 11, 21, 32});
 
   const Tensor table = arange(0, 6, 1, DType::Float64).reshape({3, 2});
   const Tensor looked_up = embedding(ids({2, 0, 1, 2}, {2, 2}), table);

@@ -50,36 +50,41 @@ Tensor index_first(const Tensor& t, int64_t i) {
 // [B, T, H, D] activation seen as [B, H, T, D], as attention does), the product runs once per
 // index of the first batch dim instead of copying the operand: those copies were 5% of a
 // Shakespeare GPT step.
-void batched_product(const Tensor& a, const Tensor& b, const Tensor& out, double alpha) {
+void batched_product(const Tensor& a, const Tensor& b, const Tensor& out, double alpha, double beta) {
   if (out.dim() > 3 && (!batch_dims_merge(a) || !batch_dims_merge(b)) && matrices_readable(a) && matrices_readable(b)) {
     for (int64_t i = 0; i < out.size(0); ++i)
-      batched_product(index_first(a, i), index_first(b, i), index_first(out, i), alpha);
+      batched_product(index_first(a, i), index_first(b, i), index_first(out, i), alpha, beta);
     return;
   }
   const int64_t M = out.size(-2), N = out.size(-1);
   const Tensor out3 = Tensor::view_of(out, {out.numel() / std::max<int64_t>(M * N, 1), M, N}, {M * N, N, 1}, out.offset());
-  backend_of(a).gemm(as_batched_matrices(a), as_batched_matrices(b), out3, alpha, 0.0, GemmMath::Configured);
+  backend_of(a).gemm(as_batched_matrices(a), as_batched_matrices(b), out3, alpha, beta, GemmMath::Configured);
 }
 
-// The forward product alpha * a @ b of validated operands (a [..., M, K], b [..., K, N]); no history.
-Tensor matmul_forward(const Tensor& a, const Tensor& b, double alpha) {
+// The forward product alpha * a @ b of validated operands (a [..., M, K], b [..., K, N]), plus
+// `added` broadcast to the product's shape where it is given; no history. The sum is BLAS's beta:
+// the output starts as a copy of `added` and the product adds into it, where adding afterwards
+// would take another pass over the output (and BLAS zeroes it first when beta is 0).
+Tensor matmul_forward(const Tensor& a, const Tensor& b, double alpha, const Tensor& added = Tensor()) {
   const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
   Shape out_shape = detail::broadcast_shapes("matmul", batch_a, batch_b);
   out_shape.push_back(M);
   out_shape.push_back(N);
   Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
+  const double beta = added.defined() ? 1.0 : 0.0;
+  if (added.defined()) backend_of(out).copy(detail::broadcast_view(added, out_shape), out);
   if (b.dim() == 2 && a.is_contiguous()) {
     // x @ W: fold a's batch into its rows, one large product instead of many small ones.
     const Tensor a3 = Tensor::view_of(a, {1, a.numel() / std::max<int64_t>(K, 1), K}, {0, K, 1}, a.offset());
     const Tensor c3 = Tensor::view_of(out, {1, out.numel() / std::max<int64_t>(N, 1), N}, {0, N, 1}, 0);
-    backend_of(a).gemm(a3, as_batched_matrices(b), c3, alpha, 0.0, GemmMath::Configured);
+    backend_of(a).gemm(a3, as_batched_matrices(b), c3, alpha, beta, GemmMath::Configured);
     return out;
   }
   Shape full_a = out_shape, full_b = out_shape;
   full_a[full_a.size() - 1] = K;
   full_b[full_b.size() - 2] = K;
-  batched_product(detail::broadcast_view(a, full_a), detail::broadcast_view(b, full_b), out, alpha);
+  batched_product(detail::broadcast_view(a, full_a), detail::broadcast_view(b, full_b), out, alpha, beta);
   return out;
 }
 
@@ -110,6 +115,11 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, double alpha) {
   if (a_in.dim() == 1) out = out.squeeze(-2);
   if (b_in.dim() == 1) out = out.squeeze(-1);
   return out;
+}
+
+Tensor detail::matmul_add_forward(const Tensor& a, const Tensor& b, const Tensor& c) {
+  if (a.dim() == 1) return matmul_forward(a.unsqueeze(0), b, 1.0, c).squeeze(-2);  // as matmul promotes it
+  return matmul_forward(a, b, 1.0, c);
 }
 
 Tensor syrk(const Tensor& x_in, double alpha, const Tensor& c, double beta) {

@@ -15,4 +15,12 @@ Tensor matmul(const Tensor& a, const Tensor& b, double alpha = 1.0);
 // X X^T and its polynomials' squares A A^T (A symmetric) are such products.
 Tensor syrk(const Tensor& x, double alpha = 1.0, const Tensor& c = Tensor(), double beta = 0.0);
 
+namespace detail {
+// matmul(a, b) + c for a [..., M, K], b [K, N] or [..., K, N] and c broadcast to the product's shape
+// (a linear layer's bias row): the product adds into a copy of c (BLAS's beta = 1) rather than
+// taking a pass over its result afterwards. Records no history: for ops that record their own
+// backward (linear). The caller has checked the shapes.
+Tensor matmul_add_forward(const Tensor& a, const Tensor& b, const Tensor& c);
+}  // namespace detail
+
 }  // namespace ml

@@ -89,8 +89,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Tensor y;
   {
     NoGradGuard no_grad;
-    y = matmul(x, weight.t());  // BLAS reads the transposed view directly, no copy of weight
-    if (bias.defined()) add_(y, bias);
+    // BLAS reads the transposed view directly, no copy of weight; the bias is its beta term.
+    y = bias.defined() ? detail::matmul_add_forward(x, weight.t(), bias) : matmul(x, weight.t());
   }
   if (needs_grad(x, weight, bias))
     record(y, "linear", {x, weight, bias},
