@@ -110,6 +110,8 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
   const Device device = bench_device(args);
   Generator gen(0);
   for (BenchmarkTask& task : benchmark_tasks(device, gen)) {
+    // Both tasks are made (their initializations share the generator), only the chosen ones run.
+    if (args.model != "all" && task.shape.at("bench").get<std::string>().rfind(args.model + "_", 0) != 0) continue;
     const auto optimizer = make_optimizer(task.optimizer, optimizer_params(*task.model));
     const double ms = median_ms_per_call(
         train_step(*task.model, *optimizer, task.inputs, task.targets, task.label_smoothing), args.repeats,

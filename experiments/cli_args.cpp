@@ -119,12 +119,16 @@ const std::vector<CommandSpec>& commands() {
        "what to time",
        {{"--device", "cpu|cuda", "where to run", false, false, "cpu"},
         {"--threads", "N", "CPU threads, 0 for the OpenMP default", false, false, "0"},
-        {"--repeats", "N", "timed repetitions of each case", false, false, "5"}},
+        {"--repeats", "N", "timed repetitions of each case", false, false, "5"},
+        {"--model", "gpt|cnn", "models: time one benchmark model alone, its peak memory then its own (default: both)"}},
        [](const ParsedArgs& parsed, const CommandSpec& command) -> CliArgs {
-         return BenchArgs{choice_option(command, "the target", parsed.positional, {"ortho", "ops", "models"}),
-                          choice_option(command, "--device", parsed.value("--device"), {"cpu", "cuda"}),
-                          integer_option(parsed, command, "--threads", 0),
-                          integer_option(parsed, command, "--repeats", 1)};
+         BenchArgs args{choice_option(command, "the target", parsed.positional, {"ortho", "ops", "models"}),
+                        choice_option(command, "--device", parsed.value("--device"), {"cpu", "cuda"}),
+                        integer_option(parsed, command, "--threads", 0), integer_option(parsed, command, "--repeats", 1),
+                        parsed.has("--model") ? choice_option(command, "--model", parsed.value("--model"), {"gpt", "cnn"})
+                                              : "all"};
+         if (parsed.has("--model") && args.target != "models") fail(command, "--model applies to `bench models` only");
+         return args;
        }},
       {"demo",
        "train a small model on Fashion-MNIST with AdamW and with Muon, and print a comparison table",

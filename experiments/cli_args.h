@@ -46,6 +46,7 @@ struct BenchArgs {
   std::string device;  // cpu | cuda
   int64_t threads = 0;  // 0: the OpenMP default
   int64_t repeats = 0;
+  std::string model = "all";  // models: gpt | cnn, or all (both)
 };
 
 struct DemoArgs {

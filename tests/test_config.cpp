@@ -809,6 +809,11 @@ TEST(CliArgs, BenchDefaultsAndValues) {
   EXPECT_EQ(given.device, "cuda");
   EXPECT_EQ(given.threads, 2);
   EXPECT_EQ(given.repeats, 11);
+  EXPECT_EQ(given.model, "all");
+  EXPECT_EQ(std::get<ml::BenchArgs>(ml::parse_cli({"bench", "models", "--model", "gpt"})).model, "gpt");
+  EXPECT_NE(cli_error({"bench", "models", "--model", "mlp"}).find("--model"), std::string::npos);
+  EXPECT_NE(cli_error({"bench", "ops", "--model", "cnn"}).find("--model applies to `bench models` only"),
+            std::string::npos);
 }
 
 TEST(CliArgs, HelpInEveryForm) {
