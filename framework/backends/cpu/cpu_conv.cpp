@@ -86,6 +86,9 @@ class Unroller {
         padded_(scratch<T>(has_padding_ ? s.in_channels * padded_h_ * padded_w_ : 0)) {
     // The border stays zero: im2col only ever rewrites the interior.
     if (has_padding_) std::fill(padded_.get(), padded_.get() + s.in_channels * padded_h_ * padded_w_, T(0));
+    if (tiny_plane())
+      for (int64_t oh = 0; oh < s.out_h; ++oh)
+        for (int64_t ow = 0; ow < s.out_w; ++ow) offsets_.push_back(oh * s.p.stride_h * padded_w_ + ow * s.p.stride_w);
   }
 
   // Writes the rows of one image into col (leading dimension ld).
@@ -102,6 +105,10 @@ class Unroller {
         for (int64_t j = 0; j < s_.kernel_w; ++j) {
           const T* window = source + (c * padded_h_ + i) * padded_w_ + j;
           T* row = col + ((c * s_.kernel_h + i) * s_.kernel_w + j) * ld;
+          if (tiny_plane()) {
+            for (int64_t k = 0; k < s_.plane(); ++k) row[k] = window[offsets_[k]];
+            continue;
+          }
           for (int64_t oh = 0; oh < s_.out_h; ++oh) {
             const T* in = window + oh * s_.p.stride_h * padded_w_;
             T* out = row + oh * s_.out_w;
@@ -128,6 +135,10 @@ class Unroller {
         for (int64_t c = 0; c < s_.in_channels; ++c) {
           T* window = target + (c * padded_h_ + i) * padded_w_ + j;
           const T* row = col + ((c * s_.kernel_h + i) * s_.kernel_w + j) * ld;
+          if (tiny_plane()) {
+            for (int64_t k = 0; k < s_.plane(); ++k) window[offsets_[k]] += row[k];
+            continue;
+          }
           for (int64_t oh = 0; oh < s_.out_h; ++oh) {
             T* out = window + oh * s_.p.stride_h * padded_w_;
             const T* in = row + oh * s_.out_w;
@@ -161,7 +172,14 @@ class Unroller {
     return padded + (c * padded_h_ + h + s_.p.pad_h) * padded_w_ + s_.p.pad_w;
   }
 
+  // Output planes of a few positions (the CNN's 3x3 maps): a row of col is a gather through
+  // offsets_ (each position's distance from its window's corner), one loop instead of a copy per
+  // output row of 3 values.
+  bool tiny_plane() const { return s_.plane() <= kTinyPlane; }
+  static constexpr int64_t kTinyPlane = 16;
+
   const ConvShape& s_;
+  std::vector<int64_t> offsets_;
   const int64_t padded_h_, padded_w_;
   const bool has_padding_;
   std::unique_ptr<T[]> padded_;       // the image being unrolled, inside a zero border
