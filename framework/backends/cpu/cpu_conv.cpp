@@ -179,11 +179,11 @@ class Unroller {
   static constexpr int64_t kTinyPlane = 16;
 
   const ConvShape& s_;
-  std::vector<int64_t> offsets_;
   const int64_t padded_h_, padded_w_;
   const bool has_padding_;
   std::unique_ptr<T[]> padded_;       // the image being unrolled, inside a zero border
   std::unique_ptr<T[]> padded_grad_;  // col2im's sums, padding included (made on first use)
+  std::vector<int64_t> offsets_;      // tiny planes: each output position's offset in its window
 };
 
 template <typename T>
