@@ -5,6 +5,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "framework/backends/cpu/cpu_capability.h"
 #include "framework/backends/cpu/cpu_conv.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
@@ -260,6 +261,96 @@ TEST(NnConvWinograd, MatchesTheIm2colPath) {
         expect_close(winograd.grad_b, reference.grad_b, "grad_bias");
       }
   set_num_threads(threads);
+}
+
+// The direct path for few input channels (cpu_conv.h) called directly against the im2col path, forward
+// and every gradient (grad_x goes through im2col's own code), in the build's loops and in the
+// AVX-512 copy CpuBackend runs it in: the CNN's stem (at a smaller batch), rows of 16 and 32 outputs
+// (the row's two vectors the same or side by side) and of 20, taps fewer than a block and several
+// blocks (5, 18), output channels that do not fill a pass (1, 5, 13), one output row, no bias, an
+// empty batch, on one thread and on several.
+TEST(NnConvDirect, MatchesTheIm2colPath) {
+  struct Case {
+    Shape x, w;
+    bool bias;
+  };
+  const std::vector<Case> cases{
+      {{3, 3, 32, 32}, {24, 3, 2, 2}, true}, {{2, 1, 4, 17}, {5, 1, 2, 2}, true},  {{2, 2, 6, 34}, {13, 2, 3, 3}, true},
+      {{2, 1, 7, 24}, {1, 1, 1, 5}, false},  {{3, 3, 2, 21}, {7, 3, 2, 2}, true},  {{0, 3, 32, 32}, {24, 3, 2, 2}, true},
+  };
+  std::vector<CpuCapability> capabilities{CpuCapability::Default};
+  if (avx512_loops_available()) capabilities.push_back(CpuCapability::Avx512);
+  const CpuCapability saved_capability = cpu_capability();
+  const int threads = num_threads();
+  for (const CpuCapability capability : capabilities)
+    for (const int run_threads : {1, 2})
+      for (const Case& c : cases) {
+        set_cpu_capability(capability);
+        set_num_threads(run_threads);
+        SCOPED_TRACE("x " + shape_str(c.x) + " w " + shape_str(c.w) + (c.bias ? " +bias, " : ", ") +
+                     std::to_string(run_threads) + " threads, " + cpu_capability_name() + " loops");
+        const Tensor x = random_input(c.x, 60).detach().to(DType::Float32);
+        const Tensor w = random_input(c.w, 61).detach().to(DType::Float32);
+        const Tensor b = c.bias ? random_input({c.w[0]}, 62).detach().to(DType::Float32) : Tensor();
+        const Shape y_shape{c.x[0], c.w[0], c.x[2] - c.w[2] + 1, c.x[3] - c.w[3] + 1};
+        const Tensor g = random_input(y_shape, 63).detach().to(DType::Float32);
+        ASSERT_TRUE(cpu_conv::direct_applies(x, w, {}));
+        struct Result {
+          Tensor y, grad_x, grad_w, grad_b;
+        };
+        const auto run = [&](bool direct) {
+          const auto empty = [](const Shape& shape) { return Tensor::empty(shape, DType::Float32, cpu()); };
+          Result r{empty(y_shape), empty(c.x), empty(c.w), c.bias ? empty({c.w[0]}) : Tensor()};
+          if (direct) {
+            cpu_conv::direct_forward(x, w, b, r.y, {});
+            cpu_conv::direct_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, {});
+          } else {
+            cpu_conv::im2col_forward(x, w, b, r.y, {});
+            cpu_conv::im2col_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, {});
+          }
+          return r;
+        };
+        const Result direct = run(true), reference = run(false);
+        // float32 sums of up to 18 products (forward) and of the batch's products (gradients), in
+        // other orders: measured within 3.2e-7 of the largest value.
+        const auto expect_close = [](const Tensor& actual, const Tensor& expected, const char* what) {
+          if (!expected.defined()) return;
+          const std::vector<double> a = values(actual), e = values(expected);
+          double scale = 1.0;
+          for (double v : e) scale = std::max(scale, std::abs(v));
+          ASSERT_EQ(a.size(), e.size());
+          for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], e[i], 2e-6 * scale) << what << " element " << i;
+        };
+        expect_close(direct.y, reference.y, "y");
+        expect_close(direct.grad_x, reference.grad_x, "grad_x");
+        expect_close(direct.grad_w, reference.grad_w, "grad_w");
+        expect_close(direct.grad_b, reference.grad_b, "grad_bias");
+      }
+  set_num_threads(threads);
+  set_cpu_capability(saved_capability);
+}
+
+// Where the direct path applies, and that CpuBackend takes it for the stem only in the AVX-512 loops.
+TEST(NnConvDirect, AppliesToStrideOneUnpaddedRowsOf16To32Float32Outputs) {
+  const auto x = [](const Shape& shape, DType dtype = DType::Float32) { return Tensor::empty(shape, dtype, cpu()); };
+  const Tensor stem_w = x({24, 3, 2, 2});
+  EXPECT_TRUE(cpu_conv::direct_applies(x({1, 3, 32, 32}), stem_w, {}));
+  EXPECT_TRUE(cpu_conv::direct_applies(x({1, 3, 17, 17}), stem_w, {}));  // 16 outputs a row
+  EXPECT_TRUE(cpu_conv::direct_applies(x({1, 3, 33, 33}), stem_w, {}));  // 32
+  EXPECT_FALSE(cpu_conv::direct_applies(x({1, 3, 16, 16}), stem_w, {}));
+  EXPECT_FALSE(cpu_conv::direct_applies(x({1, 3, 34, 34}), stem_w, {}));
+  EXPECT_FALSE(cpu_conv::direct_applies(x({1, 3, 32, 32}), stem_w, {1, 1, 1, 1}));
+  EXPECT_FALSE(cpu_conv::direct_applies(x({1, 3, 32, 32}), stem_w, {2, 2, 0, 0}));
+  EXPECT_FALSE(cpu_conv::direct_applies(x({1, 3, 32, 32}, DType::Float64), x({24, 3, 2, 2}, DType::Float64), {}));
+  const CpuCapability saved = cpu_capability();
+  set_cpu_capability(CpuCapability::Default);
+  EXPECT_FALSE(cpu_conv::direct_pays_off(x({1, 3, 32, 32}), stem_w, {}));
+  if (avx512_loops_available()) {
+    set_cpu_capability(CpuCapability::Avx512);
+    EXPECT_TRUE(cpu_conv::direct_pays_off(x({1, 3, 32, 32}), stem_w, {}));
+    EXPECT_FALSE(cpu_conv::direct_pays_off(x({1, 32, 32, 32}), x({24, 32, 2, 2}), {}));  // 128 taps: im2col
+  }
+  set_cpu_capability(saved);
 }
 
 // ===================================================================== pooling

@@ -29,7 +29,8 @@ namespace {
 // col [Cin*kh*kw, G*Ho*Wo], so the convolution of the whole group is one product
 // weight [Cout, Cin*kh*kw] @ col. Small feature maps (7x7, 3x3) are grouped so that BLAS still
 // gets a wide product; large ones are convolved one image at a time (cpu_conv::plan_groups).
-// This path runs every shape; CpuBackend takes Winograd's (cpu_winograd.cpp) where it applies.
+// This path runs every shape; CpuBackend takes Winograd's (cpu_winograd.cpp) and the direct one
+// (cpu_conv_direct.cpp) where they pay off.
 
 // Columns (output positions of the group's images) per GEMM: enough for BLAS to run at full
 // speed, few enough for the column buffer to stay in the L2 cache.
@@ -226,8 +227,7 @@ void bias_gradient_impl(const Tensor& grad_y, const Tensor& grad_bias) {
     double acc = 0.0;
     for (int64_t n = 0; n < batch; ++n) {
       const T* src = pgy + (n * channels + co) * plane;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t i = 0; i < plane; ++i) acc += static_cast<double>(src[i]);
+      acc += sum_in_lanes<T>(plane, [src](int64_t i) { return src[i]; });
     }
     pgb[co] = static_cast<T>(acc);
   });
@@ -575,7 +575,9 @@ void cpu_conv::bias_gradient(const Tensor& grad_y, const Tensor& grad_bias) {
 }
 
 void CpuBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
-  if (cpu_conv::winograd_pays_off(x, w, p))
+  if (cpu_conv::direct_pays_off(x, w, p))
+    cpu_conv::direct_forward(x, w, bias, y, p);
+  else if (cpu_conv::winograd_pays_off(x, w, p))
     cpu_conv::winograd_forward(x, w, bias, y, p);
   else
     cpu_conv::im2col_forward(x, w, bias, y, p);
@@ -583,7 +585,9 @@ void CpuBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, co
 
 void CpuBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                                  const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
-  if (cpu_conv::winograd_pays_off(x, w, p))
+  if (cpu_conv::direct_pays_off(x, w, p))
+    cpu_conv::direct_backward(grad_y, x, w, grad_x, grad_w, grad_bias, p);
+  else if (cpu_conv::winograd_pays_off(x, w, p))
     cpu_conv::winograd_backward(grad_y, x, w, grad_x, grad_w, grad_bias, p);
   else
     cpu_conv::im2col_backward(grad_y, x, w, grad_x, grad_w, grad_bias, p);

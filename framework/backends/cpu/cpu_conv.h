@@ -1,7 +1,8 @@
 // Convolution on the CPU: the im2col + GEMM path (cpu_conv.cpp), which runs every shape and is the
-// reference, and Winograd's F(4x4, 3x3) (cpu_winograd.cpp), which CpuBackend takes for the 3x3
-// convolutions of stride 1 where it applies. Both are exposed so that tests can hold them
-// together; the helpers below are the pieces the two share. Tensors are contiguous NCHW.
+// reference; Winograd's F(4x4, 3x3) (cpu_winograd.cpp), which CpuBackend takes for the 3x3
+// convolutions of stride 1 where it applies; and a direct path for layers with few input channels
+// (cpu_conv_direct.cpp: the CNN's stem). All are exposed so that tests can hold them together; the
+// helpers below are the pieces they share. Tensors are contiguous NCHW.
 #pragma once
 
 #include <cblas.h>
@@ -33,9 +34,21 @@ void winograd_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
 void winograd_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                        const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);
 
-// ---- Shared by the two paths
+// The direct path for layers with few input channels (cpu_conv_direct.cpp): float32, stride 1, no
+// padding, 16 to 32 outputs per row, any kernel.
+bool direct_applies(const Tensor& x, const Tensor& w, Conv2dParams p);
+// Whether CpuBackend takes it: where it applies, with at most 12 taps (Cin*kh*kw: the CNN's stem has
+// 3*2*2), in the AVX-512 copy of the loops.
+bool direct_pays_off(const Tensor& x, const Tensor& w, Conv2dParams p);
+void direct_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p);
+// grad_x, where asked for, through the im2col path.
+void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                     const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);
 
-// grad_bias[co] = the sum of grad_y over the batch and plane of channel co (double accumulators).
+// ---- Shared by the paths
+
+// grad_bias[co] = the sum of grad_y over the batch and plane of channel co (each plane summed in
+// float lanes, the planes in double: cpu_loops::sum_in_lanes).
 void bias_gradient(const Tensor& grad_y, const Tensor& grad_bias);
 
 // c = op(a) @ op(b) + beta c, row-major, on the calling thread's BLAS.

@@ -61,32 +61,6 @@ double row_dot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
-// sum_j term(j) over j < n in kLanes independent partial sums of T, added up in double. One
-// running sum (as in row_dot) waits on each add before the next; the lanes pipeline and vectorize,
-// and float lanes skip the conversions: 0.65-0.75x row_dot's time for sums of squares on rows of
-// 768-3072 already in cache. Each lane adds n / 32 terms, so a float32 sum of terms of one sign
-// stays within about 1e-6 (relative) of the exact one. The last n % 32 terms go into the first
-// lanes, also as vector code: rows shorter than 32 (causal attention's first rows) are all
-// remainder, which a scalar loop summed at a few times the cost.
-template <typename T, typename Term>
-double sum_in_lanes(int64_t n, Term&& term) {
-  constexpr int64_t kLanes = 32;
-  T partial[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-#pragma omp simd
-    for (int64_t lane = 0; lane < kLanes; ++lane) partial[lane] += term(j + lane);
-  const int64_t rest = n - j;
-#pragma omp simd
-  for (int64_t lane = 0; lane < rest; ++lane) partial[lane] += term(j + lane);
-  // In vector registers too: one lane after another, this chain of 32 conversions and dependent
-  // additions cost more than summing a short row itself.
-  double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t lane = 0; lane < kLanes; ++lane) sum += partial[lane];
-  return sum;
-}
-
 // sum_j x[j]^2. (A 3072x768 matrix is memory-bound, and its time varies with what ran before:
 // docs/optimizers.md, RMNP.)
 template <typename T>

@@ -1,0 +1,226 @@
+// Direct convolution for layers with few input channels, such as the CNN's stem (3 channels, 2x2
+// kernel, 31x31 outputs): every output row is computed straight from the input rows it covers, in
+// vectors of 16 output positions, with no column matrix.
+//
+// Why: through im2col + GEMM (cpu_conv.cpp) the stem's product is only Cin*kh*kw = 12 deep, so
+// OpenBLAS spends about as long zeroing the output and packing its operands as multiplying, the
+// weight gradient is a 12 x 24 product per image, and the unrolled copies and the bias gradient's
+// separate pass over grad_y come on top: the stem ran at about 30% of the GEMM peak forward and
+// backward (issue 13).
+//
+// With the taps t = (c, i, j) of the kernel, stride 1 and no padding:
+//   forward   y[n, co, oh, ow]    = bias[co] + sum_t w[co, t] * x[n, c, oh + i, ow + j]
+//   backward  grad_w[co, t]       = sum_{n, oh, ow} grad_y[n, co, oh, ow] * x[n, c, oh + i, ow + j]
+//             grad_bias[co]       = sum_{n, oh, ow} grad_y[n, co, oh, ow]
+// A row of Wo outputs (16 <= Wo <= 32) is two vectors, at 0 and at Wo - 16. They overlap where
+// Wo < 32: the forward writes the shared positions twice (with the same values), the backward
+// zeroes the second vector's shared lanes of grad_y. Every load stays inside its row: input row
+// oh + i holds Wo + kw - 1 values, and tap (c, i, j) reads [j, j + 16) and [Wo - 16 + j, Wo + j).
+//
+// Forward: a block of 12 output channels x the row's two vectors is 24 accumulators; each tap
+// loads two input vectors and multiplies them by 12 broadcast weights (24 FMAs to 2 loads).
+// Backward: one output channel and 12 taps at a time, each tap's products summed lane-wise in one
+// accumulator, plus the channel's grad_y sum for the bias; the lanes are added up (in double) at
+// the end. Both keep their accumulators in registers only with AVX-512's 32 vector registers, so
+// CpuBackend takes this path only in the AVX-512 copy (cpu_loops.h, run_widest); the build's own
+// copy gives the same results more slowly, and the tests run both.
+#include <cstring>
+#include <vector>
+
+#include "framework/backends/cpu/cpu_conv.h"
+#include "framework/backends/cpu/cpu_loops.h"
+
+namespace ml::cpu_conv {
+namespace {
+using namespace cpu_loops;
+
+constexpr int64_t kLanes = 16;
+// GCC vector types: one zmm register each in the AVX-512 copy, two ymm in the AVX2 one.
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t LaneBits __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+constexpr int64_t kChannelBlock = 12;    // forward: output channels per pass (x 2 vectors = 24 accumulators)
+constexpr int64_t kChannelsPerPass = 3;  // backward: 3 channels x (6 taps + grad_y) = 21 accumulators
+constexpr int64_t kTapBlock = 6;
+// CpuBackend's limit: the stem's 12 taps were measured; with many more, im2col's product is deep
+// enough for BLAS to run near its peak.
+constexpr int64_t kMostTaps = 12;
+// The backward asks for grad_y's rows this far ahead: without it, its loads waited on memory (the
+// stem's grad_y is 24 MB); 12-48 rows ahead all took it from 2.5-2.6 to 2.1-2.3 ms.
+constexpr int64_t kPrefetchRows = 16;
+
+inline void load(Lanes& v, const float* p) { std::memcpy(&v, p, sizeof v); }
+inline void store(float* p, const Lanes& v) { std::memcpy(p, &v, sizeof v); }
+
+struct Geometry {
+  int64_t batch, in_channels, height, width, out_channels, kernel_h, kernel_w, out_h, out_w;
+
+  Geometry(const Tensor& x, const Tensor& w)
+      : batch(x.size(0)), in_channels(x.size(1)), height(x.size(2)), width(x.size(3)), out_channels(w.size(0)),
+        kernel_h(w.size(2)), kernel_w(w.size(3)), out_h(height - kernel_h + 1), out_w(width - kernel_w + 1) {}
+  int64_t taps() const { return in_channels * kernel_h * kernel_w; }
+  int64_t plane() const { return out_h * out_w; }
+  int64_t image_size() const { return in_channels * height * width; }
+  int64_t output_size() const { return out_channels * plane(); }
+  int64_t second() const { return out_w - kLanes; }  // where a row's second vector starts
+  // Tap (c, i, j)'s distance in x from the first input value of an output row, then zeros up to a
+  // multiple of kTapBlock: the backward's passes always run kTapBlock taps (a bound known at
+  // compile time keeps the accumulators in registers without a test per tap) and drop the sums
+  // of the padding.
+  std::vector<int64_t> tap_offsets() const {
+    std::vector<int64_t> offsets;
+    for (int64_t c = 0; c < in_channels; ++c)
+      for (int64_t i = 0; i < kernel_h; ++i)
+        for (int64_t j = 0; j < kernel_w; ++j) offsets.push_back((c * height + i) * width + j);
+    offsets.resize(static_cast<size_t>((taps() + kTapBlock - 1) / kTapBlock * kTapBlock), 0);
+    return offsets;
+  }
+};
+
+// One image's outputs. weights[t * ld + co] is w[co, t], zero past the last channel (ld a multiple
+// of kChannelBlock); bias likewise padded.
+void forward_image(const Geometry& g, const int64_t* taps, const float* weights, int64_t ld, const float* bias,
+                   const float* x, float* y) {
+  const int64_t second = g.second();
+  for (int64_t first = 0; first < g.out_channels; first += kChannelBlock)
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      Lanes acc[kChannelBlock][2];
+      for (int64_t b = 0; b < kChannelBlock; ++b) acc[b][0] = acc[b][1] = Lanes{} + bias[first + b];
+      const float* row = x + oh * g.width;
+      for (int64_t t = 0; t < g.taps(); ++t) {
+        Lanes left, right;
+        load(left, row + taps[t]);
+        load(right, row + taps[t] + second);
+        const float* w = weights + t * ld + first;
+        for (int64_t b = 0; b < kChannelBlock; ++b) {
+          acc[b][0] += w[b] * left;
+          acc[b][1] += w[b] * right;
+        }
+      }
+      for (int64_t b = 0; b < kChannelBlock && first + b < g.out_channels; ++b) {
+        float* out = y + (first + b) * g.plane() + oh * g.out_w;
+        store(out, acc[b][0]);
+        store(out + second, acc[b][1]);
+      }
+    }
+}
+
+// Adds the products of kChannelsPerPass output channels' grad_y planes (gy[b]) with one image x,
+// for kTapBlock taps, lane-wise to sums[b][t * kLanes ...], and their grad_y itself to
+// sums[b][kTapBlock * kLanes ...] (the bias gradient's). Three channels share each input load.
+void backward_pass(const Geometry& g, const int64_t* taps, const LaneBits& keep, const float* x,
+                   const float* const* gy, float* const* sums) {
+  const int64_t second = g.second();
+  Lanes acc[kChannelsPerPass][kTapBlock + 1];
+  for (int64_t b = 0; b < kChannelsPerPass; ++b)
+    for (int64_t t = 0; t <= kTapBlock; ++t) acc[b][t] = Lanes{};
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    Lanes left_gy[kChannelsPerPass], right_gy[kChannelsPerPass];
+    for (int64_t b = 0; b < kChannelsPerPass; ++b) {
+      __builtin_prefetch(gy[b] + (oh + kPrefetchRows) * g.out_w);
+      __builtin_prefetch(gy[b] + (oh + kPrefetchRows) * g.out_w + kLanes);
+      load(left_gy[b], gy[b] + oh * g.out_w);
+      load(right_gy[b], gy[b] + oh * g.out_w + second);
+      right_gy[b] = (Lanes)((LaneBits)right_gy[b] & keep);
+      acc[b][kTapBlock] += left_gy[b] + right_gy[b];
+    }
+    const float* row = x + oh * g.width;
+    for (int64_t t = 0; t < kTapBlock; ++t) {
+      Lanes left, right;
+      load(left, row + taps[t]);
+      load(right, row + taps[t] + second);
+      for (int64_t b = 0; b < kChannelsPerPass; ++b) {
+        acc[b][t] += left_gy[b] * left;
+        acc[b][t] += right_gy[b] * right;
+      }
+    }
+  }
+  for (int64_t b = 0; b < kChannelsPerPass; ++b)
+    for (int64_t t = 0; t <= kTapBlock; ++t) {
+      Lanes sum;
+      load(sum, sums[b] + t * kLanes);
+      store(sums[b] + t * kLanes, sum + acc[b][t]);
+    }
+}
+
+double sum_of_lanes(const float* lanes) {
+  double sum = 0.0;
+  for (int64_t l = 0; l < kLanes; ++l) sum += lanes[l];
+  return sum;
+}
+
+}  // namespace
+
+bool direct_applies(const Tensor& x, const Tensor& w, Conv2dParams p) {
+  if (x.dtype() != DType::Float32 || p.stride_h != 1 || p.stride_w != 1 || p.pad_h != 0 || p.pad_w != 0) return false;
+  const int64_t out_w = x.size(3) - w.size(3) + 1;
+  return x.size(2) >= w.size(2) && out_w >= kLanes && out_w <= 2 * kLanes;
+}
+
+bool direct_pays_off(const Tensor& x, const Tensor& w, Conv2dParams p) {
+  return direct_applies(x, w, p) && w.size(1) * w.size(2) * w.size(3) <= kMostTaps && widest_is_avx512();
+}
+
+void direct_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams) {
+  const Geometry g(x, w);
+  const std::vector<int64_t> taps = g.tap_offsets();
+  const int64_t ld = (g.out_channels + kChannelBlock - 1) / kChannelBlock * kChannelBlock;
+  std::vector<float> weights(static_cast<size_t>(g.taps() * ld), 0.0f), padded_bias(static_cast<size_t>(ld), 0.0f);
+  const float* pw = w.data<float>();
+  for (int64_t co = 0; co < g.out_channels; ++co) {
+    for (int64_t t = 0; t < g.taps(); ++t) weights[t * ld + co] = pw[co * g.taps() + t];
+    if (bias.defined()) padded_bias[co] = bias.data<float>()[co];
+  }
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  parallel_for_widest(g.batch, g.batch * g.output_size() >= kParallelGrain, [&](int64_t n) {
+    forward_image(g, taps.data(), weights.data(), ld, padded_bias.data(), px + n * g.image_size(),
+                  py + n * g.output_size());
+  });
+}
+
+void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                     const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
+  if (grad_x.defined()) im2col_backward(grad_y, x, w, grad_x, Tensor(), Tensor(), p);
+  if (!grad_w.defined() && !grad_bias.defined()) return;
+  const Geometry g(x, w);
+  const std::vector<int64_t> taps = g.tap_offsets();
+  LaneBits keep;  // the second vector's lanes past the first one's
+  for (int64_t l = 0; l < kLanes; ++l) keep[l] = g.second() + l >= kLanes ? -1 : 0;
+  // The running lane-wise sums of each output channel and block of taps: the taps', then grad_y's
+  // (kept from the first block, for the bias gradient). A pass whose last channels lie past the
+  // thread's range repeats its last channel and adds those sums to `discarded`.
+  const int64_t tap_blocks = static_cast<int64_t>(taps.size()) / kTapBlock, per_block = (kTapBlock + 1) * kLanes;
+  std::vector<float> sums(static_cast<size_t>(g.out_channels * tap_blocks * per_block), 0.0f);
+  const float* px = x.data<float>();
+  const float* pgy = grad_y.data<float>();
+  // Each thread takes a block of output channels through all images (image-major, so that an image
+  // stays in cache across the channels): the sums do not depend on the thread count.
+  auto channels = [&](int64_t begin, int64_t end) __attribute__((flatten)) {
+    std::vector<float> discarded(static_cast<size_t>(per_block));
+    for (int64_t n = 0; n < g.batch; ++n)
+      for (int64_t first = begin; first < end; first += kChannelsPerPass)
+        for (int64_t block = 0; block < tap_blocks; ++block) {
+          const float* gy[kChannelsPerPass];
+          float* block_sums[kChannelsPerPass];
+          for (int64_t b = 0; b < kChannelsPerPass; ++b) {
+            const int64_t co = std::min(first + b, end - 1);
+            gy[b] = pgy + n * g.output_size() + co * g.plane();
+            block_sums[b] = first + b < end ? sums.data() + (co * tap_blocks + block) * per_block : discarded.data();
+          }
+          backward_pass(g, taps.data() + block * kTapBlock, keep, px + n * g.image_size(), gy, block_sums);
+        }
+  };
+  widest_block_per_thread(g.out_channels, kChannelsPerPass, g.batch * g.output_size() >= kParallelGrain, channels);
+  for (int64_t co = 0; co < g.out_channels; ++co) {
+    const float* channel_sums = sums.data() + co * tap_blocks * per_block;
+    if (grad_w.defined())
+      for (int64_t t = 0; t < g.taps(); ++t)
+        grad_w.data<float>()[co * g.taps() + t] =
+            static_cast<float>(sum_of_lanes(channel_sums + t / kTapBlock * per_block + t % kTapBlock * kLanes));
+    if (grad_bias.defined())
+      grad_bias.data<float>()[co] = static_cast<float>(sum_of_lanes(channel_sums + kTapBlock * kLanes));
+  }
+}
+
+}  // namespace ml::cpu_conv
