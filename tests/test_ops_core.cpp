@@ -143,6 +143,19 @@ TEST(ElementMath, ExpAndErfApproximationsStayWithinTheirBounds) {
   EXPECT_LT(elementwise::sigmoid(-100.0f), 1e-38f);
 }
 
+// The exp of softmax's normalizer terms: exp_approx's values on [-87, 0], and a negligible term
+// (e^-87, not 0) below, -inf included; NaN stays NaN.
+TEST(ElementMath, ExpOfNonpositiveTermsIsExpApproxWhereItDoesNotUnderflow) {
+  for (float x = -87.0f; x <= 0.0f; x += 1.0f / 1024)
+    ASSERT_EQ(elementwise::exp_of_nonpositive_term(x), elementwise::exp_approx(x)) << "x = " << x;
+  const float inf = std::numeric_limits<float>::infinity(), e87 = elementwise::exp_approx(-87.0f);
+  EXPECT_EQ(elementwise::exp_of_nonpositive_term(-87.5f), e87);
+  EXPECT_EQ(elementwise::exp_of_nonpositive_term(-inf), e87);
+  EXPECT_LT(e87, 1.7e-38f);
+  EXPECT_TRUE(std::isnan(elementwise::exp_of_nonpositive_term(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_EQ(elementwise::exp_of_nonpositive_term(-2.0), std::exp(-2.0));
+}
+
 TEST(ElementwiseGrad, BinaryOpsWithBroadcasting) {
   const std::vector<std::pair<const char*, Tensor (*)(const Tensor&, const Tensor&)>> cases = {
       {"add", [](const Tensor& a, const Tensor& b) { return add(a, b); }},
