@@ -29,8 +29,8 @@ namespace {
 // col [Cin*kh*kw, G*Ho*Wo], so the convolution of the whole group is one product
 // weight [Cout, Cin*kh*kw] @ col. Small feature maps (7x7, 3x3) are grouped so that BLAS still
 // gets a wide product; large ones are convolved one image at a time (cpu_conv::plan_groups).
-// This path runs every shape; CpuBackend takes Winograd's (cpu_winograd.cpp) and the direct one
-// (cpu_conv_direct.cpp) where they pay off.
+// This path runs every shape; CpuBackend takes Winograd's (cpu_winograd.cpp), the direct one
+// (cpu_conv_direct.cpp) and the dense one (cpu_conv_dense.cpp) where they pay off.
 
 // Columns (output positions of the group's images) per GEMM: enough for BLAS to run at full
 // speed, few enough for the column buffer to stay in the L2 cache.
@@ -577,6 +577,8 @@ void cpu_conv::bias_gradient(const Tensor& grad_y, const Tensor& grad_bias) {
 void CpuBackend::conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
   if (cpu_conv::direct_pays_off(x, w, p))
     cpu_conv::direct_forward(x, w, bias, y, p);
+  else if (cpu_conv::dense_pays_off(x, w, p))
+    cpu_conv::dense_forward(x, w, bias, y, p);
   else if (cpu_conv::winograd_pays_off(x, w, p))
     cpu_conv::winograd_forward(x, w, bias, y, p);
   else
@@ -587,6 +589,8 @@ void CpuBackend::conv2d_backward(const Tensor& grad_y, const Tensor& x, const Te
                                  const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
   if (cpu_conv::direct_pays_off(x, w, p))
     cpu_conv::direct_backward(grad_y, x, w, grad_x, grad_w, grad_bias, p);
+  else if (cpu_conv::dense_pays_off(x, w, p))
+    cpu_conv::dense_backward(grad_y, x, w, grad_x, grad_w, grad_bias, p);
   else if (cpu_conv::winograd_pays_off(x, w, p))
     cpu_conv::winograd_backward(grad_y, x, w, grad_x, grad_w, grad_bias, p);
   else

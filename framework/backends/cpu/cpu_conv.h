@@ -1,7 +1,8 @@
 // Convolution on the CPU: the im2col + GEMM path (cpu_conv.cpp), which runs every shape and is the
 // reference; Winograd's F(4x4, 3x3) (cpu_winograd.cpp), which CpuBackend takes for the 3x3
-// convolutions of stride 1 where it applies; and a direct path for layers with few input channels
-// (cpu_conv_direct.cpp: the CNN's stem). All are exposed so that tests can hold them together; the
+// convolutions of stride 1 where it applies; a direct path for layers with few input channels
+// (cpu_conv_direct.cpp: the CNN's stem); and a dense one for planes of a few positions
+// (cpu_conv_dense.cpp: its 3x3 maps). All are exposed so that tests can hold them together; the
 // helpers below are the pieces they share. Tensors are contiguous NCHW.
 #pragma once
 
@@ -44,6 +45,15 @@ void direct_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const 
 // grad_x, where asked for, through the im2col path.
 void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
                      const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);
+
+// The dense path for planes of a few positions (cpu_conv_dense.cpp): the convolution as one product
+// with a [Cout*P_out, Cin*P_in] matrix, any stride and padding. CpuBackend takes it where the input
+// plane has at most kh*kw positions (the CNN's 3x3 maps under 3x3 kernels), where that matrix needs
+// no more multiply-adds than im2col.
+bool dense_pays_off(const Tensor& x, const Tensor& w, Conv2dParams p);
+void dense_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p);
+void dense_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                    const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);
 
 // ---- Shared by the paths
 
