@@ -198,6 +198,41 @@ TEST(NnConvGrad, Conv2dNonContiguousInput) {
       {random_input({2, 2, 5, 4}, 16), random_input({2, 2, 3, 3}, 17)});
 }
 
+// ---- The CPU backend's convolution paths, each held to the im2col path it stands in for
+
+using ConvForward = void (*)(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p);
+using ConvBackward = void (*)(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tensor& grad_x,
+                              const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p);
+
+// Runs a path's forward and backward on x, w, bias (may be undefined) and the output gradient g, and
+// expects what they compute within tol * (the largest reference value, at least 1) of im2col's.
+void expect_path_matches_im2col(ConvForward forward, ConvBackward backward, const Tensor& x, const Tensor& w,
+                                const Tensor& bias, const Tensor& g, Conv2dParams p, double tol) {
+  struct Result {
+    Tensor y, grad_x, grad_w, grad_b;
+  };
+  const auto run = [&](ConvForward f, ConvBackward b) {
+    const auto empty = [&](const Shape& shape) { return Tensor::empty(shape, x.dtype(), cpu()); };
+    Result r{empty(g.shape()), empty(x.shape()), empty(w.shape()), bias.defined() ? empty(bias.shape()) : Tensor()};
+    f(x, w, bias, r.y, p);
+    b(g, x, w, r.grad_x, r.grad_w, r.grad_b, p);
+    return r;
+  };
+  const Result actual = run(forward, backward), reference = run(cpu_conv::im2col_forward, cpu_conv::im2col_backward);
+  const auto expect_close = [&](const Tensor& a_tensor, const Tensor& e_tensor, const char* what) {
+    if (!e_tensor.defined()) return;
+    const std::vector<double> a = values(a_tensor), e = values(e_tensor);
+    double scale = 1.0;
+    for (double v : e) scale = std::max(scale, std::abs(v));
+    ASSERT_EQ(a.size(), e.size());
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], e[i], tol * scale) << what << " element " << i;
+  };
+  expect_close(actual.y, reference.y, "y");
+  expect_close(actual.grad_x, reference.grad_x, "grad_x");
+  expect_close(actual.grad_w, reference.grad_w, "grad_w");
+  expect_close(actual.grad_b, reference.grad_b, "grad_bias");
+}
+
 // Winograd's F(4x4, 3x3) path (cpu_conv.h) called directly against the im2col path it stands in for,
 // forward and every gradient, in both types: the CNN's layers (at a smaller batch), odd and even
 // planes (the last tiles hanging over the output or not), paddings 0, 1 and 2 on each side (the
@@ -229,36 +264,10 @@ TEST(NnConvWinograd, MatchesTheIm2colPath) {
         const int64_t out_h = c.x[2] + 2 * c.p.pad_h - 2, out_w = c.x[3] + 2 * c.p.pad_w - 2;
         const Tensor g = random_input({c.x[0], c.outs, out_h, out_w}, 53).detach().to(dtype);
         ASSERT_TRUE(cpu_conv::winograd_applies(x, w, c.p));
-        struct Result {
-          Tensor y, grad_x, grad_w, grad_b;
-        };
-        const auto run = [&](bool winograd) {
-          const auto empty = [&](const Shape& shape) { return Tensor::empty(shape, dtype, cpu()); };
-          Result r{empty(g.shape()), empty(x.shape()), empty(w.shape()), empty(b.shape())};
-          if (winograd) {
-            cpu_conv::winograd_forward(x, w, b, r.y, c.p);
-            cpu_conv::winograd_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, c.p);
-          } else {
-            cpu_conv::im2col_forward(x, w, b, r.y, c.p);
-            cpu_conv::im2col_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, c.p);
-          }
-          return r;
-        };
-        const Result winograd = run(true), reference = run(false);
         // Rounding scales with the largest values: sums of 9 * Cin products (and of the batch's tiles),
         // here through F(4x4, 3x3)'s matrices (up to 2.5e-6 and 6e-14 of the scale measured).
-        const double tol = dtype == DType::Float32 ? 1e-5 : 2e-13;
-        const auto expect_close = [&](const Tensor& actual, const Tensor& expected, const char* what) {
-          const std::vector<double> a = values(actual), e = values(expected);
-          double scale = 1.0;
-          for (double v : e) scale = std::max(scale, std::abs(v));
-          ASSERT_EQ(a.size(), e.size());
-          for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], e[i], tol * scale) << what << " element " << i;
-        };
-        expect_close(winograd.y, reference.y, "y");
-        expect_close(winograd.grad_x, reference.grad_x, "grad_x");
-        expect_close(winograd.grad_w, reference.grad_w, "grad_w");
-        expect_close(winograd.grad_b, reference.grad_b, "grad_bias");
+        expect_path_matches_im2col(cpu_conv::winograd_forward, cpu_conv::winograd_backward, x, w, b, g, c.p,
+                                   dtype == DType::Float32 ? 1e-5 : 2e-13);
       }
   set_num_threads(threads);
 }
@@ -295,36 +304,9 @@ TEST(NnConvDirect, MatchesTheIm2colPath) {
         const Shape y_shape{c.x[0], c.w[0], c.x[2] - c.w[2] + 1, c.x[3] - c.w[3] + 1};
         const Tensor g = random_input(y_shape, 63).detach().to(DType::Float32);
         ASSERT_TRUE(cpu_conv::direct_applies(x, w, {}));
-        struct Result {
-          Tensor y, grad_x, grad_w, grad_b;
-        };
-        const auto run = [&](bool direct) {
-          const auto empty = [](const Shape& shape) { return Tensor::empty(shape, DType::Float32, cpu()); };
-          Result r{empty(y_shape), empty(c.x), empty(c.w), c.bias ? empty({c.w[0]}) : Tensor()};
-          if (direct) {
-            cpu_conv::direct_forward(x, w, b, r.y, {});
-            cpu_conv::direct_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, {});
-          } else {
-            cpu_conv::im2col_forward(x, w, b, r.y, {});
-            cpu_conv::im2col_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, {});
-          }
-          return r;
-        };
-        const Result direct = run(true), reference = run(false);
         // float32 sums of up to 18 products (forward) and of the batch's products (gradients), in
         // other orders: measured within 3.2e-7 of the largest value.
-        const auto expect_close = [](const Tensor& actual, const Tensor& expected, const char* what) {
-          if (!expected.defined()) return;
-          const std::vector<double> a = values(actual), e = values(expected);
-          double scale = 1.0;
-          for (double v : e) scale = std::max(scale, std::abs(v));
-          ASSERT_EQ(a.size(), e.size());
-          for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], e[i], 2e-6 * scale) << what << " element " << i;
-        };
-        expect_close(direct.y, reference.y, "y");
-        expect_close(direct.grad_x, reference.grad_x, "grad_x");
-        expect_close(direct.grad_w, reference.grad_w, "grad_w");
-        expect_close(direct.grad_b, reference.grad_b, "grad_bias");
+        expect_path_matches_im2col(cpu_conv::direct_forward, cpu_conv::direct_backward, x, w, b, g, {}, 2e-6);
       }
   set_num_threads(threads);
   set_cpu_capability(saved_capability);
@@ -383,37 +365,10 @@ TEST(NnConvDense, MatchesTheIm2colPath) {
                             (c.x[3] + 2 * c.p.pad_w - c.w[3]) / c.p.stride_w + 1};
         const Tensor g = random_input(y_shape, 73).detach().to(dtype);
         ASSERT_TRUE(cpu_conv::dense_pays_off(x, w, c.p));
-        struct Result {
-          Tensor y, grad_x, grad_w, grad_b;
-        };
-        const auto run = [&](bool dense) {
-          const auto empty = [&](const Shape& shape) { return Tensor::empty(shape, dtype, cpu()); };
-          Result r{empty(y_shape), empty(c.x), empty(c.w), c.bias ? empty({c.w[0]}) : Tensor()};
-          if (dense) {
-            cpu_conv::dense_forward(x, w, b, r.y, c.p);
-            cpu_conv::dense_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, c.p);
-          } else {
-            cpu_conv::im2col_forward(x, w, b, r.y, c.p);
-            cpu_conv::im2col_backward(g, x, w, r.grad_x, r.grad_w, r.grad_b, c.p);
-          }
-          return r;
-        };
-        const Result dense = run(true), reference = run(false);
         // Sums of up to 128 * 9 products (forward, grad_x) and of the batch's (grad_w), in other orders:
         // measured within 5.3e-7 (float32) and 7e-16 (float64) of the largest value.
-        const double tol = dtype == DType::Float32 ? 2e-6 : 1e-13;
-        const auto expect_close = [&](const Tensor& actual, const Tensor& expected, const char* what) {
-          if (!expected.defined()) return;
-          const std::vector<double> a = values(actual), e = values(expected);
-          double scale = 1.0;
-          for (double v : e) scale = std::max(scale, std::abs(v));
-          ASSERT_EQ(a.size(), e.size());
-          for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], e[i], tol * scale) << what << " element " << i;
-        };
-        expect_close(dense.y, reference.y, "y");
-        expect_close(dense.grad_x, reference.grad_x, "grad_x");
-        expect_close(dense.grad_w, reference.grad_w, "grad_w");
-        expect_close(dense.grad_b, reference.grad_b, "grad_bias");
+        expect_path_matches_im2col(cpu_conv::dense_forward, cpu_conv::dense_backward, x, w, b, g, c.p,
+                                   dtype == DType::Float32 ? 2e-6 : 1e-13);
       }
   set_num_threads(threads);
   const auto empty = [](const Shape& shape) { return Tensor::empty(shape, DType::Float32, cpu()); };
