@@ -284,8 +284,8 @@ TEST(NnConvDirect, MatchesTheIm2colPath) {
     bool bias;
   };
   const std::vector<Case> cases{
-      {{3, 3, 32, 32}, {24, 3, 2, 2}, true}, {{2, 1, 4, 17}, {5, 1, 2, 2}, true},  {{2, 2, 6, 34}, {13, 2, 3, 3}, true},
-      {{2, 1, 7, 24}, {1, 1, 1, 5}, false},  {{3, 3, 2, 21}, {7, 3, 2, 2}, true},  {{0, 3, 32, 32}, {24, 3, 2, 2}, true},
+      {{3, 3, 32, 32}, {24, 3, 2, 2}, true}, {{2, 1, 4, 17}, {5, 1, 2, 2}, true}, {{2, 2, 6, 34}, {13, 2, 3, 3}, true},
+      {{2, 1, 7, 24}, {1, 1, 1, 5}, false},  {{3, 3, 2, 21}, {7, 3, 2, 2}, true}, {{0, 3, 32, 32}, {24, 3, 2, 2}, true},
   };
   std::vector<CpuCapability> capabilities{CpuCapability::Default};
   if (avx512_loops_available()) capabilities.push_back(CpuCapability::Avx512);

@@ -51,8 +51,9 @@ struct DenseShape {
   int64_t cols() const { return in_channels * in_plane; }
 };
 
-// D from w [Cout, Cin, kh, kw]. Row (co, p) is zero but where p's window covers an input position: column (ci, q) then holds
-// tap t of filter (co, ci), for all ci at once (columns in_plane apart, taps kernel_area apart).
+// D from w [Cout, Cin, kh, kw]. Row (co, p) is zero but where p's window covers an input position:
+// column (ci, q) then holds tap t of filter (co, ci), written for all ci at once (columns in_plane
+// apart, taps kernel_area apart).
 template <typename T>
 std::unique_ptr<T[]> dense_matrix(const DenseShape& s, const T* pw) {
   auto d = scratch<T>(s.rows() * s.cols());
@@ -112,7 +113,8 @@ void backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tens
     for (int64_t p = 0; p < s.out_plane; ++p) {
       const T* row = pgd + (co * s.out_plane + p) * s.cols();
       for (const DenseShape::Under& u : s.window[static_cast<size_t>(p)])
-        for (int64_t ci = 0; ci < s.in_channels; ++ci) filters[ci * s.kernel_area + u.tap] += row[ci * s.in_plane + u.q];
+        for (int64_t ci = 0; ci < s.in_channels; ++ci)
+          filters[ci * s.kernel_area + u.tap] += row[ci * s.in_plane + u.q];
     }
   });
 }

@@ -19,9 +19,10 @@
 //
 // Forward: a block of 12 output channels x the row's two vectors is 24 accumulators; each tap
 // loads two input vectors and multiplies them by 12 broadcast weights (24 FMAs to 2 loads).
-// Backward: one output channel and 12 taps at a time, each tap's products summed lane-wise in one
-// accumulator, plus the channel's grad_y sum for the bias; the lanes are added up (in double) at
-// the end. Both keep their accumulators in registers only with AVX-512's 32 vector registers, so
+// Backward: three output channels and six taps at a time, each (channel, tap) summing its products
+// lane-wise in one accumulator, plus each channel's grad_y sum for the bias (21 accumulators; the
+// three channels share each input load); the lanes are added up (in double) at the end. Both keep
+// their accumulators in registers only with AVX-512's 32 vector registers, so
 // CpuBackend takes this path only in the AVX-512 copy (cpu_loops.h, run_widest); the build's own
 // copy gives the same results more slowly, and the tests run both.
 #include <cstring>

@@ -44,8 +44,9 @@ void parallel_for(int64_t n, bool parallel, Body&& body) {
 // sum_j term(j) over j < n in kLanes independent partial sums of T, added up in double. One
 // running double sum (`omp simd reduction`) waits on each add before the next; the lanes pipeline
 // and vectorize, and float lanes skip the conversions: 0.65-0.75x the time of one double sum for
-// sums of squares on rows of 768-3072 already in cache, 0.2x for the CNN's bias gradients. Each lane adds n / 32 terms, so a float32 sum of terms of one sign
-// stays within about 1e-6 (relative) of the exact one. The last n % 32 terms go into the first
+// sums of squares on rows of 768-3072 already in cache, about half for the convolution bias
+// gradient of the CNN's stem (which then waits on memory). Each lane adds n / 32 terms, so a
+// float32 sum of terms of one sign stays within about 1e-6 (relative) of the exact one. The last n % 32 terms go into the first
 // lanes, also as vector code: rows shorter than 32 (causal attention's first rows) are all
 // remainder, which a scalar loop summed at a few times the cost.
 template <typename T, typename Term>
