@@ -17,6 +17,7 @@
 namespace ml {
 using namespace cpu_loops;
 using cpu_conv::ConvPlan;
+using cpu_conv::ConvShape;
 using cpu_conv::copy_row;
 using cpu_conv::gemm;
 using cpu_conv::scratch;
@@ -35,23 +36,6 @@ namespace {
 // Columns (output positions of the group's images) per GEMM: enough for BLAS to run at full
 // speed, few enough for the column buffer to stay in the L2 cache.
 constexpr int64_t kTargetGemmColumns = 256;
-
-struct ConvShape {
-  int64_t batch, in_channels, height, width;
-  int64_t out_channels, kernel_h, kernel_w;
-  int64_t out_h, out_w;
-  Conv2dParams p;
-
-  ConvShape(const Tensor& x, const Tensor& w, Conv2dParams params)
-      : batch(x.size(0)), in_channels(x.size(1)), height(x.size(2)), width(x.size(3)), out_channels(w.size(0)),
-        kernel_h(w.size(2)), kernel_w(w.size(3)),
-        out_h((height + 2 * params.pad_h - kernel_h) / params.stride_h + 1),
-        out_w((width + 2 * params.pad_w - kernel_w) / params.stride_w + 1), p(params) {}
-  int64_t patch() const { return in_channels * kernel_h * kernel_w; }  // rows of col
-  int64_t plane() const { return out_h * out_w; }
-  int64_t image_size() const { return in_channels * height * width; }
-  int64_t output_size() const { return out_channels * plane(); }
-};
 
 ConvPlan plan_conv(const ConvShape& s) { return cpu_conv::plan_groups(s.batch, s.plane(), kTargetGemmColumns); }
 

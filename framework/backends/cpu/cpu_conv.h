@@ -61,6 +61,24 @@ void dense_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, cons
 // float lanes, the planes in double: cpu_loops::sum_in_lanes).
 void bias_gradient(const Tensor& grad_y, const Tensor& grad_bias);
 
+// The sizes of a convolution of x [N, Cin, H, W] by w [Cout, Cin, kh, kw].
+struct ConvShape {
+  int64_t batch, in_channels, height, width;
+  int64_t out_channels, kernel_h, kernel_w;
+  int64_t out_h, out_w;
+  Conv2dParams p;
+
+  ConvShape(const Tensor& x, const Tensor& w, Conv2dParams params)
+      : batch(x.size(0)), in_channels(x.size(1)), height(x.size(2)), width(x.size(3)), out_channels(w.size(0)),
+        kernel_h(w.size(2)), kernel_w(w.size(3)),
+        out_h((height + 2 * params.pad_h - kernel_h) / params.stride_h + 1),
+        out_w((width + 2 * params.pad_w - kernel_w) / params.stride_w + 1), p(params) {}
+  int64_t patch() const { return in_channels * kernel_h * kernel_w; }  // taps of a window (im2col's rows)
+  int64_t plane() const { return out_h * out_w; }
+  int64_t image_size() const { return in_channels * height * width; }
+  int64_t output_size() const { return out_channels * plane(); }
+};
+
 // c = op(a) @ op(b) + beta c, row-major, on the calling thread's BLAS.
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,

@@ -21,23 +21,18 @@ namespace ml::cpu_conv {
 namespace {
 using namespace cpu_loops;
 
-struct DenseShape {
-  int64_t batch, in_channels, in_plane, out_channels, out_plane, kernel_area;
-  // For each output position p: the input positions q in its window and the tap (i * kw + j) each
-  // lies under, padding left out.
+// A convolution's sizes (ConvShape) with those of D, and for each output position p the input
+// positions q in its window with the tap (i * kw + j) each lies under, padding left out.
+struct DenseShape : ConvShape {
+  int64_t in_plane, kernel_area;
   struct Under {
     int64_t q, tap;
   };
   std::vector<std::vector<Under>> window;
 
-  DenseShape(const Tensor& x, const Tensor& w, Conv2dParams p)
-      : batch(x.size(0)), in_channels(x.size(1)), in_plane(x.size(2) * x.size(3)), out_channels(w.size(0)),
-        kernel_area(w.size(2) * w.size(3)) {
-    const int64_t height = x.size(2), width = x.size(3), kernel_h = w.size(2), kernel_w = w.size(3);
-    const int64_t out_h = (height + 2 * p.pad_h - kernel_h) / p.stride_h + 1;
-    const int64_t out_w = (width + 2 * p.pad_w - kernel_w) / p.stride_w + 1;
-    out_plane = out_h * out_w;
-    window.resize(static_cast<size_t>(out_plane));
+  DenseShape(const Tensor& x, const Tensor& w, Conv2dParams params)
+      : ConvShape(x, w, params), in_plane(height * width), kernel_area(kernel_h * kernel_w),
+        window(static_cast<size_t>(plane())) {
     for (int64_t oh = 0; oh < out_h; ++oh)
       for (int64_t ow = 0; ow < out_w; ++ow)
         for (int64_t i = 0; i < kernel_h; ++i)
@@ -47,8 +42,8 @@ struct DenseShape {
               window[static_cast<size_t>(oh * out_w + ow)].push_back({h * width + v, i * kernel_w + j});
           }
   }
-  int64_t rows() const { return out_channels * out_plane; }  // of D
-  int64_t cols() const { return in_channels * in_plane; }
+  int64_t rows() const { return output_size(); }  // of D: Cout * P_out
+  int64_t cols() const { return image_size(); }   // Cin * P_in
 };
 
 // D from w [Cout, Cin, kh, kw]. Row (co, p) is zero but where p's window covers an input position:
@@ -60,11 +55,12 @@ std::unique_ptr<T[]> dense_matrix(const DenseShape& s, const T* pw) {
   T* pd = d.get();
   parallel_for(s.out_channels, s.rows() * s.cols() >= kParallelGrain, [&](int64_t co) {
     const T* filters = pw + co * s.in_channels * s.kernel_area;
-    for (int64_t p = 0; p < s.out_plane; ++p) {
-      T* row = pd + (co * s.out_plane + p) * s.cols();
+    for (int64_t p = 0; p < s.plane(); ++p) {
+      T* row = pd + (co * s.plane() + p) * s.cols();
       std::fill_n(row, s.cols(), T(0));
       for (const DenseShape::Under& u : s.window[static_cast<size_t>(p)])
-        for (int64_t ci = 0; ci < s.in_channels; ++ci) row[ci * s.in_plane + u.q] = filters[ci * s.kernel_area + u.tap];
+        for (int64_t ci = 0; ci < s.in_channels; ++ci)
+          row[ci * s.in_plane + u.q] = filters[ci * s.kernel_area + u.tap];
     }
   });
   return d;
@@ -81,7 +77,7 @@ void forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor&
     const T* pb = bias.data<T>();
     for (int64_t n = 0; n < s.batch; ++n)
       for (int64_t co = 0; co < s.out_channels; ++co)
-        std::fill_n(py + n * s.rows() + co * s.out_plane, s.out_plane, pb[co]);
+        std::fill_n(py + n * s.rows() + co * s.plane(), s.plane(), pb[co]);
     beta = T(1);
   }
   gemm<T>(false, true, s.batch, s.rows(), s.cols(), x.data<T>(), s.cols(), d.get(), s.cols(), beta, py, s.rows());
@@ -110,8 +106,8 @@ void backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, const Tens
   parallel_for(s.out_channels, s.rows() * s.cols() >= kParallelGrain, [&](int64_t co) {
     T* filters = pgw + co * s.in_channels * s.kernel_area;
     std::fill_n(filters, s.in_channels * s.kernel_area, T(0));
-    for (int64_t p = 0; p < s.out_plane; ++p) {
-      const T* row = pgd + (co * s.out_plane + p) * s.cols();
+    for (int64_t p = 0; p < s.plane(); ++p) {
+      const T* row = pgd + (co * s.plane() + p) * s.cols();
       for (const DenseShape::Under& u : s.window[static_cast<size_t>(p)])
         for (int64_t ci = 0; ci < s.in_channels; ++ci)
           filters[ci * s.kernel_area + u.tap] += row[ci * s.in_plane + u.q];

@@ -53,42 +53,32 @@ constexpr int64_t kPrefetchRows = 16;
 inline void load(Lanes& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 inline void store(float* p, const Lanes& v) { std::memcpy(p, &v, sizeof v); }
 
-struct Geometry {
-  int64_t batch, in_channels, height, width, out_channels, kernel_h, kernel_w, out_h, out_w;
+// Where a row's second vector starts.
+int64_t second_vector(const ConvShape& g) { return g.out_w - kLanes; }
 
-  Geometry(const Tensor& x, const Tensor& w)
-      : batch(x.size(0)), in_channels(x.size(1)), height(x.size(2)), width(x.size(3)), out_channels(w.size(0)),
-        kernel_h(w.size(2)), kernel_w(w.size(3)), out_h(height - kernel_h + 1), out_w(width - kernel_w + 1) {}
-  int64_t taps() const { return in_channels * kernel_h * kernel_w; }
-  int64_t plane() const { return out_h * out_w; }
-  int64_t image_size() const { return in_channels * height * width; }
-  int64_t output_size() const { return out_channels * plane(); }
-  int64_t second() const { return out_w - kLanes; }  // where a row's second vector starts
-  // Tap (c, i, j)'s distance in x from the first input value of an output row, then zeros up to a
-  // multiple of kTapBlock: the backward's passes always run kTapBlock taps (a bound known at
-  // compile time keeps the accumulators in registers without a test per tap) and drop the sums
-  // of the padding.
-  std::vector<int64_t> tap_offsets() const {
-    std::vector<int64_t> offsets;
-    for (int64_t c = 0; c < in_channels; ++c)
-      for (int64_t i = 0; i < kernel_h; ++i)
-        for (int64_t j = 0; j < kernel_w; ++j) offsets.push_back((c * height + i) * width + j);
-    offsets.resize(static_cast<size_t>((taps() + kTapBlock - 1) / kTapBlock * kTapBlock), 0);
-    return offsets;
-  }
-};
+// Tap (c, i, j)'s distance in x from the first input value of an output row, then zeros up to a
+// multiple of kTapBlock: the backward's passes always run kTapBlock taps (a bound known at compile
+// time keeps the accumulators in registers without a test per tap) and drop the sums of the padding.
+std::vector<int64_t> tap_offsets(const ConvShape& g) {
+  std::vector<int64_t> offsets;
+  for (int64_t c = 0; c < g.in_channels; ++c)
+    for (int64_t i = 0; i < g.kernel_h; ++i)
+      for (int64_t j = 0; j < g.kernel_w; ++j) offsets.push_back((c * g.height + i) * g.width + j);
+  offsets.resize(static_cast<size_t>((g.patch() + kTapBlock - 1) / kTapBlock * kTapBlock), 0);
+  return offsets;
+}
 
 // One image's outputs. weights[t * ld + co] is w[co, t], zero past the last channel (ld a multiple
 // of kChannelBlock); bias likewise padded.
-void forward_image(const Geometry& g, const int64_t* taps, const float* weights, int64_t ld, const float* bias,
+void forward_image(const ConvShape& g, const int64_t* taps, const float* weights, int64_t ld, const float* bias,
                    const float* x, float* y) {
-  const int64_t second = g.second();
+  const int64_t second = second_vector(g);
   for (int64_t first = 0; first < g.out_channels; first += kChannelBlock)
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
       Lanes acc[kChannelBlock][2];
       for (int64_t b = 0; b < kChannelBlock; ++b) acc[b][0] = acc[b][1] = Lanes{} + bias[first + b];
       const float* row = x + oh * g.width;
-      for (int64_t t = 0; t < g.taps(); ++t) {
+      for (int64_t t = 0; t < g.patch(); ++t) {
         Lanes left, right;
         load(left, row + taps[t]);
         load(right, row + taps[t] + second);
@@ -109,9 +99,9 @@ void forward_image(const Geometry& g, const int64_t* taps, const float* weights,
 // Adds the products of kChannelsPerPass output channels' grad_y planes (gy[b]) with one image x,
 // for kTapBlock taps, lane-wise to sums[b][t * kLanes ...], and their grad_y itself to
 // sums[b][kTapBlock * kLanes ...] (the bias gradient's). Three channels share each input load.
-void backward_pass(const Geometry& g, const int64_t* taps, const LaneBits& keep, const float* x,
+void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep, const float* x,
                    const float* const* gy, float* const* sums) {
-  const int64_t second = g.second();
+  const int64_t second = second_vector(g);
   Lanes acc[kChannelsPerPass][kTapBlock + 1];
   for (int64_t b = 0; b < kChannelsPerPass; ++b)
     for (int64_t t = 0; t <= kTapBlock; ++t) acc[b][t] = Lanes{};
@@ -162,14 +152,14 @@ bool direct_pays_off(const Tensor& x, const Tensor& w, Conv2dParams p) {
   return direct_applies(x, w, p) && w.size(1) * w.size(2) * w.size(3) <= kMostTaps && widest_is_avx512();
 }
 
-void direct_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams) {
-  const Geometry g(x, w);
-  const std::vector<int64_t> taps = g.tap_offsets();
+void direct_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y, Conv2dParams p) {
+  const ConvShape g(x, w, p);
+  const std::vector<int64_t> taps = tap_offsets(g);
   const int64_t ld = (g.out_channels + kChannelBlock - 1) / kChannelBlock * kChannelBlock;
-  std::vector<float> weights(static_cast<size_t>(g.taps() * ld), 0.0f), padded_bias(static_cast<size_t>(ld), 0.0f);
+  std::vector<float> weights(static_cast<size_t>(g.patch() * ld), 0.0f), padded_bias(static_cast<size_t>(ld), 0.0f);
   const float* pw = w.data<float>();
   for (int64_t co = 0; co < g.out_channels; ++co) {
-    for (int64_t t = 0; t < g.taps(); ++t) weights[t * ld + co] = pw[co * g.taps() + t];
+    for (int64_t t = 0; t < g.patch(); ++t) weights[t * ld + co] = pw[co * g.patch() + t];
     if (bias.defined()) padded_bias[co] = bias.data<float>()[co];
   }
   const float* px = x.data<float>();
@@ -184,10 +174,10 @@ void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
                      const Tensor& grad_w, const Tensor& grad_bias, Conv2dParams p) {
   if (grad_x.defined()) im2col_backward(grad_y, x, w, grad_x, Tensor(), Tensor(), p);
   if (!grad_w.defined() && !grad_bias.defined()) return;
-  const Geometry g(x, w);
-  const std::vector<int64_t> taps = g.tap_offsets();
+  const ConvShape g(x, w, p);
+  const std::vector<int64_t> taps = tap_offsets(g);
   LaneBits keep;  // the second vector's lanes past the first one's
-  for (int64_t l = 0; l < kLanes; ++l) keep[l] = g.second() + l >= kLanes ? -1 : 0;
+  for (int64_t l = 0; l < kLanes; ++l) keep[l] = second_vector(g) + l >= kLanes ? -1 : 0;
   // The running lane-wise sums of each output channel and block of taps: the taps', then grad_y's
   // (kept from the first block, for the bias gradient). A pass whose last channels lie past the
   // thread's range repeats its last channel and adds those sums to `discarded`.
@@ -216,8 +206,8 @@ void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
   for (int64_t co = 0; co < g.out_channels; ++co) {
     const float* channel_sums = sums.data() + co * tap_blocks * per_block;
     if (grad_w.defined())
-      for (int64_t t = 0; t < g.taps(); ++t)
-        grad_w.data<float>()[co * g.taps() + t] =
+      for (int64_t t = 0; t < g.patch(); ++t)
+        grad_w.data<float>()[co * g.patch() + t] =
             static_cast<float>(sum_of_lanes(channel_sums + t / kTapBlock * per_block + t % kTapBlock * kLanes));
     if (grad_bias.defined())
       grad_bias.data<float>()[co] = static_cast<float>(sum_of_lanes(channel_sums + kTapBlock * kLanes));
