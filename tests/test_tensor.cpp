@@ -71,6 +71,47 @@ TEST(Tensor, ReshapeRegroupsContiguousChunksInPlace) {
   EXPECT_EQ(x.grad().to_vector<float>(), grad);
 }
 
+// A copy within one dtype takes the vectorized, threaded loops; a copy between dtypes walks the
+// elements one by one. The float32 -> float64 copy is the reference the float32 copies must match
+// bit for bit, from every kind of view (transposed, heads swapped as attention does, a broadcast
+// row, a narrowed block) and into a strided destination, on one thread and two, at sizes below and
+// above the threading grain.
+TEST(Tensor, SameTypeCopiesMatchTheConvertingElementLoop) {
+  const int saved = num_threads();
+  Generator gen(5);
+  const Tensor matrix = randn({300, 170}, DType::Float32, cpu(), gen);
+  const Tensor heads = randn({12, 4, 64, 32}, DType::Float32, cpu(), gen);
+  const Tensor row = randn({384}, DType::Float32, cpu(), gen);
+  const std::vector<std::pair<std::string, Tensor>> views{
+      {"transpose", matrix.t()},
+      {"heads swapped", heads.transpose(1, 2)},
+      {"broadcast row", row.unsqueeze(0).expand({768, 384})},
+      {"broadcast column", row.narrow(0, 0, 7).unsqueeze(1).expand({7, 5})},
+      {"narrowed block", matrix.narrow(0, 3, 100).narrow(1, 9, 33)},
+      {"contiguous", matrix},
+      {"scalar", matrix.narrow(0, 2, 1).narrow(1, 5, 1).squeeze(0).squeeze(0)}};
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (const auto& [name, view] : views) {
+      const std::vector<double> reference = view.to(DType::Float64).to_vector<double>();
+      const std::vector<float> copied = view.contiguous().to_vector<float>();
+      ASSERT_EQ(copied.size(), reference.size()) << name;
+      for (size_t i = 0; i < copied.size(); ++i)
+        ASSERT_EQ(static_cast<double>(copied[i]), reference[i]) << name << ", element " << i << ", threads " << threads;
+    }
+    // Into a transposed destination: every element lands where the converting loop puts it.
+    Tensor into = Tensor::empty({170, 300}, DType::Float32, cpu()).t();
+    Tensor into_reference = Tensor::empty({170, 300}, DType::Float64, cpu()).t();
+    copy_(into, matrix);
+    copy_(into_reference, matrix);
+    const std::vector<float> got = into.t().contiguous().to_vector<float>();
+    const std::vector<double> want = into_reference.t().contiguous().to_vector<double>();
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(static_cast<double>(got[i]), want[i]) << "strided destination, element " << i << ", threads " << threads;
+  }
+  set_num_threads(saved);
+}
+
 TEST(Tensor, DtypeAndShapeErrorsNameTheOp) {
   Tensor a = ones({2, 3});
   Tensor b = ones({4});
