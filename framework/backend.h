@@ -107,14 +107,17 @@ class Backend {
   // a[i] and b[i] may be transposed views (unit stride in either of their last two dims);
   // a batch stride of 0 broadcasts one matrix over the batch.
   virtual void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) { unsupported(__func__); }
-  // c = alpha * a @ a^T + beta * c for a 2-D a [k, l] (unit stride in one dim) and a contiguous c
-  // [k, k], symmetric where beta != 0. A symmetric rank-k update (BLAS syrk) computes one triangle,
-  // half the products, reads only that triangle of c and mirrors the result. This default, for
-  // backends without one, is the plain product (symmetric up to rounding).
+  // c[i] = alpha * a[i] @ a[i]^T + beta * c[i] for a 3-D a [B, k, l] (a[i] with unit stride in one
+  // dim) and a contiguous c [B, k, k], symmetric where beta != 0. A symmetric rank-k update (BLAS
+  // syrk) computes one triangle, half the products, reads only that triangle of c and mirrors the
+  // result. This default, for backends without one, is the plain batched product (symmetric up to
+  // rounding).
   virtual void syrk(const Tensor& a, const Tensor& c, double alpha, double beta, GemmMath math) {
-    const Tensor a3 = a.unsqueeze(0);
-    gemm(a3, a3.transpose(1, 2), c.unsqueeze(0), alpha, beta, math);
+    gemm(a, a.transpose(1, 2), c, alpha, beta, math);
   }
+  // Whether `batch` same-shape products of `multiply_adds` each are faster as one batched call
+  // than one after another. This default, a GPU's answer: always, one launch instead of `batch`.
+  virtual bool batched_products_pay(int64_t batch, int64_t multiply_adds) const { return batch > 1; }
 
   // ---------------------------------------------------------------- indexing (index is Int64)
   // out = x.index_select(dim, index); out.index_add_(dim, index, src).

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "framework/backend.h"
 #include "framework/distributed/communicator.h"
 #include "framework/ops.h"
 
@@ -92,10 +93,47 @@ void MatrixOptimizer::step_impl() {
     sharded_step(present);
     return;
   }
+  if (stacks_orthogonalization()) {
+    stacked_step(present);
+    return;
+  }
+  for (const size_t i : present) update_alone(i);
+}
+
+void MatrixOptimizer::update_alone(size_t index) {
+  const Shape shape = matrix_shape(index);
+  Tensor weight = params()[index].param.view(shape);
+  finish_update(index, weight, orthogonalize(index, begin_update(index, params()[index].param.grad().reshape(shape))));
+}
+
+void MatrixOptimizer::stacked_step(const std::vector<size_t>& present) {
+  // Groups of one matrix shape, dtype and device, in the order of their first member.
+  std::vector<std::vector<size_t>> groups;
+  const auto same_group = [&](size_t a, size_t b) {
+    const Tensor &pa = params()[a].param, &pb = params()[b].param;
+    return matrix_shape(a) == matrix_shape(b) && pa.dtype() == pb.dtype() && pa.device() == pb.device();
+  };
   for (const size_t i : present) {
-    const Shape shape = matrix_shape(i);
-    Tensor weight = params()[i].param.view(shape);
-    finish_update(i, weight, orthogonalize(i, begin_update(i, params()[i].param.grad().reshape(shape))));
+    const auto group = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return same_group(g.front(), i); });
+    if (group == groups.end())
+      groups.push_back({i});
+    else
+      group->push_back(i);
+  }
+  for (const std::vector<size_t>& group : groups) {
+    const Shape shape = matrix_shape(group.front());
+    const int64_t k = std::min(shape[0], shape[1]), count = static_cast<int64_t>(group.size());
+    if (!backend_of(params()[group.front()].param).batched_products_pay(count, k * k * k)) {
+      for (const size_t i : group) update_alone(i);
+      continue;
+    }
+    std::vector<Tensor> inputs;
+    for (const size_t i : group) inputs.push_back(begin_update(i, params()[i].param.grad().reshape(shape)));
+    const Tensor results = orthogonalize(group.front(), stack(inputs, 0));
+    for (int64_t j = 0; j < count; ++j) {
+      Tensor weight = params()[group[static_cast<size_t>(j)]].param.view(shape);
+      finish_update(group[static_cast<size_t>(j)], weight, results.narrow(0, j, 1).squeeze(0));
+    }
   }
 }
 

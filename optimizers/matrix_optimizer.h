@@ -112,7 +112,8 @@ std::vector<int> assign_matrix_owners(const std::vector<Shape>& shapes, int rank
 // owner alone runs orthogonalize, the results are all-gathered, and every rank runs
 // finish_update. The state thus stays complete on every rank (rank 0's checkpoint has it all, and
 // a run resumes at any number of ranks), and only orthogonalize's result travels. Alone, the
-// three parts run back to back for one matrix at a time.
+// three parts run back to back for one matrix at a time, or, for the methods that
+// stacks_orthogonalization(), with the same-shape matrices' orthogonalizations as one stack.
 class MatrixOptimizer : public Optimizer {
  public:
   MatrixOptimizer(std::string kind, std::vector<NamedParam> params, const MatrixOptimizerSettings& settings);
@@ -123,12 +124,20 @@ class MatrixOptimizer : public Optimizer {
   // orthogonalize.
   virtual Tensor begin_update(size_t index, const Tensor& grad) = 0;
   // The expensive part. Must keep no state and keep the input's shape when shards_orthogonalization().
+  // Where stacks_orthogonalization(), `input` may be a stack [G, rows, cols] of G same-shape
+  // matrices (`index`: the first of them), whose results come back stacked in the same order.
   virtual Tensor orthogonalize(size_t index, const Tensor& input) = 0;
   // Applies orthogonalize's result; `weight` is a matrix view of the parameter.
   virtual void finish_update(size_t index, Tensor& weight, const Tensor& ortho) = 0;
   // false: every rank orthogonalizes every matrix itself (cheap methods, whose results would
   // cost more to exchange than to compute, and stateful ones).
   virtual bool shards_orthogonalization() const { return true; }
+  // true: orthogonalize is a stateless function of the input and the matrix shape that takes a
+  // stack (Newton-Schulz): a step then solves a group of G same-shape matrices at once where the
+  // backend says batched products pay (Backend::batched_products_pay for G of the solve's k x k
+  // products): one batched product per iteration instead of G (on a GPU the launches, not the
+  // FLOPs, are most of a small model's optimizer step; on the CPU, small matrices on 2+ threads).
+  virtual bool stacks_orthogonalization() const { return false; }
   // Optimizer::decay_weight with the configured weight decay, as every Muon variant uses it.
   void decay_weight(Tensor& weight) const { Optimizer::decay_weight(weight, weight_decay_); }
   // The configured scaling of a rows x cols update.
@@ -140,6 +149,10 @@ class MatrixOptimizer : public Optimizer {
 
  private:
   void step_impl() final;
+  // The single-process step with same-shape matrices stacked (stacks_orthogonalization()).
+  void stacked_step(const std::vector<size_t>& present);
+  // One matrix's three parts, back to back.
+  void update_alone(size_t index);
   // The data-parallel step: the orthogonalizations shared out between the ranks of comm_.
   void sharded_step(const std::vector<size_t>& present);
   double weight_decay_;

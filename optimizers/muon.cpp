@@ -45,7 +45,7 @@ Tensor Muon::begin_update(size_t index, const Tensor& grad) {
   return lerp_momentum(momentum_buffers_[index], grad, momentum_.momentum, momentum_.nesterov);
 }
 
-// -lr scale NS(U): the step itself, ready to add.
+// -lr scale NS(U): the step itself, ready to add (for each matrix of a stack: they share a shape).
 Tensor Muon::orthogonalize(size_t index, const Tensor& input) {
   const Shape shape = matrix_shape(index);
   return newton_schulz(input, schedule_, -lr() * scale_of(shape[0], shape[1]));

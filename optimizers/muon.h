@@ -25,6 +25,7 @@ class Muon : public MatrixOptimizer {
   Tensor begin_update(size_t index, const Tensor& grad) override;
   Tensor orthogonalize(size_t index, const Tensor& input) override;
   void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
+  bool stacks_orthogonalization() const override { return true; }
 
  private:
   NsSchedule schedule_;

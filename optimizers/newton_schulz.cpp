@@ -55,7 +55,8 @@ bool uses_gram_form(int64_t k, int64_t l, int64_t steps) {
   return gram_form_flops(k, l, steps) < direct_flops(k, l, steps);
 }
 
-// Newton–Schulz on the small side S (k x l) of `matrix`. X0 = S / (f ||S||_F + eps) is never
+// Newton–Schulz on the small side S (k x l) of `matrix`, or of each matrix of a stack [B, rows,
+// cols]: every product below is then one batched product. X0 = S / (f ||S||_F + eps) is never
 // formed: its scaling (1/norm, and diag(s) for AOL) is folded into a k x k factor, and the first
 // Gram matrix is the raw one rescaled (||S||_F^2 = trace(S S^T)), so the normalization costs
 // O(k^2), not O(k l). Two equivalent evaluation orders, whichever needs fewer FLOPs:
@@ -66,11 +67,12 @@ bool uses_gram_form(int64_t k, int64_t l, int64_t steps) {
 // `transform` (optional) receives T = P_{K-1} ... P_0 diag(s), the map from X0 to the result.
 Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_scale, Tensor* transform,
                const Tensor& small_gram) {
-  if (matrix.dim() != 2)
-    throw std::invalid_argument("newton_schulz: expected a 2-D matrix, got " + shape_str(matrix.shape()));
+  if (matrix.dim() != 2 && matrix.dim() != 3)
+    throw std::invalid_argument("newton_schulz: expected a 2-D matrix or a 3-D stack of them, got " +
+                                shape_str(matrix.shape()));
   if (schedule.triples.empty()) throw std::invalid_argument("newton_schulz: the schedule has no iterations");
-  const bool tall = matrix.size(0) > matrix.size(1);
-  const Tensor raw = tall ? matrix.t() : matrix;
+  const bool tall = matrix.size(-2) > matrix.size(-1);
+  const Tensor raw = small_side(matrix);
   const int64_t steps = static_cast<int64_t>(schedule.triples.size());
 
   Tensor gram = small_gram.defined() ? small_gram.clone() : syrk(raw);
@@ -80,42 +82,42 @@ Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_s
   if (schedule.aol) {
     // Turbo-Muon: s_i = max(sum_j |A_ij|, 1e-7)^(-1/2) bounds ||diag(s) X||_2 <= 1, and
     // diag(s) A diag(s) is the Gram matrix of diag(s) X, so the first iteration needs no new product.
-    aol_scale = rsqrt(clamp(sum(abs(gram), {1}), 1e-7, std::numeric_limits<double>::infinity()));
-    mul_(gram, aol_scale.unsqueeze(1));
-    mul_(gram, aol_scale.unsqueeze(0));
+    aol_scale = rsqrt(clamp(sum(abs(gram), {-1}), 1e-7, std::numeric_limits<double>::infinity()));
+    mul_(gram, aol_scale.unsqueeze(-1));
+    mul_(gram, aol_scale.unsqueeze(-2));
   }
 
-  if (uses_gram_form(raw.size(0), raw.size(1), steps)) {
+  if (uses_gram_form(raw.size(-2), raw.size(-1), steps)) {
     Tensor t;
     for (int64_t i = 0; i < steps; ++i) {
       Tensor p = polynomial(gram, schedule.triples[i]);
       // Not A (P P^T), equal in exact arithmetic (P is a polynomial in A): in float32 that product
       // loses the symmetry P A P^T keeps, and Polar Express's triples amplify that (7e-4 from the
       // float64 iteration on a 12x20 matrix, against under 1e-4 this way).
-      if (i + 1 < steps) gram = matmul(matmul(p, gram), p.t());
+      if (i + 1 < steps) gram = matmul(matmul(p, gram), p.transpose(-1, -2));
       if (i > 0) {
         t = matmul(p, t);
       } else {
         t = p;
-        if (schedule.aol) mul_(t, aol_scale.unsqueeze(0));
+        if (schedule.aol) mul_(t, aol_scale.unsqueeze(-2));
       }
     }
     if (transform) *transform = t;
     const Tensor x = matmul(mul(t, mul(inv_norm, output_scale)), raw);
-    return tall ? x.t() : x;
+    return tall ? x.transpose(-1, -2) : x;
   }
 
   Tensor x;
   for (int64_t i = 0; i < steps; ++i) {
     if (i > 0) gram = syrk(x);
     Tensor p = polynomial(gram, schedule.triples[i]);
-    if (i == 0 && schedule.aol) mul_(p, aol_scale.unsqueeze(0));
+    if (i == 0 && schedule.aol) mul_(p, aol_scale.unsqueeze(-2));
     if (transform) *transform = i == 0 ? p.clone() : matmul(p, *transform);
     if (i == 0) mul_(p, inv_norm);
     if (i + 1 == steps && output_scale != 1.0) mul_(p, output_scale);
     x = matmul(p, i == 0 ? raw : x);
   }
-  return tall ? x.t() : x;
+  return tall ? x.transpose(-1, -2) : x;
 }
 
 }  // namespace
@@ -152,13 +154,17 @@ NsSchedule ns_schedule(NsCoefficients coefficients, int64_t steps, bool aol) {
 }
 
 Tensor diagonal_view(const Tensor& square) {
-  if (square.dim() != 2 || square.size(0) != square.size(1) || !square.is_contiguous())
-    throw std::invalid_argument("diagonal_view: expected a contiguous square matrix, got " + shape_str(square.shape()));
-  const int64_t k = square.size(0);
+  if ((square.dim() != 2 && square.dim() != 3) || square.size(-2) != square.size(-1) || !square.is_contiguous())
+    throw std::invalid_argument("diagonal_view: expected a contiguous square matrix or a stack of them, got " +
+                                shape_str(square.shape()));
+  const int64_t k = square.size(-1);
+  if (square.dim() == 3) return Tensor::view_of(square, {square.size(0), k}, {k * k, k + 1}, square.offset());
   return Tensor::view_of(square, {k}, {k + 1}, square.offset());
 }
 
-Tensor small_side(const Tensor& matrix) { return matrix.size(0) > matrix.size(1) ? matrix.t() : matrix; }
+Tensor small_side(const Tensor& matrix) {
+  return matrix.size(-2) > matrix.size(-1) ? matrix.transpose(-1, -2) : matrix;
+}
 
 // The textbook iteration (see the header). Each step maps every singular value s of X to
 // a s + b s^3 + c s^5 and keeps the singular vectors, so the steps drive the singular values towards 1.
@@ -205,7 +211,10 @@ Tensor small_side_gram(const Tensor& matrix) {
 }
 
 Tensor inverse_norm_of_gram(const Tensor& small_gram, const NsSchedule& schedule) {
-  return rdiv(1.0, add(mul(sqrt(sum(diagonal_view(small_gram))), schedule.norm_factor), schedule.norm_eps));
+  // A stack's traces as [B, 1, 1], to scale its [B, k, k] Gram matrices and [B, k, l] matrices.
+  const Tensor trace = small_gram.dim() == 3 ? sum(diagonal_view(small_gram), {1}, true).unsqueeze(2)
+                                             : sum(diagonal_view(small_gram));
+  return rdiv(1.0, add(mul(sqrt(trace), schedule.norm_factor), schedule.norm_eps));
 }
 
 double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps, bool with_transform, bool gram_given) {

@@ -49,12 +49,15 @@ NsSchedule ns_schedule(NsCoefficients coefficients, int64_t steps, bool aol = fa
 // before AOL), which follows the same recurrence T <- a T + B T from T = I (diag(s) with AOL).
 Tensor newton_schulz_reference(const Tensor& matrix, const NsSchedule& schedule, Tensor* transform = nullptr);
 
-// The view of a matrix that Newton–Schulz iterates on: the transpose of a tall matrix.
+// The view of a matrix that Newton–Schulz iterates on: the transpose of a tall matrix (of each
+// matrix of a stack [B, rows, cols]).
 Tensor small_side(const Tensor& matrix);
 
 // An approximation of the polar factor U V^T of a 2-D matrix (any orientation, result in the same
 // orientation, possibly a transposed view), multiplied by `output_scale` (folded into the last
-// iteration's small left factor rather than paid for as a pass over the result).
+// iteration's small left factor rather than paid for as a pass over the result). A stack of
+// same-shape matrices [B, rows, cols] gives each matrix's result, as if solved alone, with every
+// step one batched product for the whole stack (on a GPU one launch per product instead of B).
 Tensor newton_schulz(const Tensor& matrix, const NsSchedule& schedule, double output_scale = 1.0);
 
 // Newton–Schulz written as a left transform of the normalized input: with S = small_side(matrix)
@@ -70,14 +73,16 @@ struct NsTransformResult {
 NsTransformResult newton_schulz_with_transform(const Tensor& matrix, const NsSchedule& schedule,
                                                const Tensor& small_gram = Tensor());
 
-// S S^T for the small side S of `matrix` (k x k): the raw Gram matrix every solve starts from.
+// S S^T for the small side S of `matrix` (k x k; [B, k, k] for a stack): the raw Gram matrix
+// every solve starts from.
 Tensor small_side_gram(const Tensor& matrix);
 
 // 1 / (norm_factor ||S||_F + norm_eps) from that Gram matrix (||S||_F^2 = trace(S S^T)), as a 0-d
-// tensor: the normalization X0 = S * inverse_norm of every solve.
+// tensor ([B, 1, 1] for a stack): the normalization X0 = S * inverse_norm of every solve.
 Tensor inverse_norm_of_gram(const Tensor& small_gram, const NsSchedule& schedule);
 
-// The diagonal of a contiguous square matrix as a strided view (writes go to the matrix).
+// The diagonal of a contiguous square matrix as a strided view (writes go to the matrix); [B, k]
+// for a stack [B, k, k].
 Tensor diagonal_view(const Tensor& square);
 
 // FLOPs (multiply-adds counted twice) of newton_schulz on a rows x cols matrix, or of

@@ -21,6 +21,7 @@ class NorMuon : public MatrixOptimizer {
  private:
   Tensor begin_update(size_t index, const Tensor& grad) override;
   Tensor orthogonalize(size_t index, const Tensor& input) override;
+  bool stacks_orthogonalization() const override { return true; }
   // The row second moments are updated here, from the gathered O, on every rank.
   void finish_update(size_t index, Tensor& weight, const Tensor& ortho) override;
   NsSchedule schedule_;

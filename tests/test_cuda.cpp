@@ -150,6 +150,9 @@ TEST_F(CudaParity, MatmulPlainBatchedTransposed) {
   expect_parity([](auto& in) { return matmul(in[0], in[1].transpose(-1, -2)); },
                 {float_input({3, 4, 16, 8}, 19), float_input({3, 4, 16, 8}, 20)}, 1e-5);
   expect_parity([](auto& in) { return matmul(in[0], in[1]); }, {float_input({2, 3, 7, 5}, 21), float_input({5, 9}, 22)}, 1e-5);
+  // syrk of a stack and of a transposed stack (the backend's default: one batched product)
+  expect_parity([](auto& in) { return syrk(in[0], 0.5); }, {float_input({3, 16, 24}, 23)}, 1e-5);
+  expect_parity([](auto& in) { return syrk(in[0].transpose(-1, -2)); }, {float_input({3, 24, 16}, 24)}, 1e-5);
 }
 
 TEST_F(CudaParity, NeuralNetworkOps) {
@@ -523,7 +526,8 @@ Tensor bf16_rounded(const Tensor& x) {
 // for the non-matrix optimizer, float32 on `device`.
 std::vector<NamedParam> toy_parameters(Device device) {
   const std::vector<std::pair<std::string, Shape>> layout{
-      {"fc.weight", {24, 40}}, {"proj.weight", {40, 24}}, {"conv.weight", {8, 3, 3, 3}}, {"fc.bias", {24}}};
+      {"fc.weight", {24, 40}}, {"proj.weight", {40, 24}}, {"conv.weight", {8, 3, 3, 3}}, {"fc.bias", {24}},
+      {"fc2.weight", {24, 40}}};  // with fc.weight, a stack for the Newton-Schulz methods on a GPU
   std::vector<NamedParam> params;
   for (size_t i = 0; i < layout.size(); ++i) {
     Tensor p = float_input(layout[i].second, 50 + i).to(device);

@@ -600,12 +600,43 @@ TEST(Syrk, MatchesTheProductWithItsTransposeAndIsExactlySymmetric) {
       EXPECT_EQ(s[i * 65 + j], s[j * 65 + i]);
       EXPECT_NEAR(s[i * 65 + j], reference[i * 65 + j], 1e-4 * std::abs(reference[i * 65 + i]) + 1e-4);
     }
-  expect_error_mentions([&] { syrk(ones({2, 2, 2})); }, {"syrk", "matrix", "[2, 2, 2]"});
+  expect_error_mentions([&] { syrk(ones({2, 2, 2, 2})); }, {"syrk", "matrix", "[2, 2, 2, 2]"});
+  expect_error_mentions([&] { syrk(ones({2, 2, 3}), 1.0, ones({2, 3, 3}), 1.0); }, {"syrk", "[2, 3, 3]", "[2, 2, 2]"});
   expect_error_mentions([&] { syrk(ones({2, 3}), 1.0, ones({3, 3}), 1.0); }, {"syrk", "[3, 3]", "[2, 2]"});
   expect_error_mentions([&] { syrk(ones({2, 3}), 1.0, Tensor(), 1.0); }, {"syrk", "no matrix c"});
   expect_gradients_match([](auto& in) { return syrk(in[0], 1.5); }, {random_input({3, 4}, 19)});
   expect_gradients_match([](auto& in) { return syrk(in[0].t(), 0.5, add(in[1], in[1].t()), 2.0); },
                          {random_input({4, 3}, 20), random_input({3, 3}, 21)});
+}
+
+// A stack of matrices [B, k, l] gives each matrix the syrk it would get alone, bit for bit: in one
+// backend call, with many small ones run one per thread at two threads, for a transposed stack, a
+// stack with beta * c, and with gradients.
+TEST(Syrk, AStackGivesEachMatrixItsOwnUpdate) {
+  const int saved = num_threads();
+  Generator gen(8);
+  const Tensor many_small = randn({40, 12, 30}, DType::Float32, cpu(), gen);  // one per thread
+  const Tensor few_large = randn({3, 70, 90}, DType::Float32, cpu(), gen);
+  const Tensor c = syrk(randn({3, 70, 4}, DType::Float32, cpu(), gen));
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (const Tensor& stack : {many_small, few_large, few_large.transpose(1, 2)}) {
+      const Tensor together = syrk(stack, 0.5);
+      ASSERT_EQ(together.shape(), (Shape{stack.size(0), stack.size(1), stack.size(1)}));
+      for (int64_t i = 0; i < stack.size(0); ++i)
+        EXPECT_EQ(values(together.narrow(0, i, 1).squeeze(0)), values(syrk(stack.narrow(0, i, 1).squeeze(0), 0.5)))
+            << "matrix " << i << " of " << shape_str(stack.shape()) << ", threads " << threads;
+    }
+    const Tensor with_c = syrk(few_large, 2.0, c, -0.5);
+    for (int64_t i = 0; i < 3; ++i)
+      EXPECT_EQ(values(with_c.narrow(0, i, 1).squeeze(0)),
+                values(syrk(few_large.narrow(0, i, 1).squeeze(0), 2.0, c.narrow(0, i, 1).squeeze(0), -0.5)));
+  }
+  set_num_threads(saved);
+  expect_gradients_match([](auto& in) { return syrk(in[0], 1.5); }, {random_input({2, 3, 4}, 22)});
+  expect_gradients_match(
+      [](auto& in) { return syrk(in[0].transpose(1, 2), 0.5, add(in[1], in[1].transpose(1, 2)), 2.0); },
+      {random_input({2, 4, 3}, 23), random_input({2, 3, 3}, 24)});
 }
 
 TEST(MatmulGrad, PlainBatchedBroadcastAndTransposed) {

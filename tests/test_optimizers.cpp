@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <random>
@@ -20,8 +21,10 @@
 
 #include "experiments/exact_polar.h"
 #include "experiments/ortho_command.h"
+#include "framework/backend.h"
 #include "framework/io/npy.h"
 #include "framework/ops.h"
+#include "framework/parallel.h"
 #include "optimizers/adamw.h"
 #include "optimizers/cache_muon.h"
 #include "optimizers/combined.h"
@@ -533,6 +536,28 @@ TEST(OptimNewtonSchulz, FastMatchesTheTextbookIterationForEveryScheduleAndShape)
   EXPECT_THROW(newton_schulz_reference(zeros({2, 3, 4}), ns_schedule(NsCoefficients::Keller, 5)), std::invalid_argument);
 }
 
+// A stack [3, rows, cols] of same-shape matrices (one of them zero) gives each matrix the result
+// it gets alone, for every schedule, both evaluation orders (6x40 takes the Gram form) and tall
+// inputs: the batched products, traces and AOL sums are per matrix.
+TEST(OptimNewtonSchulz, AStackSolvesEachMatrixAsItWouldAlone) {
+  for (const auto& [label, schedule] : every_schedule())
+    for (const Shape& shape : {Shape{12, 20}, Shape{20, 12}, Shape{16, 16}, Shape{6, 40}, Shape{40, 6}})
+      for (const DType dtype : {DType::Float64, DType::Float32}) {
+        const std::string where = label + " " + shape_str(shape) + " " + dtype_name(dtype);
+        std::vector<Tensor> matrices;
+        for (int i = 0; i < 3; ++i)
+          matrices.push_back(i == 1 ? zeros(shape, dtype) : to_tensor(random_mat(shape[0], shape[1], 300 + i), dtype));
+        const Tensor together = newton_schulz(stack(matrices, 0), schedule, -0.5);
+        ASSERT_EQ(together.shape(), (Shape{3, shape[0], shape[1]})) << where;
+        for (int64_t i = 0; i < 3; ++i) {
+          const Tensor alone = newton_schulz(matrices[static_cast<size_t>(i)], schedule, -0.5);
+          EXPECT_LT(max_abs_diff(to_mat(together.narrow(0, i, 1).squeeze(0).contiguous()), to_mat(alone.contiguous())),
+                    dtype == DType::Float64 ? 1e-12 : 1e-6)
+              << where << ", matrix " << i;
+        }
+      }
+}
+
 TEST(OptimNewtonSchulz, TransformMapsTheNormalizedInputToTheResult) {
   for (const auto& [label, schedule] : every_schedule())
     for (const NsShape& shape : kNsShapes) {
@@ -616,6 +641,52 @@ TEST(OptimMuon, ThreeStepsMatchTheReferenceForMatricesAndConvFilters) {
   }
   Tensor bias = make_param(random_mat(1, 4, 1), {4});
   EXPECT_THROW(Muon({{"bias", bias}}, settings_of<MuonSettings>()), std::invalid_argument);
+}
+
+// The methods that stack same-shape matrices (Muon, Turbo-Muon, NorMuon) update each as an
+// optimizer holding it alone does: at two threads, where the CPU backend takes stacks of these
+// sizes, three 32x48 matrices and two conv filters go as stacks, the 48x32 and 32x20 matrices
+// alone, over three steps; at one thread all go alone.
+template <typename Method, typename Settings>
+void expect_stacked_steps_match_lone_ones() {
+  const Settings spec = settings_of<Settings>();
+  const std::vector<Shape> shapes{{32, 48}, {48, 32}, {32, 48}, {32, 4, 3, 3}, {32, 48}, {32, 20}, {32, 4, 3, 3}};
+  std::vector<NamedParam> together;
+  std::vector<Tensor> alone_params;
+  std::vector<std::unique_ptr<Method>> alone;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const int64_t rows = shapes[i][0], cols = numel_of(shapes[i]) / rows;
+    const Mat w = random_mat(rows, cols, 400 + i);
+    together.push_back({"w" + std::to_string(i), make_param(w, shapes[i])});
+    alone_params.push_back(make_param(w, shapes[i]));
+    alone.push_back(std::make_unique<Method>(std::vector<NamedParam>{{"w", alone_params.back()}}, spec));
+  }
+  Method stacked(together, spec);
+  for (int step = 0; step < 3; ++step) {
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const int64_t rows = shapes[i][0], cols = numel_of(shapes[i]) / rows;
+      const Mat g = random_mat(rows, cols, 500 + 10 * step + i);
+      set_grad(together[i].param, g);
+      set_grad(alone_params[i], g);
+      alone[i]->step();
+    }
+    stacked.step();
+    for (size_t i = 0; i < shapes.size(); ++i)
+      EXPECT_LT(max_abs_diff(to_mat(together[i].param), to_mat(alone_params[i])), 1e-12)
+          << Settings::kind << " " << shape_str(shapes[i]) << " #" << i << " step " << step;
+  }
+}
+
+TEST(OptimMuon, SameShapeMatricesStepAsEachWouldAlone) {
+  const int saved = num_threads();
+  for (int threads : {2, 1}) {
+    set_num_threads(threads);
+    ASSERT_EQ(backend_for(cpu()).batched_products_pay(3, 32 * 32 * 32), threads > 1);
+    expect_stacked_steps_match_lone_ones<Muon, MuonSettings>();
+    expect_stacked_steps_match_lone_ones<TurboMuon, TurboMuonSettings>();
+    expect_stacked_steps_match_lone_ones<NorMuon, NorMuonSettings>();
+  }
+  set_num_threads(saved);
 }
 
 TEST(OptimMuon, RenormalizeRescalesEachFilterTensorBeforeTheUpdateAsAirbench94Muon) {

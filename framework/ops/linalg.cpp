@@ -124,24 +124,26 @@ Tensor detail::matmul_add_forward(const Tensor& a, const Tensor& b, const Tensor
 
 Tensor syrk(const Tensor& x_in, double alpha, const Tensor& c, double beta) {
   detail::check_floating("syrk", x_in);
-  if (x_in.dim() != 2) op_error("syrk", "expected a matrix, got shape " + shape_str(x_in.shape()));
-  const int64_t k = x_in.size(0), l = x_in.size(1);
+  if (x_in.dim() != 2 && x_in.dim() != 3)
+    op_error("syrk", "expected a matrix or a stack of matrices, got shape " + shape_str(x_in.shape()));
+  Shape out_shape = x_in.shape();
+  out_shape.back() = x_in.size(-2);  // [..., k, l] -> [..., k, k]
   if (beta != 0.0) {
     if (!c.defined()) op_error("syrk", "beta is " + std::to_string(beta) + " but no matrix c was given");
     detail::check_compatible("syrk", x_in, c);
-    if (c.shape() != Shape{k, k})
-      op_error("syrk", "c has shape " + shape_str(c.shape()) + "; x of shape " + shape_str(x_in.shape()) +
-                           " needs [" + std::to_string(k) + ", " + std::to_string(k) + "]");
+    if (c.shape() != out_shape)
+      op_error("syrk", "c has shape " + shape_str(c.shape()) + "; x of shape " + shape_str(x_in.shape()) + " needs " +
+                           shape_str(out_shape));
   }
-  const Tensor x = blas_layout(k, l, x_in.strides()[0], x_in.strides()[1], 0) ? x_in : x_in.contiguous();
-  Tensor out = beta != 0.0 ? c.clone() : Tensor::empty({k, k}, x.dtype(), x.device());
-  backend_of(x).syrk(x, out, alpha, beta, GemmMath::Configured);
+  const Tensor x = as_batched_matrices(x_in);  // [B, k, l], a view where BLAS can read x_in as it is
+  Tensor out = beta != 0.0 ? c.clone() : Tensor::empty(out_shape, x.dtype(), x.device());
+  backend_of(x).syrk(x, out.view({x.size(0), x.size(1), x.size(1)}), alpha, beta, GemmMath::Configured);
   const Tensor given_c = beta != 0.0 ? c : Tensor();
-  if (needs_grad(x, given_c))
-    record(out, "syrk", {x, given_c}, [x, given_c, alpha, beta](const Tensor& g) {
+  if (needs_grad(x_in, given_c))
+    record(out, "syrk", {x_in, given_c}, [x_in, given_c, alpha, beta](const Tensor& g) {
       // d(alpha x x^T) = alpha (dx x^T + x dx^T), so x's gradient is alpha (g + g^T) x.
       Tensor gx, gc;
-      if (x.requires_grad()) gx = matmul_forward(add(g, g.t()), x, alpha);
+      if (x_in.requires_grad()) gx = matmul_forward(add(g, g.transpose(-1, -2)), x_in, alpha);
       if (given_c.defined() && given_c.requires_grad()) gc = mul(g, beta);
       return Grads{gx, gc};
     });

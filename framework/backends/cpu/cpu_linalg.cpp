@@ -43,6 +43,14 @@ bool split_rows_pays(int64_t M, int64_t N, int64_t K) {
          multiply_adds >= (int64_t{1} << 20) && multiply_adds <= (int64_t{1} << 27);
 }
 
+// Whether a batch of products, each of `multiply_adds`, runs one product per thread with
+// single-threaded BLAS (many small ones: attention heads, a stack of small Newton-Schulz matrices)
+// rather than one after another, each threaded inside. Tiny batches are not worth waking the
+// thread team for.
+bool one_product_per_thread(int64_t batch, int64_t multiply_adds) {
+  return batch > 1 && multiply_adds <= (int64_t{1} << 21) && batch * multiply_adds >= (int64_t{1} << 15);
+}
+
 // One product as one single-threaded BLAS call per thread, each computing a block of C's rows over
 // all of K.
 template <typename T>
@@ -68,10 +76,10 @@ void syrk_upper(const BlasMatrix& oa, int64_t n, int64_t k, T alpha, const T* a,
 // Copies the upper triangle of the n x n row-major matrix c onto its lower one, a tile of rows at
 // a time so that the column reads of the upper triangle stay in cache.
 template <typename T>
-void mirror_upper_to_lower(T* c, int64_t n) {
+void mirror_upper_to_lower(T* c, int64_t n, bool parallel) {
   constexpr int64_t tile = 64;
   const int64_t tiles = (n + tile - 1) / tile;
-  parallel_for(tiles, n * n >= (1 << 16), [&](int64_t t) {
+  parallel_for(tiles, parallel && n * n >= (1 << 16), [&](int64_t t) {
     const int64_t first = t * tile, last = std::min(n, first + tile);
     for (int64_t j0 = 0; j0 < last; j0 += tile)
       for (int64_t i = first; i < last; ++i)
@@ -98,11 +106,8 @@ void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double 
     const T* pb = b.data<T>();
     T* pc = c.data<T>();
     if (K == 0) return scale_by_beta(pc, c.numel(), beta);
-    // Many small products (attention heads) run one per thread with single-threaded BLAS; a few
-    // large ones are each split by rows across the threads, or threaded by OpenBLAS inside the product.
-    // Tiny batches are not worth waking the thread team for.
-    const int64_t work = batch * M * N * K;
-    const bool per_thread = batch > 1 && M * N * K <= (1 << 21) && work >= (1 << 15);
+    // A few large products are each split by rows across the threads, or threaded by OpenBLAS.
+    const bool per_thread = one_product_per_thread(batch, M * N * K);
     const bool split = !per_thread && split_rows_pays(M, N, K);
     parallel_for(batch, per_thread, [&](int64_t i) {
       const T* ai = pa + i * oa.batch_stride;
@@ -116,16 +121,28 @@ void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double 
   });
 }
 
+// Only where the batch runs one product per thread: a batch of larger products runs them one after
+// another, each threaded inside, as separate calls would, and loses their cache reuse between one
+// matrix's steps (Newton-Schulz on six 384 x 384 matrices: 1-6% slower stacked, on one thread or
+// two; on four 384 x 128 at two threads, 1.35x faster).
+bool CpuBackend::batched_products_pay(int64_t batch, int64_t multiply_adds) const {
+  return use_threads(one_product_per_thread(batch, multiply_adds));
+}
+
 void CpuBackend::syrk(const Tensor& a, const Tensor& c, double alpha, double beta, GemmMath) {
-  const int64_t n = a.size(0), k = a.size(1);
-  if (n == 0) return;
-  const BlasMatrix oa = blas_matrix(a.unsqueeze(0), "a");
+  const int64_t batch = a.size(0), n = a.size(1), k = a.size(2);
+  if (batch == 0 || n == 0) return;
+  const BlasMatrix oa = blas_matrix(a, "a");
   dispatch_floating(c.dtype(), "syrk", [&](auto tag) {
     using T = decltype(tag);
     T* pc = c.data<T>();
     if (k == 0) return scale_by_beta(pc, c.numel(), beta);
-    syrk_upper<T>(oa, n, k, static_cast<T>(alpha), a.data<T>(), static_cast<T>(beta), pc);
-    mirror_upper_to_lower(pc, n);
+    const bool per_thread = one_product_per_thread(batch, n * n * k / 2);
+    parallel_for(batch, per_thread, [&](int64_t i) {
+      T* ci = pc + i * n * n;
+      syrk_upper<T>(oa, n, k, static_cast<T>(alpha), a.data<T>() + i * oa.batch_stride, static_cast<T>(beta), ci);
+      mirror_upper_to_lower(ci, n, !per_thread);
+    });
   });
 }
 
