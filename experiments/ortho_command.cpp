@@ -182,6 +182,65 @@ int run_ortho(const std::string& method, const std::string& in_path, const std::
   return 0;
 }
 
+namespace {
+
+// NS5 on stacks of same-shape matrices, as the Muon family's steps solve them
+// (MatrixOptimizer::stacked_step), against the same matrices one call at a time: the groups of the
+// Shakespeare GPT (4 layers, 128 wide) and of the 384-wide GPT of the study's optimizer-cost section.
+void bench_stacks(Device device, int64_t repeats, std::vector<Json>& rows, std::ostream& out) {
+  struct Group {
+    int64_t count, rows, cols;
+  };
+  const std::vector<Group> groups{{4, 384, 128}, {4, 128, 512}, {6, 1152, 384}, {6, 384, 384}};
+  const NsSchedule schedule = schedule_for("ns5", 5);
+  char line[160];
+  std::snprintf(line, sizeof line, "%-13s %13s %11s %9s %14s\n", "stack", "one_by_one_ms", "stacked_ms", "speedup",
+                "max_rel_diff");
+  out << "\nns5 on stacks of same-shape matrices, " << device.str() << ", " << num_threads() << " threads\n" << line;
+  Generator gen(20260102);
+  for (const Group& group : groups) {
+    std::vector<Tensor> matrices;
+    for (int64_t i = 0; i < group.count; ++i)
+      matrices.push_back(randn({group.rows, group.cols}, DType::Float32, cpu(), gen).to(device));
+    const Tensor stacked_input = stack(matrices, 0);
+    std::vector<Tensor> alone(matrices.size());
+    Tensor together;
+    const std::vector<std::function<void()>> calls{[&] {
+                                                     for (size_t i = 0; i < matrices.size(); ++i) {
+                                                       alone[i] = Tensor();
+                                                       alone[i] = newton_schulz(matrices[i], schedule);
+                                                     }
+                                                   },
+                                                   [&] {
+                                                     together = Tensor();
+                                                     together = newton_schulz(stacked_input, schedule);
+                                                   }};
+    NoGradGuard no_grad;
+    const std::vector<double> ms = median_ms(calls, repeats, device);
+    double worst = 0;  // each matrix of the stack against its lone solve
+    for (size_t i = 0; i < alone.size(); ++i)
+      worst = std::max(worst, relative_error(together.narrow(0, static_cast<int64_t>(i), 1).squeeze(0),
+                                             alone[i].to(cpu()).to(DType::Float64)));
+    const std::string name =
+        std::to_string(group.count) + "x" + std::to_string(group.rows) + "x" + std::to_string(group.cols);
+    std::snprintf(line, sizeof line, "%-13s %13.3f %11.3f %8.2fx %14.2e\n", name.c_str(), ms[0], ms[1], ms[0] / ms[1],
+                  worst);
+    out << line << std::flush;
+    rows.push_back(Json::object({{"bench", "ortho_stack"},
+                                 {"shape", Json::array({group.count, group.rows, group.cols})},
+                                 {"method", "ns5"},
+                                 {"device", device.str()},
+                                 {"threads", num_threads()},
+                                 {"blas", blas_kernel_name()},
+                                 {"one_by_one_ms", rounded(ms[0], 3)},
+                                 {"stacked_ms", rounded(ms[1], 3)},
+                                 {"speedup", rounded(ms[0] / ms[1], 3)},
+                                 {"max_relative_difference", worst}}));
+  }
+}
+
+}  // namespace
+
 int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostream& out) {
   const Device device = Device::parse(device_name);
   if (device.is_cuda() && !cuda_available())
@@ -230,6 +289,7 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
                                    {"speedup_vs_ns5", rounded(ns5_ms / ms[i], 3)}}));
     }
   }
+  bench_stacks(device, repeats, rows, out);
   for (const Json& row : rows) out << dump_json(row) << "\n";
   return 0;
 }
