@@ -29,6 +29,9 @@ constexpr double kMinSampleMs = 20.0;
 constexpr double kFloat32Bytes = 4;
 constexpr double kInt64Bytes = 8;
 constexpr int64_t kPeakGemmSize = 4096;
+// The CPU's product measured again before every compute-bound case (see AdjacentPeaks): near the
+// 4096^3 rate on one or two cores, at an eighth of its time.
+constexpr int64_t kAdjacentGemmSize = 2048;
 constexpr int64_t kPeakCopyElements = int64_t(64) << 20;  // 256 MiB of float32
 constexpr int64_t kElementwiseElements = int64_t(16) << 20;
 
@@ -63,6 +66,7 @@ struct Row {
   double forward_rate;
   std::optional<double> forward_backward_ms;
   std::optional<double> forward_backward_rate;
+  std::optional<double> peak_rate;  // the peak measured just before the case; else the run's first
 };
 
 // The device's measured peaks, in the units of unit_of().
@@ -300,10 +304,12 @@ Row measure(const OpCase& c, int64_t repeats, Backend& backend) {
           rate(c.work.bound, c.work.forward + c.work.backward, both_ms)};
 }
 
+double peak_of(const Row& row, const Peaks& peaks) { return row.peak_rate.value_or(peaks.of(row.bound)); }
+
 std::string percent_text(const Row& row, std::optional<double> rate, const Peaks& peaks) {
   if (!rate) return "-";
   if (row.is_peak) return "peak";
-  return significant_text(100.0 * *rate / peaks.of(row.bound), 2) + "%";
+  return significant_text(100.0 * *rate / peak_of(row, peaks), 2) + "%";
 }
 
 std::string rate_text(const Row& row, std::optional<double> rate) {
@@ -327,7 +333,7 @@ void print_table_row(const Row& row, const Peaks& peaks, std::ostream& out) {
 Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats) {
   const auto number = [](std::optional<double> value) { return value ? Json(significant(*value, 6)) : Json(); };
   const auto percent = [&](std::optional<double> rate) {
-    return rate && !row.is_peak ? Json(significant(100.0 * *rate / peaks.of(row.bound), 4)) : Json();
+    return rate && !row.is_peak ? Json(significant(100.0 * *rate / peak_of(row, peaks), 4)) : Json();
   };
   return Json::object({{"bench", "op"},
                        {"device", device.str()},
@@ -345,8 +351,34 @@ Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats
                        {"forward_backward_ms", number(row.forward_backward_ms)},
                        {"forward_backward_rate", number(row.forward_backward_rate)},
                        {"forward_backward_pct_of_peak", percent(row.forward_backward_rate)},
-                       {"peak_rate", number(peaks.of(row.bound))}});
+                       {"peak_rate", number(peak_of(row, peaks))},
+                       {"peak_measured", row.peak_rate ? "before this case" : "at the start"}});
 }
+
+// A virtual machine's speed drifts by 20-30% within minutes (its neighbours' load), so a case timed
+// late in the run and compared with the peaks of its start can read 60% in a slow minute and 90% in a
+// quiet one. On the CPU each case is compared with its own bound's peak measured just before it:
+// the kAdjacentGemmSize product for compute, the copy for memory. (A GPU's speed holds: its cases
+// use the run's first peaks.)
+class AdjacentPeaks {
+ public:
+  AdjacentPeaks(Inputs& inputs, int64_t repeats, Backend& backend, bool enabled)
+      : repeats_(repeats), backend_(backend), enabled_(enabled) {
+    if (!enabled) return;
+    gemm_.emplace(matmul_case(inputs, "gemm", Bound::Compute, kAdjacentGemmSize, kAdjacentGemmSize, kAdjacentGemmSize));
+    copy_.emplace(copy_case(inputs, kPeakCopyElements));
+  }
+  std::optional<double> measure(Bound bound) {
+    if (!enabled_ || bound == Bound::Bf16Compute) return std::nullopt;
+    return measure_peak(bound == Bound::Compute ? *gemm_ : *copy_, repeats_, backend_).forward_rate;
+  }
+
+ private:
+  int64_t repeats_;
+  Backend& backend_;
+  bool enabled_;
+  std::optional<OpCase> gemm_, copy_;
+};
 
 }  // namespace
 
@@ -383,7 +415,10 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
 
   out << "muonlab bench ops: device " << device.str() << ", " << num_threads() << " CPU threads ("
       << cpu_capability_name() << " loops), median of "
-      << args.repeats << " samples; rates are float32 (TF32 off) unless the op says otherwise\n\n";
+      << args.repeats << " samples; rates are float32 (TF32 off) unless the op says otherwise"
+      << (device.is_cuda() ? "" : "; each case's % is of its bound's peak measured just before it (a " +
+                                      std::to_string(kAdjacentGemmSize) + "^3 product, or the copy)")
+      << "\n\n";
   print_table_header(out);
   std::vector<Row> rows;
   Peaks peaks;
@@ -416,7 +451,14 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
   peaks.memory = copy_row.forward_rate;
   add_row(std::move(copy_row));
 
-  for (const OpCase& c : gpt_matmul_cases(inputs, "matmul", Bound::Compute)) add_row(measure(c, args.repeats, backend));
+  AdjacentPeaks adjacent(inputs, args.repeats, backend, !device.is_cuda());
+  const auto measure_with_peak = [&](const OpCase& c) {
+    const std::optional<double> peak = adjacent.measure(c.work.bound);
+    Row row = measure(c, args.repeats, backend);
+    row.peak_rate = peak;
+    return row;
+  };
+  for (const OpCase& c : gpt_matmul_cases(inputs, "matmul", Bound::Compute)) add_row(measure_with_peak(c));
 #ifdef MUONLAB_WITH_CUDA
   if (device.is_cuda()) {
     // The whole measurement runs at bf16, so the backward's products are bf16 too.
@@ -425,7 +467,7 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
       add_row(measure(c, args.repeats, backend));
   }
 #endif
-  for (const OpCase& c : model_cases(inputs)) add_row(measure(c, args.repeats, backend));
+  for (const OpCase& c : model_cases(inputs)) add_row(measure_with_peak(c));
 
   out << "\n";
   for (const Row& row : rows) out << dump_json(json_row(row, peaks, device, args.repeats)) << "\n";
