@@ -10,10 +10,10 @@ namespace ml {
 Tensor matmul(const Tensor& a, const Tensor& b, double alpha = 1.0);
 
 // alpha * x @ x^T + beta * c for a matrix x [k, l] and, where beta != 0, a symmetric c [k, k]
-// (its upper triangle is read): BLAS's symmetric rank-k update. A stack of matrices x [B, k, l]
-// (and c [B, k, k]) gives each its own, in one call to the backend. It computes one triangle, half the
+// (its upper triangle is read): BLAS's symmetric rank-k update. It computes one triangle, half the
 // products of matmul(x, x.t()), and the result is exactly symmetric. Newton-Schulz's Gram matrices
-// X X^T and its polynomials' squares A A^T (A symmetric) are such products.
+// X X^T and its polynomials' squares A A^T (A symmetric) are such products. A stack x [B, k, l]
+// (with c [B, k, k]) gives each matrix its own update, in one call to the backend.
 Tensor syrk(const Tensor& x, double alpha = 1.0, const Tensor& c = Tensor(), double beta = 0.0);
 
 namespace detail {
