@@ -277,7 +277,8 @@ double forward_ms(const OpCase& c, int64_t repeats, Backend& backend) {
 // A peak is timed forward only.
 Row measure_peak(const OpCase& c, int64_t repeats, Backend& backend) {
   const double ms = forward_ms(c, repeats, backend);
-  return {c.op, c.shape, c.work.bound, true, ms, rate(c.work.bound, c.work.forward, ms), std::nullopt, std::nullopt};
+  return {c.op, c.shape, c.work.bound, true, ms, rate(c.work.bound, c.work.forward, ms), std::nullopt, std::nullopt,
+          std::nullopt};
 }
 
 Row measure(const OpCase& c, int64_t repeats, Backend& backend) {
@@ -301,7 +302,8 @@ Row measure(const OpCase& c, int64_t repeats, Backend& backend) {
           ms,
           rate(c.work.bound, c.work.forward, ms),
           both_ms,
-          rate(c.work.bound, c.work.forward + c.work.backward, both_ms)};
+          rate(c.work.bound, c.work.forward + c.work.backward, both_ms),
+          std::nullopt};
 }
 
 double peak_of(const Row& row, const Peaks& peaks) { return row.peak_rate.value_or(peaks.of(row.bound)); }
@@ -363,21 +365,20 @@ Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats
 class AdjacentPeaks {
  public:
   AdjacentPeaks(Inputs& inputs, int64_t repeats, Backend& backend, bool enabled)
-      : repeats_(repeats), backend_(backend), enabled_(enabled) {
+      : repeats_(repeats), backend_(backend) {
     if (!enabled) return;
     gemm_.emplace(matmul_case(inputs, "gemm", Bound::Compute, kAdjacentGemmSize, kAdjacentGemmSize, kAdjacentGemmSize));
     copy_.emplace(copy_case(inputs, kPeakCopyElements));
   }
   std::optional<double> measure(Bound bound) {
-    if (!enabled_ || bound == Bound::Bf16Compute) return std::nullopt;
+    if (!gemm_ || bound == Bound::Bf16Compute) return std::nullopt;
     return measure_peak(bound == Bound::Compute ? *gemm_ : *copy_, repeats_, backend_).forward_rate;
   }
 
  private:
   int64_t repeats_;
   Backend& backend_;
-  bool enabled_;
-  std::optional<OpCase> gemm_, copy_;
+  std::optional<OpCase> gemm_, copy_;  // set when enabled
 };
 
 }  // namespace

@@ -100,10 +100,13 @@ void MatrixOptimizer::step_impl() {
   for (const size_t i : present) update_alone(i);
 }
 
+Tensor MatrixOptimizer::begin_update_of(size_t index) {
+  return begin_update(index, params()[index].param.grad().reshape(matrix_shape(index)));
+}
+
 void MatrixOptimizer::update_alone(size_t index) {
-  const Shape shape = matrix_shape(index);
-  Tensor weight = params()[index].param.view(shape);
-  finish_update(index, weight, orthogonalize(index, begin_update(index, params()[index].param.grad().reshape(shape))));
+  Tensor weight = params()[index].param.view(matrix_shape(index));
+  finish_update(index, weight, orthogonalize(index, begin_update_of(index)));
 }
 
 void MatrixOptimizer::stacked_step(const std::vector<size_t>& present) {
@@ -128,7 +131,7 @@ void MatrixOptimizer::stacked_step(const std::vector<size_t>& present) {
       continue;
     }
     std::vector<Tensor> inputs;
-    for (const size_t i : group) inputs.push_back(begin_update(i, params()[i].param.grad().reshape(shape)));
+    for (const size_t i : group) inputs.push_back(begin_update_of(i));
     const Tensor results = orthogonalize(group.front(), stack(inputs, 0));
     for (int64_t j = 0; j < count; ++j) {
       Tensor weight = params()[group[static_cast<size_t>(j)]].param.view(shape);
@@ -142,7 +145,7 @@ void MatrixOptimizer::sharded_step(const std::vector<size_t>& present) {
   std::vector<Tensor> inputs;
   std::vector<Shape> shapes;
   for (const size_t i : present) {
-    inputs.push_back(begin_update(i, params()[i].param.grad().reshape(matrix_shape(i))));
+    inputs.push_back(begin_update_of(i));
     shapes.push_back(inputs.back().shape());
   }
   const Tensor& first = inputs.front();

@@ -151,6 +151,8 @@ class MatrixOptimizer : public Optimizer {
   void step_impl() final;
   // The single-process step with same-shape matrices stacked (stacks_orthogonalization()).
   void stacked_step(const std::vector<size_t>& present);
+  // begin_update on the parameter's gradient viewed as its matrix.
+  Tensor begin_update_of(size_t index);
   // One matrix's three parts, back to back.
   void update_alone(size_t index);
   // The data-parallel step: the orthogonalizations shared out between the ranks of comm_.

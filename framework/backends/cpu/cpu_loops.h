@@ -46,9 +46,9 @@ void parallel_for(int64_t n, bool parallel, Body&& body) {
 // and vectorize, and float lanes skip the conversions: 0.65-0.75x the time of one double sum for
 // sums of squares on rows of 768-3072 already in cache, about half for the convolution bias
 // gradient of the CNN's stem (which then waits on memory). Each lane adds n / 32 terms, so a
-// float32 sum of terms of one sign stays within about 1e-6 (relative) of the exact one. The last n % 32 terms go into the first
-// lanes, also as vector code: rows shorter than 32 (causal attention's first rows) are all
-// remainder, which a scalar loop summed at a few times the cost.
+// float32 sum of terms of one sign stays within about 1e-6 (relative) of the exact one. The last
+// n % 32 terms go into the first lanes, also as vector code: rows shorter than 32 (causal
+// attention's first rows) are all remainder, which a scalar loop summed at a few times the cost.
 template <typename T, typename Term>
 double sum_in_lanes(int64_t n, Term&& term) {
   constexpr int64_t kLanes = 32;
