@@ -1,10 +1,12 @@
-// Batched matrix products through OpenBLAS. Transposed views are passed to BLAS as transposed
-// operands rather than copied.
+// Batched matrix products through OpenBLAS, or in single precision through muonlab's own AVX-512
+// product where it runs (cpu_gemm.h). Transposed views are passed as transposed operands rather
+// than copied.
 #include <cblas.h>
 
 #include <algorithm>
 
 #include "framework/backends/cpu/cpu_backend.h"
+#include "framework/backends/cpu/cpu_gemm.h"
 #include "framework/backends/cpu/cpu_loops.h"
 #include "framework/backends/gemm_layout.h"
 #include "framework/parallel.h"
@@ -16,21 +18,32 @@ namespace {
 
 CBLAS_TRANSPOSE trans(const BlasMatrix& m) { return m.transposed ? CblasTrans : CblasNoTrans; }
 
+// Whether T's products run muonlab's own kernel rather than OpenBLAS.
+template <typename T>
+bool own_gemm() {
+  return std::is_same_v<T, float> && cpu_gemm::own_sgemm_runs();
+}
+
+// One product; outside a parallel region it may use every thread (OpenBLAS's or the own kernel's).
 template <typename T>
 void gemm_one(const BlasMatrix& oa, const BlasMatrix& ob, int64_t M, int64_t N, int64_t K, T alpha, const T* a,
               const T* b, T beta, T* c) {
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
+    if (own_gemm<T>())
+      return cpu_gemm::sgemm(oa.transposed, ob.transposed, M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N, true);
     cblas_sgemm(CblasRowMajor, trans(oa), trans(ob), M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N);
-  else
+  } else {
     cblas_dgemm(CblasRowMajor, trans(oa), trans(ob), M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N);
+  }
 }
 
 // Blocks of rows start at multiples of this many, a multiple of OpenBLAS's register tile on x86
 // (16 rows for float and double on SkylakeX): only the last block can end in a partial tile.
 constexpr int64_t kBlasTile = 16;
 
-// Whether one product should be split by rows across the threads (split_rows_across_threads)
-// rather than threaded by OpenBLAS. Measured on two cores
+// Whether one OpenBLAS product should be split by rows across the threads
+// (split_rows_across_threads) rather than threaded by OpenBLAS. (The own kernel shares its
+// packed blocks between its threads itself.) Measured on two cores
 // (experiments/results/gemm-threads-2026-12-04-2vcpu-xeon.md): where C is at least as tall as wide
 // (the GPT's layers: C 768 x 65..512, K 128..768; 128^3 to 256^3), OpenBLAS's own threads gain
 // 0.95-1.9x and blocks of rows 1.45-2.0x. Elsewhere OpenBLAS is level or ahead: C wider than tall;
@@ -65,12 +78,18 @@ void split_rows_across_threads(const BlasMatrix& oa, const BlasMatrix& ob, int64
   });
 }
 
+// The upper triangle of C = alpha op(A) op(A)^T + beta C (the own kernel also writes the tiles it
+// computes across the diagonal).
 template <typename T>
 void syrk_upper(const BlasMatrix& oa, int64_t n, int64_t k, T alpha, const T* a, T beta, T* c) {
-  if constexpr (std::is_same_v<T, float>)
+  if constexpr (std::is_same_v<T, float>) {
+    if (own_gemm<T>())
+      return cpu_gemm::sgemm(oa.transposed, !oa.transposed, n, n, k, alpha, a, oa.ld, a, oa.ld, beta, c, n, true,
+                             cpu_gemm::Part::Upper);
     cblas_ssyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
-  else
+  } else {
     cblas_dsyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
+  }
 }
 
 // Copies the upper triangle of the n x n row-major matrix c onto its lower one, a tile of rows at
@@ -108,7 +127,7 @@ void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double 
     if (K == 0) return scale_by_beta(pc, c.numel(), beta);
     // A few large products are each split by rows across the threads, or threaded by OpenBLAS.
     const bool per_thread = one_product_per_thread(batch, M * N * K);
-    const bool split = !per_thread && split_rows_pays(M, N, K);
+    const bool split = !per_thread && !own_gemm<T>() && split_rows_pays(M, N, K);
     parallel_for(batch, per_thread, [&](int64_t i) {
       const T* ai = pa + i * oa.batch_stride;
       const T* bi = pb + i * ob.batch_stride;

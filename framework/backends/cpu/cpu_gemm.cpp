@@ -1,0 +1,256 @@
+#include "framework/backends/cpu/cpu_gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <new>
+
+#include "framework/backends/cpu/cpu_capability.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MUONLAB_OWN_SGEMM 1
+#endif
+
+namespace ml::cpu_gemm {
+
+#if MUONLAB_OWN_SGEMM
+
+bool own_sgemm_runs() {
+#if defined(__AVX512F__)
+  return true;  // the whole build is AVX-512 code
+#else
+  return cpu_capability() == CpuCapability::Avx512;
+#endif
+}
+
+namespace {
+
+// The register tile: 12 rows of C, each two 16-float vectors wide: 24 accumulators, two vectors of
+// B and one broadcast element of A in 27 of the 32 zmm registers. Each step along K loads 2
+// vectors and 12 scalars for 24 FMAs, so the FMA pipes, not the loads, set the pace.
+constexpr int64_t kTileRows = 12;  // MR
+constexpr int64_t kTileCols = 32;  // NR
+// The blocks: a kTileCols-wide panel of B over kDepth steps (32 KiB) stays in the 48 KiB L1 while
+// the tile loop runs down a block of A (up to kBlockRows x kDepth, 240 KiB, in the 1 MiB L2); the
+// packed block of B (kDepth x up to kBlockCols, 2 MiB) is read from L2/L3 once per block of A.
+constexpr int64_t kDepth = 256;       // KC
+constexpr int64_t kBlockRows = 240;   // MC, a multiple of kTileRows
+constexpr int64_t kBlockCols = 2048;  // NC, a multiple of kTileCols
+// Below this many multiply-adds (about 10 us of one core) the threads cost more than they save.
+constexpr int64_t kThreadedWork = int64_t{1} << 20;
+
+// Packing buffers that live as long as their thread (one for blocks of A, one for B), so that no
+// product pays for fresh pages.
+float* thread_buffer(int slot, int64_t floats) {
+  struct Buffer {
+    float* data = nullptr;
+    int64_t floats = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[2];
+  Buffer& buffer = buffers[slot];
+  if (floats > buffer.floats) {
+    std::free(buffer.data);
+    buffer.data = static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64));
+    buffer.floats = buffer.data ? floats : 0;
+    if (!buffer.data) throw std::bad_alloc();
+  }
+  return buffer.data;
+}
+constexpr int kSlotA = 0, kSlotB = 1;
+
+// One operand as the product sees it: element (row, col) of op(X).
+struct Operand {
+  const float* data;
+  int64_t ld;
+  bool transposed;  // memory holds op(X)^T
+  float at(int64_t row, int64_t col) const { return transposed ? data[col * ld + row] : data[row * ld + col]; }
+};
+
+// Rows [row0, row0 + rows) and steps [k0, k0 + depth) of op(A) as panels of kTileRows rows, each
+// stored step by step (kTileRows values a step), the rows past the end zero.
+void pack_a(const Operand& a, int64_t row0, int64_t rows, int64_t k0, int64_t depth, float* packed) {
+  for (int64_t panel = 0; panel < rows; panel += kTileRows) {
+    const int64_t live = std::min(kTileRows, rows - panel);
+    float* out = packed + panel * depth;
+    if (a.transposed) {  // a step's rows lie side by side in memory
+      for (int64_t kk = 0; kk < depth; ++kk) {
+        const float* in = a.data + (k0 + kk) * a.ld + row0 + panel;
+        for (int64_t r = 0; r < live; ++r) out[kk * kTileRows + r] = in[r];
+        for (int64_t r = live; r < kTileRows; ++r) out[kk * kTileRows + r] = 0.0f;
+      }
+    } else {  // each row of A is contiguous along K
+      for (int64_t r = 0; r < kTileRows; ++r) {
+        const float* in = a.data + (row0 + panel + r) * a.ld + k0;
+        for (int64_t kk = 0; kk < depth; ++kk) out[kk * kTileRows + r] = r < live ? in[kk] : 0.0f;
+      }
+    }
+  }
+}
+
+// Steps [k0, k0 + depth) of columns [col0 + panel * kTileCols, ...) of op(B): one panel of
+// kTileCols columns, step by step, the columns past `cols` zero.
+void pack_b_panel(const Operand& b, int64_t k0, int64_t depth, int64_t col0, int64_t cols, float* out) {
+  const int64_t live = std::min(kTileCols, cols);
+  if (b.transposed) {  // each column of op(B) is a contiguous row of memory
+    for (int64_t j = 0; j < kTileCols; ++j) {
+      const float* in = b.data + (col0 + j) * b.ld + k0;
+      for (int64_t kk = 0; kk < depth; ++kk) out[kk * kTileCols + j] = j < live ? in[kk] : 0.0f;
+    }
+  } else {
+    for (int64_t kk = 0; kk < depth; ++kk) {
+      const float* in = b.data + (k0 + kk) * b.ld + col0;
+      for (int64_t j = 0; j < live; ++j) out[kk * kTileCols + j] = in[j];
+      for (int64_t j = live; j < kTileCols; ++j) out[kk * kTileCols + j] = 0.0f;
+    }
+  }
+}
+
+__mmask16 lanes_below(int64_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+
+// The register tile: acc = A_panel B_panel over `depth` steps, then for its `rows` x `cols` live
+// part C = alpha acc + (first ? beta C : C), where a first block with beta == 0 never reads C.
+__attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const float* a_panel, const float* b_panel,
+                                                           float* c, int64_t ldc, int64_t rows, int64_t cols,
+                                                           float alpha, float beta, bool first) {
+  __m512 acc[kTileRows][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < kTileRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < depth; ++kk) {
+    const __m512 b0 = _mm512_load_ps(b_panel + kk * kTileCols), b1 = _mm512_load_ps(b_panel + kk * kTileCols + 16);
+    const float* a_step = a_panel + kk * kTileRows;
+#pragma GCC unroll 12
+    for (int r = 0; r < kTileRows; ++r) {
+      const __m512 a = _mm512_set1_ps(a_step[r]);
+      acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+    }
+  }
+  const __mmask16 mask0 = lanes_below(cols), mask1 = lanes_below(cols - 16);
+  const __m512 alpha_v = _mm512_set1_ps(alpha), beta_v = _mm512_set1_ps(beta);
+  const bool read_c = !first || beta != 0.0f;
+  const __m512 c_scale = first ? beta_v : _mm512_set1_ps(1.0f);
+#pragma GCC unroll 12
+  for (int r = 0; r < kTileRows; ++r) {
+    if (r >= rows) break;
+    float* row = c + r * ldc;
+    __m512 v0 = _mm512_mul_ps(alpha_v, acc[r][0]), v1 = _mm512_mul_ps(alpha_v, acc[r][1]);
+    if (read_c) {
+      v0 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask0, row), v0);
+      v1 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask1, row + 16), v1);
+    }
+    _mm512_mask_storeu_ps(row, mask0, v0);
+    _mm512_mask_storeu_ps(row + 16, mask1, v1);
+  }
+}
+
+struct Product {
+  Operand a, b;
+  int64_t m, n, k;
+  float alpha, beta;
+  float* c;
+  int64_t ldc;
+  Part part;
+};
+
+// How the rows of C are cut into blocks: a multiple of `threads` blocks of at most kBlockRows
+// rows, each a whole number of tiles, so that the threads get equal shares.
+struct RowBlocks {
+  int64_t count, rows;
+  RowBlocks(int64_t m, int64_t threads) {
+    const int64_t wanted = (m + kBlockRows - 1) / kBlockRows;
+    count = (wanted + threads - 1) / threads * threads;
+    const int64_t per_block = (m + count - 1) / count;
+    rows = std::max(kTileRows, (per_block + kTileRows - 1) / kTileRows * kTileRows);
+    count = (m + rows - 1) / rows;
+  }
+};
+
+// The tiles of C rows [row0, row0 + rows) x panels [first_panel, last_panel) of the packed block of
+// B that starts at column col0, over steps [k0, k0 + depth).
+void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
+                        int64_t first_panel, int64_t last_panel, int64_t k0, int64_t depth, const float* packed_b,
+                        float* packed_a) {
+  pack_a(p.a, row0, rows, k0, depth, packed_a);
+  const bool first = k0 == 0;
+  for (int64_t panel = first_panel; panel < last_panel; ++panel) {
+    const int64_t j = col0 + panel * kTileCols, live_cols = std::min(kTileCols, col0 + cols - j);
+    for (int64_t i = row0; i < row0 + rows; i += kTileRows) {
+      // Upper: a tile whose last column is left of its first row's diagonal holds nothing wanted.
+      if (p.part == Part::Upper && j + live_cols - 1 < i) continue;
+      tile_kernel(depth, packed_a + (i - row0) * depth, packed_b + panel * depth * kTileCols, p.c + i * p.ldc + j,
+                  p.ldc, std::min(kTileRows, row0 + rows - i), live_cols, p.alpha, p.beta, first);
+    }
+  }
+}
+
+// Thread `thread` of `threads`' share of the product. With more than one thread every thread runs
+// this, and the barriers keep the shared packed block of B whole while anyone reads it.
+// Each thread packs its blocks of A into its own part of packed_as (a_floats each).
+void run_share(const Product& p, int thread, int threads, float* packed_b, float* packed_as, int64_t a_floats) {
+  const RowBlocks blocks(p.m, threads);
+  float* packed_a = packed_as + thread * a_floats;
+  for (int64_t col0 = 0; col0 < p.n; col0 += kBlockCols) {
+    const int64_t cols = std::min(kBlockCols, p.n - col0), panels = (cols + kTileCols - 1) / kTileCols;
+    // Too few blocks of rows for the threads: each block's panels are cut into groups too.
+    const int64_t groups = std::min(panels, (threads + blocks.count - 1) / blocks.count);
+    const int64_t tasks = blocks.count * groups;
+    for (int64_t k0 = 0; k0 < p.k; k0 += kDepth) {
+      const int64_t depth = std::min(kDepth, p.k - k0);
+      for (int64_t panel = thread; panel < panels; panel += threads)
+        pack_b_panel(p.b, k0, depth, col0 + panel * kTileCols, cols - panel * kTileCols,
+                     packed_b + panel * depth * kTileCols);
+      if (threads > 1) {
+#pragma omp barrier
+      }
+      for (int64_t task = thread; task < tasks; task += threads) {
+        const int64_t block = task / groups, group = task % groups;
+        const int64_t row0 = block * blocks.rows, rows = std::min(blocks.rows, p.m - row0);
+        block_times_panels(p, row0, rows, col0, cols, group * panels / groups, (group + 1) * panels / groups, k0,
+                           depth, packed_b, packed_a);
+      }
+      if (threads > 1) {
+#pragma omp barrier
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // an empty sum: C = beta C
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = part == Part::Upper ? i : 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  const Product p{{a, lda, trans_a}, {b, ldb, trans_b}, m, n, k, alpha, beta, c, ldc, part};
+  const int64_t packed_b_floats = std::min(kDepth, k) * (std::min(kBlockCols, n) + kTileCols - 1) / kTileCols * kTileCols;
+  const int threads = parallel && !omp_in_parallel() && m * n * k >= kThreadedWork ? omp_get_max_threads() : 1;
+  // The buffers are the calling thread's, taken before the threads start: nothing in the parallel
+  // region allocates (an exception there could not reach the caller).
+  float* packed_b = thread_buffer(kSlotB, packed_b_floats);
+  const int64_t a_floats = RowBlocks(m, threads).rows * std::min(kDepth, k);
+  float* packed_as = thread_buffer(kSlotA, a_floats * threads);
+  if (threads == 1) return run_share(p, 0, 1, packed_b, packed_as, a_floats);
+#pragma omp parallel num_threads(threads)
+  run_share(p, omp_get_thread_num(), omp_get_num_threads(), packed_b, packed_as, a_floats);
+}
+
+#else  // no x86-64: OpenBLAS serves every product
+
+bool own_sgemm_runs() { return false; }
+void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
+           int64_t, bool, Part) {
+  std::abort();
+}
+
+#endif
+
+}  // namespace ml::cpu_gemm

@@ -1,0 +1,173 @@
+// muonlab's own AVX-512 single-precision product (framework/backends/cpu/cpu_gemm.h) against a
+// float64 product of plain loops and against OpenBLAS, the path it replaces: every edge of its
+// tiles and blocks, both transposes, padded leading dimensions, alpha and beta (beta == 0 must not
+// read C), the upper part for symmetric products, and the same bits on one thread or two.
+#include <cblas.h>
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "framework/backends/cpu/cpu_capability.h"
+#include "framework/backends/cpu/cpu_gemm.h"
+#include "framework/parallel.h"
+
+namespace ml {
+namespace {
+
+struct Problem {
+  int64_t m, n, k;
+  bool trans_a, trans_b;
+  int64_t pad;  // extra elements at the end of every row of A, B and C
+  float alpha, beta;
+  std::vector<float> a, b, c;  // c: the C given to the product
+  int64_t lda() const { return (trans_a ? m : k) + pad; }
+  int64_t ldb() const { return (trans_b ? k : n) + pad; }
+  int64_t ldc() const { return n + pad; }
+  float at_a(int64_t i, int64_t p) const { return trans_a ? a[p * lda() + i] : a[i * lda() + p]; }
+  float at_b(int64_t p, int64_t j) const { return trans_b ? b[j * ldb() + p] : b[p * ldb() + j]; }
+};
+
+Problem make_problem(int64_t m, int64_t n, int64_t k, bool trans_a, bool trans_b, int64_t pad, float alpha,
+                     float beta, unsigned seed) {
+  Problem p{m, n, k, trans_a, trans_b, pad, alpha, beta, {}, {}, {}};
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal;
+  p.a.resize((trans_a ? k : m) * p.lda());
+  p.b.resize((trans_b ? n : k) * p.ldb());
+  p.c.resize(m * p.ldc());
+  for (float& x : p.a) x = normal(gen);
+  for (float& x : p.b) x = normal(gen);
+  // beta == 0 must not read C: NaNs there would show in the result.
+  for (float& x : p.c) x = beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : normal(gen);
+  return p;
+}
+
+std::vector<float> own_product(const Problem& p, bool parallel, cpu_gemm::Part part = cpu_gemm::Part::All) {
+  std::vector<float> c = p.c;
+  cpu_gemm::sgemm(p.trans_a, p.trans_b, p.m, p.n, p.k, p.alpha, p.a.data(), p.lda(), p.b.data(), p.ldb(), p.beta,
+                  c.data(), p.ldc(), parallel, part);
+  return c;
+}
+
+std::vector<float> openblas_product(const Problem& p) {
+  std::vector<float> c = p.c;
+  cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans, p.trans_b ? CblasTrans : CblasNoTrans, p.m, p.n,
+              p.k, p.alpha, p.a.data(), p.lda(), p.b.data(), p.ldb(), p.beta, c.data(), p.ldc());
+  return c;
+}
+
+// Each element of C (and the padding past n, which must keep C's value) against the float64 sum,
+// within float32 rounding of the sum of the terms' magnitudes.
+void expect_matches_float64(const Problem& p, const std::vector<float>& c, const std::string& who) {
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < p.m; ++i)
+    for (int64_t j = 0; j < p.ldc(); ++j) {
+      const float got = c[i * p.ldc() + j];
+      if (j >= p.n) {
+        wrong += !(got == p.c[i * p.ldc() + j] || (std::isnan(got) && std::isnan(p.c[i * p.ldc() + j])));
+        continue;
+      }
+      double sum = 0.0, magnitude = 0.0;
+      for (int64_t q = 0; q < p.k; ++q) {
+        const double term = static_cast<double>(p.at_a(i, q)) * p.at_b(q, j);
+        sum += term;
+        magnitude += std::abs(term);
+      }
+      const double old_c = p.beta == 0.0f ? 0.0 : p.c[i * p.ldc() + j];
+      const double expected = p.alpha * sum + p.beta * old_c;
+      const double tolerance = 2e-6 * (std::abs(p.alpha) * magnitude + std::abs(p.beta * old_c)) + 1e-30;
+      if (!(std::abs(got - expected) <= tolerance) && ++wrong <= 3)
+        ADD_FAILURE() << who << ": C[" << i << ", " << j << "] = " << got << ", float64 gives " << expected;
+    }
+  EXPECT_EQ(wrong, 0) << who;
+}
+
+class OwnSgemm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cpu_gemm::own_sgemm_runs()) GTEST_SKIP() << "this processor has no AVX-512: OpenBLAS serves every product";
+  }
+};
+
+TEST_F(OwnSgemm, MatchesFloat64AndOpenBlasAtEveryEdgeOfItsTilesAndBlocks) {
+  // Rows: under, at and past a 12-row tile and a 240-row block; columns: around the 16-lane
+  // vectors, the 32-column tile and the 2048-column block; depth: around the 256-step block.
+  struct Size {
+    int64_t m, n, k;
+  };
+  const std::vector<Size> sizes{{1, 1, 1},    {5, 7, 3},     {12, 16, 256}, {13, 17, 257}, {11, 31, 255},
+                                {24, 32, 1},  {25, 33, 600}, {241, 65, 40}, {37, 2050, 9}, {100, 48, 513}};
+  unsigned seed = 1;
+  for (const Size& s : sizes)
+    for (int layout = 0; layout < 4; ++layout) {
+      const bool trans_a = layout & 1, trans_b = layout & 2;
+      const float beta = seed % 3 == 0 ? 0.0f : seed % 3 == 1 ? 1.0f : -0.75f;
+      const Problem p = make_problem(s.m, s.n, s.k, trans_a, trans_b, seed % 3, -0.5f, beta, seed);
+      ++seed;
+      const std::string what = std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k) +
+                               " trans " + std::to_string(trans_a) + std::to_string(trans_b) + " beta " +
+                               std::to_string(beta);
+      SCOPED_TRACE(what);
+      expect_matches_float64(p, own_product(p, true), "own");
+      expect_matches_float64(p, openblas_product(p), "OpenBLAS");
+    }
+}
+
+// The tiles are shared out between the threads, but each element is summed in the same order:
+// one thread, two threads and a call from inside a parallel region give the same bits.
+TEST_F(OwnSgemm, GivesTheSameBitsOnAnyNumberOfThreads) {
+  const int saved = num_threads();
+  for (int layout = 0; layout < 4; ++layout) {
+    const Problem p = make_problem(300, 200, 300, layout & 1, layout & 2, 1, 1.25f, 0.5f, 40 + layout);
+    set_num_threads(1);
+    const std::vector<float> one = own_product(p, true);
+    set_num_threads(2);
+    const std::vector<float> two = own_product(p, true);
+    std::vector<float> in_region;
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+      in_region = own_product(p, true);
+    }
+    EXPECT_EQ(one, two) << "layout " << layout;
+    EXPECT_EQ(one, in_region) << "layout " << layout;
+    expect_matches_float64(p, two, "own at two threads");
+  }
+  set_num_threads(saved);
+}
+
+// For symmetric products (syrk): Part::Upper computes the upper triangle exactly as the whole
+// product does and leaves the tiles wholly below the diagonal untouched.
+TEST_F(OwnSgemm, TheUpperPartIsTheWholeProductsUpperTriangle) {
+  for (const int64_t n : {1, 13, 50, 130}) {
+    Problem p = make_problem(n, n, 70, false, true, 0, 2.0f, 0.0f, 60 + n);
+    p.b = p.a;  // C = 2 A A^T
+    const std::vector<float> whole = own_product(p, true);
+    p.c.assign(p.c.size(), -7.0f);
+    const std::vector<float> upper = own_product(p, true, cpu_gemm::Part::Upper);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        if (j >= i) {
+          EXPECT_EQ(upper[i * n + j], whole[i * n + j]) << i << ", " << j;
+        } else if (j / 32 * 32 + 31 < i / 12 * 12) {  // a tile wholly below the diagonal
+          EXPECT_EQ(upper[i * n + j], -7.0f) << i << ", " << j;
+        }
+      }
+  }
+}
+
+// MUONLAB_CPU_CAPABILITY=default (set_cpu_capability) hands every product back to OpenBLAS.
+TEST_F(OwnSgemm, TheDefaultCapabilityTurnsItOff) {
+  set_cpu_capability(CpuCapability::Default);
+  EXPECT_FALSE(cpu_gemm::own_sgemm_runs());
+  set_cpu_capability(CpuCapability::Avx512);
+  EXPECT_TRUE(cpu_gemm::own_sgemm_runs());
+}
+
+}  // namespace
+}  // namespace ml
