@@ -34,7 +34,7 @@ constexpr int64_t kTileRows = 12;  // MR
 constexpr int64_t kTileCols = 32;  // NR
 // The blocks: a kTileCols-wide panel of B over kDepth steps (32 KiB) stays in the 48 KiB L1 while
 // the tile loop runs down a block of A (up to kBlockRows x kDepth, 240 KiB, in the 1 MiB L2); the
-// packed block of B (kDepth x up to kBlockCols, 2 MiB) is read from L2/L3 once per block of A.
+// block of B (kDepth x up to kBlockCols, 2 MiB) is read from L2/L3 once per block of A.
 constexpr int64_t kDepth = 256;       // KC
 constexpr int64_t kBlockRows = 240;   // MC, a multiple of kTileRows
 constexpr int64_t kBlockCols = 2048;  // NC, a multiple of kTileCols
@@ -66,7 +66,6 @@ struct Operand {
   const float* data;
   int64_t ld;
   bool transposed;  // memory holds op(X)^T
-  float at(int64_t row, int64_t col) const { return transposed ? data[col * ld + row] : data[row * ld + col]; }
 };
 
 // Rows [row0, row0 + rows) and steps [k0, k0 + depth) of op(A) as panels of kTileRows rows, each
