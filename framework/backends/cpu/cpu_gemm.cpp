@@ -107,9 +107,6 @@ void pack_b_panel(const Operand& b, int64_t k0, int64_t depth, int64_t col0, int
   }
 }
 
-// Whether a panel of B with `live_cols` columns is read where it is rather than packed.
-bool panel_in_place(const Operand& b, int64_t live_cols) { return !b.transposed && live_cols == kTileCols; }
-
 __mmask16 lanes_below(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
@@ -120,13 +117,13 @@ __mmask16 lanes_below(int64_t count) {
 // or a[kk * kTileRows + r] (packed).
 template <bool kInPlace>
 __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const float* a, int64_t lda,
-                                                           const float* b_panel, int64_t ldb, float* c, int64_t ldc, int64_t rows,
+                                                           const float* b_panel, float* c, int64_t ldc, int64_t rows,
                                                            int64_t cols, float alpha, float beta, bool first) {
   __m512 acc[kTileRows][2];
 #pragma GCC unroll 12
   for (int r = 0; r < kTileRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   for (int64_t kk = 0; kk < depth; ++kk) {
-    const __m512 b0 = _mm512_loadu_ps(b_panel + kk * ldb), b1 = _mm512_loadu_ps(b_panel + kk * ldb + 16);
+    const __m512 b0 = _mm512_load_ps(b_panel + kk * kTileCols), b1 = _mm512_load_ps(b_panel + kk * kTileCols + 16);
 #pragma GCC unroll 12
     for (int r = 0; r < kTileRows; ++r) {
       const __m512 a_value = _mm512_set1_ps(kInPlace ? a[r * lda + kk] : a[kk * kTileRows + r]);
@@ -149,6 +146,17 @@ __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const 
     }
     _mm512_mask_storeu_ps(row, mask0, v0);
     _mm512_mask_storeu_ps(row + 16, mask1, v1);
+  }
+}
+
+// A tile's rows of C are wanted only after its loop along K: asked for before, they arrive while it
+// runs (a large C is not in cache: 2048^3 went from 160 to 178-181 GFLOP/s on one core). Asked for
+// here rather than in tile_kernel, where GCC kept the row addresses for its stores in vector
+// registers and spilled a vector of B to the stack instead.
+void prefetch_tile(const float* c, int64_t ldc, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16), _MM_HINT_T0);
   }
 }
 
@@ -178,10 +186,9 @@ struct RowBlocks {
 // B that starts at column col0, over steps [k0, k0 + depth). The whole tiles of a row-major A are
 // read in place: packing them (a transpose into steps of 12) cost a fifth of a 768 x 128 x 128
 // product, while the tile reads its 12 rows as 12 sequential streams from cache. A transposed A,
-// and a last partial tile, are packed. Whole panels of a row-major B are read in place too (each
-// step's 32 columns are contiguous): packing them cost a tenth of the weight gradients' products
-// (128 x 512 x 768), and in place was also ahead at 1024^3 and 2048^3 (165-193 against 138-140 and
-// 154 against 130 GFLOP/s on one core).
+// and a last partial tile, are packed. B is always packed: read in place, a panel's rows ldb apart
+// share a few L1 sets (2048^3: 143-150 against 160 GFLOP/s), and packing gains back all but ~3% of
+// its cost on the smallest B-heavy products (128 x 512 x 768).
 void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
                         int64_t first_panel, int64_t last_panel, int64_t k0, int64_t depth, const float* packed_b,
                         float* packed_a) {
@@ -190,19 +197,18 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
   const bool first = k0 == 0;
   for (int64_t panel = first_panel; panel < last_panel; ++panel) {
     const int64_t j = col0 + panel * kTileCols, live_cols = std::min(kTileCols, col0 + cols - j);
-    const bool b_in_place = panel_in_place(p.b, live_cols);
-    const float* b_panel = b_in_place ? p.b.data + k0 * p.b.ld + j : packed_b + panel * depth * kTileCols;
-    const int64_t ldb = b_in_place ? p.b.ld : kTileCols;
+    const float* b_panel = packed_b + panel * depth * kTileCols;
     for (int64_t i = row0; i < row0 + rows; i += kTileRows) {
       // Upper: a tile whose last column is left of its first row's diagonal holds nothing wanted.
       if (p.part == Part::Upper && j + live_cols - 1 < i) continue;
       const int64_t live_rows = std::min(kTileRows, row0 + rows - i);
       float* c = p.c + i * p.ldc + j;
+      prefetch_tile(c, p.ldc, live_rows);
       if (i - row0 < in_place_rows)
-        tile_kernel<true>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, ldb, c, p.ldc, live_rows, live_cols, p.alpha,
+        tile_kernel<true>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, c, p.ldc, live_rows, live_cols, p.alpha,
                           p.beta, first);
       else
-        tile_kernel<false>(depth, packed_a + (i - row0 - in_place_rows) * depth, 0, b_panel, ldb, c, p.ldc, live_rows,
+        tile_kernel<false>(depth, packed_a + (i - row0 - in_place_rows) * depth, 0, b_panel, c, p.ldc, live_rows,
                            live_cols, p.alpha, p.beta, first);
     }
   }
@@ -221,11 +227,9 @@ void run_share(const Product& p, int thread, int threads, float* packed_b, float
     const int64_t tasks = blocks.count * groups;
     for (int64_t k0 = 0; k0 < p.k; k0 += kDepth) {
       const int64_t depth = std::min(kDepth, p.k - k0);
-      for (int64_t panel = thread; panel < panels; panel += threads) {
-        const int64_t panel_cols = cols - panel * kTileCols;
-        if (!panel_in_place(p.b, std::min(kTileCols, panel_cols)))
-          pack_b_panel(p.b, k0, depth, col0 + panel * kTileCols, panel_cols, packed_b + panel * depth * kTileCols);
-      }
+      for (int64_t panel = thread; panel < panels; panel += threads)
+        pack_b_panel(p.b, k0, depth, col0 + panel * kTileCols, cols - panel * kTileCols,
+                     packed_b + panel * depth * kTileCols);
       if (threads > 1) {
 #pragma omp barrier
       }

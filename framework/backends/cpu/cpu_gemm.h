@@ -6,9 +6,9 @@
 // cycle: 233 against 116 GFLOP/s on one core of this project's EPYC VMs, where OpenBLAS's sgemm
 // reaches 110. This product is the textbook blocked GEMM (Goto & van de Geijn, "Anatomy of
 // high-performance matrix multiplication", 2008; the BLIS loop order): cache-sized blocks of op(A)
-// and op(B), and a 12 x 32 register tile of C updated by 24 FMAs per step along K. Operands whose
-// rows in memory already are the tile's rows (a row-major A, a row-major B) are read in place;
-// transposed ones are packed first. It runs where cpu_capability() chose AVX-512; everything else (double, other processors,
+// and op(B), and a 12 x 32 register tile of C updated by 24 FMAs per step along K. B is packed
+// into panels; a row-major A is read in place (its rows are the tile's rows), a transposed one
+// packed. It runs where cpu_capability() chose AVX-512; everything else (double, other processors,
 // MUONLAB_CPU_CAPABILITY=default) stays with OpenBLAS, which is also the reference its test holds
 // it to.
 #pragma once
