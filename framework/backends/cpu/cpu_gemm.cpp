@@ -113,20 +113,23 @@ __mmask16 lanes_below(int64_t count) {
 
 // The register tile: acc = A_tile B_panel over `depth` steps, then for its `rows` x `cols` live
 // part C = alpha acc + (first ? beta C : C), where a first block with beta == 0 never reads C.
-// Element (r, kk) of the A tile is a[r * lda + kk] read in place (kInPlace: rows of a row-major A)
-// or a[kk * kTileRows + r] (packed).
-template <bool kInPlace>
+// Element (r, kk) of the A tile is a[r * lda + kk] read in place (kInPlace: rows of a row-major A;
+// rows past `rows` read the last one again and are not stored) or a[kk * kTileRows + r] (packed).
+// kRows < kTileRows serves a tile of few rows (the last of 64 rows is 4) with fewer FMAs.
+template <bool kInPlace, int kRows>
 __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const float* a, int64_t lda,
                                                            const float* b_panel, float* c, int64_t ldc, int64_t rows,
                                                            int64_t cols, float alpha, float beta, bool first) {
-  __m512 acc[kTileRows][2];
+  const float* a_rows[kRows];
+  for (int r = 0; r < kRows; ++r) a_rows[r] = a + std::min<int64_t>(r, rows - 1) * lda;
+  __m512 acc[kRows][2];
 #pragma GCC unroll 12
-  for (int r = 0; r < kTileRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
   for (int64_t kk = 0; kk < depth; ++kk) {
     const __m512 b0 = _mm512_load_ps(b_panel + kk * kTileCols), b1 = _mm512_load_ps(b_panel + kk * kTileCols + 16);
 #pragma GCC unroll 12
-    for (int r = 0; r < kTileRows; ++r) {
-      const __m512 a_value = _mm512_set1_ps(kInPlace ? a[r * lda + kk] : a[kk * kTileRows + r]);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 a_value = _mm512_set1_ps(kInPlace ? a_rows[r][kk] : a[kk * kTileRows + r]);
       acc[r][0] = _mm512_fmadd_ps(a_value, b0, acc[r][0]);
       acc[r][1] = _mm512_fmadd_ps(a_value, b1, acc[r][1]);
     }
@@ -136,7 +139,7 @@ __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const 
   const bool read_c = !first || beta != 0.0f;
   const __m512 c_scale = first ? beta_v : _mm512_set1_ps(1.0f);
 #pragma GCC unroll 12
-  for (int r = 0; r < kTileRows; ++r) {
+  for (int r = 0; r < kRows; ++r) {
     if (r >= rows) break;
     float* row = c + r * ldc;
     __m512 v0 = _mm512_mul_ps(alpha_v, acc[r][0]), v1 = _mm512_mul_ps(alpha_v, acc[r][1]);
@@ -158,6 +161,15 @@ void prefetch_tile(const float* c, int64_t ldc, int64_t rows) {
     _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16), _MM_HINT_T0);
   }
+}
+
+// tile_kernel with as few rows as cover `rows`.
+template <bool kInPlace>
+void tile(int64_t depth, const float* a, int64_t lda, const float* b_panel, float* c, int64_t ldc, int64_t rows,
+          int64_t cols, float alpha, float beta, bool first) {
+  if (rows <= 4) return tile_kernel<kInPlace, 4>(depth, a, lda, b_panel, c, ldc, rows, cols, alpha, beta, first);
+  if (rows <= 8) return tile_kernel<kInPlace, 8>(depth, a, lda, b_panel, c, ldc, rows, cols, alpha, beta, first);
+  tile_kernel<kInPlace, kTileRows>(depth, a, lda, b_panel, c, ldc, rows, cols, alpha, beta, first);
 }
 
 struct Product {
@@ -183,17 +195,17 @@ struct RowBlocks {
 };
 
 // The tiles of C rows [row0, row0 + rows) x panels [first_panel, last_panel) of the packed block of
-// B that starts at column col0, over steps [k0, k0 + depth). The whole tiles of a row-major A are
-// read in place: packing them (a transpose into steps of 12) cost a fifth of a 768 x 128 x 128
-// product, while the tile reads its 12 rows as 12 sequential streams from cache. A transposed A,
-// and a last partial tile, are packed. B is always packed: read in place, a panel's rows ldb apart
-// share a few L1 sets (2048^3: 143-150 against 160 GFLOP/s), and packing gains back all but ~3% of
-// its cost on the smallest B-heavy products (128 x 512 x 768).
+// B that starts at column col0, over steps [k0, k0 + depth). A row-major A is read in place:
+// packing it (a transpose into steps of 12) cost a fifth of a 768 x 128 x 128 product, while the
+// tile reads its 12 rows as 12 sequential streams from cache; a transposed A is packed. B is
+// always packed: read in place, a panel's rows ldb apart share a few L1 sets (2048^3: 143-150
+// against 160 GFLOP/s), and packing gains back all but ~3% of its cost on the smallest B-heavy
+// products (128 x 512 x 768).
 void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
                         int64_t first_panel, int64_t last_panel, int64_t k0, int64_t depth, const float* packed_b,
                         float* packed_a) {
-  const int64_t in_place_rows = p.a.transposed ? 0 : rows / kTileRows * kTileRows;
-  pack_a(p.a, row0 + in_place_rows, rows - in_place_rows, k0, depth, packed_a);
+  const bool in_place = !p.a.transposed;
+  if (!in_place) pack_a(p.a, row0, rows, k0, depth, packed_a);
   const bool first = k0 == 0;
   for (int64_t panel = first_panel; panel < last_panel; ++panel) {
     const int64_t j = col0 + panel * kTileCols, live_cols = std::min(kTileCols, col0 + cols - j);
@@ -204,12 +216,12 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
       const int64_t live_rows = std::min(kTileRows, row0 + rows - i);
       float* c = p.c + i * p.ldc + j;
       prefetch_tile(c, p.ldc, live_rows);
-      if (i - row0 < in_place_rows)
-        tile_kernel<true>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, c, p.ldc, live_rows, live_cols, p.alpha,
-                          p.beta, first);
+      if (in_place)
+        tile<true>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, c, p.ldc, live_rows, live_cols, p.alpha, p.beta,
+                   first);
       else
-        tile_kernel<false>(depth, packed_a + (i - row0 - in_place_rows) * depth, 0, b_panel, c, p.ldc, live_rows,
-                           live_cols, p.alpha, p.beta, first);
+        tile<false>(depth, packed_a + (i - row0) * depth, 0, b_panel, c, p.ldc, live_rows, live_cols, p.alpha, p.beta,
+                    first);
     }
   }
 }
