@@ -68,23 +68,17 @@ struct Operand {
   bool transposed;  // memory holds op(X)^T
 };
 
-// Rows [row0, row0 + rows) and steps [k0, k0 + depth) of op(A) as panels of kTileRows rows, each
-// stored step by step (kTileRows values a step), the rows past the end zero.
-void pack_a(const Operand& a, int64_t row0, int64_t rows, int64_t k0, int64_t depth, float* packed) {
+// Rows [row0, row0 + rows) and steps [k0, k0 + depth) of a transposed op(A) (a step's rows lie side
+// by side in memory) as panels of kTileRows rows, each stored step by step (kTileRows values a
+// step), the rows past the end zero. (A row-major A is read in place: block_times_panels.)
+void pack_transposed_a(const Operand& a, int64_t row0, int64_t rows, int64_t k0, int64_t depth, float* packed) {
   for (int64_t panel = 0; panel < rows; panel += kTileRows) {
     const int64_t live = std::min(kTileRows, rows - panel);
     float* out = packed + panel * depth;
-    if (a.transposed) {  // a step's rows lie side by side in memory
-      for (int64_t kk = 0; kk < depth; ++kk) {
-        const float* in = a.data + (k0 + kk) * a.ld + row0 + panel;
-        for (int64_t r = 0; r < live; ++r) out[kk * kTileRows + r] = in[r];
-        for (int64_t r = live; r < kTileRows; ++r) out[kk * kTileRows + r] = 0.0f;
-      }
-    } else {  // each row of A is contiguous along K
-      for (int64_t r = 0; r < kTileRows; ++r) {
-        const float* in = a.data + (row0 + panel + r) * a.ld + k0;
-        for (int64_t kk = 0; kk < depth; ++kk) out[kk * kTileRows + r] = r < live ? in[kk] : 0.0f;
-      }
+    for (int64_t kk = 0; kk < depth; ++kk) {
+      const float* in = a.data + (k0 + kk) * a.ld + row0 + panel;
+      for (int64_t r = 0; r < live; ++r) out[kk * kTileRows + r] = in[r];
+      for (int64_t r = live; r < kTileRows; ++r) out[kk * kTileRows + r] = 0.0f;
     }
   }
 }
@@ -205,7 +199,7 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
                         int64_t first_panel, int64_t last_panel, int64_t k0, int64_t depth, const float* packed_b,
                         float* packed_a) {
   const bool in_place = !p.a.transposed;
-  if (!in_place) pack_a(p.a, row0, rows, k0, depth, packed_a);
+  if (!in_place) pack_transposed_a(p.a, row0, rows, k0, depth, packed_a);
   const bool first = k0 == 0;
   for (int64_t panel = first_panel; panel < last_panel; ++panel) {
     const int64_t j = col0 + panel * kTileCols, live_cols = std::min(kTileCols, col0 + cols - j);
@@ -265,16 +259,19 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
   if (m == 0 || n == 0) return;
   if (k == 0) {  // an empty sum: C = beta C
     for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = part == Part::Upper ? i : 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+      for (int64_t j = part == Part::Upper ? i : 0; j < n; ++j)
+        c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
   const Product p{{a, lda, trans_a}, {b, ldb, trans_b}, m, n, k, alpha, beta, c, ldc, part};
-  const int64_t packed_b_floats = std::min(kDepth, k) * (std::min(kBlockCols, n) + kTileCols - 1) / kTileCols * kTileCols;
+  const int64_t block_cols = std::min(kBlockCols, n);
+  const int64_t packed_b_floats = std::min(kDepth, k) * ((block_cols + kTileCols - 1) / kTileCols * kTileCols);
   const int threads = parallel && !omp_in_parallel() && m * n * k >= kThreadedWork ? omp_get_max_threads() : 1;
   // The buffers are the calling thread's, taken before the threads start: nothing in the parallel
   // region allocates (an exception there could not reach the caller).
   float* packed_b = thread_buffer(kSlotB, packed_b_floats);
-  const int64_t a_floats = RowBlocks(m, threads).rows * std::min(kDepth, k);
+  // Room for a block of rows however many threads the region gets (RowBlocks: at most kBlockRows).
+  const int64_t a_floats = std::min(kBlockRows, (m + kTileRows - 1) / kTileRows * kTileRows) * std::min(kDepth, k);
   float* packed_as = thread_buffer(kSlotA, a_floats * threads);
   if (threads == 1) return run_share(p, 0, 1, packed_b, packed_as, a_floats);
 #pragma omp parallel num_threads(threads)

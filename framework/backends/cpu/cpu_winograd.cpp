@@ -367,7 +367,8 @@ std::unique_ptr<T[]> transformed_filters(const Tensor& w, bool flipped) {
         for (int c = 0; c < 3; ++c) gg[r][c] = G[r][0] * g[c] + G[r][1] * g[3 + c] + G[r][2] * g[6 + c];
       for (int r = 0; r < kTile; ++r)
         for (int c = 0; c < kTile; ++c)  // (G g) G^T
-          rows[(r * kTile + c) * ins + i] = static_cast<T>(gg[r][0] * G[c][0] + gg[r][1] * G[c][1] + gg[r][2] * G[c][2]);
+          rows[(r * kTile + c) * ins + i] =
+              static_cast<T>(gg[r][0] * G[c][0] + gg[r][1] * G[c][1] + gg[r][2] * G[c][2]);
     }
     for (int64_t xi = 0; xi < kPositions; ++xi)
       std::copy(rows.get() + xi * ins, rows.get() + (xi + 1) * ins, u.get() + (xi * outs + o) * ins);
