@@ -10,6 +10,7 @@
 #include "framework/backend.h"
 #include "framework/backends/cpu/blas_kernels.h"
 #include "framework/backends/cpu/cpu_capability.h"
+#include "framework/backends/cpu/cpu_gemm.h"
 #include "framework/io/json.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
@@ -120,6 +121,7 @@ int run_bench_models(const BenchArgs& args, std::ostream& out) {
     line["device"] = device.str();
     line["threads"] = num_threads();
     line["blas"] = blas_kernel_name();
+    line["float32_gemm"] = cpu_gemm::float32_gemm_name();
     line["cpu_capability"] = cpu_capability_name();
     line["ms_per_step"] = rounded(ms, 3);
     line[task.throughput_name] = rounded(static_cast<double>(task.items_per_step) / ms * 1000.0, 1);

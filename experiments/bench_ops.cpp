@@ -12,6 +12,7 @@
 
 #include "framework/backends/cpu/blas_kernels.h"
 #include "framework/backends/cpu/cpu_capability.h"
+#include "framework/backends/cpu/cpu_gemm.h"
 #include "framework/io/json.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
@@ -341,6 +342,7 @@ Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats
                        {"device", device.str()},
                        {"threads", num_threads()},
                        {"blas", blas_kernel_name()},
+                       {"float32_gemm", cpu_gemm::float32_gemm_name()},
                        {"cpu_capability", cpu_capability_name()},
                        {"repeats", repeats},
                        {"op", row.op},

@@ -13,6 +13,8 @@
 #include "experiments/exact_polar.h"
 #include "framework/backend.h"
 #include "framework/backends/cpu/blas_kernels.h"
+#include "framework/backends/cpu/cpu_capability.h"
+#include "framework/backends/cpu/cpu_gemm.h"
 #include "framework/io/json.h"
 #include "framework/io/npy.h"
 #include "framework/ops.h"
@@ -232,6 +234,7 @@ void bench_stacks(Device device, int64_t repeats, std::vector<Json>& rows, std::
                                  {"device", device.str()},
                                  {"threads", num_threads()},
                                  {"blas", blas_kernel_name()},
+                                 {"float32_gemm", cpu_gemm::float32_gemm_name()},
                                  {"one_by_one_ms", rounded(ms[0], 3)},
                                  {"stacked_ms", rounded(ms[1], 3)},
                                  {"speedup", rounded(ms[0] / ms[1], 3)},
@@ -283,6 +286,7 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
                                    {"device", device.str()},
                                    {"threads", num_threads()},
                                    {"blas", blas_kernel_name()},
+                                   {"float32_gemm", cpu_gemm::float32_gemm_name()},
                                    {"ms", rounded(ms[i], 3)},
                                    {"gflops", rounded(gflops, 2)},
                                    {"polar_err", rounded(error, 5)},

@@ -3,7 +3,7 @@
 # and the name of what they compare ($comparison: ortho, models). Checks the tools and sets:
 # rounds, bin (MUONLAB_BIN, default build/bin/muonlab), reference, log (a temporary file, removed
 # at exit) and result (experiments/results/<comparison>-vs-torch-<date>-<N>vcpu[-<tag>].md); defines
-# muonlab_blas_kernels and machine_description below.
+# muonlab_blas_kernels, muonlab_float32_gemm and machine_description below.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-3}
@@ -23,8 +23,16 @@ result=experiments/results/$comparison-vs-torch-$(date -u +%Y-%m-%d)-$(nproc)vcp
 # (framework/backends/cpu/blas_kernels.h).
 muonlab_blas_kernels() { grep -m1 -o '"blas":"[^"]*"' "$log" | cut -d'"' -f4; }
 
+# What ran muonlab's float32 products (the `float32_gemm` of its first row: its own AVX-512 GEMM
+# or OpenBLAS; rows of builds before it have none).
+muonlab_float32_gemm() { grep -m1 -o '"float32_gemm":"[^"]*"' "$log" | cut -d'"' -f4 || true; }
+
 # The result's machine: date, vCPUs, processor and the kernels both sides ran.
 machine_description() {
-  echo "$(date -u +%Y-%m-%d), $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //');" \
-    "OpenBLAS $(muonlab_blas_kernels) kernels on both sides)"
+  local gemm
+  gemm=$(muonlab_float32_gemm)
+  local products="OpenBLAS $(muonlab_blas_kernels) kernels on both sides"
+  [[ $gemm == muonlab-avx512 ]] &&
+    products="OpenBLAS $(muonlab_blas_kernels) kernels for PyTorch, muonlab's own AVX-512 GEMM for its float32 products"
+  echo "$(date -u +%Y-%m-%d), $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); $products)"
 }

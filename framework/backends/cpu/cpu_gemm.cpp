@@ -15,6 +15,8 @@
 
 namespace ml::cpu_gemm {
 
+std::string float32_gemm_name() { return own_sgemm_runs() ? "muonlab-avx512" : "openblas"; }
+
 #if MUONLAB_OWN_SGEMM
 
 bool own_sgemm_runs() {

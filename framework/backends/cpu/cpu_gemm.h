@@ -13,11 +13,14 @@
 // it to.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace ml::cpu_gemm {
 
 // Whether sgemm below runs here: the processor has AVX-512 and cpu_capability() chose it.
 bool own_sgemm_runs();
+// What runs float32 products, for benchmark rows: "muonlab-avx512" or "openblas".
+std::string float32_gemm_name();
 
 // Which part of C to compute: all of it, or (for symmetric products such as A A^T) the tiles that
 // touch the upper triangle, j >= i; tiles wholly below the diagonal are left untouched.
