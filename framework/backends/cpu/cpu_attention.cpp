@@ -336,12 +336,6 @@ T larger(T a, T b) {
   return b > a ? b : a;
 }
 
-// p_j = exp(s_j - shift) over a row of n scores, in place (exp_approx(-inf) = 0 for the masked ones).
-template <typename T>
-void exponentials(T* row, int64_t n, T shift) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) row[j] = exp_approx(row[j] - shift);
-}
 
 }  // namespace
 
@@ -381,8 +375,10 @@ void blocked_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool cau
           T* row = scores + r * keys_padded;
           const auto entry = [row](int64_t j) { return row[j]; };
           const T max = reduce_in_lanes(visible, -std::numeric_limits<T>::infinity(), entry, larger<T>);
-          exponentials(row, visible, max);
-          const T sum = reduce_in_lanes(visible, T(0), entry, plus<T>);
+          // The exponentials written back as they are summed: one pass over the row, not two
+          // (exp_approx(-inf) = 0 for the masked scores).
+          const auto exponential = [row, max](int64_t j) { return row[j] = exp_approx(row[j] - max); };
+          const T sum = reduce_in_lanes(visible, T(0), exponential, plus<T>);
           lse_head[i0 + r] = max + std::log(sum);
           const T inv_sum = T(1) / sum;
 #pragma omp simd
@@ -452,9 +448,13 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
           const T* o_row = o_head + (i0 + r) * d.value_dim;
           const T row_dot = reduce_in_lanes(d.value_dim, T(0), [g_row, o_row](int64_t c) { return g_row[c] * o_row[c]; },
                                             plus<T>);
-          exponentials(p_row, visible, lse_head[i0 + r]);
+          const T row_lse = lse_head[i0 + r];
 #pragma omp simd
-          for (int64_t j = 0; j < visible; ++j) ds_row[j] = s * p_row[j] * (dp_row[j] - row_dot);
+          for (int64_t j = 0; j < visible; ++j) {
+            const T p = exp_approx(p_row[j] - row_lse);  // the score's probability, p_row's from here on
+            p_row[j] = p;
+            ds_row[j] = s * p * (dp_row[j] - row_dot);
+          }
         }
         small_product<ALayout::Rows>(ds_block, keys_padded, rows, k_rows, k_ld, visible, d.head_dim,
                                      dq_head + i0 * d.head_dim, d.head_dim);
