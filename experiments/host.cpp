@@ -5,6 +5,7 @@
 
 #include "framework/backends/cpu/blas_kernels.h"
 #include "framework/backends/cpu/cpu_capability.h"
+#include "framework/backends/cpu/cpu_gemm.h"
 
 namespace ml {
 
@@ -28,7 +29,8 @@ std::string host_description() {
   const unsigned cpus = std::thread::hardware_concurrency();
   return processor_name() + ", " + (cpus ? std::to_string(cpus) : std::string("unknown number of")) +
          " logical CPUs, OpenBLAS " + blas_kernel_name() + " kernels" +
-         (cpu_capability() == CpuCapability::Avx512 ? ", AVX-512 loops and float32 products" : "");
+         (cpu_capability() == CpuCapability::Avx512 ? ", AVX-512 loops" : "") +
+         (cpu_gemm::own_sgemm_runs() ? ", own AVX-512 float32 products" : "");
 }
 
 }  // namespace ml

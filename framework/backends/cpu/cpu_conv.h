@@ -6,7 +6,6 @@
 // helpers below are the pieces they share. Tensors are contiguous NCHW.
 #pragma once
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -80,19 +79,12 @@ struct ConvShape {
   int64_t output_size() const { return out_channels * plane(); }
 };
 
-// c = op(a) @ op(b) + beta c, row-major: single precision through the own kernel where it runs
-// (cpu_gemm.h), else BLAS; on the calling thread inside a parallel region, else on all threads.
+// c = op(a) @ op(b) + beta c, row-major (cpu_gemm::gemm); on the calling thread inside a parallel
+// region, else on all threads.
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
           int64_t ldb, T beta, T* c, int64_t ldc) {
-  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>) {
-    if (cpu_gemm::own_sgemm_runs())
-      return cpu_gemm::sgemm(trans_a, trans_b, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc, true);
-    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
-  } else {
-    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
-  }
+  cpu_gemm::gemm(trans_a, trans_b, m, n, k, T(1), a, lda, b, ldb, beta, c, ldc);
 }
 
 // An uninitialized scratch buffer (the kernels overwrite every element they read).

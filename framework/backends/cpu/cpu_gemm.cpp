@@ -1,5 +1,6 @@
 #include "framework/backends/cpu/cpu_gemm.h"
 
+#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -16,6 +17,22 @@
 namespace ml::cpu_gemm {
 
 std::string float32_gemm_name() { return own_sgemm_runs() ? "muonlab-avx512" : "openblas"; }
+
+namespace {
+CBLAS_TRANSPOSE blas_transpose(bool transposed) { return transposed ? CblasTrans : CblasNoTrans; }
+}  // namespace
+
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (own_sgemm_runs()) return sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, true);
+  cblas_sgemm(CblasRowMajor, blas_transpose(trans_a), blas_transpose(trans_b), m, n, k, alpha, a, lda, b, ldb, beta, c,
+              ldc);
+}
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+          const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, blas_transpose(trans_a), blas_transpose(trans_b), m, n, k, alpha, a, lda, b, ldb, beta, c,
+              ldc);
+}
 
 #if MUONLAB_OWN_SGEMM
 

@@ -35,4 +35,12 @@ enum class Part { All, Upper };
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part = Part::All);
 
+// The CPU backend's product, and the one place that chooses what runs it: sgemm above where
+// own_sgemm_runs(), else BLAS (always for double). The same arguments as sgemm; outside a parallel
+// region it may use every thread, inside one it runs on the calling thread.
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+          const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
+
 }  // namespace ml::cpu_gemm

@@ -28,13 +28,7 @@ bool own_gemm() {
 template <typename T>
 void gemm_one(const BlasMatrix& oa, const BlasMatrix& ob, int64_t M, int64_t N, int64_t K, T alpha, const T* a,
               const T* b, T beta, T* c) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (own_gemm<T>())
-      return cpu_gemm::sgemm(oa.transposed, ob.transposed, M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N, true);
-    cblas_sgemm(CblasRowMajor, trans(oa), trans(ob), M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N);
-  } else {
-    cblas_dgemm(CblasRowMajor, trans(oa), trans(ob), M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N);
-  }
+  cpu_gemm::gemm(oa.transposed, ob.transposed, M, N, K, alpha, a, oa.ld, b, ob.ld, beta, c, N);
 }
 
 // Blocks of rows start at multiples of this many, a multiple of OpenBLAS's register tile on x86
