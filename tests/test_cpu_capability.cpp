@@ -50,6 +50,17 @@ std::vector<std::pair<std::string, Tensor>> widest_loop_results(DType dtype) {
   forward_and_backward("causal attention", q, ones({2, 3, 40, 16}, dtype), [&](const Tensor& t) {
     return scaled_dot_product_attention(t, k, v, true, AttentionImpl::Composed);
   });
+  // The fused kernel's blocked path: its products run on the own GEMM's register tile in the
+  // AVX-512 copy (float32), on plain loops in the other; the GPT's heads (64 x 32) also take the
+  // 16 x 16 block transposes.
+  forward_and_backward("fused causal attention", q, randn({2, 3, 40, 16}, dtype, cpu(), gen), [&](const Tensor& t) {
+    return scaled_dot_product_attention(t, k, v, true, AttentionImpl::Fused);
+  });
+  const Tensor gpt_q = randn({2, 2, 64, 32}, dtype, cpu(), gen), gpt_k = randn({2, 2, 64, 32}, dtype, cpu(), gen),
+               gpt_v = randn({2, 2, 64, 32}, dtype, cpu(), gen), gpt_g = randn({2, 2, 64, 32}, dtype, cpu(), gen);
+  forward_and_backward("fused causal attention, the GPT's heads", gpt_q, gpt_g, [&](const Tensor& t) {
+    return scaled_dot_product_attention(t, gpt_k, gpt_v, true, AttentionImpl::Fused);
+  });
   // The norms' backward passes also sum their affine gradients over the rows.
   const Tensor ln_weight = randn({301}, dtype, cpu(), gen).requires_grad_(),
                ln_bias = randn({301}, dtype, cpu(), gen).requires_grad_(),

@@ -143,6 +143,27 @@ TEST(ElementMath, ExpAndErfApproximationsStayWithinTheirBounds) {
   EXPECT_LT(elementwise::sigmoid(-100.0f), 1e-38f);
 }
 
+// The vectorizable float32 log of the attention's log-sum-exp, against libm in double: over
+// normalizers from 1 (a row of one key) to 2^20, across every power of two (where its split of x
+// into m 2^e changes e) and on the smallest and largest normal floats.
+TEST(ElementMath, LogOfPositiveStaysWithinItsBound) {
+  double worst = 0.0;
+  const auto check = [&](float x) {
+    const double exact = std::log(double(x));
+    const double error = std::fabs(double(elementwise::log_of_positive(x)) - exact);
+    worst = std::max(worst, error / std::max(1.0, std::fabs(exact)));
+  };
+  for (float x = 1.0f; x <= 1048576.0f; x *= 1.0001f) check(x);
+  for (float power = 1.0f / 64; power <= 65536.0f; power *= 2.0f)
+    for (float x : {std::nextafter(power, 0.0f), power, std::nextafter(power, 2 * power), power * 0.70710677f,
+                    power * 0.70710683f})
+      check(x);
+  check(std::numeric_limits<float>::min());
+  check(std::numeric_limits<float>::max());
+  EXPECT_LT(worst, 3e-7);  // relative where |ln x| >= 1, absolute nearer x = 1 (1.1e-7 measured)
+  EXPECT_EQ(elementwise::log_of_positive(1.0f), 0.0f);
+}
+
 // The exp of softmax's normalizer terms: exp_approx's values on [-87, 0], and a negligible term
 // (e^-87, not 0) below, -inf included; NaN stays NaN.
 TEST(ElementMath, ExpOfNonpositiveTermsIsExpApproxWhereItDoesNotUnderflow) {

@@ -59,6 +59,25 @@ ML_ELEMENT_MATH float exp_approx(float x) {
 }
 ML_ELEMENT_MATH double exp_approx(double x) { return std::exp(x); }
 
+// ln x for float32 as straight-line arithmetic, so that loops using it vectorize (libm's logf is a
+// call), for positive normal x such as a softmax's normalizer (at least 1): x = m 2^e with m in
+// [sqrt(1/2), sqrt(2)), and ln x = e ln2 + 2 atanh(t) with t = (m - 1) / (m + 1), |t| < 0.172,
+// atanh t = t + t^3/3 + ... + t^9/9 (the next term is below 2e-9 of ln m). float64 keeps libm.
+ML_ELEMENT_MATH float log_of_positive(float x) {
+  constexpr int32_t kSqrtHalfBits = 0x3f3504f3;  // sqrt(1/2)
+  int32_t bits;
+  std::memcpy(&bits, &x, 4);
+  const int32_t exponent = (bits - kSqrtHalfBits) >> 23;  // floor(log2(x / sqrt(1/2)))
+  const int32_t m_bits = bits - exponent * (int32_t{1} << 23);
+  float m;
+  std::memcpy(&m, &m_bits, 4);
+  const float t = (m - 1.0f) / (m + 1.0f), t2 = t * t;
+  const float atanh = t * (1.0f + t2 * (1.0f / 3 + t2 * (1.0f / 5 + t2 * (1.0f / 7 + t2 * (1.0f / 9)))));
+  const float e = static_cast<float>(exponent);
+  return (e * 0.693145752f + e * 1.42860677e-6f) + 2.0f * atanh;
+}
+ML_ELEMENT_MATH double log_of_positive(double x) { return std::log(x); }
+
 // e^x for x <= 0, as a term of a sum that also holds e^0 = 1 (a max-shifted softmax's normalizer):
 // no upper clamp, and below -87 the term is e^-87 (1.6e-38) where exp_approx gives 0, which leaves
 // such a sum as it was. Without those selects its vector code is about 20% cheaper (cross-entropy's

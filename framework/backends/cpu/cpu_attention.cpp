@@ -15,19 +15,26 @@
 // grad_q is one pass over query rows and grad_k/grad_v a second pass over key rows: each output
 // row belongs to one iteration, so threads never write the same row and no atomics are needed, at
 // the price of computing every p_ij and ds_ij twice.
+#include "framework/backends/cpu/cpu_attention.h"
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
-#include "framework/backends/cpu/cpu_attention.h"
 #include "framework/backends/cpu/cpu_backend.h"
+#include "framework/backends/cpu/cpu_gemm.h"
+#include "framework/backends/cpu/cpu_gemm_tile.h"
 #include "framework/backends/cpu/cpu_loops.h"
 #include "framework/backends/elementwise_math.h"
 
 namespace ml {
 using namespace cpu_loops;
 using elementwise::exp_approx;
+using elementwise::log_of_positive;
 
 namespace {
 
@@ -199,8 +206,9 @@ namespace {
 
 // Rows of a product computed together: their accumulators are kRowBlock x block_columns(), 16
 // AVX-512 registers for float. Each step along the depth loads a row of B for kRowBlock rows: the
-// GPT's heads (one thread, fwd+bwd) took 0.69 ms with 4 rows, 0.61 with 8 (6 and 12: 0.71 and 0.73,
-// 16 spills: 1.4); the AVX2 copy is level (1.25-1.27 ms).
+// GPT's heads (one thread, fwd+bwd, small_product) took 0.69 ms with 4 rows, 0.61 with 8 (6 and 12:
+// 0.71 and 0.73, 16 spills: 1.4); the AVX2 copy is level (1.25-1.27 ms). Also the causal
+// granularity: a block computes the scores its last row sees.
 constexpr int64_t kRowBlock = 8;
 
 // Columns per block of a product: two cache lines, so that 4 rows x 2 AVX-512 vectors make 8
@@ -214,19 +222,40 @@ constexpr int64_t block_columns() {
 
 int64_t padded(int64_t n, int64_t unit) { return (n + unit - 1) / unit * unit; }
 
-// How a product's left operand A(r, k) lies in memory: its rows a_stride apart (A(r, k) =
-// a[r * a_stride + k]), or transposed, its columns a_stride apart (A(r, k) = a[k * a_stride + r]).
-// The layout is a template argument so that every address is a register plus an index or a
-// constant, with no address arithmetic beside the FMAs.
-enum class ALayout { Rows, Columns };
+// One 64-byte vector of T (GCC vector types: a zmm register in the AVX-512 copy, two ymm in the
+// AVX2 one) and the lane indices of a shuffle of it.
+template <typename T>
+struct Vector64;
+template <>
+struct Vector64<float> {
+  typedef float type __attribute__((vector_size(64)));
+  typedef int32_t indices __attribute__((vector_size(64)));
+};
+template <>
+struct Vector64<double> {
+  typedef double type __attribute__((vector_size(64)));
+  typedef int64_t indices __attribute__((vector_size(64)));
+};
 
-// C[r][j] = sum_k A(r, k) B[k][j] for r < rows <= kRowBlock and j < n, with B's rows ldb apart
-// and readable to n rounded up to block_columns(). Only C's first n columns are written. A block short of
-// kRowBlock rows computes rows it never stores: with ALayout::Rows they repeat its last row; with
-// ALayout::Columns they read on past it, so such an A must be readable kRowBlock entries on.
+// The elements of T in one such vector.
+template <typename T>
+constexpr int64_t kVector = 64 / sizeof(T);
+
+// How a product's left operand A(r, k) lies in memory (cpu_gemm_tile.h): its rows a_stride apart
+// (A(r, k) = a[r * a_stride + k]), or transposed, its columns a_stride apart (A(r, k) =
+// a[k * a_stride + r]). The layout is a template argument so that every address is a register
+// plus an index or a constant, with no address arithmetic beside the FMAs.
+using cpu_gemm::ALayout;
+
+// C[r][j] = s_r sum_k A(r, k) B[k][j] for r < rows <= kRowBlock and j < n, s_r = row_scale[r] (1
+// where row_scale is null), with B's rows ldb apart and readable to n rounded up to
+// block_columns(). Only C's first n columns are written. A block short of kRowBlock rows computes
+// rows it never stores: with ALayout::Rows they repeat its last row; with ALayout::Columns they
+// read on past it, so such an A must be readable kRowBlock entries on. The readable loops, which
+// block_product runs where the GEMM's register tile does not.
 template <ALayout kLayout, typename T>
 void small_product(const T* a, int64_t a_stride, int64_t rows, const T* b, int64_t ldb, int64_t depth, int64_t n, T* c,
-                   int64_t ldc) {
+                   int64_t ldc, const T* row_scale = nullptr) {
   constexpr int64_t kCols = block_columns<T>();
   const T* a_rows[kRowBlock];
   for (int64_t r = 0; r < kRowBlock; ++r) a_rows[r] = a + std::min(r, rows - 1) * a_stride;
@@ -245,19 +274,106 @@ void small_product(const T* a, int64_t a_stride, int64_t rows, const T* b, int64
     const int64_t width = std::min(kCols, n - j0);
     for (int64_t r = 0; r < rows; ++r) {
       T* c_r = c + r * ldc + j0;
+      const T scale = row_scale ? row_scale[r] : T(1);
 #pragma omp simd
-      for (int64_t j = 0; j < width; ++j) c_r[j] = acc[r][j];
+      for (int64_t j = 0; j < width; ++j) c_r[j] = scale * acc[r][j];
     }
   }
 }
 
+// small_product's C, computed by the own float32 GEMM's register tile (cpu_gemm_tile.h) where
+// `own_tiles` (float32 where cpu_gemm::own_sgemm_runs(), read before the threads start), else by
+// small_product. The GPT's heads, fwd+bwd on one thread: 0.51 -> 0.47 ms (GCC kept the loops' row
+// pointers in vector registers and zeroed and stored their accumulators with memset and memcpy).
+template <ALayout kLayout, typename T>
+void block_product(bool own_tiles, const T* a, int64_t a_stride, int64_t rows, const T* b, int64_t ldb, int64_t depth,
+                   int64_t n, T* c, int64_t ldc, const T* row_scale = nullptr) {
+#if MUONLAB_OWN_SGEMM
+  if constexpr (std::is_same_v<T, float>) {
+    static_assert(block_columns<float>() == cpu_gemm::kTileCols, "B's rows are readable to a whole tile");
+    if (own_tiles) {
+      for (int64_t j0 = 0; j0 < n; j0 += cpu_gemm::kTileCols) {
+        const int64_t cols = std::min(cpu_gemm::kTileCols, n - j0);
+        if (row_scale)
+          cpu_gemm::tile_kernel<kLayout, kRowBlock, true>(depth, a, a_stride, b + j0, ldb, c + j0, ldc, rows, cols,
+                                                          1.0f, 0.0f, true, row_scale);
+        else
+          cpu_gemm::tile_kernel<kLayout, kRowBlock>(depth, a, a_stride, b + j0, ldb, c + j0, ldc, rows, cols, 1.0f,
+                                                    0.0f, true);
+      }
+      return;
+    }
+  }
+#else
+  (void)own_tiles;
+#endif
+  small_product<kLayout>(a, a_stride, rows, b, ldb, depth, n, c, ldc, row_scale);
+}
+
+// transpose_16x16's rows.
+constexpr int kLanes = kVector<float>;
+using Lanes = Vector64<float>::type;
+using LaneIndices = Vector64<float>::indices;
+
+// Lane c of a two-vector shuffle in one round of transpose_16x16 (lanes 16-31 are the second
+// vector's): row i (bit `half` clear) keeps its lane c where c's bit `half` is clear and takes lane
+// c - half of row i + half where it is set; row i + half takes lane c + half of row i, or keeps
+// its own lane c.
+constexpr int exchange_lane(int half, bool upper_row, int c) {
+  const bool set = (c & half) != 0;
+  return upper_row ? (set ? kLanes + c : c + half) : (set ? kLanes + c - half : c);
+}
+
+// One round: rows i and i + half (i's bit `half` clear) trade the element at (i, c) for the one
+// at (i + half, c - half) where c's bit `half` is set, which swaps bit `half` between the row and
+// column indices of every element whose two bits differ.
+template <int kHalf, int... kLane>
+void exchange_halves(Lanes (&rows)[kLanes], std::integer_sequence<int, kLane...>) {
+  constexpr LaneIndices kLower{exchange_lane(kHalf, false, kLane)...}, kUpper{exchange_lane(kHalf, true, kLane)...};
+  for (int i = 0; i < kLanes; ++i) {
+    if (i & kHalf) continue;
+    const Lanes lower = __builtin_shuffle(rows[i], rows[i + kHalf], kLower);
+    rows[i + kHalf] = __builtin_shuffle(rows[i], rows[i + kHalf], kUpper);
+    rows[i] = lower;
+  }
+}
+
+// dst[c][j] = src[j][c] for a 16 x 16 block in registers: the four rounds swap the four bits of
+// the row and column indices (64 two-vector shuffles, against 256 single-element loads gathering
+// the columns, which cost a seventh of the GPT's attention forward).
+void transpose_16x16(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  Lanes rows[kLanes];
+  for (int i = 0; i < kLanes; ++i) std::memcpy(&rows[i], src + i * ld_src, sizeof(Lanes));
+  constexpr auto kAllLanes = std::make_integer_sequence<int, kLanes>{};
+  exchange_halves<8>(rows, kAllLanes);
+  exchange_halves<4>(rows, kAllLanes);
+  exchange_halves<2>(rows, kAllLanes);
+  exchange_halves<1>(rows, kAllLanes);
+  for (int i = 0; i < kLanes; ++i) std::memcpy(dst + i * ld_dst, &rows[i], sizeof(Lanes));
+}
+
 // dst[c][j] = src[j][c] for a [rows, cols] source: dst's rows are ld_dst long (padding left as is).
-// Written row by row of dst, so that the stores are whole vectors (the loads gather).
+// The reference: written row by row of dst, so that the stores are whole vectors (the loads gather).
 template <typename T>
-void transpose_into(const T* src, int64_t rows, int64_t cols, T* dst, int64_t ld_dst) {
+void transpose_by_element(const T* src, int64_t rows, int64_t cols, T* dst, int64_t ld_dst) {
   for (int64_t c = 0; c < cols; ++c)
 #pragma omp simd
     for (int64_t j = 0; j < rows; ++j) dst[c * ld_dst + j] = src[j * cols + c];
+}
+
+// The same, float32 in 16 x 16 blocks where the whole matrix is made of them (the GPT's k and v,
+// 64 x 32 per head).
+template <typename T>
+void transpose_into(const T* src, int64_t rows, int64_t cols, T* dst, int64_t ld_dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (rows % kLanes == 0 && cols % kLanes == 0) {
+      for (int64_t j0 = 0; j0 < rows; j0 += kLanes)
+        for (int64_t c0 = 0; c0 < cols; c0 += kLanes)
+          transpose_16x16(src + j0 * cols + c0, cols, dst + c0 * ld_dst + j0, ld_dst);
+      return;
+    }
+  }
+  transpose_by_element(src, rows, cols, dst, ld_dst);
 }
 
 // A [rows, cols] matrix as a product's right operand, whose rows must be readable to a whole block of
@@ -287,55 +403,59 @@ void for_each_head(const AttentionDims& d, Make make, Body body) {
   widest_block_per_thread(d.batch_heads, 1, d.batch_heads > 1 && d.batch_heads * head_work >= kParallelGrain, range);
 }
 
-// The block of query rows [i0, i0 + rows): its scaled scores, masked entries (causal) at -inf, into
-// `scores` ([kRowBlock][Sp]), as far as the block's last row sees. Returns that number of keys.
+// The block of query rows [i0, i0 + rows): the products q_i . k_j, not yet scaled, into `scores`
+// ([kRowBlock][Sp]) for the keys that the block's last row sees. Returns that number of keys. Row
+// r's entries from d.visible_keys(i0 + r) on are products of keys it cannot see (causal): the
+// callers mask them as they make probabilities of the rest, in the same pass.
 template <typename T>
-int64_t block_scores(const AttentionDims& d, const T* q_head, const T* kt, int64_t keys_padded, int64_t i0,
-                     int64_t rows, T scale, T* scores) {
+int64_t block_products(bool own_tiles, const AttentionDims& d, const T* q_head, const T* kt, int64_t keys_padded,
+                       int64_t i0, int64_t rows, T* scores) {
   const int64_t visible = d.visible_keys(i0 + rows - 1);
-  small_product<ALayout::Rows>(q_head + i0 * d.head_dim, d.head_dim, rows, kt, keys_padded, d.head_dim, visible, scores,
-                               keys_padded);
-  for (int64_t r = 0; r < rows; ++r) {
-    T* row = scores + r * keys_padded;
-    const int64_t row_visible = d.visible_keys(i0 + r);
-#pragma omp simd
-    for (int64_t j = 0; j < visible; ++j)
-      row[j] = j < row_visible ? scale * row[j] : -std::numeric_limits<T>::infinity();
-  }
+  block_product<ALayout::Rows>(own_tiles, q_head + i0 * d.head_dim, d.head_dim, rows, kt, keys_padded, d.head_dim,
+                               visible, scores, keys_padded);
   return visible;
 }
 
+// v = combine(v, v rotated by kWidth lanes), then the same for half the width, down to one lane:
+// lane 0 ends up combining all of them.
+template <int kWidth, typename T, typename Combine, int... kLane>
+void fold_lanes(typename Vector64<T>::type& v, Combine combine, std::integer_sequence<int, kLane...> lanes) {
+  if constexpr (kWidth >= 1) {
+    constexpr typename Vector64<T>::indices kRotated{((kLane + kWidth) % int(sizeof...(kLane)))...};
+    combine(v, __builtin_shuffle(v, kRotated));
+    fold_lanes<kWidth / 2, T>(v, combine, lanes);
+  }
+}
+
 // combine(term(0), ..., term(n - 1)) (a max, a sum), first in one vector's lanes and then across
-// them in halves: with an `omp simd` reduction GCC made the step across the lanes a chain of scalar
-// operations through the stack, which on rows of 1-64 scores cost more than the row itself.
+// them in halves, in registers: with an `omp simd` reduction GCC made the step across the lanes a
+// chain of scalar operations through the stack, which on rows of 1-64 scores cost more than the
+// row itself, and halving an array through memory still stalled on reading back parts of the
+// vector just stored.
 template <typename T, typename Term, typename Combine>
 T reduce_in_lanes(int64_t n, T identity, Term term, Combine combine) {
-  constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(T));
+  constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
   T lanes[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = identity;
+  for (int l = 0; l < kLanes; ++l) lanes[l] = identity;
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
 #pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = combine(lanes[l], term(j + l));
+    for (int l = 0; l < kLanes; ++l) combine(lanes[l], term(j + l));
+  // The rest as one whole vector, not an epilogue: GCC's scalar epilogue ran whole rows of up to
+  // 15 scores, and a masked store into `lanes` stalled the vector read below.
   const int64_t rest = n - j;
 #pragma omp simd
-  for (int64_t l = 0; l < rest; ++l) lanes[l] = combine(lanes[l], term(j + l));
-  for (int64_t width = kLanes / 2; width > 0; width /= 2)
-#pragma omp simd
-    for (int64_t l = 0; l < width; ++l) lanes[l] = combine(lanes[l], lanes[l + width]);
-  return lanes[0];
+  for (int l = 0; l < kLanes; ++l) combine(lanes[l], l < rest ? term(j + l) : identity);
+  typename Vector64<T>::type v;
+  std::memcpy(&v, lanes, sizeof v);
+  fold_lanes<kLanes / 2, T>(v, combine, std::make_integer_sequence<int, kLanes>{});
+  return v[0];
 }
 
-template <typename T>
-T plus(T a, T b) {
-  return a + b;
-}
-
-template <typename T>
-T larger(T a, T b) {
-  return b > a ? b : a;
-}
-
+// reduce_in_lanes's combine: into = combine(into, x), of scalars or vectors (in place, as a
+// function returning a vector by value has a different ABI in the two copies of the loops).
+const auto plus = [](auto& into, const auto& x) { into = into + x; };
+const auto larger = [](auto& into, const auto& x) { into = x > into ? x : into; };
 
 }  // namespace
 
@@ -353,6 +473,7 @@ void blocked_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool cau
     using T = decltype(tag);
     const int64_t keys_padded = padded(d.keys, block_columns<T>());
     const T s = static_cast<T>(scale);
+    const bool own_tiles = std::is_same_v<T, float> && cpu_gemm::own_sgemm_runs();
     struct Scratch {
       std::vector<T> kt, v_storage, scores;  // kt [D][Sp] (padding zero), v padded if need be, one block's rows
     };
@@ -360,6 +481,7 @@ void blocked_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool cau
       return Scratch{std::vector<T>(d.head_dim * keys_padded, T(0)), {}, std::vector<T>(kRowBlock * keys_padded)};
     };
     for_each_head(d, make, [&](int64_t h, Scratch& scratch) {
+      const T score_scale = s;  // a copy: through the captured reference GCC reloads it in every loop
       const T* q_head = q.data<T>() + h * d.queries * d.head_dim;
       transpose_into(k.data<T>() + h * d.keys * d.head_dim, d.keys, d.head_dim, scratch.kt.data(), keys_padded);
       int64_t v_ld = 0;
@@ -370,22 +492,37 @@ void blocked_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool cau
       T* lse_head = lse.data<T>() + h * d.queries;
       for (int64_t i0 = 0; i0 < d.queries; i0 += kRowBlock) {
         const int64_t rows = std::min(kRowBlock, d.queries - i0);
-        const int64_t visible = block_scores(d, q_head, scratch.kt.data(), keys_padded, i0, rows, s, scores);
+        const int64_t visible = block_products(own_tiles, d, q_head, scratch.kt.data(), keys_padded, i0, rows, scores);
+        // Each step for all the block's rows before the next, so that the rows' chains of dependent
+        // steps (max, exponentials, sum, log) overlap, and the logs run as one vector.
+        T maxes[kRowBlock], sums[kRowBlock], inv_sums[kRowBlock];
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* row = scores + r * keys_padded;
+          const auto entry = [row](int64_t j) { return row[j]; };
+          // The largest score (scale > 0 keeps the products' order).
+          maxes[r] =
+              score_scale * reduce_in_lanes(d.visible_keys(i0 + r), -std::numeric_limits<T>::infinity(), entry, larger);
+        }
         for (int64_t r = 0; r < rows; ++r) {
           T* row = scores + r * keys_padded;
-          const auto entry = [row](int64_t j) { return row[j]; };
-          const T max = reduce_in_lanes(visible, -std::numeric_limits<T>::infinity(), entry, larger<T>);
-          // The exponentials written back as they are summed: one pass over the row, not two
-          // (exp_approx(-inf) = 0 for the masked scores).
-          const auto exponential = [row, max](int64_t j) { return row[j] = exp_approx(row[j] - max); };
-          const T sum = reduce_in_lanes(visible, T(0), exponential, plus<T>);
-          lse_head[i0 + r] = max + std::log(sum);
-          const T inv_sum = T(1) / sum;
-#pragma omp simd
-          for (int64_t j = 0; j < visible; ++j) row[j] *= inv_sum;
+          const int64_t row_visible = d.visible_keys(i0 + r);
+          // The exponentials written back as they are summed, and the masked entries 0. They stay
+          // unnormalized; the output rows are divided by their sums instead (32 values, not 64).
+          // (Not one loop with `j < row_visible ?`: GCC split that loop and left the halves scalar.)
+          const T max = maxes[r];
+          const auto exponential = [row, score_scale, max](int64_t j) {
+            return row[j] = exp_approx(score_scale * row[j] - max);
+          };
+          sums[r] = reduce_in_lanes(row_visible, T(0), exponential, plus);
+          std::fill(row + row_visible, row + visible, T(0));
         }
-        small_product<ALayout::Rows>(scores, keys_padded, rows, v_rows, v_ld, visible, d.value_dim,
-                                     out_head + i0 * d.value_dim, d.value_dim);
+#pragma omp simd
+        for (int64_t r = 0; r < rows; ++r) {
+          lse_head[i0 + r] = maxes[r] + log_of_positive(sums[r]);
+          inv_sums[r] = T(1) / sums[r];
+        }
+        block_product<ALayout::Rows>(own_tiles, scores, keys_padded, rows, v_rows, v_ld, visible, d.value_dim,
+                                     out_head + i0 * d.value_dim, d.value_dim, inv_sums);
       }
     });
   });
@@ -404,6 +541,7 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
     using T = decltype(tag);
     const int64_t keys_padded = padded(d.keys, block_columns<T>());
     const T s = static_cast<T>(scale);
+    const bool own_tiles = std::is_same_v<T, float> && cpu_gemm::own_sgemm_runs();
     struct Scratch {
       std::vector<T> kt, vt, p, ds, dp, k_storage, q_storage, g_storage;
     };
@@ -420,6 +558,7 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
                      {}};
     };
     for_each_head(d, make, [&](int64_t h, Scratch& scratch) {
+      const T score_scale = s;  // a copy: through the captured reference GCC reloads it in every loop
       const T* q_head = q.data<T>() + h * d.queries * d.head_dim;
       const T* k_head = k.data<T>() + h * d.keys * d.head_dim;
       const T* v_head = v.data<T>() + h * d.keys * d.value_dim;
@@ -437,26 +576,38 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
         const int64_t rows = std::min(kRowBlock, d.queries - i0);
         T* p_block = scratch.p.data() + i0 * keys_padded;
         T* ds_block = scratch.ds.data() + i0 * keys_padded;
-        const int64_t visible = block_scores(d, q_head, scratch.kt.data(), keys_padded, i0, rows, s, p_block);
-        small_product<ALayout::Rows>(g_head + i0 * d.value_dim, d.value_dim, rows, scratch.vt.data(), keys_padded,
-                                     d.value_dim, visible, scratch.dp.data(), keys_padded);
+        const int64_t visible = block_products(own_tiles, d, q_head, scratch.kt.data(), keys_padded, i0, rows, p_block);
+        block_product<ALayout::Rows>(own_tiles, g_head + i0 * d.value_dim, d.value_dim, rows, scratch.vt.data(),
+                                     keys_padded, d.value_dim, visible, scratch.dp.data(), keys_padded);
+        // D_i for all the block's rows first: their chains of dependent steps overlap.
+        T row_dots[kRowBlock];
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* g_row = g_head + (i0 + r) * d.value_dim;
+          const T* o_row = o_head + (i0 + r) * d.value_dim;
+          row_dots[r] = reduce_in_lanes(
+              d.value_dim, T(0), [g_row, o_row](int64_t c) { return g_row[c] * o_row[c]; }, plus);
+        }
         for (int64_t r = 0; r < rows; ++r) {
           T* p_row = p_block + r * keys_padded;
           T* ds_row = ds_block + r * keys_padded;
           const T* dp_row = scratch.dp.data() + r * keys_padded;
-          const T* g_row = g_head + (i0 + r) * d.value_dim;
-          const T* o_row = o_head + (i0 + r) * d.value_dim;
-          const T row_dot = reduce_in_lanes(d.value_dim, T(0), [g_row, o_row](int64_t c) { return g_row[c] * o_row[c]; },
-                                            plus<T>);
+          const T row_dot = row_dots[r];
           const T row_lse = lse_head[i0 + r];
+          const int64_t row_visible = d.visible_keys(i0 + r);
+          // In whole vectors (to row_visible rounded up, within the row's padding), then the masked
+          // entries 0: GCC ran the rest of each row, up to 15 exponentials, as scalar code.
+          for (int64_t j0 = 0; j0 < row_visible; j0 += kVector<T>)
 #pragma omp simd
-          for (int64_t j = 0; j < visible; ++j) {
-            const T p = exp_approx(p_row[j] - row_lse);  // the score's probability, p_row's from here on
-            p_row[j] = p;
-            ds_row[j] = s * p * (dp_row[j] - row_dot);
-          }
+            for (int64_t j = j0; j < j0 + kVector<T>; ++j) {
+              const T p =
+                  exp_approx(score_scale * p_row[j] - row_lse);  // the score's probability, p_row's from here on
+              p_row[j] = p;
+              ds_row[j] = score_scale * p * (dp_row[j] - row_dot);
+            }
+          std::fill(p_row + row_visible, p_row + padded(visible, kVector<T>), T(0));
+          std::fill(ds_row + row_visible, ds_row + padded(visible, kVector<T>), T(0));
         }
-        small_product<ALayout::Rows>(ds_block, keys_padded, rows, k_rows, k_ld, visible, d.head_dim,
+        block_product<ALayout::Rows>(own_tiles, ds_block, keys_padded, rows, k_rows, k_ld, visible, d.head_dim,
                                      dq_head + i0 * d.head_dim, d.head_dim);
       }
       T* dk_head = grad_k.data<T>() + h * d.keys * d.head_dim;
@@ -466,10 +617,10 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
         // Queries before first_query(j0) see none of these keys: their p and ds are 0.
         const int64_t first = std::min(d.first_query(j0), d.queries);
         const int64_t depth = d.queries - first;
-        small_product<ALayout::Columns>(scratch.p.data() + first * keys_padded + j0, keys_padded, rows,
+        block_product<ALayout::Columns>(own_tiles, scratch.p.data() + first * keys_padded + j0, keys_padded, rows,
                                         g_rows + first * g_ld, g_ld, depth, d.value_dim, dv_head + j0 * d.value_dim,
                                         d.value_dim);
-        small_product<ALayout::Columns>(scratch.ds.data() + first * keys_padded + j0, keys_padded, rows,
+        block_product<ALayout::Columns>(own_tiles, scratch.ds.data() + first * keys_padded + j0, keys_padded, rows,
                                         q_rows + first * q_ld, q_ld, depth, d.head_dim, dk_head + j0 * d.head_dim,
                                         d.head_dim);
       }

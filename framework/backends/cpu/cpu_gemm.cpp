@@ -8,11 +8,7 @@
 #include <new>
 
 #include "framework/backends/cpu/cpu_capability.h"
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define MUONLAB_OWN_SGEMM 1
-#endif
+#include "framework/backends/cpu/cpu_gemm_tile.h"
 
 namespace ml::cpu_gemm {
 
@@ -46,11 +42,6 @@ bool own_sgemm_runs() {
 
 namespace {
 
-// The register tile: 12 rows of C, each two 16-float vectors wide: 24 accumulators, two vectors of
-// B and one broadcast element of A in 27 of the 32 zmm registers. Each step along K loads 2
-// vectors and 12 scalars for 24 FMAs, so the FMA pipes, not the loads, set the pace.
-constexpr int64_t kTileRows = 12;  // MR
-constexpr int64_t kTileCols = 32;  // NR
 // The blocks: a kTileCols-wide panel of B over kDepth steps (32 KiB) stays in the 48 KiB L1 while
 // the tile loop runs down a block of A (up to kBlockRows x kDepth, 240 KiB, in the 1 MiB L2); the
 // block of B (kDepth x up to kBlockCols, 2 MiB) is read from L2/L3 once per block of A.
@@ -120,51 +111,6 @@ void pack_b_panel(const Operand& b, int64_t k0, int64_t depth, int64_t col0, int
   }
 }
 
-__mmask16 lanes_below(int64_t count) {
-  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
-}
-
-// The register tile: acc = A_tile B_panel over `depth` steps, then for its `rows` x `cols` live
-// part C = alpha acc + (first ? beta C : C), where a first block with beta == 0 never reads C.
-// Element (r, kk) of the A tile is a[r * lda + kk] read in place (kInPlace: rows of a row-major A;
-// rows past `rows` read the last one again and are not stored) or a[kk * kTileRows + r] (packed).
-// kRows < kTileRows serves a tile of few rows (the last of 64 rows is 4) with fewer FMAs.
-template <bool kInPlace, int kRows>
-__attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const float* a, int64_t lda,
-                                                           const float* b_panel, float* c, int64_t ldc, int64_t rows,
-                                                           int64_t cols, float alpha, float beta, bool first) {
-  const float* a_rows[kRows];
-  for (int r = 0; r < kRows; ++r) a_rows[r] = a + std::min<int64_t>(r, rows - 1) * lda;
-  __m512 acc[kRows][2];
-#pragma GCC unroll 12
-  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  for (int64_t kk = 0; kk < depth; ++kk) {
-    const __m512 b0 = _mm512_load_ps(b_panel + kk * kTileCols), b1 = _mm512_load_ps(b_panel + kk * kTileCols + 16);
-#pragma GCC unroll 12
-    for (int r = 0; r < kRows; ++r) {
-      const __m512 a_value = _mm512_set1_ps(kInPlace ? a_rows[r][kk] : a[kk * kTileRows + r]);
-      acc[r][0] = _mm512_fmadd_ps(a_value, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(a_value, b1, acc[r][1]);
-    }
-  }
-  const __mmask16 mask0 = lanes_below(cols), mask1 = lanes_below(cols - 16);
-  const __m512 alpha_v = _mm512_set1_ps(alpha), beta_v = _mm512_set1_ps(beta);
-  const bool read_c = !first || beta != 0.0f;
-  const __m512 c_scale = first ? beta_v : _mm512_set1_ps(1.0f);
-#pragma GCC unroll 12
-  for (int r = 0; r < kRows; ++r) {
-    if (r >= rows) break;
-    float* row = c + r * ldc;
-    __m512 v0 = _mm512_mul_ps(alpha_v, acc[r][0]), v1 = _mm512_mul_ps(alpha_v, acc[r][1]);
-    if (read_c) {
-      v0 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask0, row), v0);
-      v1 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask1, row + 16), v1);
-    }
-    _mm512_mask_storeu_ps(row, mask0, v0);
-    _mm512_mask_storeu_ps(row + 16, mask1, v1);
-  }
-}
-
 // A tile's rows of C are wanted only after its loop along K: asked for before, they arrive while it
 // runs (a large C is not in cache: 2048^3 went from 160 to 178-181 GFLOP/s on one core). Asked for
 // here rather than in tile_kernel, where GCC kept the row addresses for its stores in vector
@@ -177,12 +123,14 @@ void prefetch_tile(const float* c, int64_t ldc, int64_t rows) {
 }
 
 // tile_kernel with as few rows as cover `rows`.
-template <bool kInPlace>
+template <ALayout kLayout>
 void tile(int64_t depth, const float* a, int64_t lda, const float* b_panel, float* c, int64_t ldc, int64_t rows,
           int64_t cols, float alpha, float beta, bool first) {
-  if (rows <= 4) return tile_kernel<kInPlace, 4>(depth, a, lda, b_panel, c, ldc, rows, cols, alpha, beta, first);
-  if (rows <= 8) return tile_kernel<kInPlace, 8>(depth, a, lda, b_panel, c, ldc, rows, cols, alpha, beta, first);
-  tile_kernel<kInPlace, kTileRows>(depth, a, lda, b_panel, c, ldc, rows, cols, alpha, beta, first);
+  if (rows <= 4)
+    return tile_kernel<kLayout, 4>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first);
+  if (rows <= 8)
+    return tile_kernel<kLayout, 8>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first);
+  tile_kernel<kLayout, kTileRows>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first);
 }
 
 struct Product {
@@ -230,11 +178,11 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
       float* c = p.c + i * p.ldc + j;
       prefetch_tile(c, p.ldc, live_rows);
       if (in_place)
-        tile<true>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, c, p.ldc, live_rows, live_cols, p.alpha, p.beta,
-                   first);
+        tile<ALayout::Rows>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, c, p.ldc, live_rows, live_cols, p.alpha,
+                            p.beta, first);
       else
-        tile<false>(depth, packed_a + (i - row0) * depth, 0, b_panel, c, p.ldc, live_rows, live_cols, p.alpha, p.beta,
-                    first);
+        tile<ALayout::Columns>(depth, packed_a + (i - row0) * depth, kTileRows, b_panel, c, p.ldc, live_rows, live_cols,
+                               p.alpha, p.beta, first);
     }
   }
 }

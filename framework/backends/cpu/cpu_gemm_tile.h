@@ -1,0 +1,78 @@
+// The register tile of muonlab's own float32 product (cpu_gemm.cpp), shared with the kernels that
+// keep small products' operands in its layout themselves (the blocked attention's per-head
+// products, cpu_attention.cpp) and would lose to sgemm's packing and blocking on 64 x 64 x 32.
+// AVX-512 code: call it only where cpu_gemm::own_sgemm_runs().
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MUONLAB_OWN_SGEMM 1
+#endif
+
+namespace ml::cpu_gemm {
+
+// The register tile: 12 rows of C, each two 16-float vectors wide: 24 accumulators, two vectors of
+// B and one broadcast element of A in 27 of the 32 zmm registers. Each step along K loads 2
+// vectors and 12 scalars for 24 FMAs, so the FMA pipes, not the loads, set the pace.
+constexpr int64_t kTileRows = 12;  // MR
+constexpr int64_t kTileCols = 32;  // NR
+
+// How a tile's A(r, kk) lies in memory: rows lda apart (a[r * lda + kk], a row-major A read in
+// place; rows past the tile's live ones read its last row again), or columns lda apart
+// (a[kk * lda + r]: a transposed A, or one packed kTileRows to a step; the tile reads kRows entries
+// of each column whatever its live rows).
+enum class ALayout { Rows, Columns };
+
+#if MUONLAB_OWN_SGEMM
+
+inline __attribute__((target("arch=x86-64-v4"))) __mmask16 lanes_below(int64_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+
+// acc = A_tile B over `depth` steps, B(kk, j) = b[kk * ldb + j] for j < kTileCols (read whole: a
+// packed panel, or rows with room to 32 values), then for the tile's `rows` x `cols` live part
+// C = alpha s_r acc + (first ? beta C : C), where s_r is row_scale[r] (kRowScaled) or 1, and a
+// first block with beta == 0 never reads C. kRows < kTileRows serves a tile of few rows (the last
+// of 64 rows is 4, attention's blocks are 8) with fewer FMAs.
+template <ALayout kLayout, int kRows, bool kRowScaled = false>
+inline __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const float* a, int64_t lda,
+                                                                  const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                                  int64_t rows, int64_t cols, float alpha, float beta,
+                                                                  bool first, const float* row_scale = nullptr) {
+  const float* a_rows[kRows];
+  for (int r = 0; r < kRows; ++r) a_rows[r] = a + std::min<int64_t>(r, rows - 1) * lda;
+  __m512 acc[kRows][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < depth; ++kk) {
+    const __m512 b0 = _mm512_loadu_ps(b + kk * ldb), b1 = _mm512_loadu_ps(b + kk * ldb + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 a_value = _mm512_set1_ps(kLayout == ALayout::Rows ? a_rows[r][kk] : a[kk * lda + r]);
+      acc[r][0] = _mm512_fmadd_ps(a_value, b0, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(a_value, b1, acc[r][1]);
+    }
+  }
+  const __mmask16 mask0 = lanes_below(cols), mask1 = lanes_below(cols - 16);
+  const bool read_c = !first || beta != 0.0f;
+  const __m512 c_scale = first ? _mm512_set1_ps(beta) : _mm512_set1_ps(1.0f);
+#pragma GCC unroll 12
+  for (int r = 0; r < kRows; ++r) {
+    if (r >= rows) break;
+    float* row = c + r * ldc;
+    const __m512 scale = _mm512_set1_ps(kRowScaled ? alpha * row_scale[r] : alpha);
+    __m512 v0 = _mm512_mul_ps(scale, acc[r][0]), v1 = _mm512_mul_ps(scale, acc[r][1]);
+    if (read_c) {
+      v0 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask0, row), v0);
+      v1 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask1, row + 16), v1);
+    }
+    _mm512_mask_storeu_ps(row, mask0, v0);
+    _mm512_mask_storeu_ps(row + 16, mask1, v1);
+  }
+}
+
+#endif
+
+}  // namespace ml::cpu_gemm
