@@ -19,9 +19,9 @@
 //
 // Forward: a block of 12 output channels x the row's two vectors is 24 accumulators; each tap
 // loads two input vectors and multiplies them by 12 broadcast weights (24 FMAs to 2 loads).
-// Backward: three output channels and six taps at a time, each (channel, tap) summing its products
-// lane-wise in one accumulator, plus each channel's grad_y sum for the bias (21 accumulators; the
-// three channels share each input load); the lanes are added up (in double) at the end. Both keep
+// Backward: four output channels and four taps at a time, each (channel, tap) summing its products
+// lane-wise in one accumulator, plus each channel's grad_y sum for the bias (20 accumulators; the
+// four channels share each input load); the lanes are added up (in double) at the end. Both keep
 // their accumulators in registers only with AVX-512's 32 vector registers, so
 // CpuBackend takes this path only in the AVX-512 copy (cpu_loops.h, run_widest); the build's own
 // copy gives the same results more slowly, and the tests run both.
@@ -41,14 +41,15 @@ typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t LaneBits __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 constexpr int64_t kChannelBlock = 12;    // forward: output channels per pass (x 2 vectors = 24 accumulators)
-constexpr int64_t kChannelsPerPass = 3;  // backward: 3 channels x (6 taps + grad_y) = 21 accumulators
-constexpr int64_t kTapBlock = 6;
+// Backward: 4 channels x (4 taps + grad_y) = 20 accumulators, and the channels' 8 grad_y vectors:
+// 30 of the 32 registers, none spilled. With 3 channels x 6 taps (21 accumulators) GCC spilled
+// and read half the inputs from memory once per FMA: the stem's backward, one thread, took
+// 1.65-1.8 ms against 1.30-1.47 (4 x 6: 1.32-1.50, spilling; 2 x 6: 1.9).
+constexpr int64_t kChannelsPerPass = 4;
+constexpr int64_t kTapBlock = 4;
 // CpuBackend's limit: the stem's 12 taps were measured; with many more, im2col's product is deep
 // enough for BLAS to run near its peak.
 constexpr int64_t kMostTaps = 12;
-// The backward asks for grad_y's rows this far ahead: without it, its loads waited on memory (the
-// stem's grad_y is 24 MB); 12-48 rows ahead all took it from 2.5-2.6 to 2.1-2.3 ms.
-constexpr int64_t kPrefetchRows = 16;
 
 inline void load(Lanes& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 inline void store(float* p, const Lanes& v) { std::memcpy(p, &v, sizeof v); }
@@ -98,7 +99,7 @@ void forward_image(const ConvShape& g, const int64_t* taps, const float* weights
 
 // Adds the products of kChannelsPerPass output channels' grad_y planes (gy[b]) with one image x,
 // for kTapBlock taps, lane-wise to sums[b][t * kLanes ...], and their grad_y itself to
-// sums[b][kTapBlock * kLanes ...] (the bias gradient's). Three channels share each input load.
+// sums[b][kTapBlock * kLanes ...] (the bias gradient's). The channels share each input load.
 void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep, const float* x,
                    const float* const* gy, float* const* sums) {
   const int64_t second = second_vector(g);
@@ -108,8 +109,12 @@ void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
     Lanes left_gy[kChannelsPerPass], right_gy[kChannelsPerPass];
     for (int64_t b = 0; b < kChannelsPerPass; ++b) {
-      __builtin_prefetch(gy[b] + (oh + kPrefetchRows) * g.out_w);
-      __builtin_prefetch(gy[b] + (oh + kPrefetchRows) * g.out_w + kLanes);
+      // The same row of the next pass's channels (the next image's first ones after the last):
+      // asked for rows ahead in the same plane (2.1-2.3 ms against 2.5-2.6 without), the first rows
+      // of each plane waited on memory (the stem's grad_y is 24 MB): 1.80 -> 1.67 ms.
+      const float* next_channels = gy[b] + kChannelsPerPass * g.plane() + oh * g.out_w;
+      __builtin_prefetch(next_channels);
+      __builtin_prefetch(next_channels + kLanes);
       load(left_gy[b], gy[b] + oh * g.out_w);
       load(right_gy[b], gy[b] + oh * g.out_w + second);
       right_gy[b] = (Lanes)((LaneBits)right_gy[b] & keep);
