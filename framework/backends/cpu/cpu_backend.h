@@ -5,6 +5,11 @@
 
 namespace ml {
 
+// The backend's host memory (CpuBackend::allocate: its block cache) for kernels' scratch buffers,
+// which then stay mapped between calls like tensors' storage (block_cache.h).
+void* cpu_scratch_allocate(size_t nbytes);
+void cpu_scratch_release(void* ptr, size_t nbytes);
+
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }

@@ -20,6 +20,7 @@ using cpu_conv::ConvPlan;
 using cpu_conv::ConvShape;
 using cpu_conv::copy_row;
 using cpu_conv::gemm;
+using cpu_conv::Scratch;
 using cpu_conv::scratch;
 
 namespace {
@@ -166,8 +167,8 @@ class Unroller {
   const ConvShape& s_;
   const int64_t padded_h_, padded_w_;
   const bool has_padding_;
-  std::unique_ptr<T[]> padded_;       // the image being unrolled, inside a zero border
-  std::unique_ptr<T[]> padded_grad_;  // col2im's sums, padding included (made on first use)
+  Scratch<T> padded_;                 // the image being unrolled, inside a zero border
+  Scratch<T> padded_grad_;            // col2im's sums, padding included (made on first use)
   std::vector<int64_t> offsets_;      // tiny planes: each output position's offset in its window
 };
 
@@ -234,7 +235,7 @@ void conv2d_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& w
   // team order afterwards, so the result does not depend on scheduling. A partial holds the
   // gradient transposed, [Cin*kh*kw, Cout]: OpenBLAS computes col @ grad_y^T 10-40% faster than
   // grad_y @ col^T when Cout is small (32, 64), the transpose is undone in the final sum.
-  std::vector<std::unique_ptr<T[]>> partial_grad_w(plan.teams);
+  std::vector<Scratch<T>> partial_grad_w(plan.teams);
   parallel_for(plan.teams, plan.teams > 1, [&](int64_t team) {
     Unroller<T> unroller(s);
     auto col = scratch<T>(s.patch() * G * s.plane());

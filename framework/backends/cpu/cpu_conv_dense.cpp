@@ -50,7 +50,7 @@ struct DenseShape : ConvShape {
 // column (ci, q) then holds tap t of filter (co, ci), written for all ci at once (columns in_plane
 // apart, taps kernel_area apart).
 template <typename T>
-std::unique_ptr<T[]> dense_matrix(const DenseShape& s, const T* pw) {
+Scratch<T> dense_matrix(const DenseShape& s, const T* pw) {
   auto d = scratch<T>(s.rows() * s.cols());
   T* pd = d.get();
   parallel_for(s.out_channels, s.rows() * s.cols() >= kParallelGrain, [&](int64_t co) {

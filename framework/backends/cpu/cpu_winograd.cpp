@@ -230,7 +230,7 @@ class InputTransform {
   }
 
   const TileGrid& g_;
-  std::unique_ptr<T[]> row_, phases_, rows_b_;
+  Scratch<T> row_, phases_, rows_b_;
 };
 
 // Y = A^T M A + bias for the tiles of output planes.
@@ -278,7 +278,7 @@ class OutputTransform {
   }
 
   const TileGrid& g_;
-  std::unique_ptr<T[]> rows_a_, y_;
+  Scratch<T> rows_a_, y_;
 };
 
 // dZ = A dY A^T for the 4x4 blocks of grad_y's planes (zeros past the plane where the last tiles
@@ -335,14 +335,14 @@ class GradientTransform {
   }
 
   const TileGrid& g_;
-  std::unique_ptr<T[]> row_, blocks_, rows_a_;
+  Scratch<T> row_, blocks_, rows_a_;
 };
 
 // u [36, outs, ins]: u[xi][o][i] = (G g G^T)[xi] for each 3x3 filter g of w [Cout, Cin, 3, 3]:
 // g = w[o][i] for the forward convolution (outs = Cout, ins = Cin), or for grad_x's (`flipped`:
 // outs = Cin, ins = Cout) w[i][o] turned by 180 degrees.
 template <typename T>
-std::unique_ptr<T[]> transformed_filters(const Tensor& w, bool flipped) {
+Scratch<T> transformed_filters(const Tensor& w, bool flipped) {
   const int64_t cout = w.size(0), cin = w.size(1), outs = flipped ? cin : cout, ins = flipped ? cout : cin;
   const T* pw = w.data<T>();
   const auto& G = Minimal::G;
@@ -422,7 +422,7 @@ void filter_gradient(const T* x, const T* grad_y, int64_t batch, int64_t ins, in
   const int64_t tiles = g.tiles(), max_columns = plan.images_per_group * tiles, positions_size = outs * ins;
   // Each team sums its images into its own dU; the partials are added in team order afterwards, so
   // the result does not depend on scheduling.
-  std::vector<std::unique_ptr<T[]>> partial(plan.teams);
+  std::vector<Scratch<T>> partial(plan.teams);
   parallel_for(plan.teams, plan.teams > 1, [&](int64_t team) {
     partial[team] = scratch<T>(kPositions * positions_size);
     T* du = partial[team].get();
