@@ -173,20 +173,76 @@ struct TileGrid {
 // Each transform runs in passes of short loops, one tile per vector lane: first each row of the
 // tiles times the right-hand matrix, into scratch arrays in the L1 cache, then the left-hand
 // matrix across those rows. (One loop doing both kept more pointers live than there are
-// registers, and ran at a quarter of this speed.) The scratch arrays hold a plane's tiles in the
-// order of V's and M's columns (row of tiles th, then tile t), so the passes after the first run
-// over all of the plane's tiles in one loop, not over rows of 2 to 16 tiles.
+// registers, and ran at a quarter of this speed.) A call takes one channel of a group's images,
+// whose tiles lie side by side in V's and M's columns (image k, row of tiles th, tile t): the
+// passes run over all of them in one loop. Run plane by plane, the 4 tiles of a 7x7 plane made
+// loops of 2 and 4 values, all of it scalar code (64 -> 64 at 7x7, fwd+bwd one thread: 20.7 ->
+// 16.0 ms with all three transforms across the images).
 
-// V = B^T d B for the tiles of input planes.
+// V = B^T d B for the tiles of input planes, two ways. Planes of up to 4 tiles a row (15x15 and
+// smaller) have each tile's 6x6 input values copied into 36 rows of lanes, the tiles of all the
+// images side by side, and go through B and B^T in two passes over all of them; wider planes go
+// plane by plane, times B row by row as the rows are read (the copies cost more than the short
+// loops they save there: 24 -> 32 at 31x31, 8 tiles a row, fwd+bwd 63.5 -> 69.9 ms that way).
 template <typename T>
 class InputTransform {
  public:
-  explicit InputTransform(const TileGrid& g)
-      : g_(g), row_(scratch<T>(kOut * (g.tiles_w + 1))), phases_(scratch<T>(kOut * (g.tiles_w + 1))),
-        rows_b_(scratch<T>(kTile * kOut * phase_rows())) {}
+  InputTransform(const TileGrid& g, int64_t max_images)
+      : g_(g), across_images_(g.tiles_w <= 4), padded_width_(kOut * g.tiles_w + 2) {
+    if (across_images_) {
+      padded_ = scratch<T>(g.padded_rows() * padded_width_);
+      std::fill(padded_.get(), padded_.get() + g.padded_rows() * padded_width_, T(0));
+      patches_ = scratch<T>(kPositions * max_images * g.tiles());
+      db_ = scratch<T>(kPositions * max_images * g.tiles());
+    } else {
+      row_ = scratch<T>(kOut * (g.tiles_w + 1));
+      phases_ = scratch<T>(kOut * (g.tiles_w + 1));
+      rows_b_ = scratch<T>(kTile * kOut * phase_rows());
+    }
+  }
 
-  // Writes position xi of the plane's tile t (row-major over the grid) to v[xi * stride + t].
-  void operator()(const T* plane, T* v, int64_t stride) {
+  // Writes position xi of image k's tile t (row-major over the grid) to v[xi * stride + k * tiles
+  // + t], for k < count <= max_images, image k's plane at planes + k * image_stride.
+  void operator()(const T* planes, int64_t image_stride, int64_t count, T* v, int64_t stride) {
+    if (across_images_) return across_images(planes, image_stride, count, v, stride);
+    for (int64_t k = 0; k < count; ++k) plane_by_plane(planes + k * image_stride, v + k * g_.tiles(), stride);
+  }
+
+ private:
+  void across_images(const T* planes, int64_t image_stride, int64_t count, T* v, int64_t stride) {
+    const int64_t tiles = g_.tiles(), lanes = count * tiles;
+    T* padded = padded_.get();  // the plane inside a zero border: the copies need no bounds checks
+    T* patches = patches_.get();
+    for (int64_t k = 0; k < count; ++k) {
+      const T* plane = planes + k * image_stride;
+      for (int64_t ih = 0; ih < g_.height; ++ih)
+        copy_row(plane + ih * g_.width, g_.width, padded + (ih + g_.pad_h) * padded_width_ + g_.pad_w);
+      for (int64_t th = 0; th < g_.tiles_h; ++th)
+        for (int64_t tw = 0; tw < g_.tiles_w; ++tw) {
+          const int64_t lane = k * tiles + th * g_.tiles_w + tw;
+          const T* corner = padded + kOut * th * padded_width_ + kOut * tw;
+          for (int r = 0; r < kTile; ++r)
+            for (int c = 0; c < kTile; ++c) patches[(r * kTile + c) * lanes + lane] = corner[r * padded_width_ + c];
+        }
+    }
+    T* db = db_.get();
+    for (int r = 0; r < kTile; ++r) {  // d B, row r
+      const T* in[kTile];
+      T* out[kTile];
+      for (int c = 0; c < kTile; ++c) in[c] = patches + (r * kTile + c) * lanes;
+      for (int j = 0; j < kTile; ++j) out[j] = db + (r * kTile + j) * lanes;
+      apply_matrix<Minimal::BT>(in, out, lanes);
+    }
+    for (int j = 0; j < kTile; ++j) {  // B^T (d B), column j
+      const T* in[kTile];
+      T* out[kTile];
+      for (int r = 0; r < kTile; ++r) in[r] = db + (r * kTile + j) * lanes;
+      for (int i = 0; i < kTile; ++i) out[i] = v + (i * kTile + j) * stride;
+      apply_matrix<Minimal::BT>(in, out, lanes);
+    }
+  }
+
+  void plane_by_plane(const T* plane, T* v, int64_t stride) {
     times_b(plane);
     const int64_t tiles = g_.tiles();
     for (int j = 0; j < kTile; ++j) {
@@ -199,7 +255,6 @@ class InputTransform {
     }
   }
 
- private:
   // Column j of (d B) for the tiles' parts of the padded rows 4 q + phase, at q * tiles_w + t:
   // row 4 th + r of tile (th, t) is found at phase r % 4, q = th + r / 4.
   int64_t phase_rows() const { return (g_.tiles_h + 1) * g_.tiles_w; }
@@ -230,44 +285,53 @@ class InputTransform {
   }
 
   const TileGrid& g_;
-  Scratch<T> row_, phases_, rows_b_;
+  bool across_images_;
+  int64_t padded_width_;
+  Scratch<T> padded_, patches_, db_;  // across images
+  Scratch<T> row_, phases_, rows_b_;  // plane by plane
 };
 
-// Y = A^T M A + bias for the tiles of output planes.
+// Y = A^T M A + bias for the tiles of one output channel of several images at once: their tiles
+// side by side in the passes' vector lanes (7x7 planes have 4 tiles each).
 template <typename T>
 class OutputTransform {
  public:
-  explicit OutputTransform(const TileGrid& g)
-      : g_(g), rows_a_(scratch<T>(kTile * kOut * g.tiles())), y_(scratch<T>(kOut * kOut * g.tiles())) {}
+  OutputTransform(const TileGrid& g, int64_t max_images)
+      : g_(g),
+        max_lanes_(max_images * g.tiles()),
+        rows_a_(scratch<T>(kTile * kOut * max_lanes_)),
+        y_(scratch<T>(kOut * kOut * max_lanes_)) {}
 
-  // Reads position xi of tile t from m[xi * stride + t]; writes the plane (out_h x out_w).
-  void operator()(const T* m, int64_t stride, T bias, T* plane) {
-    const int64_t tiles = g_.tiles();
+  // Reads position xi of image k's tile t from m[xi * stride + k * tiles + t], for k < count <=
+  // max_images; writes image k's plane (out_h x out_w) at planes + k * image_stride.
+  void operator()(const T* m, int64_t stride, int64_t count, T bias, T* planes, int64_t image_stride) {
+    const int64_t lanes = count * g_.tiles();
     for (int i = 0; i < kTile; ++i) {  // M A, row i
       const T* in_rows[kTile];
       T* out[kOut];
       for (int c = 0; c < kTile; ++c) in_rows[c] = m + (i * kTile + c) * stride;
       for (int j = 0; j < kOut; ++j) out[j] = rows_a(i, j);
-      apply_matrix<Minimal::AT>(in_rows, out, tiles);
+      apply_matrix<Minimal::AT>(in_rows, out, lanes);
     }
     for (int j = 0; j < kOut; ++j) {  // A^T (M A), column j
       const T* in_rows[kTile];
       T* out[kOut];
       for (int r = 0; r < kTile; ++r) in_rows[r] = rows_a(r, j);
       for (int i = 0; i < kOut; ++i) out[i] = y(i, j);
-      apply_matrix<Minimal::AT, true>(in_rows, out, tiles, bias);
+      apply_matrix<Minimal::AT, true>(in_rows, out, lanes, bias);
     }
-    for (int64_t th = 0; th < g_.tiles_h; ++th)
-      for (int i = 0; i < kOut && kOut * th + i < g_.out_h; ++i)
-        write_row(i, th * g_.tiles_w, plane + (kOut * th + i) * g_.out_w);
+    for (int64_t k = 0; k < count; ++k)
+      for (int64_t th = 0; th < g_.tiles_h; ++th)
+        for (int i = 0; i < kOut && kOut * th + i < g_.out_h; ++i)
+          write_row(i, k * g_.tiles() + th * g_.tiles_w, planes + k * image_stride + (kOut * th + i) * g_.out_w);
   }
 
  private:
-  T* rows_a(int i, int j) { return rows_a_.get() + (i * kOut + j) * g_.tiles(); }  // (M A)[i][j]
-  T* y(int i, int j) { return y_.get() + (i * kOut + j) * g_.tiles(); }            // Y[i][j]
+  T* rows_a(int i, int j) { return rows_a_.get() + (i * kOut + j) * max_lanes_; }  // (M A)[i][j]
+  T* y(int i, int j) { return y_.get() + (i * kOut + j) * max_lanes_; }            // Y[i][j]
 
-  // Output row i of a row of tiles (its first tile at `first`): tile t's Y[i][j] at column 4 t + j,
-  // the last tile's cut at out_w.
+  // Output row i of a row of tiles (its first tile at lane `first`): tile t's Y[i][j] at column
+  // 4 t + j, the last tile's cut at out_w.
   void write_row(int i, int64_t first, T* __restrict row) {
     const T* columns[kOut];
     for (int j = 0; j < kOut; ++j) columns[j] = y(i, j) + first;
@@ -278,44 +342,51 @@ class OutputTransform {
   }
 
   const TileGrid& g_;
+  int64_t max_lanes_;
   Scratch<T> rows_a_, y_;
 };
 
-// dZ = A dY A^T for the 4x4 blocks of grad_y's planes (zeros past the plane where the last tiles
-// hang over it: the forward computed those outputs and dropped them).
+// dZ = A dY A^T for the 4x4 blocks of one channel of several images' grad_y planes at once (zeros
+// past the plane where the last tiles hang over it: the forward computed those outputs and dropped
+// them), their tiles side by side in the passes' lanes.
 template <typename T>
 class GradientTransform {
  public:
-  explicit GradientTransform(const TileGrid& g)
-      : g_(g), row_(scratch<T>(kOut * g.tiles_w)), blocks_(scratch<T>(kOut * kOut * g.tiles())),
-        rows_a_(scratch<T>(kTile * kOut * g.tiles())) {}
+  GradientTransform(const TileGrid& g, int64_t max_images)
+      : g_(g),
+        max_lanes_(max_images * g.tiles()),
+        row_(scratch<T>(kOut * g.tiles_w)),
+        blocks_(scratch<T>(kOut * kOut * max_lanes_)),
+        rows_a_(scratch<T>(kTile * kOut * max_lanes_)) {}
 
-  // Writes position xi of tile t to z[xi * stride + t].
-  void operator()(const T* plane, T* z, int64_t stride) {
-    split(plane);
-    const int64_t tiles = g_.tiles();
+  // Writes position xi of image k's tile t to z[xi * stride + k * tiles + t], for k < count <=
+  // max_images, image k's plane at planes + k * image_stride.
+  void operator()(const T* planes, int64_t image_stride, int64_t count, T* z, int64_t stride) {
+    for (int64_t k = 0; k < count; ++k) split(planes + k * image_stride, k * g_.tiles());
+    const int64_t lanes = count * g_.tiles();
     for (int j = 0; j < kOut; ++j) {  // A dY, column j
       const T* in_rows[kOut];
       T* out[kTile];
       for (int r = 0; r < kOut; ++r) in_rows[r] = block(r, j);
       for (int i = 0; i < kTile; ++i) out[i] = rows_a(i, j);
-      apply_matrix<Minimal::A>(in_rows, out, tiles);
+      apply_matrix<Minimal::A>(in_rows, out, lanes);
     }
     for (int i = 0; i < kTile; ++i) {  // (A dY) A^T, row i
       const T* in_rows[kOut];
       T* out[kTile];
       for (int c = 0; c < kOut; ++c) in_rows[c] = rows_a(i, c);
       for (int j = 0; j < kTile; ++j) out[j] = z + (i * kTile + j) * stride;
-      apply_matrix<Minimal::A>(in_rows, out, tiles);
+      apply_matrix<Minimal::A>(in_rows, out, lanes);
     }
   }
 
  private:
-  T* block(int r, int c) { return blocks_.get() + (r * kOut + c) * g_.tiles(); }  // dY[r][c]
-  T* rows_a(int i, int c) { return rows_a_.get() + (i * kOut + c) * g_.tiles(); }  // (A dY)[i][c]
+  T* block(int r, int c) { return blocks_.get() + (r * kOut + c) * max_lanes_; }   // dY[r][c]
+  T* rows_a(int i, int c) { return rows_a_.get() + (i * kOut + c) * max_lanes_; }  // (A dY)[i][c]
 
-  // The blocks' values by position: dY[r][c] of tile (th, t) at block(r, c)[th * tiles_w + t].
-  void split(const T* plane) {
+  // One plane's blocks' values by position: dY[r][c] of tile (th, t) at block(r, c)[first +
+  // th * tiles_w + t].
+  void split(const T* plane, int64_t first) {
     const int64_t tiles_w = g_.tiles_w;
     T* row = row_.get();  // an output row and zeros up to 4 tiles_w
     std::fill(row, row + kOut * tiles_w, T(0));
@@ -324,7 +395,7 @@ class GradientTransform {
         const int64_t oh = kOut * th + r;
         if (oh < g_.out_h) copy_row(plane + oh * g_.out_w, g_.out_w, row);
         for (int c = 0; c < kOut; ++c) {
-          T* __restrict out = block(r, c) + th * tiles_w;
+          T* __restrict out = block(r, c) + first + th * tiles_w;
           if (oh >= g_.out_h) {
             std::fill(out, out + tiles_w, T(0));
             continue;
@@ -335,6 +406,7 @@ class GradientTransform {
   }
 
   const TileGrid& g_;
+  int64_t max_lanes_;
   Scratch<T> row_, blocks_, rows_a_;
 };
 
@@ -377,14 +449,13 @@ Scratch<T> transformed_filters(const Tensor& w, bool flipped) {
 }
 
 // The tiles of `count` images' planes (`channels` planes of `plane` values each, from `images`)
-// transformed into the columns of positions' matrices: plane c of image k goes to columns
-// [k tiles, (k + 1) tiles) of row c, dst[xi * stride + c * count * tiles + k * tiles + t].
+// transformed into the columns of positions' matrices, a channel at a time: plane c of image k goes
+// to columns [k tiles, (k + 1) tiles) of row c, dst[xi * stride + c * count * tiles + k * tiles + t].
 template <typename T, typename Transform>
-void transform_planes(Transform& transform, const T* images, int64_t count, int64_t channels, int64_t plane,
-                      int64_t tiles, T* dst, int64_t stride) {
-  for (int64_t k = 0; k < count; ++k)
-    for (int64_t c = 0; c < channels; ++c)
-      transform(images + (k * channels + c) * plane, dst + c * count * tiles + k * tiles, stride);
+void transform_channels(Transform& transform, const T* images, int64_t count, int64_t channels, int64_t plane,
+                        int64_t tiles, T* dst, int64_t stride) {
+  for (int64_t c = 0; c < channels; ++c)
+    transform(images + c * plane, channels * plane, count, dst + c * count * tiles, stride);
 }
 
 // y [batch, outs, out_h, out_w] = the convolution of x [batch, ins, height, width] with the
@@ -395,21 +466,20 @@ void convolve(const T* x, int64_t batch, int64_t ins, const TileGrid& g, const T
   const ConvPlan plan = plan_groups(batch, g.tiles(), target_tiles(kPositions, ins + outs, sizeof(T)));
   const int64_t tiles = g.tiles(), max_columns = plan.images_per_group * tiles;
   parallel_for(plan.teams, plan.teams > 1, [&](int64_t team) {
-    InputTransform<T> input(g);
-    OutputTransform<T> output(g);
+    InputTransform<T> input(g, plan.images_per_group);
+    OutputTransform<T> output(g, plan.images_per_group);
     const int64_t v_stride = position_stride<T>(ins * max_columns), m_stride = position_stride<T>(outs * max_columns);
     auto v = scratch<T>(kPositions * v_stride), m = scratch<T>(kPositions * m_stride);
     for (int64_t group = plan.group_begin(team); group < plan.group_end(team); ++group) {
       const int64_t first = group * plan.images_per_group;
       const int64_t count = std::min(plan.images_per_group, batch - first), n = count * tiles;
-      transform_planes(input, x + first * ins * g.in_plane(), count, ins, g.in_plane(), tiles, v.get(), v_stride);
+      transform_channels(input, x + first * ins * g.in_plane(), count, ins, g.in_plane(), tiles, v.get(), v_stride);
       for (int64_t xi = 0; xi < kPositions; ++xi)
         gemm<T>(false, false, outs, n, ins, u + xi * outs * ins, ins, v.get() + xi * v_stride, n, T(0),
                 m.get() + xi * m_stride, n);
-      for (int64_t k = 0; k < count; ++k)
-        for (int64_t c = 0; c < outs; ++c)
-          output(m.get() + c * n + k * tiles, m_stride, bias ? bias[c] : T(0),
-                 y + ((first + k) * outs + c) * g.out_plane());
+      for (int64_t c = 0; c < outs; ++c)
+        output(m.get() + c * n, m_stride, count, bias ? bias[c] : T(0), y + (first * outs + c) * g.out_plane(),
+               outs * g.out_plane());
     }
   });
 }
@@ -427,16 +497,16 @@ void filter_gradient(const T* x, const T* grad_y, int64_t batch, int64_t ins, in
     partial[team] = scratch<T>(kPositions * positions_size);
     T* du = partial[team].get();
     std::fill(du, du + kPositions * positions_size, T(0));
-    InputTransform<T> input(g);
-    GradientTransform<T> gradient(g);
+    InputTransform<T> input(g, plan.images_per_group);
+    GradientTransform<T> gradient(g, plan.images_per_group);
     const int64_t v_stride = position_stride<T>(ins * max_columns), dz_stride = position_stride<T>(outs * max_columns);
     auto v = scratch<T>(kPositions * v_stride), dz = scratch<T>(kPositions * dz_stride);
     for (int64_t group = plan.group_begin(team); group < plan.group_end(team); ++group) {
       const int64_t first = group * plan.images_per_group;
       const int64_t count = std::min(plan.images_per_group, batch - first), n = count * tiles;
-      transform_planes(input, x + first * ins * g.in_plane(), count, ins, g.in_plane(), tiles, v.get(), v_stride);
-      transform_planes(gradient, grad_y + first * outs * g.out_plane(), count, outs, g.out_plane(), tiles, dz.get(),
-                       dz_stride);
+      transform_channels(input, x + first * ins * g.in_plane(), count, ins, g.in_plane(), tiles, v.get(), v_stride);
+      transform_channels(gradient, grad_y + first * outs * g.out_plane(), count, outs, g.out_plane(), tiles, dz.get(),
+                         dz_stride);
       for (int64_t xi = 0; xi < kPositions; ++xi)  // dU_xi += dZ_xi @ V_xi^T
         gemm<T>(false, true, outs, ins, n, dz.get() + xi * dz_stride, n, v.get() + xi * v_stride, n, T(1),
                 du + xi * positions_size, ins);
