@@ -579,19 +579,14 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
         const int64_t visible = block_products(own_tiles, d, q_head, scratch.kt.data(), keys_padded, i0, rows, p_block);
         block_product<ALayout::Rows>(own_tiles, g_head + i0 * d.value_dim, d.value_dim, rows, scratch.vt.data(),
                                      keys_padded, d.value_dim, visible, scratch.dp.data(), keys_padded);
-        // D_i for all the block's rows first: their chains of dependent steps overlap.
-        T row_dots[kRowBlock];
-        for (int64_t r = 0; r < rows; ++r) {
-          const T* g_row = g_head + (i0 + r) * d.value_dim;
-          const T* o_row = o_head + (i0 + r) * d.value_dim;
-          row_dots[r] = reduce_in_lanes(
-              d.value_dim, T(0), [g_row, o_row](int64_t c) { return g_row[c] * o_row[c]; }, plus);
-        }
         for (int64_t r = 0; r < rows; ++r) {
           T* p_row = p_block + r * keys_padded;
           T* ds_row = ds_block + r * keys_padded;
           const T* dp_row = scratch.dp.data() + r * keys_padded;
-          const T row_dot = row_dots[r];
+          const T* g_row = g_head + (i0 + r) * d.value_dim;
+          const T* o_row = o_head + (i0 + r) * d.value_dim;
+          const T row_dot = reduce_in_lanes(
+              d.value_dim, T(0), [g_row, o_row](int64_t c) { return g_row[c] * o_row[c]; }, plus);
           const T row_lse = lse_head[i0 + r];
           const int64_t row_visible = d.visible_keys(i0 + r);
           // In whole vectors (to row_visible rounded up, within the row's padding), then the masked
