@@ -45,21 +45,21 @@ constexpr bool kCacheHostBlocks = true;
 
 }  // namespace
 
-void* cpu_scratch_allocate(size_t nbytes) {
+void* cpu_host_allocate(size_t nbytes) {
   if (kCacheHostBlocks) return host_cache().allocate(nbytes);
   void* p = AlignedHostMemory{}.allocate(BlockCache<AlignedHostMemory>::round_size(nbytes));
   if (!p) throw std::bad_alloc();
   return p;
 }
-void cpu_scratch_release(void* ptr, size_t nbytes) {
+void cpu_host_release(void* ptr, size_t nbytes) {
   if (kCacheHostBlocks)
     host_cache().deallocate(ptr, nbytes);
   else
     std::free(ptr);
 }
 
-void* CpuBackend::allocate(size_t nbytes) { return cpu_scratch_allocate(nbytes); }
-void CpuBackend::deallocate(void* ptr, size_t nbytes) { cpu_scratch_release(ptr, nbytes); }
+void* CpuBackend::allocate(size_t nbytes) { return cpu_host_allocate(nbytes); }
+void CpuBackend::deallocate(void* ptr, size_t nbytes) { cpu_host_release(ptr, nbytes); }
 void CpuBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes) std::memcpy(dst, src, nbytes);
 }

@@ -1,14 +1,14 @@
-// The CPU backend: OpenBLAS for matrix products, OpenMP loops for everything else.
+// The CPU backend: muonlab's own GEMM or OpenBLAS for matrix products (cpu_gemm.h), OpenMP loops for everything else.
 // Kernels are grouped by area in cpu_*.cpp files, each op's forward and backward side by side.
 #pragma once
 #include "framework/backend.h"
 
 namespace ml {
 
-// The backend's host memory (CpuBackend::allocate: its block cache) for kernels' scratch buffers,
-// which then stay mapped between calls like tensors' storage (block_cache.h).
-void* cpu_scratch_allocate(size_t nbytes);
-void cpu_scratch_release(void* ptr, size_t nbytes);
+// The backend's host memory: its block cache (block_cache.h), which keeps freed blocks mapped for
+// the next request. Tensors' storage (CpuBackend::allocate) and kernels' scratch buffers take it.
+void* cpu_host_allocate(size_t nbytes);
+void cpu_host_release(void* ptr, size_t nbytes);
 
 class CpuBackend final : public Backend {
  public:

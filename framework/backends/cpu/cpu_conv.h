@@ -94,14 +94,14 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* 
 // 280 page faults a call, fwd+bwd 28.7 -> 21.5 ms without them).
 struct ScratchRelease {
   size_t nbytes = 0;
-  void operator()(void* ptr) const { cpu_scratch_release(ptr, nbytes); }
+  void operator()(void* ptr) const { cpu_host_release(ptr, nbytes); }
 };
 template <typename T>
 using Scratch = std::unique_ptr<T[], ScratchRelease>;
 template <typename T>
 Scratch<T> scratch(int64_t n) {
   const size_t nbytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T);
-  return Scratch<T>(static_cast<T*>(cpu_scratch_allocate(nbytes)), ScratchRelease{nbytes});
+  return Scratch<T>(static_cast<T*>(cpu_host_allocate(nbytes)), ScratchRelease{nbytes});
 }
 
 // Copies a row of n values with fixed-size moves instead of a memcpy call, which costs more than

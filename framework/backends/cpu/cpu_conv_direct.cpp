@@ -109,9 +109,10 @@ void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
     Lanes left_gy[kChannelsPerPass], right_gy[kChannelsPerPass];
     for (int64_t b = 0; b < kChannelsPerPass; ++b) {
-      // The same row of the next pass's channels (the next image's first ones after the last):
-      // asked for rows ahead in the same plane (2.1-2.3 ms against 2.5-2.6 without), the first rows
-      // of each plane waited on memory (the stem's grad_y is 24 MB): 1.80 -> 1.67 ms.
+      // The same row of the next block's channels (the next image's first ones after the last), in
+      // each of the block's passes (in its first only: 1.65-1.70 ms, some were dropped). Asked for
+      // rows ahead in the same plane instead (2.1-2.3 ms against 2.5-2.6 without), the first rows of
+      // each plane waited on memory (the stem's grad_y is 24 MB): 1.80 -> 1.67 ms.
       const float* next_channels = gy[b] + kChannelsPerPass * g.plane() + oh * g.out_w;
       __builtin_prefetch(next_channels);
       __builtin_prefetch(next_channels + kLanes);

@@ -176,8 +176,8 @@ struct TileGrid {
 // registers, and ran at a quarter of this speed.) A call takes one channel of a group's images,
 // whose tiles lie side by side in V's and M's columns (image k, row of tiles th, tile t): the
 // passes run over all of them in one loop. Run plane by plane, the 4 tiles of a 7x7 plane made
-// loops of 2 and 4 values, all of it scalar code (64 -> 64 at 7x7, fwd+bwd one thread: 20.7 ->
-// 16.0 ms with all three transforms across the images).
+// loops of 2 and 4 values, all of it scalar code (64 -> 64 at 7x7, fwd+bwd one thread: 20.5 ->
+// 13.8 ms with the three transforms across the images).
 
 // V = B^T d B for the tiles of input planes, two ways. Planes of up to 4 tiles a row (15x15 and
 // smaller) have each tile's 6x6 input values copied into 36 rows of lanes, the tiles of all the
