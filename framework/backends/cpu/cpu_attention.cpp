@@ -222,25 +222,6 @@ constexpr int64_t block_columns() {
 
 int64_t padded(int64_t n, int64_t unit) { return (n + unit - 1) / unit * unit; }
 
-// One 64-byte vector of T (GCC vector types: a zmm register in the AVX-512 copy, two ymm in the
-// AVX2 one) and the lane indices of a shuffle of it.
-template <typename T>
-struct Vector64;
-template <>
-struct Vector64<float> {
-  typedef float type __attribute__((vector_size(64)));
-  typedef int32_t indices __attribute__((vector_size(64)));
-};
-template <>
-struct Vector64<double> {
-  typedef double type __attribute__((vector_size(64)));
-  typedef int64_t indices __attribute__((vector_size(64)));
-};
-
-// The elements of T in one such vector.
-template <typename T>
-constexpr int64_t kVector = 64 / sizeof(T);
-
 // How a product's left operand A(r, k) lies in memory (cpu_gemm_tile.h): its rows a_stride apart
 // (A(r, k) = a[r * a_stride + k]), or transposed, its columns a_stride apart (A(r, k) =
 // a[k * a_stride + r]). The layout is a template argument so that every address is a register
@@ -434,7 +415,7 @@ void fold_lanes(typename Vector64<T>::type& v, Combine combine, std::integer_seq
 // vector just stored.
 template <typename T, typename Term, typename Combine>
 T reduce_in_lanes(int64_t n, T identity, Term term, Combine combine) {
-  constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
+  constexpr int kLanes = static_cast<int>(kVector<T>);
   T lanes[kLanes];
   for (int l = 0; l < kLanes; ++l) lanes[l] = identity;
   int64_t j = 0;

@@ -35,10 +35,9 @@ namespace ml::cpu_conv {
 namespace {
 using namespace cpu_loops;
 
-constexpr int64_t kLanes = 16;
-// GCC vector types: one zmm register each in the AVX-512 copy, two ymm in the AVX2 one.
-typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t LaneBits __attribute__((vector_size(kLanes * sizeof(int32_t))));
+constexpr int64_t kLanes = kVector<float>;
+using Lanes = Vector64<float>::type;
+using LaneBits = Vector64<float>::indices;
 
 constexpr int64_t kChannelBlock = 12;    // forward: output channels per pass (x 2 vectors = 24 accumulators)
 // Backward: 4 channels x (4 taps + grad_y) = 20 accumulators, and the channels' 8 grad_y vectors:

@@ -68,6 +68,26 @@ double sum_in_lanes(int64_t n, Term&& term) {
   return sum;
 }
 
+// ---- One 64-byte vector of T as a GCC vector type (a zmm register in run_widest's AVX-512 copy,
+// two ymm in the AVX2 one), and the lane indices of a shuffle of it: for kernels that keep values in
+// registers by construction rather than by the vectorizer's choice.
+template <typename T>
+struct Vector64;
+template <>
+struct Vector64<float> {
+  typedef float type __attribute__((vector_size(64)));
+  typedef int32_t indices __attribute__((vector_size(64)));
+};
+template <>
+struct Vector64<double> {
+  typedef double type __attribute__((vector_size(64)));
+  typedef int64_t indices __attribute__((vector_size(64)));
+};
+
+// The elements of T in one such vector.
+template <typename T>
+constexpr int64_t kVector = 64 / sizeof(T);
+
 // ---- The widest vectors the processor has (cpu_capability.h)
 
 // Whether run_widest should take the AVX-512 copy. Read it before a parallel region: the first
