@@ -113,7 +113,7 @@ void forward_image(const ConvShape& g, const int64_t* taps, const float* weights
 // for kTapBlock taps, lane-wise to sums[b][t * kLanes ...], and their grad_y itself to
 // sums[b][kTapBlock * kLanes ...] (the bias gradient's). The channels share each input load.
 void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep, const float* x,
-                   const float* const* gy, float* const* sums) {
+                   const float* const* gy, int64_t next_block, float* const* sums) {
   const int64_t second = second_vector(g);
   Lanes acc[kChannelsPerPass][kTapBlock + 1];
   for (int64_t b = 0; b < kChannelsPerPass; ++b)
@@ -121,11 +121,11 @@ void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
     Lanes left_gy[kChannelsPerPass], right_gy[kChannelsPerPass];
     for (int64_t b = 0; b < kChannelsPerPass; ++b) {
-      // The same row of the next block's channels (the next image's first ones after the last), in
-      // each of the block's passes (in its first only: 1.65-1.70 ms, some were dropped). Asked for
-      // rows ahead in the same plane instead (2.1-2.3 ms against 2.5-2.6 without), the first rows of
-      // each plane waited on memory (the stem's grad_y is 24 MB): 1.80 -> 1.67 ms.
-      const float* next_channels = gy[b] + kChannelsPerPass * g.plane() + oh * g.out_w;
+      // The same row of the next block's channels (`next_block` further on: the thread's first ones
+      // in the next image after its last), in each of the block's passes (in its first only: 1.65-1.70 ms, some were
+      // dropped). Asked for rows ahead in the same plane instead (2.1-2.3 ms against 2.5-2.6 without), the first rows
+      // of each plane waited on memory (the stem's grad_y is 24 MB): 1.80 -> 1.67 ms.
+      const float* next_channels = gy[b] + next_block + oh * g.out_w;
       __builtin_prefetch(next_channels);
       __builtin_prefetch(next_channels + kLanes);
       load(left_gy[b], gy[b] + oh * g.out_w);
@@ -212,7 +212,9 @@ void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
   auto channels = [&](int64_t begin, int64_t end) __attribute__((flatten)) {
     std::vector<float> discarded(static_cast<size_t>(per_block));
     for (int64_t n = 0; n < g.batch; ++n)
-      for (int64_t first = begin; first < end; first += kChannelsPerPass)
+      for (int64_t first = begin; first < end; first += kChannelsPerPass) {
+        const int64_t next_block = first + kChannelsPerPass < end ? kChannelsPerPass * g.plane()
+                                                                  : g.output_size() - (first - begin) * g.plane();
         for (int64_t block = 0; block < tap_blocks; ++block) {
           const float* gy[kChannelsPerPass];
           float* block_sums[kChannelsPerPass];
@@ -221,8 +223,9 @@ void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
             gy[b] = pgy + n * g.output_size() + co * g.plane();
             block_sums[b] = first + b < end ? sums.data() + (co * tap_blocks + block) * per_block : discarded.data();
           }
-          backward_pass(g, taps.data() + block * kTapBlock, keep, px + n * g.image_size(), gy, block_sums);
+          backward_pass(g, taps.data() + block * kTapBlock, keep, px + n * g.image_size(), gy, next_block, block_sums);
         }
+      }
   };
   widest_block_per_thread(g.out_channels, kChannelsPerPass, g.batch * g.output_size() >= kParallelGrain, channels);
   for (int64_t co = 0; co < g.out_channels; ++co) {
