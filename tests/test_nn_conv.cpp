@@ -286,6 +286,7 @@ TEST(NnConvDirect, MatchesTheIm2colPath) {
   const std::vector<Case> cases{
       {{3, 3, 32, 32}, {24, 3, 2, 2}, true}, {{2, 1, 4, 17}, {5, 1, 2, 2}, true}, {{2, 2, 6, 34}, {13, 2, 3, 3}, true},
       {{2, 1, 7, 24}, {1, 1, 1, 5}, false},  {{3, 3, 2, 21}, {7, 3, 2, 2}, true}, {{0, 3, 32, 32}, {24, 3, 2, 2}, true},
+      {{70, 2, 3, 18}, {6, 2, 2, 2}, true},  // three chunks of images in the backward, the last one short
   };
   std::vector<CpuCapability> capabilities{CpuCapability::Default};
   if (avx512_loops_available()) capabilities.push_back(CpuCapability::Avx512);
@@ -310,6 +311,27 @@ TEST(NnConvDirect, MatchesTheIm2colPath) {
       }
   set_num_threads(threads);
   set_cpu_capability(saved_capability);
+}
+
+// The backward's threads take chunks of images and add the chunks' sums in a fixed order: the
+// gradients come out bit for bit the same at one and at two threads.
+TEST(NnConvDirect, GradientsDoNotDependOnTheThreadCount) {
+  const Tensor x = random_input({100, 3, 20, 20}, 64).detach().to(DType::Float32);
+  const Tensor w = random_input({8, 3, 2, 2}, 65).detach().to(DType::Float32);
+  const Tensor g = random_input({100, 8, 19, 19}, 66).detach().to(DType::Float32);
+  const int threads = num_threads();
+  std::vector<std::vector<double>> grads;
+  for (const int run_threads : {1, 2}) {
+    set_num_threads(run_threads);
+    const Tensor grad_w = Tensor::empty(w.shape(), DType::Float32, cpu()),
+                 grad_b = Tensor::empty({8}, DType::Float32, cpu());
+    cpu_conv::direct_backward(g, x, w, Tensor(), grad_w, grad_b, {});
+    std::vector<double> both = values(grad_w);
+    for (double v : values(grad_b)) both.push_back(v);
+    grads.push_back(both);
+  }
+  set_num_threads(threads);
+  EXPECT_EQ(grads[0], grads[1]);
 }
 
 // Where the direct path applies, and that CpuBackend takes it for the stem only in the AVX-512 loops.

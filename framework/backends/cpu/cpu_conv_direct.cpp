@@ -46,6 +46,11 @@ constexpr int64_t kChannelBlock = 12;    // forward: output channels per pass (x
 // 1.65-1.8 ms against 1.30-1.47 (4 x 6: 1.32-1.50, spilling; 2 x 6: 1.9).
 constexpr int64_t kChannelsPerPass = 4;
 constexpr int64_t kTapBlock = 4;
+// Backward: threads take chunks of this many images, each summing into its own lane-wise sums,
+// added up in chunk order at the end, so the gradients do not depend on the thread count. (Split
+// by output channels, two threads read interleaved halves of every image's grad_y: the stem's
+// backward took 0.82-0.93 ms against 0.60-0.67 by images.)
+constexpr int64_t kImagesPerChunk = 32;
 // CpuBackend's limit: the stem's 12 taps were measured; with many more, im2col's product is deep
 // enough for BLAS to run near its peak.
 constexpr int64_t kMostTaps = 12;
@@ -121,8 +126,8 @@ void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
     Lanes left_gy[kChannelsPerPass], right_gy[kChannelsPerPass];
     for (int64_t b = 0; b < kChannelsPerPass; ++b) {
-      // The same row of the next block's channels (`next_block` further on: the thread's first ones
-      // in the next image after its last), in each of the block's passes (in its first only: 1.65-1.70 ms, some were
+      // The same row of the next block's channels (`next_block` further on: the next image's first
+      // ones after the last), in each of the block's passes (in its first only: 1.65-1.70 ms, some were
       // dropped). Asked for rows ahead in the same plane instead (2.1-2.3 ms against 2.5-2.6 without), the first rows
       // of each plane waited on memory (the stem's grad_y is 24 MB): 1.80 -> 1.67 ms.
       const float* next_channels = gy[b] + next_block + oh * g.out_w;
@@ -200,42 +205,48 @@ void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
   const std::vector<int64_t> taps = tap_offsets(g);
   LaneBits keep;  // the second vector's lanes past the first one's
   for (int64_t l = 0; l < kLanes; ++l) keep[l] = second_vector(g) + l >= kLanes ? -1 : 0;
-  // The running lane-wise sums of each output channel and block of taps: the taps', then grad_y's
-  // (kept from the first block, for the bias gradient). A pass whose last channels lie past the
-  // thread's range repeats its last channel and adds those sums to `discarded`.
+  // The running lane-wise sums of each chunk of images, output channel and block of taps: the
+  // taps', then grad_y's (kept from the first block, for the bias gradient). A pass whose last
+  // channels lie past the last one repeats it and adds those sums to `discarded`.
   const int64_t tap_blocks = static_cast<int64_t>(taps.size()) / kTapBlock, per_block = (kTapBlock + 1) * kLanes;
-  std::vector<float> sums(static_cast<size_t>(g.out_channels * tap_blocks * per_block), 0.0f);
+  const int64_t per_chunk = g.out_channels * tap_blocks * per_block;
+  const int64_t chunks = (g.batch + kImagesPerChunk - 1) / kImagesPerChunk;
+  std::vector<float> sums(static_cast<size_t>(chunks * per_chunk), 0.0f);
   const float* px = x.data<float>();
   const float* pgy = grad_y.data<float>();
-  // Each thread takes a block of output channels through all images (image-major, so that an image
-  // stays in cache across the channels): the sums do not depend on the thread count.
-  auto channels = [&](int64_t begin, int64_t end) __attribute__((flatten)) {
+  // Image-major, so that an image stays in cache across its channels.
+  parallel_for_widest(chunks, g.batch * g.output_size() >= kParallelGrain, [&](int64_t chunk) {
     std::vector<float> discarded(static_cast<size_t>(per_block));
-    for (int64_t n = 0; n < g.batch; ++n)
-      for (int64_t first = begin; first < end; first += kChannelsPerPass) {
-        const int64_t next_block = first + kChannelsPerPass < end ? kChannelsPerPass * g.plane()
-                                                                  : g.output_size() - (first - begin) * g.plane();
+    float* chunk_sums = sums.data() + chunk * per_chunk;
+    for (int64_t n = chunk * kImagesPerChunk; n < std::min(g.batch, (chunk + 1) * kImagesPerChunk); ++n)
+      for (int64_t first = 0; first < g.out_channels; first += kChannelsPerPass) {
+        const int64_t next_block = first + kChannelsPerPass < g.out_channels ? kChannelsPerPass * g.plane()
+                                                                             : g.output_size() - first * g.plane();
         for (int64_t block = 0; block < tap_blocks; ++block) {
           const float* gy[kChannelsPerPass];
           float* block_sums[kChannelsPerPass];
           for (int64_t b = 0; b < kChannelsPerPass; ++b) {
-            const int64_t co = std::min(first + b, end - 1);
+            const int64_t co = std::min(first + b, g.out_channels - 1);
             gy[b] = pgy + n * g.output_size() + co * g.plane();
-            block_sums[b] = first + b < end ? sums.data() + (co * tap_blocks + block) * per_block : discarded.data();
+            block_sums[b] =
+                first + b < g.out_channels ? chunk_sums + (co * tap_blocks + block) * per_block : discarded.data();
           }
           backward_pass(g, taps.data() + block * kTapBlock, keep, px + n * g.image_size(), gy, next_block, block_sums);
         }
       }
+  });
+  // The lanes of every chunk, in double.
+  auto total = [&](int64_t co, int64_t offset) {
+    double sum = 0.0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk)
+      sum += sum_of_lanes(sums.data() + chunk * per_chunk + co * tap_blocks * per_block + offset);
+    return static_cast<float>(sum);
   };
-  widest_block_per_thread(g.out_channels, kChannelsPerPass, g.batch * g.output_size() >= kParallelGrain, channels);
   for (int64_t co = 0; co < g.out_channels; ++co) {
-    const float* channel_sums = sums.data() + co * tap_blocks * per_block;
     if (grad_w.defined())
       for (int64_t t = 0; t < g.patch(); ++t)
-        grad_w.data<float>()[co * g.patch() + t] =
-            static_cast<float>(sum_of_lanes(channel_sums + t / kTapBlock * per_block + t % kTapBlock * kLanes));
-    if (grad_bias.defined())
-      grad_bias.data<float>()[co] = static_cast<float>(sum_of_lanes(channel_sums + kTapBlock * kLanes));
+        grad_w.data<float>()[co * g.patch() + t] = total(co, t / kTapBlock * per_block + t % kTapBlock * kLanes);
+    if (grad_bias.defined()) grad_bias.data<float>()[co] = total(co, kTapBlock * kLanes);
   }
 }
 
