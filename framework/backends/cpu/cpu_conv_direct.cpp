@@ -118,7 +118,7 @@ void forward_image(const ConvShape& g, const int64_t* taps, const float* weights
 // for kTapBlock taps, lane-wise to sums[b][t * kLanes ...], and their grad_y itself to
 // sums[b][kTapBlock * kLanes ...] (the bias gradient's). The channels share each input load.
 void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep, const float* x,
-                   const float* const* gy, int64_t next_block, float* const* sums) {
+                   const float* const* gy, int64_t next_block, bool fetch_next_x, float* const* sums) {
   const int64_t second = second_vector(g);
   Lanes acc[kChannelsPerPass][kTapBlock + 1];
   for (int64_t b = 0; b < kChannelsPerPass; ++b)
@@ -127,9 +127,10 @@ void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep
     Lanes left_gy[kChannelsPerPass], right_gy[kChannelsPerPass];
     for (int64_t b = 0; b < kChannelsPerPass; ++b) {
       // The same row of the next block's channels (`next_block` further on: the next image's first
-      // ones after the last), in each of the block's passes (in its first only: 1.65-1.70 ms, some were
-      // dropped). Asked for rows ahead in the same plane instead (2.1-2.3 ms against 2.5-2.6 without), the first rows
-      // of each plane waited on memory (the stem's grad_y is 24 MB): 1.80 -> 1.67 ms.
+      // ones after the last), in each of the block's passes (in its first only: 1.65-1.70 ms, some
+      // were dropped). Asked for rows ahead in the same plane instead (2.1-2.3 ms against 2.5-2.6
+      // without), the first rows of each plane waited on memory (the stem's grad_y is 24 MB): 1.80
+      // -> 1.67 ms.
       const float* next_channels = gy[b] + next_block + oh * g.out_w;
       __builtin_prefetch(next_channels);
       __builtin_prefetch(next_channels + kLanes);
@@ -139,10 +140,13 @@ void backward_pass(const ConvShape& g, const int64_t* taps, const LaneBits& keep
       acc[b][kTapBlock] += left_gy[b] + right_gy[b];
     }
     const float* row = x + oh * g.width;
-    // The next image's rows of this pass's taps (its later passes find them in cache): 1.30-1.34 ->
-    // 1.22-1.29 ms, one thread, batch of 256 with y written in between.
-    __builtin_prefetch(row + g.image_size() + taps[0]);
-    __builtin_prefetch(row + g.image_size() + taps[0] + kLanes);
+    // The next image's rows of this pass's taps, in the first block of channels' passes (the later
+    // blocks find them in cache): one thread, batch of 256 with y written in between, 1.30-1.34 ->
+    // 1.22-1.29 ms asked for in every pass, 1.15-1.19 in the first block's.
+    if (fetch_next_x) {
+      __builtin_prefetch(row + g.image_size() + taps[0]);
+      __builtin_prefetch(row + g.image_size() + taps[0] + kLanes);
+    }
     for (int64_t t = 0; t < kTapBlock; ++t) {
       Lanes left, right;
       load(left, row + taps[t]);
@@ -231,7 +235,8 @@ void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
             block_sums[b] =
                 first + b < g.out_channels ? chunk_sums + (co * tap_blocks + block) * per_block : discarded.data();
           }
-          backward_pass(g, taps.data() + block * kTapBlock, keep, px + n * g.image_size(), gy, next_block, block_sums);
+          backward_pass(g, taps.data() + block * kTapBlock, keep, px + n * g.image_size(), gy, next_block, first == 0,
+                        block_sums);
         }
       }
   });
