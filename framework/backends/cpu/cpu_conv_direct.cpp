@@ -21,7 +21,8 @@
 // loads two input vectors and multiplies them by 12 broadcast weights (24 FMAs to 2 loads).
 // Backward: four output channels and four taps at a time, each (channel, tap) summing its products
 // lane-wise in one accumulator, plus each channel's grad_y sum for the bias (20 accumulators; the
-// four channels share each input load); the lanes are added up (in double) at the end. Both keep
+// four channels share each input load), over chunks of images that the threads share out; the
+// lanes and chunks are added up (in double, in chunk order) at the end. Both keep
 // their accumulators in registers only with AVX-512's 32 vector registers, so
 // CpuBackend takes this path only in the AVX-512 copy (cpu_loops.h, run_widest); the build's own
 // copy gives the same results more slowly, and the tests run both.
