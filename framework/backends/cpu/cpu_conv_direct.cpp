@@ -26,6 +26,7 @@
 // their accumulators in registers only with AVX-512's 32 vector registers, so
 // CpuBackend takes this path only in the AVX-512 copy (cpu_loops.h, run_widest); the build's own
 // copy gives the same results more slowly, and the tests run both.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -47,11 +48,13 @@ constexpr int64_t kChannelBlock = 12;    // forward: output channels per pass (x
 // 1.65-1.8 ms against 1.30-1.47 (4 x 6: 1.32-1.50, spilling; 2 x 6: 1.9).
 constexpr int64_t kChannelsPerPass = 4;
 constexpr int64_t kTapBlock = 4;
-// Backward: threads take chunks of this many images, each summing into its own lane-wise sums,
-// added up in chunk order at the end, so the gradients do not depend on the thread count. (Split
-// by output channels, two threads read interleaved halves of every image's grad_y: the stem's
-// backward took 0.82-0.93 ms against 0.60-0.67 by images.)
-constexpr int64_t kImagesPerChunk = 32;
+// Backward: the batch is cut into chunks of at least kFewestImagesPerChunk images, at most
+// kMostChunks of them, which the threads share out; each chunk sums into its own lane-wise sums,
+// added up in chunk order at the end: the gradients depend on the batch size, not on the thread
+// count. (Split by output channels, two threads read interleaved halves of every image's grad_y:
+// the stem's backward took 0.82-0.93 ms against 0.60-0.67 by images.)
+constexpr int64_t kFewestImagesPerChunk = 16;
+constexpr int64_t kMostChunks = 16;
 // CpuBackend's limit: the stem's 12 taps were measured; with many more, im2col's product is deep
 // enough for BLAS to run near its peak.
 constexpr int64_t kMostTaps = 12;
@@ -215,15 +218,17 @@ void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
   // channels lie past the last one repeats it and adds those sums to `discarded`.
   const int64_t tap_blocks = static_cast<int64_t>(taps.size()) / kTapBlock, per_block = (kTapBlock + 1) * kLanes;
   const int64_t per_chunk = g.out_channels * tap_blocks * per_block;
-  const int64_t chunks = (g.batch + kImagesPerChunk - 1) / kImagesPerChunk;
-  std::vector<float> sums(static_cast<size_t>(chunks * per_chunk), 0.0f);
+  const int64_t images_per_chunk = std::max(kFewestImagesPerChunk, (g.batch + kMostChunks - 1) / kMostChunks);
+  const int64_t chunks = (g.batch + images_per_chunk - 1) / images_per_chunk;
+  Scratch<float> sums = scratch<float>(chunks * per_chunk);
   const float* px = x.data<float>();
   const float* pgy = grad_y.data<float>();
   // Image-major, so that an image stays in cache across its channels.
   parallel_for_widest(chunks, g.batch * g.output_size() >= kParallelGrain, [&](int64_t chunk) {
     std::vector<float> discarded(static_cast<size_t>(per_block));
-    float* chunk_sums = sums.data() + chunk * per_chunk;
-    for (int64_t n = chunk * kImagesPerChunk; n < std::min(g.batch, (chunk + 1) * kImagesPerChunk); ++n)
+    float* chunk_sums = sums.get() + chunk * per_chunk;
+    std::fill(chunk_sums, chunk_sums + per_chunk, 0.0f);
+    for (int64_t n = chunk * images_per_chunk; n < std::min(g.batch, (chunk + 1) * images_per_chunk); ++n)
       for (int64_t first = 0; first < g.out_channels; first += kChannelsPerPass) {
         const int64_t next_block = first + kChannelsPerPass < g.out_channels ? kChannelsPerPass * g.plane()
                                                                              : g.output_size() - first * g.plane();
@@ -245,7 +250,7 @@ void direct_backward(const Tensor& grad_y, const Tensor& x, const Tensor& w, con
   auto total = [&](int64_t co, int64_t offset) {
     double sum = 0.0;
     for (int64_t chunk = 0; chunk < chunks; ++chunk)
-      sum += sum_of_lanes(sums.data() + chunk * per_chunk + co * tap_blocks * per_block + offset);
+      sum += sum_of_lanes(sums.get() + chunk * per_chunk + co * tap_blocks * per_block + offset);
     return static_cast<float>(sum);
   };
   for (int64_t co = 0; co < g.out_channels; ++co) {
