@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "framework/backends/cpu/cpu_capability.h"
@@ -93,14 +94,63 @@ void pack_transposed_a(const Operand& a, int64_t row0, int64_t rows, int64_t k0,
   }
 }
 
+// out[kk * kTileCols + r] = rows[r][kk] for 16 rows and 16 steps: a 16 x 16 transpose in four
+// rounds of two-vector shuffles (what unpcklps/unpckhps, unpcklpd/unpckhpd and shuff32x4 do): rows
+// interleaved value by value, then pair by pair, then by quarters twice.
+__attribute__((target("arch=x86-64-v4"))) void transpose_16x16(const float* const (&rows)[16], float* out) {
+  typedef float Vector __attribute__((vector_size(64)));
+  typedef int32_t Indices __attribute__((vector_size(64)));
+  constexpr Indices kValuesLow{0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29};
+  constexpr Indices kValuesHigh{2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31};
+  constexpr Indices kPairsLow{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+  constexpr Indices kPairsHigh{2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+  constexpr Indices kEvenQuarters{0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  constexpr Indices kOddQuarters{4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  Vector r[16], t[16];
+  for (int i = 0; i < 16; ++i) std::memcpy(&r[i], rows[i], sizeof(Vector));
+  for (int i = 0; i < 16; i += 2) {  // t[i]: rows i, i + 1 at steps 4q, 4q + 1; t[i + 1]: at 4q + 2, 4q + 3
+    t[i] = __builtin_shuffle(r[i], r[i + 1], kValuesLow);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], kValuesHigh);
+  }
+  for (int i = 0; i < 16; i += 4) {  // r[i + c]: rows i .. i + 3 at step 4q + c in quarter q
+    r[i] = __builtin_shuffle(t[i], t[i + 2], kPairsLow);
+    r[i + 1] = __builtin_shuffle(t[i], t[i + 2], kPairsHigh);
+    r[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], kPairsLow);
+    r[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], kPairsHigh);
+  }
+  for (int c = 0; c < 4; ++c) {  // quarters 0 and 2, or 1 and 3, of two groups of rows
+    t[c] = __builtin_shuffle(r[c], r[4 + c], kEvenQuarters);
+    t[4 + c] = __builtin_shuffle(r[c], r[4 + c], kOddQuarters);
+    t[8 + c] = __builtin_shuffle(r[8 + c], r[12 + c], kEvenQuarters);
+    t[12 + c] = __builtin_shuffle(r[8 + c], r[12 + c], kOddQuarters);
+  }
+  for (int c = 0; c < 4; ++c) {  // steps c, 4 + c, 8 + c and 12 + c, all 16 rows each
+    const Vector steps[4] = {
+        __builtin_shuffle(t[c], t[8 + c], kEvenQuarters), __builtin_shuffle(t[4 + c], t[12 + c], kEvenQuarters),
+        __builtin_shuffle(t[c], t[8 + c], kOddQuarters), __builtin_shuffle(t[4 + c], t[12 + c], kOddQuarters)};
+    for (int q = 0; q < 4; ++q) std::memcpy(out + (4 * q + c) * kTileCols, &steps[q], sizeof(Vector));
+  }
+}
+
 // Steps [k0, k0 + depth) of columns [col0 + panel * kTileCols, ...) of op(B): one panel of
 // kTileCols columns, step by step, the columns past `cols` zero.
 void pack_b_panel(const Operand& b, int64_t k0, int64_t depth, int64_t col0, int64_t cols, float* out) {
   const int64_t live = std::min(kTileCols, cols);
   if (b.transposed) {  // each column of op(B) is a contiguous row of memory
+    // 16 steps at a time by transposes of 16 x 16 (value by value, packing a transposed B took as
+    // long as the products of 32 x 32 x 4096); the rest value by value.
+    static const float zeros[16] = {};
+    int64_t kk = 0;
+    for (; kk + 16 <= depth; kk += 16)
+      for (int64_t half = 0; half < kTileCols; half += 16) {
+        const float* rows[16];
+        for (int64_t r = 0; r < 16; ++r)
+          rows[r] = half + r < live ? b.data + (col0 + half + r) * b.ld + k0 + kk : zeros;
+        transpose_16x16(rows, out + kk * kTileCols + half);
+      }
     for (int64_t j = 0; j < kTileCols; ++j) {
       const float* in = b.data + (col0 + j) * b.ld + k0;
-      for (int64_t kk = 0; kk < depth; ++kk) out[kk * kTileCols + j] = j < live ? in[kk] : 0.0f;
+      for (int64_t step = kk; step < depth; ++step) out[step * kTileCols + j] = j < live ? in[step] : 0.0f;
     }
   } else {
     for (int64_t kk = 0; kk < depth; ++kk) {
