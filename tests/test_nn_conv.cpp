@@ -235,8 +235,8 @@ void expect_path_matches_im2col(ConvForward forward, ConvBackward backward, cons
 
 // Winograd's F(4x4, 3x3) path (cpu_conv.h) called directly against the im2col path it stands in for,
 // forward and every gradient, in both types: the CNN's layers (at a smaller batch), odd and even
-// planes (the last tiles hanging over the output or not), rows of 4 tiles (gathered by vector
-// transposes in float32) 13, 15 and 16 outputs wide, paddings 0, 1 and 2 on each side (the
+// planes (the last tiles hanging over the output or not), rows of 2 and 4 tiles (gathered by vector
+// transposes in float32; 4 tiles 13, 15 and 16 outputs wide), paddings 0, 1 and 2 on each side (the
 // backward pads grad_y by 2 - pad), one input channel, a one-pixel output, batches of small
 // planes that put several images into a group, and an empty batch, on one thread and on several.
 TEST(NnConvWinograd, MatchesTheIm2colPath) {

@@ -180,9 +180,41 @@ void prefetch_plane(const T* plane, int64_t size) {
   for (int64_t i = 0; i < size + kLine; i += kLine) __builtin_prefetch(plane + i);
 }
 
+// by_phase (below) for rows of kTiles = 2 or 4 tiles in float32, by transposes of vectors of 4:
+// quads[q] = row[4 q .. 4 q + 3], and column c + 4 of a tile is column c of the next one.
+template <int kTiles, int Columns>
+__attribute__((always_inline)) inline void by_quads(const float* row, float* const (&out)[Columns]) {
+  typedef float Quad __attribute__((vector_size(16)));
+  typedef int32_t QuadIndices __attribute__((vector_size(16)));
+  constexpr int kQuads = Columns > kOut ? kTiles + 1 : kTiles;
+  Quad quads[kQuads];
+  for (int q = 0; q < kQuads; ++q) std::memcpy(&quads[q], row + kOut * q, sizeof(Quad));
+  // Columns 4 first + c and 4 first + c + 1 of the tiles, from quads first, first + 1, ...
+  auto columns_pair = [&](auto c, auto first) {
+    constexpr QuadIndices kInterleave{c, 4 + c, c + 1, 5 + c};
+    const Quad low = __builtin_shuffle(quads[first], quads[first + 1], kInterleave);  // tiles 0, 1
+    if constexpr (kTiles == 2) {
+      std::memcpy(out[kOut * first + c], &low, 2 * sizeof(float));
+      std::memcpy(out[kOut * first + c + 1], reinterpret_cast<const float*>(&low) + 2, 2 * sizeof(float));
+    } else {
+      const Quad high = __builtin_shuffle(quads[first + 2], quads[first + 3], kInterleave);  // tiles 2, 3
+      const Quad even = __builtin_shuffle(low, high, QuadIndices{0, 1, 4, 5});
+      const Quad odd = __builtin_shuffle(low, high, QuadIndices{2, 3, 6, 7});
+      std::memcpy(out[kOut * first + c], &even, sizeof even);
+      std::memcpy(out[kOut * first + c + 1], &odd, sizeof odd);
+    }
+  };
+  using Zero = std::integral_constant<int, 0>;
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  columns_pair(Zero{}, Zero{});
+  columns_pair(Two{}, Zero{});
+  if constexpr (Columns == kTile) columns_pair(Zero{}, One{});
+}
+
 // out[c][t] = row[4 t + c] for the tiles t < tiles_w and the columns c < Columns (4 or 6) of tiles
 // that start every 4 values of a row: the transforms' gathers of a row of tiles into lanes. Rows
-// of 4 tiles (15x15 planes) in float32 go by 4x4 transposes of vectors, `row` readable up to
+// of 2 or 4 tiles (7x7 and 15x15 planes) in float32 go by by_quads, `row` readable up to
 // 4 tiles_w + 4 values (4 tiles_w for 4 columns); the scalar loop is the reference, and takes the
 // other widths and float64. (Value by value, the gathers took 40% of the weight gradient of
 // 32 -> 32 at 15x15; with the copies below, one thread: 7.1 -> 5.5 ms.)
@@ -190,33 +222,11 @@ template <typename T, int Columns>
 __attribute__((always_inline)) inline void by_phase(const T* row, int64_t tiles_w, T* const (&out)[Columns]) {
   static_assert(Columns == kOut || Columns == kTile);
   if constexpr (std::is_same_v<T, float>) {
-    if (tiles_w == kOut) {
-      typedef float Quad __attribute__((vector_size(16)));
-      typedef int32_t QuadIndices __attribute__((vector_size(16)));
-      constexpr int kQuads = Columns > kOut ? kOut + 1 : kOut;
-      Quad quads[kQuads];  // quads[q] = row[4 q .. 4 q + 3]; column c + 4 is column c of the next tile
-      for (int q = 0; q < kQuads; ++q) std::memcpy(&quads[q], row + kOut * q, sizeof(Quad));
-      // Columns c and c + 1 of the four tiles from quads first .. first + 3: column first * 4 + c.
-      auto transpose_pair = [&](auto c, auto first) {
-        constexpr QuadIndices kInterleave{c, 4 + c, c + 1, 5 + c};
-        const Quad low = __builtin_shuffle(quads[first], quads[first + 1], kInterleave);
-        const Quad high = __builtin_shuffle(quads[first + 2], quads[first + 3], kInterleave);
-        const Quad even = __builtin_shuffle(low, high, QuadIndices{0, 1, 4, 5});
-        const Quad odd = __builtin_shuffle(low, high, QuadIndices{2, 3, 6, 7});
-        std::memcpy(out[kOut * first + c], &even, sizeof even);
-        std::memcpy(out[kOut * first + c + 1], &odd, sizeof odd);
-      };
-      using Zero = std::integral_constant<int, 0>;
-      using One = std::integral_constant<int, 1>;
-      using Two = std::integral_constant<int, 2>;
-      transpose_pair(Zero{}, Zero{});
-      transpose_pair(Two{}, Zero{});
-      if constexpr (Columns == kTile) transpose_pair(Zero{}, One{});
-      return;
-    }
+    if (tiles_w == 4) return by_quads<4>(row, out);
+    if (tiles_w == 2) return by_quads<2>(row, out);
   }
-  for (int c = 0; c < Columns; ++c)
-    for (int64_t t = 0; t < tiles_w; ++t) out[c][t] = row[kOut * t + c];
+  for (int64_t t = 0; t < tiles_w; ++t)  // tile by tile: the columns' loop has a constant length
+    for (int c = 0; c < Columns; ++c) out[c][t] = row[kOut * t + c];
 }
 
 // Each transform runs in passes of short loops, one tile per vector lane: first each row of the
