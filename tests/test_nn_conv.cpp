@@ -443,37 +443,52 @@ TEST(NnConv, MaxPoolByHand) {
   EXPECT_EQ(max_pool2d(zeros({2, 3, 5, 7}), 2).shape(), (Shape{2, 3, 2, 3}));
 }
 
-// The 2x2 stride-2 pool has its own loop; it must pick the same value and the same position as
-// a window-by-window reading: the first of tied maxima, the last NaN, odd sizes cut off.
+// The 2x2 stride-2 pool has its own loops (a scalar one, and an AVX-512 one for float32 that
+// reads 32 input columns at a time, past the row where the tensor goes on, masked at its end); each
+// must pick the same value and the same position as a window-by-window reading: the first of tied
+// maxima, the last NaN, odd sizes cut off. Rows of 1 to 32 outputs (one or two runs of 16), planes
+// whose last rows end the tensor, in both loops' copies.
 TEST(NnConv, TwoByTwoMaxPoolMatchesAWindowByWindowReference) {
-  const int64_t planes = 6, height = 9, width = 11, out_h = height / 2, out_w = width / 2;
-  std::vector<float> data(planes * height * width);
-  for (size_t i = 0; i < data.size(); ++i) data[i] = i % 37 == 5 ? NAN : static_cast<float>((i * 7919) % 3);
-  Tensor x = Tensor::from_vector(data, {2, 3, height, width});
-  x.requires_grad_();
-  const Tensor y = max_pool2d(x, 2);
-  const Tensor grad_y = arange(1.0, 1.0 + static_cast<double>(planes * out_h * out_w)).reshape({2, 3, out_h, out_w});
-  y.backward(grad_y);
-  const std::vector<float> pooled = y.to_vector<float>(), grad_x = x.grad().to_vector<float>();
-  std::vector<float> want_grad(data.size(), 0.0f);
-  for (int64_t p = 0; p < planes; ++p)
-    for (int64_t oh = 0; oh < out_h; ++oh)
-      for (int64_t ow = 0; ow < out_w; ++ow) {
-        int64_t best_at = -1;
-        for (int64_t dy = 0; dy < 2; ++dy)
-          for (int64_t dx = 0; dx < 2; ++dx) {
-            const int64_t at = (p * height + 2 * oh + dy) * width + 2 * ow + dx;
-            if (best_at < 0 || std::isnan(data[at]) || (!std::isnan(data[best_at]) && data[at] > data[best_at]))
-              best_at = at;
+  std::vector<CpuCapability> capabilities{CpuCapability::Default};
+  if (avx512_loops_available()) capabilities.push_back(CpuCapability::Avx512);
+  const CpuCapability saved_capability = cpu_capability();
+  for (const CpuCapability capability : capabilities)
+    for (const Shape& shape : std::vector<Shape>{
+             {2, 3, 9, 11}, {1, 2, 7, 7}, {2, 2, 15, 15}, {1, 2, 31, 31}, {1, 2, 5, 40}, {1, 1, 4, 65}, {2, 1, 3, 2}}) {
+      set_cpu_capability(capability);
+      SCOPED_TRACE(shape_str(shape) + ", " + cpu_capability_name() + " loops");
+      const int64_t planes = shape[0] * shape[1], height = shape[2], width = shape[3];
+      const int64_t out_h = height / 2, out_w = width / 2;
+      std::vector<float> data(planes * height * width);
+      for (size_t i = 0; i < data.size(); ++i) data[i] = i % 37 == 5 ? NAN : static_cast<float>((i * 7919) % 3);
+      Tensor x = Tensor::from_vector(data, shape);
+      x.requires_grad_();
+      const Tensor y = max_pool2d(x, 2);
+      const Tensor grad_y =
+          arange(1.0, 1.0 + static_cast<double>(planes * out_h * out_w)).reshape({shape[0], shape[1], out_h, out_w});
+      y.backward(grad_y);
+      const std::vector<float> pooled = y.to_vector<float>(), grad_x = x.grad().to_vector<float>();
+      std::vector<float> want_grad(data.size(), 0.0f);
+      for (int64_t p = 0; p < planes; ++p)
+        for (int64_t oh = 0; oh < out_h; ++oh)
+          for (int64_t ow = 0; ow < out_w; ++ow) {
+            int64_t best_at = -1;
+            for (int64_t dy = 0; dy < 2; ++dy)
+              for (int64_t dx = 0; dx < 2; ++dx) {
+                const int64_t at = (p * height + 2 * oh + dy) * width + 2 * ow + dx;
+                if (best_at < 0 || std::isnan(data[at]) || (!std::isnan(data[best_at]) && data[at] > data[best_at]))
+                  best_at = at;
+              }
+            const int64_t o = (p * out_h + oh) * out_w + ow;
+            if (std::isnan(data[best_at]))
+              EXPECT_TRUE(std::isnan(pooled[o])) << o;
+            else
+              EXPECT_EQ(pooled[o], data[best_at]) << o;
+            want_grad[best_at] += static_cast<float>(o + 1);
           }
-        const int64_t o = (p * out_h + oh) * out_w + ow;
-        if (std::isnan(data[best_at]))
-          EXPECT_TRUE(std::isnan(pooled[o])) << o;
-        else
-          EXPECT_EQ(pooled[o], data[best_at]) << o;
-        want_grad[best_at] += static_cast<float>(o + 1);
-      }
-  EXPECT_EQ(grad_x, want_grad);
+      EXPECT_EQ(grad_x, want_grad);
+    }
+  set_cpu_capability(saved_capability);
 }
 
 TEST(NnConv, AvgPoolByHand) {
