@@ -235,8 +235,8 @@ void expect_path_matches_im2col(ConvForward forward, ConvBackward backward, cons
 
 // Winograd's F(4x4, 3x3) path (cpu_conv.h) called directly against the im2col path it stands in for,
 // forward and every gradient, in both types: the CNN's layers (at a smaller batch), odd and even
-// planes (the last tiles hanging over the output or not), rows of 2 and 4 tiles (gathered by vector
-// transposes in float32; 4 tiles 13, 15 and 16 outputs wide), paddings 0, 1 and 2 on each side (the
+// planes (the last tiles hanging over the output or not), rows of 1 to 8 tiles (gathered by vector
+// transposes of 4 and 2 tiles in float32; 4 tiles 13, 15 and 16 outputs wide), paddings 0, 1 and 2 on each side (the
 // backward pads grad_y by 2 - pad), one input channel, a one-pixel output, batches of small
 // planes that put several images into a group, and an empty batch, on one thread and on several.
 TEST(NnConvWinograd, MatchesTheIm2colPath) {
@@ -250,7 +250,8 @@ TEST(NnConvWinograd, MatchesTheIm2colPath) {
       {{4, 128, 3, 3}, 16, {1, 1, 1, 1}},  {{2, 3, 8, 10}, 5, {1, 1, 0, 0}},    {{2, 3, 9, 6}, 4, {1, 1, 2, 2}},
       {{1, 1, 5, 4}, 2, {1, 1, 0, 2}},     {{2, 2, 4, 7}, 3, {1, 1, 2, 1}},     {{1, 3, 1, 1}, 2, {1, 1, 1, 1}},
       {{37, 5, 3, 3}, 6, {1, 1, 1, 1}},    {{9, 4, 2, 5}, 3, {1, 1, 1, 0}},     {{0, 2, 8, 8}, 3, {1, 1, 1, 1}},
-      {{2, 3, 6, 13}, 4, {1, 1, 1, 1}},    {{3, 2, 5, 18}, 3, {1, 1, 0, 0}},
+      {{2, 3, 6, 13}, 4, {1, 1, 1, 1}},    {{3, 2, 5, 18}, 3, {1, 1, 0, 0}},    {{2, 3, 6, 11}, 4, {1, 1, 1, 1}},
+      {{1, 2, 6, 23}, 3, {1, 1, 1, 1}},    {{2, 2, 5, 21}, 3, {1, 1, 0, 0}},
   };
   const int threads = num_threads();
   for (const int run_threads : {1, 2})

@@ -93,9 +93,11 @@ constexpr size_t first_nonzero(const std::array<double, N>& row) {
   return n;
 }
 
+// coef * value for a value or a vector of float32 values.
 template <typename T>
 __attribute__((always_inline)) inline T scaled(double coef, T value) {
-  return coef == 1 ? value : coef == -1 ? -value : static_cast<T>(coef) * value;
+  using Scalar = std::conditional_t<std::is_arithmetic_v<T>, T, float>;
+  return coef == 1 ? value : coef == -1 ? -value : static_cast<Scalar>(coef) * value;
 }
 
 // sum over n of Mat[Row][n] * in[n] for a constant matrix: zeros skipped, ones added or
@@ -180,12 +182,15 @@ void prefetch_plane(const T* plane, int64_t size) {
   for (int64_t i = 0; i < size + kLine; i += kLine) __builtin_prefetch(plane + i);
 }
 
-// by_phase (below) for rows of kTiles = 2 or 4 tiles in float32, by transposes of vectors of 4:
-// quads[q] = row[4 q .. 4 q + 3], and column c + 4 of a tile is column c of the next one.
+typedef float Quad __attribute__((vector_size(16)));
+typedef int32_t QuadIndices __attribute__((vector_size(16)));
+
+// Columns[c] = row[4 t + c] for kTiles = 2 or 4 tiles t (the lanes past kTiles unused) and the
+// columns c < Columns (4 or 6) of tiles that start every 4 values of a row, by transposes of the
+// row's vectors of 4: quads[q] = row[4 q .. 4 q + 3], and column c + 4 of a tile is column c of
+// the next one. `row` readable up to 4 kTiles + 4 values (4 kTiles for 4 columns).
 template <int kTiles, int Columns>
-__attribute__((always_inline)) inline void by_quads(const float* row, float* const (&out)[Columns]) {
-  typedef float Quad __attribute__((vector_size(16)));
-  typedef int32_t QuadIndices __attribute__((vector_size(16)));
+__attribute__((always_inline)) inline void column_quads(const float* row, Quad (&columns)[Columns]) {
   constexpr int kQuads = Columns > kOut ? kTiles + 1 : kTiles;
   Quad quads[kQuads];
   for (int q = 0; q < kQuads; ++q) std::memcpy(&quads[q], row + kOut * q, sizeof(Quad));
@@ -194,14 +199,12 @@ __attribute__((always_inline)) inline void by_quads(const float* row, float* con
     constexpr QuadIndices kInterleave{c, 4 + c, c + 1, 5 + c};
     const Quad low = __builtin_shuffle(quads[first], quads[first + 1], kInterleave);  // tiles 0, 1
     if constexpr (kTiles == 2) {
-      std::memcpy(out[kOut * first + c], &low, 2 * sizeof(float));
-      std::memcpy(out[kOut * first + c + 1], reinterpret_cast<const float*>(&low) + 2, 2 * sizeof(float));
+      columns[kOut * first + c] = low;
+      columns[kOut * first + c + 1] = __builtin_shuffle(low, QuadIndices{2, 3, 2, 3});
     } else {
       const Quad high = __builtin_shuffle(quads[first + 2], quads[first + 3], kInterleave);  // tiles 2, 3
-      const Quad even = __builtin_shuffle(low, high, QuadIndices{0, 1, 4, 5});
-      const Quad odd = __builtin_shuffle(low, high, QuadIndices{2, 3, 6, 7});
-      std::memcpy(out[kOut * first + c], &even, sizeof even);
-      std::memcpy(out[kOut * first + c + 1], &odd, sizeof odd);
+      columns[kOut * first + c] = __builtin_shuffle(low, high, QuadIndices{0, 1, 4, 5});
+      columns[kOut * first + c + 1] = __builtin_shuffle(low, high, QuadIndices{2, 3, 6, 7});
     }
   };
   using Zero = std::integral_constant<int, 0>;
@@ -212,21 +215,59 @@ __attribute__((always_inline)) inline void by_quads(const float* row, float* con
   if constexpr (Columns == kTile) columns_pair(Zero{}, One{});
 }
 
-// out[c][t] = row[4 t + c] for the tiles t < tiles_w and the columns c < Columns (4 or 6) of tiles
-// that start every 4 values of a row: the transforms' gathers of a row of tiles into lanes. Rows
-// of 2 or 4 tiles (7x7 and 15x15 planes) in float32 go by by_quads, `row` readable up to
-// 4 tiles_w + 4 values (4 tiles_w for 4 columns); the scalar loop is the reference, and takes the
-// other widths and float64. (Value by value, the gathers took 40% of the weight gradient of
-// 32 -> 32 at 15x15; with the copies below, one thread: 7.1 -> 5.5 ms.)
-template <typename T, int Columns>
-__attribute__((always_inline)) inline void by_phase(const T* row, int64_t tiles_w, T* const (&out)[Columns]) {
-  static_assert(Columns == kOut || Columns == kTile);
-  if constexpr (std::is_same_v<T, float>) {
-    if (tiles_w == 4) return by_quads<4>(row, out);
-    if (tiles_w == 2) return by_quads<2>(row, out);
+// The first kTiles values of a vector to `out`.
+template <int kTiles>
+__attribute__((always_inline)) inline void store_lanes(float* out, const Quad& values) {
+  std::memcpy(out, &values, kTiles * sizeof(float));
+}
+
+// Runs of tiles t < tiles_w of a row, in float32 four at a time and then a pair:
+// group(t, std::integral_constant<int, 4 or 2>) for each; returns the first tile left.
+template <typename Group>
+__attribute__((always_inline)) inline int64_t by_groups_of_tiles(int64_t tiles_w, Group&& group) {
+  int64_t t = 0;
+  for (; t + 4 <= tiles_w; t += 4) group(t, std::integral_constant<int, 4>{});
+  if (t + 2 <= tiles_w) group(t, std::integral_constant<int, 2>{}), t += 2;
+  return t;
+}
+
+// out[c][t] = row[4 t + c] for the tiles t < tiles_w and the columns c < 4 of tiles that start
+// every 4 values of a row: the gradient transform's gather of a row of blocks into lanes, in
+// float32 by column_quads (`row` readable up to 4 tiles_w values). The scalar loop is the
+// reference, and takes a last single tile and float64. (Value by value, with the input
+// transform's, the gathers took 40% of the weight gradient of 32 -> 32 at 15x15.)
+template <typename T>
+__attribute__((always_inline)) inline void by_phase(const T* row, int64_t tiles_w, T* const (&out)[kOut]) {
+  int64_t t = 0;
+  if constexpr (std::is_same_v<T, float>)
+    t = by_groups_of_tiles(tiles_w, [&](int64_t first, auto tiles) {
+      Quad columns[kOut];
+      column_quads<tiles>(row + kOut * first, columns);
+      for (int c = 0; c < kOut; ++c) store_lanes<tiles>(out[c] + first, columns[c]);
+    });
+  for (; t < tiles_w; ++t)  // tile by tile: the columns' loop has a constant length
+    for (int c = 0; c < kOut; ++c) out[c][t] = row[kOut * t + c];
+}
+
+// out[j][t] = (d B)[j] = sum over c of row[4 t + c] B[c][j] for the tiles t < tiles_w of a
+// padded row: the input transform's first pass, straight from the row (by column_quads in
+// float32: `row` readable up to 4 tiles_w + 4 values). The scalar loop is the reference, and takes
+// a last single tile and float64. (Gathered into rows of lanes first, value by value, then times B
+// in a second pass, the gathers alone took a fifth of the weight gradient of 32 -> 32 at 15x15.)
+template <typename T>
+__attribute__((always_inline)) inline void row_times_b(const T* row, int64_t tiles_w, T* const (&out)[kTile]) {
+  int64_t t = 0;
+  if constexpr (std::is_same_v<T, float>)
+    t = by_groups_of_tiles(tiles_w, [&](int64_t first, auto tiles) {
+      Quad columns[kTile];
+      column_quads<tiles>(row + kOut * first, columns);
+      unrolled<kTile>([&](auto j) { store_lanes<tiles>(out[j] + first, combine<Minimal::BT, j>(columns)); });
+    });
+  for (; t < tiles_w; ++t) {
+    T columns[kTile];
+    for (int c = 0; c < kTile; ++c) columns[c] = row[kOut * t + c];
+    unrolled<kTile>([&](auto j) { out[j][t] = combine<Minimal::BT, j>(columns); });
   }
-  for (int64_t t = 0; t < tiles_w; ++t)  // tile by tile: the columns' loop has a constant length
-    for (int c = 0; c < Columns; ++c) out[c][t] = row[kOut * t + c];
 }
 
 // Each transform runs in passes of short loops, one tile per vector lane: first each row of the
@@ -238,27 +279,23 @@ __attribute__((always_inline)) inline void by_phase(const T* row, int64_t tiles_
 // loops of 2 and 4 values, all of it scalar code (64 -> 64 at 7x7, fwd+bwd one thread: 20.5 ->
 // 13.8 ms with the three transforms across the images).
 
-// V = B^T d B for the tiles of input planes, two ways. Planes of up to 4 tiles a row (15x15 and
-// smaller) have each tile's 6x6 input values copied into 36 rows of lanes, the tiles of all the
-// images side by side, and go through B and B^T in two passes over all of them; wider planes go
-// plane by plane, times B row by row as the rows are read (the copies cost more than the short
-// loops they save there: 24 -> 32 at 31x31, 8 tiles a row, fwd+bwd 63.5 -> 69.9 ms that way).
+// V = B^T d B for the tiles of input planes: each padded row's tiles times B as the row is read
+// (row_times_b), then B^T across the rows, two ways. Planes of up to 4 tiles a row (15x15 and
+// smaller) keep the rows d B of all the images' tiles side by side, 36 rows of lanes, and run
+// B^T over all of them at once; wider planes go plane by plane (in rows of lanes across images
+// there, 24 -> 32 at 31x31 with 8 tiles a row took fwd+bwd 63.5 -> 69.9 ms).
 template <typename T>
 class InputTransform {
  public:
   InputTransform(const TileGrid& g, int64_t max_images)
       : g_(g), across_images_(g.tiles_w <= 4), padded_width_(kOut * g.tiles_w + 2) {
-    if (across_images_) {
-      // by_phase reads up to 2 values past the last row
-      padded_ = scratch<T>(g.padded_rows() * padded_width_ + kOut);
-      std::fill(padded_.get(), padded_.get() + g.padded_rows() * padded_width_ + kOut, T(0));
-      patches_ = scratch<T>(kPositions * max_images * g.tiles());
+    // row_times_b reads up to 2 values past the last row
+    padded_ = scratch<T>(g.padded_rows() * padded_width_ + kOut);
+    std::fill(padded_.get(), padded_.get() + g.padded_rows() * padded_width_ + kOut, T(0));
+    if (across_images_)
       db_ = scratch<T>(kPositions * max_images * g.tiles());
-    } else {
-      row_ = scratch<T>(kOut * (g.tiles_w + 1));
-      phases_ = scratch<T>(kOut * (g.tiles_w + 1));
+    else
       rows_b_ = scratch<T>(kTile * kOut * phase_rows());
-    }
   }
 
   // Writes position xi of image k's tile t (row-major over the grid) to v[xi * stride + k * tiles
@@ -271,27 +308,17 @@ class InputTransform {
  private:
   void across_images(const T* planes, int64_t image_stride, int64_t count, T* v, int64_t stride) {
     const int64_t tiles = g_.tiles(), lanes = count * tiles;
-    T* padded = padded_.get();  // the plane inside a zero border: the copies need no bounds checks
-    T* patches = patches_.get();
+    T* db = db_.get();  // (d B)[r][j] of image k's tile t at db[(r * 6 + j) * lanes + k * tiles + t]
     for (int64_t k = 0; k < count; ++k) {
       const T* plane = planes + k * image_stride;
       prefetch_plane(k + 1 < count ? plane + image_stride : planes + g_.in_plane(), g_.in_plane());
-      for (int64_t ih = 0; ih < g_.height; ++ih)
-        copy_row(plane + ih * g_.width, g_.width, padded + (ih + g_.pad_h) * padded_width_ + g_.pad_w);
+      copy_into_padded(plane);
       for (int64_t th = 0; th < g_.tiles_h; ++th)
-        for (int r = 0; r < kTile; ++r) {  // row r of the row of tiles th: column c of tile tw is 4 tw + c
-          T* columns[kTile];
-          for (int c = 0; c < kTile; ++c) columns[c] = patches + (r * kTile + c) * lanes + k * tiles + th * g_.tiles_w;
-          by_phase(padded + (kOut * th + r) * padded_width_, g_.tiles_w, columns);
+        for (int r = 0; r < kTile; ++r) {  // row r of the row of tiles th
+          T* out[kTile];
+          for (int j = 0; j < kTile; ++j) out[j] = db + (r * kTile + j) * lanes + k * tiles + th * g_.tiles_w;
+          row_times_b(padded_.get() + (kOut * th + r) * padded_width_, g_.tiles_w, out);
         }
-    }
-    T* db = db_.get();
-    for (int r = 0; r < kTile; ++r) {  // d B, row r
-      const T* in[kTile];
-      T* out[kTile];
-      for (int c = 0; c < kTile; ++c) in[c] = patches + (r * kTile + c) * lanes;
-      for (int j = 0; j < kTile; ++j) out[j] = db + (r * kTile + j) * lanes;
-      apply_matrix<Minimal::BT>(in, out, lanes);
     }
     for (int j = 0; j < kTile; ++j) {  // B^T (d B), column j
       const T* in[kTile];
@@ -302,8 +329,20 @@ class InputTransform {
     }
   }
 
+  // The plane inside padded_'s zero border (the rows need no bounds checks), copied whole before
+  // any row is read: read just after its copy, a row's loads waited for the copy's stores.
+  void copy_into_padded(const T* plane) {
+    for (int64_t ih = 0; ih < g_.height; ++ih)
+      copy_row(plane + ih * g_.width, g_.width, padded_.get() + (ih + g_.pad_h) * padded_width_ + g_.pad_w);
+  }
+
   void plane_by_plane(const T* plane, T* v, int64_t stride) {
-    times_b(plane);
+    copy_into_padded(plane);
+    for (int64_t r = 0; r < g_.padded_rows(); ++r) {  // each padded row's tiles times B
+      T* out[kTile];
+      for (int j = 0; j < kTile; ++j) out[j] = rows_b(j, r % kOut) + r / kOut * g_.tiles_w;
+      row_times_b(padded_.get() + r * padded_width_, g_.tiles_w, out);
+    }
     const int64_t tiles = g_.tiles();
     for (int j = 0; j < kTile; ++j) {
       // B^T (d B), column j: tile (th, t)'s rows are the padded rows 4 th + r, r < 6.
@@ -320,35 +359,12 @@ class InputTransform {
   int64_t phase_rows() const { return (g_.tiles_h + 1) * g_.tiles_w; }
   T* rows_b(int j, int64_t phase) { return rows_b_.get() + (j * kOut + phase) * phase_rows(); }
 
-  // Each padded row's tile parts times B: tile t reads columns 4 t + c, c < 6.
-  void times_b(const T* plane) {
-    const int64_t tiles_w = g_.tiles_w, split = tiles_w + 1;
-    T* row = row_.get();  // one padded row: pad_w zeros, the plane's row, zeros
-    std::fill(row, row + kOut * split, T(0));
-    for (int64_t r = 0; r < g_.padded_rows(); ++r) {
-      T* out[kTile];
-      for (int j = 0; j < kTile; ++j) out[j] = rows_b(j, r % kOut) + r / kOut * tiles_w;
-      const int64_t ih = r - g_.pad_h;
-      if (ih < 0 || ih >= g_.height) {
-        for (T* o : out) std::fill(o, o + tiles_w, T(0));
-        continue;
-      }
-      copy_row(plane + ih * g_.width, g_.width, row + g_.pad_w);
-      // The row's columns by phase: column 4 u + c at phases_[c * split + u].
-      T* __restrict phases = phases_.get();
-      for (int64_t u = 0; u < split; ++u)
-        for (int c = 0; c < kOut; ++c) phases[c * split + u] = row[kOut * u + c];
-      const T* columns[kTile];  // column 4 t + c of tile t is phase c % 4 at u = t + c / 4
-      for (int c = 0; c < kTile; ++c) columns[c] = phases + (c % kOut) * split + c / kOut;
-      apply_matrix<Minimal::BT>(columns, out, tiles_w);
-    }
-  }
-
   const TileGrid& g_;
   bool across_images_;
   int64_t padded_width_;
-  Scratch<T> padded_, patches_, db_;  // across images
-  Scratch<T> row_, phases_, rows_b_;  // plane by plane
+  Scratch<T> padded_;  // the plane inside a zero border
+  Scratch<T> db_;      // across images
+  Scratch<T> rows_b_;  // plane by plane
 };
 
 // Y = A^T M A + bias for the tiles of one output channel of several images at once: their tiles
