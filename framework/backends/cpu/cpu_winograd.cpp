@@ -185,7 +185,7 @@ void prefetch_plane(const T* plane, int64_t size) {
 typedef float Quad __attribute__((vector_size(16)));
 typedef int32_t QuadIndices __attribute__((vector_size(16)));
 
-// Columns[c] = row[4 t + c] for kTiles = 2 or 4 tiles t (the lanes past kTiles unused) and the
+// columns[c] = row[4 t + c] for kTiles = 2 or 4 tiles t (the lanes past kTiles unused) and the
 // columns c < Columns (4 or 6) of tiles that start every 4 values of a row, by transposes of the
 // row's vectors of 4: quads[q] = row[4 q .. 4 q + 3], and column c + 4 of a tile is column c of
 // the next one. `row` readable up to 4 kTiles + 4 values (4 kTiles for 4 columns).
