@@ -215,59 +215,58 @@ __attribute__((always_inline)) inline void column_quads(const float* row, Quad (
   if constexpr (Columns == kTile) columns_pair(Zero{}, One{});
 }
 
-// The first kTiles values of a vector to `out`.
-template <int kTiles>
-__attribute__((always_inline)) inline void store_lanes(float* out, const Quad& values) {
-  std::memcpy(out, &values, kTiles * sizeof(float));
+// The first kTiles values of a vector of 4, or a single value, to `out`.
+template <int kTiles, typename T, typename Values>
+__attribute__((always_inline)) inline void store_lanes(T* out, const Values& values) {
+  if constexpr (std::is_arithmetic_v<Values>)
+    *out = values;
+  else
+    std::memcpy(out, &values, kTiles * sizeof(T));
 }
 
-// Runs of tiles t < tiles_w of a row, in float32 four at a time and then a pair:
-// group(t, std::integral_constant<int, 4 or 2>) for each; returns the first tile left.
-template <typename Group>
-__attribute__((always_inline)) inline int64_t by_groups_of_tiles(int64_t tiles_w, Group&& group) {
+// The tiles t < tiles_w of a row whose tiles start every 4 values: emit(columns, t, tiles) for
+// runs of tiles t .. t + tiles - 1, columns[c] = row[4 (t + lane) + c] for c < Columns (4 or 6).
+// In float32 the runs are 4 tiles and then 2 (column_quads: `row` readable up to 4 tiles_w + 4
+// values, 4 tiles_w for 4 columns); tile by tile, with single values, is the reference, and takes a
+// last single tile and float64. (Value by value, the gathers of the input and gradient transforms
+// took 40% of the weight gradient of 32 -> 32 at 15x15.)
+template <int Columns, typename T, typename Emit>
+__attribute__((always_inline)) inline void for_row_tiles(const T* row, int64_t tiles_w, Emit&& emit) {
   int64_t t = 0;
-  for (; t + 4 <= tiles_w; t += 4) group(t, std::integral_constant<int, 4>{});
-  if (t + 2 <= tiles_w) group(t, std::integral_constant<int, 2>{}), t += 2;
-  return t;
+  if constexpr (std::is_same_v<T, float>) {
+    auto run = [&](auto tiles) {
+      Quad columns[Columns];
+      column_quads<tiles>(row + kOut * t, columns);
+      emit(columns, t, tiles);
+      t += tiles;
+    };
+    while (t + 4 <= tiles_w) run(std::integral_constant<int, 4>{});
+    if (t + 2 <= tiles_w) run(std::integral_constant<int, 2>{});
+  }
+  for (; t < tiles_w; ++t) {
+    T columns[Columns];
+    for (int c = 0; c < Columns; ++c) columns[c] = row[kOut * t + c];
+    emit(columns, t, std::integral_constant<int, 1>{});
+  }
 }
 
-// out[c][t] = row[4 t + c] for the tiles t < tiles_w and the columns c < 4 of tiles that start
-// every 4 values of a row: the gradient transform's gather of a row of blocks into lanes, in
-// float32 by column_quads (`row` readable up to 4 tiles_w values). The scalar loop is the
-// reference, and takes a last single tile and float64. (Value by value, with the input
-// transform's, the gathers took 40% of the weight gradient of 32 -> 32 at 15x15.)
+// out[c][t] = row[4 t + c] for the tiles t < tiles_w and the columns c < 4: the gradient
+// transform's gather of a row of blocks into lanes.
 template <typename T>
 __attribute__((always_inline)) inline void by_phase(const T* row, int64_t tiles_w, T* const (&out)[kOut]) {
-  int64_t t = 0;
-  if constexpr (std::is_same_v<T, float>)
-    t = by_groups_of_tiles(tiles_w, [&](int64_t first, auto tiles) {
-      Quad columns[kOut];
-      column_quads<tiles>(row + kOut * first, columns);
-      for (int c = 0; c < kOut; ++c) store_lanes<tiles>(out[c] + first, columns[c]);
-    });
-  for (; t < tiles_w; ++t)  // tile by tile: the columns' loop has a constant length
-    for (int c = 0; c < kOut; ++c) out[c][t] = row[kOut * t + c];
+  for_row_tiles<kOut>(row, tiles_w, [&](const auto& columns, int64_t t, auto tiles) {
+    for (int c = 0; c < kOut; ++c) store_lanes<tiles>(out[c] + t, columns[c]);
+  });
 }
 
 // out[j][t] = (d B)[j] = sum over c of row[4 t + c] B[c][j] for the tiles t < tiles_w of a
-// padded row: the input transform's first pass, straight from the row (by column_quads in
-// float32: `row` readable up to 4 tiles_w + 4 values). The scalar loop is the reference, and takes
-// a last single tile and float64. (Gathered into rows of lanes first, value by value, then times B
-// in a second pass, the gathers alone took a fifth of the weight gradient of 32 -> 32 at 15x15.)
+// padded row: the input transform's first pass, straight from the row. (Gathered into rows of
+// lanes first and times B in a second pass, 24 -> 32 at 31x31 took 10% longer in each pass.)
 template <typename T>
 __attribute__((always_inline)) inline void row_times_b(const T* row, int64_t tiles_w, T* const (&out)[kTile]) {
-  int64_t t = 0;
-  if constexpr (std::is_same_v<T, float>)
-    t = by_groups_of_tiles(tiles_w, [&](int64_t first, auto tiles) {
-      Quad columns[kTile];
-      column_quads<tiles>(row + kOut * first, columns);
-      unrolled<kTile>([&](auto j) { store_lanes<tiles>(out[j] + first, combine<Minimal::BT, j>(columns)); });
-    });
-  for (; t < tiles_w; ++t) {
-    T columns[kTile];
-    for (int c = 0; c < kTile; ++c) columns[c] = row[kOut * t + c];
-    unrolled<kTile>([&](auto j) { out[j][t] = combine<Minimal::BT, j>(columns); });
-  }
+  for_row_tiles<kTile>(row, tiles_w, [&](const auto& columns, int64_t t, auto tiles) {
+    unrolled<kTile>([&](auto j) { store_lanes<tiles>(out[j] + t, combine<Minimal::BT, j>(columns)); });
+  });
 }
 
 // Each transform runs in passes of short loops, one tile per vector lane: first each row of the
