@@ -1,17 +1,22 @@
 // Tests of the models: shapes and parameter counts of the benchmark shapes (the same counts as
 // ../shared/bench/torch_reference.py's PyTorch models, derived by hand below), parameter names the
-// optimizers group on, causality of the GPT, and every parameter receiving a gradient.
+// optimizers group on, causality of the GPT, every parameter receiving a gradient, and the same
+// gradients on one and two threads.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "experiments/config.h"
+#include "framework/backends/cpu/cpu_gemm.h"
 #include "framework/ops.h"
+#include "framework/parallel.h"
 #include "models/cnn.h"
 #include "models/factory.h"
 #include "models/gpt.h"
@@ -50,6 +55,30 @@ std::set<std::string> parameter_names(const Module& module) {
 
 Tensor token_ids(const std::vector<int64_t>& ids, int64_t batch, int64_t steps) {
   return Tensor::from_vector(ids, {batch, steps});
+}
+
+// One backward pass of a model's loss on one thread and on two (make(gen) returns the model and its
+// loss), and every parameter's gradient the same to the last bit on both. Where OpenBLAS serves the
+// float32 products (no AVX-512), how its threads split them is OpenBLAS's: skipped there.
+using ModelAndLoss = std::pair<std::unique_ptr<Model>, std::function<Tensor(Model&)>>;
+void expect_same_gradients_on_one_and_two_threads(const std::function<ModelAndLoss(Generator&)>& make) {
+  if (!cpu_gemm::own_sgemm_runs()) GTEST_SKIP() << "OpenBLAS serves the float32 products here";
+  const int threads = num_threads();
+  std::vector<std::string> names;
+  std::vector<std::vector<float>> grads[2];
+  for (const int run_threads : {1, 2}) {
+    set_num_threads(run_threads);
+    Generator gen(7);
+    auto [model, loss] = make(gen);
+    loss(*model).backward();
+    for (const auto& [name, parameter] : model->named_parameters()) {
+      if (run_threads == 1) names.push_back(name);
+      grads[run_threads - 1].push_back(parameter.grad().to_vector<float>());
+    }
+  }
+  set_num_threads(threads);
+  ASSERT_EQ(grads[0].size(), grads[1].size());
+  for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_EQ(grads[0][i], grads[1][i]) << names[i];
 }
 
 // ------------------------------------------------------------------ GPT
@@ -175,6 +204,18 @@ TEST(ModelsGpt, FusedAttentionGivesTheComposedLogitsAndGradients) {
   }
 }
 
+// The GPT's ops sum in orders fixed by the shapes too: the same gradients on one and two threads.
+TEST(ModelsGpt, GradientsDoNotDependOnTheThreadCount) {
+  expect_same_gradients_on_one_and_two_threads([](Generator& gen) {
+    auto model = std::make_unique<Gpt>(spec_gpt_options(), gen);
+    const Tensor ids = rand({12, 64}, 0.0, 65.0, DType::Float32, cpu(), gen).to(DType::Int64);
+    const Tensor targets = rand({12 * 64}, 0.0, 65.0, DType::Float32, cpu(), gen).to(DType::Int64);
+    return ModelAndLoss{std::move(model), [ids, targets](Model& m) {
+                          return cross_entropy(m.forward(ids).reshape({12 * 64, 65}), targets);
+                        }};
+  });
+}
+
 TEST(ModelsGpt, RejectsSequencesLongerThanTheBlock) {
   Generator gen(0);
   Gpt model(tiny_gpt_options(), gen);
@@ -236,6 +277,19 @@ TEST(ModelsCnn, LogitsAreTheHeadOutputDividedByTheDivisor) {
   ASSERT_EQ(a.shape(), (Shape{3, 10}));
   const std::vector<float> va = a.to_vector<float>(), vb = b.to_vector<float>();
   for (size_t i = 0; i < va.size(); ++i) EXPECT_NEAR(vb[i] * 9.0f, va[i], 1e-5f * std::max(1.0f, std::fabs(va[i])));
+}
+
+// Every op of the CNN sums in an order fixed by the shapes (the stem's chunks of images, Winograd's
+// chunks of the batch, batch norm's chunks of rows, the GEMM's tiles), so one and two threads give
+// the same gradients to the last bit.
+TEST(ModelsCnn, GradientsDoNotDependOnTheThreadCount) {
+  expect_same_gradients_on_one_and_two_threads([](Generator& gen) {
+    auto model = std::make_unique<Cnn>(spec_cnn_options(), gen);
+    const Tensor images = randn({32, 3, 32, 32}, DType::Float32, cpu(), gen);
+    const Tensor labels = Tensor::from_vector(std::vector<int64_t>(32, 3), {32});
+    return ModelAndLoss{std::move(model),
+                        [images, labels](Model& m) { return cross_entropy(m.forward(images), labels); }};
+  });
 }
 
 TEST(ModelsCnn, RejectsImagesTooSmallForItsPoolings) {

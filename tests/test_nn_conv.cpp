@@ -337,6 +337,24 @@ TEST(NnConvDirect, GradientsDoNotDependOnTheThreadCount) {
   EXPECT_EQ(grads[0], grads[1]);
 }
 
+// Winograd's weight gradient sums the batch in chunks fixed by the shape (here 3 chunks of 14 images
+// at most), not one partial sum per thread: one and two threads give the same bits.
+TEST(NnConvWinograd, WeightGradientDoesNotDependOnTheThreadCount) {
+  const Tensor x = random_input({40, 8, 15, 15}, 67).detach().to(DType::Float32);
+  const Tensor w = random_input({8, 8, 3, 3}, 68).detach().to(DType::Float32);
+  const Tensor g = random_input({40, 8, 15, 15}, 69).detach().to(DType::Float32);
+  const int threads = num_threads();
+  std::vector<std::vector<double>> grads;
+  for (const int run_threads : {1, 2}) {
+    set_num_threads(run_threads);
+    const Tensor grad_w = Tensor::empty(w.shape(), DType::Float32, cpu());
+    cpu_conv::winograd_backward(g, x, w, Tensor(), grad_w, Tensor(), {1, 1, 1, 1});
+    grads.push_back(values(grad_w));
+  }
+  set_num_threads(threads);
+  EXPECT_EQ(grads[0], grads[1]);
+}
+
 // Where the direct path applies, and that CpuBackend takes it for the stem only in the AVX-512 loops.
 TEST(NnConvDirect, AppliesToStrideOneUnpaddedRowsOf16To32Float32Outputs) {
   const auto x = [](const Shape& shape, DType dtype = DType::Float32) { return Tensor::empty(shape, dtype, cpu()); };

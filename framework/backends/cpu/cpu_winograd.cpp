@@ -559,26 +559,37 @@ void convolve(const T* x, int64_t batch, int64_t ins, const TileGrid& g, const T
   });
 }
 
+// The weight gradient sums over the batch in at most this many chunks of images, each into its own
+// dU, which the threads share out; the chunks' sums are added in chunk order. The groups (as many
+// images as fill a group's buffers) and the chunks follow the shape alone, so the gradient does not
+// depend on the thread count. (With one partial sum per thread, as the forward's teams, one and two
+// threads rounded the CNN's weight gradients apart, its only ones to differ.)
+constexpr int64_t kMostGradientChunks = 4;
+
 // grad_w [outs, ins, 3, 3] of the convolution of x by the grid g, from grad_y [batch, outs, out_h, out_w].
 template <typename T>
 void filter_gradient(const T* x, const T* grad_y, int64_t batch, int64_t ins, int64_t outs, const TileGrid& g,
                      T* grad_w) {
-  const ConvPlan plan = plan_groups(batch, g.tiles(), target_tiles(kPositions, ins + outs, sizeof(T)));
-  const int64_t tiles = g.tiles(), max_columns = plan.images_per_group * tiles, positions_size = outs * ins;
-  // Each team sums its images into its own dU; the partials are added in team order afterwards, so
-  // the result does not depend on scheduling.
-  std::vector<Scratch<T>> partial(plan.teams);
-  parallel_for(plan.teams, plan.teams > 1, [&](int64_t team) {
-    partial[team] = scratch<T>(kPositions * positions_size);
-    T* du = partial[team].get();
+  const int64_t tiles = g.tiles(), positions_size = outs * ins;
+  // About target_tiles tiles a group, as plan_groups makes them for one thread.
+  const int64_t target = target_tiles(kPositions, ins + outs, sizeof(T));
+  const int64_t wanted = std::max<int64_t>(1, (batch * tiles + target - 1) / target);
+  const int64_t images_per_group = std::max<int64_t>(1, (batch + wanted - 1) / wanted);
+  const int64_t groups = (batch + images_per_group - 1) / images_per_group;
+  const int64_t chunks = std::max<int64_t>(1, std::min(groups, kMostGradientChunks));
+  const int64_t max_columns = images_per_group * tiles;
+  std::vector<Scratch<T>> partial(chunks);
+  parallel_for(chunks, chunks > 1, [&](int64_t chunk) {
+    partial[chunk] = scratch<T>(kPositions * positions_size);
+    T* du = partial[chunk].get();
     std::fill(du, du + kPositions * positions_size, T(0));
-    InputTransform<T> input(g, plan.images_per_group);
-    GradientTransform<T> gradient(g, plan.images_per_group);
+    InputTransform<T> input(g, images_per_group);
+    GradientTransform<T> gradient(g, images_per_group);
     const int64_t v_stride = position_stride<T>(ins * max_columns), dz_stride = position_stride<T>(outs * max_columns);
     auto v = scratch<T>(kPositions * v_stride), dz = scratch<T>(kPositions * dz_stride);
-    for (int64_t group = plan.group_begin(team); group < plan.group_end(team); ++group) {
-      const int64_t first = group * plan.images_per_group;
-      const int64_t count = std::min(plan.images_per_group, batch - first), n = count * tiles;
+    for (int64_t group = groups * chunk / chunks; group < groups * (chunk + 1) / chunks; ++group) {
+      const int64_t first = group * images_per_group;
+      const int64_t count = std::min(images_per_group, batch - first), n = count * tiles;
       transform_channels(input, x + first * ins * g.in_plane(), count, ins, g.in_plane(), tiles, v.get(), v_stride);
       transform_channels(gradient, grad_y + first * outs * g.out_plane(), count, outs, g.out_plane(), tiles, dz.get(),
                          dz_stride);
@@ -591,7 +602,7 @@ void filter_gradient(const T* x, const T* grad_y, int64_t batch, int64_t ins, in
     double du[kTile][kTile];
     for (int64_t xi = 0; xi < kPositions; ++xi) {
       T sum = partial[0][xi * positions_size + p];
-      for (int64_t team = 1; team < plan.teams; ++team) sum += partial[team][xi * positions_size + p];
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) sum += partial[chunk][xi * positions_size + p];
       du[xi / kTile][xi % kTile] = sum;
     }
     for (int r = 0; r < 3; ++r)
