@@ -598,13 +598,21 @@ void filter_gradient(const T* x, const T* grad_y, int64_t batch, int64_t ins, in
                 du + xi * positions_size, ins);
     }
   });
+  // The chunks' sums added into the first, in chunk order, position by position: read across the
+  // chunks for each weight instead, 4 x 36 values 16 KB apart per weight thrashed the L1 (64 -> 64 at
+  // 7x7, one thread: 4.8 -> 6.2-9.3 ms).
+  T* du_total = partial[0].get();
+  parallel_for(kPositions, chunks > 1 && positions_size * kPositions * chunks >= kParallelGrain, [&](int64_t xi) {
+    T* total = du_total + xi * positions_size;
+    for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+      const T* part = partial[chunk].get() + xi * positions_size;
+#pragma omp simd
+      for (int64_t p = 0; p < positions_size; ++p) total[p] += part[p];
+    }
+  });
   parallel_for(positions_size, positions_size * kPositions >= kParallelGrain, [&](int64_t p) {  // grad_w = G^T dU G
     double du[kTile][kTile];
-    for (int64_t xi = 0; xi < kPositions; ++xi) {
-      T sum = partial[0][xi * positions_size + p];
-      for (int64_t chunk = 1; chunk < chunks; ++chunk) sum += partial[chunk][xi * positions_size + p];
-      du[xi / kTile][xi % kTile] = sum;
-    }
+    for (int64_t xi = 0; xi < kPositions; ++xi) du[xi / kTile][xi % kTile] = du_total[xi * positions_size + p];
     for (int r = 0; r < 3; ++r)
       for (int c = 0; c < 3; ++c) {
         double sum = 0;
