@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "framework/backends/cpu/cpu_capability.h"
@@ -316,25 +317,32 @@ TEST(NnConvDirect, MatchesTheIm2colPath) {
   set_cpu_capability(saved_capability);
 }
 
+// gradients() run on one thread and on two: the same values to the last bit.
+void expect_same_on_one_and_two_threads(const std::function<std::vector<double>()>& gradients) {
+  const int threads = num_threads();
+  std::vector<std::vector<double>> runs;
+  for (const int run_threads : {1, 2}) {
+    set_num_threads(run_threads);
+    runs.push_back(gradients());
+  }
+  set_num_threads(threads);
+  EXPECT_EQ(runs[0], runs[1]);
+}
+
 // The backward's threads take chunks of images and add the chunks' sums in a fixed order: the
 // gradients come out bit for bit the same at one and at two threads.
 TEST(NnConvDirect, GradientsDoNotDependOnTheThreadCount) {
   const Tensor x = random_input({100, 3, 20, 20}, 64).detach().to(DType::Float32);
   const Tensor w = random_input({8, 3, 2, 2}, 65).detach().to(DType::Float32);
   const Tensor g = random_input({100, 8, 19, 19}, 66).detach().to(DType::Float32);
-  const int threads = num_threads();
-  std::vector<std::vector<double>> grads;
-  for (const int run_threads : {1, 2}) {
-    set_num_threads(run_threads);
+  expect_same_on_one_and_two_threads([&] {
     const Tensor grad_w = Tensor::empty(w.shape(), DType::Float32, cpu()),
                  grad_b = Tensor::empty({8}, DType::Float32, cpu());
     cpu_conv::direct_backward(g, x, w, Tensor(), grad_w, grad_b, {});
     std::vector<double> both = values(grad_w);
     for (double v : values(grad_b)) both.push_back(v);
-    grads.push_back(both);
-  }
-  set_num_threads(threads);
-  EXPECT_EQ(grads[0], grads[1]);
+    return both;
+  });
 }
 
 // Winograd's weight gradient sums the batch in chunks fixed by the shape (here 3 chunks of 14 images
@@ -343,16 +351,11 @@ TEST(NnConvWinograd, WeightGradientDoesNotDependOnTheThreadCount) {
   const Tensor x = random_input({40, 8, 15, 15}, 67).detach().to(DType::Float32);
   const Tensor w = random_input({8, 8, 3, 3}, 68).detach().to(DType::Float32);
   const Tensor g = random_input({40, 8, 15, 15}, 69).detach().to(DType::Float32);
-  const int threads = num_threads();
-  std::vector<std::vector<double>> grads;
-  for (const int run_threads : {1, 2}) {
-    set_num_threads(run_threads);
+  expect_same_on_one_and_two_threads([&] {
     const Tensor grad_w = Tensor::empty(w.shape(), DType::Float32, cpu());
     cpu_conv::winograd_backward(g, x, w, Tensor(), grad_w, Tensor(), {1, 1, 1, 1});
-    grads.push_back(values(grad_w));
-  }
-  set_num_threads(threads);
-  EXPECT_EQ(grads[0], grads[1]);
+    return values(grad_w);
+  });
 }
 
 // Where the direct path applies, and that CpuBackend takes it for the stem only in the AVX-512 loops.
