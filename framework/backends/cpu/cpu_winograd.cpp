@@ -563,7 +563,8 @@ void convolve(const T* x, int64_t batch, int64_t ins, const TileGrid& g, const T
 // dU, which the threads share out; the chunks' sums are added in chunk order. The groups (as many
 // images as fill a group's buffers) and the chunks follow the shape alone, so the gradient does not
 // depend on the thread count. (With one partial sum per thread, as the forward's teams, one and two
-// threads rounded the CNN's weight gradients apart, its only ones to differ.)
+// threads rounded the CNN's weight gradients apart, its only ones to differ.) Four keeps the extra
+// sums cheap on one thread and fills two or four; threads past the fourth wait here.
 constexpr int64_t kMostGradientChunks = 4;
 
 // grad_w [outs, ins, 3, 3] of the convolution of x by the grid g, from grad_y [batch, outs, out_h, out_w].
