@@ -138,7 +138,8 @@ void pack_b_panel(const Operand& b, int64_t k0, int64_t depth, int64_t col0, int
   const int64_t live = std::min(kTileCols, cols);
   if (b.transposed) {  // each column of op(B) is a contiguous row of memory
     // 16 steps at a time by transposes of 16 x 16 (value by value, packing a transposed B took as
-    // long as the products of 32 x 32 x 4096); the rest value by value.
+    // long as the products themselves in Winograd's weight gradient, 32 x 32 x 64 each); the rest
+    // value by value.
     static const float zeros[16] = {};
     int64_t kk = 0;
     for (; kk + 16 <= depth; kk += 16)
