@@ -346,7 +346,7 @@ void max_pool_2x2_row(const T* upper, int64_t width, int64_t top, int64_t out_w,
 // split into even and odd columns by two permutes, the same comparisons lane by lane, and masked
 // stores of the last, shorter run of outputs. The reference's loop took about 30 cycles per output
 // (each comparison waiting on the last), and rows of 3 outputs are all remainder: the CNN's three
-// pools' forward, one thread, 3.4 + 2.5 + 3.1 ms -> 2.2-2.5 + 1.2-1.4 + 0.7-0.9 ms. The loads read
+// pools' forward, one thread, 3.4 + 2.5 + 3.1 ms -> 2.3-2.7 + 1.3-1.5 + 0.9 ms. The loads read
 // 32 columns whole, past the row's end (lanes whose results are not stored), wherever that stays
 // before `readable_end`: masked loads instead made it 2-3x slower than the reference.
 __attribute__((target("arch=x86-64-v4"))) void max_pool_2x2_row_avx512(const float* upper, int64_t width, int64_t top,
