@@ -135,11 +135,14 @@ struct ConvPlan {
   int64_t group_end(int64_t team) const { return groups * (team + 1) / teams; }
 };
 
-// Groups of about target_columns product columns, of which each image brings columns_per_image.
-inline ConvPlan plan_groups(int64_t batch, int64_t columns_per_image, int64_t target_columns) {
+// Groups of about target_columns product columns, of which each image brings columns_per_image,
+// for `threads` threads (a sum over the groups whose order must not follow the thread count plans
+// for one).
+inline ConvPlan plan_groups(int64_t batch, int64_t columns_per_image, int64_t target_columns,
+                            int64_t threads = omp_get_max_threads()) {
   ConvPlan plan;
   if (batch == 0) return plan;
-  const int64_t threads = std::max(1, omp_get_max_threads());
+  threads = std::max<int64_t>(1, threads);
   const int64_t wanted = (batch * columns_per_image + target_columns - 1) / target_columns;
   // A multiple of the thread count balances the teams; never more groups than images.
   const int64_t groups = std::min(batch, std::max(threads, (wanted + threads - 1) / threads * threads));

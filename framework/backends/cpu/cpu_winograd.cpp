@@ -173,6 +173,14 @@ struct TileGrid {
   }
 };
 
+// Copies a plane of rows x width values into `out`, its rows out_width apart (into the zeros of a
+// transform's padded plane, whole before any of its rows is read: read just after its copy, a row's
+// loads waited for the copy's stores).
+template <typename T>
+void copy_plane(const T* plane, int64_t rows, int64_t width, T* out, int64_t out_width) {
+  for (int64_t r = 0; r < rows; ++r) copy_row(plane + r * width, width, out + r * out_width);
+}
+
 // Asks for a plane of `size` values (the next one a transform reads, while it copies this one): a
 // group's planes of one channel lie an image apart, too far for the hardware's prefetch, and each
 // copy waited on memory (the weight gradient of 32 -> 32 at 15x15, one thread: 7.5 -> 7.1 ms).
@@ -328,11 +336,9 @@ class InputTransform {
     }
   }
 
-  // The plane inside padded_'s zero border (the rows need no bounds checks), copied whole before
-  // any row is read: read just after its copy, a row's loads waited for the copy's stores.
+  // The plane inside padded_'s zero border: the rows need no bounds checks.
   void copy_into_padded(const T* plane) {
-    for (int64_t ih = 0; ih < g_.height; ++ih)
-      copy_row(plane + ih * g_.width, g_.width, padded_.get() + (ih + g_.pad_h) * padded_width_ + g_.pad_w);
+    copy_plane(plane, g_.height, g_.width, padded_.get() + g_.pad_h * padded_width_ + g_.pad_w, padded_width_);
   }
 
   void plane_by_plane(const T* plane, T* v, int64_t stride) {
@@ -465,13 +471,12 @@ class GradientTransform {
   T* rows_a(int i, int c) { return rows_a_.get() + (i * kOut + c) * max_lanes_; }  // (A dY)[i][c]
 
   // One plane's blocks' values by position: dY[r][c] of tile (th, t) at block(r, c)[first +
-  // th * tiles_w + t]. The plane is copied into the zeros of padded_ first, whole: gathered from each
-  // row just after its copy, the loads waited for the copy's stores (the weight gradient of 32 -> 32
-  // at 15x15, one thread: 20% of its time in this transform).
+  // th * tiles_w + t], from the plane copied whole into the zeros of padded_ (copy_plane; copied and
+  // gathered row by row, 32 -> 32 at 15x15's weight gradient spent 20% of its time in this transform).
   void split(const T* plane, int64_t first) {
     const int64_t width = kOut * g_.tiles_w;
     T* padded = padded_.get();
-    for (int64_t oh = 0; oh < g_.out_h; ++oh) copy_row(plane + oh * g_.out_w, g_.out_w, padded + oh * width);
+    copy_plane(plane, g_.out_h, g_.out_w, padded, width);
     for (int64_t th = 0; th < g_.tiles_h; ++th)
       for (int r = 0; r < kOut; ++r) {
         T* columns[kOut];
@@ -572,11 +577,8 @@ template <typename T>
 void filter_gradient(const T* x, const T* grad_y, int64_t batch, int64_t ins, int64_t outs, const TileGrid& g,
                      T* grad_w) {
   const int64_t tiles = g.tiles(), positions_size = outs * ins;
-  // About target_tiles tiles a group, as plan_groups makes them for one thread.
-  const int64_t target = target_tiles(kPositions, ins + outs, sizeof(T));
-  const int64_t wanted = std::max<int64_t>(1, (batch * tiles + target - 1) / target);
-  const int64_t images_per_group = std::max<int64_t>(1, (batch + wanted - 1) / wanted);
-  const int64_t groups = (batch + images_per_group - 1) / images_per_group;
+  const ConvPlan plan = plan_groups(batch, tiles, target_tiles(kPositions, ins + outs, sizeof(T)), 1);
+  const int64_t images_per_group = plan.images_per_group, groups = plan.groups;
   const int64_t chunks = std::max<int64_t>(1, std::min(groups, kMostGradientChunks));
   const int64_t max_columns = images_per_group * tiles;
   std::vector<Scratch<T>> partial(chunks);
