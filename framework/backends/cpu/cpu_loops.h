@@ -41,31 +41,49 @@ void parallel_for(int64_t n, bool parallel, Body&& body) {
   for (int64_t i = 0; i < n; ++i) body(i);
 }
 
-// sum_j term(j) over j < n in kLanes independent partial sums of T, added up in double. One
-// running double sum (`omp simd reduction`) waits on each add before the next; the lanes pipeline
-// and vectorize, and float lanes skip the conversions: 0.65-0.75x the time of one double sum for
-// sums of squares on rows of 768-3072 already in cache, about half for the convolution bias
-// gradient of the CNN's stem (which then waits on memory). Each lane adds n / 32 terms, so a
-// float32 sum of terms of one sign stays within about 1e-6 (relative) of the exact one. The last
-// n % 32 terms go into the first lanes, also as vector code: rows shorter than 32 (causal
-// attention's first rows) are all remainder, which a scalar loop summed at a few times the cost.
-template <typename T, typename Term>
-double sum_in_lanes(int64_t n, Term&& term) {
+// sum_j term_k(j) for each k < K over j < n, where terms(j, term) sets term[k] = term_k(j), in kLanes
+// independent partial sums of T per k, added up in double. One running double sum (`omp simd
+// reduction`) waits on each add before the next; the lanes pipeline and vectorize, and float lanes
+// skip the conversions: 0.65-0.75x the time of one double sum for sums of squares on rows of
+// 768-3072 already in cache, about half for the convolution bias gradient of the CNN's stem (which
+// then waits on memory). Several sums of one row in one pass read it once (layer norm's backward
+// takes two). Each lane adds n / 32 terms, so a float32 sum of terms of one sign stays within about
+// 1e-6 (relative) of the exact one. The last n % 32 terms go into the first lanes, also as vector
+// code: rows shorter than 32 (causal attention's first rows) are all remainder, which a scalar loop
+// summed at a few times the cost.
+template <typename T, size_t K, typename Terms>
+std::array<double, K> sums_in_lanes(int64_t n, Terms&& terms) {
   constexpr int64_t kLanes = 32;
-  T partial[kLanes] = {};
+  T partial[K][kLanes] = {};
+  // The terms come through an array argument: returned in a std::array, GCC left the loops scalar.
+  const auto add_terms = [&](int64_t j, int64_t lane) {
+    T term[K];
+    terms(j + lane, term);
+    for (size_t k = 0; k < K; ++k) partial[k][lane] += term[k];
+  };
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
 #pragma omp simd
-    for (int64_t lane = 0; lane < kLanes; ++lane) partial[lane] += term(j + lane);
+    for (int64_t lane = 0; lane < kLanes; ++lane) add_terms(j, lane);
   const int64_t rest = n - j;
 #pragma omp simd
-  for (int64_t lane = 0; lane < rest; ++lane) partial[lane] += term(j + lane);
+  for (int64_t lane = 0; lane < rest; ++lane) add_terms(j, lane);
   // In vector registers too: one lane after another, this chain of 32 conversions and dependent
   // additions cost more than summing a short row itself.
-  double sum = 0.0;
+  std::array<double, K> sums{};
+  for (size_t k = 0; k < K; ++k) {
+    double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t lane = 0; lane < kLanes; ++lane) sum += partial[lane];
-  return sum;
+    for (int64_t lane = 0; lane < kLanes; ++lane) sum += partial[k][lane];
+    sums[k] = sum;
+  }
+  return sums;
+}
+
+// sums_in_lanes of one term per j.
+template <typename T, typename Term>
+double sum_in_lanes(int64_t n, Term&& term) {
+  return sums_in_lanes<T, 1>(n, [&](int64_t j, T(&terms)[1]) { terms[0] = term(j); })[0];
 }
 
 // ---- One 64-byte vector of T as a GCC vector type (a zmm register in run_widest's AVX-512 copy,
