@@ -107,13 +107,14 @@ class Backend {
   // a[i] and b[i] may be transposed views (unit stride in either of their last two dims);
   // a batch stride of 0 broadcasts one matrix over the batch.
   virtual void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) { unsupported(__func__); }
-  // c[i] = alpha * a[i] @ a[i]^T + beta * c[i] for a 3-D a [B, k, l] (a[i] with unit stride in one
-  // dim) and a contiguous c [B, k, k], symmetric where beta != 0. A symmetric rank-k update (BLAS
-  // syrk) computes one triangle, half the products, reads only that triangle of c and mirrors the
-  // result. This default, for backends without one, is the plain batched product (symmetric up to
-  // rounding).
-  virtual void syrk(const Tensor& a, const Tensor& c, double alpha, double beta, GemmMath math) {
-    gemm(a, a.transpose(1, 2), c, alpha, beta, math);
+  // c[i] = alpha * a[i] @ b[i]^T + beta * c[i] for 3-D a, b [B, k, l] (each matrix with unit stride
+  // in one dim) whose products are symmetric: b is a itself (a Gram matrix, BLAS's syrk), or a
+  // matrix that commutes with a (cuBLAS's syrkx; Newton-Schulz's polynomials in one matrix), and
+  // a contiguous c [B, k, k], symmetric where beta != 0. It computes one triangle, half the
+  // products, reads only that triangle of c and mirrors the result. This default, for backends
+  // without one, is the plain batched product (symmetric up to rounding).
+  virtual void syrk(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) {
+    gemm(a, b.transpose(1, 2), c, alpha, beta, math);
   }
   // Whether `batch` same-shape products of `multiply_adds` each are faster as one batched call
   // than one after another. This default, a GPU's answer: always, one launch instead of `batch`.

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "framework/backends/cpu/blas_kernels.h"
+#include "framework/backends/cpu/cpu_capability.h"
 #include "framework/backends/elementwise_math.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
@@ -658,6 +659,68 @@ TEST(Syrk, AStackGivesEachMatrixItsOwnUpdate) {
   expect_gradients_match(
       [](auto& in) { return syrk(in[0].transpose(1, 2), 0.5, add(in[1], in[1].transpose(1, 2)), 2.0); },
       {random_input({2, 4, 3}, 23), random_input({2, 3, 3}, 24)});
+}
+
+// symmetric_product(x, y) is matmul(x, y.t()) where that product is symmetric (x and y polynomials
+// in one symmetric matrix), with half the products: exact on small integers in float64, exactly
+// symmetric in float32 on both float32 paths (muonlab's GEMM and OpenBLAS), the upper triangle of
+// the product and its mirror where the product is not symmetric, a stack matrix by matrix at one
+// and two threads, and errors.
+TEST(SymmetricProduct, MatchesTheProductOfCommutingMatricesAndIsExactlySymmetric) {
+  const Tensor s = syrk(arange(0, 12, 1, DType::Float64).reshape({3, 4}));  // symmetric, small integers
+  const Tensor p = syrk(s, 1.0, s, 2.0);                                    // S^2 + 2 S: commutes with S
+  EXPECT_EQ(values(symmetric_product(p, s, 0.5)), values(matmul(p, s, 0.5)));
+  EXPECT_EQ(values(symmetric_product(p.t(), s)), values(matmul(p, s)));  // a transposed view, read as it is
+  const Tensor x = arange(0, 6, 1, DType::Float64).reshape({2, 3}), y = arange(1, 7, 1, DType::Float64).reshape({2, 3});
+  const V general = values(matmul(x, y.t()));  // [[8, 17], [26, 62]]: not symmetric
+  EXPECT_EQ(values(symmetric_product(x, y)), V({general[0], general[1], general[1], general[3]}));
+
+  Generator gen(9);
+  const Tensor a = syrk(randn({65, 130}, DType::Float32, cpu(), gen), 1.0 / 130);  // more than one mirror tile
+  const Tensor q = syrk(a, -0.5, a, 1.5);
+  const V reference = values(matmul(q.to(DType::Float64), a.to(DType::Float64)));
+  const CpuCapability saved = cpu_capability();
+  for (const CpuCapability capability : {CpuCapability::Default, CpuCapability::Avx512}) {
+    if (capability == CpuCapability::Avx512 && !avx512_loops_available()) continue;
+    set_cpu_capability(capability);
+    const V product = values(symmetric_product(q, a));
+    for (int64_t i = 0; i < 65; ++i)
+      for (int64_t j = 0; j < 65; ++j) {
+        EXPECT_EQ(product[i * 65 + j], product[j * 65 + i]);
+        EXPECT_NEAR(product[i * 65 + j], reference[i * 65 + j], 1e-5);
+      }
+  }
+  set_cpu_capability(saved);
+
+  const int saved_threads = num_threads();
+  const Tensor stack = randn({5, 40, 24}, DType::Float32, cpu(), gen),
+               other = randn({5, 40, 24}, DType::Float32, cpu(), gen);
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    const Tensor together = symmetric_product(stack, other, 2.0);
+    ASSERT_EQ(together.shape(), (Shape{5, 40, 40}));
+    for (int64_t i = 0; i < 5; ++i)
+      EXPECT_EQ(values(together.narrow(0, i, 1).squeeze(0)),
+                values(symmetric_product(stack.narrow(0, i, 1).squeeze(0), other.narrow(0, i, 1).squeeze(0), 2.0)))
+          << "matrix " << i << ", threads " << threads;
+  }
+  set_num_threads(saved_threads);
+
+  expect_error_mentions(
+      [&] {
+        symmetric_product(ones({2, 3}), ones({3, 2}));
+      },
+      {"symmetric_product", "[2, 3]", "[3, 2]"});
+  expect_error_mentions(
+      [&] {
+        symmetric_product(ones({1, 2, 2, 2}), ones({1, 2, 2, 2}));
+      },
+      {"symmetric_product", "[1, 2, 2, 2]"});
+  expect_error_mentions(
+      [&] {
+        symmetric_product(ones({2, 2}).requires_grad_(), ones({2, 2}));
+      },
+      {"symmetric_product", "gradient", "matmul"});
 }
 
 TEST(MatmulGrad, PlainBatchedBroadcastAndTransposed) {

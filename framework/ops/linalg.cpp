@@ -137,7 +137,7 @@ Tensor syrk(const Tensor& x_in, double alpha, const Tensor& c, double beta) {
   }
   const Tensor x = as_batched_matrices(x_in);  // [B, k, l], a view where BLAS can read x_in as it is
   Tensor out = beta != 0.0 ? c.clone() : Tensor::empty(out_shape, x.dtype(), x.device());
-  backend_of(x).syrk(x, out.view({x.size(0), x.size(1), x.size(1)}), alpha, beta, GemmMath::Configured);
+  backend_of(x).syrk(x, x, out.view({x.size(0), x.size(1), x.size(1)}), alpha, beta, GemmMath::Configured);
   const Tensor given_c = beta != 0.0 ? c : Tensor();
   if (needs_grad(x_in, given_c))
     record(out, "syrk", {x_in, given_c}, [x_in, given_c, alpha, beta](const Tensor& g) {
@@ -147,6 +147,22 @@ Tensor syrk(const Tensor& x_in, double alpha, const Tensor& c, double beta) {
       if (given_c.defined() && given_c.requires_grad()) gc = mul(g, beta);
       return Grads{gx, gc};
     });
+  return out;
+}
+
+Tensor symmetric_product(const Tensor& x_in, const Tensor& y_in, double alpha) {
+  detail::check_compatible("symmetric_product", x_in, y_in);
+  detail::check_floating("symmetric_product", x_in);
+  if ((x_in.dim() != 2 && x_in.dim() != 3) || x_in.shape() != y_in.shape())
+    op_error("symmetric_product", "expected two matrices or stacks of matrices of one shape, got " +
+                                      shape_str(x_in.shape()) + " and " + shape_str(y_in.shape()));
+  if (needs_grad(x_in, y_in))
+    op_error("symmetric_product", "records no gradient; use matmul(x, y.t()) where one is needed");
+  Shape out_shape = x_in.shape();
+  out_shape.back() = x_in.size(-2);  // [..., k, l] -> [..., k, k]
+  const Tensor x = as_batched_matrices(x_in), y = as_batched_matrices(y_in);
+  Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
+  backend_of(x).syrk(x, y, out.view({x.size(0), x.size(1), x.size(1)}), alpha, 0.0, GemmMath::Configured);
   return out;
 }
 

@@ -16,6 +16,14 @@ Tensor matmul(const Tensor& a, const Tensor& b, double alpha = 1.0);
 // (with c [B, k, k]) gives each matrix its own update, in one call to the backend.
 Tensor syrk(const Tensor& x, double alpha = 1.0, const Tensor& c = Tensor(), double beta = 0.0);
 
+// alpha * x @ y^T for matrices x, y [k, l] whose product is known to be symmetric, as x y^T is
+// when x and y^T are polynomials in one symmetric matrix (cuBLAS's syrkx): like syrk, it computes
+// one triangle, half the products of matmul(x, y.t()), and mirrors it, so the result is exactly
+// symmetric. Newton-Schulz's Gram form multiplies such polynomials. A stack of each [B, k, l]
+// gives each pair its own product, in one call to the backend. No gradient: for optimizer
+// arithmetic, outside autograd (an error names it when x or y requires one).
+Tensor symmetric_product(const Tensor& x, const Tensor& y, double alpha = 1.0);
+
 namespace detail {
 // matmul(a, b) + c for a [..., M, K], b [K, N] or [..., K, N] and c broadcast to the product's shape
 // (a linear layer's bias row): the product adds into a copy of c (BLAS's beta = 1) rather than

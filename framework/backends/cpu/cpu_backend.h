@@ -35,7 +35,7 @@ class CpuBackend final : public Backend {
 
   // cpu_linalg.cpp
   void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) override;
-  void syrk(const Tensor& a, const Tensor& c, double alpha, double beta, GemmMath math) override;
+  void syrk(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) override;
   bool batched_products_pay(int64_t batch, int64_t multiply_adds) const override;
 
   // cpu_index.cpp

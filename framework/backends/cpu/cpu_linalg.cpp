@@ -72,18 +72,22 @@ void split_rows_across_threads(const BlasMatrix& oa, const BlasMatrix& ob, int64
   });
 }
 
-// The upper triangle of C = alpha op(A) op(A)^T + beta C (the own kernel also writes the tiles it
-// computes across the diagonal).
+// The upper triangle of C = alpha op(A) op(B)^T + beta C, a symmetric product (the own kernel
+// also writes the tiles it computes across the diagonal). BLAS has a routine for B = A only (syrk);
+// other pairs take the whole product there.
 template <typename T>
-void syrk_upper(const BlasMatrix& oa, int64_t n, int64_t k, T alpha, const T* a, T beta, T* c) {
-  if constexpr (std::is_same_v<T, float>) {
+void syrk_upper(const BlasMatrix& oa, const BlasMatrix& ob, int64_t n, int64_t k, T alpha, const T* a, const T* b,
+                T beta, T* c) {
+  if constexpr (std::is_same_v<T, float>)
     if (own_gemm<T>())
-      return cpu_gemm::sgemm(oa.transposed, !oa.transposed, n, n, k, alpha, a, oa.ld, a, oa.ld, beta, c, n, true,
+      return cpu_gemm::sgemm(oa.transposed, !ob.transposed, n, n, k, alpha, a, oa.ld, b, ob.ld, beta, c, n, true,
                              cpu_gemm::Part::Upper);
+  if (a != b || oa.transposed != ob.transposed || oa.ld != ob.ld)
+    return cpu_gemm::gemm(oa.transposed, !ob.transposed, n, n, k, alpha, a, oa.ld, b, ob.ld, beta, c, n);
+  if constexpr (std::is_same_v<T, float>)
     cblas_ssyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
-  } else {
+  else
     cblas_dsyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
-  }
 }
 
 // Copies the upper triangle of the n x n row-major matrix c onto its lower one, a tile of rows at
@@ -142,10 +146,10 @@ bool CpuBackend::batched_products_pay(int64_t batch, int64_t multiply_adds) cons
   return use_threads(one_product_per_thread(batch, multiply_adds));
 }
 
-void CpuBackend::syrk(const Tensor& a, const Tensor& c, double alpha, double beta, GemmMath) {
+void CpuBackend::syrk(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath) {
   const int64_t batch = a.size(0), n = a.size(1), k = a.size(2);
   if (batch == 0 || n == 0) return;
-  const BlasMatrix oa = blas_matrix(a, "a");
+  const BlasMatrix oa = blas_matrix(a, "a"), ob = blas_matrix(b, "b");
   dispatch_floating(c.dtype(), "syrk", [&](auto tag) {
     using T = decltype(tag);
     T* pc = c.data<T>();
@@ -153,7 +157,8 @@ void CpuBackend::syrk(const Tensor& a, const Tensor& c, double alpha, double bet
     const bool per_thread = one_product_per_thread(batch, n * n * k / 2);
     parallel_for(batch, per_thread, [&](int64_t i) {
       T* ci = pc + i * n * n;
-      syrk_upper<T>(oa, n, k, static_cast<T>(alpha), a.data<T>() + i * oa.batch_stride, static_cast<T>(beta), ci);
+      syrk_upper<T>(oa, ob, n, k, static_cast<T>(alpha), a.data<T>() + i * oa.batch_stride,
+                    b.data<T>() + i * ob.batch_stride, static_cast<T>(beta), ci);
       mirror_upper_to_lower(ci, n, !per_thread);
     });
   });
