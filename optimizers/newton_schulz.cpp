@@ -105,16 +105,17 @@ Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_s
     return tall ? x.transpose(-1, -2) : x;
   }
 
-  Tensor x;
+  Tensor x, t;  // t = P_i ... P_0, symmetric as in the Gram form
   for (int64_t i = 0; i < steps; ++i) {
     if (i > 0) gram = syrk(x);
     Tensor p = polynomial(gram, schedule.triples[i]);
+    if (transform) t = i == 0 ? p.clone() : symmetric_product(p, t);
     if (i == 0 && schedule.aol) mul_(p, aol_scale.unsqueeze(-2));
-    if (transform) *transform = i == 0 ? p.clone() : matmul(p, *transform);
     if (i == 0) mul_(p, inv_norm);
     if (i + 1 == steps && output_scale != 1.0) mul_(p, output_scale);
     x = matmul(p, i == 0 ? raw : x);
   }
+  if (transform) *transform = schedule.aol ? mul(t, aol_scale.unsqueeze(-2)) : t;
   return tall ? x.transpose(-1, -2) : x;
 }
 
