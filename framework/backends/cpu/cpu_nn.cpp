@@ -200,7 +200,7 @@ void for_rows_with_column_sums(Rows r, T* grad_weight, T* grad_bias, RowBody&& r
     std::vector<T> block(summing ? static_cast<size_t>(2 * r.n) : 0, T(0));  // [w, b][n]
     T* block_w = summing ? block.data() : nullptr;
     T* block_b = summing ? block_w + r.n : nullptr;
-    double* sum = partial.data() + 2 * chunk * r.n;
+    double* sum = summing ? partial.data() + 2 * chunk * r.n : nullptr;
     const int64_t begin = chunk * rows_per_chunk, end = std::min(r.rows, begin + rows_per_chunk);
     for (int64_t i = begin; i < end; ++i) {
       row_body(i, block_w, block_b);
