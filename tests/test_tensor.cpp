@@ -112,6 +112,47 @@ TEST(Tensor, SameTypeCopiesMatchTheConvertingElementLoop) {
   set_num_threads(saved);
 }
 
+// Every element of a permuted view lands where its indices say, counted here by hand: the rows are
+// walked by carrying indices from one row to the next, and a thread's first row (at two threads,
+// in the middle of a dimension) starts from its own division. Both loops: rows that step by one
+// (vectorized) and rows that do not (element by element), and a broadcast outer dimension.
+TEST(Tensor, StridedCopiesPutEveryElementWhereItsIndicesSay) {
+  const int saved = num_threads();
+  const Shape shape{3, 5, 41, 64};  // 39,360 elements: above the threading grain
+  const Tensor x = arange(0, 3 * 5 * 41 * 64);
+  const auto source = [&](int64_t i0, int64_t i1, int64_t i2, int64_t i3) {
+    return static_cast<float>(((i0 * shape[1] + i1) * shape[2] + i2) * shape[3] + i3);
+  };
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    // [5, 41, 3, 64]: rows of 64 that step by one, three outer dimensions that do not merge.
+    std::vector<float> got = x.reshape(shape).permute({1, 2, 0, 3}).contiguous().to_vector<float>();
+    size_t at = 0;
+    for (int64_t i1 = 0; i1 < 5; ++i1)
+      for (int64_t i2 = 0; i2 < 41; ++i2)
+        for (int64_t i0 = 0; i0 < 3; ++i0)
+          for (int64_t i3 = 0; i3 < 64; ++i3)
+            ASSERT_EQ(got[at++], source(i0, i1, i2, i3)) << "rows that step by one, threads " << threads;
+    // [64, 5, 3, 41]: rows of 41 with a stride of 64.
+    got = x.reshape(shape).permute({3, 1, 0, 2}).contiguous().to_vector<float>();
+    at = 0;
+    for (int64_t i3 = 0; i3 < 64; ++i3)
+      for (int64_t i1 = 0; i1 < 5; ++i1)
+        for (int64_t i0 = 0; i0 < 3; ++i0)
+          for (int64_t i2 = 0; i2 < 41; ++i2)
+            ASSERT_EQ(got[at++], source(i0, i1, i2, i3)) << "strided rows, threads " << threads;
+    // [4, 5, 41, 64] from a broadcast first dimension: rows of 64 between carries into a stride of 0.
+    got = x.reshape(shape).narrow(0, 1, 1).expand({4, 5, 41, 64}).permute({0, 2, 1, 3}).contiguous().to_vector<float>();
+    at = 0;
+    for (int64_t b = 0; b < 4; ++b)
+      for (int64_t i2 = 0; i2 < 41; ++i2)
+        for (int64_t i1 = 0; i1 < 5; ++i1)
+          for (int64_t i3 = 0; i3 < 64; ++i3)
+            ASSERT_EQ(got[at++], source(1, i1, i2, i3)) << "broadcast, threads " << threads;
+  }
+  set_num_threads(saved);
+}
+
 TEST(Tensor, DtypeAndShapeErrorsNameTheOp) {
   Tensor a = ones({2, 3});
   Tensor b = ones({4});
