@@ -136,14 +136,18 @@ class Backend {
   virtual void softmax_backward(const Tensor& grad_y, const Tensor& y, const Tensor& grad_x, bool log) { unsupported(__func__); }
   // Fused attention in the style of FlashAttention (Dao et al. 2022, "FlashAttention: Fast and
   // Memory-Efficient Exact Attention with IO-Awareness", Algorithms 1 and 2): the [T, S] matrix of
-  // probabilities is never stored. q [BH, T, D], k [BH, S, D], v [BH, S, Dv], all contiguous;
-  // writes out [BH, T, Dv] = softmax(scale * q k^T) v and lse [BH, T], each row's log-sum-exp of
-  // the scaled scores (-inf, with an output row of zeros, for a row that sees no key). Causal
-  // (needs S == T) lets query i see keys 0..i.
+  // probabilities is never stored. q [B, H, T, D], k [B, H, S, D], v [B, H, S, Dv]; writes out
+  // [B, H, T, Dv] = softmax(scale * q k^T) v and lse [B, H, T], each row's log-sum-exp of the
+  // scaled scores (-inf, with an output row of zeros, for a row that sees no key). Causal (needs
+  // S == T) lets query i see keys 0..i. All contiguous, unless attention_reads_strided_heads():
+  // then every tensor (the backward's too) is read and written at its strides, its rows contiguous.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
                          const Tensor& out, const Tensor& lse) { unsupported(__func__); }
   // Whether attention() runs q/k of head size head_dim and v of value_dim in this dtype.
   virtual bool can_fuse_attention(DType dtype, int64_t head_dim, int64_t value_dim) const { return true; }
+  // Whether attention() and attention_backward() take strided heads (see attention()): heads split
+  // from a packed projection, read in place, as PyTorch's fused attention reads them.
+  virtual bool attention_reads_strided_heads() const { return false; }
   // Recomputes the probabilities from q, k and lse and writes all of grad_q, grad_k, grad_v.
   virtual void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& out, const Tensor& lse, bool causal, double scale,

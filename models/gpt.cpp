@@ -99,7 +99,8 @@ CausalSelfAttention::CausalSelfAttention(const GptOptions& options, Generator& g
 Tensor CausalSelfAttention::forward(const Tensor& x) {
   const int64_t batch = x.size(0), steps = x.size(1), width = x.size(2), head_dim = width / n_head_;
   const Tensor packed = qkv->forward(x);
-  // [B, T, C] -> [B, H, T, D]
+  // [B, T, C] -> [B, H, T, D], views of the packed projection: the fused attention reads them in
+  // place and leaves its output as [B, T, H, D] in memory, so the merge below is a view too.
   const auto heads = [&](int64_t part) {
     return packed.narrow(2, part * width, width).reshape({batch, steps, n_head_, head_dim}).transpose(1, 2);
   };

@@ -593,55 +593,104 @@ TEST(NnCoreFusedAttention, AutoRunsTheFusedKernelOnTheCpu) {
   for (size_t i = 0; i < inputs.size(); ++i) EXPECT_EQ(values(automatic.grads[i]), values(fused.grads[i])) << i;
 }
 
+// On the CPU the fused kernel reads heads split from a packed projection where they lie and leaves
+// its output as [B, T, H, D] in memory: merging the heads back is a view (no copy), and the heads'
+// gradients reach the projection's gradient as PyTorch's would.
+TEST(NnCoreFusedAttention, PackedHeadsAreReadInPlaceAndTheOutputMergesWithoutACopy) {
+  const int64_t batch = 2, steps = 5, heads = 3, head_dim = 4, width = heads * head_dim;
+  EXPECT_TRUE(backend_for(cpu()).attention_reads_strided_heads());
+  const auto split_attend_merge = [&](const std::vector<Tensor>& in, AttentionImpl impl) {
+    const auto part = [&](int64_t i) {
+      return in[0].narrow(2, i * width, width).reshape({batch, steps, heads, head_dim}).transpose(1, 2);
+    };
+    const Tensor y = scaled_dot_product_attention(part(0), part(1), part(2), true, impl);
+    if (impl == AttentionImpl::Fused) {
+      EXPECT_TRUE(y.transpose(1, 2).is_contiguous());
+    }
+    return y.transpose(1, 2).reshape({batch, steps, width});
+  };
+  expect_fused_matches_composed([&](auto& in) { return split_attend_merge(in, AttentionImpl::Fused); },
+                                [&](auto& in) { return split_attend_merge(in, AttentionImpl::Composed); },
+                                {random_input({batch, steps, 3 * width}, 43)});
+}
+
 // The blocked CPU path (cpu_attention.h) called directly against the reference loops it stands in
 // for: float32 (whose exponentials are exp_approx there, libm's in the reference) and float64, the
 // GPT's heads and sizes that leave partial row blocks and partial cache lines, forward and backward.
+// Each path also runs on every tensor laid out as [B, T, H, D] in memory (the strided heads of a
+// packed projection, and the layout the op gives its output and gradients): the same values to the
+// last bit as from contiguous tensors.
 TEST(NnCoreFusedAttention, BlockedPathMatchesTheReferenceLoops) {
   struct Case {
     const char* name;
-    int64_t heads, queries, keys, head_dim, value_dim;
+    int64_t batch, heads, queries, keys, head_dim, value_dim;
     bool causal;
   };
   const std::vector<Case> cases{
-      {"the GPT's heads", 48, 64, 64, 32, 32, true},
-      {"odd sizes, causal", 3, 37, 37, 5, 7, true},
-      {"more keys than queries, full", 2, 9, 70, 20, 12, false},
-      {"fewer keys than queries, causal", 2, 40, 3, 4, 17, true},
-      {"more keys than queries, causal, a short last row block", 3, 10, 23, 8, 8, true},
-      {"one query and key", 1, 1, 1, 3, 3, true},
+      {"the GPT's heads", 12, 4, 64, 64, 32, 32, true},
+      {"odd sizes, causal", 1, 3, 37, 37, 5, 7, true},
+      {"more keys than queries, full", 2, 1, 9, 70, 20, 12, false},
+      {"fewer keys than queries, causal", 1, 2, 40, 3, 4, 17, true},
+      {"more keys than queries, causal, a short last row block", 3, 1, 10, 23, 8, 8, true},
+      {"one query and key", 1, 1, 1, 1, 3, 3, true},
   };
   for (DType dtype : {DType::Float32, DType::Float64})
     for (const Case& c : cases) {
       SCOPED_TRACE(std::string(c.name) + (dtype == DType::Float32 ? ", float32" : ", float64"));
       Generator gen(7);
-      const auto input = [&](int64_t rows, int64_t width) { return randn({c.heads, rows, width}, dtype, cpu(), gen); };
+      const auto input = [&](int64_t rows, int64_t width) {
+        return randn({c.batch, c.heads, rows, width}, dtype, cpu(), gen);
+      };
       const Tensor q = input(c.queries, c.head_dim), k = input(c.keys, c.head_dim), v = input(c.keys, c.value_dim),
                    g = input(c.queries, c.value_dim);
       const double scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
       ASSERT_TRUE(cpu_attention::blocked_applies(q, k));
+      // An empty [B, H, rows, width] tensor, contiguous or laid out as [B, rows, H, width].
+      const auto empty = [&](int64_t rows, int64_t width, bool strided) {
+        if (strided) return Tensor::empty({c.batch, rows, c.heads, width}, dtype, cpu()).transpose(1, 2);
+        return Tensor::empty({c.batch, c.heads, rows, width}, dtype, cpu());
+      };
+      const auto laid_out = [&](const Tensor& t, bool strided) {
+        Tensor copy = empty(t.size(2), t.size(3), strided);
+        copy_(copy, t);
+        return copy;
+      };
       struct Result {
         Tensor out, lse, grad_q, grad_k, grad_v;
       };
-      const auto empty = [&](const Shape& shape) { return Tensor::empty(shape, dtype, cpu()); };
-      const auto run = [&](bool blocked) {
-        Result r{empty({c.heads, c.queries, c.value_dim}), empty({c.heads, c.queries}), empty(q.shape()),
-                 empty(k.shape()), empty(v.shape())};
+      const auto run = [&](bool blocked, bool strided) {
+        const Tensor qs = laid_out(q, strided), ks = laid_out(k, strided), vs = laid_out(v, strided),
+                     gs = laid_out(g, strided);
+        Result r{empty(c.queries, c.value_dim, strided), Tensor::empty({c.batch, c.heads, c.queries}, dtype, cpu()),
+                 empty(c.queries, c.head_dim, strided), empty(c.keys, c.head_dim, strided),
+                 empty(c.keys, c.value_dim, strided)};
         if (blocked) {
-          cpu_attention::blocked_forward(q, k, v, c.causal, scale, r.out, r.lse);
-          cpu_attention::blocked_backward(g, q, k, v, r.out, r.lse, c.causal, scale, r.grad_q, r.grad_k, r.grad_v);
+          cpu_attention::blocked_forward(qs, ks, vs, c.causal, scale, r.out, r.lse);
+          cpu_attention::blocked_backward(gs, qs, ks, vs, r.out, r.lse, c.causal, scale, r.grad_q, r.grad_k, r.grad_v);
         } else {
-          cpu_attention::reference_forward(q, k, v, c.causal, scale, r.out, r.lse);
-          cpu_attention::reference_backward(g, q, k, v, r.out, r.lse, c.causal, scale, r.grad_q, r.grad_k, r.grad_v);
+          cpu_attention::reference_forward(qs, ks, vs, c.causal, scale, r.out, r.lse);
+          cpu_attention::reference_backward(gs, qs, ks, vs, r.out, r.lse, c.causal, scale, r.grad_q, r.grad_k,
+                                            r.grad_v);
         }
         return r;
       };
-      const Result blocked = run(true), reference = run(false);
+      const auto expect_same = [](const Result& a, const Result& b) {
+        EXPECT_EQ(values(a.out), values(b.out));
+        EXPECT_EQ(values(a.lse), values(b.lse));
+        EXPECT_EQ(values(a.grad_q), values(b.grad_q));
+        EXPECT_EQ(values(a.grad_k), values(b.grad_k));
+        EXPECT_EQ(values(a.grad_v), values(b.grad_v));
+      };
+      const Result blocked = run(true, false), reference = run(false, false);
       const double tol = dtype == DType::Float32 ? 2e-5 : 1e-12;
       expect_close(blocked.out, reference.out, tol, "out");
       expect_close(blocked.lse, reference.lse, tol, "lse");
       expect_close(blocked.grad_q, reference.grad_q, tol, "grad_q");
       expect_close(blocked.grad_k, reference.grad_k, tol, "grad_k");
       expect_close(blocked.grad_v, reference.grad_v, tol, "grad_v");
+      SCOPED_TRACE("strided heads");
+      expect_same(run(true, true), blocked);
+      expect_same(run(false, true), reference);
     }
 }
 

@@ -266,29 +266,45 @@ Tensor composed_attention(const char* op, const Tensor& q, const Tensor& k, cons
   return out;
 }
 
-// The backend kernels see contiguous [BH, T, D] tensors: the leading dims flattened into one.
+// The backend's operands are [B, H, T, D] (Backend::attention). Where the backend reads strided
+// heads, a 4-D q, k or v with contiguous rows goes as it is: heads split from a packed projection
+// (the GPT's) are not copied. The output and the gradients then lie in memory as [B, T, H, D]
+// (their [B, H, T, D] views are what the op returns), as PyTorch's fused kernels leave them:
+// merging the heads back, y.transpose(1, 2).reshape(B, T, H * Dv), is a view, and so is the
+// gradients' way back into the projection. Otherwise every operand is a contiguous copy seen as
+// [1, BH, T, D], the leading dims flattened into one.
 Tensor fused_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                        double scale) {
   const Shape lead(q.shape().begin(), q.shape().end() - 2);
   const int64_t batch_heads = numel_of(lead), queries = q.size(-2), value_dim = v.size(-1);
-  const auto as_heads = [batch_heads](const Tensor& t) {
-    return contiguous_data(t).view({batch_heads, t.size(-2), t.size(-1)});
+  const bool strided = q.dim() == 4 && backend_of(q).attention_reads_strided_heads();
+  const auto operand = [batch_heads, strided](const Tensor& t) {
+    if (strided) return t.strides().back() == 1 ? t.detach() : contiguous_data(t);
+    return contiguous_data(t).view({1, batch_heads, t.size(-2), t.size(-1)});
   };
-  const Tensor qh = as_heads(q), kh = as_heads(k), vh = as_heads(v);
-  const Tensor out_heads = Tensor::empty({batch_heads, queries, value_dim}, q.dtype(), q.device());
-  const Tensor lse = Tensor::empty({batch_heads, queries}, q.dtype(), q.device());
+  // An empty [B, H, rows, width] result, laid out as described above.
+  const auto result = [batch = q.size(0), heads = q.size(1), batch_heads, strided, dtype = q.dtype(),
+                       device = q.device()](int64_t rows, int64_t width) {
+    if (strided) return Tensor::empty({batch, rows, heads, width}, dtype, device).transpose(1, 2);
+    return Tensor::empty({1, batch_heads, rows, width}, dtype, device);
+  };
+  const Tensor qh = operand(q), kh = operand(k), vh = operand(v);
+  const Tensor out_heads = result(queries, value_dim);
+  const Tensor lse = Tensor::empty({qh.size(0), qh.size(1), queries}, q.dtype(), q.device());
   backend_of(q).attention(qh, kh, vh, causal, scale, out_heads, lse);
   Shape out_shape = lead;
   out_shape.insert(out_shape.end(), {queries, value_dim});
-  Tensor out = out_heads.view(out_shape);
+  // A view of its own: the backward keeps out_heads, which must not hold the node that holds it.
+  Tensor out = strided ? out_heads.detach() : out_heads.view(out_shape);
   if (needs_grad(q, k, v))
     record(out, op, {q, k, v},
-           [qh, kh, vh, out_heads, lse, causal, scale, q_shape = q.shape(), k_shape = k.shape(),
+           [qh, kh, vh, out_heads, lse, causal, scale, operand, result, q_shape = q.shape(), k_shape = k.shape(),
             v_shape = v.shape()](const Tensor& g) {
-             Tensor grad_q = empty_like(qh), grad_k = empty_like(kh), grad_v = empty_like(vh);
-             backend_of(qh).attention_backward(g.contiguous().view(out_heads.shape()), qh, kh, vh, out_heads, lse,
-                                               causal, scale, grad_q, grad_k, grad_v);
-             return Grads{grad_q.view(q_shape), grad_k.view(k_shape), grad_v.view(v_shape)};
+             const Tensor grad_q = result(qh.size(2), qh.size(3)), grad_k = result(kh.size(2), kh.size(3)),
+                          grad_v = result(vh.size(2), vh.size(3));
+             backend_of(qh).attention_backward(operand(g), qh, kh, vh, out_heads, lse, causal, scale, grad_q, grad_k,
+                                               grad_v);
+             return Grads{grad_q.reshape(q_shape), grad_k.reshape(k_shape), grad_v.reshape(v_shape)};
            });
   return out;
 }

@@ -61,7 +61,10 @@ enum class AttentionImpl { Auto, Composed, Fused };
 
 // softmax(q k^T / sqrt(D) + mask) v for q [..., T, D], k [..., S, D], v [..., S, Dv] (in practice
 // [B, H, T, D]); the leading dims must match. Causal (the default here, unlike PyTorch's
-// is_causal=False) lets query i attend to keys 0..i and needs S == T.
+// is_causal=False) lets query i attend to keys 0..i and needs S == T. The fused CPU kernel reads
+// 4-D heads at their strides (heads split from a packed projection are not copied) and returns
+// its [B, H, T, Dv] output as a view of [B, T, H, Dv] memory, as PyTorch's fused kernels do: it
+// may not be contiguous (reshape, not view, merges the heads).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal = true,
                                     AttentionImpl impl = AttentionImpl::Auto);
 

@@ -43,7 +43,8 @@ constexpr int64_t kKeyTile = 32;
 // Causal rows differ in cost (row i sees i + 1 keys): threads take small chunks of rows in turn.
 constexpr int64_t kRowsPerChunk = 8;
 
-// The sizes of q [BH, T, D], k [BH, S, D], v [BH, S, Dv] and which keys each query sees.
+// The sizes of q [B, H, T, D], k [B, H, S, D], v [B, H, S, Dv] (with BH = B * H heads) and which
+// keys each query sees.
 struct AttentionDims {
   int64_t batch_heads, queries, keys, head_dim, value_dim;
   bool causal;
@@ -54,7 +55,7 @@ struct AttentionDims {
 };
 
 AttentionDims dims_of(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
-  return {q.size(0), q.size(1), k.size(1), q.size(2), v.size(2), causal};
+  return {q.size(0) * q.size(1), q.size(2), k.size(2), q.size(3), v.size(3), causal};
 }
 
 template <typename T>
@@ -80,17 +81,20 @@ void for_each_row(int64_t batch_heads, int64_t rows, int64_t row_work, Body body
   for (int64_t r = 0; r < total; ++r) body(r / rows, r % rows);
 }
 
-// Row i of head h of a contiguous [BH, rows, width] tensor (lse: width 1).
+// Row i of head h = b * H + h' of a [B, H, rows, width] view whose rows are contiguous, at its
+// strides (lse [B, H, rows]: one value a row): heads split from a packed projection are read where
+// they lie.
 template <typename T>
 struct HeadRows {
   T* data;
-  int64_t rows, width;
-  T* operator()(int64_t head, int64_t i) const { return data + (head * rows + i) * width; }
+  int64_t heads, batch_stride, head_stride, row_stride;
+  T* head(int64_t h) const { return data + h / heads * batch_stride + h % heads * head_stride; }
+  T* operator()(int64_t h, int64_t i) const { return head(h) + i * row_stride; }
 };
 
 template <typename T>
 HeadRows<T> head_rows(const Tensor& t) {
-  return {t.data<T>(), t.size(1), t.dim() == 3 ? t.size(2) : 1};
+  return {t.data<T>(), t.size(1), t.strides()[0], t.strides()[1], t.strides()[2]};
 }
 
 template <typename T>
@@ -163,7 +167,7 @@ void reference_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k
                       g_rows = head_rows<T>(grad_out), out_rows = head_rows<T>(out), lse_rows = head_rows<T>(lse),
                       dq_rows = head_rows<T>(grad_q), dk_rows = head_rows<T>(grad_k), dv_rows = head_rows<T>(grad_v);
     std::vector<T> row_dots_data(static_cast<size_t>(d.batch_heads * d.queries));
-    const HeadRows<T> row_dots{row_dots_data.data(), d.queries, 1};
+    const HeadRows<T> row_dots{row_dots_data.data(), 1, d.queries, 0, 1};
     for_each_row(d.batch_heads, d.queries, d.value_dim, [&](int64_t head, int64_t i) {
       *row_dots(head, i) = dot(g_rows(head, i), out_rows(head, i), d.value_dim);
     });
@@ -333,39 +337,44 @@ void transpose_16x16(const float* src, int64_t ld_src, float* dst, int64_t ld_ds
   for (int i = 0; i < kLanes; ++i) std::memcpy(dst + i * ld_dst, &rows[i], sizeof(Lanes));
 }
 
-// dst[c][j] = src[j][c] for a [rows, cols] source: dst's rows are ld_dst long (padding left as is).
-// The reference: written row by row of dst, so that the stores are whole vectors (the loads gather).
+// dst[c][j] = src[j][c] for a [rows, cols] source whose rows are ld_src apart: dst's rows are ld_dst
+// long (padding left as is). The reference: written row by row of dst, so that the stores are whole
+// vectors (the loads gather).
 template <typename T>
-void transpose_by_element(const T* src, int64_t rows, int64_t cols, T* dst, int64_t ld_dst) {
+void transpose_by_element(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst) {
   for (int64_t c = 0; c < cols; ++c)
 #pragma omp simd
-    for (int64_t j = 0; j < rows; ++j) dst[c * ld_dst + j] = src[j * cols + c];
+    for (int64_t j = 0; j < rows; ++j) dst[c * ld_dst + j] = src[j * ld_src + c];
 }
 
 // The same, float32 in 16 x 16 blocks where the whole matrix is made of them (the GPT's k and v,
 // 64 x 32 per head).
 template <typename T>
-void transpose_into(const T* src, int64_t rows, int64_t cols, T* dst, int64_t ld_dst) {
+void transpose_into(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst) {
   if constexpr (std::is_same_v<T, float>) {
     if (rows % kLanes == 0 && cols % kLanes == 0) {
       for (int64_t j0 = 0; j0 < rows; j0 += kLanes)
         for (int64_t c0 = 0; c0 < cols; c0 += kLanes)
-          transpose_16x16(src + j0 * cols + c0, cols, dst + c0 * ld_dst + j0, ld_dst);
+          transpose_16x16(src + j0 * ld_src + c0, ld_src, dst + c0 * ld_dst + j0, ld_dst);
       return;
     }
   }
-  transpose_by_element(src, rows, cols, dst, ld_dst);
+  transpose_by_element(src, rows, cols, ld_src, dst, ld_dst);
 }
 
-// A [rows, cols] matrix as a product's right operand, whose rows must be readable to a whole block of
-// columns: the matrix itself when cols is a whole number of blocks, else a copy in `storage` with
-// rows padded to one (the padding zero). Returns the rows; `ld` is their distance.
+// A [rows, cols] matrix (rows ld_src apart) as a product's right operand, whose rows must be
+// readable to a whole block of columns: the matrix itself when cols is a whole number of blocks,
+// else a copy in `storage` with rows padded to one (the padding zero). Returns the rows; `ld` is
+// their distance.
 template <typename T>
-const T* block_padded(const T* src, int64_t rows, int64_t cols, std::vector<T>& storage, int64_t& ld) {
+const T* block_padded(const T* src, int64_t rows, int64_t cols, int64_t ld_src, std::vector<T>& storage, int64_t& ld) {
+  if (padded(cols, block_columns<T>()) == cols) {
+    ld = ld_src;
+    return src;
+  }
   ld = padded(cols, block_columns<T>());
-  if (ld == cols) return src;
   storage.resize(rows * ld, T(0));
-  for (int64_t j = 0; j < rows; ++j) std::copy(src + j * cols, src + (j + 1) * cols, storage.data() + j * ld);
+  for (int64_t j = 0; j < rows; ++j) std::copy(src + j * ld_src, src + j * ld_src + cols, storage.data() + j * ld);
   return storage.data();
 }
 
@@ -384,16 +393,16 @@ void for_each_head(const AttentionDims& d, Make make, Body body) {
   widest_block_per_thread(d.batch_heads, 1, d.batch_heads > 1 && d.batch_heads * head_work >= kParallelGrain, range);
 }
 
-// The block of query rows [i0, i0 + rows): the products q_i . k_j, not yet scaled, into `scores`
-// ([kRowBlock][Sp]) for the keys that the block's last row sees. Returns that number of keys. Row
-// r's entries from d.visible_keys(i0 + r) on are products of keys it cannot see (causal): the
-// callers mask them as they make probabilities of the rest, in the same pass.
+// The block of query rows [i0, i0 + rows) (q's rows ld_q apart): the products q_i . k_j, not yet
+// scaled, into `scores` ([kRowBlock][Sp]) for the keys that the block's last row sees. Returns that
+// number of keys. Row r's entries from d.visible_keys(i0 + r) on are products of keys it cannot see
+// (causal): the callers mask them as they make probabilities of the rest, in the same pass.
 template <typename T>
-int64_t block_products(bool own_tiles, const AttentionDims& d, const T* q_head, const T* kt, int64_t keys_padded,
-                       int64_t i0, int64_t rows, T* scores) {
+int64_t block_products(bool own_tiles, const AttentionDims& d, const T* q_head, int64_t ld_q, const T* kt,
+                       int64_t keys_padded, int64_t i0, int64_t rows, T* scores) {
   const int64_t visible = d.visible_keys(i0 + rows - 1);
-  block_product<ALayout::Rows>(own_tiles, q_head + i0 * d.head_dim, d.head_dim, rows, kt, keys_padded, d.head_dim,
-                               visible, scores, keys_padded);
+  block_product<ALayout::Rows>(own_tiles, q_head + i0 * ld_q, ld_q, rows, kt, keys_padded, d.head_dim, visible, scores,
+                               keys_padded);
   return visible;
 }
 
@@ -442,7 +451,7 @@ const auto larger = [](auto& into, const auto& x) { into = x > into ? x : into; 
 
 bool blocked_applies(const Tensor& q, const Tensor& k) {
   // Keys to attend to, and a head's probability matrices small enough for scratch memory.
-  return k.size(1) > 0 && q.size(1) > 0 && q.size(1) * padded(k.size(1), block_columns<float>()) <= (int64_t(1) << 22);
+  return k.size(2) > 0 && q.size(2) > 0 && q.size(2) * padded(k.size(2), block_columns<float>()) <= (int64_t(1) << 22);
 }
 
 // Per head: scores for a block of query rows, their softmax (max, sum, log-sum-exp), then the
@@ -461,19 +470,21 @@ void blocked_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool cau
     const auto make = [&] {
       return Scratch{std::vector<T>(d.head_dim * keys_padded, T(0)), {}, std::vector<T>(kRowBlock * keys_padded)};
     };
+    const HeadRows<T> q_rows = head_rows<T>(q), k_rows = head_rows<T>(k), v_rows = head_rows<T>(v);
+    const HeadRows<T> out_rows = head_rows<T>(out), lse_rows = head_rows<T>(lse);
     for_each_head(d, make, [&](int64_t h, Scratch& scratch) {
       const T score_scale = s;  // a copy: through the captured reference GCC reloads it in every loop
-      const T* q_head = q.data<T>() + h * d.queries * d.head_dim;
-      transpose_into(k.data<T>() + h * d.keys * d.head_dim, d.keys, d.head_dim, scratch.kt.data(), keys_padded);
+      const T* q_head = q_rows.head(h);
+      transpose_into(k_rows.head(h), d.keys, d.head_dim, k_rows.row_stride, scratch.kt.data(), keys_padded);
       int64_t v_ld = 0;
-      const T* v_rows =
-          block_padded(v.data<T>() + h * d.keys * d.value_dim, d.keys, d.value_dim, scratch.v_storage, v_ld);
+      const T* v_head = block_padded(v_rows.head(h), d.keys, d.value_dim, v_rows.row_stride, scratch.v_storage, v_ld);
       T* scores = scratch.scores.data();
-      T* out_head = out.data<T>() + h * d.queries * d.value_dim;
-      T* lse_head = lse.data<T>() + h * d.queries;
+      T* out_head = out_rows.head(h);
+      T* lse_head = lse_rows.head(h);
       for (int64_t i0 = 0; i0 < d.queries; i0 += kRowBlock) {
         const int64_t rows = std::min(kRowBlock, d.queries - i0);
-        const int64_t visible = block_products(own_tiles, d, q_head, scratch.kt.data(), keys_padded, i0, rows, scores);
+        const int64_t visible =
+            block_products(own_tiles, d, q_head, q_rows.row_stride, scratch.kt.data(), keys_padded, i0, rows, scores);
         // Each step for all the block's rows before the next, so that the rows' chains of dependent
         // steps (max, exponentials, sum, log) overlap, and the logs run as one vector.
         T maxes[kRowBlock], sums[kRowBlock], inv_sums[kRowBlock];
@@ -499,11 +510,11 @@ void blocked_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool cau
         }
 #pragma omp simd
         for (int64_t r = 0; r < rows; ++r) {
-          lse_head[i0 + r] = maxes[r] + log_of_positive(sums[r]);
+          lse_head[(i0 + r) * lse_rows.row_stride] = maxes[r] + log_of_positive(sums[r]);
           inv_sums[r] = T(1) / sums[r];
         }
-        block_product<ALayout::Rows>(own_tiles, scores, keys_padded, rows, v_rows, v_ld, visible, d.value_dim,
-                                     out_head + i0 * d.value_dim, d.value_dim, inv_sums);
+        block_product<ALayout::Rows>(own_tiles, scores, keys_padded, rows, v_head, v_ld, visible, d.value_dim,
+                                     out_head + i0 * out_rows.row_stride, out_rows.row_stride, inv_sums);
       }
     });
   });
@@ -538,37 +549,40 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
                      {},
                      {}};
     };
+    const HeadRows<T> q_rows = head_rows<T>(q), k_rows = head_rows<T>(k), v_rows = head_rows<T>(v),
+                      g_rows = head_rows<T>(grad_out), o_rows = head_rows<T>(out), lse_rows = head_rows<T>(lse);
+    const HeadRows<T> dq_rows = head_rows<T>(grad_q), dk_rows = head_rows<T>(grad_k), dv_rows = head_rows<T>(grad_v);
     for_each_head(d, make, [&](int64_t h, Scratch& scratch) {
       const T score_scale = s;  // a copy: through the captured reference GCC reloads it in every loop
-      const T* q_head = q.data<T>() + h * d.queries * d.head_dim;
-      const T* k_head = k.data<T>() + h * d.keys * d.head_dim;
-      const T* v_head = v.data<T>() + h * d.keys * d.value_dim;
-      const T* g_head = grad_out.data<T>() + h * d.queries * d.value_dim;
-      const T* o_head = out.data<T>() + h * d.queries * d.value_dim;
-      const T* lse_head = lse.data<T>() + h * d.queries;
-      transpose_into(k_head, d.keys, d.head_dim, scratch.kt.data(), keys_padded);
-      transpose_into(v_head, d.keys, d.value_dim, scratch.vt.data(), keys_padded);
+      const T* q_head = q_rows.head(h);
+      const T* g_head = g_rows.head(h);
+      const T* o_head = o_rows.head(h);
+      const T* lse_head = lse_rows.head(h);
+      const int64_t ld_g = g_rows.row_stride;
+      transpose_into(k_rows.head(h), d.keys, d.head_dim, k_rows.row_stride, scratch.kt.data(), keys_padded);
+      transpose_into(v_rows.head(h), d.keys, d.value_dim, v_rows.row_stride, scratch.vt.data(), keys_padded);
       int64_t k_ld = 0, q_ld = 0, g_ld = 0;
-      const T* k_rows = block_padded(k_head, d.keys, d.head_dim, scratch.k_storage, k_ld);
-      const T* q_rows = block_padded(q_head, d.queries, d.head_dim, scratch.q_storage, q_ld);
-      const T* g_rows = block_padded(g_head, d.queries, d.value_dim, scratch.g_storage, g_ld);
-      T* dq_head = grad_q.data<T>() + h * d.queries * d.head_dim;
+      const T* k_padded = block_padded(k_rows.head(h), d.keys, d.head_dim, k_rows.row_stride, scratch.k_storage, k_ld);
+      const T* q_padded = block_padded(q_head, d.queries, d.head_dim, q_rows.row_stride, scratch.q_storage, q_ld);
+      const T* g_padded = block_padded(g_head, d.queries, d.value_dim, ld_g, scratch.g_storage, g_ld);
+      T* dq_head = dq_rows.head(h);
       for (int64_t i0 = 0; i0 < d.queries; i0 += kRowBlock) {
         const int64_t rows = std::min(kRowBlock, d.queries - i0);
         T* p_block = scratch.p.data() + i0 * keys_padded;
         T* ds_block = scratch.ds.data() + i0 * keys_padded;
-        const int64_t visible = block_products(own_tiles, d, q_head, scratch.kt.data(), keys_padded, i0, rows, p_block);
-        block_product<ALayout::Rows>(own_tiles, g_head + i0 * d.value_dim, d.value_dim, rows, scratch.vt.data(),
-                                     keys_padded, d.value_dim, visible, scratch.dp.data(), keys_padded);
+        const int64_t visible =
+            block_products(own_tiles, d, q_head, q_rows.row_stride, scratch.kt.data(), keys_padded, i0, rows, p_block);
+        block_product<ALayout::Rows>(own_tiles, g_head + i0 * ld_g, ld_g, rows, scratch.vt.data(), keys_padded,
+                                     d.value_dim, visible, scratch.dp.data(), keys_padded);
         for (int64_t r = 0; r < rows; ++r) {
           T* p_row = p_block + r * keys_padded;
           T* ds_row = ds_block + r * keys_padded;
           const T* dp_row = scratch.dp.data() + r * keys_padded;
-          const T* g_row = g_head + (i0 + r) * d.value_dim;
-          const T* o_row = o_head + (i0 + r) * d.value_dim;
+          const T* g_row = g_head + (i0 + r) * ld_g;
+          const T* o_row = o_head + (i0 + r) * o_rows.row_stride;
           const T row_dot = reduce_in_lanes(
               d.value_dim, T(0), [g_row, o_row](int64_t c) { return g_row[c] * o_row[c]; }, plus);
-          const T row_lse = lse_head[i0 + r];
+          const T row_lse = lse_head[(i0 + r) * lse_rows.row_stride];
           const int64_t row_visible = d.visible_keys(i0 + r);
           // In whole vectors (to row_visible rounded up, within the row's padding), then the masked
           // entries 0: GCC ran the rest of each row, up to 15 exponentials, as scalar code.
@@ -583,22 +597,22 @@ void blocked_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, 
           std::fill(p_row + row_visible, p_row + padded(visible, kVector<T>), T(0));
           std::fill(ds_row + row_visible, ds_row + padded(visible, kVector<T>), T(0));
         }
-        block_product<ALayout::Rows>(own_tiles, ds_block, keys_padded, rows, k_rows, k_ld, visible, d.head_dim,
-                                     dq_head + i0 * d.head_dim, d.head_dim);
+        block_product<ALayout::Rows>(own_tiles, ds_block, keys_padded, rows, k_padded, k_ld, visible, d.head_dim,
+                                     dq_head + i0 * dq_rows.row_stride, dq_rows.row_stride);
       }
-      T* dk_head = grad_k.data<T>() + h * d.keys * d.head_dim;
-      T* dv_head = grad_v.data<T>() + h * d.keys * d.value_dim;
+      T* dk_head = dk_rows.head(h);
+      T* dv_head = dv_rows.head(h);
       for (int64_t j0 = 0; j0 < d.keys; j0 += kRowBlock) {
         const int64_t rows = std::min(kRowBlock, d.keys - j0);
         // Queries before first_query(j0) see none of these keys: their p and ds are 0.
         const int64_t first = std::min(d.first_query(j0), d.queries);
         const int64_t depth = d.queries - first;
         block_product<ALayout::Columns>(own_tiles, scratch.p.data() + first * keys_padded + j0, keys_padded, rows,
-                                        g_rows + first * g_ld, g_ld, depth, d.value_dim, dv_head + j0 * d.value_dim,
-                                        d.value_dim);
+                                        g_padded + first * g_ld, g_ld, depth, d.value_dim,
+                                        dv_head + j0 * dv_rows.row_stride, dv_rows.row_stride);
         block_product<ALayout::Columns>(own_tiles, scratch.ds.data() + first * keys_padded + j0, keys_padded, rows,
-                                        q_rows + first * q_ld, q_ld, depth, d.head_dim, dk_head + j0 * d.head_dim,
-                                        d.head_dim);
+                                        q_padded + first * q_ld, q_ld, depth, d.head_dim,
+                                        dk_head + j0 * dk_rows.row_stride, dk_rows.row_stride);
       }
     });
   });

@@ -1,8 +1,10 @@
 // Fused attention on the CPU (cpu_attention.cpp): the reference loops that the CUDA kernels follow,
 // and the blocked path that CpuBackend::attention takes where it applies. Both compute, per head
-// of q [BH, T, D], k [BH, S, D], v [BH, S, Dv], out = softmax(scale q k^T (causal: keys j <= i)) v
-// and lse (the rows' log-sum-exp, [BH, T]); the backward takes out and lse from the forward.
-// Exposed so that tests can hold the two together.
+// of q [B, H, T, D], k [B, H, S, D], v [B, H, S, Dv], out = softmax(scale q k^T (causal: keys
+// j <= i)) v [B, H, T, Dv] and lse (the rows' log-sum-exp, [B, H, T]); the backward takes out and
+// lse from the forward and writes grad_q, grad_k, grad_v shaped like q, k, v. Every tensor is read
+// and written at its own strides, its rows (last dim) contiguous: heads split from a packed
+// projection are read where they lie. Exposed so that tests can hold the two together.
 #pragma once
 
 #include "framework/tensor.h"

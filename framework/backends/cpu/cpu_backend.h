@@ -64,6 +64,7 @@ class CpuBackend final : public Backend {
   // cpu_attention.cpp: fused (FlashAttention-style) attention
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale, const Tensor& out,
                  const Tensor& lse) override;
+  bool attention_reads_strided_heads() const override { return true; }
   void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                           const Tensor& lse, bool causal, double scale, const Tensor& grad_q, const Tensor& grad_k,
                           const Tensor& grad_v) override;

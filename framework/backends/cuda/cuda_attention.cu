@@ -292,6 +292,13 @@ std::string unfusable(DType dtype, int64_t head_dim, int64_t value_dim) {
   return "";
 }
 
+// A contiguous [B, H, rows, width] operand (or lse [B, H, rows]) as the kernels' [BH, rows, width].
+Tensor heads(const Tensor& t) {
+  Shape shape{t.size(0) * t.size(1)};
+  shape.insert(shape.end(), t.shape().begin() + 2, t.shape().end());
+  return t.view(shape);
+}
+
 AttentionParams params_of(const char* kernel, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                           double scale) {
   const int64_t head_dim = q.size(2), value_dim = v.size(2);
@@ -325,8 +332,9 @@ bool CudaBackend::can_fuse_attention(DType dtype, int64_t head_dim, int64_t valu
   return unfusable(dtype, head_dim, value_dim).empty();
 }
 
-void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale,
-                            const Tensor& out, const Tensor& lse) {
+void CudaBackend::attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal, double scale,
+                            const Tensor& out_in, const Tensor& lse_in) {
+  const Tensor q = heads(q_in), k = heads(k_in), v = heads(v_in), out = heads(out_in), lse = heads(lse_in);
   const AttentionParams p = params_of("attention", q, k, v, causal, scale);
   const unsigned blocks = blocks_for_rows("attention", p.batch_heads, row_blocks(p.queries));
   if (blocks == 0) return;
@@ -336,10 +344,13 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, b
   ML_CUDA_LAUNCHED("attention");
 }
 
-void CudaBackend::attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
-                                     const Tensor& out, const Tensor& lse, bool causal, double scale,
-                                     const Tensor& grad_q, const Tensor& grad_k, const Tensor& grad_v) {
+void CudaBackend::attention_backward(const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in,
+                                     const Tensor& v_in, const Tensor& out_in, const Tensor& lse_in, bool causal,
+                                     double scale, const Tensor& grad_q_in, const Tensor& grad_k_in,
+                                     const Tensor& grad_v_in) {
   const char* kernel = "attention_backward";
+  const Tensor grad_out = heads(grad_out_in), q = heads(q_in), k = heads(k_in), v = heads(v_in), out = heads(out_in),
+               lse = heads(lse_in), grad_q = heads(grad_q_in), grad_k = heads(grad_k_in), grad_v = heads(grad_v_in);
   const AttentionParams p = params_of(kernel, q, k, v, causal, scale);
   const int64_t rows = p.batch_heads * p.queries;
   const Tensor row_dots = Tensor::empty({rows}, DType::Float32, q.device());
