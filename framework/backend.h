@@ -107,6 +107,15 @@ class Backend {
   // a[i] and b[i] may be transposed views (unit stride in either of their last two dims);
   // a batch stride of 0 broadcasts one matrix over the batch.
   virtual void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) { unsupported(__func__); }
+  // c[0] = alpha * a[0] @ b[0] + bias in every row, for a batch of one (a, b as gemm's, c [1, M, N]
+  // contiguous) and a contiguous bias [N]: a linear layer's output. This default writes the bias
+  // into c's rows and adds the product to them (beta = 1); a backend whose product can start from
+  // the bias itself (the CPU's own kernel) skips that pass over c.
+  virtual void gemm_add_rows(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, const Tensor& bias,
+                             GemmMath math) {
+    copy(Tensor::view_of(bias, c.shape(), {0, 0, 1}, bias.offset()), c);
+    gemm(a, b, c, alpha, 1.0, math);
+  }
   // c[i] = alpha * a[i] @ b[i]^T + beta * c[i] for 3-D a, b [B, k, l] (each matrix with unit stride
   // in one dim) whose products are symmetric: b is a itself (a Gram matrix, BLAS's syrk), or a
   // matrix that commutes with a (cuBLAS's syrkx; Newton-Schulz's polynomials in one matrix), and

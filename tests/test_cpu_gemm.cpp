@@ -161,6 +161,37 @@ TEST_F(OwnSgemm, TheUpperPartIsTheWholeProductsUpperTriangle) {
   }
 }
 
+// sgemm_add_rows (a linear layer's bias) gives the bits of sgemm with beta = 1 on a C that holds
+// the row in every row, without reading C (NaN there), at the edges of the tiles and of the depth's
+// blocks, both transposes, padded rows (whose padding it leaves alone), an empty depth, and on one
+// thread or two.
+TEST_F(OwnSgemm, AddingARowMatchesTheProductOntoACopiedRow) {
+  struct Size {
+    int64_t m, n, k;
+  };
+  const int saved = num_threads();
+  unsigned seed = 80;
+  for (const Size& s : std::vector<Size>{{1, 1, 1}, {13, 17, 257}, {25, 33, 600}, {241, 65, 40}, {300, 200, 0}})
+    for (int layout = 0; layout < 4; ++layout)
+      for (const int threads : {1, 2}) {
+        set_num_threads(threads);
+        Problem p = make_problem(s.m, s.n, s.k, layout & 1, layout & 2, 1, -0.5f, 1.0f, seed++);
+        SCOPED_TRACE(std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k) + " layout " +
+                     std::to_string(layout) + ", " + std::to_string(threads) + " threads");
+        const std::vector<float> row(p.c.begin(), p.c.begin() + s.n);
+        for (int64_t i = 0; i < s.m; ++i) std::copy(row.begin(), row.end(), p.c.begin() + i * p.ldc());
+        const std::vector<float> onto_copies = own_product(p, true);
+        std::vector<float> c(p.c.size(), std::numeric_limits<float>::quiet_NaN());
+        for (int64_t i = 0; i < s.m; ++i)
+          for (int64_t j = s.n; j < p.ldc(); ++j) c[i * p.ldc() + j] = p.c[i * p.ldc() + j];
+        cpu_gemm::sgemm_add_rows(p.trans_a, p.trans_b, s.m, s.n, s.k, p.alpha, p.a.data(), p.lda(), p.b.data(), p.ldb(),
+                                 row.data(), c.data(), p.ldc(), true);
+        EXPECT_EQ(c, onto_copies);
+        expect_matches_float64(p, c, "own, adding a row");
+      }
+  set_num_threads(saved);
+}
+
 // MUONLAB_CPU_CAPABILITY=default (set_cpu_capability) hands every product back to OpenBLAS.
 TEST_F(OwnSgemm, TheDefaultCapabilityTurnsItOff) {
   set_cpu_capability(CpuCapability::Default);

@@ -176,12 +176,15 @@ void prefetch_tile(const float* c, int64_t ldc, int64_t rows) {
 // tile_kernel with as few rows as cover `rows`.
 template <ALayout kLayout>
 void tile(int64_t depth, const float* a, int64_t lda, const float* b_panel, float* c, int64_t ldc, int64_t rows,
-          int64_t cols, float alpha, float beta, bool first) {
+          int64_t cols, float alpha, float beta, bool first, const float* row_init) {
   if (rows <= 4)
-    return tile_kernel<kLayout, 4>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first);
+    return tile_kernel<kLayout, 4>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr,
+                                   row_init);
   if (rows <= 8)
-    return tile_kernel<kLayout, 8>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first);
-  tile_kernel<kLayout, kTileRows>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first);
+    return tile_kernel<kLayout, 8>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr,
+                                   row_init);
+  tile_kernel<kLayout, kTileRows>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr,
+                                  row_init);
 }
 
 struct Product {
@@ -191,6 +194,7 @@ struct Product {
   float* c;
   int64_t ldc;
   Part part;
+  const float* row_init;  // C's starting value in every row (sgemm_add_rows), else null: C's own
 };
 
 // How the rows of C are cut into blocks: a multiple of `threads` blocks of at most kBlockRows
@@ -228,12 +232,13 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
       const int64_t live_rows = std::min(kTileRows, row0 + rows - i);
       float* c = p.c + i * p.ldc + j;
       prefetch_tile(c, p.ldc, live_rows);
+      const float* row_init = p.row_init ? p.row_init + j : nullptr;
       if (in_place)
         tile<ALayout::Rows>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, c, p.ldc, live_rows, live_cols, p.alpha,
-                            p.beta, first);
+                            p.beta, first, row_init);
       else
         tile<ALayout::Columns>(depth, packed_a + (i - row0) * depth, kTileRows, b_panel, c, p.ldc, live_rows, live_cols,
-                               p.alpha, p.beta, first);
+                               p.alpha, p.beta, first, row_init);
     }
   }
 }
@@ -270,18 +275,9 @@ void run_share(const Product& p, int thread, int threads, float* packed_b, float
   }
 }
 
-}  // namespace
-
-void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {  // an empty sum: C = beta C
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = part == Part::Upper ? i : 0; j < n; ++j)
-        c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
-    return;
-  }
-  const Product p{{a, lda, trans_a}, {b, ldb, trans_b}, m, n, k, alpha, beta, c, ldc, part};
+// Runs a product: its packed buffers, then its share on each thread.
+void run(const Product& p, bool parallel) {
+  const int64_t m = p.m, n = p.n, k = p.k;
   const int64_t block_cols = std::min(kBlockCols, n);
   const int64_t packed_b_floats = std::min(kDepth, k) * ((block_cols + kTileCols - 1) / kTileCols * kTileCols);
   const int threads = parallel && !omp_in_parallel() && m * n * k >= kThreadedWork ? omp_get_max_threads() : 1;
@@ -296,11 +292,39 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
   run_share(p, omp_get_thread_num(), omp_get_num_threads(), packed_b, packed_as, a_floats);
 }
 
+}  // namespace
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // an empty sum: C = beta C
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = part == Part::Upper ? i : 0; j < n; ++j)
+        c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  run({{a, lda, trans_a}, {b, ldb, trans_b}, m, n, k, alpha, beta, c, ldc, part, nullptr}, parallel);
+}
+
+void sgemm_add_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                    int64_t lda, const float* b, int64_t ldb, const float* row, float* c, int64_t ldc, bool parallel) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // an empty sum: C = the row, in every row
+    for (int64_t i = 0; i < m; ++i) std::copy(row, row + n, c + i * ldc);
+    return;
+  }
+  run({{a, lda, trans_a}, {b, ldb, trans_b}, m, n, k, alpha, 1.0f, c, ldc, Part::All, row}, parallel);
+}
+
 #else  // no x86-64: OpenBLAS serves every product
 
 bool own_sgemm_runs() { return false; }
 void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
            int64_t, bool, Part) {
+  std::abort();
+}
+void sgemm_add_rows(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+                    const float*, float*, int64_t, bool) {
   std::abort();
 }
 

@@ -35,6 +35,13 @@ enum class Part { All, Upper };
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part = Part::All);
 
+// C = alpha op(A) op(B) + `row` in every row of C (row[j] added to column j: a linear layer's
+// bias), as sgemm with beta = 1 on a C that holds the row in every row, to the same bits, but
+// without writing those rows first: the product's first block of steps starts from the row and
+// never reads C. Only where own_sgemm_runs().
+void sgemm_add_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                    int64_t lda, const float* b, int64_t ldb, const float* row, float* c, int64_t ldc, bool parallel);
+
 // The CPU backend's product, and the one place that chooses what runs it: sgemm above where
 // own_sgemm_runs(), else BLAS (always for double). The same arguments as sgemm; outside a parallel
 // region it may use every thread, inside one it runs on the calling thread.

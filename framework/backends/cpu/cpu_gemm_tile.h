@@ -33,14 +33,16 @@ inline __attribute__((target("arch=x86-64-v4"))) __mmask16 lanes_below(int64_t c
 
 // acc = A_tile B over `depth` steps, B(kk, j) = b[kk * ldb + j] for j < kTileCols (read whole: a
 // packed panel, or rows with room to 32 values), then for the tile's `rows` x `cols` live part
-// C = alpha s_r acc + (first ? beta C : C), where s_r is row_scale[r] (kRowScaled) or 1, and a
-// first block with beta == 0 never reads C. kRows < kTileRows serves a tile of few rows (the last
-// of 64 rows is 4, attention's blocks are 8) with fewer FMAs.
+// C = alpha s_r acc + (first ? beta C0 : C), where s_r is row_scale[r] (kRowScaled) or 1, C0 is C
+// itself or, where row_init is given, row_init in every row (a bias: C is not read), and a first
+// block with beta == 0 never reads C0. kRows < kTileRows serves a tile of few rows (the last of 64
+// rows is 4, attention's blocks are 8) with fewer FMAs.
 template <ALayout kLayout, int kRows, bool kRowScaled = false>
 inline __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const float* a, int64_t lda,
                                                                   const float* b, int64_t ldb, float* c, int64_t ldc,
                                                                   int64_t rows, int64_t cols, float alpha, float beta,
-                                                                  bool first, const float* row_scale = nullptr) {
+                                                                  bool first, const float* row_scale = nullptr,
+                                                                  const float* row_init = nullptr) {
   const float* a_rows[kRows];
   for (int r = 0; r < kRows; ++r) a_rows[r] = a + std::min<int64_t>(r, rows - 1) * lda;
   __m512 acc[kRows][2];
@@ -62,11 +64,12 @@ inline __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth,
   for (int r = 0; r < kRows; ++r) {
     if (r >= rows) break;
     float* row = c + r * ldc;
+    const float* added = first && row_init ? row_init : row;
     const __m512 scale = _mm512_set1_ps(kRowScaled ? alpha * row_scale[r] : alpha);
     __m512 v0 = _mm512_mul_ps(scale, acc[r][0]), v1 = _mm512_mul_ps(scale, acc[r][1]);
     if (read_c) {
-      v0 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask0, row), v0);
-      v1 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask1, row + 16), v1);
+      v0 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask0, added), v0);
+      v1 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask1, added + 16), v1);
     }
     _mm512_mask_storeu_ps(row, mask0, v0);
     _mm512_mask_storeu_ps(row + 16, mask1, v1);

@@ -138,6 +138,18 @@ void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double 
   });
 }
 
+// The own kernel starts the product from the bias (cpu_gemm::sgemm_add_rows): the GPT's linear
+// layers wrote their biases into outputs that the product then read, 0.7 ms of a 30 ms step.
+void CpuBackend::gemm_add_rows(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, const Tensor& bias,
+                               GemmMath math) {
+  if (c.dtype() != DType::Float32 || !cpu_gemm::own_sgemm_runs())
+    return Backend::gemm_add_rows(a, b, c, alpha, bias, math);
+  const int64_t M = c.size(1), N = c.size(2), K = a.size(2);
+  const BlasMatrix oa = blas_matrix(a, "a"), ob = blas_matrix(b, "b");
+  cpu_gemm::sgemm_add_rows(oa.transposed, ob.transposed, M, N, K, static_cast<float>(alpha), a.data<float>(), oa.ld,
+                           b.data<float>(), ob.ld, bias.data<float>(), c.data<float>(), N, true);
+}
+
 // Only where the batch runs one product per thread: a batch of larger products runs them one after
 // another, each threaded inside, as separate calls would, and loses their cache reuse between one
 // matrix's steps (Newton-Schulz on six 384 x 384 matrices: 1-6% slower stacked, on one thread or
