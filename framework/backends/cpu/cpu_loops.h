@@ -229,6 +229,12 @@ class RowWalk {
   // Whether the rows are worth splitting over threads.
   bool parallel() const { return rows_ > 1 && rows_ * length_ >= kParallelGrain; }
 
+  // walk() over every row, the rows split over the threads in contiguous blocks where parallel().
+  template <typename Row>
+  void walk_all(Row&& row) const {
+    block_per_thread(rows_, 1, parallel(), [&](int64_t begin, int64_t end) { walk(begin, end, row); });
+  }
+
  private:
   Shape dims_;
   std::array<Shape, N> strides_;
@@ -241,10 +247,7 @@ class RowWalk {
 template <size_t N, typename RowBody>
 void for_each_row(const Shape& shape, const std::array<const Shape*, N>& strides, RowBody&& row_body) {
   const RowWalk<N> rows(shape, strides);
-  block_per_thread(rows.rows(), 1, rows.parallel(), [&](int64_t begin, int64_t end) {
-    rows.walk(begin, end,
-              [&](const std::array<int64_t, N>& offsets) { row_body(offsets, rows.length(), rows.steps()); });
-  });
+  rows.walk_all([&](const std::array<int64_t, N>& offsets) { row_body(offsets, rows.length(), rows.steps()); });
 }
 
 // body(offsets) for every element of N same-shaped views, as for_each_row walks them.
@@ -328,11 +331,8 @@ void map_elements_impl(const Tensor& out, F& f, std::index_sequence<I...>, const
     widest_block_per_thread(rows.rows(), 1, rows.parallel(), row_range);
     return;
   }
-  block_per_thread(rows.rows(), 1, rows.parallel(), [&](int64_t begin, int64_t end) {
-    rows.walk(begin, end, [&](const auto& off) {
-      for (int64_t j = 0; j < rows.length(); ++j)
-        o[off[0] + j * steps[0]] = f(src[I][off[I + 1] + j * steps[I + 1]]...);
-    });
+  rows.walk_all([&](const auto& off) {
+    for (int64_t j = 0; j < rows.length(); ++j) o[off[0] + j * steps[0]] = f(src[I][off[I + 1] + j * steps[I + 1]]...);
   });
 }
 
