@@ -110,7 +110,9 @@ int run(const SampleArgs& args) {
   options.temperature = args.temperature;
   options.top_k = args.top_k;
   options.seed = static_cast<uint64_t>(args.seed);
-  std::cout << args.prompt << sample_text(args.checkpoint_path, options) << "\n";
+  // Sampled before anything is written: a checkpoint that fails to load leaves stdout empty, not the prompt.
+  const std::string text = sample_text(args.checkpoint_path, options);
+  std::cout << args.prompt << text << "\n";
   return 0;
 }
 

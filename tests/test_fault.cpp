@@ -266,6 +266,15 @@ TEST(FaultCorrupt, ACorruptNewestCheckpointFallsBackOrFailsNamingTheFile) {
   EXPECT_NE(resumed.output().find(dir.file("run/checkpoint.json")), std::string::npos) << resumed.output();
 }
 
+// The sample command writes its prompt only with the text that follows it: a missing checkpoint
+// leaves the error alone on the output.
+TEST(FaultCorrupt, SamplingFromAMissingCheckpointPrintsOnlyTheError) {
+  TempDir dir;
+  Muonlab sample({"sample", "--checkpoint", dir.file("none"), "--prompt", "ROMEO:"}, dir.file("log.txt"));
+  ASSERT_EQ(sample.wait(30), 1) << sample.output();
+  EXPECT_EQ(sample.output().rfind("error: " + dir.file("none") + ": no such checkpoint", 0), 0u) << sample.output();
+}
+
 TEST(FaultDiskFull, AWriteThatDoesNotFitFailsNamingTheFileAndKeepsTheCheckpointsValid) {
   TempDir dir;
   const std::string config = gpt_config(dir, 600);
