@@ -180,37 +180,48 @@ void CpuBackend::softmax_backward(const Tensor& grad_y, const Tensor& y, const T
 
 namespace {
 
-// Runs row_body(i, sum_w, sum_b) for every row i, where the body adds its row's terms of the affine
-// gradients to per-column sums of T: sum_w[c] += g[i,c] * xhat[i,c] and sum_b[c] += g[i,c] (both
-// null when neither gradient is wanted), in the same pass over the rows as grad_x. The rows fall
-// into at most 64 chunks fixed by the shape alone; each chunk sums blocks of kRowsPerBlock rows in
-// T, adds each block's sums to its own in double, in order, and the chunks' sums are added in chunk
-// order: the same result on any number of threads. (Walking tiles of 16 columns down all the rows
-// instead, in a second pass, read a new page per row: layer norm's backward ran at about 20% of the
-// copy bandwidth at [16384, 1024]. Adding every row's terms to double sums, converted, cost a third
-// more than the rest of that backward in cache.)
-template <typename T, typename RowBody>
-void for_rows_with_column_sums(Rows r, T* grad_weight, T* grad_bias, RowBody&& row_body) {
-  constexpr int64_t kMaxChunks = 64, kRowsPerBlock = 16;
+// Runs row_body(i) for every row i (grad_x's pass), and sums the affine gradients' terms down the
+// columns: column_terms(i, c, w, b) adds row i's terms of column c to w and b (w += g[i,c] *
+// xhat[i,c] and b += g[i,c] for layer norm). The rows fall into at most 64 chunks fixed by the shape
+// alone; each chunk sums blocks of kRowsPerBlock rows in T, adds each block's sums to its own in
+// double, in order, and the chunks' sums are added in chunk order: the same result on any number of
+// threads. A block's rows are summed after their row bodies ran, kColumns columns at a time in
+// registers, down the block (its rows are still in L1 or L2): adding every row into a block of
+// per-column sums in memory instead loaded and stored both sums for every value, which cost layer
+// norm's backward at [16384, 1024] 6-9 ms on top of grad_x's 8-14 (one thread; 1-3 ms this way,
+// the same bits; 16 columns at a time: 3-4 ms, 64 or 128: as 32). (Walking
+// tiles of 16 columns down all the rows of the chunk instead read a new page per row: that
+// backward ran at about 20% of the copy bandwidth. Adding every row's terms to double sums,
+// converted, cost a third more than the rest of that backward in cache.)
+template <typename T, typename RowBody, typename ColumnTerms>
+void for_rows_with_column_sums(Rows r, T* grad_weight, T* grad_bias, RowBody&& row_body, ColumnTerms&& column_terms) {
+  constexpr int64_t kMaxChunks = 64, kRowsPerBlock = 16, kColumns = 32;
   const int64_t rows_per_chunk = std::max<int64_t>(1, (r.rows + kMaxChunks - 1) / kMaxChunks);
   const int64_t chunks = (r.rows + rows_per_chunk - 1) / rows_per_chunk;
   const bool summing = grad_weight || grad_bias;
   std::vector<double> partial(summing ? static_cast<size_t>(2 * chunks * r.n) : 0, 0.0);  // [chunk][w, b][n]
   parallel_for_widest(chunks, r.parallel() && chunks > 1, [&](int64_t chunk) {
-    std::vector<T> block(summing ? static_cast<size_t>(2 * r.n) : 0, T(0));  // [w, b][n]
-    T* block_w = summing ? block.data() : nullptr;
-    T* block_b = summing ? block_w + r.n : nullptr;
     double* sum = summing ? partial.data() + 2 * chunk * r.n : nullptr;
-    const int64_t begin = chunk * rows_per_chunk, end = std::min(r.rows, begin + rows_per_chunk);
-    for (int64_t i = begin; i < end; ++i) {
-      row_body(i, block_w, block_b);
-      if (summing && ((i - begin + 1) % kRowsPerBlock == 0 || i + 1 == end)) {
+    // Columns [first_column, first_column + width) of rows [first_row, end_row), added to sum.
+    const auto add_block = [&](int64_t first_row, int64_t end_row, int64_t first_column, int64_t width) {
+      T w[kColumns] = {}, b[kColumns] = {};
+      for (int64_t i = first_row; i < end_row; ++i)
 #pragma omp simd
-        for (int64_t c = 0; c < 2 * r.n; ++c) {
-          sum[c] += double(block[c]);
-          block[c] = T(0);
-        }
+        for (int64_t l = 0; l < width; ++l) column_terms(i, first_column + l, w[l], b[l]);
+      for (int64_t l = 0; l < width; ++l) {
+        sum[first_column + l] += double(w[l]);
+        sum[r.n + first_column + l] += double(b[l]);
       }
+    };
+    const int64_t begin = chunk * rows_per_chunk, end = std::min(r.rows, begin + rows_per_chunk);
+    for (int64_t first_row = begin; first_row < end; first_row += kRowsPerBlock) {
+      const int64_t end_row = std::min(end, first_row + kRowsPerBlock);
+      for (int64_t i = first_row; i < end_row; ++i) row_body(i);
+      if (!summing) continue;
+      int64_t first_column = 0;
+      for (; first_column + kColumns <= r.n; first_column += kColumns)
+        add_block(first_row, end_row, first_column, kColumns);
+      if (first_column < r.n) add_block(first_row, end_row, first_column, r.n - first_column);
     }
   });
   if (!summing) return;
@@ -298,30 +309,27 @@ void CpuBackend::layer_norm_backward(const Tensor& grad_y, const Tensor& x, cons
     T* pdx = mutable_data_or_null<T>(grad_x);
     for_rows_with_column_sums(
         r, mutable_data_or_null<T>(grad_weight), mutable_data_or_null<T>(grad_bias),
-        [&](int64_t i, T* sum_w, T* sum_b) {
+        [&](int64_t i) {
+          if (!pdx) return;
           const T* gi = pg + i * r.n;
           const T* xi = px + i * r.n;
           const T m = pmean[i], s = prstd[i];
-          if (pdx) {
-            T* dxi = pdx + i * r.n;
-            // In lanes: one double sum of float terms did not vectorize (GCC left it scalar: 60%
-            // of the backward's time at the GPT's [768, 128]). Both sums in one pass over the
-            // row.
-            const std::array<double, 2> sums = sums_in_lanes<T, 2>(r.n, [&](int64_t j, T(&terms)[2]) {
-              terms[0] = gi[j] * w[j];
-              terms[1] = terms[0] * ((xi[j] - m) * s);
-            });
-            const T h_mean = static_cast<T>(sums[0] / double(r.n)), h_xhat_mean = static_cast<T>(sums[1] / double(r.n));
+          T* dxi = pdx + i * r.n;
+          // In lanes: one double sum of float terms did not vectorize (GCC left it scalar: 60%
+          // of the backward's time at the GPT's [768, 128]). Both sums in one pass over the
+          // row.
+          const std::array<double, 2> sums = sums_in_lanes<T, 2>(r.n, [&](int64_t j, T(&terms)[2]) {
+            terms[0] = gi[j] * w[j];
+            terms[1] = terms[0] * ((xi[j] - m) * s);
+          });
+          const T h_mean = static_cast<T>(sums[0] / double(r.n)), h_xhat_mean = static_cast<T>(sums[1] / double(r.n));
 #pragma omp simd
-            for (int64_t j = 0; j < r.n; ++j) dxi[j] = s * (gi[j] * w[j] - h_mean - (xi[j] - m) * s * h_xhat_mean);
-          }
-          if (sum_w) {
-#pragma omp simd
-            for (int64_t j = 0; j < r.n; ++j) {
-              sum_w[j] += gi[j] * ((xi[j] - m) * s);
-              sum_b[j] += gi[j];
-            }
-          }
+          for (int64_t j = 0; j < r.n; ++j) dxi[j] = s * (gi[j] * w[j] - h_mean - (xi[j] - m) * s * h_xhat_mean);
+        },
+        [&](int64_t i, int64_t c, T& sum_w, T& sum_b) {
+          const T g = pg[i * r.n + c];
+          sum_w += g * ((px[i * r.n + c] - pmean[i]) * prstd[i]);
+          sum_b += g;
         });
   });
 }
@@ -360,21 +368,20 @@ void CpuBackend::rms_norm_backward(const Tensor& grad_y, const Tensor& x, const 
     const T* prstd = rstd.data<T>();
     T* pdx = mutable_data_or_null<T>(grad_x);
     for_rows_with_column_sums<T>(
-        r, mutable_data_or_null<T>(grad_weight), nullptr, [&](int64_t i, T* sum_w, T* /* no bias */) {
+        r, mutable_data_or_null<T>(grad_weight), nullptr,
+        [&](int64_t i) {
+          if (!pdx) return;
           const T* gi = pg + i * r.n;
           const T* xi = px + i * r.n;
           const T s = prstd[i];
-          if (pdx) {
-            T* dxi = pdx + i * r.n;
-            const double h_xhat_sum = sum_in_lanes<T>(r.n, [&](int64_t j) { return gi[j] * w[j] * (xi[j] * s); });
-            const T h_xhat_mean = static_cast<T>(h_xhat_sum / double(r.n));
+          T* dxi = pdx + i * r.n;
+          const double h_xhat_sum = sum_in_lanes<T>(r.n, [&](int64_t j) { return gi[j] * w[j] * (xi[j] * s); });
+          const T h_xhat_mean = static_cast<T>(h_xhat_sum / double(r.n));
 #pragma omp simd
-            for (int64_t j = 0; j < r.n; ++j) dxi[j] = s * (gi[j] * w[j] - xi[j] * s * h_xhat_mean);
-          }
-          if (sum_w) {
-#pragma omp simd
-            for (int64_t j = 0; j < r.n; ++j) sum_w[j] += gi[j] * (xi[j] * s);
-          }
+          for (int64_t j = 0; j < r.n; ++j) dxi[j] = s * (gi[j] * w[j] - xi[j] * s * h_xhat_mean);
+        },
+        [&](int64_t i, int64_t c, T& sum_w, T& /* no bias */) {
+          sum_w += pg[i * r.n + c] * (px[i * r.n + c] * prstd[i]);
         });
   });
 }
