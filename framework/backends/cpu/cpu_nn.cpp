@@ -188,11 +188,11 @@ namespace {
 // threads. A block's rows are summed after their row bodies ran, kColumns columns at a time in
 // registers, down the block (its rows are still in L1 or L2): adding every row into a block of
 // per-column sums in memory instead loaded and stored both sums for every value, which cost layer
-// norm's backward at [16384, 1024] 6-9 ms on top of grad_x's 8-14 (one thread; 1-3 ms this way,
-// the same bits; 16 columns at a time: 3-4 ms, 64 or 128: as 32). (Walking
-// tiles of 16 columns down all the rows of the chunk instead read a new page per row: that
-// backward ran at about 20% of the copy bandwidth. Adding every row's terms to double sums,
-// converted, cost a third more than the rest of that backward in cache.)
+// norm's backward at [16384, 1024] 5-10 ms on top of grad_x's 8-14 (one thread; 2-3 ms this way,
+// with the same bits; 16 columns at a time: 3-4 ms, 64 or 128: as 32). (Walking tiles of 16
+// columns down all the rows of the chunk instead read a new page per row: that backward ran at
+// about 20% of the copy bandwidth. Adding every row's terms to double sums, converted, cost a
+// third more than the rest of that backward in cache.)
 template <typename T, typename RowBody, typename ColumnTerms>
 void for_rows_with_column_sums(Rows r, T* grad_weight, T* grad_bias, RowBody&& row_body, ColumnTerms&& column_terms) {
   constexpr int64_t kMaxChunks = 64, kRowsPerBlock = 16, kColumns = 32;
