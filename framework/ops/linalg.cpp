@@ -74,20 +74,20 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b, double alpha, const Tens
   out_shape.push_back(N);
   Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
   const double beta = added.defined() ? 1.0 : 0.0;
-  if (b.dim() == 2 && a.is_contiguous()) {
-    // x @ W: fold a's batch into its rows, one large product instead of many small ones.
+  // x @ W: a's batch folded into its rows, one large product instead of many small ones.
+  const bool folded = b.dim() == 2 && a.is_contiguous();
+  // A bias (a linear layer's) under x @ W: the backend may start the product from it.
+  const bool bias_row = folded && added.defined() && added.dim() == 1 && added.size(0) == N && added.is_contiguous();
+  if (added.defined() && !bias_row) backend_of(out).copy(detail::broadcast_view(added, out_shape), out);
+  if (folded) {
     const Tensor a3 = Tensor::view_of(a, {1, a.numel() / std::max<int64_t>(K, 1), K}, {0, K, 1}, a.offset());
     const Tensor c3 = Tensor::view_of(out, {1, out.numel() / std::max<int64_t>(N, 1), N}, {0, N, 1}, 0);
-    if (added.defined() && added.dim() == 1 && added.size(0) == N && added.is_contiguous()) {
-      // A bias (a linear layer's): the backend may start the product from it.
+    if (bias_row)
       backend_of(a).gemm_add_rows(a3, as_batched_matrices(b), c3, alpha, added, GemmMath::Configured);
-      return out;
-    }
-    if (added.defined()) backend_of(out).copy(detail::broadcast_view(added, out_shape), out);
-    backend_of(a).gemm(a3, as_batched_matrices(b), c3, alpha, beta, GemmMath::Configured);
+    else
+      backend_of(a).gemm(a3, as_batched_matrices(b), c3, alpha, beta, GemmMath::Configured);
     return out;
   }
-  if (added.defined()) backend_of(out).copy(detail::broadcast_view(added, out_shape), out);
   Shape full_a = out_shape, full_b = out_shape;
   full_a[full_a.size() - 1] = K;
   full_b[full_b.size() - 2] = K;
