@@ -268,11 +268,13 @@ Tensor composed_attention(const char* op, const Tensor& q, const Tensor& k, cons
 
 // The backend's operands are [B, H, T, D] (Backend::attention). Where the backend reads strided
 // heads, a 4-D q, k or v with contiguous rows goes as it is: heads split from a packed projection
-// (the GPT's) are not copied. The output and the gradients then lie in memory as [B, T, H, D]
-// (their [B, H, T, D] views are what the op returns), as PyTorch's fused kernels leave them:
-// merging the heads back, y.transpose(1, 2).reshape(B, T, H * Dv), is a view, and so is the
-// gradients' way back into the projection. Otherwise every operand is a contiguous copy seen as
-// [1, BH, T, D], the leading dims flattened into one.
+// (the GPT's) are not copied. The output and those heads' gradients then lie in memory as
+// [B, T, H, D] (their [B, H, T, D] views are what the op returns), as PyTorch's fused kernels leave
+// them: merging the heads back, y.transpose(1, 2).reshape(B, T, H * Dv), is a view, and so is the
+// gradients' way back into the projection. A contiguous operand's gradient is contiguous, as
+// PyTorch's empty_like makes it: a leaf's .grad then takes it without a copy. Otherwise (a backend
+// that reads no strided heads) every operand is a contiguous copy seen as [1, BH, T, D], the
+// leading dims flattened into one.
 Tensor fused_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                        double scale) {
   const Shape lead(q.shape().begin(), q.shape().end() - 2);
@@ -300,8 +302,10 @@ Tensor fused_attention(const char* op, const Tensor& q, const Tensor& k, const T
     record(out, op, {q, k, v},
            [qh, kh, vh, out_heads, lse, causal, scale, operand, result, q_shape = q.shape(), k_shape = k.shape(),
             v_shape = v.shape()](const Tensor& g) {
-             const Tensor grad_q = result(qh.size(2), qh.size(3)), grad_k = result(kh.size(2), kh.size(3)),
-                          grad_v = result(vh.size(2), vh.size(3));
+             const auto gradient_of = [&result](const Tensor& heads) {
+               return heads.is_contiguous() ? empty_like(heads) : result(heads.size(2), heads.size(3));
+             };
+             const Tensor grad_q = gradient_of(qh), grad_k = gradient_of(kh), grad_v = gradient_of(vh);
              backend_of(qh).attention_backward(operand(g), qh, kh, vh, out_heads, lse, causal, scale, grad_q, grad_k,
                                                grad_v);
              return Grads{grad_q.reshape(q_shape), grad_k.reshape(k_shape), grad_v.reshape(v_shape)};

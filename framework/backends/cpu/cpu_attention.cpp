@@ -279,12 +279,22 @@ void block_product(bool own_tiles, const T* a, int64_t a_stride, int64_t rows, c
     if (own_tiles) {
       for (int64_t j0 = 0; j0 < n; j0 += cpu_gemm::kTileCols) {
         const int64_t cols = std::min(cpu_gemm::kTileCols, n - j0);
-        if (row_scale)
-          cpu_gemm::tile_kernel<kLayout, kRowBlock, true>(depth, a, a_stride, b + j0, ldb, c + j0, ldc, rows, cols,
-                                                          1.0f, 0.0f, true, row_scale);
+        const auto tile = [&](auto columns) {
+          constexpr int kColumns = decltype(columns)::value;
+          if (row_scale)
+            cpu_gemm::tile_kernel<kLayout, kRowBlock, true, kColumns>(depth, a, a_stride, b + j0, ldb, c + j0, ldc,
+                                                                      rows, cols, 1.0f, 0.0f, true, row_scale);
+          else
+            cpu_gemm::tile_kernel<kLayout, kRowBlock, false, kColumns>(depth, a, a_stride, b + j0, ldb, c + j0, ldc,
+                                                                       rows, cols, 1.0f, 0.0f, true);
+        };
+        // A last tile of at most 16 columns in one vector a row: the causal scores' blocks end at the
+        // block's last row, so a quarter of them end in such a tile (the GPT's heads: 9% fewer FMAs
+        // forward, 8% backward).
+        if (cols <= 16)
+          tile(std::integral_constant<int, 16>{});
         else
-          cpu_gemm::tile_kernel<kLayout, kRowBlock>(depth, a, a_stride, b + j0, ldb, c + j0, ldc, rows, cols, 1.0f,
-                                                    0.0f, true);
+          tile(std::integral_constant<int, cpu_gemm::kTileCols>{});
       }
       return;
     }

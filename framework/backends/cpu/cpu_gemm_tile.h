@@ -31,33 +31,39 @@ inline __attribute__((target("arch=x86-64-v4"))) __mmask16 lanes_below(int64_t c
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
 
-// acc = A_tile B over `depth` steps, B(kk, j) = b[kk * ldb + j] for j < kTileCols (read whole: a
-// packed panel, or rows with room to 32 values), then for the tile's `rows` x `cols` live part
+// acc = A_tile B over `depth` steps, B(kk, j) = b[kk * ldb + j] for j < kColumns (read whole: a
+// packed panel, or rows with room to kColumns values), then for the tile's `rows` x `cols` live part
 // C = alpha s_r acc + (first ? beta C0 : C), where s_r is row_scale[r] (kRowScaled) or 1, C0 is C
 // itself or, where row_init is given, row_init in every row (a bias: C is not read), and a first
 // block with beta == 0 never reads C0. kRows < kTileRows serves a tile of few rows (the last of 64
-// rows is 4, attention's blocks are 8) with fewer FMAs.
-template <ALayout kLayout, int kRows, bool kRowScaled = false>
+// rows is 4, attention's blocks are 8) with fewer FMAs; kColumns = 16, one vector a row, a product
+// whose last columns are few (attention's causal scores).
+template <ALayout kLayout, int kRows, bool kRowScaled = false, int kColumns = kTileCols>
 inline __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const float* a, int64_t lda,
                                                                   const float* b, int64_t ldb, float* c, int64_t ldc,
                                                                   int64_t rows, int64_t cols, float alpha, float beta,
                                                                   bool first, const float* row_scale = nullptr,
                                                                   const float* row_init = nullptr) {
+  static_assert(kColumns == 16 || kColumns == 32, "one or two vectors a row");
+  constexpr int kVectors = kColumns / 16;
   const float* a_rows[kRows];
   for (int r = 0; r < kRows; ++r) a_rows[r] = a + std::min<int64_t>(r, rows - 1) * lda;
-  __m512 acc[kRows][2];
+  __m512 acc[kRows][kVectors];
 #pragma GCC unroll 12
-  for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t kk = 0; kk < depth; ++kk) {
-    const __m512 b0 = _mm512_loadu_ps(b + kk * ldb), b1 = _mm512_loadu_ps(b + kk * ldb + 16);
+    __m512 b_row[kVectors];
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors; ++v) b_row[v] = _mm512_loadu_ps(b + kk * ldb + 16 * v);
 #pragma GCC unroll 12
     for (int r = 0; r < kRows; ++r) {
       const __m512 a_value = _mm512_set1_ps(kLayout == ALayout::Rows ? a_rows[r][kk] : a[kk * lda + r]);
-      acc[r][0] = _mm512_fmadd_ps(a_value, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(a_value, b1, acc[r][1]);
+#pragma GCC unroll 2
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm512_fmadd_ps(a_value, b_row[v], acc[r][v]);
     }
   }
-  const __mmask16 mask0 = lanes_below(cols), mask1 = lanes_below(cols - 16);
   const bool read_c = !first || beta != 0.0f;
   const __m512 c_scale = first ? _mm512_set1_ps(beta) : _mm512_set1_ps(1.0f);
 #pragma GCC unroll 12
@@ -66,13 +72,13 @@ inline __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth,
     float* row = c + r * ldc;
     const float* added = first && row_init ? row_init : row;
     const __m512 scale = _mm512_set1_ps(kRowScaled ? alpha * row_scale[r] : alpha);
-    __m512 v0 = _mm512_mul_ps(scale, acc[r][0]), v1 = _mm512_mul_ps(scale, acc[r][1]);
-    if (read_c) {
-      v0 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask0, added), v0);
-      v1 = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask1, added + 16), v1);
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors; ++v) {
+      const __mmask16 mask = lanes_below(cols - 16 * v);
+      __m512 value = _mm512_mul_ps(scale, acc[r][v]);
+      if (read_c) value = _mm512_fmadd_ps(c_scale, _mm512_maskz_loadu_ps(mask, added + 16 * v), value);
+      _mm512_mask_storeu_ps(row + 16 * v, mask, value);
     }
-    _mm512_mask_storeu_ps(row, mask0, v0);
-    _mm512_mask_storeu_ps(row + 16, mask1, v1);
   }
 }
 
