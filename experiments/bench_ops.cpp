@@ -30,7 +30,7 @@ constexpr double kMinSampleMs = 20.0;
 constexpr double kFloat32Bytes = 4;
 constexpr double kInt64Bytes = 8;
 constexpr int64_t kPeakGemmSize = 4096;
-// The CPU's product measured again before every compute-bound case (see AdjacentPeaks): near the
+// The CPU's product timed beside every compute-bound case (see AdjacentPeaks): near the
 // 4096^3 rate on one or two cores, at an eighth of its time.
 constexpr int64_t kAdjacentGemmSize = 2048;
 constexpr int64_t kPeakCopyElements = int64_t(64) << 20;  // 256 MiB of float32
@@ -61,13 +61,17 @@ struct OpCase {
 struct Row {
   std::string op;
   std::string shape;
-  Bound bound;
-  bool is_peak;
-  double forward_ms;
-  double forward_rate;
+  Bound bound = Bound::Compute;
+  bool is_peak = false;
+  double forward_ms = 0;
+  double forward_rate = 0;
   std::optional<double> forward_backward_ms;
   std::optional<double> forward_backward_rate;
-  std::optional<double> peak_rate;  // the peak measured just before the case; else the run's first
+  std::optional<double> peak_rate;  // the median of the peak's samples beside the case's; else the run's first
+  // With peak samples beside the case's: the median over the rounds of each sample's rate over the
+  // peak sample's, in %.
+  std::optional<double> forward_pct;
+  std::optional<double> forward_backward_pct;
 };
 
 // The device's measured peaks, in the units of unit_of().
@@ -266,53 +270,127 @@ std::vector<OpCase> model_cases(Inputs& in) {
   return cases;
 }
 
-double forward_ms(const OpCase& c, int64_t repeats, Backend& backend) {
-  return median_ms_per_call(
-      [&c] {
-        NoGradGuard no_grad;
-        c.forward();
-      },
-      repeats, backend);
+// Times `fn` in samples of enough calls to last kMinSampleMs, a number set by the fastest of
+// kWarmupCalls warm-up calls: one slow call (first use, a preempted thread) must not shrink every
+// sample to a single call. `backend` is synchronized before every clock read, so queued work
+// counts. With `rewarm`, an untimed call precedes each sample: its data back in cache after
+// another timer's samples, as it is for the calls of one sample.
+class CallTimer {
+ public:
+  CallTimer(std::function<void()> fn, Backend& backend, bool rewarm = false)
+      : fn_(std::move(fn)), backend_(backend), rewarm_(rewarm) {
+    double one_call_ms = std::numeric_limits<double>::infinity();
+    for (int i = 0; i < kWarmupCalls; ++i) one_call_ms = std::min(one_call_ms, timed_ms(1));
+    calls_ = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(kMinSampleMs / std::max(one_call_ms, 1e-6))));
+  }
+  // Milliseconds per call over one sample.
+  double sample() {
+    if (rewarm_) fn_();
+    return timed_ms(calls_) / static_cast<double>(calls_);
+  }
+
+ private:
+  double timed_ms(int64_t calls) {
+    using Clock = std::chrono::steady_clock;
+    backend_.synchronize();
+    const auto start = Clock::now();
+    for (int64_t i = 0; i < calls; ++i) fn_();
+    backend_.synchronize();
+    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  }
+
+  std::function<void()> fn_;
+  Backend& backend_;
+  bool rewarm_;
+  int64_t calls_ = 1;
+};
+
+double median(std::vector<double> values) {
+  std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
+  return values[values.size() / 2];
+}
+
+std::function<void()> forward_call(const OpCase& c) {
+  return [&c] {
+    NoGradGuard no_grad;
+    c.forward();
+  };
+}
+
+// The row of a case timed at forward_ms (and both_ms forward+backward), its rates from its work.
+Row timed_row(const OpCase& c, bool is_peak, double forward_ms, std::optional<double> both_ms) {
+  Row row;
+  row.op = c.op;
+  row.shape = c.shape;
+  row.bound = c.work.bound;
+  row.is_peak = is_peak;
+  row.forward_ms = forward_ms;
+  row.forward_rate = rate(c.work.bound, c.work.forward, forward_ms);
+  row.forward_backward_ms = both_ms;
+  if (both_ms) row.forward_backward_rate = rate(c.work.bound, c.work.forward + c.work.backward, *both_ms);
+  return row;
 }
 
 // A peak is timed forward only.
 Row measure_peak(const OpCase& c, int64_t repeats, Backend& backend) {
-  const double ms = forward_ms(c, repeats, backend);
-  return {c.op, c.shape, c.work.bound, true, ms, rate(c.work.bound, c.work.forward, ms), std::nullopt, std::nullopt,
-          std::nullopt};
+  return timed_row(c, true, median_ms_per_call(forward_call(c), repeats, backend), std::nullopt);
 }
 
-Row measure(const OpCase& c, int64_t repeats, Backend& backend) {
-  const double ms = forward_ms(c, repeats, backend);
+// The case's forward and forward+backward, `repeats` rounds of one sample each; with `peak`, every
+// round starts with a sample of it, and the case's % of peak is the median of its samples' rates
+// over the peak sample's of the same round: a change in the machine's speed between rounds (a VM's
+// neighbours) moves both alike. (Timed after all of its peak's samples, the stem's fwd+bwd read
+// 48-81% over four one-thread runs; beside them, 57-71% over three.)
+Row measure(const OpCase& c, int64_t repeats, Backend& backend, const OpCase* peak = nullptr) {
   Tensor grad_output;
   {
     NoGradGuard no_grad;
     grad_output = ones_like(c.forward());
   }
-  const double both_ms = median_ms_per_call(
+  CallTimer forward(forward_call(c), backend, peak != nullptr);
+  CallTimer both(
       [&c, &grad_output] {
         // Cleared so that each backward writes fresh gradients instead of accumulating into old ones.
         for (Tensor leaf : c.leaves) leaf.zero_grad();
         c.forward().backward(grad_output);
       },
-      repeats, backend);
-  return {c.op,
-          c.shape,
-          c.work.bound,
-          false,
-          ms,
-          rate(c.work.bound, c.work.forward, ms),
-          both_ms,
-          rate(c.work.bound, c.work.forward + c.work.backward, both_ms),
-          std::nullopt};
+      backend, peak != nullptr);
+  std::optional<CallTimer> peak_timer;
+  if (peak) peak_timer.emplace(forward_call(*peak), backend);
+  const Work work = c.work;
+  std::vector<double> forward_ms, both_ms, peak_rates, forward_pct, both_pct;
+  for (int64_t round = 0; round < repeats; ++round) {
+    if (peak_timer) peak_rates.push_back(rate(peak->work.bound, peak->work.forward, peak_timer->sample()));
+    forward_ms.push_back(forward.sample());
+    both_ms.push_back(both.sample());
+    if (peak_timer) {
+      forward_pct.push_back(100.0 * rate(work.bound, work.forward, forward_ms.back()) / peak_rates.back());
+      both_pct.push_back(100.0 * rate(work.bound, work.forward + work.backward, both_ms.back()) / peak_rates.back());
+    }
+  }
+  Row row = timed_row(c, false, median(forward_ms), median(both_ms));
+  if (peak) {
+    row.peak_rate = median(peak_rates);
+    row.forward_pct = median(forward_pct);
+    row.forward_backward_pct = median(both_pct);
+  }
+  return row;
 }
 
 double peak_of(const Row& row, const Peaks& peaks) { return row.peak_rate.value_or(peaks.of(row.bound)); }
 
-std::string percent_text(const Row& row, std::optional<double> rate, const Peaks& peaks) {
-  if (!rate) return "-";
-  if (row.is_peak) return "peak";
-  return significant_text(100.0 * *rate / peak_of(row, peaks), 2) + "%";
+// The row's % of its peak for `rate` (its forward or forward+backward rate), and `paired`, the
+// median of the per-round ratios where the rounds had peak samples of their own.
+std::optional<double> percent_of_peak(const Row& row, std::optional<double> rate, std::optional<double> paired,
+                                      const Peaks& peaks) {
+  if (!rate || row.is_peak) return std::nullopt;
+  return paired ? paired : 100.0 * *rate / peak_of(row, peaks);
+}
+
+std::string percent_text(const Row& row, std::optional<double> rate, std::optional<double> paired, const Peaks& peaks) {
+  if (rate && row.is_peak) return "peak";
+  const std::optional<double> percent = percent_of_peak(row, rate, paired, peaks);
+  return percent ? significant_text(*percent, 2) + "%" : "-";
 }
 
 std::string rate_text(const Row& row, std::optional<double> rate) {
@@ -327,16 +405,17 @@ void print_table_header(std::ostream& out) {
 void print_table_row(const Row& row, const Peaks& peaks, std::ostream& out) {
   const auto ms_text = [](std::optional<double> ms) { return ms ? significant_text(*ms, 4) : "-"; };
   out << "| " << row.op << " | " << row.shape << " | " << ms_text(row.forward_ms) << " | "
-      << rate_text(row, row.forward_rate) << " | " << percent_text(row, row.forward_rate, peaks) << " | "
-      << ms_text(row.forward_backward_ms) << " | " << rate_text(row, row.forward_backward_rate) << " | "
-      << percent_text(row, row.forward_backward_rate, peaks) << " |\n"
+      << rate_text(row, row.forward_rate) << " | " << percent_text(row, row.forward_rate, row.forward_pct, peaks)
+      << " | " << ms_text(row.forward_backward_ms) << " | " << rate_text(row, row.forward_backward_rate) << " | "
+      << percent_text(row, row.forward_backward_rate, row.forward_backward_pct, peaks) << " |\n"
       << std::flush;
 }
 
 Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats) {
   const auto number = [](std::optional<double> value) { return value ? Json(significant(*value, 6)) : Json(); };
-  const auto percent = [&](std::optional<double> rate) {
-    return rate && !row.is_peak ? Json(significant(100.0 * *rate / peak_of(row, peaks), 4)) : Json();
+  const auto percent = [&](std::optional<double> rate, std::optional<double> paired) {
+    const std::optional<double> value = percent_of_peak(row, rate, paired, peaks);
+    return value ? Json(significant(*value, 4)) : Json();
   };
   return Json::object({{"bench", "op"},
                        {"device", device.str()},
@@ -351,35 +430,33 @@ Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats
                        {"is_peak", row.is_peak},
                        {"forward_ms", number(row.forward_ms)},
                        {"forward_rate", number(row.forward_rate)},
-                       {"forward_pct_of_peak", percent(row.forward_rate)},
+                       {"forward_pct_of_peak", percent(row.forward_rate, row.forward_pct)},
                        {"forward_backward_ms", number(row.forward_backward_ms)},
                        {"forward_backward_rate", number(row.forward_backward_rate)},
-                       {"forward_backward_pct_of_peak", percent(row.forward_backward_rate)},
+                       {"forward_backward_pct_of_peak", percent(row.forward_backward_rate, row.forward_backward_pct)},
                        {"peak_rate", number(peak_of(row, peaks))},
-                       {"peak_measured", row.peak_rate ? "before this case" : "at the start"}});
+                       {"peak_measured", row.peak_rate ? "beside this case's samples" : "at the start"}});
 }
 
 // A virtual machine's speed drifts by 20-30% within minutes (its neighbours' load), so a case timed
 // late in the run and compared with the peaks of its start can read 60% in a slow minute and 90% in a
-// quiet one. On the CPU each case is compared with its own bound's peak measured just before it:
-// the kAdjacentGemmSize product for compute, the copy for memory. (A GPU's speed holds: its cases
-// use the run's first peaks.)
+// quiet one. On the CPU each case's rounds are timed beside samples of its own bound's peak
+// (measure()): the kAdjacentGemmSize product for compute, the copy for memory. (A GPU's speed
+// holds: its cases use the run's first peaks.)
 class AdjacentPeaks {
  public:
-  AdjacentPeaks(Inputs& inputs, int64_t repeats, Backend& backend, bool enabled)
-      : repeats_(repeats), backend_(backend) {
+  AdjacentPeaks(Inputs& inputs, bool enabled) {
     if (!enabled) return;
     gemm_.emplace(matmul_case(inputs, "gemm", Bound::Compute, kAdjacentGemmSize, kAdjacentGemmSize, kAdjacentGemmSize));
     copy_.emplace(copy_case(inputs, kPeakCopyElements));
   }
-  std::optional<double> measure(Bound bound) {
-    if (!gemm_ || bound == Bound::Bf16Compute) return std::nullopt;
-    return measure_peak(bound == Bound::Compute ? *gemm_ : *copy_, repeats_, backend_).forward_rate;
+  // The peak a case of this bound is timed beside, or null.
+  const OpCase* beside(Bound bound) const {
+    if (!gemm_ || bound == Bound::Bf16Compute) return nullptr;
+    return bound == Bound::Compute ? &*gemm_ : &*copy_;
   }
 
  private:
-  int64_t repeats_;
-  Backend& backend_;
   std::optional<OpCase> gemm_, copy_;  // set when enabled
 };
 
@@ -387,24 +464,10 @@ class AdjacentPeaks {
 
 double median_ms_per_call(const std::function<void()>& fn, int64_t repeats, Backend& backend) {
   if (repeats < 1) throw std::invalid_argument("bench: --repeats must be at least 1, got " + std::to_string(repeats));
-  using Clock = std::chrono::steady_clock;
-  const auto timed_ms = [&](int64_t calls) {
-    backend.synchronize();
-    const auto start = Clock::now();
-    for (int64_t i = 0; i < calls; ++i) fn();
-    backend.synchronize();
-    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-  };
-  // The fastest warm-up call sizes the samples: one slow call (first use, a preempted thread)
-  // must not shrink every sample to a single call.
-  double one_call_ms = std::numeric_limits<double>::infinity();
-  for (int i = 0; i < kWarmupCalls; ++i) one_call_ms = std::min(one_call_ms, timed_ms(1));
-  one_call_ms = std::max(one_call_ms, 1e-6);
-  const int64_t calls = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(kMinSampleMs / one_call_ms)));
+  CallTimer timer(fn, backend);
   std::vector<double> per_call;
-  for (int64_t i = 0; i < repeats; ++i) per_call.push_back(timed_ms(calls) / static_cast<double>(calls));
-  std::nth_element(per_call.begin(), per_call.begin() + repeats / 2, per_call.end());
-  return per_call[repeats / 2];
+  for (int64_t i = 0; i < repeats; ++i) per_call.push_back(timer.sample());
+  return median(per_call);
 }
 
 int run_bench_ops(const BenchArgs& args, std::ostream& out) {
@@ -417,10 +480,12 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
   Inputs inputs(device);
 
   out << "muonlab bench ops: device " << device.str() << ", " << num_threads() << " CPU threads ("
-      << cpu_capability_name() << " loops), median of "
-      << args.repeats << " samples; rates are float32 (TF32 off) unless the op says otherwise"
-      << (device.is_cuda() ? "" : "; each case's % is of its bound's peak measured just before it (a " +
-                                      std::to_string(kAdjacentGemmSize) + "^3 product, or the copy)")
+      << cpu_capability_name() << " loops), median of " << args.repeats
+      << " samples; rates are float32 (TF32 off) unless the op says otherwise"
+      << (device.is_cuda() ? ""
+                           : "; each case's % is the median over its samples of its rate over its bound's peak "
+                             "sampled just before (a " +
+                                 std::to_string(kAdjacentGemmSize) + "^3 product, or the copy)")
       << "\n\n";
   print_table_header(out);
   std::vector<Row> rows;
@@ -454,12 +519,9 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
   peaks.memory = copy_row.forward_rate;
   add_row(std::move(copy_row));
 
-  AdjacentPeaks adjacent(inputs, args.repeats, backend, !device.is_cuda());
+  const AdjacentPeaks adjacent(inputs, !device.is_cuda());
   const auto measure_with_peak = [&](const OpCase& c) {
-    const std::optional<double> peak = adjacent.measure(c.work.bound);
-    Row row = measure(c, args.repeats, backend);
-    row.peak_rate = peak;
-    return row;
+    return measure(c, args.repeats, backend, adjacent.beside(c.work.bound));
   };
   for (const OpCase& c : gpt_matmul_cases(inputs, "matmul", Bound::Compute)) add_row(measure_with_peak(c));
 #ifdef MUONLAB_WITH_CUDA
