@@ -60,6 +60,20 @@ NsSchedule schedule_for(const std::string& method, int64_t steps) {
   return ns_schedule(m.coefficients, steps > 0 ? steps : m.default_steps, m.aol);
 }
 
+// Wall time in ms of one call, the device synchronized before and after it.
+double timed_call_ms(const std::function<void()>& call, Device device) {
+  backend_for(device).synchronize();
+  const auto start = std::chrono::steady_clock::now();
+  call();
+  backend_for(device).synchronize();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+double median_of(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
 // Median wall time in ms of each of `calls`, timed as torch_reference.py's timeit times them, the
 // peer these numbers are compared with: two untimed calls, then `repeats` timed calls back to back.
 // (Alternating the methods within rounds instead left a memory-bound method timed after another's
@@ -74,15 +88,8 @@ std::vector<double> median_ms(const std::vector<std::function<void()>>& calls, i
   for (const std::function<void()>& call : calls) {
     for (int warm_up = 0; warm_up < 2; ++warm_up) call();  // also first-touch allocations, BLAS threads
     std::vector<double> times;
-    for (int64_t i = 0; i < repeats; ++i) {
-      backend_for(device).synchronize();
-      const auto start = std::chrono::steady_clock::now();
-      call();
-      backend_for(device).synchronize();
-      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
-    }
-    std::sort(times.begin(), times.end());
-    medians.push_back(times[times.size() / 2]);
+    for (int64_t i = 0; i < repeats; ++i) times.push_back(timed_call_ms(call, device));
+    medians.push_back(median_of(std::move(times)));
   }
   return medians;
 }
@@ -93,23 +100,18 @@ std::vector<double> median_ms(const std::vector<std::function<void()>>& calls, i
 // drift between the two methods' runs (Turbo-Muon's at 1024x1024, one thread, read 1.20-1.53 over
 // four runs that way).
 std::vector<double> paired_speedups(const std::vector<std::function<void()>>& calls, int64_t repeats, Device device) {
-  const auto timed_ms = [&](const std::function<void()>& call) {
+  const auto warm_then_timed_ms = [&](const std::function<void()>& call) {
     call();
-    backend_for(device).synchronize();
-    const auto start = std::chrono::steady_clock::now();
-    call();
-    backend_for(device).synchronize();
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    return timed_call_ms(call, device);
   };
   std::vector<double> speedups{1.0};
   for (size_t i = 1; i < calls.size(); ++i) {
     std::vector<double> ratios;
     for (int64_t round = 0; round < repeats; ++round) {
-      const double ns5_ms = timed_ms(calls[0]);
-      ratios.push_back(ns5_ms / timed_ms(calls[i]));
+      const double ns5_ms = warm_then_timed_ms(calls[0]);
+      ratios.push_back(ns5_ms / warm_then_timed_ms(calls[i]));
     }
-    std::sort(ratios.begin(), ratios.end());
-    speedups.push_back(ratios[ratios.size() / 2]);
+    speedups.push_back(median_of(std::move(ratios)));
   }
   return speedups;
 }
