@@ -142,23 +142,29 @@ TEST_F(OwnSgemm, GivesTheSameBitsOnAnyNumberOfThreads) {
 }
 
 // For symmetric products (syrk): Part::Upper computes the upper triangle exactly as the whole
-// product does and leaves the tiles wholly below the diagonal untouched.
+// product does and leaves the tiles wholly below the diagonal untouched, on one thread or two (which
+// share its blocks of rows otherwise than the whole product's: 300 rows make four blocks).
 TEST_F(OwnSgemm, TheUpperPartIsTheWholeProductsUpperTriangle) {
-  for (const int64_t n : {1, 13, 50, 130}) {
-    Problem p = make_problem(n, n, 70, false, true, 0, 2.0f, 0.0f, 60 + n);
-    p.b = p.a;  // C = 2 A A^T
-    const std::vector<float> whole = own_product(p, true);
-    p.c.assign(p.c.size(), -7.0f);
-    const std::vector<float> upper = own_product(p, true, cpu_gemm::Part::Upper);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        if (j >= i) {
-          EXPECT_EQ(upper[i * n + j], whole[i * n + j]) << i << ", " << j;
-        } else if (j / 32 * 32 + 31 < i / 12 * 12) {  // a tile wholly below the diagonal
-          EXPECT_EQ(upper[i * n + j], -7.0f) << i << ", " << j;
+  const int saved = num_threads();
+  for (const int threads : {1, 2})
+    for (const int64_t n : {1, 13, 50, 130, 300}) {
+      SCOPED_TRACE("n " + std::to_string(n) + ", threads " + std::to_string(threads));
+      set_num_threads(threads);
+      Problem p = make_problem(n, n, 70, false, true, 0, 2.0f, 0.0f, 60 + n);
+      p.b = p.a;  // C = 2 A A^T
+      const std::vector<float> whole = own_product(p, true);
+      p.c.assign(p.c.size(), -7.0f);
+      const std::vector<float> upper = own_product(p, true, cpu_gemm::Part::Upper);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          if (j >= i) {
+            EXPECT_EQ(upper[i * n + j], whole[i * n + j]) << i << ", " << j;
+          } else if (j / 32 * 32 + 31 < i / 12 * 12) {  // a tile wholly below the diagonal
+            EXPECT_EQ(upper[i * n + j], -7.0f) << i << ", " << j;
+          }
         }
-      }
-  }
+    }
+  set_num_threads(saved);
 }
 
 // sgemm_add_rows (a linear layer's bias) gives the bits of sgemm with beta = 1 on a C that holds
