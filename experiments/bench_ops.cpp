@@ -30,9 +30,6 @@ constexpr double kMinSampleMs = 20.0;
 constexpr double kFloat32Bytes = 4;
 constexpr double kInt64Bytes = 8;
 constexpr int64_t kPeakGemmSize = 4096;
-// The CPU's product timed beside every compute-bound case (see AdjacentPeaks): near the
-// 4096^3 rate on one or two cores, at an eighth of its time.
-constexpr int64_t kAdjacentGemmSize = 2048;
 constexpr int64_t kPeakCopyElements = int64_t(64) << 20;  // 256 MiB of float32
 constexpr int64_t kElementwiseElements = int64_t(16) << 20;
 

@@ -16,6 +16,11 @@
 
 namespace ml {
 
+// The float32 product timed beside compute-bound work on the CPU, its rate the peak that work is
+// judged on (bench ops' cases, bench ortho's methods): near the 4096^3 rate on one or two cores, at
+// an eighth of its time.
+constexpr int64_t kAdjacentGemmSize = 2048;
+
 // Returns the process exit code (0); throws std::runtime_error for a device this build or machine
 // cannot use.
 int run_bench_ops(const BenchArgs& args, std::ostream& out);

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "experiments/bench_ops.h"
 #include "experiments/exact_polar.h"
 #include "framework/backend.h"
 #include "framework/backends/cpu/blas_kernels.h"
@@ -94,26 +95,45 @@ std::vector<double> median_ms(const std::vector<std::function<void()>>& calls, i
   return medians;
 }
 
-// Each call's speed-up over calls[0] (NS5): `repeats` rounds of one timed call of NS5 and one of
-// the method, each after an untimed call of its own (so neither finds the other's data in cache),
-// and the median of the rounds' ratios. The ratio of the two medians above carries the machine's
-// drift between the two methods' runs (Turbo-Muon's at 1024x1024, one thread, read 1.20-1.53 over
-// four runs that way).
-std::vector<double> paired_speedups(const std::vector<std::function<void()>>& calls, int64_t repeats, Device device) {
+// What rounds that time each method beside NS5 and the GEMM peak give, per method (calls[0], NS5,
+// first): each speed-up over NS5, and each performed-FLOP rate as a fraction of the peak's.
+struct PairedRounds {
+  std::vector<double> speedup_vs_ns5;
+  std::vector<double> peak_fraction;
+};
+
+// For each method after NS5, `repeats` rounds of one timed call of a kAdjacentGemmSize^3 product,
+// of NS5 and of the method, each after an untimed call of its own (so that none finds another's data
+// in cache): the medians over the rounds of NS5's time over the method's, and of each one's
+// performed-FLOP rate over that round's product (NS5's over all of its rounds). The ratio of two
+// medians of separate runs carries the machine's drift between them (Turbo-Muon's speed-up at
+// 1024x1024, one thread, read 1.20-1.53 over four runs that way), and so would a peak timed once.
+PairedRounds paired_rounds(const std::vector<std::function<void()>>& calls, const std::vector<double>& performed_flops,
+                           int64_t repeats, Device device) {
   const auto warm_then_timed_ms = [&](const std::function<void()>& call) {
     call();
     return timed_call_ms(call, device);
   };
-  std::vector<double> speedups{1.0};
-  for (size_t i = 1; i < calls.size(); ++i) {
-    std::vector<double> ratios;
+  Generator gen(0);
+  const Tensor a = randn({kAdjacentGemmSize, kAdjacentGemmSize}, DType::Float32, device, gen);
+  const Tensor b = randn({kAdjacentGemmSize, kAdjacentGemmSize}, DType::Float32, device, gen);
+  const double peak_flops = 2.0 * std::pow(static_cast<double>(kAdjacentGemmSize), 3);
+  const auto peak_call = [&] { matmul(a, b); };
+  std::vector<std::vector<double>> ratios(calls.size()), fractions(calls.size());
+  for (size_t i = 1; i < calls.size(); ++i)
     for (int64_t round = 0; round < repeats; ++round) {
-      const double ns5_ms = warm_then_timed_ms(calls[0]);
-      ratios.push_back(ns5_ms / warm_then_timed_ms(calls[i]));
+      const double peak_rate = peak_flops / warm_then_timed_ms(peak_call);
+      const double ns5_ms = warm_then_timed_ms(calls[0]), method_ms = warm_then_timed_ms(calls[i]);
+      ratios[i].push_back(ns5_ms / method_ms);
+      fractions[0].push_back(performed_flops[0] / ns5_ms / peak_rate);
+      fractions[i].push_back(performed_flops[i] / method_ms / peak_rate);
     }
-    speedups.push_back(median_of(std::move(ratios)));
+  PairedRounds out;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    out.speedup_vs_ns5.push_back(i == 0 ? 1.0 : median_of(ratios[i]));
+    out.peak_fraction.push_back(median_of(fractions[i]));
   }
-  return speedups;
+  return out;
 }
 
 double relative_error(const Tensor& x, const Tensor& reference) {
@@ -183,16 +203,20 @@ Tensor orthogonalize(const std::string& method, const Tensor& matrix, int64_t st
   return newton_schulz(matrix, schedule_for(method, steps));
 }
 
-double ortho_flops(const std::string& method, int64_t rows, int64_t cols, int64_t steps) {
+double ortho_flops(const std::string& method, int64_t rows, int64_t cols, int64_t steps, FlopCount count) {
   check_method(method, steps);
   const double elements = static_cast<double>(rows) * static_cast<double>(cols);
   if (method == "rmnp") return 3.0 * elements;  // squares and row sums, then one scaling
   const int64_t iterations = static_cast<int64_t>(schedule_for(method, steps).triples.size());
+  const auto ns_flops = [&](int64_t r, int64_t c) {
+    return count == FlopCount::Nominal ? newton_schulz_flops(r, c, iterations)
+                                       : newton_schulz_performed_flops(r, c, iterations);
+  };
   if (method == "dion2") {  // L1 scores (abs, sum), then Newton–Schulz on the selected k x max(rows, cols)
     const int64_t k = selection_count(std::min(rows, cols), kDion2Fraction);
-    return 2.0 * elements + newton_schulz_flops(k, std::max(rows, cols), iterations);
+    return 2.0 * elements + ns_flops(k, std::max(rows, cols));
   }
-  return newton_schulz_flops(rows, cols, iterations);
+  return ns_flops(rows, cols);
 }
 
 int run_ortho(const std::string& method, const std::string& in_path, const std::string& out_path, int64_t steps,
@@ -282,12 +306,15 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
                                                         {1024, 1024}, {768, 3072}, {3072, 768}};
   std::vector<Json> rows;
   char line[160];
-  std::snprintf(line, sizeof line, "%-11s %-14s %10s %9s %10s %9s\n", "shape", "method", "ms", "GFLOP/s", "polar_err",
-                "vs_ns5");
+  std::snprintf(line, sizeof line, "%-11s %-14s %10s %9s %10s %9s %9s %6s\n", "shape", "method", "ms", "GFLOP/s",
+                "polar_err", "vs_ns5", "ceiling", "%peak");
   out << "ortho methods, " << device.str() << ", " << num_threads() << " threads, median of " << repeats << "\n"
       << "GFLOP/s counts every product as a whole matmul (newton_schulz_flops); the symmetric ones compute one\n"
-      << "triangle, so a rate above the GEMM peak is work saved, not speed; vs_ns5 is the median over " << repeats
-      << "\nrounds of one NS5 call's time over one of the method's, timed back to back\n"
+      << "triangle, so a rate above the GEMM peak is work saved, not speed. Over " << repeats << " rounds that time a "
+      << kAdjacentGemmSize << "^3 product,\n"
+      << "one NS5 call and one of the method back to back, medians of: vs_ns5, NS5's time over the method's;\n"
+      << "%peak, the FLOPs the method performs (symmetric products at half) per second over the product's\n"
+      << "rate. ceiling: NS5's performed FLOPs over the method's, its vs_ns5 were both to run at one rate\n"
       << line;
   Generator gen(20260101);
   for (const auto& [m, n] : shapes) {
@@ -297,21 +324,33 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
     const std::vector<std::string>& methods = ortho_methods();
     std::vector<Tensor> results(methods.size());
     std::vector<std::function<void()>> calls;
-    for (size_t i = 0; i < methods.size(); ++i)
+    std::vector<double> performed_flops;
+    for (size_t i = 0; i < methods.size(); ++i) {
       calls.push_back([&, i] {
         // Dropped first, as torch_reference.py drops each result before the next call: the new
         // result may then reuse its memory, still in cache from the call before.
         results[i] = Tensor();
         results[i] = orthogonalize(methods[i], g_device);
       });
+      performed_flops.push_back(ortho_flops(methods[i], m, n, 0, FlopCount::Performed));
+    }
     const std::vector<double> ms = median_ms(calls, repeats, device);
-    const std::vector<double> speedups = paired_speedups(calls, repeats, device);  // ortho_methods() starts with ns5
+    const PairedRounds paired = paired_rounds(calls, performed_flops, repeats, device);  // methods[0] is ns5
     for (size_t i = 0; i < methods.size(); ++i) {
       const double gflops = ortho_flops(methods[i], m, n) / (ms[i] * 1e6);
       const double error = relative_error(results[i], polar);
+      // RMNP's count is of elementwise work, which memory bounds: neither ratio applies to it.
+      const bool compute_bound = methods[i] != "rmnp";
+      const double ceiling = performed_flops[0] / performed_flops[i];
+      const double percent_of_peak = 100.0 * paired.peak_fraction[i];
+      char ceiling_text[16] = "-", percent_text[16] = "-";
+      if (compute_bound) {
+        std::snprintf(ceiling_text, sizeof ceiling_text, "%.2fx", ceiling);
+        std::snprintf(percent_text, sizeof percent_text, "%.0f%%", percent_of_peak);
+      }
       const std::string shape = std::to_string(m) + "x" + std::to_string(n);
-      std::snprintf(line, sizeof line, "%-11s %-14s %10.3f %9.1f %10.4f %8.2fx\n", shape.c_str(), methods[i].c_str(),
-                    ms[i], gflops, error, speedups[i]);
+      std::snprintf(line, sizeof line, "%-11s %-14s %10.3f %9.1f %10.4f %8.2fx %9s %6s\n", shape.c_str(),
+                    methods[i].c_str(), ms[i], gflops, error, paired.speedup_vs_ns5[i], ceiling_text, percent_text);
       out << line << std::flush;
       rows.push_back(Json::object({{"bench", "ortho"},
                                    {"shape", Json::array({m, n})},
@@ -323,7 +362,9 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
                                    {"ms", rounded(ms[i], 3)},
                                    {"gflops", rounded(gflops, 2)},
                                    {"polar_err", rounded(error, 5)},
-                                   {"speedup_vs_ns5", rounded(speedups[i], 3)}}));
+                                   {"speedup_vs_ns5", rounded(paired.speedup_vs_ns5[i], 3)},
+                                   {"flop_ceiling_vs_ns5", compute_bound ? Json(rounded(ceiling, 3)) : Json()},
+                                   {"pct_of_gemm_peak", compute_bound ? Json(rounded(percent_of_peak, 1)) : Json()}}));
     }
   }
   bench_stacks(device, repeats, rows, out);

@@ -24,8 +24,12 @@ const std::vector<std::string>& ortho_methods();
 // takes none). Throws std::invalid_argument for an unknown method or a bad step count.
 Tensor orthogonalize(const std::string& method, const Tensor& matrix, int64_t steps = 0);
 
-// Nominal floating-point operations of one call (multiply-adds count twice).
-double ortho_flops(const std::string& method, int64_t rows, int64_t cols, int64_t steps = 0);
+// Floating-point operations of one call (multiply-adds count twice): Nominal counts every product
+// as a whole matmul; Performed counts half of each symmetric one, which computes one triangle
+// (newton_schulz_performed_flops).
+enum class FlopCount { Nominal, Performed };
+double ortho_flops(const std::string& method, int64_t rows, int64_t cols, int64_t steps = 0,
+                   FlopCount count = FlopCount::Nominal);
 
 // Reads a 2-D float32/float64 .npy, runs the method in float32 and writes the float32 result;
 // prints one summary line to `out`. Returns 0; throws std::runtime_error naming the file on

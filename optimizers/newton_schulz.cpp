@@ -224,4 +224,13 @@ double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps, bool with_
   return direct_flops(kd, ld, sd) + (with_transform ? 2 * (sd - 1) * kd * kd * kd : 0.0) - saved;
 }
 
+double newton_schulz_performed_flops(int64_t rows, int64_t cols, int64_t steps) {
+  const int64_t k = std::min(rows, cols), l = std::max(rows, cols);
+  const double kd = static_cast<double>(k), ld = static_cast<double>(l), sd = static_cast<double>(steps);
+  // Gram form: S S^T (k^2 l), T X0 (2 k^2 l); per step P (k^3), all but the last the A update (2 k^3),
+  // all but the first the T update (k^3). Direct, per step: A (k^2 l), P (k^3), P X (2 k^2 l).
+  if (uses_gram_form(k, l, steps)) return 3 * kd * kd * ld + (4 * sd - 3) * kd * kd * kd;
+  return sd * (3 * kd * kd * ld + kd * kd * kd);
+}
+
 }  // namespace ml

@@ -93,4 +93,10 @@ Tensor diagonal_view(const Tensor& square);
 double newton_schulz_flops(int64_t rows, int64_t cols, int64_t steps, bool with_transform = false,
                            bool gram_given = false);
 
+// The FLOPs newton_schulz performs (no transform, own Gram matrix): as newton_schulz_flops, but its
+// symmetric products compute one triangle, half their nominal count. Direct: K (3 k^2 l + k^3);
+// Gram form: 3 k^2 l + (4K - 3) k^3. The useful work a rate is judged on against the GEMM peak, and
+// the ratio of two schedules' counts is the speed-up they can reach running at the same rate.
+double newton_schulz_performed_flops(int64_t rows, int64_t cols, int64_t steps);
+
 }  // namespace ml

@@ -1255,6 +1255,12 @@ TEST(OptimOrtho, EveryMethodGivesItsDocumentedOutput) {
   EXPECT_EQ(ortho_flops("turbo", 40, 24), 4.0 * 24 * 24 * 40 + 26.0 * 24 * 24 * 24);
   EXPECT_EQ(ortho_flops("ns5", 30, 30), 5 * (4.0 * 30 * 30 * 30 + 2.0 * 30 * 30 * 30));
   EXPECT_EQ(ortho_flops("dion2", 24, 40), 2.0 * 24 * 40 + 4.0 * 6 * 6 * 40 + 34.0 * 6 * 6 * 6);
+  // Performed: the symmetric products (X X^T, every k x k one) at half: 3 k^2 l + (4K - 3) k^3 in the
+  // Gram form, K (3 k^2 l + k^3) direct.
+  EXPECT_EQ(ortho_flops("ns5", 24, 40, 0, FlopCount::Performed), 3.0 * 24 * 24 * 40 + 17.0 * 24 * 24 * 24);
+  EXPECT_EQ(ortho_flops("turbo", 40, 24, 0, FlopCount::Performed), 3.0 * 24 * 24 * 40 + 13.0 * 24 * 24 * 24);
+  EXPECT_EQ(ortho_flops("ns5", 30, 30, 0, FlopCount::Performed), 5 * (3.0 * 30 * 30 * 30 + 30.0 * 30 * 30));
+  EXPECT_EQ(ortho_flops("dion2", 24, 40, 0, FlopCount::Performed), 2.0 * 24 * 40 + 3.0 * 6 * 6 * 40 + 17.0 * 6 * 6 * 6);
   EXPECT_THROW(orthogonalize("svd", input), std::invalid_argument);
   EXPECT_THROW(orthogonalize("rmnp", input, 3), std::invalid_argument);
 }
