@@ -40,11 +40,15 @@ enum class Bound { Compute, Bf16Compute, Memory };
 const char* unit_of(Bound bound) { return bound == Bound::Memory ? "GB/s" : "TFLOP/s"; }
 
 // One call's work: FLOPs (Compute), or the bytes a kernel moves when it reads every input and
-// writes every output once (Memory), for the forward and for the backward alone.
+// writes every output once (Memory), for the forward and for the backward alone. A compute-bound
+// case also counts those least bytes (its roofline: where the copy rate is low beside the FLOP rate,
+// as for one core of the stem convolution, they take longer than its FLOPs at the peak).
 struct Work {
   Bound bound;
   double forward;
   double backward;
+  double forward_bytes = 0;
+  double backward_bytes = 0;
 };
 
 struct OpCase {
@@ -69,6 +73,12 @@ struct Row {
   // peak sample's, in %.
   std::optional<double> forward_pct;
   std::optional<double> forward_backward_pct;
+  Work work{Bound::Compute, 0, 0};
+  // A compute-bound case's fwd+bwd time over its roofline's (the longer of its FLOPs at the GEMM
+  // peak and its least bytes at the copy rate, both sampled beside it): the median over the rounds,
+  // in %, and whether the bytes set it.
+  std::optional<double> forward_backward_roofline_pct;
+  bool memory_sets_roofline = false;
 };
 
 // The device's measured peaks, in the units of unit_of().
@@ -124,7 +134,12 @@ class Inputs {
 OpCase matmul_case(Inputs& in, const std::string& op, Bound bound, int64_t m, int64_t k, int64_t n) {
   const Tensor a = in.leaf({m, k}), b = in.leaf({k, n});
   const double flops = 2.0 * m * n * k;
-  return {op, shape_str(a.shape()) + " @ " + shape_str(b.shape()), {bound, flops, 2 * flops}, {a, b},
+  // Backward reads grad_c, a and b and writes grad_a and grad_b.
+  const double a_b = kFloat32Bytes * (m * k + k * n), c_bytes = kFloat32Bytes * m * n;
+  return {op,
+          shape_str(a.shape()) + " @ " + shape_str(b.shape()),
+          {bound, flops, 2 * flops, a_b + c_bytes, c_bytes + 2 * a_b},
+          {a, b},
           [a, b] { return matmul(a, b); }};
 }
 
@@ -145,10 +160,16 @@ OpCase conv2d_case(Inputs& in, const Shape& x_shape, const Shape& w_shape, int64
   std::vector<Tensor> leaves{w};
   if (is_stem) leaves.push_back(bias);
   else leaves.push_back(x);
+  // Backward reads grad_y and x and writes grad_w (and grad_bias); past the stem it also reads w
+  // and writes grad_x.
+  const double x_bytes = kFloat32Bytes * numel_of(x_shape),
+               y_bytes = kFloat32Bytes * x_shape[0] * w_shape[0] * out_h * out_w;
+  const double w_bytes = kFloat32Bytes * (numel_of(w_shape) + (is_stem ? w_shape[0] : 0));
   return {"conv2d",
           "x " + shape_str(x_shape) + " w " + shape_str(w_shape) + (is_stem ? " +bias" : "") + " pad " +
               std::to_string(pad),
-          {Bound::Compute, flops, (is_stem ? 1 : 2) * flops},
+          {Bound::Compute, flops, (is_stem ? 1 : 2) * flops, x_bytes + w_bytes + y_bytes,
+           y_bytes + (is_stem ? 1 : 2) * (x_bytes + w_bytes)},
           leaves,
           [x, w, bias, pad] { return conv2d(x, w, bias, 1, pad); }};
 }
@@ -166,7 +187,9 @@ OpCase attention_case(Inputs& in, int64_t batch, int64_t heads, int64_t seq, int
   const Shape shape{batch, heads, seq, head_dim};
   const Tensor q = in.leaf(shape), k = in.leaf(shape), v = in.leaf(shape);
   const double flops = 4.0 * head_dim * batch * heads * seq * (seq + 1) / 2;
-  const Work work{Bound::Compute, flops, 2 * flops};
+  // Forward reads q, k, v and writes the output; backward reads grad_out, q, k, v and writes their gradients.
+  const double tensor_bytes = kFloat32Bytes * numel_of(shape);
+  const Work work{Bound::Compute, flops, 2 * flops, 4 * tensor_bytes, 7 * tensor_bytes};
   const std::string text = "q, k, v " + shape_str(shape) + " causal";
   if (variant != AttentionVariant::GenericOps) {
     const bool fused = variant == AttentionVariant::Fused;
@@ -307,6 +330,18 @@ double median(std::vector<double> values) {
   return values[values.size() / 2];
 }
 
+// A compute-bound case's forward+backward at the machine's limits, in ms: its FLOPs at `flops_rate`
+// (TFLOP/s) and its least bytes at `copy_rate` (GB/s). The roofline is the longer of the two.
+struct Floors {
+  double compute_ms, memory_ms;
+  double roofline_ms() const { return std::max(compute_ms, memory_ms); }
+};
+
+Floors floors_of(const Work& work, double flops_rate, double copy_rate) {
+  return {(work.forward + work.backward) / (flops_rate * 1e9),
+          (work.forward_bytes + work.backward_bytes) / (copy_rate * 1e6)};
+}
+
 std::function<void()> forward_call(const OpCase& c) {
   return [&c] {
     NoGradGuard no_grad;
@@ -320,6 +355,7 @@ Row timed_row(const OpCase& c, bool is_peak, double forward_ms, std::optional<do
   row.op = c.op;
   row.shape = c.shape;
   row.bound = c.work.bound;
+  row.work = c.work;
   row.is_peak = is_peak;
   row.forward_ms = forward_ms;
   row.forward_rate = rate(c.work.bound, c.work.forward, forward_ms);
@@ -337,8 +373,10 @@ Row measure_peak(const OpCase& c, int64_t repeats, Backend& backend) {
 // round starts with a sample of it, and the case's % of peak is the median of its samples' rates
 // over the peak sample's of the same round: a change in the machine's speed between rounds (a VM's
 // neighbours) moves both alike. (Timed after all of its peak's samples, the stem's fwd+bwd read
-// 48-81% over four one-thread runs; beside them, 57-71% over three.)
-Row measure(const OpCase& c, int64_t repeats, Backend& backend, const OpCase* peak = nullptr) {
+// 48-81% over four one-thread runs; beside them, 57-71% over three.) With `copy` too, a
+// compute-bound case's rounds also sample the copy, for its roofline.
+Row measure(const OpCase& c, int64_t repeats, Backend& backend, const OpCase* peak = nullptr,
+            const OpCase* copy = nullptr) {
   Tensor grad_output;
   {
     NoGradGuard no_grad;
@@ -352,24 +390,35 @@ Row measure(const OpCase& c, int64_t repeats, Backend& backend, const OpCase* pe
         c.forward().backward(grad_output);
       },
       backend, peak != nullptr);
-  std::optional<CallTimer> peak_timer;
+  std::optional<CallTimer> peak_timer, copy_timer;
   if (peak) peak_timer.emplace(forward_call(*peak), backend);
   const Work work = c.work;
-  std::vector<double> forward_ms, both_ms, peak_rates, forward_pct, both_pct;
+  const double both_bytes = work.forward_bytes + work.backward_bytes;
+  if (peak && copy && work.bound == Bound::Compute && both_bytes > 0) copy_timer.emplace(forward_call(*copy), backend);
+  std::vector<double> forward_ms, both_ms, peak_rates, copy_rates, forward_pct, both_pct, roofline_pct;
   for (int64_t round = 0; round < repeats; ++round) {
     if (peak_timer) peak_rates.push_back(rate(peak->work.bound, peak->work.forward, peak_timer->sample()));
+    if (copy_timer) copy_rates.push_back(rate(Bound::Memory, copy->work.forward, copy_timer->sample()));
     forward_ms.push_back(forward.sample());
     both_ms.push_back(both.sample());
     if (peak_timer) {
       forward_pct.push_back(100.0 * rate(work.bound, work.forward, forward_ms.back()) / peak_rates.back());
       both_pct.push_back(100.0 * rate(work.bound, work.forward + work.backward, both_ms.back()) / peak_rates.back());
     }
+    if (copy_timer)
+      roofline_pct.push_back(100.0 * floors_of(work, peak_rates.back(), copy_rates.back()).roofline_ms() /
+                             both_ms.back());
   }
   Row row = timed_row(c, false, median(forward_ms), median(both_ms));
   if (peak) {
     row.peak_rate = median(peak_rates);
     row.forward_pct = median(forward_pct);
     row.forward_backward_pct = median(both_pct);
+  }
+  if (copy_timer) {
+    const Floors floors = floors_of(work, median(peak_rates), median(copy_rates));
+    row.forward_backward_roofline_pct = median(roofline_pct);
+    row.memory_sets_roofline = floors.memory_ms > floors.compute_ms;
   }
   return row;
 }
@@ -390,13 +439,42 @@ std::string percent_text(const Row& row, std::optional<double> rate, std::option
   return percent ? significant_text(*percent, 2) + "%" : "-";
 }
 
+// The row's fwd+bwd % of its roofline, and whether its bytes set it: a memory-bound op's is its %
+// of the copy peak; a compute-bound case's is measured beside peaks of its own (measure()), or
+// else taken from the run's peaks.
+struct Roofline {
+  double percent;
+  bool memory_sets_it;
+};
+std::optional<Roofline> roofline_of(const Row& row, const Peaks& peaks) {
+  if (row.is_peak || !row.forward_backward_ms) return std::nullopt;
+  if (row.bound == Bound::Memory) {
+    const std::optional<double> percent =
+        percent_of_peak(row, row.forward_backward_rate, row.forward_backward_pct, peaks);
+    return percent ? std::optional<Roofline>(Roofline{*percent, true}) : std::nullopt;
+  }
+  if (row.forward_backward_roofline_pct) return Roofline{*row.forward_backward_roofline_pct, row.memory_sets_roofline};
+  if (row.bound != Bound::Compute || row.work.forward_bytes + row.work.backward_bytes <= 0) return std::nullopt;
+  const Floors floors = floors_of(row.work, peaks.compute, peaks.memory);
+  return Roofline{100.0 * floors.roofline_ms() / *row.forward_backward_ms, floors.memory_ms > floors.compute_ms};
+}
+
+// A compute-bound case that its bytes bound says so.
+std::string roofline_text(const Row& row, const Peaks& peaks) {
+  const std::optional<Roofline> roofline = roofline_of(row, peaks);
+  if (!roofline) return "-";
+  const bool note_memory = roofline->memory_sets_it && row.bound != Bound::Memory;
+  return significant_text(roofline->percent, 2) + "%" + (note_memory ? " (memory)" : "");
+}
+
 std::string rate_text(const Row& row, std::optional<double> rate) {
   return rate ? significant_text(*rate, 3) + " " + unit_of(row.bound) : "-";
 }
 
 void print_table_header(std::ostream& out) {
-  out << "| op | shape | fwd ms | fwd rate | fwd % of peak | fwd+bwd ms | fwd+bwd rate | fwd+bwd % of peak |\n"
-      << "|---|---|---:|---:|---:|---:|---:|---:|\n";
+  out << "| op | shape | fwd ms | fwd rate | fwd % of peak | fwd+bwd ms | fwd+bwd rate | fwd+bwd % of peak | fwd+bwd % "
+         "of roofline |\n"
+      << "|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
 }
 
 void print_table_row(const Row& row, const Peaks& peaks, std::ostream& out) {
@@ -404,35 +482,40 @@ void print_table_row(const Row& row, const Peaks& peaks, std::ostream& out) {
   out << "| " << row.op << " | " << row.shape << " | " << ms_text(row.forward_ms) << " | "
       << rate_text(row, row.forward_rate) << " | " << percent_text(row, row.forward_rate, row.forward_pct, peaks)
       << " | " << ms_text(row.forward_backward_ms) << " | " << rate_text(row, row.forward_backward_rate) << " | "
-      << percent_text(row, row.forward_backward_rate, row.forward_backward_pct, peaks) << " |\n"
+      << percent_text(row, row.forward_backward_rate, row.forward_backward_pct, peaks) << " | "
+      << roofline_text(row, peaks) << " |\n"
       << std::flush;
 }
 
 Json json_row(const Row& row, const Peaks& peaks, Device device, int64_t repeats) {
   const auto number = [](std::optional<double> value) { return value ? Json(significant(*value, 6)) : Json(); };
+  const std::optional<Roofline> roofline = roofline_of(row, peaks);
   const auto percent = [&](std::optional<double> rate, std::optional<double> paired) {
     const std::optional<double> value = percent_of_peak(row, rate, paired, peaks);
     return value ? Json(significant(*value, 4)) : Json();
   };
-  return Json::object({{"bench", "op"},
-                       {"device", device.str()},
-                       {"threads", num_threads()},
-                       {"blas", blas_kernel_name()},
-                       {"float32_gemm", cpu_gemm::float32_gemm_name()},
-                       {"cpu_capability", cpu_capability_name()},
-                       {"repeats", repeats},
-                       {"op", row.op},
-                       {"shape", row.shape},
-                       {"unit", unit_of(row.bound)},
-                       {"is_peak", row.is_peak},
-                       {"forward_ms", number(row.forward_ms)},
-                       {"forward_rate", number(row.forward_rate)},
-                       {"forward_pct_of_peak", percent(row.forward_rate, row.forward_pct)},
-                       {"forward_backward_ms", number(row.forward_backward_ms)},
-                       {"forward_backward_rate", number(row.forward_backward_rate)},
-                       {"forward_backward_pct_of_peak", percent(row.forward_backward_rate, row.forward_backward_pct)},
-                       {"peak_rate", number(peak_of(row, peaks))},
-                       {"peak_measured", row.peak_rate ? "beside this case's samples" : "at the start"}});
+  return Json::object(
+      {{"bench", "op"},
+       {"device", device.str()},
+       {"threads", num_threads()},
+       {"blas", blas_kernel_name()},
+       {"float32_gemm", cpu_gemm::float32_gemm_name()},
+       {"cpu_capability", cpu_capability_name()},
+       {"repeats", repeats},
+       {"op", row.op},
+       {"shape", row.shape},
+       {"unit", unit_of(row.bound)},
+       {"is_peak", row.is_peak},
+       {"forward_ms", number(row.forward_ms)},
+       {"forward_rate", number(row.forward_rate)},
+       {"forward_pct_of_peak", percent(row.forward_rate, row.forward_pct)},
+       {"forward_backward_ms", number(row.forward_backward_ms)},
+       {"forward_backward_rate", number(row.forward_backward_rate)},
+       {"forward_backward_pct_of_peak", percent(row.forward_backward_rate, row.forward_backward_pct)},
+       {"forward_backward_pct_of_roofline", roofline ? Json(significant(roofline->percent, 4)) : Json()},
+       {"roofline_set_by", roofline ? Json(roofline->memory_sets_it ? "bytes" : "flops") : Json()},
+       {"peak_rate", number(peak_of(row, peaks))},
+       {"peak_measured", row.peak_rate ? "beside this case's samples" : "at the start"}});
 }
 
 // A virtual machine's speed drifts by 20-30% within minutes (its neighbours' load), so a case timed
@@ -483,7 +566,10 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
                            : "; each case's % is the median over its samples of its rate over its bound's peak "
                              "sampled just before (a " +
                                  std::to_string(kAdjacentGemmSize) + "^3 product, or the copy)")
-      << "\n\n";
+      << ". A compute-bound case's roofline is the longer of its FLOPs at the GEMM peak and the least bytes it moves "
+         "(inputs read and outputs written once) at the copy rate"
+      << (device.is_cuda() ? " (the run's peaks)" : " (both sampled beside it)")
+      << "; (memory) marks a case its bytes bound\n\n";
   print_table_header(out);
   std::vector<Row> rows;
   Peaks peaks;
@@ -518,7 +604,7 @@ int run_bench_ops(const BenchArgs& args, std::ostream& out) {
 
   const AdjacentPeaks adjacent(inputs, !device.is_cuda());
   const auto measure_with_peak = [&](const OpCase& c) {
-    return measure(c, args.repeats, backend, adjacent.beside(c.work.bound));
+    return measure(c, args.repeats, backend, adjacent.beside(c.work.bound), adjacent.beside(Bound::Memory));
   };
   for (const OpCase& c : gpt_matmul_cases(inputs, "matmul", Bound::Compute)) add_row(measure_with_peak(c));
 #ifdef MUONLAB_WITH_CUDA
