@@ -94,10 +94,13 @@ void pack_transposed_a(const Operand& a, int64_t row0, int64_t rows, int64_t k0,
   }
 }
 
-// out[kk * kTileCols + r] = rows[r][kk] for 16 rows and 16 steps: a 16 x 16 transpose in four
-// rounds of two-vector shuffles (what unpcklps/unpckhps, unpcklpd/unpckhpd and shuff32x4 do): rows
-// interleaved value by value, then pair by pair, then by quarters twice.
-__attribute__((target("arch=x86-64-v4"))) void transpose_16x16(const float* const (&rows)[16], float* out) {
+}  // namespace
+
+// A 16 x 16 transpose in four rounds of two-vector shuffles (what unpcklps/unpckhps,
+// unpcklpd/unpckhpd and shuff32x4 do): rows interleaved value by value, then pair by pair, then by
+// quarters twice.
+__attribute__((target("arch=x86-64-v4"))) void transpose_16x16(const float* const (&rows)[16], float* out,
+                                                               int64_t out_stride) {
   typedef float Vector __attribute__((vector_size(64)));
   typedef int32_t Indices __attribute__((vector_size(64)));
   constexpr Indices kValuesLow{0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29};
@@ -128,9 +131,11 @@ __attribute__((target("arch=x86-64-v4"))) void transpose_16x16(const float* cons
     const Vector steps[4] = {
         __builtin_shuffle(t[c], t[8 + c], kEvenQuarters), __builtin_shuffle(t[4 + c], t[12 + c], kEvenQuarters),
         __builtin_shuffle(t[c], t[8 + c], kOddQuarters), __builtin_shuffle(t[4 + c], t[12 + c], kOddQuarters)};
-    for (int q = 0; q < 4; ++q) std::memcpy(out + (4 * q + c) * kTileCols, &steps[q], sizeof(Vector));
+    for (int q = 0; q < 4; ++q) std::memcpy(out + (4 * q + c) * out_stride, &steps[q], sizeof(Vector));
   }
 }
+
+namespace {
 
 // Steps [k0, k0 + depth) of columns [col0 + panel * kTileCols, ...) of op(B): one panel of
 // kTileCols columns, step by step, the columns past `cols` zero.
@@ -147,7 +152,7 @@ void pack_b_panel(const Operand& b, int64_t k0, int64_t depth, int64_t col0, int
         const float* rows[16];
         for (int64_t r = 0; r < 16; ++r)
           rows[r] = half + r < live ? b.data + (col0 + half + r) * b.ld + k0 + kk : zeros;
-        transpose_16x16(rows, out + kk * kTileCols + half);
+        transpose_16x16(rows, out + kk * kTileCols + half, kTileCols);
       }
     for (int64_t j = 0; j < kTileCols; ++j) {
       const float* in = b.data + (col0 + j) * b.ld + k0;
@@ -332,6 +337,7 @@ void sgemm_add_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 #else  // no x86-64: OpenBLAS serves every product
 
 bool own_sgemm_runs() { return false; }
+void transpose_16x16(const float* const (&)[16], float*, int64_t) { std::abort(); }
 void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
            int64_t, bool, Part) {
   std::abort();

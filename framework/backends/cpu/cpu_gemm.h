@@ -42,6 +42,10 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 void sgemm_add_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                     int64_t lda, const float* b, int64_t ldb, const float* row, float* c, int64_t ldc, bool parallel);
 
+// out[i * out_stride + r] = rows[r][i] for 16 rows of 16 values: the packing of a transposed B, and
+// the mirror of a symmetric product's upper triangle (cpu_linalg.cpp). Only where own_sgemm_runs().
+void transpose_16x16(const float* const (&rows)[16], float* out, int64_t out_stride);
+
 // The CPU backend's product, and the one place that chooses what runs it: sgemm above where
 // own_sgemm_runs(), else BLAS (always for double). The same arguments as sgemm; outside a parallel
 // region it may use every thread, inside one it runs on the calling thread.
