@@ -462,7 +462,7 @@ std::optional<Roofline> roofline_of(const Row& row, const Peaks& peaks) {
   return Roofline{100.0 * floors.roofline_ms() / *row.forward_backward_ms, floors.memory_ms > floors.compute_ms};
 }
 
-// A compute-bound case that its bytes bound says so.
+// The roofline column: the %, with "(memory)" after a compute-bound case's where its bytes bound it.
 std::string roofline_text(const Row& row, const Peaks& peaks) {
   const std::optional<Roofline> roofline = roofline_of(row, peaks);
   if (!roofline) return "-";

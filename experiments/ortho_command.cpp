@@ -314,7 +314,7 @@ int run_bench_ortho(const std::string& device_name, int64_t repeats, std::ostrea
       << kAdjacentGemmSize << "^3 product,\n"
       << "one NS5 call and one of the method back to back, medians of: vs_ns5, NS5's time over the method's;\n"
       << "%peak, the FLOPs the method performs (symmetric products at half) per second over the product's\n"
-      << "rate. ceiling: NS5's performed FLOPs over the method's, its vs_ns5 were both to run at one rate\n"
+      << "rate. ceiling: NS5's performed FLOPs over the method's, the vs_ns5 of two calls at one rate\n"
       << line;
   Generator gen(20260101);
   for (const auto& [m, n] : shapes) {
