@@ -338,6 +338,7 @@ double median(std::vector<double> values) {
 struct Floors {
   double compute_ms, memory_ms;
   double roofline_ms() const { return std::max(compute_ms, memory_ms); }
+  bool memory_sets_roofline() const { return memory_ms > compute_ms; }
 };
 
 Floors floors_of(const Work& work, double flops_rate, double copy_rate) {
@@ -421,7 +422,7 @@ Row measure(const OpCase& c, int64_t repeats, Backend& backend, const OpCase* pe
   if (copy_timer) {
     const Floors floors = floors_of(work, median(peak_rates), median(copy_rates));
     row.forward_backward_roofline_pct = median(roofline_pct);
-    row.memory_sets_roofline = floors.memory_ms > floors.compute_ms;
+    row.memory_sets_roofline = floors.memory_sets_roofline();
   }
   return row;
 }
@@ -459,7 +460,7 @@ std::optional<Roofline> roofline_of(const Row& row, const Peaks& peaks) {
   if (row.forward_backward_roofline_pct) return Roofline{*row.forward_backward_roofline_pct, row.memory_sets_roofline};
   if (row.bound != Bound::Compute || row.work.forward_bytes + row.work.backward_bytes <= 0) return std::nullopt;
   const Floors floors = floors_of(row.work, peaks.compute, peaks.memory);
-  return Roofline{100.0 * floors.roofline_ms() / *row.forward_backward_ms, floors.memory_ms > floors.compute_ms};
+  return Roofline{100.0 * floors.roofline_ms() / *row.forward_backward_ms, floors.memory_sets_roofline()};
 }
 
 // The roofline column: the %, with "(memory)" after a compute-bound case's where its bytes bound it.
