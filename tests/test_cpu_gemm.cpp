@@ -119,38 +119,46 @@ TEST_F(OwnSgemm, MatchesFloat64AndOpenBlasAtEveryEdgeOfItsTilesAndBlocks) {
 }
 
 // The tiles are shared out between the threads, but each element is summed in the same order:
-// one thread, two threads and a call from inside a parallel region give the same bits.
+// one thread, two threads and a call from inside a parallel region give the same bits. Two threads
+// share C's columns on the first two sizes (the second wider than a block of columns per thread)
+// and its rows on the third (too few columns, and A over 4 MiB).
 TEST_F(OwnSgemm, GivesTheSameBitsOnAnyNumberOfThreads) {
+  struct Size {
+    int64_t m, n, k;
+  };
   const int saved = num_threads();
-  for (int layout = 0; layout < 4; ++layout) {
-    const Problem p = make_problem(300, 200, 300, layout & 1, layout & 2, 1, 1.25f, 0.5f, 40 + layout);
-    set_num_threads(1);
-    const std::vector<float> one = own_product(p, true);
-    set_num_threads(2);
-    const std::vector<float> two = own_product(p, true);
-    std::vector<float> in_region;
+  for (const Size& s : std::vector<Size>{{300, 200, 300}, {20, 4200, 30}, {4100, 90, 300}})
+    for (int layout = 0; layout < 4; ++layout) {
+      SCOPED_TRACE(std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k));
+      const Problem p = make_problem(s.m, s.n, s.k, layout & 1, layout & 2, 1, 1.25f, 0.5f, 40 + layout);
+      set_num_threads(1);
+      const std::vector<float> one = own_product(p, true);
+      set_num_threads(2);
+      const std::vector<float> two = own_product(p, true);
+      std::vector<float> in_region;
 #pragma omp parallel num_threads(2)
-    {
+      {
 #pragma omp single
-      in_region = own_product(p, true);
+        in_region = own_product(p, true);
+      }
+      EXPECT_EQ(one, two) << "layout " << layout;
+      EXPECT_EQ(one, in_region) << "layout " << layout;
+      expect_matches_float64(p, two, "own at two threads");
     }
-    EXPECT_EQ(one, two) << "layout " << layout;
-    EXPECT_EQ(one, in_region) << "layout " << layout;
-    expect_matches_float64(p, two, "own at two threads");
-  }
   set_num_threads(saved);
 }
 
 // For symmetric products (syrk): Part::Upper computes the upper triangle exactly as the whole
-// product does and leaves the tiles wholly below the diagonal untouched, on one thread or two (which
-// share its blocks of rows otherwise than the whole product's: 300 rows make four blocks).
+// product does and leaves the tiles wholly below the diagonal untouched, on one thread or two. Two
+// threads share its rows otherwise than the whole product's at n = 90 (three panels of columns:
+// four blocks of rows, dealt out in turn) and its columns unevenly (at n sqrt(1/2)) from n = 130.
 TEST_F(OwnSgemm, TheUpperPartIsTheWholeProductsUpperTriangle) {
   const int saved = num_threads();
   for (const int threads : {1, 2})
-    for (const int64_t n : {1, 13, 50, 130, 300}) {
+    for (const int64_t n : {1, 13, 50, 90, 130, 300}) {
       SCOPED_TRACE("n " + std::to_string(n) + ", threads " + std::to_string(threads));
       set_num_threads(threads);
-      Problem p = make_problem(n, n, 70, false, true, 0, 2.0f, 0.0f, 60 + n);
+      Problem p = make_problem(n, n, 140, false, true, 0, 2.0f, 0.0f, 60 + n);
       p.b = p.a;  // C = 2 A A^T
       const std::vector<float> whole = own_product(p, true);
       p.c.assign(p.c.size(), -7.0f);
@@ -170,14 +178,15 @@ TEST_F(OwnSgemm, TheUpperPartIsTheWholeProductsUpperTriangle) {
 // sgemm_add_rows (a linear layer's bias) gives the bits of sgemm with beta = 1 on a C that holds
 // the row in every row, without reading C (NaN there), at the edges of the tiles and of the depth's
 // blocks, both transposes, padded rows (whose padding it leaves alone), an empty depth, and on one
-// thread or two.
+// thread or two (sharing C's columns at 64 x 300, its rows at 2000 x 65).
 TEST_F(OwnSgemm, AddingARowMatchesTheProductOntoACopiedRow) {
   struct Size {
     int64_t m, n, k;
   };
   const int saved = num_threads();
   unsigned seed = 80;
-  for (const Size& s : std::vector<Size>{{1, 1, 1}, {13, 17, 257}, {25, 33, 600}, {241, 65, 40}, {300, 200, 0}})
+  for (const Size& s : std::vector<Size>{
+           {1, 1, 1}, {13, 17, 257}, {25, 33, 600}, {241, 65, 40}, {64, 300, 130}, {2000, 65, 40}, {300, 200, 0}})
     for (int layout = 0; layout < 4; ++layout)
       for (const int threads : {1, 2}) {
         set_num_threads(threads);

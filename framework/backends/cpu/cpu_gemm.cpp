@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -218,6 +219,39 @@ struct RowBlocks {
   }
 };
 
+// How C's columns are shared when each thread takes a range of them (run_column_share): thread t's
+// range starts at panel P t / threads of C's P panels of kTileCols columns, or for Part::Upper,
+// whose work left of column j grows as j^2, at P sqrt(t / threads).
+//
+// Sharing rows instead (run_share), the threads pack one block of B together and each reads all of
+// it, half from the other core's cache, between two barriers per block of steps; sharing columns,
+// each reads all of A instead, and nothing else. Measured on two cores (paired in one process,
+// experiments/results/cpu-ops-2026-12-05-2vcpu-epyc-session28.md), columns took 0.73-0.80 of the
+// time of 256^3 products and syrk, 0.69-0.77 where C is small and K long (128 x 128 x 768,
+// 128 x 384 x 768), 0.87-0.91 on the GPT's layers (768 x 128..512), 0.87-0.94 at 2048^3; but
+// 1.04-1.30 where A is tall and too large to read twice cheaply (4096 x 512 and up, with C narrower
+// than tall). So columns where C is at least as wide as tall or A is at most 4 MiB, with at least
+// two panels per thread.
+struct ColumnShares {
+  const Product& p;
+  int threads;
+  int64_t panels;
+  ColumnShares(const Product& product, int thread_count)
+      : p(product), threads(thread_count), panels((product.n + kTileCols - 1) / kTileCols) {}
+  int64_t first_panel(int thread) const {
+    if (p.part == Part::Upper)
+      return std::lround(static_cast<double>(panels) * std::sqrt(static_cast<double>(thread) / threads));
+    return thread * panels / threads;
+  }
+  int64_t widest() const {  // in columns
+    int64_t most = 0;
+    for (int t = 0; t < threads; ++t) most = std::max(most, first_panel(t + 1) - first_panel(t));
+    return most * kTileCols;
+  }
+  bool pay() const { return panels >= 2 * threads && (p.m <= p.n || p.m * p.k <= kSmallA); }
+  static constexpr int64_t kSmallA = int64_t{1} << 20;  // floats
+};
+
 // The tiles of C rows [row0, row0 + rows) x panels [first_panel, last_panel) of the packed block of
 // B that starts at column col0, over steps [k0, k0 + depth). A row-major A is read in place:
 // packing it (a transpose into steps of 12) cost a fifth of a 768 x 128 x 128 product, while the
@@ -293,21 +327,52 @@ void run_share(const Product& p, int thread, int threads, float* packed_b, float
   }
 }
 
+// Thread `thread` of `threads`' share of the product when each owns a range of C's columns: it packs
+// its own panels of B and runs every block of rows against them, so the threads share nothing and
+// never wait for each other. Part::Upper: a column's rows end at the diagonal.
+void run_column_share(const Product& p, const ColumnShares& shares, int thread, float* packed_b, float* packed_a) {
+  const int64_t share_end = std::min(p.n, shares.first_panel(thread + 1) * kTileCols);
+  for (int64_t col0 = shares.first_panel(thread) * kTileCols; col0 < share_end; col0 += kBlockCols) {
+    const int64_t cols = std::min(kBlockCols, share_end - col0), panels = (cols + kTileCols - 1) / kTileCols;
+    const int64_t m = p.part == Part::Upper ? std::min(p.m, col0 + cols) : p.m;
+    for (int64_t k0 = 0; k0 < p.k; k0 += kDepth) {
+      const int64_t depth = std::min(kDepth, p.k - k0);
+      for (int64_t panel = 0; panel < panels; ++panel)
+        pack_b_panel(p.b, k0, depth, col0 + panel * kTileCols, cols - panel * kTileCols,
+                     packed_b + panel * depth * kTileCols);
+      for (int64_t row0 = 0; row0 < m; row0 += kBlockRows)
+        block_times_panels(p, row0, std::min(kBlockRows, m - row0), col0, cols, 0, panels, k0, depth, packed_b,
+                           packed_a);
+    }
+  }
+}
+
 // Runs a product: its packed buffers, then its share on each thread.
 void run(const Product& p, bool parallel) {
   const int64_t m = p.m, n = p.n, k = p.k;
-  const int64_t block_cols = std::min(kBlockCols, n);
-  const int64_t packed_b_floats = std::min(kDepth, k) * ((block_cols + kTileCols - 1) / kTileCols * kTileCols);
   const int threads = parallel && !omp_in_parallel() && m * n * k >= kThreadedWork ? omp_get_max_threads() : 1;
-  // The buffers are the calling thread's, taken before the threads start: nothing in the parallel
-  // region allocates (an exception there could not reach the caller).
-  float* packed_b = thread_buffer(kSlotB, packed_b_floats);
+  const ColumnShares shares(p, threads);
+  const bool by_columns = threads > 1 && shares.pay();
+  // Each thread packs its blocks of A into its own part of the A buffer and, sharing columns, its
+  // panels of B into its own part of the B buffer. The buffers are the calling thread's, taken
+  // before the threads start: nothing in the parallel region allocates (an exception there could
+  // not reach the caller).
+  const int64_t b_cols = by_columns ? shares.widest() : n;
+  const int64_t b_floats =
+      std::min(kDepth, k) * ((std::min(kBlockCols, b_cols) + kTileCols - 1) / kTileCols * kTileCols);
+  float* packed_bs = thread_buffer(kSlotB, b_floats * (by_columns ? threads : 1));
   // Room for a block of rows however many threads the region gets (RowBlocks: at most kBlockRows).
   const int64_t a_floats = std::min(kBlockRows, (m + kTileRows - 1) / kTileRows * kTileRows) * std::min(kDepth, k);
   float* packed_as = thread_buffer(kSlotA, a_floats * threads);
-  if (threads == 1) return run_share(p, 0, 1, packed_b, packed_as, a_floats);
+  if (threads == 1) return run_share(p, 0, 1, packed_bs, packed_as, a_floats);
 #pragma omp parallel num_threads(threads)
-  run_share(p, omp_get_thread_num(), omp_get_num_threads(), packed_b, packed_as, a_floats);
+  {
+    const int thread = omp_get_thread_num();
+    if (by_columns)
+      run_column_share(p, shares, thread, packed_bs + thread * b_floats, packed_as + thread * a_floats);
+    else
+      run_share(p, thread, omp_get_num_threads(), packed_bs, packed_as, a_floats);
+  }
 }
 
 }  // namespace
