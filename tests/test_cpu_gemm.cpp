@@ -120,8 +120,8 @@ TEST_F(OwnSgemm, MatchesFloat64AndOpenBlasAtEveryEdgeOfItsTilesAndBlocks) {
 
 // The tiles are shared out between the threads, but each element is summed in the same order:
 // one thread, two threads and a call from inside a parallel region give the same bits. Two threads
-// share C's columns on the first two sizes (the second wider than a block of columns per thread)
-// and its rows on the third (too few columns, and A over 4 MiB).
+// share C's tiles by columns on the first two sizes (ranges that meet inside a panel; a range wider
+// than a block of columns) and its rows on the third (too few columns, and A over 4 MiB).
 TEST_F(OwnSgemm, GivesTheSameBitsOnAnyNumberOfThreads) {
   struct Size {
     int64_t m, n, k;
@@ -151,7 +151,8 @@ TEST_F(OwnSgemm, GivesTheSameBitsOnAnyNumberOfThreads) {
 // For symmetric products (syrk): Part::Upper computes the upper triangle exactly as the whole
 // product does and leaves the tiles wholly below the diagonal untouched, on one thread or two. Two
 // threads share its rows otherwise than the whole product's at n = 90 (three panels of columns:
-// four blocks of rows, dealt out in turn) and its columns unevenly (at n sqrt(1/2)) from n = 130.
+// four blocks of rows, dealt out in turn) and its tiles by columns from n = 130, where the
+// threads' ranges meet inside a panel.
 TEST_F(OwnSgemm, TheUpperPartIsTheWholeProductsUpperTriangle) {
   const int saved = num_threads();
   for (const int threads : {1, 2})

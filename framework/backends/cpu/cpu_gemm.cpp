@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 
 #include "framework/backends/cpu/cpu_capability.h"
@@ -219,9 +220,20 @@ struct RowBlocks {
   }
 };
 
-// How C's columns are shared when each thread takes a range of them (run_column_share): thread t's
-// range starts at panel P t / threads of C's P panels of kTileCols columns, or for Part::Upper,
-// whose work left of column j grows as j^2, at P sqrt(t / threads).
+// A thread's tiles of C when the threads share C's columns: panels [first_panel, last_panel], all
+// of their tiles but those above first_row in the first panel and from end_row on in the last.
+struct TileRange {
+  int64_t first_panel = 0, first_row = 0, last_panel = std::numeric_limits<int64_t>::max(),
+          end_row = std::numeric_limits<int64_t>::max();
+  bool owns(int64_t panel, int64_t row) const {
+    return !(panel == first_panel && row < first_row) && !(panel == last_panel && row >= end_row);
+  }
+};
+
+// How the threads share C's tiles when each takes a range of C's columns (run_column_share): the
+// tiles counted panel by panel, down each panel (for Part::Upper, to its last column's diagonal),
+// thread t taking tiles [T t / threads, T (t + 1) / threads) of the T. (By whole panels, the
+// upper triangle of a 256 x 256 syrk gave two threads 58 and 41 of its 99 tiles.)
 //
 // Sharing rows instead (run_share), the threads pack one block of B together and each reads all of
 // it, half from the other core's cache, between two barriers per block of steps; sharing columns,
@@ -238,18 +250,37 @@ struct ColumnShares {
   int64_t panels;
   ColumnShares(const Product& product, int thread_count)
       : p(product), threads(thread_count), panels((product.n + kTileCols - 1) / kTileCols) {}
-  int64_t first_panel(int thread) const {
-    if (p.part == Part::Upper)
-      return std::lround(static_cast<double>(panels) * std::sqrt(static_cast<double>(thread) / threads));
-    return thread * panels / threads;
-  }
-  int64_t widest() const {  // in columns
-    int64_t most = 0;
-    for (int t = 0; t < threads; ++t) most = std::max(most, first_panel(t + 1) - first_panel(t));
-    return most * kTileCols;
-  }
   bool pay() const { return panels >= 2 * threads && (p.m <= p.n || p.m * p.k <= kSmallA); }
   static constexpr int64_t kSmallA = int64_t{1} << 20;  // floats
+
+  int64_t tiles_in(int64_t panel) const {
+    const int64_t rows = p.part == Part::Upper ? std::min(p.m, (panel + 1) * kTileCols) : p.m;
+    return (rows + kTileRows - 1) / kTileRows;
+  }
+  // Thread `thread`'s tiles (none: first_panel > last_panel).
+  TileRange range(int thread) const {
+    int64_t total = 0;
+    for (int64_t panel = 0; panel < panels; ++panel) total += tiles_in(panel);
+    const int64_t first = total * thread / threads, end = total * (thread + 1) / threads;
+    TileRange range{0, 0, -1, 0};
+    for (int64_t panel = 0, before = 0; panel < panels && before < end; before += tiles_in(panel++)) {
+      if (first >= before && first < before + tiles_in(panel)) range = {panel, (first - before) * kTileRows, 0, 0};
+      if (end > before && end <= before + tiles_in(panel)) {
+        range.last_panel = panel;
+        range.end_row = (end - before) * kTileRows;
+      }
+    }
+    return range;
+  }
+  // The most columns one thread's range spans, for the packed panels of B.
+  int64_t widest() const {
+    int64_t most = 0;
+    for (int t = 0; t < threads; ++t) {
+      const TileRange r = range(t);
+      most = std::max(most, r.last_panel - r.first_panel + 1);
+    }
+    return most * kTileCols;
+  }
 };
 
 // The tiles of C rows [row0, row0 + rows) x panels [first_panel, last_panel) of the packed block of
@@ -259,9 +290,9 @@ struct ColumnShares {
 // always packed: read in place, a panel's rows ldb apart share a few L1 sets (2048^3: 143-150
 // against 160 GFLOP/s), and packing gains back all but ~3% of its cost on the smallest B-heavy
 // products (128 x 512 x 768).
-void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t col0, int64_t cols,
-                        int64_t first_panel, int64_t last_panel, int64_t k0, int64_t depth, const float* packed_b,
-                        float* packed_a) {
+void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t col0, int64_t cols, int64_t first_panel,
+                        int64_t last_panel, int64_t k0, int64_t depth, const float* packed_b, float* packed_a,
+                        const TileRange& owned = TileRange{}) {
   const bool in_place = !p.a.transposed;
   if (!in_place) pack_transposed_a(p.a, row0, rows, k0, depth, packed_a);
   const bool first = k0 == 0;
@@ -271,6 +302,7 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
     for (int64_t i = row0; i < row0 + rows; i += kTileRows) {
       // Upper: a tile whose last column is left of its first row's diagonal holds nothing wanted.
       if (p.part == Part::Upper && j + live_cols - 1 < i) continue;
+      if (!owned.owns(j / kTileCols, i)) continue;
       const int64_t live_rows = std::min(kTileRows, row0 + rows - i);
       float* c = p.c + i * p.ldc + j;
       prefetch_tile(c, p.ldc, live_rows);
@@ -327,12 +359,12 @@ void run_share(const Product& p, int thread, int threads, float* packed_b, float
   }
 }
 
-// Thread `thread` of `threads`' share of the product when each owns a range of C's columns: it packs
-// its own panels of B and runs every block of rows against them, so the threads share nothing and
-// never wait for each other. Part::Upper: a column's rows end at the diagonal.
-void run_column_share(const Product& p, const ColumnShares& shares, int thread, float* packed_b, float* packed_a) {
-  const int64_t share_end = std::min(p.n, shares.first_panel(thread + 1) * kTileCols);
-  for (int64_t col0 = shares.first_panel(thread) * kTileCols; col0 < share_end; col0 += kBlockCols) {
+// Thread `thread`'s share of the product when each owns a range of C's tiles (ColumnShares): it
+// packs the panels of B its tiles need and runs every block of rows against them, so the threads
+// never wait for each other (two may both pack the panel they share).
+void run_column_share(const Product& p, const TileRange& owned, float* packed_b, float* packed_a) {
+  const int64_t share_end = std::min(p.n, (owned.last_panel + 1) * kTileCols);
+  for (int64_t col0 = owned.first_panel * kTileCols; col0 < share_end; col0 += kBlockCols) {
     const int64_t cols = std::min(kBlockCols, share_end - col0), panels = (cols + kTileCols - 1) / kTileCols;
     const int64_t m = p.part == Part::Upper ? std::min(p.m, col0 + cols) : p.m;
     for (int64_t k0 = 0; k0 < p.k; k0 += kDepth) {
@@ -342,7 +374,7 @@ void run_column_share(const Product& p, const ColumnShares& shares, int thread, 
                      packed_b + panel * depth * kTileCols);
       for (int64_t row0 = 0; row0 < m; row0 += kBlockRows)
         block_times_panels(p, row0, std::min(kBlockRows, m - row0), col0, cols, 0, panels, k0, depth, packed_b,
-                           packed_a);
+                           packed_a, owned);
     }
   }
 }
@@ -369,7 +401,7 @@ void run(const Product& p, bool parallel) {
   {
     const int thread = omp_get_thread_num();
     if (by_columns)
-      run_column_share(p, shares, thread, packed_bs + thread * b_floats, packed_as + thread * a_floats);
+      run_column_share(p, shares.range(thread), packed_bs + thread * b_floats, packed_as + thread * a_floats);
     else
       run_share(p, thread, omp_get_num_threads(), packed_bs, packed_as, a_floats);
   }
