@@ -116,13 +116,17 @@ class Backend {
     copy(Tensor::view_of(bias, c.shape(), {0, 0, 1}, bias.offset()), c);
     gemm(a, b, c, alpha, 1.0, math);
   }
-  // c[i] = alpha * a[i] @ b[i]^T + beta * c[i] for 3-D a, b [B, k, l] (each matrix with unit stride
+  // c[i] = alpha * a[i] @ b[i]^T + beta * d[i] for 3-D a, b [B, k, l] (each matrix with unit stride
   // in one dim) whose products are symmetric: b is a itself (a Gram matrix, BLAS's syrk), or a
   // matrix that commutes with a (cuBLAS's syrkx; Newton-Schulz's polynomials in one matrix), and
-  // a contiguous c [B, k, k], symmetric where beta != 0. It computes one triangle, half the
-  // products, reads only that triangle of c and mirrors the result. This default, for backends
-  // without one, is the plain batched product (symmetric up to rounding).
-  virtual void syrk(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) {
+  // a contiguous c [B, k, k]; d is c itself where undefined, else another contiguous [B, k, k]
+  // (a product that starts from it needs no copy of it in c first), symmetric where beta != 0.
+  // It computes one triangle, half the products, reads only that triangle of d and mirrors the
+  // result. This default, for backends without one, copies d into c and runs the plain batched
+  // product (symmetric up to rounding).
+  virtual void syrk(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, const Tensor& d,
+                    GemmMath math) {
+    if (d.defined() && beta != 0.0) copy(d, c);
     gemm(a, b.transpose(1, 2), c, alpha, beta, math);
   }
   // Whether `batch` same-shape products of `multiply_adds` each are faster as one batched call

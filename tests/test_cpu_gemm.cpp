@@ -149,7 +149,8 @@ TEST_F(OwnSgemm, GivesTheSameBitsOnAnyNumberOfThreads) {
 }
 
 // For symmetric products (syrk): Part::Upper computes the upper triangle exactly as the whole
-// product does and leaves the tiles wholly below the diagonal untouched, on one thread or two. Two
+// product does, onto C or from another matrix D, and leaves the tiles wholly below the diagonal
+// untouched, on one thread or two. Two
 // threads share its rows otherwise than the whole product's at n = 90 (three panels of columns:
 // four blocks of rows, dealt out in turn) and its tiles by columns from n = 130, where the
 // threads' ranges meet inside a panel.
@@ -164,23 +165,34 @@ TEST_F(OwnSgemm, TheUpperPartIsTheWholeProductsUpperTriangle) {
       const std::vector<float> whole = own_product(p, true);
       p.c.assign(p.c.size(), -7.0f);
       const std::vector<float> upper = own_product(p, true, cpu_gemm::Part::Upper);
+      // C = 2 A A^T - 0.75 D from another matrix D: the upper triangle of the whole product onto a copy of D.
+      std::vector<float> d(n * n), onto_d(n * n, -7.0f);
+      for (int64_t i = 0; i < n * n; ++i) d[i] = static_cast<float>(i % 7) - 3.0f;
+      p.c = d;
+      p.beta = -0.75f;
+      const std::vector<float> whole_onto_d = own_product(p, true);
+      cpu_gemm::sgemm(false, true, n, n, p.k, p.alpha, p.a.data(), p.lda(), p.b.data(), p.ldb(), p.beta, onto_d.data(),
+                      n, true, cpu_gemm::Part::Upper, d.data(), n);
       for (int64_t i = 0; i < n; ++i)
         for (int64_t j = 0; j < n; ++j) {
           if (j >= i) {
             EXPECT_EQ(upper[i * n + j], whole[i * n + j]) << i << ", " << j;
+            EXPECT_EQ(onto_d[i * n + j], whole_onto_d[i * n + j]) << "from D: " << i << ", " << j;
           } else if (j / 32 * 32 + 31 < i / 12 * 12) {  // a tile wholly below the diagonal
             EXPECT_EQ(upper[i * n + j], -7.0f) << i << ", " << j;
+            EXPECT_EQ(onto_d[i * n + j], -7.0f) << "from D: " << i << ", " << j;
           }
         }
     }
   set_num_threads(saved);
 }
 
-// sgemm_add_rows (a linear layer's bias) gives the bits of sgemm with beta = 1 on a C that holds
-// the row in every row, without reading C (NaN there), at the edges of the tiles and of the depth's
-// blocks, both transposes, padded rows (whose padding it leaves alone), an empty depth, and on one
-// thread or two (sharing C's columns at 64 x 300, its rows at 2000 x 65).
-TEST_F(OwnSgemm, AddingARowMatchesTheProductOntoACopiedRow) {
+// Starting from another matrix D (sgemm's d) gives the bits of the product onto a C that holds D,
+// without reading C (NaN there): D one row added to every row (ldd = 0, beta = 1: a linear layer's
+// bias) or a whole matrix with its own padded rows (beta = -0.75), at the edges of the tiles and of
+// the depth's blocks, both transposes, padded rows of C (whose padding it leaves alone), an empty
+// depth, and on one thread or two (sharing C's columns at 64 x 300, its rows at 2000 x 65).
+TEST_F(OwnSgemm, StartingFromAnotherMatrixMatchesTheProductOntoACopyOfIt) {
   struct Size {
     int64_t m, n, k;
   };
@@ -189,22 +201,28 @@ TEST_F(OwnSgemm, AddingARowMatchesTheProductOntoACopiedRow) {
   for (const Size& s : std::vector<Size>{
            {1, 1, 1}, {13, 17, 257}, {25, 33, 600}, {241, 65, 40}, {64, 300, 130}, {2000, 65, 40}, {300, 200, 0}})
     for (int layout = 0; layout < 4; ++layout)
-      for (const int threads : {1, 2}) {
-        set_num_threads(threads);
-        Problem p = make_problem(s.m, s.n, s.k, layout & 1, layout & 2, 1, -0.5f, 1.0f, seed++);
-        SCOPED_TRACE(std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k) + " layout " +
-                     std::to_string(layout) + ", " + std::to_string(threads) + " threads");
-        const std::vector<float> row(p.c.begin(), p.c.begin() + s.n);
-        for (int64_t i = 0; i < s.m; ++i) std::copy(row.begin(), row.end(), p.c.begin() + i * p.ldc());
-        const std::vector<float> onto_copies = own_product(p, true);
-        std::vector<float> c(p.c.size(), std::numeric_limits<float>::quiet_NaN());
-        for (int64_t i = 0; i < s.m; ++i)
-          for (int64_t j = s.n; j < p.ldc(); ++j) c[i * p.ldc() + j] = p.c[i * p.ldc() + j];
-        cpu_gemm::sgemm_add_rows(p.trans_a, p.trans_b, s.m, s.n, s.k, p.alpha, p.a.data(), p.lda(), p.b.data(), p.ldb(),
-                                 row.data(), c.data(), p.ldc(), true);
-        EXPECT_EQ(c, onto_copies);
-        expect_matches_float64(p, c, "own, adding a row");
-      }
+      for (const bool one_row : {true, false})
+        for (const int threads : {1, 2}) {
+          set_num_threads(threads);
+          Problem p = make_problem(s.m, s.n, s.k, layout & 1, layout & 2, 1, -0.5f, one_row ? 1.0f : -0.75f, seed++);
+          SCOPED_TRACE(std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k) + " layout " +
+                       std::to_string(layout) + (one_row ? ", one row, " : ", a matrix, ") + std::to_string(threads) +
+                       " threads");
+          const int64_t ldd = one_row ? 0 : s.n + 3;
+          std::vector<float> d(one_row ? s.n : s.m * ldd);
+          std::mt19937 gen(seed);
+          std::normal_distribution<float> normal;
+          for (float& x : d) x = normal(gen);
+          for (int64_t i = 0; i < s.m; ++i) std::copy_n(d.begin() + i * ldd, s.n, p.c.begin() + i * p.ldc());
+          const std::vector<float> onto_copy = own_product(p, true);
+          std::vector<float> c(p.c.size(), std::numeric_limits<float>::quiet_NaN());
+          for (int64_t i = 0; i < s.m; ++i)
+            for (int64_t j = s.n; j < p.ldc(); ++j) c[i * p.ldc() + j] = p.c[i * p.ldc() + j];
+          cpu_gemm::sgemm(p.trans_a, p.trans_b, s.m, s.n, s.k, p.alpha, p.a.data(), p.lda(), p.b.data(), p.ldb(),
+                          p.beta, c.data(), p.ldc(), true, cpu_gemm::Part::All, d.data(), ldd);
+          EXPECT_EQ(c, onto_copy);
+          expect_matches_float64(p, c, "own, starting from D");
+        }
   set_num_threads(saved);
 }
 

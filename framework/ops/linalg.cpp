@@ -143,8 +143,10 @@ Tensor syrk(const Tensor& x_in, double alpha, const Tensor& c, double beta) {
                            shape_str(out_shape));
   }
   const Tensor x = as_batched_matrices(x_in);  // [B, k, l], a view where BLAS can read x_in as it is
-  Tensor out = beta != 0.0 ? c.clone() : Tensor::empty(out_shape, x.dtype(), x.device());
-  backend_of(x).syrk(x, x, out.view({x.size(0), x.size(1), x.size(1)}), alpha, beta, GemmMath::Configured);
+  const Shape batched{x.size(0), x.size(1), x.size(1)};
+  Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
+  const Tensor d = beta != 0.0 ? c.contiguous().view(batched) : Tensor();
+  backend_of(x).syrk(x, x, out.view(batched), alpha, beta, d, GemmMath::Configured);
   const Tensor given_c = beta != 0.0 ? c : Tensor();
   if (needs_grad(x_in, given_c))
     record(out, "syrk", {x_in, given_c}, [x_in, given_c, alpha, beta](const Tensor& g) {
@@ -169,7 +171,7 @@ Tensor symmetric_product(const Tensor& x_in, const Tensor& y_in, double alpha) {
   out_shape.back() = x_in.size(-2);  // [..., k, l] -> [..., k, k]
   const Tensor x = as_batched_matrices(x_in), y = as_batched_matrices(y_in);
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
-  backend_of(x).syrk(x, y, out.view({x.size(0), x.size(1), x.size(1)}), alpha, 0.0, GemmMath::Configured);
+  backend_of(x).syrk(x, y, out.view({x.size(0), x.size(1), x.size(1)}), alpha, 0.0, Tensor(), GemmMath::Configured);
   return out;
 }
 

@@ -37,7 +37,8 @@ class CpuBackend final : public Backend {
   void gemm(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) override;
   void gemm_add_rows(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, const Tensor& bias,
                      GemmMath math) override;
-  void syrk(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath math) override;
+  void syrk(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, const Tensor& d,
+            GemmMath math) override;
   bool batched_products_pay(int64_t batch, int64_t multiply_adds) const override;
 
   // cpu_index.cpp

@@ -183,15 +183,15 @@ void prefetch_tile(const float* c, int64_t ldc, int64_t rows) {
 // tile_kernel with as few rows as cover `rows`.
 template <ALayout kLayout>
 void tile(int64_t depth, const float* a, int64_t lda, const float* b_panel, float* c, int64_t ldc, int64_t rows,
-          int64_t cols, float alpha, float beta, bool first, const float* row_init) {
+          int64_t cols, float alpha, float beta, bool first, const float* init, int64_t init_ld) {
   if (rows <= 4)
     return tile_kernel<kLayout, 4>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr,
-                                   row_init);
+                                   init, init_ld);
   if (rows <= 8)
     return tile_kernel<kLayout, 8>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr,
-                                   row_init);
+                                   init, init_ld);
   tile_kernel<kLayout, kTileRows>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr,
-                                  row_init);
+                                  init, init_ld);
 }
 
 struct Product {
@@ -201,7 +201,8 @@ struct Product {
   float* c;
   int64_t ldc;
   Part part;
-  const float* row_init;  // C's starting value in every row (sgemm_add_rows), else null: C's own
+  const float* d;  // D, the matrix beta scales (see sgemm), or null: C itself
+  int64_t ldd;
 };
 
 // How the rows of C are cut into blocks: a multiple of `threads` blocks of at most kBlockRows
@@ -306,13 +307,13 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
       const int64_t live_rows = std::min(kTileRows, row0 + rows - i);
       float* c = p.c + i * p.ldc + j;
       prefetch_tile(c, p.ldc, live_rows);
-      const float* row_init = p.row_init ? p.row_init + j : nullptr;
+      const float* d = p.d ? p.d + i * p.ldd + j : nullptr;
       if (in_place)
         tile<ALayout::Rows>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, c, p.ldc, live_rows, live_cols, p.alpha,
-                            p.beta, first, row_init);
+                            p.beta, first, d, p.ldd);
       else
         tile<ALayout::Columns>(depth, packed_a + (i - row0) * depth, kTileRows, b_panel, c, p.ldc, live_rows, live_cols,
-                               p.alpha, p.beta, first, row_init);
+                               p.alpha, p.beta, first, d, p.ldd);
     }
   }
 }
@@ -410,25 +411,16 @@ void run(const Product& p, bool parallel) {
 }  // namespace
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part) {
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part, const float* d,
+           int64_t ldd) {
   if (m == 0 || n == 0) return;
-  if (k == 0) {  // an empty sum: C = beta C
+  if (k == 0) {  // an empty sum: C = beta D
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = part == Part::Upper ? i : 0; j < n; ++j)
-        c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+        c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * (d ? d[i * ldd + j] : c[i * ldc + j]);
     return;
   }
-  run({{a, lda, trans_a}, {b, ldb, trans_b}, m, n, k, alpha, beta, c, ldc, part, nullptr}, parallel);
-}
-
-void sgemm_add_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                    int64_t lda, const float* b, int64_t ldb, const float* row, float* c, int64_t ldc, bool parallel) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {  // an empty sum: C = the row, in every row
-    for (int64_t i = 0; i < m; ++i) std::copy(row, row + n, c + i * ldc);
-    return;
-  }
-  run({{a, lda, trans_a}, {b, ldb, trans_b}, m, n, k, alpha, 1.0f, c, ldc, Part::All, row}, parallel);
+  run({{a, lda, trans_a}, {b, ldb, trans_b}, m, n, k, alpha, beta, c, ldc, part, d, ldd}, parallel);
 }
 
 #else  // no x86-64: OpenBLAS serves every product
@@ -436,11 +428,7 @@ void sgemm_add_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
 bool own_sgemm_runs() { return false; }
 void transpose_16x16(const float* const (&)[16], float*, int64_t) { std::abort(); }
 void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
-           int64_t, bool, Part) {
-  std::abort();
-}
-void sgemm_add_rows(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
-                    const float*, float*, int64_t, bool) {
+           int64_t, bool, Part, const float*, int64_t) {
   std::abort();
 }
 

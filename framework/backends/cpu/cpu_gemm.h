@@ -26,21 +26,18 @@ std::string float32_gemm_name();
 // touch the upper triangle, j >= i; tiles wholly below the diagonal are left untouched.
 enum class Part { All, Upper };
 
-// C = alpha op(A) op(B) + beta C for row-major A (m x k, or k x m when trans_a), B (k x n, or
-// n x k when trans_b) and C (m x n) with leading dimensions lda, ldb, ldc. beta == 0 never reads C
-// (as BLAS: NaNs there do not propagate). `parallel` spreads the tiles over the OpenMP threads
-// (inside a parallel region it runs on the calling thread). Each element of C is summed in the same
-// order whatever the threads, so results do not depend on their number. Only where
+// C = alpha op(A) op(B) + beta D for row-major A (m x k, or k x m when trans_a), B (k x n, or
+// n x k when trans_b) and C (m x n) with leading dimensions lda, ldb, ldc, where D is C itself or,
+// where d is given, the m x n matrix at d with rows ldd apart: ldd = 0 adds the one row d to every
+// row (a linear layer's bias), another D starts a product from it (Newton-Schulz's polynomial
+// c A A^T + b A), to the bits of a C that held D, without writing D into C first. beta == 0 never
+// reads D (as BLAS: NaNs there do not propagate). `parallel` spreads the tiles over the OpenMP
+// threads (inside a parallel region it runs on the calling thread). Each element of C is summed in
+// the same order whatever the threads, so results do not depend on their number. Only where
 // own_sgemm_runs().
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part = Part::All);
-
-// C = alpha op(A) op(B) + `row` in every row of C (row[j] added to column j: a linear layer's
-// bias), as sgemm with beta = 1 on a C that holds the row in every row, to the same bits, but
-// without writing those rows first: the product's first block of steps starts from the row and
-// never reads C. Only where own_sgemm_runs().
-void sgemm_add_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                    int64_t lda, const float* b, int64_t ldb, const float* row, float* c, int64_t ldc, bool parallel);
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part = Part::All,
+           const float* d = nullptr, int64_t ldd = 0);
 
 // out[i * out_stride + r] = rows[r][i] for 16 rows of 16 values: the packing of a transposed B, and
 // the mirror of a symmetric product's upper triangle (cpu_linalg.cpp). Only where own_sgemm_runs().

@@ -34,16 +34,16 @@ inline __attribute__((target("arch=x86-64-v4"))) __mmask16 lanes_below(int64_t c
 // acc = A_tile B over `depth` steps, B(kk, j) = b[kk * ldb + j] for j < kColumns (read whole: a
 // packed panel, or rows with room to kColumns values), then for the tile's `rows` x `cols` live part
 // C = alpha s_r acc + (first ? beta C0 : C), where s_r is row_scale[r] (kRowScaled) or 1, C0 is C
-// itself or, where row_init is given, row_init in every row (a bias: C is not read), and a first
-// block with beta == 0 never reads C0. kRows < kTileRows serves a tile of few rows (the last of 64
-// rows is 4, attention's blocks are 8) with fewer FMAs; kColumns = 16, one vector a row, a product
+// itself or, where init is given, the rows at init, init_ld apart (0: the one row in every row, a
+// bias; C is not read), and a first block with beta == 0 never reads C0. kRows < kTileRows serves a tile of few rows
+// (the last of 64 rows is 4, attention's blocks are 8) with fewer FMAs; kColumns = 16, one vector a row, a product
 // whose last columns are few (attention's causal scores).
 template <ALayout kLayout, int kRows, bool kRowScaled = false, int kColumns = kTileCols>
 inline __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const float* a, int64_t lda,
                                                                   const float* b, int64_t ldb, float* c, int64_t ldc,
                                                                   int64_t rows, int64_t cols, float alpha, float beta,
                                                                   bool first, const float* row_scale = nullptr,
-                                                                  const float* row_init = nullptr) {
+                                                                  const float* init = nullptr, int64_t init_ld = 0) {
   static_assert(kColumns == 16 || kColumns == 32, "one or two vectors a row");
   constexpr int kVectors = kColumns / 16;
   const float* a_rows[kRows];
@@ -70,7 +70,7 @@ inline __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth,
   for (int r = 0; r < kRows; ++r) {
     if (r >= rows) break;
     float* row = c + r * ldc;
-    const float* added = first && row_init ? row_init : row;
+    const float* added = first && init ? init + r * init_ld : row;
     const __m512 scale = _mm512_set1_ps(kRowScaled ? alpha * row_scale[r] : alpha);
 #pragma GCC unroll 2
     for (int v = 0; v < kVectors; ++v) {

@@ -73,16 +73,18 @@ void split_rows_across_threads(const BlasMatrix& oa, const BlasMatrix& ob, int64
   });
 }
 
-// The upper triangle of C = alpha op(A) op(B)^T + beta C, a symmetric product (the own kernel
-// also writes the tiles it computes across the diagonal). BLAS has a routine for B = A only (syrk);
-// other pairs take the whole product there.
+// The upper triangle of C = alpha op(A) op(B)^T + beta D, a symmetric product (the own kernel
+// also writes the tiles it computes across the diagonal), where D is C itself (d null) or the
+// n x n matrix at d. BLAS has a routine for B = A only (syrk); other pairs take the whole product
+// there, and a separate D is copied into C first (the own kernel starts from it).
 template <typename T>
 void syrk_upper(const BlasMatrix& oa, const BlasMatrix& ob, int64_t n, int64_t k, T alpha, const T* a, const T* b,
-                T beta, T* c) {
+                T beta, const T* d, T* c) {
   if constexpr (std::is_same_v<T, float>)
     if (own_gemm<T>())
       return cpu_gemm::sgemm(oa.transposed, !ob.transposed, n, n, k, alpha, a, oa.ld, b, ob.ld, beta, c, n, true,
-                             cpu_gemm::Part::Upper);
+                             cpu_gemm::Part::Upper, d, n);
+  if (d && beta != T(0)) std::copy(d, d + n * n, c);
   if (a != b || oa.transposed != ob.transposed || oa.ld != ob.ld)
     return cpu_gemm::gemm(oa.transposed, !ob.transposed, n, n, k, alpha, a, oa.ld, b, ob.ld, beta, c, n);
   if constexpr (std::is_same_v<T, float>)
@@ -175,7 +177,7 @@ void CpuBackend::gemm(const Tensor& a, const Tensor& b, const Tensor& c, double 
   });
 }
 
-// The own kernel starts the product from the bias (cpu_gemm::sgemm_add_rows): the GPT's linear
+// The own kernel starts the product from the bias (cpu_gemm::sgemm's D, one row): the GPT's linear
 // layers wrote their biases into outputs that the product then read, 0.7 ms of a 30 ms step.
 void CpuBackend::gemm_add_rows(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, const Tensor& bias,
                                GemmMath math) {
@@ -183,8 +185,8 @@ void CpuBackend::gemm_add_rows(const Tensor& a, const Tensor& b, const Tensor& c
     return Backend::gemm_add_rows(a, b, c, alpha, bias, math);
   const int64_t M = c.size(1), N = c.size(2), K = a.size(2);
   const BlasMatrix oa = blas_matrix(a, "a"), ob = blas_matrix(b, "b");
-  cpu_gemm::sgemm_add_rows(oa.transposed, ob.transposed, M, N, K, static_cast<float>(alpha), a.data<float>(), oa.ld,
-                           b.data<float>(), ob.ld, bias.data<float>(), c.data<float>(), N, true);
+  cpu_gemm::sgemm(oa.transposed, ob.transposed, M, N, K, static_cast<float>(alpha), a.data<float>(), oa.ld,
+                  b.data<float>(), ob.ld, 1.0f, c.data<float>(), N, true, cpu_gemm::Part::All, bias.data<float>(), 0);
 }
 
 // Only where the batch runs one product per thread: a batch of larger products runs them one after
@@ -195,19 +197,24 @@ bool CpuBackend::batched_products_pay(int64_t batch, int64_t multiply_adds) cons
   return use_threads(one_product_per_thread(batch, multiply_adds));
 }
 
-void CpuBackend::syrk(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, GemmMath) {
+void CpuBackend::syrk(const Tensor& a, const Tensor& b, const Tensor& c, double alpha, double beta, const Tensor& d,
+                      GemmMath) {
   const int64_t batch = a.size(0), n = a.size(1), k = a.size(2);
   if (batch == 0 || n == 0) return;
   const BlasMatrix oa = blas_matrix(a, "a"), ob = blas_matrix(b, "b");
   dispatch_floating(c.dtype(), "syrk", [&](auto tag) {
     using T = decltype(tag);
     T* pc = c.data<T>();
-    if (k == 0) return scale_by_beta(pc, c.numel(), beta);
+    const T* pd = d.defined() ? d.data<T>() : nullptr;
+    if (k == 0) {
+      if (pd) std::copy(pd, pd + c.numel(), pc);
+      return scale_by_beta(pc, c.numel(), beta);
+    }
     const bool per_thread = one_product_per_thread(batch, n * n * k / 2);
     parallel_for(batch, per_thread, [&](int64_t i) {
       T* ci = pc + i * n * n;
       syrk_upper<T>(oa, ob, n, k, static_cast<T>(alpha), a.data<T>() + i * oa.batch_stride,
-                    b.data<T>() + i * ob.batch_stride, static_cast<T>(beta), ci);
+                    b.data<T>() + i * ob.batch_stride, static_cast<T>(beta), pd ? pd + i * n * n : nullptr, ci);
       mirror_upper_to_lower(ci, n, !per_thread);
     });
   });
