@@ -51,8 +51,6 @@ namespace {
 constexpr int64_t kDepth = 256;       // KC
 constexpr int64_t kBlockRows = 240;   // MC, a multiple of kTileRows
 constexpr int64_t kBlockCols = 2048;  // NC, a multiple of kTileCols
-// Below this many multiply-adds (about 10 us of one core) the threads cost more than they save.
-constexpr int64_t kThreadedWork = int64_t{1} << 20;
 
 // Packing buffers that live as long as their thread (one for blocks of A, one for B), so that no
 // product pays for fresh pages.
@@ -383,7 +381,7 @@ void run_column_share(const Product& p, const TileRange& owned, float* packed_b,
 // Runs a product: its packed buffers, then its share on each thread.
 void run(const Product& p, bool parallel) {
   const int64_t m = p.m, n = p.n, k = p.k;
-  const int threads = parallel && !omp_in_parallel() && m * n * k >= kThreadedWork ? omp_get_max_threads() : 1;
+  const int threads = parallel && !omp_in_parallel() && m * n * k >= kThreadedProductWork ? omp_get_max_threads() : 1;
   const ColumnShares shares(p, threads);
   const bool by_columns = threads > 1 && shares.pay();
   // Each thread packs its blocks of A into its own part of the A buffer and, sharing columns, its

@@ -26,6 +26,15 @@ std::string float32_gemm_name();
 // touch the upper triangle, j >= i; tiles wholly below the diagonal are left untouched.
 enum class Part { All, Upper };
 
+// From this many multiply-adds (about 25 us of one core) sgemm shares a product between the threads.
+// Below, the threads cost more than they save where products follow one another and each reads the
+// last one's result, half of it from the other core's cache: Newton-Schulz on single 128 x 128 and
+// 384 x 128 matrices took 0.69-0.72 of the time at two threads with 2^22 rather than 2^20 here
+// (2^23 slowed the GPT's 768 x 128 x 65 head by 1.4x; experiments/results/
+// cpu-ops-2026-12-05-2vcpu-epyc-session28.md). The CPU backend runs a batch of smaller products one
+// per thread instead (cpu_linalg.cpp).
+constexpr int64_t kThreadedProductWork = int64_t{1} << 22;
+
 // C = alpha op(A) op(B) + beta D for row-major A (m x k, or k x m when trans_a), B (k x n, or
 // n x k when trans_b) and C (m x n) with leading dimensions lda, ldb, ldc, where D is C itself or,
 // where d is given, the m x n matrix at d with rows ldd apart: ldd = 0 adds the one row d to every

@@ -53,10 +53,11 @@ bool split_rows_pays(int64_t M, int64_t N, int64_t K) {
 
 // Whether a batch of products, each of `multiply_adds`, runs one product per thread with
 // single-threaded BLAS (many small ones: attention heads, a stack of small Newton-Schulz matrices)
-// rather than one after another, each threaded inside. Tiny batches are not worth waking the
-// thread team for.
+// rather than one after another: those the own kernel would run on one thread
+// (cpu_gemm::kThreadedProductWork); larger ones are each threaded inside. Tiny batches are not
+// worth waking the thread team for.
 bool one_product_per_thread(int64_t batch, int64_t multiply_adds) {
-  return batch > 1 && multiply_adds <= (int64_t{1} << 21) && batch * multiply_adds >= (int64_t{1} << 15);
+  return batch > 1 && multiply_adds < cpu_gemm::kThreadedProductWork && batch * multiply_adds >= (int64_t{1} << 15);
 }
 
 // One product as one single-threaded BLAS call per thread, each computing a block of C's rows over
