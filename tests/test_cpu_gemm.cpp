@@ -127,9 +127,10 @@ TEST_F(OwnSgemm, GivesTheSameBitsOnAnyNumberOfThreads) {
     int64_t m, n, k;
   };
   const int saved = num_threads();
-  for (const Size& s : std::vector<Size>{{300, 200, 300}, {20, 4200, 30}, {4100, 90, 300}})
+  for (const Size& s : std::vector<Size>{{300, 200, 300}, {20, 4200, 60}, {4100, 90, 300}})
     for (int layout = 0; layout < 4; ++layout) {
       SCOPED_TRACE(std::to_string(s.m) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k));
+      ASSERT_GE(s.m * s.n * s.k, cpu_gemm::kThreadedProductWork) << "a product the threads share";
       const Problem p = make_problem(s.m, s.n, s.k, layout & 1, layout & 2, 1, 1.25f, 0.5f, 40 + layout);
       set_num_threads(1);
       const std::vector<float> one = own_product(p, true);
@@ -160,7 +161,8 @@ TEST_F(OwnSgemm, TheUpperPartIsTheWholeProductsUpperTriangle) {
     for (const int64_t n : {1, 13, 50, 90, 130, 300}) {
       SCOPED_TRACE("n " + std::to_string(n) + ", threads " + std::to_string(threads));
       set_num_threads(threads);
-      Problem p = make_problem(n, n, 140, false, true, 0, 2.0f, 0.0f, 60 + n);
+      Problem p = make_problem(n, n, 600, false, true, 0, 2.0f, 0.0f, 60 + n);
+      if (n >= 90) ASSERT_GE(n * n * p.k, cpu_gemm::kThreadedProductWork) << "a product the threads share";
       p.b = p.a;  // C = 2 A A^T
       const std::vector<float> whole = own_product(p, true);
       p.c.assign(p.c.size(), -7.0f);
@@ -199,7 +201,7 @@ TEST_F(OwnSgemm, StartingFromAnotherMatrixMatchesTheProductOntoACopyOfIt) {
   const int saved = num_threads();
   unsigned seed = 80;
   for (const Size& s : std::vector<Size>{
-           {1, 1, 1}, {13, 17, 257}, {25, 33, 600}, {241, 65, 40}, {64, 300, 130}, {2000, 65, 40}, {300, 200, 0}})
+           {1, 1, 1}, {13, 17, 257}, {25, 33, 600}, {241, 65, 40}, {64, 300, 260}, {2000, 65, 40}, {300, 200, 0}})
     for (int layout = 0; layout < 4; ++layout)
       for (const bool one_row : {true, false})
         for (const int threads : {1, 2}) {
