@@ -283,7 +283,7 @@ struct ColumnShares {
 };
 
 // The tiles of C rows [row0, row0 + rows) x panels [first_panel, last_panel) of the packed block of
-// B that starts at column col0, over steps [k0, k0 + depth). A row-major A is read in place:
+// B that starts at column col0 (those `owned` holds), over steps [k0, k0 + depth). A row-major A is read in place:
 // packing it (a transpose into steps of 12) cost a fifth of a 768 x 128 x 128 product, while the
 // tile reads its 12 rows as 12 sequential streams from cache; a transposed A is packed. B is
 // always packed: read in place, a panel's rows ldb apart share a few L1 sets (2048^3: 143-150
