@@ -35,9 +35,9 @@ inline __attribute__((target("arch=x86-64-v4"))) __mmask16 lanes_below(int64_t c
 // packed panel, or rows with room to kColumns values), then for the tile's `rows` x `cols` live part
 // C = alpha s_r acc + (first ? beta C0 : C), where s_r is row_scale[r] (kRowScaled) or 1, C0 is C
 // itself or, where init is given, the rows at init, init_ld apart (0: the one row in every row, a
-// bias; C is not read), and a first block with beta == 0 never reads C0. kRows < kTileRows serves a tile of few rows
-// (the last of 64 rows is 4, attention's blocks are 8) with fewer FMAs; kColumns = 16, one vector a row, a product
-// whose last columns are few (attention's causal scores).
+// bias; C is not read), and a first block with beta == 0 never reads C0. kRows < kTileRows serves
+// a tile of few rows (the last of 64 rows is 4, attention's blocks are 8) with fewer FMAs;
+// kColumns = 16, one vector a row, a product whose last columns are few (attention's causal scores).
 template <ALayout kLayout, int kRows, bool kRowScaled = false, int kColumns = kTileCols>
 inline __attribute__((target("arch=x86-64-v4"))) void tile_kernel(int64_t depth, const float* a, int64_t lda,
                                                                   const float* b, int64_t ldb, float* c, int64_t ldc,
