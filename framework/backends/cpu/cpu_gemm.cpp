@@ -94,10 +94,9 @@ void pack_transposed_a(const Operand& a, int64_t row0, int64_t rows, int64_t k0,
   }
 }
 
-}  // namespace
-
-// A 16 x 16 transpose in four rounds of two-vector shuffles (what unpcklps/unpckhps,
-// unpcklpd/unpckhpd and shuff32x4 do): rows interleaved value by value, then pair by pair, then by
+// out[i * out_stride + r] = rows[r][i] for 16 rows of 16 values (packing a transposed B, mirroring
+// a symmetric product): four rounds of two-vector shuffles (what unpcklps/unpckhps,
+// unpcklpd/unpckhpd and shuff32x4 do), rows interleaved value by value, then pair by pair, then by
 // quarters twice.
 __attribute__((target("arch=x86-64-v4"))) void transpose_16x16(const float* const (&rows)[16], float* out,
                                                                int64_t out_stride) {
@@ -135,7 +134,25 @@ __attribute__((target("arch=x86-64-v4"))) void transpose_16x16(const float* cons
   }
 }
 
-namespace {
+// Rows [first, last) of the strictly lower triangle of C (rows ldc apart) copied from the upper
+// one: 16 rows at a time, each 16 x 16 block left of the diagonal block transposed in registers
+// (value by value, the copy read the upper triangle a value per row of it), the rest value by value.
+void mirror_rows(float* c, int64_t ldc, int64_t first, int64_t last) {
+  const auto copy_row = [&](int64_t i, int64_t from) {
+    for (int64_t j = from; j < i; ++j) c[i * ldc + j] = c[j * ldc + i];
+  };
+  int64_t i0 = first;
+  for (; i0 + 16 <= last; i0 += 16) {
+    int64_t j0 = 0;
+    for (; j0 + 16 <= i0; j0 += 16) {
+      const float* rows[16];
+      for (int64_t r = 0; r < 16; ++r) rows[r] = c + (j0 + r) * ldc + i0;
+      transpose_16x16(rows, c + i0 * ldc + j0, ldc);
+    }
+    for (int64_t i = i0; i < i0 + 16; ++i) copy_row(i, j0);
+  }
+  for (int64_t i = i0; i < last; ++i) copy_row(i, 0);
+}
 
 // Steps [k0, k0 + depth) of columns [col0 + panel * kTileCols, ...) of op(B): one panel of
 // kTileCols columns, step by step, the columns past `cols` zero.
@@ -204,14 +221,14 @@ struct Product {
 };
 
 // How the rows of C are cut into blocks: a multiple of `threads` blocks of at most kBlockRows
-// rows, each a whole number of tiles, so that the threads get equal shares. Part::Upper's blocks
+// rows, each a whole number of tiles, so that the threads get equal shares. Part::Symmetric's blocks
 // hold less work the lower they lie (a row's tiles start at its diagonal): with several threads,
 // at least two blocks each, which task_in_round deals out so that the shares come out even.
 struct RowBlocks {
   int64_t count, rows;
   RowBlocks(int64_t m, int64_t threads, Part part) {
     const int64_t wanted = (m + kBlockRows - 1) / kBlockRows;
-    const int64_t least = part == Part::Upper && threads > 1 ? 2 * threads : 1;
+    const int64_t least = part == Part::Symmetric && threads > 1 ? 2 * threads : 1;
     count = (std::max(wanted, least) + threads - 1) / threads * threads;
     const int64_t per_block = (m + count - 1) / count;
     rows = std::max(kTileRows, (per_block + kTileRows - 1) / kTileRows * kTileRows);
@@ -230,7 +247,7 @@ struct TileRange {
 };
 
 // How the threads share C's tiles when each takes a range of C's columns (run_column_share): the
-// tiles counted panel by panel, down each panel (for Part::Upper, to its last column's diagonal),
+// tiles counted panel by panel, down each panel (for Part::Symmetric, to its last column's diagonal),
 // thread t taking tiles [T t / threads, T (t + 1) / threads) of the T. (By whole panels, the
 // upper triangle of a 256 x 256 syrk gave two threads 58 and 41 of its 99 tiles.)
 //
@@ -253,7 +270,7 @@ struct ColumnShares {
   static constexpr int64_t kSmallA = int64_t{1} << 20;  // floats
 
   int64_t tiles_in(int64_t panel) const {
-    const int64_t rows = p.part == Part::Upper ? std::min(p.m, (panel + 1) * kTileCols) : p.m;
+    const int64_t rows = p.part == Part::Symmetric ? std::min(p.m, (panel + 1) * kTileCols) : p.m;
     return (rows + kTileRows - 1) / kTileRows;
   }
   // Thread `thread`'s tiles (none: first_panel > last_panel).
@@ -299,8 +316,8 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
     const int64_t j = col0 + panel * kTileCols, live_cols = std::min(kTileCols, col0 + cols - j);
     const float* b_panel = packed_b + panel * depth * kTileCols;
     for (int64_t i = row0; i < row0 + rows; i += kTileRows) {
-      // Upper: a tile whose last column is left of its first row's diagonal holds nothing wanted.
-      if (p.part == Part::Upper && j + live_cols - 1 < i) continue;
+      // Symmetric: a tile whose last column is left of its first row's diagonal is mirrored instead.
+      if (p.part == Part::Symmetric && j + live_cols - 1 < i) continue;
       if (!owned.owns(j / kTileCols, i)) continue;
       const int64_t live_rows = std::min(kTileRows, row0 + rows - i);
       float* c = p.c + i * p.ldc + j;
@@ -317,7 +334,7 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
 }
 
 // The task thread `thread` runs in round `round`: the round's `threads` tasks in turn, in reverse
-// order every other round. Over blocks of falling work (Part::Upper) each thread then pairs a
+// order every other round. Over blocks of falling work (Part::Symmetric) each thread then pairs a
 // heavier block with a lighter one: the symmetric 256 x 256 x 256 product at two threads took longer
 // than at one (134 against 112 us) while the first thread computed three quarters of it.
 int64_t task_in_round(int64_t round, int thread, int threads) {
@@ -365,7 +382,7 @@ void run_column_share(const Product& p, const TileRange& owned, float* packed_b,
   const int64_t share_end = std::min(p.n, (owned.last_panel + 1) * kTileCols);
   for (int64_t col0 = owned.first_panel * kTileCols; col0 < share_end; col0 += kBlockCols) {
     const int64_t cols = std::min(kBlockCols, share_end - col0), panels = (cols + kTileCols - 1) / kTileCols;
-    const int64_t m = p.part == Part::Upper ? std::min(p.m, col0 + cols) : p.m;
+    const int64_t m = p.part == Part::Symmetric ? std::min(p.m, col0 + cols) : p.m;
     for (int64_t k0 = 0; k0 < p.k; k0 += kDepth) {
       const int64_t depth = std::min(kDepth, p.k - k0);
       for (int64_t panel = 0; panel < panels; ++panel)
@@ -395,14 +412,30 @@ void run(const Product& p, bool parallel) {
   // Room for a block of rows however many threads the region gets (RowBlocks: at most kBlockRows).
   const int64_t a_floats = std::min(kBlockRows, (m + kTileRows - 1) / kTileRows * kTileRows) * std::min(kDepth, k);
   float* packed_as = thread_buffer(kSlotA, a_floats * threads);
-  if (threads == 1) return run_share(p, 0, 1, packed_bs, packed_as, a_floats);
+  const bool mirror = p.part == Part::Symmetric;
+  if (threads == 1) {
+    run_share(p, 0, 1, packed_bs, packed_as, a_floats);
+    if (mirror) mirror_rows(p.c, p.ldc, 0, n);
+    return;
+  }
 #pragma omp parallel num_threads(threads)
   {
-    const int thread = omp_get_thread_num();
+    const int thread = omp_get_thread_num(), count = omp_get_num_threads();
     if (by_columns)
       run_column_share(p, shares.range(thread), packed_bs + thread * b_floats, packed_as + thread * a_floats);
     else
-      run_share(p, thread, omp_get_num_threads(), packed_bs, packed_as, a_floats);
+      run_share(p, thread, count, packed_bs, packed_as, a_floats);
+    if (mirror) {
+      // Once every upper tile is written, bands of rows with equal shares of the lower triangle:
+      // band t from row n sqrt(t / count). (As a pass of its own, in a region of its own, it read
+      // the tiles after the region's end: Newton-Schulz on 256-wide matrices at two threads took
+      // 1.01-1.03 times as long as now, paired in one process.)
+      const auto band_start = [&](int band) {
+        return static_cast<int64_t>(std::lround(static_cast<double>(n) * std::sqrt(static_cast<double>(band) / count)));
+      };
+#pragma omp barrier
+      mirror_rows(p.c, p.ldc, band_start(thread), band_start(thread + 1));
+    }
   }
 }
 
@@ -414,8 +447,9 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
   if (m == 0 || n == 0) return;
   if (k == 0) {  // an empty sum: C = beta D
     for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = part == Part::Upper ? i : 0; j < n; ++j)
+      for (int64_t j = part == Part::Symmetric ? i : 0; j < n; ++j)
         c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * (d ? d[i * ldd + j] : c[i * ldc + j]);
+    if (part == Part::Symmetric) mirror_rows(c, ldc, 0, n);
     return;
   }
   run({{a, lda, trans_a}, {b, ldb, trans_b}, m, n, k, alpha, beta, c, ldc, part, d, ldd}, parallel);
@@ -424,7 +458,6 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 #else  // no x86-64: OpenBLAS serves every product
 
 bool own_sgemm_runs() { return false; }
-void transpose_16x16(const float* const (&)[16], float*, int64_t) { std::abort(); }
 void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
            int64_t, bool, Part, const float*, int64_t) {
   std::abort();

@@ -22,9 +22,11 @@ bool own_sgemm_runs();
 // What runs float32 products, for benchmark rows: "muonlab-avx512" or "openblas".
 std::string float32_gemm_name();
 
-// Which part of C to compute: all of it, or (for symmetric products such as A A^T) the tiles that
-// touch the upper triangle, j >= i; tiles wholly below the diagonal are left untouched.
-enum class Part { All, Upper };
+// Which part of C to compute: all of it, or, for a product known to be symmetric (A A^T, or P A for
+// commuting symmetric P and A; C square), only the tiles that touch the upper triangle, j >= i,
+// after which the strictly lower triangle is written as their mirror: C comes out exactly symmetric
+// for half the multiply-adds.
+enum class Part { All, Symmetric };
 
 // From this many multiply-adds (about 25 us of one core) sgemm shares a product between the threads.
 // Below, the threads cost more than they save where products follow one another and each reads the
@@ -42,15 +44,11 @@ constexpr int64_t kThreadedProductWork = int64_t{1} << 22;
 // c A A^T + b A), to the bits of a C that held D, without writing D into C first. beta == 0 never
 // reads D (as BLAS: NaNs there do not propagate). `parallel` spreads the tiles over the OpenMP
 // threads (inside a parallel region it runs on the calling thread). Each element of C is summed in
-// the same order whatever the threads, so results do not depend on their number. Only where
-// own_sgemm_runs().
+// the same order whatever the threads, so results do not depend on their number. Part::Symmetric
+// needs m == n. Only where own_sgemm_runs().
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, bool parallel, Part part = Part::All,
            const float* d = nullptr, int64_t ldd = 0);
-
-// out[i * out_stride + r] = rows[r][i] for 16 rows of 16 values: the packing of a transposed B, and
-// the mirror of a symmetric product's upper triangle (cpu_linalg.cpp). Only where own_sgemm_runs().
-void transpose_16x16(const float* const (&rows)[16], float* out, int64_t out_stride);
 
 // The CPU backend's product, and the one place that chooses what runs it: sgemm above where
 // own_sgemm_runs(), else BLAS (always for double). The same arguments as sgemm; outside a parallel

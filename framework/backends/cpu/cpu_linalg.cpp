@@ -74,28 +74,8 @@ void split_rows_across_threads(const BlasMatrix& oa, const BlasMatrix& ob, int64
   });
 }
 
-// The upper triangle of C = alpha op(A) op(B)^T + beta D, a symmetric product (the own kernel
-// also writes the tiles it computes across the diagonal), where D is C itself (d null) or the
-// n x n matrix at d. BLAS has a routine for B = A only (syrk); other pairs take the whole product
-// there, and a separate D is copied into C first (the own kernel starts from it).
-template <typename T>
-void syrk_upper(const BlasMatrix& oa, const BlasMatrix& ob, int64_t n, int64_t k, T alpha, const T* a, const T* b,
-                T beta, const T* d, T* c) {
-  if constexpr (std::is_same_v<T, float>)
-    if (own_gemm<T>())
-      return cpu_gemm::sgemm(oa.transposed, !ob.transposed, n, n, k, alpha, a, oa.ld, b, ob.ld, beta, c, n, true,
-                             cpu_gemm::Part::Upper, d, n);
-  if (d && beta != T(0)) std::copy(d, d + n * n, c);
-  if (a != b || oa.transposed != ob.transposed || oa.ld != ob.ld)
-    return cpu_gemm::gemm(oa.transposed, !ob.transposed, n, n, k, alpha, a, oa.ld, b, ob.ld, beta, c, n);
-  if constexpr (std::is_same_v<T, float>)
-    cblas_ssyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
-  else
-    cblas_dsyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
-}
-
 // Rows [first, last) of the lower triangle of the n x n row-major matrix c, copied from the upper
-// one in 64 x 64 blocks, so that the column reads stay in cache: the reference.
+// one in 64 x 64 blocks, so that the column reads stay in cache.
 template <typename T>
 void mirror_rows(T* c, int64_t n, int64_t first, int64_t last) {
   constexpr int64_t block = 64;
@@ -105,24 +85,6 @@ void mirror_rows(T* c, int64_t n, int64_t first, int64_t last) {
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t j = j0; j < std::min(j0 + block, i); ++j) c[i * n + j] = c[j * n + i];
   }
-}
-
-// The same rows in float where the own product runs: 16 rows at a time, each 16 x 16 block left of
-// the diagonal block transposed in registers (the reference read the upper triangle a value per
-// row of it), the diagonal block and the last rows as the reference does.
-void mirror_rows_fast(float* c, int64_t n, int64_t first, int64_t last) {
-  int64_t i0 = first;
-  for (; i0 + 16 <= last; i0 += 16) {
-    int64_t j0 = 0;
-    for (; j0 + 16 <= i0; j0 += 16) {
-      const float* rows[16];
-      for (int64_t r = 0; r < 16; ++r) rows[r] = c + (j0 + r) * n + i0;
-      cpu_gemm::transpose_16x16(rows, c + i0 * n + j0, n);
-    }
-    for (int64_t i = i0; i < i0 + 16; ++i)
-      for (int64_t j = j0; j < i; ++j) c[i * n + j] = c[j * n + i];
-  }
-  mirror_rows(c, n, i0, last);
 }
 
 // Copies the upper triangle of the n x n row-major matrix c onto its lower one. Row i copies i
@@ -137,11 +99,28 @@ void mirror_upper_to_lower(T* c, int64_t n, bool parallel) {
   const auto band_start = [&](int64_t b) {
     return static_cast<int64_t>(std::lround(static_cast<double>(n) * std::sqrt(static_cast<double>(b) / bands)));
   };
-  parallel_for(bands, threaded, [&](int64_t b) {
-    if constexpr (std::is_same_v<T, float>)
-      if (cpu_gemm::own_sgemm_runs()) return mirror_rows_fast(c, n, band_start(b), band_start(b + 1));
-    mirror_rows(c, n, band_start(b), band_start(b + 1));
-  });
+  parallel_for(bands, threaded, [&](int64_t b) { mirror_rows(c, n, band_start(b), band_start(b + 1)); });
+}
+
+// C = alpha op(A) op(B)^T + beta D for a product known to be symmetric, where D is C itself (d
+// null) or the n x n matrix at d: the upper triangle computed, the lower one its mirror. The own
+// kernel does both (cpu_gemm::Part::Symmetric). BLAS has a routine for the upper triangle of B = A
+// only (syrk); other pairs take the whole product there, and a separate D is copied into C first.
+template <typename T>
+void symmetric_product_into(const BlasMatrix& oa, const BlasMatrix& ob, int64_t n, int64_t k, T alpha, const T* a,
+                            const T* b, T beta, const T* d, T* c, bool parallel) {
+  if constexpr (std::is_same_v<T, float>)
+    if (own_gemm<T>())
+      return cpu_gemm::sgemm(oa.transposed, !ob.transposed, n, n, k, alpha, a, oa.ld, b, ob.ld, beta, c, n, true,
+                             cpu_gemm::Part::Symmetric, d, n);
+  if (d && beta != T(0)) std::copy(d, d + n * n, c);
+  if (a != b || oa.transposed != ob.transposed || oa.ld != ob.ld)
+    cpu_gemm::gemm(oa.transposed, !ob.transposed, n, n, k, alpha, a, oa.ld, b, ob.ld, beta, c, n);
+  else if constexpr (std::is_same_v<T, float>)
+    cblas_ssyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
+  else
+    cblas_dsyrk(CblasRowMajor, CblasUpper, trans(oa), n, k, alpha, a, oa.ld, beta, c, n);
+  mirror_upper_to_lower(c, n, parallel);
 }
 
 // An empty sum: BLAS leaves C untouched for K == 0, the product is zero, so C = beta * C.
@@ -214,9 +193,9 @@ void CpuBackend::syrk(const Tensor& a, const Tensor& b, const Tensor& c, double 
     const bool per_thread = one_product_per_thread(batch, n * n * k / 2);
     parallel_for(batch, per_thread, [&](int64_t i) {
       T* ci = pc + i * n * n;
-      syrk_upper<T>(oa, ob, n, k, static_cast<T>(alpha), a.data<T>() + i * oa.batch_stride,
-                    b.data<T>() + i * ob.batch_stride, static_cast<T>(beta), pd ? pd + i * n * n : nullptr, ci);
-      mirror_upper_to_lower(ci, n, !per_thread);
+      symmetric_product_into<T>(oa, ob, n, k, static_cast<T>(alpha), a.data<T>() + i * oa.batch_stride,
+                                b.data<T>() + i * ob.batch_stride, static_cast<T>(beta), pd ? pd + i * n * n : nullptr,
+                                ci, !per_thread);
     });
   });
 }
