@@ -2,7 +2,7 @@
 #pragma once
 
 namespace ml {
-// n <= 0 keeps the default (OMP_NUM_THREADS, or all cores).
+// n <= 0 keeps the default (OMP_NUM_THREADS, or all cores); never more than OMP_THREAD_LIMIT.
 void set_num_threads(int n);
 int num_threads();
 }  // namespace ml

@@ -239,6 +239,42 @@ TEST_F(OwnSgemm, StartingFromAnotherMatrixMatchesTheProductOntoACopyOfIt) {
   set_num_threads(saved);
 }
 
+// A parallel region may get fewer threads than omp_get_max_threads() promised: under an
+// OMP_THREAD_LIMIT below it (CTest runs these tests so too: unit.thread_limit) or with OMP_DYNAMIC.
+// The product then still computes every tile, to the bits of one thread: whole products shared by
+// columns (one across two blocks of columns) and by rows, and a symmetric one whose threads' columns
+// meet inside a panel. (Sharing columns, the missing thread's range was left as it was.)
+TEST_F(OwnSgemm, ATeamSmallerThanPlannedStillComputesEveryTile) {
+  const int saved = num_threads();
+  struct Case {
+    int64_t m, n, k;
+    cpu_gemm::Part part;
+  };
+  for (const Case& c : std::vector<Case>{{300, 200, 300, cpu_gemm::Part::All},
+                                         {20, 4200, 60, cpu_gemm::Part::All},
+                                         {4100, 90, 300, cpu_gemm::Part::All},
+                                         {300, 300, 300, cpu_gemm::Part::Symmetric}}) {
+    SCOPED_TRACE(std::to_string(c.m) + "x" + std::to_string(c.n) + "x" + std::to_string(c.k));
+    Problem p = make_problem(c.m, c.n, c.k, false, true, 0, 1.0f, 0.0f, 90 + c.n);
+    if (c.part == cpu_gemm::Part::Symmetric) p.b = p.a;
+    set_num_threads(1);
+    const std::vector<float> one = own_product(p, true, c.part);
+    omp_set_num_threads(2);  // not set_num_threads, which keeps to the thread limit
+    const std::vector<float> planned_for_two = own_product(p, true, c.part);
+    EXPECT_EQ(planned_for_two, one);
+    if (c.part == cpu_gemm::Part::All) expect_matches_float64(p, planned_for_two, "planned for two threads");
+  }
+  set_num_threads(saved);
+}
+
+// The thread count never exceeds OMP_THREAD_LIMIT, which a region could not give.
+TEST(Threads, TheThreadCountKeepsToTheThreadLimit) {
+  const int saved = num_threads();
+  set_num_threads(3);
+  EXPECT_EQ(num_threads(), std::min(3, omp_get_thread_limit()));
+  set_num_threads(saved);
+}
+
 // MUONLAB_CPU_CAPABILITY=default (set_cpu_capability) hands every product back to OpenBLAS.
 TEST_F(OwnSgemm, TheDefaultCapabilityTurnsItOff) {
   set_cpu_capability(CpuCapability::Default);

@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -72,11 +73,14 @@ Generator& default_generator() {
   return generator;
 }
 
+// At most OMP_THREAD_LIMIT, the default too: a parallel region gets no more threads than that, and
+// OpenBLAS's OpenMP build, told of more, waits for the missing ones forever (a float64 product hung).
 void set_num_threads(int n) {
-  if (n <= 0) return;
+  if (n <= 0) n = omp_get_max_threads();  // the default: OMP_NUM_THREADS, or all cores
+  n = std::min(n, omp_get_thread_limit());
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
 }
-int num_threads() { return omp_get_max_threads(); }
+int num_threads() { return std::min(omp_get_max_threads(), omp_get_thread_limit()); }
 
 }  // namespace ml

@@ -402,13 +402,15 @@ void run(const Product& p, bool parallel) {
   const ColumnShares shares(p, threads);
   const bool by_columns = threads > 1 && shares.pay();
   // Each thread packs its blocks of A into its own part of the A buffer and, sharing columns, its
-  // panels of B into its own part of the B buffer. The buffers are the calling thread's, taken
+  // panels of B into its own part of the B buffer (sharing rows, the threads pack one block of B
+  // together, which the buffer also has room for). The buffers are the calling thread's, taken
   // before the threads start: nothing in the parallel region allocates (an exception there could
   // not reach the caller).
-  const int64_t b_cols = by_columns ? shares.widest() : n;
-  const int64_t b_floats =
-      std::min(kDepth, k) * ((std::min(kBlockCols, b_cols) + kTileCols - 1) / kTileCols * kTileCols);
-  float* packed_bs = thread_buffer(kSlotB, b_floats * (by_columns ? threads : 1));
+  const auto block_of_b = [&](int64_t cols) {
+    return std::min(kDepth, k) * ((std::min(kBlockCols, cols) + kTileCols - 1) / kTileCols * kTileCols);
+  };
+  const int64_t b_floats = by_columns ? block_of_b(shares.widest()) : 0;
+  float* packed_bs = thread_buffer(kSlotB, std::max(block_of_b(n), b_floats * threads));
   // Room for a block of rows however many threads the region gets (RowBlocks: at most kBlockRows).
   const int64_t a_floats = std::min(kBlockRows, (m + kTileRows - 1) / kTileRows * kTileRows) * std::min(kDepth, k);
   float* packed_as = thread_buffer(kSlotA, a_floats * threads);
@@ -421,7 +423,9 @@ void run(const Product& p, bool parallel) {
 #pragma omp parallel num_threads(threads)
   {
     const int thread = omp_get_thread_num(), count = omp_get_num_threads();
-    if (by_columns)
+    // A team smaller than planned (OMP_THREAD_LIMIT under the thread count, OMP_DYNAMIC) would
+    // leave the missing threads' columns undone: sharing rows adapts to any team.
+    if (by_columns && count == threads)
       run_column_share(p, shares.range(thread), packed_bs + thread * b_floats, packed_as + thread * a_floats);
     else
       run_share(p, thread, count, packed_bs, packed_as, a_floats);
