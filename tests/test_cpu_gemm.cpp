@@ -267,11 +267,21 @@ TEST_F(OwnSgemm, ATeamSmallerThanPlannedStillComputesEveryTile) {
   set_num_threads(saved);
 }
 
-// The thread count never exceeds OMP_THREAD_LIMIT, which a region could not give.
-TEST(Threads, TheThreadCountKeepsToTheThreadLimit) {
+// The thread count never exceeds OMP_THREAD_LIMIT, which a region could not give, and regions get
+// that many threads even where OMP_DYNAMIC asked for teams sized by the load (CTest's
+// unit.thread_limit sets both).
+TEST(Threads, TheThreadCountKeepsToTheThreadLimitAndTeamsToTheThreadCount) {
   const int saved = num_threads();
   set_num_threads(3);
   EXPECT_EQ(num_threads(), std::min(3, omp_get_thread_limit()));
+  EXPECT_FALSE(omp_get_dynamic());
+  int team = 0;
+#pragma omp parallel
+  {
+#pragma omp single
+    team = omp_get_num_threads();
+  }
+  EXPECT_EQ(team, num_threads());
   set_num_threads(saved);
 }
 

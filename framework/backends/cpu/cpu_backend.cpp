@@ -73,11 +73,14 @@ Generator& default_generator() {
   return generator;
 }
 
-// At most OMP_THREAD_LIMIT, the default too: a parallel region gets no more threads than that, and
-// OpenBLAS's OpenMP build, told of more, waits for the missing ones forever (a float64 product hung).
+// At most OMP_THREAD_LIMIT, the default too, and teams of the size asked for (OMP_DYNAMIC off): a
+// parallel region gets no more threads than the limit, and with dynamic teams libgomp gave a loaded
+// machine teams of one; OpenBLAS's OpenMP build, counting on the threads it was told of, then waits
+// for the missing ones forever (a float64 product hung either way).
 void set_num_threads(int n) {
   if (n <= 0) n = omp_get_max_threads();  // the default: OMP_NUM_THREADS, or all cores
   n = std::min(n, omp_get_thread_limit());
+  omp_set_dynamic(0);
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
 }
