@@ -430,15 +430,12 @@ void run(const Product& p, bool parallel) {
     else
       run_share(p, thread, count, packed_bs, packed_as, a_floats);
     if (mirror) {
-      // Once every upper tile is written, bands of rows with equal shares of the lower triangle:
-      // band t from row n sqrt(t / count). (As a pass of its own, in a region of its own, it read
-      // the tiles after the region's end: Newton-Schulz on 256-wide matrices at two threads took
-      // 1.01-1.03 times as long as now, paired in one process.)
-      const auto band_start = [&](int band) {
-        return static_cast<int64_t>(std::lround(static_cast<double>(n) * std::sqrt(static_cast<double>(band) / count)));
-      };
+      // Once every upper tile is written, bands of rows with equal shares of the lower triangle.
+      // (As a pass of its own, in a region of its own, it read the tiles after the region's end:
+      // Newton-Schulz on 256-wide matrices at two threads took 1.01-1.03 times as long as now,
+      // paired in one process.)
 #pragma omp barrier
-      mirror_rows(p.c, p.ldc, band_start(thread), band_start(thread + 1));
+      mirror_rows(p.c, p.ldc, triangle_band_start(n, thread, count), triangle_band_start(n, thread + 1, count));
     }
   }
 }

@@ -12,6 +12,7 @@
 // MUONLAB_CPU_CAPABILITY=default) stays with OpenBLAS, which is also the reference its test holds
 // it to.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -27,6 +28,13 @@ std::string float32_gemm_name();
 // after which the strictly lower triangle is written as their mirror: C comes out exactly symmetric
 // for half the multiply-adds.
 enum class Part { All, Symmetric };
+
+// Where band `band` of `bands` starts when bands of rows share a triangle of an n x n matrix
+// equally (row i holds i elements of the lower one): row n sqrt(band / bands). The threads mirror a
+// symmetric product's upper triangle onto its lower one in these bands, here and in cpu_linalg.cpp.
+inline int64_t triangle_band_start(int64_t n, int64_t band, int64_t bands) {
+  return static_cast<int64_t>(std::lround(static_cast<double>(n) * std::sqrt(static_cast<double>(band) / bands)));
+}
 
 // From this many multiply-adds (about 25 us of one core) sgemm shares a product between the threads.
 // Below, the threads cost more than they save where products follow one another and each reads the

@@ -88,18 +88,17 @@ void mirror_rows(T* c, int64_t n, int64_t first, int64_t last) {
 }
 
 // Copies the upper triangle of the n x n row-major matrix c onto its lower one. Row i copies i
-// values, so the threads take bands of rows with equal shares of the triangle, band b starting at
-// row n sqrt(b / bands). (Tiles of 64 rows in order, four at two threads, left the second thread
+// values, so the threads take bands of rows with equal shares of the triangle
+// (cpu_gemm::triangle_band_start). (Tiles of 64 rows in order, four at two threads, left the second thread
 // three quarters of the work; with the bands, syrk at two threads takes 0.93-0.97 of the time, n
 // from 256 to 1024, paired in one process.)
 template <typename T>
 void mirror_upper_to_lower(T* c, int64_t n, bool parallel) {
   const bool threaded = use_threads(parallel && n * n >= (1 << 16));
   const int64_t bands = threaded ? omp_get_max_threads() : 1;
-  const auto band_start = [&](int64_t b) {
-    return static_cast<int64_t>(std::lround(static_cast<double>(n) * std::sqrt(static_cast<double>(b) / bands)));
-  };
-  parallel_for(bands, threaded, [&](int64_t b) { mirror_rows(c, n, band_start(b), band_start(b + 1)); });
+  parallel_for(bands, threaded, [&](int64_t b) {
+    mirror_rows(c, n, cpu_gemm::triangle_band_start(n, b, bands), cpu_gemm::triangle_band_start(n, b + 1, bands));
+  });
 }
 
 // C = alpha op(A) op(B)^T + beta D for a product known to be symmetric, where D is C itself (d
