@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <csetjmp>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -15,8 +16,11 @@
 #include <string>
 
 #define STB_IMAGE_IMPLEMENTATION
+// PNG only: JPEG files go to libjpeg-turbo (decode_jpeg below).
+#define STBI_ONLY_PNG
 // Failure reasons as sentences ("Corrupt PNG") rather than stb's internal codes ("IDA").
 #define STBI_FAILURE_USERMSG
+#include <jpeglib.h>  // after <cstdio>, which it needs
 #include <stb_image.h>
 
 #include "datasets/rng.h"
@@ -274,9 +278,15 @@ std::vector<uint8_t> square_resize_to_chw(const uint8_t* hwc, int64_t height, in
 namespace {
 
 const std::string kPngSignature("\x89PNG\r\n\x1a\n", 8);
-// Larger images are refused before decoding: stb would allocate width * height * channels bytes
-// for whatever size a (possibly damaged) header announces.
+// Larger images are refused before decoding: the decoders would allocate width * height * channels
+// bytes for whatever size a (possibly damaged) header announces.
 constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
+
+void check_pixel_count(const std::string& path, int64_t width, int64_t height) {
+  if (width * height > kMaxImagePixels)
+    throw std::runtime_error("image " + path + " is " + std::to_string(width) + " x " + std::to_string(height) +
+                             " pixels, more than the " + std::to_string(kMaxImagePixels) + " muonlab reads");
+}
 
 std::string lowercase_extension(const fs::path& path) {
   std::string ext = path.extension().string();
@@ -326,47 +336,84 @@ void check_png_structure(const std::string& bytes, const std::string& path) {
 
 namespace {
 
-// stb_image (Debian's 2.27) builds a JPEG Huffman table without checking that its 16 code counts
-// add up to at most 256: a damaged DHT segment writes past the table (found by tests/test_fuzz.cpp).
-// Every DHT segment is checked first, walking the markers as the decoder does: segments with a
-// length are skipped by it, and in entropy-coded data a marker is any 0xFF not followed by 0x00.
-// The offset after the JPEG start-of-image marker, found as the decoder finds it (0xFF, any number
-// of 0xFF fill bytes, 0xD8), or 0 when `bytes` do not start with one.
-size_t jpeg_start(const std::string& bytes) {
-  size_t pos = 0;
-  while (pos < bytes.size() && static_cast<unsigned char>(bytes[pos]) == 0xff) ++pos;
-  return pos > 0 && pos < bytes.size() && static_cast<unsigned char>(bytes[pos]) == 0xd8 ? pos + 1 : 0;
+// JPEG files are decoded by libjpeg-turbo rather than stb_image (Debian's 2.27), whose decoder,
+// fed damaged data, wrote past a Huffman table of more than 256 codes and read past the end of the
+// entropy-coded data (UBSan: shifts of 33 bits), decoding made-up pixels without an error (both
+// found by tests/test_fuzz.cpp). libjpeg reports a fatal error through error_exit and damaged data
+// (a bad Huffman code, data cut short) as a warning, emit_message(-1), after which it would go on
+// with made-up pixels too: both end the decoding here, with libjpeg's message.
+struct JpegErrors {
+  jpeg_error_mgr manager;  // first: libjpeg's pointer to it is a pointer to JpegErrors
+  std::jmp_buf exit;
+  char message[JMSG_LENGTH_MAX];
+};
+
+[[noreturn]] void jpeg_fail(j_common_ptr info) {
+  JpegErrors* errors = reinterpret_cast<JpegErrors*>(info->err);
+  errors->manager.format_message(info, errors->message);
+  std::longjmp(errors->exit, 1);
 }
 
-void check_jpeg_huffman_tables(const std::string& bytes, const std::string& path, size_t start) {
-  const auto byte = [&](size_t i) -> uint32_t { return i < bytes.size() ? static_cast<unsigned char>(bytes[i]) : 0; };
-  size_t pos = start;
-  while (pos < bytes.size()) {
-    if (byte(pos) != 0xff) {
-      ++pos;
-      continue;
-    }
-    while (pos < bytes.size() && byte(pos) == 0xff) ++pos;  // fill bytes
-    const uint32_t marker = byte(pos++);
-    const bool standalone = marker == 0x00 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd9);
-    if (standalone) continue;
-    const size_t length = (byte(pos) << 8) | byte(pos + 1);
-    if (marker == 0xc4) {
-      // As the decoder reads it: tables one after another while the segment's length lasts.
-      size_t table = pos + 2;
-      for (int64_t left = static_cast<int64_t>(length) - 2; left > 0;) {
-        uint32_t codes = 0;
-        for (size_t i = 1; i <= 16; ++i) codes += byte(table + i);
-        if (codes > 256)
-          throw std::runtime_error("image " + path + " is not a valid JPEG: the Huffman table at byte " +
-                                   std::to_string(table) + " defines " + std::to_string(codes) +
-                                   " codes, more than 256 (damaged)");
-        table += 17 + codes;
-        left -= 17 + static_cast<int64_t>(codes);
-      }
-    }
-    pos += length;
+void jpeg_message(j_common_ptr info, int level) {
+  if (level < 0) jpeg_fail(info);  // a warning: damaged data (levels 0 and up are traces)
+}
+
+// stb_image appends each IDAT chunk's bytes to the image data so far, a null pointer before the
+// first chunk that holds any: an empty one first made it memcpy from a null pointer (UBSan; found by
+// tests/test_fuzz.cpp). Empty IDAT chunks add nothing to the image, so the decoder gets the file
+// without them. Bytes with the PNG signature passed check_png_structure (decode_image); others go
+// to stb as they are, which refuses them (STBI_ONLY_PNG).
+std::string without_empty_idat_chunks(const std::string& bytes) {
+  if (bytes.compare(0, kPngSignature.size(), kPngSignature) != 0 ||
+      bytes.find(std::string("\0\0\0\0IDAT", 8)) == std::string::npos)
+    return bytes;
+  std::string kept = kPngSignature;
+  for (size_t offset = kPngSignature.size();;) {
+    const size_t chunk = 12 + static_cast<size_t>(big_endian_u32(bytes, offset));
+    const bool empty_idat = chunk == 12 && bytes.compare(offset + 4, 4, "IDAT") == 0;
+    if (!empty_idat) kept.append(bytes, offset, chunk);
+    if (bytes.compare(offset + 4, 4, "IEND") == 0) return kept;
+    offset += chunk;
   }
+}
+
+bool is_jpeg(const std::string& bytes) { return bytes.compare(0, 2, "\xff\xd8") == 0; }
+
+// A JPEG file's pixels into `hwc`, interleaved, `channels` (1 or 3) values each. No object with a
+// destructor lives here across the calls into libjpeg that may jump back to setjmp, and the caller
+// owns what they change (a local changed after setjmp would be indeterminate after the jump).
+void decode_jpeg(const std::string& bytes, const std::string& path, int64_t channels, std::vector<uint8_t>& hwc,
+                 int& width, int& height) {
+  jpeg_decompress_struct info;
+  JpegErrors errors;
+  info.err = jpeg_std_error(&errors.manager);
+  errors.manager.error_exit = jpeg_fail;
+  errors.manager.emit_message = jpeg_message;
+  if (setjmp(errors.exit)) {
+    jpeg_destroy_decompress(&info);
+    throw std::runtime_error("image " + path + " is not a valid JPEG: " + errors.message);
+  }
+  jpeg_create_decompress(&info);
+  jpeg_mem_src(&info, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  jpeg_read_header(&info, TRUE);
+  try {
+    check_pixel_count(path, info.image_width, info.image_height);
+    info.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
+    jpeg_start_decompress(&info);
+    hwc.resize(static_cast<size_t>(info.output_width) * info.output_components * info.output_height);
+  } catch (...) {
+    jpeg_destroy_decompress(&info);
+    throw;
+  }
+  const size_t row_bytes = static_cast<size_t>(info.output_width) * info.output_components;
+  while (info.output_scanline < info.output_height) {
+    JSAMPROW row = hwc.data() + info.output_scanline * row_bytes;
+    jpeg_read_scanlines(&info, &row, 1);
+  }
+  jpeg_finish_decompress(&info);
+  width = static_cast<int>(info.output_width);
+  height = static_cast<int>(info.output_height);
+  jpeg_destroy_decompress(&info);
 }
 
 }  // namespace
@@ -374,17 +421,21 @@ void check_jpeg_huffman_tables(const std::string& bytes, const std::string& path
 std::vector<uint8_t> decode_image(const std::string& bytes, const std::string& path, int64_t channels, int64_t size) {
   if (lowercase_extension(path) == ".png" || bytes.compare(0, kPngSignature.size(), kPngSignature) == 0)
     check_png_structure(bytes, path);
-  if (const size_t start = jpeg_start(bytes)) check_jpeg_huffman_tables(bytes, path, start);
+  if (is_jpeg(bytes)) {
+    std::vector<uint8_t> hwc;
+    int width = 0, height = 0;
+    decode_jpeg(bytes, path, channels, hwc, width, height);
+    return square_resize_to_chw(hwc.data(), height, width, channels, size);
+  }
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
     throw std::runtime_error("image " + path + " is larger than 2 GB");
-  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
-  const int length = static_cast<int>(bytes.size());
+  const std::string png = without_empty_idat_chunks(bytes);
+  const auto* data = reinterpret_cast<const stbi_uc*>(png.data());
+  const int length = static_cast<int>(png.size());
   int width = 0, height = 0, file_channels = 0;
   if (!stbi_info_from_memory(data, length, &width, &height, &file_channels))
     throw std::runtime_error("cannot read image " + path + ": " + stbi_failure_reason());
-  if (static_cast<int64_t>(width) * height > kMaxImagePixels)
-    throw std::runtime_error("image " + path + " is " + std::to_string(width) + " x " + std::to_string(height) +
-                             " pixels, more than the " + std::to_string(kMaxImagePixels) + " muonlab reads");
+  check_pixel_count(path, width, height);
   const std::unique_ptr<stbi_uc, void (*)(void*)> decoded(
       stbi_load_from_memory(data, length, &width, &height, &file_channels, static_cast<int>(channels)), stbi_image_free);
   if (!decoded) throw std::runtime_error("cannot read image " + path + ": " + stbi_failure_reason());

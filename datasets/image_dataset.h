@@ -62,7 +62,8 @@ struct ImageFolderOptions {
 // Classes are the sorted subfolder names of train_dir; files are taken in sorted name order. Every
 // entry must be a class folder holding .png/.jpg/.jpeg files and nothing else: anything the reader
 // would skip (another file, a subfolder, an empty class) is refused, naming it, rather than
-// dropped without a word. PNG files are checked chunk by chunk (lengths and CRCs) before decoding.
+// dropped without a word. PNG files are checked chunk by chunk (lengths and CRCs) before decoding;
+// JPEG files with damaged data are refused too (decode_image).
 ImageSplits load_image_folder(const ImageFolderOptions& options);
 
 // Throws std::runtime_error naming `path` and what is wrong when `bytes` are not a well-formed PNG
@@ -70,7 +71,8 @@ ImageSplits load_image_folder(const ImageFolderOptions& options);
 void check_png_structure(const std::string& bytes, const std::string& path);
 // Decodes one PNG or JPEG file's `bytes` (read from `path`, which errors name) with `channels`
 // channels, center-cropped and resized to size x size (square_resize_to_chw). PNGs are checked
-// with check_png_structure first, since the decoder ignores CRCs.
+// with check_png_structure first, since the decoder (stb_image) ignores CRCs; JPEGs are decoded by
+// libjpeg-turbo, and refused where it finds damaged data (where it would warn and go on).
 std::vector<uint8_t> decode_image(const std::string& bytes, const std::string& path, int64_t channels, int64_t size);
 
 // Crops the largest centered square of an interleaved HWC image and resizes it bilinearly

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   g++ cmake make pkg-config
-  libyaml-cpp-dev nlohmann-json3-dev libstb-dev libopenblas-openmp-dev zlib1g-dev
+  libyaml-cpp-dev nlohmann-json3-dev libstb-dev libjpeg62-turbo-dev libopenblas-openmp-dev zlib1g-dev
   libgtest-dev googletest libbenchmark-dev
   dataset-fashion-mnist
   python3-matplotlib  # `muonlab report` draws its figures with it
