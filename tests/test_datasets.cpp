@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -26,9 +27,7 @@
 #include <stb_image_write.h>
 #pragma GCC diagnostic pop
 
-#include <jpeglib.h>
-
-#include <cstdio>  // before jpeglib.h, which needs it
+#include <jpeglib.h>  // after <cstdio>, which it needs
 
 #include "datasets/batch.h"
 #include "datasets/image_batcher.h"
