@@ -278,6 +278,7 @@ std::vector<uint8_t> square_resize_to_chw(const uint8_t* hwc, int64_t height, in
 namespace {
 
 const std::string kPngSignature("\x89PNG\r\n\x1a\n", 8);
+bool has_png_signature(const std::string& bytes) { return bytes.compare(0, kPngSignature.size(), kPngSignature) == 0; }
 // Larger images are refused before decoding: the decoders would allocate width * height * channels
 // bytes for whatever size a (possibly damaged) header announces.
 constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
@@ -311,7 +312,7 @@ void check_png_structure(const std::string& bytes, const std::string& path) {
   const auto fail = [&](const std::string& why) {
     throw std::runtime_error("image " + path + " is not a valid PNG: " + why);
   };
-  if (bytes.compare(0, kPngSignature.size(), kPngSignature) != 0) fail("it does not start with the PNG signature");
+  if (!has_png_signature(bytes)) fail("it does not start with the PNG signature");
   size_t offset = kPngSignature.size();
   for (int64_t index = 0;; ++index) {
     const std::string at = " at byte " + std::to_string(offset);
@@ -361,12 +362,10 @@ void jpeg_message(j_common_ptr info, int level) {
 // stb_image appends each IDAT chunk's bytes to the image data so far, a null pointer before the
 // first chunk that holds any: an empty one first made it memcpy from a null pointer (UBSan; found by
 // tests/test_fuzz.cpp). Empty IDAT chunks add nothing to the image, so the decoder gets the file
-// without them. Bytes with the PNG signature passed check_png_structure (decode_image); others go
-// to stb as they are, which refuses them (STBI_ONLY_PNG).
+// without them: `bytes` (a PNG that passed check_png_structure) without its empty IDAT chunks, or
+// an empty string where it has none (most files: no copy).
 std::string without_empty_idat_chunks(const std::string& bytes) {
-  if (bytes.compare(0, kPngSignature.size(), kPngSignature) != 0 ||
-      bytes.find(std::string("\0\0\0\0IDAT", 8)) == std::string::npos)
-    return bytes;
+  if (bytes.find(std::string("\0\0\0\0IDAT", 8)) == std::string::npos) return std::string();
   std::string kept = kPngSignature;
   for (size_t offset = kPngSignature.size();;) {
     const size_t chunk = 12 + static_cast<size_t>(big_endian_u32(bytes, offset));
@@ -419,8 +418,8 @@ void decode_jpeg(const std::string& bytes, const std::string& path, int64_t chan
 }  // namespace
 
 std::vector<uint8_t> decode_image(const std::string& bytes, const std::string& path, int64_t channels, int64_t size) {
-  if (lowercase_extension(path) == ".png" || bytes.compare(0, kPngSignature.size(), kPngSignature) == 0)
-    check_png_structure(bytes, path);
+  const bool png_signature = has_png_signature(bytes);
+  if (lowercase_extension(path) == ".png" || png_signature) check_png_structure(bytes, path);
   if (is_jpeg(bytes)) {
     std::vector<uint8_t> hwc;
     int width = 0, height = 0;
@@ -429,7 +428,9 @@ std::vector<uint8_t> decode_image(const std::string& bytes, const std::string& p
   }
   if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
     throw std::runtime_error("image " + path + " is larger than 2 GB");
-  const std::string png = without_empty_idat_chunks(bytes);
+  // stb decodes PNGs only (STBI_ONLY_PNG) and refuses anything else as it is.
+  const std::string stripped = png_signature ? without_empty_idat_chunks(bytes) : std::string();
+  const std::string& png = stripped.empty() ? bytes : stripped;
   const auto* data = reinterpret_cast<const stbi_uc*>(png.data());
   const int length = static_cast<int>(png.size());
   int width = 0, height = 0, file_channels = 0;
