@@ -379,8 +379,10 @@ std::string without_empty_idat_chunks(const std::string& bytes) {
 bool is_jpeg(const std::string& bytes) { return bytes.compare(0, 2, "\xff\xd8") == 0; }
 
 // A JPEG file's pixels into `hwc`, interleaved, `channels` (1 or 3) values each. No object with a
-// destructor lives here across the calls into libjpeg that may jump back to setjmp, and the caller
-// owns what they change (a local changed after setjmp would be indeterminate after the jump).
+// destructor lives here across the calls into libjpeg that may jump back to setjmp. The two locals
+// changed after setjmp, `info` and `errors`, have their addresses held by libjpeg, so they live in
+// memory and the jump finds them as they were left (libjpeg's own example.c keeps them so); the
+// pixels and the size go to the caller's objects.
 void decode_jpeg(const std::string& bytes, const std::string& path, int64_t channels, std::vector<uint8_t>& hwc,
                  int& width, int& height) {
   jpeg_decompress_struct info;
