@@ -166,6 +166,7 @@ static void restart_with_library_settings(char** argv) {
 
 int main(int argc, char** argv) {
   restart_with_library_settings(argv);
+  ml::set_flush_denormals(true);  // before any thread starts (framework/parallel.h says why)
   ml::set_num_threads(0);  // the default count, as every command then runs it (framework/parallel.h)
   const int code = ml::dispatch(argc, argv);
   // Under mpirun, a rank that failed ends the whole job: the others may be waiting for it in a

@@ -285,6 +285,40 @@ TEST(Threads, TheThreadCountKeepsToTheThreadLimitAndTeamsToTheThreadCount) {
   set_num_threads(saved);
 }
 
+// Flushed, a product too small for a normal float is zero and a denormal input reads as zero, on
+// every thread of a region; turned off, both are IEEE's again.
+TEST(Threads, FlushingDenormalsReachesEveryThreadOfARegion) {
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "flushing denormals is x86-64's MXCSR";
+#endif
+  const int saved = num_threads();
+  set_num_threads(2);
+  const auto on_every_thread = [](float (*compute)()) {
+    std::vector<float> results(num_threads(), -1.0f);
+#pragma omp parallel
+    results[omp_get_thread_num()] = compute();
+    results.push_back(compute());  // the calling thread
+    return results;
+  };
+  // volatile: computed at run time, under the thread's MXCSR, not folded by the compiler.
+  const auto underflow = [] {
+    volatile float tiny = 1e-20f;
+    return tiny * tiny;
+  };
+  const auto denormal_input = [] {
+    volatile float denormal = 1e-40f;
+    return denormal * 1e30f;
+  };
+  set_flush_denormals(true);
+  for (float r : on_every_thread(underflow)) EXPECT_EQ(r, 0.0f);
+  for (float r : on_every_thread(denormal_input)) EXPECT_EQ(r, 0.0f);
+  set_flush_denormals(false);
+  // 1e-40 is held to about five digits as a denormal.
+  for (float r : on_every_thread(underflow)) EXPECT_NEAR(r * 1e30f, 1e-10f, 1e-14f);
+  for (float r : on_every_thread(denormal_input)) EXPECT_NEAR(r, 1e-10f, 1e-14f);
+  set_num_threads(saved);
+}
+
 // MUONLAB_CPU_CAPABILITY=default (set_cpu_capability) hands every product back to OpenBLAS.
 TEST_F(OwnSgemm, TheDefaultCapabilityTurnsItOff) {
   set_cpu_capability(CpuCapability::Default);

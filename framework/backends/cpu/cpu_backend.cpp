@@ -8,6 +8,10 @@
 #include <cstring>
 #include <new>
 
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
 #include "framework/backends/block_cache.h"
 #include "framework/parallel.h"
 #include "framework/random.h"
@@ -85,5 +89,20 @@ void set_num_threads(int n) {
   openblas_set_num_threads(n);
 }
 int num_threads() { return std::min(omp_get_max_threads(), omp_get_thread_limit()); }
+
+// MXCSR's FTZ (bit 15: a denormal result becomes zero) and DAZ (bit 6: a denormal input reads as
+// zero). Each thread has its own MXCSR, and a thread starts with a copy of its creator's: the team
+// of the region below takes the setting, and threads started later take it from the main thread.
+void set_flush_denormals(bool flush) {
+#if defined(__x86_64__)
+  constexpr unsigned kFlushToZero = 1u << 15, kDenormalsAreZero = 1u << 6, kBoth = kFlushToZero | kDenormalsAreZero;
+  const auto apply = [flush] { _mm_setcsr(flush ? _mm_getcsr() | kBoth : _mm_getcsr() & ~kBoth); };
+  apply();
+#pragma omp parallel
+  apply();
+#else
+  (void)flush;
+#endif
+}
 
 }  // namespace ml
