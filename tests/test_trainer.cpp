@@ -2,8 +2,8 @@
 // checkpoints, non-finite loss handling, errors before any file is written, checkpoint
 // evaluation, the schedule, progress output and the demo's configs. Data are tiny generated
 // files in a temp dir.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "datasets/image_batcher.h"
 #include "experiments/checkpoint.h"
 #include "experiments/demo.h"
 #include "experiments/evaluation.h"
@@ -28,13 +29,13 @@
 #include "experiments/run_data.h"
 #include "experiments/run_dir.h"
 #include "experiments/trainer.h"
+#include "framework/backends/cpu/cpu_backend.h"
 #include "framework/io/atomic_file.h"
 #include "framework/io/json.h"
 #include "framework/io/safetensors.h"
 #include "framework/nn/serialize.h"
 #include "framework/ops.h"
 #include "framework/parallel.h"
-#include "datasets/image_batcher.h"
 #include "models/cnn.h"
 #include "models/model.h"
 #include "models/patch_whitening.h"
@@ -184,6 +185,18 @@ TEST(TrainerSmoke, TheConfiguredThreadCountAppliesForTheRunOnly) {
   const TrainResult result = run_quietly(config, dir.file("run"));
   EXPECT_EQ(result.summary.at("threads").get<int64_t>(), before + 1);
   EXPECT_EQ(num_threads(), before);
+}
+
+// A run's peak memory is its own (a sweep trains its points in one process): neither the process's
+// earlier peak nor the blocks an earlier run left in the CPU backend's cache count.
+TEST(TrainerSmoke, PeakMemoryIsTheRunsOwn) {
+  TempDir dir;
+  constexpr size_t kBytes = size_t{1} << 30;
+  auto* block = static_cast<char*>(cpu_host_allocate(kBytes));
+  for (size_t i = 0; i < kBytes; i += 4096) block[i] = 1;  // resident
+  cpu_host_release(block, kBytes);                         // kept by the cache (but under ASan)
+  const TrainResult result = run_quietly(mlp_config(), dir.file("run"));
+  EXPECT_LT(result.summary.at("peak_rss_mb").get<double>(), 1024.0);
 }
 
 TEST(TrainerSmoke, CnnOnImagesLowersTheLoss) {

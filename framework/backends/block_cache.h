@@ -64,7 +64,7 @@ class BlockCache {
       ages_by_size_.erase(newest);
       stats_.cached_bytes -= size;
     } else if ((p = raw_.allocate(size)) == nullptr) {
-      release_cached();  // out of memory: give the cache back and retry once
+      release_all_cached();  // out of memory: give the cache back and retry once
       if ((p = raw_.allocate(size)) == nullptr) raw_.out_of_memory(size);
     }
     stats_.current_bytes += size;
@@ -89,6 +89,12 @@ class BlockCache {
     return stats_;
   }
 
+  // Gives every cached block back (live blocks stay): the next requests allocate afresh.
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    release_all_cached();
+  }
+
  private:
   struct FreeBlock {
     size_t size;
@@ -108,7 +114,7 @@ class BlockCache {
     by_age_.erase(oldest);
   }
 
-  void release_cached() {
+  void release_all_cached() {
     raw_.before_release_all();
     for (auto& [age, block] : by_age_) raw_.release(block.p);
     by_age_.clear();

@@ -63,6 +63,10 @@ void cpu_host_release(void* ptr, size_t nbytes) {
     std::free(ptr);
 }
 
+void cpu_release_cached_memory() {
+  if (kCacheHostBlocks) host_cache().release_cached();
+}
+
 void* CpuBackend::allocate(size_t nbytes) { return cpu_host_allocate(nbytes); }
 void CpuBackend::deallocate(void* ptr, size_t nbytes) { cpu_host_release(ptr, nbytes); }
 void CpuBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {

@@ -9,6 +9,8 @@ namespace ml {
 // the next request. Tensors' storage (CpuBackend::allocate) and kernels' scratch buffers take it.
 void* cpu_host_allocate(size_t nbytes);
 void cpu_host_release(void* ptr, size_t nbytes);
+// Unmaps the freed blocks the cache keeps (a run's peak memory then counts only its own).
+void cpu_release_cached_memory();
 
 class CpuBackend final : public Backend {
  public:
