@@ -63,9 +63,10 @@ double peak_rss_mb() {
 
 // Starts a run's count of peak memory, so that a run which follows others in one process (a
 // sweep's points) reports its own: the CPU cache's freed blocks and the heap's free pages go back
-// to the system, and the high-water mark restarts from what is resident now. Without it a sweep's later points reported
-// the process's peak so far, the earlier points' cached blocks included (the study's 6-layer GPT:
-// 697 MB for the first point, 1332-1496 MB for the next fifteen). False where the kernel refused.
+// to the system, and the high-water mark restarts from what is resident now. Without it a sweep's
+// later points reported the process's peak so far, the earlier points' cached blocks included (the
+// study's 6-layer GPT: 697 MB for the first point, 1332-1496 MB for the next fifteen). False where
+// the kernel refused.
 bool start_peak_rss() {
   cpu_release_cached_memory();
   malloc_trim(0);
