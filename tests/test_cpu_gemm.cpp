@@ -151,13 +151,14 @@ TEST_F(OwnSgemm, GivesTheSameBitsOnAnyNumberOfThreads) {
 }
 
 // For symmetric products (syrk): Part::Symmetric computes the upper triangle exactly as the whole
-// product does, onto C or from another matrix D, and writes the lower one as its mirror, on one
-// thread or two. Two threads share its rows otherwise than the whole product's at n = 90 (three
-// panels of columns: four blocks of rows, dealt out in turn) and its tiles by columns from n = 130,
-// where the threads' ranges meet inside a panel; they mirror bands of rows that cut 16-row blocks.
+// product does, onto C in place or from another matrix D, and writes the lower one as its mirror,
+// on one thread or several. Two threads share its rows otherwise than the whole product's at n = 90
+// (three panels of columns: four blocks of rows, dealt out in turn), and mirror bands of rows that
+// cut 16-row blocks; from n = 130 they share its tiles by columns, their ranges meeting inside a
+// panel, and each mirrors its own tiles by 16-row blocks that the ranges cut.
 TEST_F(OwnSgemm, TheSymmetricPartIsTheWholeProductsUpperTriangleAndItsMirror) {
   const int saved = num_threads();
-  for (const int threads : {1, 2})
+  for (const int threads : {1, 2, 3, 4})
     for (const int64_t n : {1, 13, 50, 90, 130, 300}) {
       SCOPED_TRACE("n " + std::to_string(n) + ", threads " + std::to_string(threads));
       set_num_threads(threads);
@@ -177,12 +178,16 @@ TEST_F(OwnSgemm, TheSymmetricPartIsTheWholeProductsUpperTriangleAndItsMirror) {
       const std::vector<float> whole_onto_d = own_product(p, true);
       cpu_gemm::sgemm(false, true, n, n, p.k, p.alpha, p.a.data(), p.lda(), p.b.data(), p.ldb(), p.beta, onto_d.data(),
                       n, true, cpu_gemm::Part::Symmetric, d.data(), n);
+      std::vector<float> in_place = d;  // the same with D in C: the lower triangle's D is never read
+      cpu_gemm::sgemm(false, true, n, n, p.k, p.alpha, p.a.data(), p.lda(), p.b.data(), p.ldb(), p.beta,
+                      in_place.data(), n, true, cpu_gemm::Part::Symmetric);
       int64_t wrong = 0;
       for (int64_t i = 0; i < n; ++i)
         for (int64_t j = 0; j < n; ++j) {
           const int64_t upper = std::min(i, j) * n + std::max(i, j);
           wrong += symmetric[i * n + j] != whole[upper];
           wrong += onto_d[i * n + j] != whole_onto_d[upper];
+          wrong += in_place[i * n + j] != whole_onto_d[upper];
         }
       EXPECT_EQ(wrong, 0);
     }

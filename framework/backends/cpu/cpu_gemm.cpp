@@ -9,6 +9,8 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <type_traits>
+#include <utility>
 
 #include "framework/backends/cpu/cpu_capability.h"
 #include "framework/backends/cpu/cpu_gemm_tile.h"
@@ -51,6 +53,9 @@ namespace {
 constexpr int64_t kDepth = 256;       // KC
 constexpr int64_t kBlockRows = 240;   // MC, a multiple of kTileRows
 constexpr int64_t kBlockCols = 2048;  // NC, a multiple of kTileCols
+
+// The most elements of A for which column shares ask for its rows ahead (run_column_share).
+constexpr int64_t kAskAheadA = int64_t{1} << 17;
 
 // Packing buffers that live as long as their thread (one for blocks of A, one for B), so that no
 // product pays for fresh pages.
@@ -154,6 +159,38 @@ void mirror_rows(float* c, int64_t ldc, int64_t first, int64_t last) {
   for (int64_t i = i0; i < last; ++i) copy_row(i, 0);
 }
 
+// The mirror of rows [first, last) x columns [j, j + cols) of C's upper triangle (cols at most
+// kTileCols): their elements right of the diagonal copied to their places in the lower triangle,
+// 16 x 16 at a time through a transpose, the blocks 16 rows apart from row 0 so that each row of the
+// lower triangle is written 64 bytes at a time. It reads only those elements (a diagonal tile's
+// lower ones may be another thread's mirror in progress) and writes only their mirrors, so
+// threads may mirror disjoint rows at once.
+__attribute__((target("arch=x86-64-v4"))) void mirror_rows_of_panel(float* c, int64_t ldc, int64_t first, int64_t last,
+                                                                    int64_t j, int64_t cols) {
+  alignas(64) float upper[16][16];
+  alignas(64) float lower[16][16];
+  const float* rows_of_upper[16];
+  for (int64_t r = 0; r < 16; ++r) rows_of_upper[r] = upper[r];
+  for (int64_t i = first / 16 * 16; i < last; i += 16) {
+    const int64_t live_first = std::max(first, i) - i, live_end = std::min(last, i + 16) - i;
+    for (int64_t half = 0; half < cols; half += 16) {
+      const int64_t j0 = j + half;
+      for (int64_t r = 0; r < 16; ++r) {
+        // Row i + r's columns right of its diagonal, j0 + q > i + r.
+        const bool live = r >= live_first && r < live_end;
+        const __mmask16 mask = live ? __mmask16(lanes_below(cols - half) & ~lanes_below(i + r + 1 - j0)) : 0;
+        _mm512_store_ps(upper[r], _mm512_maskz_loadu_ps(mask, c + (i + r) * ldc + j0));
+      }
+      transpose_16x16(rows_of_upper, lower[0], 16);
+      for (int64_t q = 0; q < std::min<int64_t>(16, cols - half); ++q) {
+        // Row j0 + q of the lower triangle: columns i + r for the live rows left of its diagonal.
+        const __mmask16 mask = lanes_below(std::min(live_end, j0 + q - i)) & ~lanes_below(live_first);
+        _mm512_mask_storeu_ps(c + (j0 + q) * ldc + i, mask, _mm512_load_ps(lower[q]));
+      }
+    }
+  }
+}
+
 // Steps [k0, k0 + depth) of columns [col0 + panel * kTileCols, ...) of op(B): one panel of
 // kTileCols columns, step by step, the columns past `cols` zero.
 void pack_b_panel(const Operand& b, int64_t k0, int64_t depth, int64_t col0, int64_t cols, float* out) {
@@ -196,17 +233,41 @@ void prefetch_tile(const float* c, int64_t ldc, int64_t rows) {
 }
 
 // tile_kernel with as few rows as cover `rows`.
+template <ALayout kLayout, bool kOnDiagonal, bool kAskAhead>
+void tile_of_rows(int64_t depth, const float* a, int64_t lda, const float* b_panel, float* c, int64_t ldc, int64_t rows,
+                  int64_t cols, float alpha, float beta, bool first, const float* init, int64_t init_ld,
+                  int64_t diagonal, const float* next_a, int64_t next_rows) {
+  if (rows <= 4)
+    return tile_kernel<kLayout, 4, false, kTileCols, kOnDiagonal, kAskAhead>(
+        depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr, init, init_ld, diagonal,
+        next_a, next_rows);
+  if (rows <= 8)
+    return tile_kernel<kLayout, 8, false, kTileCols, kOnDiagonal, kAskAhead>(
+        depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr, init, init_ld, diagonal,
+        next_a, next_rows);
+  tile_kernel<kLayout, kTileRows, false, kTileCols, kOnDiagonal, kAskAhead>(depth, a, lda, b_panel, kTileCols, c, ldc,
+                                                                            rows, cols, alpha, beta, first, nullptr,
+                                                                            init, init_ld, diagonal, next_a, next_rows);
+}
+
+// The tile kernel a tile needs: its mask for the diagonal (where `diagonal` puts some of its rows'
+// columns in the lower triangle) and its requests for the next tile's rows of A (next_rows > 0)
+// compiled in only where used.
 template <ALayout kLayout>
 void tile(int64_t depth, const float* a, int64_t lda, const float* b_panel, float* c, int64_t ldc, int64_t rows,
-          int64_t cols, float alpha, float beta, bool first, const float* init, int64_t init_ld) {
-  if (rows <= 4)
-    return tile_kernel<kLayout, 4>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr,
-                                   init, init_ld);
-  if (rows <= 8)
-    return tile_kernel<kLayout, 8>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr,
-                                   init, init_ld);
-  tile_kernel<kLayout, kTileRows>(depth, a, lda, b_panel, kTileCols, c, ldc, rows, cols, alpha, beta, first, nullptr,
-                                  init, init_ld);
+          int64_t cols, float alpha, float beta, bool first, const float* init, int64_t init_ld, int64_t diagonal,
+          const float* next_a, int64_t next_rows) {
+  const bool on_diagonal = diagonal + rows - 1 > 0;
+  const auto run = [&](auto on_diagonal_tag, auto ask_ahead_tag) {
+    tile_of_rows<kLayout, decltype(on_diagonal_tag)::value, decltype(ask_ahead_tag)::value>(
+        depth, a, lda, b_panel, c, ldc, rows, cols, alpha, beta, first, init, init_ld, diagonal, next_a, next_rows);
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
+  if constexpr (kLayout == ALayout::Rows) {
+    if (next_rows > 0) return on_diagonal ? run(Yes{}, Yes{}) : run(No{}, Yes{});
+  }
+  on_diagonal ? run(Yes{}, No{}) : run(No{}, No{});
 }
 
 struct Product {
@@ -248,8 +309,8 @@ struct TileRange {
 
 // How the threads share C's tiles when each takes a range of C's columns (run_column_share): the
 // tiles counted panel by panel, down each panel (for Part::Symmetric, to its last column's diagonal),
-// thread t taking tiles [T t / threads, T (t + 1) / threads) of the T. (By whole panels, the
-// upper triangle of a 256 x 256 syrk gave two threads 58 and 41 of its 99 tiles.)
+// each thread taking a run of them with an equal share of the work (share_start). (By whole
+// panels, the upper triangle of a 256 x 256 syrk gave two threads 58 and 41 of its 99 tiles.)
 //
 // Sharing rows instead (run_share), the threads pack one block of B together and each reads all of
 // it, half from the other core's cache, between two barriers per block of steps; sharing columns,
@@ -275,18 +336,29 @@ struct ColumnShares {
   }
   // Thread `thread`'s tiles (none: first_panel > last_panel).
   TileRange range(int thread) const {
+    const auto [first_panel, first_tile] = share_start(thread);
+    const auto [end_panel, end_tile] = share_start(thread + 1);
+    if (first_panel == end_panel && first_tile == end_tile) return TileRange{0, 0, -1, 0};
+    if (end_tile == 0) return {first_panel, first_tile * kTileRows, end_panel - 1, tiles_in(end_panel - 1) * kTileRows};
+    return {first_panel, first_tile * kTileRows, end_panel, end_tile * kTileRows};
+  }
+  // Where share `part` of `threads` starts, as (panel, tile in it): the first tile with at least part / threads
+  // of the work before it, a tile counting kTileWork and the packing of a panel kPackWork (a thread packs
+  // each panel it has tiles in). Counting tiles alone, the first of two threads on the upper triangle of a
+  // 256 x 256 syrk packed six panels to the second's three and ran 12 us longer of 86.
+  std::pair<int64_t, int64_t> share_start(int part) const {
+    static constexpr int64_t kTileWork = 4, kPackWork = 8;
     int64_t total = 0;
-    for (int64_t panel = 0; panel < panels; ++panel) total += tiles_in(panel);
-    const int64_t first = total * thread / threads, end = total * (thread + 1) / threads;
-    TileRange range{0, 0, -1, 0};
-    for (int64_t panel = 0, before = 0; panel < panels && before < end; before += tiles_in(panel++)) {
-      if (first >= before && first < before + tiles_in(panel)) range = {panel, (first - before) * kTileRows, 0, 0};
-      if (end > before && end <= before + tiles_in(panel)) {
-        range.last_panel = panel;
-        range.end_row = (end - before) * kTileRows;
-      }
+    for (int64_t panel = 0; panel < panels; ++panel) total += tiles_in(panel) * kTileWork + kPackWork;
+    const int64_t wanted = (total * part + threads - 1) / threads;
+    for (int64_t panel = 0, before = 0; panel < panels; ++panel) {
+      if (before >= wanted) return {panel, 0};
+      // Tile q >= 1 of this panel has before + kPackWork + q kTileWork before it.
+      const int64_t tile = std::max<int64_t>(1, (wanted - before - kPackWork + kTileWork - 1) / kTileWork);
+      if (tile < tiles_in(panel)) return {panel, tile};
+      before += tiles_in(panel) * kTileWork + kPackWork;
     }
-    return range;
+    return {panels, 0};
   }
   // The most columns one thread's range spans, for the packed panels of B.
   int64_t widest() const {
@@ -305,16 +377,23 @@ struct ColumnShares {
 // tile reads its 12 rows as 12 sequential streams from cache; a transposed A is packed. B is
 // always packed: read in place, a panel's rows ldb apart share a few L1 sets (2048^3: 143-150
 // against 160 GFLOP/s), and packing gains back all but ~3% of its cost on the smallest B-heavy
-// products (128 x 512 x 768).
+// products (128 x 512 x 768). Where A was just written, half of it by the other core (Newton-Schulz's
+// chain of products), the tiles wait for its lines to cross over: with ask_ahead, each tile asks for
+// the next one's rows while it runs, unless an earlier panel's tiles read them. NS5 at two threads,
+// paired in one process: 256 x 256 0.95-0.96 of the time; 256 x 1024 0.99, 512 x 512 and 1024 x 1024
+// 1.01-1.02 (so only where A is at most kAskAheadA); 128 x 512 1.00. Asking in every panel, where
+// the rows are already in L2, cost 1-3% at 128 and 1024 wide.
 void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t col0, int64_t cols, int64_t first_panel,
                         int64_t last_panel, int64_t k0, int64_t depth, const float* packed_b, float* packed_a,
-                        const TileRange& owned = TileRange{}) {
+                        const TileRange& owned = TileRange{}, bool ask_ahead = false) {
   const bool in_place = !p.a.transposed;
   if (!in_place) pack_transposed_a(p.a, row0, rows, k0, depth, packed_a);
   const bool first = k0 == 0;
+  int64_t read_from = 0, read_to = 0;  // the rows of A that earlier panels' tiles read (none yet)
   for (int64_t panel = first_panel; panel < last_panel; ++panel) {
     const int64_t j = col0 + panel * kTileCols, live_cols = std::min(kTileCols, col0 + cols - j);
     const float* b_panel = packed_b + panel * depth * kTileCols;
+    int64_t panel_from = -1, panel_to = -1;
     for (int64_t i = row0; i < row0 + rows; i += kTileRows) {
       // Symmetric: a tile whose last column is left of its first row's diagonal is mirrored instead.
       if (p.part == Part::Symmetric && j + live_cols - 1 < i) continue;
@@ -323,13 +402,24 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
       float* c = p.c + i * p.ldc + j;
       prefetch_tile(c, p.ldc, live_rows);
       const float* d = p.d ? p.d + i * p.ldd + j : nullptr;
+      const int64_t diagonal = p.part == Part::Symmetric ? i - j : kNoDiagonal;
+      const int64_t next = i + kTileRows;
+      const bool next_unread = read_from == read_to || next < read_from || next + kTileRows > read_to;
+      const int64_t next_rows = ask_ahead && next_unread ? std::min(kTileRows, row0 + rows - next) : 0;
       if (in_place)
         tile<ALayout::Rows>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, c, p.ldc, live_rows, live_cols, p.alpha,
-                            p.beta, first, d, p.ldd);
+                            p.beta, first, d, p.ldd, diagonal,
+                            next_rows > 0 ? p.a.data + (i + kTileRows) * p.a.ld + k0 : nullptr, next_rows);
       else
         tile<ALayout::Columns>(depth, packed_a + (i - row0) * depth, kTileRows, b_panel, c, p.ldc, live_rows, live_cols,
-                               p.alpha, p.beta, first, d, p.ldd);
+                               p.alpha, p.beta, first, d, p.ldd, diagonal, nullptr, 0);
+      if (panel_from < 0) panel_from = i;
+      panel_to = i + live_rows;
     }
+    if (panel_from < 0) continue;
+    const bool none_read = read_from == read_to;
+    read_from = none_read ? panel_from : std::min(read_from, panel_from);
+    read_to = none_read ? panel_to : std::max(read_to, panel_to);
   }
 }
 
@@ -375,10 +465,26 @@ void run_share(const Product& p, int thread, int threads, float* packed_b, float
   }
 }
 
+// The lower triangle's part mirrored from the tiles of a symmetric product a thread owns: done by
+// each thread as soon as its own tiles are, it needs no barrier and reads what its core just wrote
+// (with the threads' bands of mirror_rows after a barrier, a 256 x 256 syrk at two threads took
+// 73-74 us, 64 without any mirror; mirroring its own tiles, 63-65).
+void mirror_owned_tiles(const Product& p, const TileRange& owned) {
+  for (int64_t panel = owned.first_panel; panel <= owned.last_panel; ++panel) {
+    const int64_t j = panel * kTileCols, cols = std::min(kTileCols, p.n - j);
+    const int64_t first = panel == owned.first_panel ? owned.first_row : 0;
+    const int64_t last = std::min(panel == owned.last_panel ? owned.end_row : p.m, std::min(p.m, j + cols));
+    mirror_rows_of_panel(p.c, p.ldc, first, last, j, cols);
+  }
+}
+
 // Thread `thread`'s share of the product when each owns a range of C's tiles (ColumnShares): it
 // packs the panels of B its tiles need and runs every block of rows against them, so the threads
-// never wait for each other (two may both pack the panel they share).
+// never wait for each other (two may both pack the panel they share). Each thread reads all of A,
+// and where A is small, the product is short and A was likely just written, half by the other core:
+// there its tiles ask for the rows of A ahead (block_times_panels).
 void run_column_share(const Product& p, const TileRange& owned, float* packed_b, float* packed_a) {
+  const bool ask_ahead = p.m * p.k <= kAskAheadA;
   const int64_t share_end = std::min(p.n, (owned.last_panel + 1) * kTileCols);
   for (int64_t col0 = owned.first_panel * kTileCols; col0 < share_end; col0 += kBlockCols) {
     const int64_t cols = std::min(kBlockCols, share_end - col0), panels = (cols + kTileCols - 1) / kTileCols;
@@ -390,7 +496,7 @@ void run_column_share(const Product& p, const TileRange& owned, float* packed_b,
                      packed_b + panel * depth * kTileCols);
       for (int64_t row0 = 0; row0 < m; row0 += kBlockRows)
         block_times_panels(p, row0, std::min(kBlockRows, m - row0), col0, cols, 0, panels, k0, depth, packed_b,
-                           packed_a, owned);
+                           packed_a, owned, ask_ahead);
     }
   }
 }
@@ -425,17 +531,20 @@ void run(const Product& p, bool parallel) {
     const int thread = omp_get_thread_num(), count = omp_get_num_threads();
     // A team smaller than planned (OMP_THREAD_LIMIT under the thread count, OMP_DYNAMIC) would
     // leave the missing threads' columns undone: sharing rows adapts to any team.
-    if (by_columns && count == threads)
-      run_column_share(p, shares.range(thread), packed_bs + thread * b_floats, packed_as + thread * a_floats);
-    else
+    if (by_columns && count == threads) {
+      const TileRange owned = shares.range(thread);
+      run_column_share(p, owned, packed_bs + thread * b_floats, packed_as + thread * a_floats);
+      if (mirror) mirror_owned_tiles(p, owned);
+    } else {
       run_share(p, thread, count, packed_bs, packed_as, a_floats);
-    if (mirror) {
-      // Once every upper tile is written, bands of rows with equal shares of the lower triangle.
-      // (As a pass of its own, in a region of its own, it read the tiles after the region's end:
-      // Newton-Schulz on 256-wide matrices at two threads took 1.01-1.03 times as long as now,
-      // paired in one process.)
+      if (mirror) {
+        // Once every upper tile is written, bands of rows with equal shares of the lower triangle.
+        // (As a pass of its own, in a region of its own, it read the tiles after the region's end:
+        // Newton-Schulz on 256-wide matrices at two threads took 1.01-1.03 times as long as now,
+        // paired in one process.)
 #pragma omp barrier
-      mirror_rows(p.c, p.ldc, triangle_band_start(n, thread, count), triangle_band_start(n, thread + 1, count));
+        mirror_rows(p.c, p.ldc, triangle_band_start(n, thread, count), triangle_band_start(n, thread + 1, count));
+      }
     }
   }
 }
