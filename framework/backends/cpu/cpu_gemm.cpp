@@ -177,9 +177,9 @@ __attribute__((target("arch=x86-64-v4"))) void mirror_rows_of_panel(float* c, in
       const int64_t j0 = j + half;
       for (int64_t r = 0; r < 16; ++r) {
         // Row i + r's columns right of its diagonal, j0 + q > i + r.
+        const __mmask16 mask = lanes_below(cols - half) & ~lanes_below(i + r + 1 - j0);
         const bool live = r >= live_first && r < live_end;
-        const __mmask16 mask = live ? __mmask16(lanes_below(cols - half) & ~lanes_below(i + r + 1 - j0)) : 0;
-        _mm512_store_ps(upper[r], _mm512_maskz_loadu_ps(mask, c + (i + r) * ldc + j0));
+        _mm512_store_ps(upper[r], live ? _mm512_maskz_loadu_ps(mask, c + (i + r) * ldc + j0) : _mm512_setzero_ps());
       }
       transpose_16x16(rows_of_upper, lower[0], 16);
       for (int64_t q = 0; q < std::min<int64_t>(16, cols - half); ++q) {
