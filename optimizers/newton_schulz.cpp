@@ -75,16 +75,22 @@ Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_s
   const Tensor raw = small_side(matrix);
   const int64_t steps = static_cast<int64_t>(schedule.triples.size());
 
-  Tensor gram = small_gram.defined() ? small_gram.clone() : syrk(raw);
-  const Tensor inv_norm = inverse_norm_of_gram(gram, schedule);
-  mul_(gram, mul(inv_norm, inv_norm));
-  Tensor aol_scale;
+  const Tensor raw_gram = small_gram.defined() ? small_gram : syrk(raw);
+  const Tensor inv_norm = inverse_norm_of_gram(raw_gram, schedule);
+  const Tensor inv_norm_squared = mul(inv_norm, inv_norm);
+  // X0 = diag(x0_scale) S: 1/norm (one scalar a matrix), for AOL times s_i on row i ([..., k, 1]).
+  Tensor gram, aol_scale, x0_scale = inv_norm;
   if (schedule.aol) {
-    // Turbo-Muon: s_i = max(sum_j |A_ij|, 1e-7)^(-1/2) bounds ||diag(s) X||_2 <= 1, and
-    // diag(s) A diag(s) is the Gram matrix of diag(s) X, so the first iteration needs no new product.
-    aol_scale = rsqrt(clamp(sum(abs(gram), {-1}), 1e-7, std::numeric_limits<double>::infinity()));
-    mul_(gram, aol_scale.unsqueeze(-1));
-    mul_(gram, aol_scale.unsqueeze(-2));
+    // Turbo-Muon: s_i = max(sum_j |A_ij|, 1e-7)^(-1/2) on the normalized A = G / norm^2 bounds
+    // ||diag(s) X||_2 <= 1, and diag(s) A diag(s) is the Gram matrix of diag(s) X, so the first
+    // iteration needs no new product. Both scalings reach G in one factor on each side.
+    const Tensor row_sums = mul(sum(abs(raw_gram), {-1}, true), inv_norm_squared);  // of |A|
+    aol_scale = rsqrt(clamp(row_sums, 1e-7, std::numeric_limits<double>::infinity()));
+    x0_scale = mul(aol_scale, inv_norm);
+    gram = mul(raw_gram, x0_scale);
+    mul_(gram, x0_scale.transpose(-1, -2));
+  } else {
+    gram = mul(raw_gram, inv_norm_squared);
   }
 
   if (uses_gram_form(raw.size(-2), raw.size(-1), steps)) {
@@ -99,7 +105,7 @@ Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_s
       if (i + 1 < steps) gram = symmetric_product(symmetric_product(p, gram), p);  // P A P^T
       t = i == 0 ? p : symmetric_product(p, t);
     }
-    if (schedule.aol) t = mul(t, aol_scale.unsqueeze(-2));  // AOL's diag(s) applies to X0 first
+    if (schedule.aol) t = mul(t, aol_scale.transpose(-1, -2));  // AOL's diag(s) applies to X0 first
     if (transform) *transform = t;
     const Tensor x = matmul(mul(t, mul(inv_norm, output_scale)), raw);
     return tall ? x.transpose(-1, -2) : x;
@@ -110,12 +116,11 @@ Tensor iterate(const Tensor& matrix, const NsSchedule& schedule, double output_s
     if (i > 0) gram = syrk(x);
     Tensor p = polynomial(gram, schedule.triples[i]);
     if (transform) t = i == 0 ? p.clone() : symmetric_product(p, t);
-    if (i == 0 && schedule.aol) mul_(p, aol_scale.unsqueeze(-2));
-    if (i == 0) mul_(p, inv_norm);
+    if (i == 0) mul_(p, schedule.aol ? x0_scale.transpose(-1, -2) : x0_scale);  // P_0 X0 = (P_0 diag(x0_scale)) S
     if (i + 1 == steps && output_scale != 1.0) mul_(p, output_scale);
     x = matmul(p, i == 0 ? raw : x);
   }
-  if (transform) *transform = schedule.aol ? mul(t, aol_scale.unsqueeze(-2)) : t;
+  if (transform) *transform = schedule.aol ? mul(t, aol_scale.transpose(-1, -2)) : t;
   return tall ? x.transpose(-1, -2) : x;
 }
 
