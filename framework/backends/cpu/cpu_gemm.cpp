@@ -408,8 +408,8 @@ void block_times_panels(const Product& p, int64_t row0, int64_t rows, int64_t co
       const int64_t next_rows = ask_ahead && next_unread ? std::min(kTileRows, row0 + rows - next) : 0;
       if (in_place)
         tile<ALayout::Rows>(depth, p.a.data + i * p.a.ld + k0, p.a.ld, b_panel, c, p.ldc, live_rows, live_cols, p.alpha,
-                            p.beta, first, d, p.ldd, diagonal,
-                            next_rows > 0 ? p.a.data + (i + kTileRows) * p.a.ld + k0 : nullptr, next_rows);
+                            p.beta, first, d, p.ldd, diagonal, next_rows > 0 ? p.a.data + next * p.a.ld + k0 : nullptr,
+                            next_rows);
       else
         tile<ALayout::Columns>(depth, packed_a + (i - row0) * depth, kTileRows, b_panel, c, p.ldc, live_rows, live_cols,
                                p.alpha, p.beta, first, d, p.ldd, diagonal, nullptr, 0);
