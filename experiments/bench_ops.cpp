@@ -255,6 +255,21 @@ OpCase gelu_case(Inputs& in, int64_t elements) {
           [x] { return gelu(x, GeluApprox::Tanh); }};
 }
 
+// Training-mode batch norm with its GELU, as the CNN's groups run it (batch_norm2d's fused
+// activation): forward reads x and writes y, backward reads grad_y and x and writes grad_x (the
+// per-channel vectors aside).
+OpCase batch_norm_gelu_case(Inputs& in, const Shape& shape) {
+  const Tensor x = in.leaf(shape), weight = in.leaf({shape[1]}), bias = in.leaf({shape[1]});
+  const double n = static_cast<double>(numel_of(shape));
+  return {"batch_norm_gelu",
+          shape_str(shape),
+          {Bound::Memory, kFloat32Bytes * 2 * n, kFloat32Bytes * 3 * n},
+          {x, weight, bias},
+          [x, weight, bias] {
+            return batch_norm2d(x, Tensor(), Tensor(), weight, bias, true, 0.1, 1e-5, UnaryOp::GeluErf);
+          }};
+}
+
 // Forward only: copy_ is the device-to-device copy every other memory-bound rate is compared with.
 OpCase copy_case(Inputs& in, int64_t elements) {
   const Tensor src = in.constant({elements});
@@ -278,6 +293,7 @@ std::vector<OpCase> model_cases(Inputs& in) {
     cases.push_back(conv2d_case(in, {batch, channels, size, size}, {width, channels, 3, 3}, 1, false));
     size /= 2;
     cases.push_back(conv2d_case(in, {batch, width, size, size}, {width, width, 3, 3}, 1, false));
+    cases.push_back(batch_norm_gelu_case(in, {batch, width, size, size}));  // both of the group's, at this size
     channels = width;
   }
   for (AttentionVariant variant : {AttentionVariant::Composed, AttentionVariant::Fused, AttentionVariant::GenericOps})

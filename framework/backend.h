@@ -8,6 +8,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "framework/tensor.h"
 
@@ -200,13 +201,20 @@ class Backend {
   virtual void avg_pool2d_backward(const Tensor& grad_y, const Tensor& grad_x, Pool2dParams p) { unsupported(__func__); }
   // Batch statistics over (N,H,W) of x [N,C,H,W]: mean [C] and biased variance [C].
   virtual void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var) { unsupported(__func__); }
-  // y = (x - mean) * invstd * weight + bias, per channel; weight/bias may be undefined.
+  // y = activation((x - mean) * invstd * weight + bias), per channel, in one pass; weight/bias may be
+  // undefined, and without an activation y is the normalized value itself.
   virtual void batch_norm_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
-                                const Tensor& bias, const Tensor& y) { unsupported(__func__); }
-  // Backward of training-mode batch norm (statistics from this batch).
-  virtual void batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean,
-                                   const Tensor& invstd, const Tensor& weight, const Tensor& grad_x,
-                                   const Tensor& grad_weight, const Tensor& grad_bias) { unsupported(__func__); }
+                                const Tensor& bias, std::optional<UnaryOp> activation, const Tensor& y) {
+    unsupported(__func__);
+  }
+  // Backward of training-mode batch norm (statistics from this batch) and of the activation after it,
+  // where given: grad_y is then the gradient of the activation's output, whose input the kernel
+  // recomputes from x (so the forward pass keeps no normalized copy).
+  virtual void batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
+                                   const Tensor& weight, const Tensor& bias, std::optional<UnaryOp> activation,
+                                   const Tensor& grad_x, const Tensor& grad_weight, const Tensor& grad_bias) {
+    unsupported(__func__);
+  }
 
   // ---------------------------------------------------------------- optimizer steps
   // AdamW in place in one pass over contiguous param, grad, exp_avg and exp_avg_sq of one shape and

@@ -13,8 +13,8 @@ namespace {
 
 constexpr int64_t kStemKernel = 2;
 
-Tensor activate(const Tensor& x, CnnActivation activation) {
-  return activation == CnnActivation::Relu ? relu(x) : gelu(x);
+UnaryOp activation_op(CnnActivation activation) {
+  return activation == CnnActivation::Relu ? UnaryOp::Relu : UnaryOp::GeluErf;
 }
 
 // torch.nn.init.dirac_ on the first min(out, in) filters of a conv weight [out, in, kh, kw]: filter
@@ -62,12 +62,16 @@ const SettingList<CnnOptions>& CnnOptions::settings() {
   return settings;
 }
 
-ConvGroup::ConvGroup(int64_t in_channels, int64_t out_channels, const CnnOptions& options, Generator& gen)
-    : activation_(options.activation) {
+ConvGroup::ConvGroup(int64_t in_channels, int64_t out_channels, const CnnOptions& options, Generator& gen) {
+  // Each batch norm applies the activation after it in its own passes (batch_norm2d).
+  const auto activated_norm = [&] {
+    return std::make_shared<BatchNorm2d>(out_channels, options.bn_momentum, options.bn_eps, true,
+                                         activation_op(options.activation));
+  };
   conv1 = register_module("conv1", std::make_shared<Conv2d>(in_channels, out_channels, 3, 1, 1, false, gen));
-  norm1 = register_module("norm1", std::make_shared<BatchNorm2d>(out_channels, options.bn_momentum, options.bn_eps));
+  norm1 = register_module("norm1", activated_norm());
   conv2 = register_module("conv2", std::make_shared<Conv2d>(out_channels, out_channels, 3, 1, 1, false, gen));
-  norm2 = register_module("norm2", std::make_shared<BatchNorm2d>(out_channels, options.bn_momentum, options.bn_eps));
+  norm2 = register_module("norm2", activated_norm());
   for (const auto& conv : {conv1, conv2})
     if (options.dirac_init) dirac_init_leading_filters(conv->weight);
   for (const auto& norm : {norm1, norm2})
@@ -76,8 +80,8 @@ ConvGroup::ConvGroup(int64_t in_channels, int64_t out_channels, const CnnOptions
 
 Tensor ConvGroup::forward(const Tensor& x) {
   const Tensor pooled = max_pool2d(conv1->forward(x), 2);
-  const Tensor h = activate(norm1->forward(pooled), activation_);
-  return activate(norm2->forward(conv2->forward(h)), activation_);
+  const Tensor h = norm1->forward(pooled);
+  return norm2->forward(conv2->forward(h));
 }
 
 int64_t Cnn::min_image_size(size_t num_groups) {
@@ -135,7 +139,7 @@ Tensor Cnn::forward(const Tensor& images) {
                                 std::to_string(images.size(3)) + " are too small for " +
                                 std::to_string(options_.widths.size()) + " conv groups (need at least " +
                                 std::to_string(min_size) + "x" + std::to_string(min_size) + ")");
-  const Tensor features = groups->forward(activate(stem->forward(images), options_.activation));
+  const Tensor features = groups->forward(activation(activation_op(options_.activation), stem->forward(images)));
   const Tensor pooled = dropout_->forward(global_max_pool2d(features));
   return head->forward(pooled) / options_.logit_divisor;
 }

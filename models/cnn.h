@@ -59,9 +59,6 @@ class ConvGroup : public UnaryModule {
   std::shared_ptr<BatchNorm2d> norm1;
   std::shared_ptr<Conv2d> conv2;
   std::shared_ptr<BatchNorm2d> norm2;
-
- private:
-  CnnActivation activation_;
 };
 
 class Cnn : public Model {

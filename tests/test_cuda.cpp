@@ -185,6 +185,12 @@ TEST_F(CudaParity, ConvolutionPoolingBatchNorm) {
         return batch_norm2d(in[0], running_mean, running_var, in[1], in[2], true, 0.1);
       },
       {float_input({6, 4, 5, 5}, 44), float_input({4}, 45, 1.0), float_input({4}, 46)});
+  for (UnaryOp activation : {UnaryOp::Relu, UnaryOp::GeluErf})
+    expect_parity(
+        [activation](auto& in) {
+          return batch_norm2d(in[0], Tensor(), Tensor(), in[1], in[2], true, 0.1, 1e-5, activation);
+        },
+        {float_input({6, 4, 5, 5}, 47), float_input({4}, 48, 1.0), float_input({4}, 49)}, 1e-5);
 }
 
 // The fused kernels on CUDA against the composed op on the CPU. Sequence lengths are chosen

@@ -635,6 +635,107 @@ TEST(NnConv, BatchNormFloat32MatchesFloat64) {
   expect_all_near(values(b32.grad()), values(b64.grad()), 1e-4);
 }
 
+// Training-mode batch norm written with generic ops: the readable reference for the kernels.
+Tensor batch_norm_in_generic_ops(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  const Tensor centered = sub(x, mean(x, {0, 2, 3}, true));
+  const Tensor normalized = mul(centered, rsqrt(add(mean(mul(centered, centered), {0, 2, 3}, true), eps)));
+  if (!weight.defined()) return normalized;
+  const Shape per_channel{1, x.size(1), 1, 1};
+  return add(mul(normalized, weight.reshape(per_channel)), bias.reshape(per_channel));
+}
+
+// Shapes around the kernels' channel blocks (a block holds at least 256 values per image: several
+// short-plane channels per block, or one channel of a large plane) and their images taken four at
+// a time (batches of 5, 6 and 11 leave 1-3 over); the larger two split between two threads.
+const std::vector<Shape> kBatchNormShapes = {{6, 70, 3, 3}, {5, 3, 17, 17}, {11, 70, 7, 7}, {5, 8, 30, 30}};
+
+TEST(NnConv, BatchNormKernelsMatchTheFormulaInGenericOps) {
+  const int saved = num_threads();
+  for (int threads : {1, 2})
+    for (const Shape& shape : kBatchNormShapes) {
+      SCOPED_TRACE(shape_str(shape) + " on " + std::to_string(threads) + " threads");
+      set_num_threads(threads);
+      const Tensor x = random_input(shape, 60, 3.0), w = random_input({shape[1]}, 61), b = random_input({shape[1]}, 62);
+      const Tensor g = random_input(shape, 63).detach();
+      Tensor running_mean = zeros({shape[1]}, DType::Float64), running_var = ones({shape[1]}, DType::Float64);
+      const Tensor y = batch_norm2d(x, running_mean, running_var, w, b, true, 1.0);
+      y.backward(g);
+      const V grads[] = {values(x.grad()), values(w.grad()), values(b.grad())};
+      for (Tensor t : {x, w, b}) t.zero_grad();
+      const Tensor expected = batch_norm_in_generic_ops(x, w, b, 1e-5);
+      expected.backward(g);
+      expect_all_near(values(y), values(expected), 1e-12);
+      expect_all_near(grads[0], values(x.grad()), 1e-11);
+      expect_all_near(grads[1], values(w.grad()), 1e-10);
+      expect_all_near(grads[2], values(b.grad()), 1e-10);
+      // With momentum 1 the running statistics are this batch's: its mean and unbiased variance.
+      const Tensor batch_mean = mean(x.detach(), {0, 2, 3});
+      const double count = static_cast<double>(x.numel() / shape[1]);
+      const Tensor centered = sub(x.detach(), batch_mean.reshape({1, shape[1], 1, 1}));
+      expect_all_near(values(running_mean), values(batch_mean), 1e-12);
+      expect_all_near(values(running_var), values(mul(sum(mul(centered, centered), {0, 2, 3}), 1.0 / (count - 1))),
+                      1e-11);
+    }
+  set_num_threads(saved);
+}
+
+// An activation fused into batch norm gives what the activation op gives after it, forward and
+// backward, in both float types, with and without the affine parameters, and with grad_x not
+// wanted (only the parameters require grad).
+TEST(NnConv, BatchNormWithAnActivationIsThatActivationOfBatchNorm) {
+  const int saved = num_threads();
+  for (int threads : {1, 2})
+    for (DType dtype : {DType::Float64, DType::Float32})
+      for (UnaryOp op : {UnaryOp::Relu, UnaryOp::GeluErf, UnaryOp::GeluTanh, UnaryOp::Silu, UnaryOp::Tanh})
+        for (const Shape& shape : kBatchNormShapes)
+          for (int variant = 0; variant < 3; ++variant) {
+            const bool affine = variant != 1, x_needs_grad = variant != 2;
+            SCOPED_TRACE(std::string(activation_name(op)) + " " + shape_str(shape) + " " + dtype_name(dtype) +
+                         " threads " + std::to_string(threads) + " variant " + std::to_string(variant));
+            set_num_threads(threads);
+            const auto leaf = [&](const Tensor& t, bool grad) { return t.detach().to(dtype).requires_grad_(grad); };
+            const Tensor x = leaf(random_input(shape, 70), x_needs_grad);
+            const Tensor w = affine ? leaf(random_input({shape[1]}, 71, 1.0), true) : Tensor();
+            const Tensor b = affine ? leaf(random_input({shape[1]}, 72), true) : Tensor();
+            const Tensor g = random_input(shape, 73).detach().to(dtype);
+            const std::vector<Tensor> leaves = affine ? std::vector<Tensor>{x, w, b} : std::vector<Tensor>{x};
+            const auto run = [&](bool fused) {
+              for (Tensor t : leaves) t.zero_grad();
+              const Tensor y = fused ? batch_norm2d(x, Tensor(), Tensor(), w, b, true, 0.1, 1e-5, op)
+                                     : activation(op, batch_norm2d(x, Tensor(), Tensor(), w, b, true, 0.1, 1e-5));
+              if (y.requires_grad()) y.backward(g);
+              std::vector<V> out{values(y)};
+              for (const Tensor& t : leaves)
+                if (t.requires_grad()) out.push_back(values(t.grad()));
+              return out;
+            };
+            const std::vector<V> fused = run(true), composed = run(false);
+            ASSERT_EQ(fused.size(), composed.size());
+            const double tol = dtype == DType::Float64 ? 1e-12 : 2e-5;
+            for (size_t k = 0; k < fused.size(); ++k) expect_all_near(fused[k], composed[k], tol * (k > 1 ? 10 : 1));
+          }
+  set_num_threads(saved);
+}
+
+TEST(NnConv, BatchNormWithAnActivationInEvaluation) {
+  const Tensor x = random_input({3, 4, 5, 5}, 80);
+  const Tensor running_mean = random_input({4}, 81).detach(), running_var = add(random_input({4}, 82), 3.0).detach();
+  const Tensor fused = batch_norm2d(x, running_mean, running_var, Tensor(), Tensor(), false, 0.1, 1e-5, UnaryOp::Silu);
+  const Tensor composed = silu(batch_norm2d(x, running_mean, running_var, Tensor(), Tensor(), false, 0.1, 1e-5));
+  expect_all_near(values(fused), values(composed), 1e-15);
+}
+
+TEST(NnConvGrad, BatchNormWithAnActivation) {
+  for (UnaryOp op : {UnaryOp::GeluErf, UnaryOp::Sigmoid, UnaryOp::Relu2}) {
+    SCOPED_TRACE(activation_name(op));
+    expect_gradients_match(
+        [&](const std::vector<Tensor>& in) {
+          return batch_norm2d(in[0], Tensor(), Tensor(), in[1], in[2], true, 0.1, 1e-5, op);
+        },
+        {random_input({5, 3, 3, 4}, 90), random_input({3}, 91, 1.0), random_input({3}, 92)});
+  }
+}
+
 TEST(NnConvGrad, BatchNormTraining) {
   for (bool affine : {true, false}) {
     SCOPED_TRACE(affine ? "affine" : "no affine");
@@ -695,4 +796,7 @@ TEST(NnConv, ErrorsNameOpAndShapes) {
                         {"batch_norm2d", "running"});
   expect_error_mentions([&] { batch_norm2d(zeros({1, 3, 1, 1}), Tensor(), Tensor(), Tensor(), Tensor(), true); },
                         {"batch_norm2d", "more than one value", "[1, 3, 1, 1]"});
+  expect_error_mentions([&] { batch_norm2d(x, Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5, UnaryOp::Exp); },
+                        {"batch_norm2d", "not an activation"});
+  expect_error_mentions([&] { activation(UnaryOp::Clamp, x); }, {"activation", "not an activation"});
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "framework/backend.h"
 #include "framework/random.h"  // ML_HOST_DEVICE
@@ -174,6 +175,41 @@ ML_ELEMENT_MATH T unary_derivative(UnaryOp op, T x, T y, T a, T b) {
     case UnaryOp::Clamp: return (x >= a && x <= b) ? T(1) : T(0);
   }
   return T(0);
+}
+
+// An activation's derivative from its input alone, for kernels that fuse the activation into
+// another op and so keep no output of it: where the derivative reads y, y is recomputed.
+template <typename T>
+ML_ELEMENT_MATH T activation_derivative(UnaryOp op, T x) {
+  return unary_derivative(op, x, unary_forward(op, x, T(0), T(0)), T(0), T(0));
+}
+
+// Calls body(std::integral_constant<UnaryOp, op>) for the activations that dominate training
+// steps, so that their loops see `op` as a compile-time constant: the switch in the element math
+// folds away and the loop vectorizes. Other ops share one loop that switches per element (the
+// branch predicts perfectly; those ops are rare or memory-bound).
+template <typename Body>
+void with_constant_op(UnaryOp op, Body&& body) {
+  switch (op) {
+    case UnaryOp::GeluTanh:
+      return body(std::integral_constant<UnaryOp, UnaryOp::GeluTanh>{});
+    case UnaryOp::GeluErf:
+      return body(std::integral_constant<UnaryOp, UnaryOp::GeluErf>{});
+    case UnaryOp::Relu:
+      return body(std::integral_constant<UnaryOp, UnaryOp::Relu>{});
+    case UnaryOp::Relu2:
+      return body(std::integral_constant<UnaryOp, UnaryOp::Relu2>{});
+    case UnaryOp::Silu:
+      return body(std::integral_constant<UnaryOp, UnaryOp::Silu>{});
+    case UnaryOp::Sigmoid:
+      return body(std::integral_constant<UnaryOp, UnaryOp::Sigmoid>{});
+    case UnaryOp::MulScalar:
+      return body(std::integral_constant<UnaryOp, UnaryOp::MulScalar>{});
+    case UnaryOp::AddScalar:
+      return body(std::integral_constant<UnaryOp, UnaryOp::AddScalar>{});
+    default:
+      return body(op);
+  }
 }
 
 template <typename T>

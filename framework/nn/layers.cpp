@@ -73,7 +73,8 @@ Tensor Conv2d::forward(const Tensor& input) {
   return conv2d(input, weight, bias, Conv2dParams{stride.h, stride.w, padding.h, padding.w});
 }
 
-BatchNorm2d::BatchNorm2d(int64_t channels, double momentum, double eps, bool affine) : momentum(momentum), eps(eps) {
+BatchNorm2d::BatchNorm2d(int64_t channels, double momentum, double eps, bool affine, std::optional<UnaryOp> activation)
+    : momentum(momentum), eps(eps), activation(activation) {
   check_positive("BatchNorm2d", "channels", channels);
   if (affine) {
     weight = register_parameter("weight", ones({channels}));
@@ -84,7 +85,7 @@ BatchNorm2d::BatchNorm2d(int64_t channels, double momentum, double eps, bool aff
 }
 
 Tensor BatchNorm2d::forward(const Tensor& input) {
-  return batch_norm2d(input, running_mean, running_var, weight, bias, is_training(), momentum, eps);
+  return batch_norm2d(input, running_mean, running_var, weight, bias, is_training(), momentum, eps, activation);
 }
 
 Dropout::Dropout(double p, Generator& gen) : p(p), generator_(&gen) {

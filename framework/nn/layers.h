@@ -78,16 +78,19 @@ class Conv2d : public UnaryModule {
 
 // Batch normalization over the channels of NCHW input. In training mode it normalizes with the
 // batch statistics and updates running_mean/running_var (momentum-weighted, unbiased variance,
-// as PyTorch); in eval mode it uses the running statistics.
+// as PyTorch); in eval mode it uses the running statistics. An activation, where given, follows
+// the normalization in the same passes over memory (batch_norm2d).
 class BatchNorm2d : public UnaryModule {
  public:
-  explicit BatchNorm2d(int64_t channels, double momentum = 0.1, double eps = 1e-5, bool affine = true);
+  explicit BatchNorm2d(int64_t channels, double momentum = 0.1, double eps = 1e-5, bool affine = true,
+                       std::optional<UnaryOp> activation = std::nullopt);
   Tensor forward(const Tensor& input) override;
 
   Tensor weight;  // undefined unless affine
   Tensor bias;    // undefined unless affine
   Tensor running_mean, running_var;
   double momentum, eps;
+  std::optional<UnaryOp> activation;
 };
 
 // Zeroes elements with probability p and scales the rest by 1/(1-p) in training mode; the

@@ -113,15 +113,42 @@ Tensor sqrt(const Tensor& x) { return unary_op(UnaryOp::Sqrt, "sqrt", x); }
 Tensor rsqrt(const Tensor& x) { return unary_op(UnaryOp::Rsqrt, "rsqrt", x); }
 Tensor abs(const Tensor& x) { return unary_op(UnaryOp::Abs, "abs", x); }
 Tensor sign(const Tensor& x) { return unary_op(UnaryOp::Sign, "sign", x); }
-Tensor tanh(const Tensor& x) { return unary_op(UnaryOp::Tanh, "tanh", x); }
-Tensor sigmoid(const Tensor& x) { return unary_op(UnaryOp::Sigmoid, "sigmoid", x); }
-Tensor relu(const Tensor& x) { return unary_op(UnaryOp::Relu, "relu", x); }
-Tensor relu2(const Tensor& x) { return unary_op(UnaryOp::Relu2, "relu2", x); }
+Tensor tanh(const Tensor& x) { return activation(UnaryOp::Tanh, x); }
+Tensor sigmoid(const Tensor& x) { return activation(UnaryOp::Sigmoid, x); }
+Tensor relu(const Tensor& x) { return activation(UnaryOp::Relu, x); }
+Tensor relu2(const Tensor& x) { return activation(UnaryOp::Relu2, x); }
 Tensor gelu(const Tensor& x, GeluApprox approximate) {
-  return approximate == GeluApprox::Tanh ? unary_op(UnaryOp::GeluTanh, "gelu_tanh", x)
-                                         : unary_op(UnaryOp::GeluErf, "gelu", x);
+  return activation(approximate == GeluApprox::Tanh ? UnaryOp::GeluTanh : UnaryOp::GeluErf, x);
 }
-Tensor silu(const Tensor& x) { return unary_op(UnaryOp::Silu, "silu", x); }
+Tensor silu(const Tensor& x) { return activation(UnaryOp::Silu, x); }
+
+const char* activation_name(UnaryOp op) {
+  switch (op) {
+    case UnaryOp::Tanh:
+      return "tanh";
+    case UnaryOp::Sigmoid:
+      return "sigmoid";
+    case UnaryOp::Relu:
+      return "relu";
+    case UnaryOp::Relu2:
+      return "relu2";
+    case UnaryOp::GeluTanh:
+      return "gelu_tanh";
+    case UnaryOp::GeluErf:
+      return "gelu";
+    case UnaryOp::Silu:
+      return "silu";
+    default:
+      return nullptr;
+  }
+}
+
+Tensor activation(UnaryOp op, const Tensor& x) {
+  const char* name = activation_name(op);
+  if (!name)
+    detail::op_error("activation", "UnaryOp " + std::to_string(static_cast<int>(op)) + " is not an activation");
+  return unary_op(op, name, x);
+}
 Tensor clamp(const Tensor& x, double lo, double hi) {
   if (lo > hi) detail::op_error("clamp", "min " + std::to_string(lo) + " > max " + std::to_string(hi));
   return unary_op(UnaryOp::Clamp, "clamp", x, {lo, hi});

@@ -31,6 +31,11 @@ Tensor relu2(const Tensor& x);  // relu(x)^2 (modded-nanogpt's MLP activation)
 enum class GeluApprox { None, Tanh };
 Tensor gelu(const Tensor& x, GeluApprox approximate = GeluApprox::None);
 Tensor silu(const Tensor& x);
+// The activations above chosen by their UnaryOp, for layers that take one as a setting (batch_norm2d
+// fuses it into its own pass). activation_name gives the op's name, or nullptr for a UnaryOp that is
+// not one of them; activation refuses such an op.
+const char* activation_name(UnaryOp op);
+Tensor activation(UnaryOp op, const Tensor& x);
 Tensor clamp(const Tensor& x, double min_value, double max_value);
 
 // cond ? a : b (cond nonzero = true); gradients flow to a and b, none to cond.

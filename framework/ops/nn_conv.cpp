@@ -1,5 +1,6 @@
 #include "framework/ops/nn_conv.h"
 
+#include <optional>
 #include <string>
 
 #include "framework/ops/elementwise.h"
@@ -149,7 +150,7 @@ Tensor global_avg_pool2d(const Tensor& x) {
 // ---------------------------------------------------------------- batch normalization
 
 Tensor batch_norm2d(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
-                    const Tensor& bias, bool training, double momentum, double eps) {
+                    const Tensor& bias, bool training, double momentum, double eps, std::optional<UnaryOp> activation) {
   const char* op = "batch_norm2d";
   check_image(op, x);
   check_channel_vector(op, "weight", weight, x);
@@ -159,6 +160,8 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& running_mean, const Tensor& r
   if (running_mean.defined() != running_var.defined())
     op_error(op, "running_mean and running_var must both be given or both be undefined");
   if (eps <= 0) op_error(op, "eps must be positive, got " + std::to_string(eps));
+  if (activation && !activation_name(*activation))
+    op_error(op, "UnaryOp " + str(static_cast<int>(*activation)) + " is not an activation");
   const int64_t channels = x.size(1), count = x.size(0) * x.size(2) * x.size(3);
   const Tensor xc = x.contiguous(), wc = contiguous_or_undefined(weight), bc = contiguous_or_undefined(bias);
   Tensor y = empty_like(xc);
@@ -171,7 +174,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& running_mean, const Tensor& r
       mean_used = running_mean.contiguous();
       invstd = rsqrt(add(running_var, eps)).contiguous();
     }
-    backend_of(x).batch_norm_apply(xc, mean_used, invstd, wc, bc, y);
+    backend_of(x).batch_norm_apply(xc, mean_used, invstd, wc, bc, std::nullopt, y);
     // With fixed statistics the layer is a per-channel affine map: y = x * scale + shift.
     if (needs_grad(xc, wc, bc))
       record(y, op, {xc, wc, bc}, [xc, wc, bc, mean_used, invstd, channels](const Tensor& g) {
@@ -184,7 +187,8 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& running_mean, const Tensor& r
         const Tensor gb = bc.defined() && bc.requires_grad() ? sum(g, {0, 2, 3}) : Tensor();
         return Grads{gx, gw, gb};
       });
-    return y;
+    // Evaluation applies the activation as an op of its own: only training needs the fused pass.
+    return activation ? ml::activation(*activation, y) : y;
   }
 
   if (count < 2)
@@ -205,13 +209,13 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& running_mean, const Tensor& r
       add_(rv, batch_var, momentum * unbias);
     }
   }
-  backend_of(x).batch_norm_apply(xc, batch_mean, invstd, wc, bc, y);
+  backend_of(x).batch_norm_apply(xc, batch_mean, invstd, wc, bc, activation, y);
   if (needs_grad(xc, wc, bc))
-    record(y, op, {xc, wc, bc}, [xc, wc, bc, batch_mean, invstd](const Tensor& g) {
+    record(y, op, {xc, wc, bc}, [xc, wc, bc, batch_mean, invstd, activation](const Tensor& g) {
       const Tensor gx = xc.requires_grad() ? empty_like(xc) : Tensor();
       const Tensor gw = wc.defined() && wc.requires_grad() ? empty_like(wc) : Tensor();
       const Tensor gb = bc.defined() && bc.requires_grad() ? empty_like(bc) : Tensor();
-      backend_of(g).batch_norm_backward(g.contiguous(), xc, batch_mean, invstd, wc, gx, gw, gb);
+      backend_of(g).batch_norm_backward(g.contiguous(), xc, batch_mean, invstd, wc, bc, activation, gx, gw, gb);
       return Grads{gx, gw, gb};
     });
   return y;

@@ -26,7 +26,11 @@ Tensor global_avg_pool2d(const Tensor& x);
 // training: normalizes with this batch's mean and biased variance and, when the running stats are
 // defined, updates them in place: running = (1 - momentum) * running + momentum * batch, using the
 // unbiased variance for running_var. Otherwise normalizes with the running stats (required then).
+// With an activation (an op that ml::activation takes) the result is activation(batch_norm2d(...)),
+// computed in training in the same passes over memory as the normalization, forward and backward
+// (as oneDNN's and apex's batch norm fuse a ReLU).
 Tensor batch_norm2d(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
-                    const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5);
+                    const Tensor& bias, bool training, double momentum = 0.1, double eps = 1e-5,
+                    std::optional<UnaryOp> activation = std::nullopt);
 
 }  // namespace ml

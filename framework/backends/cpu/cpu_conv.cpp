@@ -4,10 +4,12 @@
 #include "framework/backends/cpu/cpu_conv.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "framework/backends/cpu/cpu_backend.h"
 #include "framework/backends/cpu/cpu_gemm_tile.h"
 #include "framework/backends/cpu/cpu_loops.h"
+#include "framework/backends/elementwise_math.h"
 
 namespace ml {
 using namespace cpu_loops;
@@ -493,114 +496,264 @@ void avg_pool2d_backward_impl(const Tensor& grad_y, const Tensor& grad_x, Pool2d
 }
 
 // ===================================================================== batch normalization
-// Channel c of x [N,C,H,W] is N contiguous runs of H*W values. Statistics and the backward
-// reductions run one channel per thread with double accumulators; the elementwise passes run one
-// (image, channel) plane per iteration.
+// Channel c of x [N,C,H,W] is N runs of H*W values, too short for vector code on small images (9
+// values at 3x3: the CNN's last group). So the kernels take the channels in blocks: in one image a
+// block's runs are one contiguous segment, and each per-channel value (mean, scale, ...) is spread
+// over the segment's positions; a sum over a channel adds position by position across the images
+// (vector adds), then over the channel's positions. A block holds at least kSegment values per
+// image, so its values for the CNN's batch of 256 stay in L2 for a second pass.
 
-struct ChannelLayout {
-  int64_t batch, channels, plane;
-  explicit ChannelLayout(const Tensor& x) : batch(x.size(0)), channels(x.size(1)), plane(x.size(2) * x.size(3)) {}
-  int64_t count() const { return batch * plane; }  // values per channel
-  int64_t run(int64_t n, int64_t c) const { return (n * channels + c) * plane; }
+class ChannelBlocks {
+ public:
+  static constexpr int64_t kSegment = 256;
+
+  ChannelBlocks(const Tensor& x, bool parallel)
+      : batch_(x.size(0)), channels_(x.size(1)), plane_(x.size(2) * x.size(3)) {
+    const int64_t least_channels = std::max<int64_t>(1, (kSegment + plane_ - 1) / std::max<int64_t>(1, plane_));
+    blocks_ = std::max<int64_t>(1, channels_ / least_channels);
+    // As many blocks on every thread, where there are more blocks than threads.
+    const int64_t threads = use_threads(parallel) ? omp_get_max_threads() : 1;
+    if (blocks_ > threads) blocks_ -= blocks_ % threads;
+  }
+  int64_t blocks() const { return blocks_; }
+  int64_t plane() const { return plane_; }
+  int64_t count() const { return batch_ * plane_; }  // values per channel
+  int64_t first_channel(int64_t block) const { return block * channels_ / blocks_; }
+  int64_t end_channel(int64_t block) const { return (block + 1) * channels_ / blocks_; }
+  // The offset of image n's segment of the block starting at channel c0.
+  int64_t segment(int64_t n, int64_t c0) const { return (n * channels_ + c0) * plane_; }
+  int64_t batch() const { return batch_; }
+
+ private:
+  int64_t batch_, channels_, plane_, blocks_ = 1;
 };
+
+// Asks for the lines of a segment the next iteration reads: one image's segments lie a whole image
+// apart, a stride the hardware prefetchers do not follow across pages.
+template <typename T>
+void prefetch_segment(const T* segment, int64_t length) {
+  const char* bytes = reinterpret_cast<const char*>(segment);
+  for (int64_t offset = 0; offset < length * static_cast<int64_t>(sizeof(T)); offset += 64)
+    __builtin_prefetch(bytes + offset);
+}
+
+// sums[k][j] += term_k(n, j) over the images n < images and positions j < length of a block's
+// segments, where terms(n, j, t) sets t[k] = term_k(n, j) and prepare(n) runs before image n's terms
+// are read. Four images per pass over the sums: one image per pass spent more on loading and storing
+// the double sums than on the terms (a block of 450 values per image, 10-15% slower than a channel's
+// sums in registers).
+constexpr int64_t kImagesPerPass = 4;
+template <size_t K, typename Prepare, typename Terms>
+void add_over_images(int64_t images, int64_t length, const std::array<double*, K>& sums, Prepare&& prepare,
+                     Terms&& terms) {
+  const auto add_images = [&](int64_t n0, auto count) {
+    for (int64_t q = 0; q < count; ++q) prepare(n0 + q);
+#pragma omp simd
+    for (int64_t j = 0; j < length; ++j) {
+      double total[K];
+      for (size_t k = 0; k < K; ++k) total[k] = sums[k][j];
+      for (int64_t q = 0; q < count; ++q) {
+        double t[K];
+        terms(n0 + q, j, t);
+        for (size_t k = 0; k < K; ++k) total[k] += t[k];
+      }
+      for (size_t k = 0; k < K; ++k) sums[k][j] = total[k];
+    }
+  };
+  int64_t n = 0;
+  for (; n + kImagesPerPass <= images; n += kImagesPerPass)
+    add_images(n, std::integral_constant<int64_t, kImagesPerPass>{});
+  for (; n < images; ++n) add_images(n, std::integral_constant<int64_t, 1>{});
+}
+
+// Per-channel values for the positions of a block's segment: at[(c - c0) * plane + i] = value(c).
+template <typename V, typename Value>
+std::vector<V> spread_over_segment(int64_t c0, int64_t c1, int64_t plane, Value&& value) {
+  std::vector<V> at((c1 - c0) * plane);
+  for (int64_t c = c0; c < c1; ++c) std::fill_n(at.begin() + (c - c0) * plane, plane, static_cast<V>(value(c)));
+  return at;
+}
+
+// The sum over channel c's positions of per-position sums (a block's segment).
+double channel_total(const std::vector<double>& position_sums, int64_t c_in_block, int64_t plane) {
+  double total = 0.0;
+  for (int64_t i = 0; i < plane; ++i) total += position_sums[c_in_block * plane + i];
+  return total;
+}
 
 template <typename T>
 void batch_norm_stats_impl(const Tensor& x, const Tensor& mean, const Tensor& var) {
-  const ChannelLayout L(x);
+  if (x.numel() == 0) return;
+  const ChannelBlocks L(x, x.numel() >= kParallelGrain);
   const T* px = x.data<T>();
   T* pm = mean.data<T>();
   T* pv = var.data<T>();
-  // Two passes (mean, then squared deviations) avoid the cancellation of E[x^2] - E[x]^2. The
-  // double sums here, in batch_norm_backward and in the bias gradient run in SIMD lanes (one add
-  // chain waits on every add); the order changes only double rounding.
-  parallel_for(L.channels, x.numel() >= kParallelGrain, [&](int64_t c) {
-    double sum = 0.0;
-    for (int64_t n = 0; n < L.batch; ++n) {
-      const T* in = px + L.run(n, c);
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < L.plane; ++i) sum += static_cast<double>(in[i]);
+  // Two passes (mean, then squared deviations) avoid the cancellation of E[x^2] - E[x]^2.
+  parallel_for_widest(L.blocks(), x.numel() >= kParallelGrain, [&](int64_t block) {
+    const int64_t c0 = L.first_channel(block), c1 = L.end_channel(block), length = (c1 - c0) * L.plane();
+    std::vector<double> sums(length);
+    const auto prefetch = [&](int64_t n) {  // the same image of the next pass
+      if (n + kImagesPerPass < L.batch()) prefetch_segment(px + L.segment(n + kImagesPerPass, c0), length);
+    };
+    add_over_images<1>(L.batch(), length, {sums.data()}, prefetch, [&](int64_t n, int64_t j, double(&t)[1]) {
+      t[0] = static_cast<double>(px[L.segment(n, c0) + j]);
+    });
+    const std::vector<double> mean_at = spread_over_segment<double>(c0, c1, L.plane(), [&](int64_t c) {
+      return channel_total(sums, c - c0, L.plane()) / static_cast<double>(L.count());
+    });
+    std::fill(sums.begin(), sums.end(), 0.0);
+    add_over_images<1>(
+        L.batch(), length, {sums.data()}, [](int64_t) {},
+        [&](int64_t n, int64_t j, double(&t)[1]) {
+          const double d = static_cast<double>(px[L.segment(n, c0) + j]) - mean_at[j];
+          t[0] = d * d;
+        });
+    for (int64_t c = c0; c < c1; ++c) {
+      pm[c] = static_cast<T>(mean_at[(c - c0) * L.plane()]);
+      pv[c] = static_cast<T>(channel_total(sums, c - c0, L.plane()) / static_cast<double>(L.count()));
     }
-    const double mu = sum / static_cast<double>(L.count());
-    double squares = 0.0;
-    for (int64_t n = 0; n < L.batch; ++n) {
-      const T* in = px + L.run(n, c);
-#pragma omp simd reduction(+ : squares)
-      for (int64_t i = 0; i < L.plane; ++i) {
-        const double d = static_cast<double>(in[i]) - mu;
-        squares += d * d;
-      }
-    }
-    pm[c] = static_cast<T>(mu);
-    pv[c] = static_cast<T>(squares / static_cast<double>(L.count()));
   });
 }
 
-template <typename T>
-void batch_norm_apply_impl(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
-                           const Tensor& bias, const Tensor& y) {
-  const ChannelLayout L(x);
-  // y = (x - mean) * scale + bias per channel with scale = invstd * weight. Centering before
-  // scaling keeps float32 accurate when the mean is large against the spread.
-  std::vector<T> scale(L.channels), offset(L.channels);
-  const T* pm = mean.data<T>();
-  const T* ps = invstd.data<T>();
-  for (int64_t c = 0; c < L.channels; ++c) {
-    scale[c] = ps[c] * (weight.defined() ? weight.data<T>()[c] : T(1));
-    offset[c] = bias.defined() ? bias.data<T>()[c] : T(0);
+// What a batch-norm kernel applies to the normalized value: nothing, or an activation whose op is a
+// compile-time constant where with_constant_op makes it one (so that the loops vectorize).
+struct NoActivation {
+  static constexpr bool kFused = false;
+  template <typename T>
+  T value(T normalized) const {
+    return normalized;
   }
+};
+template <typename Op>
+struct FusedActivation {
+  static constexpr bool kFused = true;
+  Op op;
+  template <typename T>
+  T value(T normalized) const {
+    return elementwise::unary_forward(UnaryOp(op), normalized, T(0), T(0));
+  }
+  template <typename T>
+  T derivative(T normalized) const {
+    return elementwise::activation_derivative(UnaryOp(op), normalized);
+  }
+};
+
+template <typename Body>
+void with_activation(std::optional<UnaryOp> activation, Body&& body) {
+  if (!activation) return body(NoActivation{});
+  elementwise::with_constant_op(*activation, [&](auto op) { body(FusedActivation<decltype(op)>{op}); });
+}
+
+// normalized = (x - mean) * scale + shift with scale = invstd * weight and shift = bias, spread over
+// a block's segment. Centering before scaling keeps float32 accurate when the mean is large against
+// the spread.
+template <typename T>
+struct SegmentAffine {
+  std::vector<T> mean, scale, shift;
+  SegmentAffine(const ChannelBlocks& L, int64_t c0, int64_t c1, const Tensor& mean_t, const Tensor& invstd,
+                const Tensor& weight, const Tensor& bias)
+      : mean(spread_over_segment<T>(c0, c1, L.plane(), [&](int64_t c) { return mean_t.data<T>()[c]; })),
+        scale(spread_over_segment<T>(
+            c0, c1, L.plane(),
+            [&](int64_t c) { return invstd.data<T>()[c] * (weight.defined() ? weight.data<T>()[c] : T(1)); })),
+        shift(spread_over_segment<T>(c0, c1, L.plane(),
+                                     [&](int64_t c) { return bias.defined() ? bias.data<T>()[c] : T(0); })) {}
+};
+
+// y = activation(normalized).
+template <typename T, typename Activation>
+void batch_norm_apply_impl(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
+                           const Tensor& bias, Activation activation, const Tensor& y) {
+  if (x.numel() == 0) return;
+  const ChannelBlocks L(x, x.numel() >= kParallelGrain);
   const T* px = x.data<T>();
   T* py = y.data<T>();
-  parallel_for(L.batch * L.channels, x.numel() >= kParallelGrain, [&](int64_t nc) {
-    const int64_t c = nc % L.channels;
-    const T m = pm[c], a = scale[c], b = offset[c];
-    const T* in = px + nc * L.plane;
-    T* out = py + nc * L.plane;
-    for (int64_t i = 0; i < L.plane; ++i) out[i] = (in[i] - m) * a + b;
+  parallel_for_widest(L.blocks(), x.numel() >= kParallelGrain, [&](int64_t block) {
+    const int64_t c0 = L.first_channel(block), c1 = L.end_channel(block), length = (c1 - c0) * L.plane();
+    const SegmentAffine<T> affine(L, c0, c1, mean, invstd, weight, bias);
+    const T *m = affine.mean.data(), *a = affine.scale.data(), *b = affine.shift.data();
+    for (int64_t n = 0; n < L.batch(); ++n) {
+      const T* in = px + L.segment(n, c0);
+      T* out = py + L.segment(n, c0);
+      if (n + 1 < L.batch()) prefetch_segment(px + L.segment(n + 1, c0), length);
+#pragma omp simd
+      for (int64_t j = 0; j < length; ++j) out[j] = activation.value((in[j] - m[j]) * a[j] + b[j]);
+    }
   });
 }
 
-// With xhat = (x - mean) * invstd and M values per channel:
-//   grad_bias = sum(gy), grad_weight = sum(gy * xhat),
-//   grad_x = weight * invstd * (gy - grad_bias / M - xhat * grad_weight / M).
-template <typename T>
+// With g the gradient reaching the normalized value (grad_y, or grad_y * activation'(normalized)),
+// xhat = (x - mean) * invstd and M values per channel:
+//   grad_bias = sum(g), grad_weight = sum(g * xhat),
+//   grad_x = weight * invstd * (g - grad_bias / M - xhat * grad_weight / M).
+// A block's first pass sums (and, with an activation, leaves g in grad_x); its second pass reads
+// the block's values again while they are in cache.
+template <typename T, typename Activation>
 void batch_norm_backward_impl(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
-                              const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
-                              const Tensor& grad_bias) {
-  const ChannelLayout L(x);
+                              const Tensor& weight, const Tensor& bias, Activation activation, const Tensor& grad_x,
+                              const Tensor& grad_weight, const Tensor& grad_bias) {
+  if (x.numel() == 0) return;
+  const ChannelBlocks L(x, x.numel() >= kParallelGrain);
   const T* pgy = grad_y.data<T>();
   const T* px = x.data<T>();
-  const T* pm = mean.data<T>();
   const T* ps = invstd.data<T>();
   const T* pw = weight.defined() ? weight.data<T>() : nullptr;
   T* pgx = grad_x.defined() ? grad_x.data<T>() : nullptr;
   T* pgw = grad_weight.defined() ? grad_weight.data<T>() : nullptr;
   T* pgb = grad_bias.defined() ? grad_bias.data<T>() : nullptr;
   const double inv_count = 1.0 / static_cast<double>(L.count());
-  parallel_for(L.channels, x.numel() >= kParallelGrain, [&](int64_t c) {
-    const double mu = static_cast<double>(pm[c]), rstd = static_cast<double>(ps[c]);
-    double sum_gy = 0.0, sum_gy_centered = 0.0;
-    for (int64_t n = 0; n < L.batch; ++n) {
-      const T* gy = pgy + L.run(n, c);
-      const T* in = px + L.run(n, c);
-#pragma omp simd reduction(+ : sum_gy, sum_gy_centered)
-      for (int64_t i = 0; i < L.plane; ++i) {
-        sum_gy += static_cast<double>(gy[i]);
-        sum_gy_centered += static_cast<double>(gy[i]) * (static_cast<double>(in[i]) - mu);
+  parallel_for_widest(L.blocks(), x.numel() >= kParallelGrain, [&](int64_t block) {
+    const int64_t c0 = L.first_channel(block), c1 = L.end_channel(block), length = (c1 - c0) * L.plane();
+    const SegmentAffine<T> affine(L, c0, c1, mean, invstd, weight, bias);
+    const T *m = affine.mean.data(), *scale = affine.scale.data(), *shift = affine.shift.data();
+    std::vector<double> sums_g(length), sums_g_centered(length);
+    // With an activation, g goes to grad_x (or, where grad_x is not wanted, to scratch for one pass).
+    std::vector<T> g_scratch(Activation::kFused && !pgx ? kImagesPerPass * length : 0);
+    std::array<const T*, kImagesPerPass> g_of{};  // image n's g at g_of[n % kImagesPerPass]
+    const auto prepare = [&](int64_t n) {
+      const int64_t slot = n % kImagesPerPass;
+      if (n + kImagesPerPass < L.batch()) {
+        prefetch_segment(pgy + L.segment(n + kImagesPerPass, c0), length);
+        prefetch_segment(px + L.segment(n + kImagesPerPass, c0), length);
       }
+      const T* gy = pgy + L.segment(n, c0);
+      g_of[slot] = gy;
+      if constexpr (Activation::kFused) {
+        const T* in = px + L.segment(n, c0);
+        T* g = pgx ? pgx + L.segment(n, c0) : g_scratch.data() + slot * length;
+#pragma omp simd
+        for (int64_t j = 0; j < length; ++j) g[j] = gy[j] * activation.derivative((in[j] - m[j]) * scale[j] + shift[j]);
+        g_of[slot] = g;
+      }
+    };
+    add_over_images<2>(L.batch(), length, {sums_g.data(), sums_g_centered.data()}, prepare,
+                       [&](int64_t n, int64_t j, double(&t)[2]) {
+                         const double g = static_cast<double>(g_of[n % kImagesPerPass][j]);
+                         t[0] = g;
+                         t[1] = g * (static_cast<double>(px[L.segment(n, c0) + j]) - static_cast<double>(m[j]));
+                       });
+    // grad_x = a * g + b * (x - mean) + d: the formula above with its per-channel factors folded.
+    std::vector<T> a(length), b(length), d(length);
+    for (int64_t c = c0; c < c1; ++c) {
+      const double rstd = static_cast<double>(ps[c]);
+      const double sum_g = channel_total(sums_g, c - c0, L.plane());
+      const double sum_g_xhat = channel_total(sums_g_centered, c - c0, L.plane()) * rstd;
+      if (pgb) pgb[c] = static_cast<T>(sum_g);
+      if (pgw) pgw[c] = static_cast<T>(sum_g_xhat);
+      const double gain = (pw ? static_cast<double>(pw[c]) : 1.0) * rstd;
+      const int64_t at = (c - c0) * L.plane();
+      std::fill_n(a.begin() + at, L.plane(), static_cast<T>(gain));
+      std::fill_n(b.begin() + at, L.plane(), static_cast<T>(-gain * sum_g_xhat * inv_count * rstd));
+      std::fill_n(d.begin() + at, L.plane(), static_cast<T>(-gain * sum_g * inv_count));
     }
-    const double sum_gy_xhat = sum_gy_centered * rstd;
-    if (pgb) pgb[c] = static_cast<T>(sum_gy);
-    if (pgw) pgw[c] = static_cast<T>(sum_gy_xhat);
     if (!pgx) return;
-    // grad_x = a * gy + b * (x - mean) + d: the formula above with its per-channel factors folded.
-    const double gain = (pw ? static_cast<double>(pw[c]) : 1.0) * rstd;
-    const T a = static_cast<T>(gain), b = static_cast<T>(-gain * sum_gy_xhat * inv_count * rstd);
-    const T d = static_cast<T>(-gain * sum_gy * inv_count), m = pm[c];
-    for (int64_t n = 0; n < L.batch; ++n) {
-      const T* gy = pgy + L.run(n, c);
-      const T* in = px + L.run(n, c);
-      T* out = pgx + L.run(n, c);
-      for (int64_t i = 0; i < L.plane; ++i) out[i] = a * gy[i] + b * (in[i] - m) + d;
+    const T* pg = Activation::kFused ? pgx : pgy;
+    for (int64_t n = 0; n < L.batch(); ++n) {
+      const T* g = pg + L.segment(n, c0);
+      const T* in = px + L.segment(n, c0);
+      T* out = pgx + L.segment(n, c0);
+#pragma omp simd
+      for (int64_t j = 0; j < length; ++j) out[j] = a[j] * g[j] + b[j] * (in[j] - m[j]) + d[j];
     }
   });
 }
@@ -669,17 +822,21 @@ void CpuBackend::batch_norm_stats(const Tensor& x, const Tensor& mean, const Ten
 }
 
 void CpuBackend::batch_norm_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
-                                  const Tensor& bias, const Tensor& y) {
+                                  const Tensor& bias, std::optional<UnaryOp> activation, const Tensor& y) {
   dispatch_floating(x.dtype(), "batch_norm_apply", [&](auto tag) {
-    batch_norm_apply_impl<decltype(tag)>(x, mean, invstd, weight, bias, y);
+    with_activation(activation,
+                    [&](auto fused) { batch_norm_apply_impl<decltype(tag)>(x, mean, invstd, weight, bias, fused, y); });
   });
 }
 
 void CpuBackend::batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
-                                     const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
-                                     const Tensor& grad_bias) {
+                                     const Tensor& weight, const Tensor& bias, std::optional<UnaryOp> activation,
+                                     const Tensor& grad_x, const Tensor& grad_weight, const Tensor& grad_bias) {
   dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
-    batch_norm_backward_impl<decltype(tag)>(grad_y, x, mean, invstd, weight, grad_x, grad_weight, grad_bias);
+    with_activation(activation, [&](auto fused) {
+      batch_norm_backward_impl<decltype(tag)>(grad_y, x, mean, invstd, weight, bias, fused, grad_x, grad_weight,
+                                              grad_bias);
+    });
   });
 }
 

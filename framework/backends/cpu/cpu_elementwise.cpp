@@ -43,29 +43,6 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
   });
 }
 
-namespace {
-
-// Calls body(std::integral_constant<UnaryOp, op>) for the activations that dominate training
-// steps, so that their loops see `op` as a compile-time constant: the switch in the element math
-// folds away and the loop vectorizes. Other ops share one loop that switches per element (the
-// branch predicts perfectly; those ops are rare or memory-bound).
-template <typename Body>
-void with_constant_op(UnaryOp op, Body&& body) {
-  switch (op) {
-    case UnaryOp::GeluTanh: return body(std::integral_constant<UnaryOp, UnaryOp::GeluTanh>{});
-    case UnaryOp::GeluErf: return body(std::integral_constant<UnaryOp, UnaryOp::GeluErf>{});
-    case UnaryOp::Relu: return body(std::integral_constant<UnaryOp, UnaryOp::Relu>{});
-    case UnaryOp::Relu2: return body(std::integral_constant<UnaryOp, UnaryOp::Relu2>{});
-    case UnaryOp::Silu: return body(std::integral_constant<UnaryOp, UnaryOp::Silu>{});
-    case UnaryOp::Sigmoid: return body(std::integral_constant<UnaryOp, UnaryOp::Sigmoid>{});
-    case UnaryOp::MulScalar: return body(std::integral_constant<UnaryOp, UnaryOp::MulScalar>{});
-    case UnaryOp::AddScalar: return body(std::integral_constant<UnaryOp, UnaryOp::AddScalar>{});
-    default: return body(op);
-  }
-}
-
-}  // namespace
-
 void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, UnaryParams p) {
   dispatch_floating(x.dtype(), "unary", [&](auto tag) {
     using T = decltype(tag);

@@ -72,10 +72,10 @@ class CudaBackend final : public Backend {
   void avg_pool2d_backward(const Tensor& grad_y, const Tensor& grad_x, Pool2dParams p) override;
   void batch_norm_stats(const Tensor& x, const Tensor& mean, const Tensor& var) override;
   void batch_norm_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
-                        const Tensor& bias, const Tensor& y) override;
+                        const Tensor& bias, std::optional<UnaryOp> activation, const Tensor& y) override;
   void batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
-                           const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
-                           const Tensor& grad_bias) override;
+                           const Tensor& weight, const Tensor& bias, std::optional<UnaryOp> activation,
+                           const Tensor& grad_x, const Tensor& grad_weight, const Tensor& grad_bias) override;
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                     const AdamWStep& step) override;
 };

@@ -12,6 +12,7 @@
 #include "framework/backends/cuda/cuda_backend.h"
 #include "framework/backends/cuda/cuda_backend_impl.cuh"
 #include "framework/backends/cuda/cuda_common.cuh"
+#include "framework/backends/elementwise_math.h"
 
 namespace ml {
 using namespace cuda_detail;
@@ -411,29 +412,52 @@ __global__ void channel_stats_kernel(const T* x, T* mean, T* var, int64_t N, int
   }
 }
 
+// The activation a batch-norm kernel applies after normalizing, if any (FusedActivation::active).
+struct FusedActivation {
+  bool active;
+  UnaryOp op;
+};
+
+// Channel c's normalized value of x: (x - mean) * invstd * weight + bias.
 template <typename T>
-__global__ void bn_apply_kernel(const T* x, const T* mean, const T* invstd, const T* w, const T* b, T* y, int64_t C,
-                                int64_t HW, int64_t n) {
+__device__ T bn_normalized(T x, const T* mean, const T* invstd, const T* w, const T* b, int64_t c) {
+  return (x - mean[c]) * invstd[c] * (w ? w[c] : T(1)) + (b ? b[c] : T(0));
+}
+
+// The gradient reaching the normalized value: g, or g * activation'(normalized).
+template <typename T>
+__device__ T bn_gradient_in(T g, T x, const T* mean, const T* invstd, const T* w, const T* b, int64_t c,
+                            FusedActivation act) {
+  if (!act.active) return g;
+  return g * elementwise::activation_derivative(act.op, bn_normalized(x, mean, invstd, w, b, c));
+}
+
+template <typename T>
+__global__ void bn_apply_kernel(const T* x, const T* mean, const T* invstd, const T* w, const T* b, FusedActivation act,
+                                T* y, int64_t C, int64_t HW, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = (i / HW) % C;
-    y[i] = (x[i] - mean[c]) * invstd[c] * (w ? w[c] : T(1)) + (b ? b[c] : T(0));
+    const T v = bn_normalized(x[i], mean, invstd, w, b, c);
+    y[i] = act.active ? elementwise::unary_forward(act.op, v, T(0), T(0)) : v;
   }
 }
 
-// Per channel: sum(g) and sum(g * xhat), one block per channel.
+// Per channel: sum(g) and sum(g * xhat) of the gradient g reaching the normalized value, one block
+// per channel.
 template <typename T>
-__global__ void bn_grad_sums_kernel(const T* g, const T* x, const T* mean, const T* invstd, double* sums, int64_t N,
-                                    int64_t C, int64_t HW) {
+__global__ void bn_grad_sums_kernel(const T* grad_y, const T* x, const T* mean, const T* invstd, const T* w, const T* b,
+                                    FusedActivation act, double* sums, int64_t N, int64_t C, int64_t HW) {
   __shared__ double sg[kThreads], sgx[kThreads];
   const int64_t c = blockIdx.x, m = N * HW;
-  double a = 0.0, b = 0.0;
+  double a = 0.0, d = 0.0;
   for (int64_t i = threadIdx.x; i < m; i += blockDim.x) {
     const int64_t at = ((i / HW) * C + c) * HW + i % HW;
-    a += g[at];
-    b += double(g[at]) * double((x[at] - mean[c]) * invstd[c]);
+    const T g = bn_gradient_in(grad_y[at], x[at], mean, invstd, w, b, c, act);
+    a += g;
+    d += double(g) * double((x[at] - mean[c]) * invstd[c]);
   }
   sg[threadIdx.x] = a;
-  sgx[threadIdx.x] = b;
+  sgx[threadIdx.x] = d;
   __syncthreads();
   for (int s = blockDim.x / 2; s > 0; s >>= 1) {
     if (threadIdx.x < s) {
@@ -449,14 +473,17 @@ __global__ void bn_grad_sums_kernel(const T* g, const T* x, const T* mean, const
 }
 
 template <typename T>
-__global__ void bn_backward_kernel(const T* g, const T* x, const T* mean, const T* invstd, const T* w,
-                                   const double* sums, T* gx, T* gw, T* gb, int64_t C, int64_t HW, int64_t m, int64_t n) {
+__global__ void bn_backward_kernel(const T* grad_y, const T* x, const T* mean, const T* invstd, const T* w, const T* b,
+                                   FusedActivation act, const double* sums, T* gx, T* gw, T* gb, int64_t C, int64_t HW,
+                                   int64_t m, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = (i / HW) % C;
     const double xhat = double((x[i] - mean[c]) * invstd[c]);
-    if (gx)
+    if (gx) {
+      const T g = bn_gradient_in(grad_y[i], x[i], mean, invstd, w, b, c, act);
       gx[i] = T((w ? double(w[c]) : 1.0) * double(invstd[c]) *
-                (double(g[i]) - sums[2 * c] / double(m) - xhat * sums[2 * c + 1] / double(m)));
+                (double(g) - sums[2 * c] / double(m) - xhat * sums[2 * c + 1] / double(m)));
+    }
     if (i < C) {  // the first C threads also write the per-channel parameter gradients
       if (gb) gb[i] = T(sums[2 * i]);
       if (gw) gw[i] = T(sums[2 * i + 1]);
@@ -477,35 +504,39 @@ void CudaBackend::batch_norm_stats(const Tensor& x, const Tensor& mean, const Te
 }
 
 void CudaBackend::batch_norm_apply(const Tensor& x, const Tensor& mean, const Tensor& invstd, const Tensor& weight,
-                                   const Tensor& bias, const Tensor& y) {
+                                   const Tensor& bias, std::optional<UnaryOp> activation, const Tensor& y) {
+  const FusedActivation act{activation.has_value(), activation.value_or(UnaryOp::Relu)};
   dispatch_floating(x.dtype(), "batch_norm_apply", [&](auto tag) {
     using T = decltype(tag);
     bn_apply_kernel<T><<<blocks_for(x.numel()), kThreads, 0, stream()>>>(
         ptr<const T>(x), ptr<const T>(mean), ptr<const T>(invstd), weight.defined() ? ptr<const T>(weight) : nullptr,
-        bias.defined() ? ptr<const T>(bias) : nullptr, ptr<T>(y), x.size(1), x.size(2) * x.size(3), x.numel());
+        bias.defined() ? ptr<const T>(bias) : nullptr, act, ptr<T>(y), x.size(1), x.size(2) * x.size(3), x.numel());
     ML_CUDA_LAUNCHED("batch_norm_apply");
   });
 }
 
 void CudaBackend::batch_norm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& mean, const Tensor& invstd,
-                                      const Tensor& weight, const Tensor& grad_x, const Tensor& grad_weight,
-                                      const Tensor& grad_bias) {
+                                      const Tensor& weight, const Tensor& bias, std::optional<UnaryOp> activation,
+                                      const Tensor& grad_x, const Tensor& grad_weight, const Tensor& grad_bias) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   // An empty x has no channels here: the op rejects training on fewer than 2 values per channel.
   if (x.numel() == 0) return;
+  const FusedActivation act{activation.has_value(), activation.value_or(UnaryOp::Relu)};
   const Tensor sums = Tensor::empty({C, 2}, DType::Float64, x.device());
   dispatch_floating(x.dtype(), "batch_norm_backward", [&](auto tag) {
     using T = decltype(tag);
+    const T* w = weight.defined() ? ptr<const T>(weight) : nullptr;
+    const T* b = bias.defined() ? ptr<const T>(bias) : nullptr;
     launch_rows(C, "batch_norm_backward", [&](unsigned channels) {
       bn_grad_sums_kernel<T><<<channels, kThreads, 0, stream()>>>(ptr<const T>(grad_y), ptr<const T>(x),
-                                                                  ptr<const T>(mean), ptr<const T>(invstd),
+                                                                  ptr<const T>(mean), ptr<const T>(invstd), w, b, act,
                                                                   ptr<double>(sums), N, C, HW);
     });
     bn_backward_kernel<T><<<blocks_for(x.numel()), kThreads, 0, stream()>>>(
-        ptr<const T>(grad_y), ptr<const T>(x), ptr<const T>(mean), ptr<const T>(invstd),
-        weight.defined() ? ptr<const T>(weight) : nullptr, ptr<const double>(sums),
-        grad_x.defined() ? ptr<T>(grad_x) : nullptr, grad_weight.defined() ? ptr<T>(grad_weight) : nullptr,
-        grad_bias.defined() ? ptr<T>(grad_bias) : nullptr, C, HW, N * HW, x.numel());
+        ptr<const T>(grad_y), ptr<const T>(x), ptr<const T>(mean), ptr<const T>(invstd), w, b, act,
+        ptr<const double>(sums), grad_x.defined() ? ptr<T>(grad_x) : nullptr,
+        grad_weight.defined() ? ptr<T>(grad_weight) : nullptr, grad_bias.defined() ? ptr<T>(grad_bias) : nullptr, C, HW,
+        N * HW, x.numel());
     ML_CUDA_LAUNCHED("batch_norm_backward");
   });
 }
