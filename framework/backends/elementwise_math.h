@@ -191,24 +191,15 @@ ML_ELEMENT_MATH T activation_derivative(UnaryOp op, T x) {
 template <typename Body>
 void with_constant_op(UnaryOp op, Body&& body) {
   switch (op) {
-    case UnaryOp::GeluTanh:
-      return body(std::integral_constant<UnaryOp, UnaryOp::GeluTanh>{});
-    case UnaryOp::GeluErf:
-      return body(std::integral_constant<UnaryOp, UnaryOp::GeluErf>{});
-    case UnaryOp::Relu:
-      return body(std::integral_constant<UnaryOp, UnaryOp::Relu>{});
-    case UnaryOp::Relu2:
-      return body(std::integral_constant<UnaryOp, UnaryOp::Relu2>{});
-    case UnaryOp::Silu:
-      return body(std::integral_constant<UnaryOp, UnaryOp::Silu>{});
-    case UnaryOp::Sigmoid:
-      return body(std::integral_constant<UnaryOp, UnaryOp::Sigmoid>{});
-    case UnaryOp::MulScalar:
-      return body(std::integral_constant<UnaryOp, UnaryOp::MulScalar>{});
-    case UnaryOp::AddScalar:
-      return body(std::integral_constant<UnaryOp, UnaryOp::AddScalar>{});
-    default:
-      return body(op);
+    case UnaryOp::GeluTanh: return body(std::integral_constant<UnaryOp, UnaryOp::GeluTanh>{});
+    case UnaryOp::GeluErf: return body(std::integral_constant<UnaryOp, UnaryOp::GeluErf>{});
+    case UnaryOp::Relu: return body(std::integral_constant<UnaryOp, UnaryOp::Relu>{});
+    case UnaryOp::Relu2: return body(std::integral_constant<UnaryOp, UnaryOp::Relu2>{});
+    case UnaryOp::Silu: return body(std::integral_constant<UnaryOp, UnaryOp::Silu>{});
+    case UnaryOp::Sigmoid: return body(std::integral_constant<UnaryOp, UnaryOp::Sigmoid>{});
+    case UnaryOp::MulScalar: return body(std::integral_constant<UnaryOp, UnaryOp::MulScalar>{});
+    case UnaryOp::AddScalar: return body(std::integral_constant<UnaryOp, UnaryOp::AddScalar>{});
+    default: return body(op);
   }
 }
 

@@ -124,22 +124,14 @@ Tensor silu(const Tensor& x) { return activation(UnaryOp::Silu, x); }
 
 const char* activation_name(UnaryOp op) {
   switch (op) {
-    case UnaryOp::Tanh:
-      return "tanh";
-    case UnaryOp::Sigmoid:
-      return "sigmoid";
-    case UnaryOp::Relu:
-      return "relu";
-    case UnaryOp::Relu2:
-      return "relu2";
-    case UnaryOp::GeluTanh:
-      return "gelu_tanh";
-    case UnaryOp::GeluErf:
-      return "gelu";
-    case UnaryOp::Silu:
-      return "silu";
-    default:
-      return nullptr;
+    case UnaryOp::Tanh: return "tanh";
+    case UnaryOp::Sigmoid: return "sigmoid";
+    case UnaryOp::Relu: return "relu";
+    case UnaryOp::Relu2: return "relu2";
+    case UnaryOp::GeluTanh: return "gelu_tanh";
+    case UnaryOp::GeluErf: return "gelu";
+    case UnaryOp::Silu: return "silu";
+    default: return nullptr;
   }
 }
 
