@@ -135,12 +135,13 @@ const char* activation_name(UnaryOp op) {
   }
 }
 
-Tensor activation(UnaryOp op, const Tensor& x) {
+const char* checked_activation_name(const char* caller, UnaryOp op) {
   const char* name = activation_name(op);
-  if (!name)
-    detail::op_error("activation", "UnaryOp " + std::to_string(static_cast<int>(op)) + " is not an activation");
-  return unary_op(op, name, x);
+  if (!name) detail::op_error(caller, "UnaryOp " + std::to_string(static_cast<int>(op)) + " is not an activation");
+  return name;
 }
+
+Tensor activation(UnaryOp op, const Tensor& x) { return unary_op(op, checked_activation_name("activation", op), x); }
 Tensor clamp(const Tensor& x, double lo, double hi) {
   if (lo > hi) detail::op_error("clamp", "min " + std::to_string(lo) + " > max " + std::to_string(hi));
   return unary_op(UnaryOp::Clamp, "clamp", x, {lo, hi});

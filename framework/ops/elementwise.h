@@ -33,8 +33,10 @@ Tensor gelu(const Tensor& x, GeluApprox approximate = GeluApprox::None);
 Tensor silu(const Tensor& x);
 // The activations above chosen by their UnaryOp, for layers that take one as a setting (batch_norm2d
 // fuses it into its own pass). activation_name gives the op's name, or nullptr for a UnaryOp that is
-// not one of them; activation refuses such an op.
+// not one of them; checked_activation_name refuses such an op in an error from `caller`, and so does
+// activation.
 const char* activation_name(UnaryOp op);
+const char* checked_activation_name(const char* caller, UnaryOp op);
 Tensor activation(UnaryOp op, const Tensor& x);
 Tensor clamp(const Tensor& x, double min_value, double max_value);
 

@@ -160,8 +160,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& running_mean, const Tensor& r
   if (running_mean.defined() != running_var.defined())
     op_error(op, "running_mean and running_var must both be given or both be undefined");
   if (eps <= 0) op_error(op, "eps must be positive, got " + std::to_string(eps));
-  if (activation && !activation_name(*activation))
-    op_error(op, "UnaryOp " + str(static_cast<int>(*activation)) + " is not an activation");
+  if (activation) checked_activation_name(op, *activation);
   const int64_t channels = x.size(1), count = x.size(0) * x.size(2) * x.size(3);
   const Tensor xc = x.contiguous(), wc = contiguous_or_undefined(weight), bc = contiguous_or_undefined(bias);
   Tensor y = empty_like(xc);
